@@ -1,0 +1,49 @@
+//! The Ferry bundle format, version 1: manifest types, minisign signing and verification, the
+//! streaming bundle writer and the hostile-input-proof bundle reader.
+//!
+//! A bundle is `NAME-SEQUENCE.ferry` (a ustar stream, zstd- or gzip-compressed) with a detached
+//! minisign signature beside it. Inside, `manifest.json` and its signature come first, then one
+//! entry per payload file in manifest order. `docs/bundle-format.md` is the specification; this
+//! crate is its reference implementation.
+//!
+//! Reading happens in the order the format's security rests on:
+//! [`SignedBundle::verify`] checks the detached signature over the raw file (step 1),
+//! [`SignedBundle::read_manifest`] reads and verifies the signed manifest (step 2a), and
+//! [`ManifestStage::extract`] streams each entry through a size cap and a hash into an
+//! [`EntrySink`] (step 2b).
+
+mod limits;
+mod manifest;
+mod name;
+mod progress;
+mod read;
+mod sign;
+pub mod tar;
+mod write;
+
+pub use limits::Limits;
+pub use manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+pub use name::{
+    BundleName, CollisionError, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY,
+    MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, NameError,
+    check_collisions,
+};
+pub use progress::{NoProgress, Progress};
+pub use read::{
+    Discard, EntrySink, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
+    VerifiedBundle, VerifyError, check_expiry, read_unverified, signature_key_id,
+};
+pub use sign::{
+    BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, Prehasher, PrehashWriter,
+    PublicKey, SignatureFile, SigningKey, StreamVerifier, TrustedKeys, generate_key,
+};
+pub use write::{
+    BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, file_type_name,
+    write_bundle,
+};
+
+/// Formats a time as RFC 3339 (UTC, whole seconds when they are whole).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("any OffsetDateTime formats as RFC 3339")
+}

@@ -1,0 +1,381 @@
+//! The signed manifest (format 1): what a bundle holds, byte for byte.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+
+use crate::limits::Limits;
+use crate::name::{BundleName, CollisionError, EntryName, check_collisions};
+
+/// The only manifest format this crate reads and writes.
+pub const FORMAT: u32 = 1;
+
+/// A SHA-256 digest, shown and serialised as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// Parses 64 lowercase hex digits; uppercase is refused so that one digest has one spelling.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.to_hex())
+    }
+}
+
+impl Serialize for Sha256Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::from_hex(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("sha256 {s:?} is not 64 lowercase hex digits"))
+        })
+    }
+}
+
+/// What a payload file is for. The appliance decides how to use a file from its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    AgentArtifact,
+    FleetServerArtifact,
+    ArtifactSidecar,
+    Policy,
+    Certificate,
+    PgpKey,
+    Package,
+    Other,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::AgentArtifact,
+        Kind::FleetServerArtifact,
+        Kind::ArtifactSidecar,
+        Kind::Policy,
+        Kind::Certificate,
+        Kind::PgpKey,
+        Kind::Package,
+        Kind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::AgentArtifact => "agent-artifact",
+            Kind::FleetServerArtifact => "fleet-server-artifact",
+            Kind::ArtifactSidecar => "artifact-sidecar",
+            Kind::Policy => "policy",
+            Kind::Certificate => "certificate",
+            Kind::PgpKey => "pgp-key",
+            Kind::Package => "package",
+            Kind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// File permission of a payload file. Only two are possible, so nothing setuid, world-writable
+/// or otherwise surprising can ever be carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// `0644`
+    #[default]
+    Regular,
+    /// `0755`
+    Executable,
+}
+
+impl Mode {
+    pub fn bits(self) -> u32 {
+        match self {
+            Mode::Regular => 0o644,
+            Mode::Executable => 0o755,
+        }
+    }
+
+    pub fn from_bits(bits: u32) -> Option<Self> {
+        match bits {
+            0o644 => Some(Mode::Regular),
+            0o755 => Some(Mode::Executable),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.bits()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "0644" => Ok(Mode::Regular),
+            "0755" => Ok(Mode::Executable),
+            _ => Err(serde::de::Error::custom(format!("mode {s:?} is not \"0644\" or \"0755\""))),
+        }
+    }
+}
+
+/// One payload file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: EntryName,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    pub mode: Mode,
+    pub kind: Kind,
+    /// Kind-specific facts (product, version, platform, policy id, certificate subject …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The manifest of one bundle. See `docs/bundle-format.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: BundleName,
+    pub sequence: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    /// The program that wrote the bundle, such as `ferry 0.1.0`.
+    pub builder: String,
+    /// Payload files in bundle order (sorted by path, byte-wise).
+    pub files: Vec<FileEntry>,
+}
+
+/// Why manifest bytes are not an acceptable format-1 manifest.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON for format 1: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("manifest format is {0}, this reader understands format {FORMAT}")]
+    Format(u32),
+    #[error("manifest sequence must be at least 1")]
+    ZeroSequence,
+    #[error("manifest expires ({expires}) before it was created ({created})")]
+    ExpiresBeforeCreated { created: String, expires: String },
+    #[error("manifest lists {count} files, the limit is {max}")]
+    TooManyFiles { count: usize, max: usize },
+    #[error("manifest entry {path} declares {size} bytes, the limit per file is {max}")]
+    FileTooLarge { path: EntryName, size: u64, max: u64 },
+    #[error("manifest declares {total} bytes in all, the limit is {max}")]
+    TotalTooLarge { total: u64, max: u64 },
+    #[error("manifest files are not sorted by path: {later} comes after {earlier}")]
+    NotSorted { earlier: EntryName, later: EntryName },
+    #[error("manifest paths collide: {0}")]
+    Collision(#[from] CollisionError),
+}
+
+impl Manifest {
+    /// The exact bytes that are signed and stored in the bundle: pretty JSON with a final newline.
+    /// Readers never re-serialise; they verify the bytes they were given.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Parses manifest bytes and checks every rule of format 1 against `limits`.
+    pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Self, ManifestError> {
+        // Check the format number alone first, so that a future format is reported as such rather
+        // than as a schema error.
+        #[derive(Deserialize)]
+        struct Probe {
+            format: u32,
+        }
+        let probe: Probe = serde_json::from_slice(bytes)?;
+        if probe.format != FORMAT {
+            return Err(ManifestError::Format(probe.format));
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes)?;
+        manifest.validate(limits)?;
+        Ok(manifest)
+    }
+
+    /// Checks the rules that types alone cannot express.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ManifestError> {
+        if self.format != FORMAT {
+            return Err(ManifestError::Format(self.format));
+        }
+        if self.sequence == 0 {
+            return Err(ManifestError::ZeroSequence);
+        }
+        if self.expires < self.created {
+            return Err(ManifestError::ExpiresBeforeCreated {
+                created: crate::rfc3339(self.created),
+                expires: crate::rfc3339(self.expires),
+            });
+        }
+        if self.files.len() > limits.max_entries {
+            return Err(ManifestError::TooManyFiles {
+                count: self.files.len(),
+                max: limits.max_entries,
+            });
+        }
+        let mut total: u64 = 0;
+        for file in &self.files {
+            if file.size > limits.max_entry_size {
+                return Err(ManifestError::FileTooLarge {
+                    path: file.path.clone(),
+                    size: file.size,
+                    max: limits.max_entry_size,
+                });
+            }
+            total = total.saturating_add(file.size);
+        }
+        if total > limits.max_total_size {
+            return Err(ManifestError::TotalTooLarge { total, max: limits.max_total_size });
+        }
+        check_collisions(self.files.iter().map(|f| &f.path))?;
+        for pair in self.files.windows(2) {
+            if pair[0].path >= pair[1].path {
+                return Err(ManifestError::NotSorted {
+                    earlier: pair[0].path.clone(),
+                    later: pair[1].path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sum of all payload sizes.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The file name a bundle of this manifest is written under: `NAME-SEQUENCE.ferry`.
+    pub fn bundle_file_name(&self) -> String {
+        format!("{}-{}.ferry", self.name, self.sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            name: BundleName::new("site-a").unwrap(),
+            sequence: 3,
+            created: time::macros::datetime!(2026-11-01 00:00 UTC),
+            expires: time::macros::datetime!(2027-02-01 00:00 UTC),
+            builder: "ferry 0.1.0".into(),
+            files: vec![
+                FileEntry {
+                    path: EntryName::new("a/one").unwrap(),
+                    size: 1,
+                    sha256: Sha256Digest::of(b"1"),
+                    mode: Mode::Regular,
+                    kind: Kind::Policy,
+                    metadata: BTreeMap::from([("policy_id".into(), "p".into())]),
+                },
+                FileEntry {
+                    path: EntryName::new("b").unwrap(),
+                    size: 0,
+                    sha256: Sha256Digest::of(b""),
+                    mode: Mode::Executable,
+                    kind: Kind::Other,
+                    metadata: BTreeMap::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::parse(&bytes, &Limits::default()).unwrap(), m);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\"created\": \"2026-11-01T00:00:00Z\""), "{text}");
+        assert!(text.contains("\"mode\": \"0755\""), "{text}");
+    }
+
+    fn reparse(edit: impl FnOnce(&mut serde_json::Value)) -> ManifestError {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        edit(&mut v);
+        Manifest::parse(&serde_json::to_vec(&v).unwrap(), &Limits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn refuses_bad_manifests() {
+        assert!(matches!(reparse(|v| v["format"] = 2.into()), ManifestError::Format(2)));
+        assert!(matches!(reparse(|v| v["sequence"] = 0.into()), ManifestError::ZeroSequence));
+        assert!(matches!(reparse(|v| v["extra"] = 1.into()), ManifestError::Json(_)));
+        assert!(matches!(
+            reparse(|v| v["files"][0]["path"] = "../x".into()),
+            ManifestError::Json(_)
+        ));
+        assert!(matches!(
+            reparse(|v| v["files"][0]["sha256"] = "AB".repeat(32).into()),
+            ManifestError::Json(_)
+        ));
+        assert!(matches!(
+            reparse(|v| v["files"][0]["mode"] = "4755".into()),
+            ManifestError::Json(_)
+        ));
+        assert!(matches!(
+            reparse(|v| v["files"][1]["path"] = "A/one".into()),
+            ManifestError::Collision(_) | ManifestError::NotSorted { .. }
+        ));
+        assert!(matches!(
+            reparse(|v| v["files"][0]["path"] = "c".into()),
+            ManifestError::NotSorted { .. }
+        ));
+        assert!(matches!(
+            reparse(|v| v["expires"] = "2020-01-01T00:00:00Z".into()),
+            ManifestError::ExpiresBeforeCreated { .. }
+        ));
+        let limits = Limits { max_entries: 1, ..Limits::default() };
+        assert!(matches!(
+            Manifest::parse(&sample().to_bytes(), &limits),
+            Err(ManifestError::TooManyFiles { count: 2, max: 1 })
+        ));
+    }
+}

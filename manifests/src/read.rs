@@ -1,0 +1,685 @@
+//! The bundle reader: verify the detached signature over the raw file, then stream the archive
+//! once, trusting nothing that the signed manifest does not vouch for.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+use time::OffsetDateTime;
+
+use crate::limits::Limits;
+use crate::manifest::{FileEntry, Manifest, ManifestError, Sha256Digest};
+use crate::name::{EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY, NameError};
+use crate::progress::Progress;
+use crate::sign::{BundleComment, KeyId, ManifestComment, PublicKey, SignatureFile, TrustedKeys};
+use crate::tar::{self, BLOCK, RawHeader};
+
+const IO_BUFFER: usize = 1 << 20;
+
+/// Every way a bundle can be refused. Each check has its own variant, so callers (and tests) can
+/// tell which one failed; messages name the file, entry or field and the expected and actual
+/// values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("signature file {path} is {size} bytes, the limit is {max}")]
+    SignatureTooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("{what} is not a usable minisign signature: {reason}")]
+    SignatureMalformed { what: String, reason: String },
+    #[error("signed by key {key_id}, which is not trusted (trusted: {trusted})")]
+    UntrustedKey { key_id: KeyId, trusted: String },
+    #[error("detached signature check failed for {path}: {reason} (the file was altered, truncated, or signed by another key)")]
+    BadBundleSignature { path: PathBuf, reason: String },
+    #[error("manifest signature check failed: {reason}")]
+    BadManifestSignature { reason: String },
+    #[error("the manifest is signed by key {manifest}, the bundle file by key {bundle}")]
+    SignerMismatch { bundle: KeyId, manifest: KeyId },
+    #[error("{signature} signature's trusted comment is wrong: {reason}")]
+    TrustedComment { signature: &'static str, reason: String },
+    #[error("{path} is neither zstd nor gzip compressed (starts with {magic})")]
+    UnknownCompression { path: PathBuf, magic: String },
+    #[error("compressed stream is corrupt near uncompressed offset {offset}: {reason}")]
+    Decompress { offset: u64, reason: String },
+    #[error("archive ends early, at uncompressed offset {offset}")]
+    Truncated { offset: u64 },
+    #[error("malformed tar header at offset {offset}: {reason}")]
+    MalformedTar { offset: u64, reason: String },
+    #[error("expected {expected} as entry {index}, found {found}")]
+    MissingManifest { index: usize, expected: &'static str, found: String },
+    #[error("manifest.json is {size} bytes, the limit is {max}")]
+    ManifestTooLarge { size: u64, max: u64 },
+    #[error("manifest.json is invalid: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("entry {name:?} has an unsafe name: {reason}")]
+    UnsafeName { name: String, reason: NameError },
+    #[error("entry {path:?} is a {kind}; links are never accepted")]
+    Link { path: String, kind: String },
+    #[error("entry {path:?} is a {kind}; devices and fifos are never accepted")]
+    SpecialFile { path: String, kind: String },
+    #[error("entry {path:?} is a {kind}; format 1 holds only regular files")]
+    NotRegularFile { path: String, kind: String },
+    #[error("entry {path} is not listed in the manifest")]
+    UndeclaredEntry { path: EntryName },
+    #[error("entry {path} appears more than once")]
+    DuplicateEntry { path: EntryName },
+    #[error("entry {path} is out of order: the manifest expects {expected} here")]
+    OutOfOrder { path: EntryName, expected: EntryName },
+    #[error("entry {path} is listed in the manifest but missing from the archive")]
+    MissingEntry { path: EntryName },
+    #[error("entry {path} is {actual} bytes, the manifest declares {declared}")]
+    SizeMismatch { path: EntryName, declared: u64, actual: u64 },
+    #[error("entry {path} has mode {actual:04o}, the manifest declares {declared:04o}")]
+    ModeMismatch { path: EntryName, declared: u32, actual: u32 },
+    #[error("entry {path} has sha256 {actual}, the manifest declares {expected}")]
+    DigestMismatch { path: EntryName, expected: Sha256Digest, actual: Sha256Digest },
+    #[error("data follows the end of the archive at uncompressed offset {offset}")]
+    TrailingData { offset: u64 },
+    #[error("bundle expired at {expires} (now {now})")]
+    Expired { expires: String, now: String },
+    #[error("cannot store entry {path}: {source}")]
+    Sink { path: EntryName, source: io::Error },
+}
+
+impl VerifyError {
+    /// A short, stable name of the check that failed, for machine output.
+    pub fn check(&self) -> &'static str {
+        use VerifyError::*;
+        match self {
+            Io { .. } => "io",
+            SignatureTooLarge { .. } | SignatureMalformed { .. } => "signature-format",
+            UntrustedKey { .. } => "untrusted-key",
+            BadBundleSignature { .. } => "bundle-signature",
+            BadManifestSignature { .. } => "manifest-signature",
+            SignerMismatch { .. } => "signer-mismatch",
+            TrustedComment { .. } => "trusted-comment",
+            UnknownCompression { .. } | Decompress { .. } => "compression",
+            Truncated { .. } => "truncated",
+            MalformedTar { .. } => "tar-header",
+            MissingManifest { .. } => "manifest-missing",
+            ManifestTooLarge { .. } => "manifest-size",
+            Manifest(_) => "manifest",
+            UnsafeName { .. } => "unsafe-name",
+            Link { .. } => "link",
+            SpecialFile { .. } => "special-file",
+            NotRegularFile { .. } => "not-regular",
+            UndeclaredEntry { .. } => "undeclared-entry",
+            DuplicateEntry { .. } => "duplicate-entry",
+            OutOfOrder { .. } => "out-of-order",
+            MissingEntry { .. } => "missing-entry",
+            SizeMismatch { .. } => "size",
+            ModeMismatch { .. } => "mode",
+            DigestMismatch { .. } => "sha256",
+            TrailingData { .. } => "trailing-data",
+            Expired { .. } => "expired",
+            Sink { .. } => "store",
+        }
+    }
+
+    /// Whether this is a verdict about the bundle (exit 1) rather than a local problem (exit 2).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, VerifyError::Io { .. } | VerifyError::Sink { .. })
+    }
+}
+
+/// Receives each payload file's bytes during extraction.
+pub trait EntrySink {
+    /// Consumes `data`, which yields at most `entry.size` bytes. The reader checks size and
+    /// digest after this returns, so a sink must keep what it wrote provisional until the whole
+    /// bundle has been verified.
+    fn entry(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()>;
+}
+
+/// Throws payload bytes away after they are checked (for `verify`).
+pub struct Discard;
+
+impl EntrySink for Discard {
+    fn entry(&mut self, _entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(drop)
+    }
+}
+
+/// Writes payload files below a private staging directory that this sink creates. Files are
+/// created new (never through an existing name or link), written, synced, then given the mode
+/// the manifest declares. Directories are created one component at a time and must be real
+/// directories.
+pub struct StagingDir {
+    root: PathBuf,
+}
+
+impl StagingDir {
+    /// Creates `root`, which must not exist yet, readable by its owner only.
+    pub fn create(root: &Path) -> io::Result<Self> {
+        fs::DirBuilder::new().mode(0o700).create(root)?;
+        Ok(Self { root: root.to_owned() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where `name` is (or will be) stored.
+    pub fn path_of(&self, name: &EntryName) -> PathBuf {
+        name.components().fold(self.root.clone(), |p, c| p.join(c))
+    }
+}
+
+impl EntrySink for StagingDir {
+    fn entry(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        let mut dir = self.root.clone();
+        let components: Vec<&str> = entry.path.components().collect();
+        for component in &components[..components.len() - 1] {
+            dir.push(component);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !fs::symlink_metadata(&dir)?.file_type().is_dir() {
+                        return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let path = dir.join(components[components.len() - 1]);
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut out = io::BufWriter::with_capacity(IO_BUFFER, file);
+        io::copy(data, &mut out)?;
+        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode.bits()))
+    }
+}
+
+/// A bundle whose detached signature has been verified against a trusted key (step 1).
+#[derive(Debug)]
+pub struct SignedBundle {
+    path: PathBuf,
+    key: PublicKey,
+    comment: BundleComment,
+    limits: Limits,
+}
+
+/// Reads a signature file, bounded by `limits`.
+fn read_signature(path: &Path, limits: &Limits) -> Result<(String, SignatureFile), VerifyError> {
+    let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
+    let file = File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    if size > limits.max_signature_size {
+        return Err(VerifyError::SignatureTooLarge {
+            path: path.to_owned(),
+            size,
+            max: limits.max_signature_size,
+        });
+    }
+    let mut text = String::new();
+    file.take(limits.max_signature_size).read_to_string(&mut text).map_err(io_err)?;
+    let parsed = SignatureFile::parse(&text).map_err(|reason| VerifyError::SignatureMalformed {
+        what: path.display().to_string(),
+        reason,
+    })?;
+    Ok((text, parsed))
+}
+
+fn trusted_key(keys: &TrustedKeys, id: KeyId) -> Result<PublicKey, VerifyError> {
+    keys.get(id).cloned().ok_or_else(|| VerifyError::UntrustedKey {
+        key_id: id,
+        trusted: keys.ids().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+impl SignedBundle {
+    /// Step 1: checks the detached minisign signature over the raw bytes of `bundle`. Nothing
+    /// of the bundle is parsed or decompressed before this succeeds.
+    pub fn verify(
+        bundle: &Path,
+        signature: &Path,
+        keys: &TrustedKeys,
+        limits: Limits,
+        progress: &dyn Progress,
+    ) -> Result<Self, VerifyError> {
+        let (_, sig) = read_signature(signature, &limits)?;
+        let key = trusted_key(keys, sig.key_id())?;
+        let io_err = |source| VerifyError::Io { path: bundle.to_owned(), source };
+        let mut file = File::open(bundle).map_err(io_err)?;
+        let total = file.metadata().map_err(io_err)?.len();
+        let bad = |reason: String| VerifyError::BadBundleSignature { path: bundle.to_owned(), reason };
+        let mut verifier = sig.verifier(&key).map_err(bad)?;
+        progress.start("checking signature", total);
+        let mut buf = vec![0u8; IO_BUFFER];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            verifier.update(&buf[..n]);
+            progress.advance(n as u64);
+        }
+        progress.finish();
+        verifier.finalize().map_err(bad)?;
+        let comment = sig.trusted_comment().parse::<BundleComment>().map_err(|reason| {
+            VerifyError::TrustedComment { signature: "detached", reason }
+        })?;
+        Ok(Self { path: bundle.to_owned(), key, comment, limits })
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.key.key_id()
+    }
+
+    /// What the verified trusted comment says.
+    pub fn comment(&self) -> &BundleComment {
+        &self.comment
+    }
+
+    /// Step 2, first half: decompresses just far enough to read `manifest.json` and its
+    /// signature, verifies them with the same key, and checks they match the detached
+    /// signature's trusted comment. The caller checks floor and expiry on the result before
+    /// extracting.
+    pub fn read_manifest(&self) -> Result<ManifestStage, VerifyError> {
+        let head = read_head(&self.path, &self.limits)?;
+        let sig = SignatureFile::parse(&head.signature_text).map_err(|reason| {
+            VerifyError::SignatureMalformed { what: MANIFEST_SIGNATURE_ENTRY.into(), reason }
+        })?;
+        if sig.key_id() != self.key.key_id() {
+            return Err(VerifyError::SignerMismatch {
+                bundle: self.key.key_id(),
+                manifest: sig.key_id(),
+            });
+        }
+        sig.verify(&self.key, &head.manifest_bytes)
+            .map_err(|reason| VerifyError::BadManifestSignature { reason })?;
+        let manifest = Manifest::parse(&head.manifest_bytes, &self.limits)?;
+        let inner = sig.trusted_comment().parse::<ManifestComment>().map_err(|reason| {
+            VerifyError::TrustedComment { signature: "manifest", reason }
+        })?;
+        let expect = |signature, field: &str, claimed: String, actual: String| {
+            if claimed == actual {
+                Ok(())
+            } else {
+                Err(VerifyError::TrustedComment {
+                    signature,
+                    reason: format!("{field} is {claimed}, the manifest says {actual}"),
+                })
+            }
+        };
+        expect("manifest", "name", inner.name.to_string(), manifest.name.to_string())?;
+        expect("manifest", "sequence", inner.sequence.to_string(), manifest.sequence.to_string())?;
+        let outer = &self.comment;
+        expect("detached", "name", outer.name.to_string(), manifest.name.to_string())?;
+        expect("detached", "sequence", outer.sequence.to_string(), manifest.sequence.to_string())?;
+        expect(
+            "detached",
+            "manifest-sha256",
+            outer.manifest_sha256.to_hex(),
+            Sha256Digest::of(&head.manifest_bytes).to_hex(),
+        )?;
+        Ok(ManifestStage {
+            manifest,
+            manifest_bytes: head.manifest_bytes,
+            manifest_signature: head.signature_text,
+            key_id: self.key.key_id(),
+            stream: head.stream,
+        })
+    }
+}
+
+/// A verified manifest whose payload has not been read yet.
+pub struct ManifestStage {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    manifest_signature: String,
+    key_id: KeyId,
+    stream: TarStream,
+}
+
+/// A bundle that passed every check; its payload went to the sink.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    pub manifest: Manifest,
+    /// The exact signed manifest bytes, worth keeping as the record of what was accepted.
+    pub manifest_bytes: Vec<u8>,
+    /// The manifest's minisign signature file.
+    pub manifest_signature: String,
+    pub key_id: KeyId,
+}
+
+impl ManifestStage {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Step 2, second half: streams every payload entry through a reader capped at its declared
+    /// size into `sink` while hashing it, then requires the archive to end exactly there.
+    pub fn extract(
+        mut self,
+        sink: &mut dyn EntrySink,
+        progress: &dyn Progress,
+    ) -> Result<VerifiedBundle, VerifyError> {
+        let files = &self.manifest.files;
+        progress.start("verifying entries", self.manifest.total_size());
+        for (index, expected) in files.iter().enumerate() {
+            let Some((offset, header)) = self.stream.next_header()? else {
+                return Err(VerifyError::MissingEntry { path: expected.path.clone() });
+            };
+            let name = entry_name(offset, &header)?;
+            if name != expected.path {
+                let earlier = &files[..index];
+                return Err(if earlier.iter().any(|f| f.path == name) {
+                    VerifyError::DuplicateEntry { path: name }
+                } else if files[index..].iter().any(|f| f.path == name) {
+                    VerifyError::OutOfOrder { path: name, expected: expected.path.clone() }
+                } else {
+                    VerifyError::UndeclaredEntry { path: name }
+                });
+            }
+            if header.size != expected.size {
+                return Err(VerifyError::SizeMismatch {
+                    path: name,
+                    declared: expected.size,
+                    actual: header.size,
+                });
+            }
+            if header.mode & 0o7777 != expected.mode.bits() {
+                return Err(VerifyError::ModeMismatch {
+                    path: name,
+                    declared: expected.mode.bits(),
+                    actual: header.mode & 0o7777,
+                });
+            }
+            let mut body = EntryBody {
+                stream: &mut self.stream,
+                left: expected.size,
+                hasher: sha2::Sha256::new(),
+                failure: None,
+                progress,
+            };
+            let stored = sink.entry(expected, &mut body);
+            if let Some(failure) = body.failure.take() {
+                return Err(failure);
+            }
+            stored.map_err(|source| VerifyError::Sink { path: name.clone(), source })?;
+            // The sink may stop early; the digest must still cover every declared byte.
+            io::copy(&mut body, &mut io::sink()).ok();
+            if let Some(failure) = body.failure.take() {
+                return Err(failure);
+            }
+            let actual = Sha256Digest(body.hasher.finalize().into());
+            if actual != expected.sha256 {
+                return Err(VerifyError::DigestMismatch {
+                    path: name,
+                    expected: expected.sha256,
+                    actual,
+                });
+            }
+            self.stream.skip_padding(expected.size)?;
+        }
+        // Anything but the end marker here is an entry the manifest does not list.
+        if let Some((offset, header)) = self.stream.next_header()? {
+            let name = entry_name(offset, &header)?;
+            return Err(if files.iter().any(|f| f.path == name) {
+                VerifyError::DuplicateEntry { path: name }
+            } else {
+                VerifyError::UndeclaredEntry { path: name }
+            });
+        }
+        self.stream.expect_end()?;
+        progress.finish();
+        Ok(VerifiedBundle {
+            manifest: self.manifest,
+            manifest_bytes: self.manifest_bytes,
+            manifest_signature: self.manifest_signature,
+            key_id: self.key_id,
+        })
+    }
+}
+
+/// Refuses a bundle whose `expires` lies more than `tolerance` before `now`.
+pub fn check_expiry(
+    manifest: &Manifest,
+    now: OffsetDateTime,
+    tolerance: time::Duration,
+) -> Result<(), VerifyError> {
+    if manifest.expires + tolerance < now {
+        return Err(VerifyError::Expired {
+            expires: crate::rfc3339(manifest.expires),
+            now: crate::rfc3339(now),
+        });
+    }
+    Ok(())
+}
+
+/// What `inspect` can tell without a trusted key. Nothing here is verified.
+#[derive(Debug, Clone)]
+pub struct UnverifiedManifest {
+    pub manifest: Manifest,
+    pub manifest_sha256: Sha256Digest,
+    /// Key id of the inner manifest signature, if it parses.
+    pub manifest_key_id: Option<KeyId>,
+}
+
+/// Reads the manifest of `bundle` without checking any signature, within `limits`. For display
+/// only: never act on what this returns.
+pub fn read_unverified(bundle: &Path, limits: &Limits) -> Result<UnverifiedManifest, VerifyError> {
+    let head = read_head(bundle, limits)?;
+    let manifest = Manifest::parse(&head.manifest_bytes, limits)?;
+    Ok(UnverifiedManifest {
+        manifest_sha256: Sha256Digest::of(&head.manifest_bytes),
+        manifest_key_id: SignatureFile::parse(&head.signature_text).ok().map(|s| s.key_id()),
+        manifest,
+    })
+}
+
+/// Reads the key id a detached signature file names, without verifying anything.
+pub fn signature_key_id(signature: &Path, limits: &Limits) -> Result<KeyId, VerifyError> {
+    read_signature(signature, limits).map(|(_, s)| s.key_id())
+}
+
+struct Head {
+    manifest_bytes: Vec<u8>,
+    signature_text: String,
+    stream: TarStream,
+}
+
+/// Opens the decompressed stream and reads the two metadata entries, within `limits`.
+fn read_head(path: &Path, limits: &Limits) -> Result<Head, VerifyError> {
+    let mut stream = TarStream::open(path, limits)?;
+    let mut metadata_entry = |index, expected: &'static str, max: u64| {
+        let Some((offset, header)) = stream.next_header()? else {
+            return Err(VerifyError::MissingManifest {
+                index,
+                expected,
+                found: "the end of the archive".into(),
+            });
+        };
+        if header.path != expected || !is_regular(header.typeflag) {
+            return Err(VerifyError::MissingManifest {
+                index,
+                expected,
+                found: format!("{} {:?} at offset {offset}", tar::type_name(header.typeflag), header.path),
+            });
+        }
+        if header.size > max {
+            return Err(if expected == MANIFEST_ENTRY {
+                VerifyError::ManifestTooLarge { size: header.size, max }
+            } else {
+                VerifyError::SignatureTooLarge { path: expected.into(), size: header.size, max }
+            });
+        }
+        let mut bytes = vec![0u8; header.size as usize];
+        stream.read_exact(&mut bytes)?;
+        stream.skip_padding(header.size)?;
+        Ok(bytes)
+    };
+    let manifest_bytes = metadata_entry(0, MANIFEST_ENTRY, limits.max_manifest_size)?;
+    let signature = metadata_entry(1, MANIFEST_SIGNATURE_ENTRY, limits.max_signature_size)?;
+    let signature_text = String::from_utf8(signature).map_err(|_| VerifyError::SignatureMalformed {
+        what: MANIFEST_SIGNATURE_ENTRY.into(),
+        reason: "not UTF-8".into(),
+    })?;
+    Ok(Head { manifest_bytes, signature_text, stream })
+}
+
+fn is_regular(flag: u8) -> bool {
+    flag == tar::TYPE_REGULAR || flag == 0
+}
+
+/// Classifies a payload header: only regular files with safe names pass.
+fn entry_name(offset: u64, header: &RawHeader) -> Result<EntryName, VerifyError> {
+    let kind = tar::type_name(header.typeflag);
+    let path = header.path.clone();
+    match header.typeflag {
+        f if is_regular(f) => {}
+        tar::TYPE_HARDLINK | tar::TYPE_SYMLINK => return Err(VerifyError::Link { path, kind }),
+        tar::TYPE_CHAR_DEVICE | tar::TYPE_BLOCK_DEVICE | tar::TYPE_FIFO => {
+            return Err(VerifyError::SpecialFile { path, kind });
+        }
+        _ => return Err(VerifyError::NotRegularFile { path, kind }),
+    }
+    if !header.linkname.is_empty() {
+        return Err(VerifyError::MalformedTar {
+            offset,
+            reason: format!("regular file {path:?} carries a link name"),
+        });
+    }
+    EntryName::new(&header.path).map_err(|reason| VerifyError::UnsafeName { name: path, reason })
+}
+
+/// The decompressed tar stream, read block by block.
+struct TarStream {
+    inner: Box<dyn Read>,
+    offset: u64,
+}
+
+impl TarStream {
+    fn open(path: &Path, limits: &Limits) -> Result<Self, VerifyError> {
+        let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
+        let mut file = BufReader::with_capacity(IO_BUFFER, File::open(path).map_err(io_err)?);
+        let head = file.fill_buf().map_err(io_err)?;
+        let inner: Box<dyn Read> = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(file).map_err(io_err)?;
+            decoder.window_log_max(limits.zstd_window_log_max).map_err(io_err)?;
+            Box::new(decoder)
+        } else if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(file))
+        } else {
+            return Err(VerifyError::UnknownCompression {
+                path: path.to_owned(),
+                magic: hex::encode(&head[..head.len().min(4)]),
+            });
+        };
+        Ok(Self { inner, offset: 0 })
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), VerifyError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.inner.read(&mut buf[filled..]) {
+                Ok(0) => return Err(VerifyError::Truncated { offset: self.offset }),
+                Ok(n) => {
+                    filled += n;
+                    self.offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.decode_error(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_error(&self, e: &io::Error) -> VerifyError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            VerifyError::Truncated { offset: self.offset }
+        } else {
+            VerifyError::Decompress { offset: self.offset, reason: e.to_string() }
+        }
+    }
+
+    /// The next header, or `None` at the first block of the end marker.
+    fn next_header(&mut self) -> Result<Option<(u64, RawHeader)>, VerifyError> {
+        let offset = self.offset;
+        let mut block = [0u8; BLOCK];
+        self.read_exact(&mut block)?;
+        if block.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        RawHeader::decode(&block)
+            .map(|h| Some((offset, h)))
+            .map_err(|reason| VerifyError::MalformedTar { offset, reason })
+    }
+
+    fn skip_padding(&mut self, size: u64) -> Result<(), VerifyError> {
+        let mut pad = [0u8; BLOCK];
+        let len = tar::padding(size);
+        let offset = self.offset;
+        self.read_exact(&mut pad[..len])?;
+        if pad[..len].iter().any(|&b| b != 0) {
+            return Err(VerifyError::MalformedTar { offset, reason: "non-zero padding".into() });
+        }
+        Ok(())
+    }
+
+    /// After the first end-marker block: the second must follow, then nothing at all.
+    fn expect_end(&mut self) -> Result<(), VerifyError> {
+        let offset = self.offset;
+        let mut block = [0u8; BLOCK];
+        self.read_exact(&mut block)?;
+        if block.iter().any(|&b| b != 0) {
+            return Err(VerifyError::MalformedTar {
+                offset,
+                reason: "end-of-archive marker is one block instead of two".into(),
+            });
+        }
+        let mut byte = [0u8; 1];
+        loop {
+            match self.inner.read(&mut byte) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return Err(VerifyError::TrailingData { offset: self.offset }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.decode_error(&e)),
+            }
+        }
+    }
+}
+
+/// One entry's body: capped at its declared size, hashed as it is read.
+struct EntryBody<'a> {
+    stream: &'a mut TarStream,
+    left: u64,
+    hasher: sha2::Sha256,
+    /// A stream failure, kept so that it is reported as itself and not as the sink's error.
+    failure: Option<VerifyError>,
+    progress: &'a dyn Progress,
+}
+
+impl Read for EntryBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = loop {
+            match self.stream.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.failure = Some(VerifyError::Truncated { offset: self.stream.offset });
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive truncated"));
+                }
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let failure = self.stream.decode_error(&e);
+                    self.failure = Some(failure);
+                    return Err(e);
+                }
+            }
+        };
+        self.stream.offset += n as u64;
+        self.left -= n as u64;
+        self.hasher.update(&buf[..n]);
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}

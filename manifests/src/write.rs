@@ -1,0 +1,438 @@
+//! The streaming bundle writer: hash inputs, sign the manifest, then write the tar stream through
+//! the compressor and the detached signature's hash in a single pass.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::Digest as _;
+use time::OffsetDateTime;
+
+use crate::limits::Limits;
+use crate::manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+use crate::name::{BundleName, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY};
+use crate::progress::Progress;
+use crate::sign::{BundleComment, ManifestComment, PrehashWriter, SigningKey};
+use crate::tar::{self, RawHeader};
+
+const IO_BUFFER: usize = 1 << 20;
+
+/// How the tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd, always in multi-threaded mode: its output is the same for any worker count >= 1,
+    /// which the single-threaded mode's is not.
+    Zstd { level: i32, workers: u32 },
+    /// gzip through flate2's zlib-rs backend, for sites whose tools only know gzip.
+    Gzip { level: u32 },
+}
+
+impl Compression {
+    /// zstd level 3 on every available core.
+    pub fn default_zstd() -> Self {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Compression::Zstd { level: 3, workers }
+    }
+}
+
+/// One file to put in a bundle.
+#[derive(Debug, Clone)]
+pub struct PayloadSource {
+    /// Where it goes inside the bundle.
+    pub path: EntryName,
+    /// Where it is read from.
+    pub source: PathBuf,
+    pub kind: Kind,
+    pub mode: Mode,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Everything about a bundle that is not its payload.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    pub name: BundleName,
+    pub sequence: u64,
+    pub created: OffsetDateTime,
+    pub expires: OffsetDateTime,
+    /// Recorded in the manifest as the writing program, e.g. `ferry 0.1.0`.
+    pub builder: String,
+    pub compression: Compression,
+}
+
+/// A finished bundle on disk.
+#[derive(Debug, Clone)]
+pub struct WrittenBundle {
+    pub manifest: Manifest,
+    pub manifest_sha256: Sha256Digest,
+    pub bundle_path: PathBuf,
+    pub signature_path: PathBuf,
+    pub bundle_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("cannot read {path}: {source}")]
+    Input { path: PathBuf, source: io::Error },
+    #[error("{path} is a {found}, only regular files can go into a bundle")]
+    NotRegular { path: PathBuf, found: &'static str },
+    #[error("{path} changed while the bundle was being written: {detail}")]
+    InputChanged { path: PathBuf, detail: String },
+    #[error("{path} is {size} bytes; a bundle entry can hold at most {max}")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("the bundle's manifest would be invalid: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("cannot write {path}: {source}")]
+    Output { path: PathBuf, source: io::Error },
+}
+
+/// What `stat` said about an input, to notice it changing between the two passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    ino: u64,
+    dev: u64,
+}
+
+fn fingerprint(meta: &fs::Metadata) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    Fingerprint { len: meta.len(), modified: meta.modified().ok(), ino: meta.ino(), dev: meta.dev() }
+}
+
+/// Describes a file type for errors.
+pub fn file_type_name(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_file() {
+        "regular file"
+    } else {
+        "special file"
+    }
+}
+
+/// Checks that `path` is a regular file (not following links) and returns its fingerprint.
+fn stat_regular(path: &Path) -> Result<Fingerprint, WriteError> {
+    let meta = fs::symlink_metadata(path)
+        .map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+    if !meta.file_type().is_file() {
+        return Err(WriteError::NotRegular {
+            path: path.to_owned(),
+            found: file_type_name(meta.file_type()),
+        });
+    }
+    Ok(fingerprint(&meta))
+}
+
+/// Opens `path` and checks it is still the file `expected` describes.
+fn open_unchanged(path: &Path, expected: Fingerprint) -> Result<File, WriteError> {
+    let file = File::open(path).map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+    let meta = file
+        .metadata()
+        .map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+    let now = fingerprint(&meta);
+    if now != expected {
+        return Err(WriteError::InputChanged {
+            path: path.to_owned(),
+            detail: format!("size or modification time or inode differ ({expected:?} then {now:?})"),
+        });
+    }
+    Ok(file)
+}
+
+/// Copies exactly `len` bytes of `file` to `out`, refusing a file that grew or shrank.
+fn copy_exact(
+    path: &Path,
+    mut file: File,
+    len: u64,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> Result<(), WriteError> {
+    let input = |source| WriteError::Input { path: path.to_owned(), source };
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want]).map_err(input)?;
+        if n == 0 {
+            return Err(WriteError::InputChanged {
+                path: path.to_owned(),
+                detail: format!("ended {left} bytes early"),
+            });
+        }
+        out(&buf[..n]).map_err(input)?;
+        left -= n as u64;
+        progress.advance(n as u64);
+    }
+    if file.read(&mut buf[..1]).map_err(input)? != 0 {
+        return Err(WriteError::InputChanged {
+            path: path.to_owned(),
+            detail: format!("longer than the {len} bytes it had"),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `NAME-SEQUENCE.ferry` and `NAME-SEQUENCE.ferry.minisig` into `out_dir`.
+///
+/// Inputs are read twice: once (on all workers) to hash them, since the manifest with their
+/// digests must precede them in the stream, and once to write them. An input that changes in
+/// between is refused. Nothing appears under the final names until both files are complete and
+/// synced.
+pub fn write_bundle(
+    spec: &BundleSpec,
+    mut files: Vec<PayloadSource>,
+    key: &SigningKey,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<WrittenBundle, WriteError> {
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let limits = Limits::default();
+    let prints = files
+        .iter()
+        .map(|f| {
+            let print = stat_regular(&f.source)?;
+            if print.len > limits.max_entry_size {
+                return Err(WriteError::TooLarge {
+                    path: f.source.clone(),
+                    size: print.len,
+                    max: limits.max_entry_size,
+                });
+            }
+            Ok(print)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Check names and limits before reading gigabytes.
+    let mut manifest = Manifest {
+        format: FORMAT,
+        name: spec.name.clone(),
+        sequence: spec.sequence,
+        created: spec.created,
+        expires: spec.expires,
+        builder: spec.builder.clone(),
+        files: files
+            .iter()
+            .zip(&prints)
+            .map(|(f, p)| FileEntry {
+                path: f.path.clone(),
+                size: p.len,
+                sha256: Sha256Digest([0; 32]),
+                mode: f.mode,
+                kind: f.kind,
+                metadata: f.metadata.clone(),
+            })
+            .collect(),
+    };
+    manifest.validate(&limits)?;
+
+    let workers = match spec.compression {
+        Compression::Zstd { workers, .. } => workers.max(1) as usize,
+        Compression::Gzip { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let digests = hash_inputs(&files, &prints, workers, progress)?;
+    for (entry, digest) in manifest.files.iter_mut().zip(digests) {
+        entry.sha256 = digest;
+    }
+    let manifest_bytes = manifest.to_bytes();
+    let manifest_sha256 = Sha256Digest::of(&manifest_bytes);
+    let manifest_signature = key.sign(
+        &manifest_bytes,
+        &ManifestComment { name: manifest.name.clone(), sequence: manifest.sequence }.to_string(),
+    );
+
+    let file_name = manifest.bundle_file_name();
+    let bundle_path = out_dir.join(&file_name);
+    let signature_path = out_dir.join(format!("{file_name}.minisig"));
+    let partial = out_dir.join(format!(".{file_name}.partial"));
+    let output = |source| WriteError::Output { path: partial.clone(), source };
+
+    let out = File::create(&partial).map_err(output)?;
+    let hashed = PrehashWriter::new(BufWriter::with_capacity(IO_BUFFER, out));
+    let mtime = u64::try_from(spec.created.unix_timestamp()).unwrap_or(0);
+    let tar_len = tar::archive_len(
+        [manifest_bytes.len() as u64, manifest_signature.len() as u64]
+            .into_iter()
+            .chain(manifest.files.iter().map(|f| f.size)),
+    );
+    progress.start("writing", manifest.total_size());
+    let mut stream = TarWriter::new(spec.compression, hashed, tar_len).map_err(output)?;
+    stream.entry(MANIFEST_ENTRY, mtime, &manifest_bytes).map_err(output)?;
+    stream.entry(MANIFEST_SIGNATURE_ENTRY, mtime, manifest_signature.as_bytes()).map_err(output)?;
+    let mut buf = vec![0u8; IO_BUFFER];
+    for ((source, entry), print) in files.iter().zip(&manifest.files).zip(&prints) {
+        let file = open_unchanged(&source.source, *print)?;
+        stream
+            .header(&RawHeader::file(entry.path.as_str(), entry.mode.bits(), entry.size, mtime))
+            .map_err(output)?;
+        copy_exact(&source.source, file, entry.size, &mut |b| stream.body(b), &mut buf, progress)?;
+        stream.pad(entry.size).map_err(output)?;
+    }
+    let hashed = stream.finish().map_err(output)?;
+    progress.finish();
+
+    let (out, hasher, bundle_size) = hashed.into_parts();
+    let out = out.into_inner().map_err(|e| output(e.into_error()))?;
+    out.sync_all().map_err(output)?;
+    drop(out);
+    let comment = BundleComment {
+        name: manifest.name.clone(),
+        sequence: manifest.sequence,
+        manifest_sha256,
+    };
+    let detached = key.sign_prehashed(hasher, &comment.to_string());
+    let partial_sig = out_dir.join(format!(".{file_name}.minisig.partial"));
+    write_synced(&partial_sig, detached.as_bytes())
+        .map_err(|source| WriteError::Output { path: partial_sig.clone(), source })?;
+    fs::rename(&partial, &bundle_path)
+        .map_err(|source| WriteError::Output { path: bundle_path.clone(), source })?;
+    fs::rename(&partial_sig, &signature_path)
+        .map_err(|source| WriteError::Output { path: signature_path.clone(), source })?;
+    if let Ok(dir) = File::open(out_dir) {
+        // Makes the renames durable; not every filesystem supports syncing a directory.
+        let _ = dir.sync_all();
+    }
+    tracing::info!(
+        bundle = %bundle_path.display(),
+        entries = manifest.files.len(),
+        bytes = bundle_size,
+        key_id = %key.key_id(),
+        "bundle written"
+    );
+    Ok(WrittenBundle { manifest, manifest_sha256, bundle_path, signature_path, bundle_size })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Hashes every input on `workers` threads, in any order, returning digests in input order.
+fn hash_inputs(
+    files: &[PayloadSource],
+    prints: &[Fingerprint],
+    workers: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<Sha256Digest>, WriteError> {
+    progress.start("hashing", prints.iter().map(|p| p.len).sum());
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Sha256Digest>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let workers = workers.clamp(1, files.len().max(1));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), WriteError> {
+                    let mut buf = vec![0u8; IO_BUFFER];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let (Some(source), Some(print)) = (files.get(i), prints.get(i)) else {
+                            return Ok(());
+                        };
+                        let file = open_unchanged(&source.source, *print)?;
+                        let mut hasher = sha2::Sha256::new();
+                        copy_exact(
+                            &source.source,
+                            file,
+                            print.len,
+                            &mut |b| {
+                                hasher.update(b);
+                                Ok(())
+                            },
+                            &mut buf,
+                            progress,
+                        )?;
+                        *results[i].lock().expect("no panics while locked") =
+                            Some(Sha256Digest(hasher.finalize().into()));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("hashing thread panicked"))
+    })?;
+    progress.finish();
+    Ok(results
+        .into_iter()
+        .map(|r| r.into_inner().expect("no panics while locked").expect("every input hashed"))
+        .collect())
+}
+
+enum Compressor<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+}
+
+/// Writes tar blocks into the compressor.
+struct TarWriter<W: Write> {
+    out: Compressor<W>,
+}
+
+impl<W: Write> TarWriter<W> {
+    /// `tar_len` is the exact uncompressed length; zstd records it in the frame header.
+    fn new(compression: Compression, out: W, tar_len: u64) -> io::Result<Self> {
+        let out = match compression {
+            Compression::Zstd { level, workers } => {
+                let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+                enc.multithread(workers.max(1))?;
+                enc.include_checksum(true)?;
+                enc.set_pledged_src_size(Some(tar_len))?;
+                Compressor::Zstd(enc)
+            }
+            Compression::Gzip { level } => Compressor::Gzip(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(out, flate2::Compression::new(level)),
+            ),
+        };
+        Ok(Self { out })
+    }
+
+    fn body(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.out {
+            Compressor::Zstd(e) => e.write_all(bytes),
+            Compressor::Gzip(e) => e.write_all(bytes),
+        }
+    }
+
+    fn header(&mut self, header: &RawHeader) -> io::Result<()> {
+        let block = header.encode().map_err(io::Error::other)?;
+        self.body(&block)
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        self.body(&[0u8; tar::BLOCK][..tar::padding(size)])
+    }
+
+    /// A whole metadata entry (mode 0644).
+    fn entry(&mut self, path: &str, mtime: u64, bytes: &[u8]) -> io::Result<()> {
+        self.header(&RawHeader::file(path, Mode::Regular.bits(), bytes.len() as u64, mtime))?;
+        self.body(bytes)?;
+        self.pad(bytes.len() as u64)
+    }
+
+    /// Writes the end marker and finishes the compressed stream.
+    fn finish(mut self) -> io::Result<W> {
+        self.body(&[0u8; 2 * tar::BLOCK])?;
+        match self.out {
+            Compressor::Zstd(e) => e.finish(),
+            Compressor::Gzip(e) => e.finish(),
+        }
+    }
+}
