@@ -1,1 +1,28 @@
+//! `ferry`, the connected side of Ferry: key generation, bundle building, verification and
+//! inspection. `main` only parses arguments and calls [`run`].
 
+pub mod cli;
+mod commands;
+pub mod keys;
+mod progress;
+pub mod spec;
+
+use std::process::ExitCode;
+
+pub use commands::run;
+
+/// The version string recorded in every manifest this builder writes.
+pub fn builder_id() -> String {
+    format!("ferry {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Maps an error to the exit code the CLI contract promises: 1 for a verdict about a bundle,
+/// 2 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    let refusal = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<ferry_manifests::VerifyError>()
+            .is_some_and(ferry_manifests::VerifyError::is_refusal)
+    });
+    if refusal { ExitCode::from(1) } else { ExitCode::from(2) }
+}

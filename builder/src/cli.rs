@@ -1,0 +1,135 @@
+//! Command-line definitions of `ferry`, kept apart so man pages and completions can be
+//! generated from them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Build signed, reproducible Ferry bundles for air-gapped Elastic sites",
+    long_about = "Build signed, reproducible Ferry bundles for air-gapped Elastic sites.\n\n\
+        A bundle is NAME-SEQUENCE.ferry plus NAME-SEQUENCE.ferry.minisig. Carry both across the \
+        gap; ferry-appliance verifies and imports them.\n\n\
+        Exit codes: 0 success, 1 verification or policy refusal, 2 usage or internal error.",
+    after_help = "Typical use:\n  ferry keygen\n  ferry build bundle.toml --out dist/\n  ferry verify dist/site-1.ferry --public-key ferry.pub"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a minisign key pair for signing bundles.
+    Keygen(KeygenArgs),
+    /// Build and sign a bundle from a spec file.
+    Build(BuildArgs),
+    /// Verify a bundle: detached signature, manifest signature and every entry.
+    Verify(VerifyArgs),
+    /// Show a bundle's manifest (without verifying it; use `verify` for that).
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// Read the secret key's password from the first line of this file. Otherwise the
+    /// FERRY_KEY_PASSWORD environment variable is used, or you are asked on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (keep it on the connected side, offline if you can).
+    #[arg(long, default_value = "ferry.key", value_name = "PATH")]
+    pub secret_key: PathBuf,
+    /// Where to write the public key (this is what appliances trust).
+    #[arg(long, default_value = "ferry.pub", value_name = "PATH")]
+    pub public_key: PathBuf,
+    /// Store the secret key unencrypted, for automation. Protect the file by other means.
+    #[arg(long)]
+    pub without_password: bool,
+    /// Replace existing key files.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    Zstd,
+    Gzip,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The bundle spec (TOML). Relative file paths in it are resolved against its folder.
+    pub spec: PathBuf,
+    /// The secret key to sign with.
+    #[arg(long, default_value = "ferry.key", value_name = "PATH")]
+    pub secret_key: PathBuf,
+    /// Folder to write NAME-SEQUENCE.ferry and its .minisig into (created if missing).
+    #[arg(long, short, default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+    /// The bundle's creation time (RFC 3339). Defaults to SOURCE_DATE_EPOCH, then now. Fix it
+    /// to rebuild a bundle byte for byte.
+    #[arg(long, value_name = "TIME")]
+    pub created: Option<String>,
+    /// Compression of the bundle.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: CompressionArg,
+    /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6).
+    #[arg(long, value_name = "N")]
+    pub level: Option<u32>,
+    /// zstd worker threads (default: all cores). The output does not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// A trusted public key; repeat to trust several (during a key rotation).
+    #[arg(long, short = 'p', required = true, value_name = "PATH")]
+    pub public_key: Vec<PathBuf>,
+    /// The detached signature (default: BUNDLE.minisig).
+    #[arg(long, value_name = "PATH")]
+    pub signature: Option<PathBuf>,
+    /// Accept a bundle whose expiry has passed (the check is reported, not enforced).
+    #[arg(long)]
+    pub allow_expired: bool,
+    /// Print the verdict as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// The detached signature whose key id to show (default: BUNDLE.minisig, if present).
+    #[arg(long, value_name = "PATH")]
+    pub signature: Option<PathBuf>,
+    /// Print the full manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
