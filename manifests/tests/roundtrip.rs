@@ -1,0 +1,118 @@
+//! Writing and reading real bundles: round trips, reproducibility, and the reader's refusals
+//! of honest bundles that were damaged afterwards.
+
+mod support;
+
+use std::path::Path;
+
+use ferry_manifests::{
+    Compression, Discard, Limits, NoProgress, SignedBundle, StagingDir, VerifyError,
+};
+use support::{build, key, spec, trusted};
+
+fn verify(bundle: &Path, sig: &Path, keys: &ferry_manifests::TrustedKeys) -> Result<(), VerifyError> {
+    let signed = SignedBundle::verify(bundle, sig, keys, Limits::default(), &NoProgress)?;
+    signed.read_manifest()?.extract(&mut Discard, &NoProgress).map(drop)
+}
+
+#[test]
+fn round_trip_into_staging() {
+    for compression in [Compression::default_zstd(), Compression::Gzip { level: 6 }] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key();
+        let written = build(dir.path(), &key, &spec(1, compression));
+        assert_eq!(written.bundle_path.file_name().unwrap(), "site-1.ferry");
+        let signed = SignedBundle::verify(
+            &written.bundle_path,
+            &written.signature_path,
+            &trusted(&key),
+            Limits::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(signed.key_id(), key.key_id());
+        assert_eq!(signed.comment().manifest_sha256, written.manifest_sha256);
+        let stage = signed.read_manifest().unwrap();
+        assert_eq!(stage.manifest(), &written.manifest);
+        let mut staging = StagingDir::create(&dir.path().join("staging")).unwrap();
+        let verified = stage.extract(&mut staging, &NoProgress).unwrap();
+        assert_eq!(verified.manifest_bytes, written.manifest.to_bytes());
+        let paths: Vec<&str> = verified.manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["downloads/beats/elastic-agent/agent.tar.gz", "files/empty", "policies/default.yml"]
+        );
+        for file in &verified.manifest.files {
+            let staged = std::fs::read(staging.path_of(&file.path)).unwrap();
+            let source = std::fs::read(dir.path().join("src").join(match file.path.file_name() {
+                "default.yml" => "policy.yml",
+                other => other,
+            }))
+            .unwrap();
+            assert_eq!(staged, source, "{}", file.path);
+        }
+    }
+}
+
+#[test]
+fn reproducible_for_any_worker_count() {
+    let key = key();
+    let mut outputs = Vec::new();
+    for workers in [1, 2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let w = build(dir.path(), &key, &spec(1, Compression::Zstd { level: 3, workers }));
+        outputs.push((std::fs::read(&w.bundle_path).unwrap(), std::fs::read(&w.signature_path).unwrap()));
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]), "zstd output depends on the worker count");
+    let dir = tempfile::tempdir().unwrap();
+    let a = build(dir.path(), &key, &spec(1, Compression::Gzip { level: 6 }));
+    let first = std::fs::read(&a.bundle_path).unwrap();
+    let b = build(dir.path(), &key, &spec(1, Compression::Gzip { level: 6 }));
+    assert_eq!(first, std::fs::read(&b.bundle_path).unwrap());
+}
+
+#[test]
+fn damage_after_signing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let w = build(dir.path(), &key, &spec(1, Compression::default_zstd()));
+    let keys = trusted(&key);
+    let original = std::fs::read(&w.bundle_path).unwrap();
+
+    for at in [0, 5, original.len() / 2, original.len() - 1] {
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x01;
+        std::fs::write(&w.bundle_path, &bytes).unwrap();
+        let err = verify(&w.bundle_path, &w.signature_path, &keys).unwrap_err();
+        assert!(matches!(err, VerifyError::BadBundleSignature { .. }), "byte {at}: {err}");
+    }
+    std::fs::write(&w.bundle_path, &original[..original.len() - 100]).unwrap();
+    let err = verify(&w.bundle_path, &w.signature_path, &keys).unwrap_err();
+    assert!(matches!(err, VerifyError::BadBundleSignature { .. }), "{err}");
+
+    std::fs::write(&w.bundle_path, &original).unwrap();
+    verify(&w.bundle_path, &w.signature_path, &keys).unwrap();
+    let other = support::key();
+    let err = verify(&w.bundle_path, &w.signature_path, &trusted(&other)).unwrap_err();
+    assert!(matches!(err, VerifyError::UntrustedKey { .. }), "{err}");
+    assert!(err.to_string().contains(&key.key_id().to_string()), "{err}");
+}
+
+#[test]
+fn gzip_bundles_list_with_gnu_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = build(dir.path(), &key(), &spec(1, Compression::Gzip { level: 6 }));
+    let out = std::process::Command::new("tar").arg("-tzf").arg(&w.bundle_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        [
+            "manifest.json",
+            "manifest.json.minisig",
+            "downloads/beats/elastic-agent/agent.tar.gz",
+            "files/empty",
+            "policies/default.yml"
+        ]
+    );
+}
