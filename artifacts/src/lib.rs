@@ -21,7 +21,10 @@ mod tests {
     fn mirror_paths_are_under_downloads() {
         let e = super::mirror_entry("beats/elastic-agent/elastic-agent-9.1.0-linux-x86_64.tar.gz")
             .unwrap();
-        assert_eq!(e.as_str(), "downloads/beats/elastic-agent/elastic-agent-9.1.0-linux-x86_64.tar.gz");
+        assert_eq!(
+            e.as_str(),
+            "downloads/beats/elastic-agent/elastic-agent-9.1.0-linux-x86_64.tar.gz"
+        );
         assert!(super::mirror_entry("../etc/passwd").is_err());
     }
 }

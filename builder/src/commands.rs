@@ -32,7 +32,8 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
         let source = PasswordSource { file: args.password.password_file.clone() };
         Some(source.get("Password for the new secret key: ", true)?)
     };
-    let outcome = keys::keygen(&args.secret_key, &args.public_key, password.as_deref(), args.force)?;
+    let outcome =
+        keys::keygen(&args.secret_key, &args.public_key, password.as_deref(), args.force)?;
     if args.json {
         println!(
             "{}",
@@ -120,8 +121,9 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
-    let written = ferry_manifests::write_bundle(&bundle, payload, &key, &args.out, &Bar::new(quiet))
-        .with_context(|| format!("cannot build bundle from {}", args.spec.display()))?;
+    let written =
+        ferry_manifests::write_bundle(&bundle, payload, &key, &args.out, &Bar::new(quiet))
+            .with_context(|| format!("cannot build bundle from {}", args.spec.display()))?;
     if args.json {
         println!(
             "{}",
@@ -167,7 +169,8 @@ fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let signature = args.signature.clone().unwrap_or_else(|| default_signature(&args.bundle));
     let progress = Bar::new(quiet || args.json);
     let outcome = (|| -> Result<Manifest, VerifyError> {
-        let signed = SignedBundle::verify(&args.bundle, &signature, &keys, Limits::default(), &progress)?;
+        let signed =
+            SignedBundle::verify(&args.bundle, &signature, &keys, Limits::default(), &progress)?;
         let stage = signed.read_manifest()?;
         if !args.allow_expired {
             check_expiry(stage.manifest(), OffsetDateTime::now_utc(), time::Duration::ZERO)?;
@@ -260,7 +263,10 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     println!("builder    {}", manifest.builder);
     println!(
         "signer     {} (not verified; run `ferry verify`)",
-        signer.map_or_else(|| "unknown: no detached signature found".to_owned(), |id| format!("key {id}"))
+        signer.map_or_else(
+            || "unknown: no detached signature found".to_owned(),
+            |id| format!("key {id}")
+        )
     );
     println!("manifest   sha256 {}", info.manifest_sha256);
     println!("entries    {} files, {} bytes", manifest.files.len(), manifest.total_size());

@@ -93,7 +93,9 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32, force: bool) -> anyhow::Resul
         .mode(mode)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", path.display()))
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Opens a secret key file, asking for its password only if it is encrypted.

@@ -90,8 +90,9 @@ impl Spec {
         match (&self.bundle.expires, self.bundle.valid_days) {
             (Some(_), Some(_)) => bail!("[bundle] sets both `expires` and `valid_days`; keep one"),
             (Some(text), None) => parse_time(text).context("[bundle] expires"),
-            (None, days) => Ok(created
-                + time::Duration::days(i64::from(days.unwrap_or(DEFAULT_VALID_DAYS)))),
+            (None, days) => {
+                Ok(created + time::Duration::days(i64::from(days.unwrap_or(DEFAULT_VALID_DAYS))))
+            }
         }
     }
 
@@ -104,11 +105,10 @@ impl Spec {
                 let path = match &f.path {
                     Some(p) => p.clone(),
                     None => {
-                        let name = f
-                            .source
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .with_context(|| format!("{} has no usable file name", f.source.display()))?;
+                        let name =
+                            f.source.file_name().and_then(|n| n.to_str()).with_context(|| {
+                                format!("{} has no usable file name", f.source.display())
+                            })?;
                         format!("{}/{name}", f.kind.default_dir())
                     }
                 };
@@ -170,12 +170,15 @@ mod tests {
     fn refusals() {
         let head = "[bundle]\nname = \"site\"\nsequence = 1\n";
         assert!(parse(&format!("{head}colour = 1\n")).is_err());
-        let err = parse(&format!("{head}[[file]]\nsource = \"x\"\nkind = \"agent\"\n")).unwrap_err();
+        let err =
+            parse(&format!("{head}[[file]]\nsource = \"x\"\nkind = \"agent\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("policy"), "lists valid kinds: {err:#}");
-        let spec = parse(&format!("{head}[[file]]\nsource = \"x\"\nkind = \"other\"\npath = \"../x\"\n"))
-            .unwrap();
+        let spec =
+            parse(&format!("{head}[[file]]\nsource = \"x\"\nkind = \"other\"\npath = \"../x\"\n"))
+                .unwrap();
         assert!(spec.payload(Path::new(".")).is_err());
-        let both = parse(&format!("{head}expires = \"2027-01-01T00:00:00Z\"\nvalid_days = 3\n")).unwrap();
+        let both =
+            parse(&format!("{head}expires = \"2027-01-01T00:00:00Z\"\nvalid_days = 3\n")).unwrap();
         assert!(both.expires(OffsetDateTime::UNIX_EPOCH).is_err());
         assert!(parse("[bundle]\nname = \"Bad Name\"\nsequence = 1\n").is_err());
     }

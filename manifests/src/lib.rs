@@ -25,8 +25,7 @@ pub use limits::Limits;
 pub use manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
 pub use name::{
     BundleName, CollisionError, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY,
-    MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, NameError,
-    check_collisions,
+    MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, NameError, check_collisions,
 };
 pub use progress::{NoProgress, Progress};
 pub use read::{
@@ -34,12 +33,11 @@ pub use read::{
     VerifiedBundle, VerifyError, check_expiry, read_unverified, signature_key_id,
 };
 pub use sign::{
-    BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, Prehasher, PrehashWriter,
+    BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PrehashWriter, Prehasher,
     PublicKey, SignatureFile, SigningKey, StreamVerifier, TrustedKeys, generate_key,
 };
 pub use write::{
-    BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, file_type_name,
-    write_bundle,
+    BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, file_type_name, write_bundle,
 };
 
 /// Formats a time as RFC 3339 (UTC, whole seconds when they are whole).

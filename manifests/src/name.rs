@@ -42,7 +42,9 @@ pub enum NameError {
     Character(char),
     #[error("the name {0:?} is reserved for the bundle's own metadata")]
     Reserved(String),
-    #[error("{0:?} does not fit a ustar header (no split into a 155-byte prefix and 100-byte name)")]
+    #[error(
+        "{0:?} does not fit a ustar header (no split into a 155-byte prefix and 100-byte name)"
+    )]
     NotUstar(String),
 }
 
@@ -235,13 +237,13 @@ pub fn check_collisions<'a>(
         let mut end = 0;
         for component in folded.split('/') {
             end += component.len();
-            if end < folded.len() {
-                if let Some(file) = seen.get(&folded[..end]) {
-                    return Err(CollisionError::FileIsDirectory {
-                        file: (*file).clone(),
-                        inside: (*name).clone(),
-                    });
-                }
+            if end < folded.len()
+                && let Some(file) = seen.get(&folded[..end])
+            {
+                return Err(CollisionError::FileIsDirectory {
+                    file: (*file).clone(),
+                    inside: (*name).clone(),
+                });
             }
             end += 1;
         }

@@ -3,8 +3,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
@@ -33,7 +33,9 @@ pub enum VerifyError {
     SignatureMalformed { what: String, reason: String },
     #[error("signed by key {key_id}, which is not trusted (trusted: {trusted})")]
     UntrustedKey { key_id: KeyId, trusted: String },
-    #[error("detached signature check failed for {path}: {reason} (the file was altered, truncated, or signed by another key)")]
+    #[error(
+        "detached signature check failed for {path}: {reason} (the file was altered, truncated, or signed by another key)"
+    )]
     BadBundleSignature { path: PathBuf, reason: String },
     #[error("manifest signature check failed: {reason}")]
     BadManifestSignature { reason: String },
@@ -178,7 +180,10 @@ impl EntrySink for StagingDir {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if !fs::symlink_metadata(&dir)?.file_type().is_dir() {
-                        return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+                        return Err(io::Error::other(format!(
+                            "{} is not a directory",
+                            dir.display()
+                        )));
                     }
                 }
                 Err(e) => return Err(e),
@@ -246,7 +251,8 @@ impl SignedBundle {
         let io_err = |source| VerifyError::Io { path: bundle.to_owned(), source };
         let mut file = File::open(bundle).map_err(io_err)?;
         let total = file.metadata().map_err(io_err)?.len();
-        let bad = |reason: String| VerifyError::BadBundleSignature { path: bundle.to_owned(), reason };
+        let bad =
+            |reason: String| VerifyError::BadBundleSignature { path: bundle.to_owned(), reason };
         let mut verifier = sig.verifier(&key).map_err(bad)?;
         progress.start("checking signature", total);
         let mut buf = vec![0u8; IO_BUFFER];
@@ -260,9 +266,10 @@ impl SignedBundle {
         }
         progress.finish();
         verifier.finalize().map_err(bad)?;
-        let comment = sig.trusted_comment().parse::<BundleComment>().map_err(|reason| {
-            VerifyError::TrustedComment { signature: "detached", reason }
-        })?;
+        let comment = sig
+            .trusted_comment()
+            .parse::<BundleComment>()
+            .map_err(|reason| VerifyError::TrustedComment { signature: "detached", reason })?;
         Ok(Self { path: bundle.to_owned(), key, comment, limits })
     }
 
@@ -293,9 +300,10 @@ impl SignedBundle {
         sig.verify(&self.key, &head.manifest_bytes)
             .map_err(|reason| VerifyError::BadManifestSignature { reason })?;
         let manifest = Manifest::parse(&head.manifest_bytes, &self.limits)?;
-        let inner = sig.trusted_comment().parse::<ManifestComment>().map_err(|reason| {
-            VerifyError::TrustedComment { signature: "manifest", reason }
-        })?;
+        let inner = sig
+            .trusted_comment()
+            .parse::<ManifestComment>()
+            .map_err(|reason| VerifyError::TrustedComment { signature: "manifest", reason })?;
         let expect = |signature, field: &str, claimed: String, actual: String| {
             if claimed == actual {
                 Ok(())
@@ -499,7 +507,11 @@ fn read_head(path: &Path, limits: &Limits) -> Result<Head, VerifyError> {
             return Err(VerifyError::MissingManifest {
                 index,
                 expected,
-                found: format!("{} {:?} at offset {offset}", tar::type_name(header.typeflag), header.path),
+                found: format!(
+                    "{} {:?} at offset {offset}",
+                    tar::type_name(header.typeflag),
+                    header.path
+                ),
             });
         }
         if header.size > max {
@@ -516,10 +528,11 @@ fn read_head(path: &Path, limits: &Limits) -> Result<Head, VerifyError> {
     };
     let manifest_bytes = metadata_entry(0, MANIFEST_ENTRY, limits.max_manifest_size)?;
     let signature = metadata_entry(1, MANIFEST_SIGNATURE_ENTRY, limits.max_signature_size)?;
-    let signature_text = String::from_utf8(signature).map_err(|_| VerifyError::SignatureMalformed {
-        what: MANIFEST_SIGNATURE_ENTRY.into(),
-        reason: "not UTF-8".into(),
-    })?;
+    let signature_text =
+        String::from_utf8(signature).map_err(|_| VerifyError::SignatureMalformed {
+            what: MANIFEST_SIGNATURE_ENTRY.into(),
+            reason: "not UTF-8".into(),
+        })?;
     Ok(Head { manifest_bytes, signature_text, stream })
 }
 

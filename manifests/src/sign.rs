@@ -115,11 +115,12 @@ impl SigningKey {
     /// Reads a minisign secret key file's text, decrypting it with `password` when it is
     /// encrypted. `what` names the file in errors.
     pub fn from_text(text: &str, what: &str, password: Option<&str>) -> Result<Self, KeyError> {
-        let sk_box = minisign::SecretKeyBox::from_string(text).map_err(|e| KeyError::Malformed {
-            what: what.to_owned(),
-            expected: "secret key",
-            reason: e.to_string(),
-        })?;
+        let sk_box =
+            minisign::SecretKeyBox::from_string(text).map_err(|e| KeyError::Malformed {
+                what: what.to_owned(),
+                expected: "secret key",
+                reason: e.to_string(),
+            })?;
         let sk = if Self::is_encrypted(text, what)? {
             let password = password.ok_or(KeyError::PasswordRequired)?;
             sk_box.into_secret_key(Some(password.to_owned()))
@@ -171,10 +172,7 @@ impl SigningKey {
 
     /// Finishes a streaming signature: `hasher` has seen every byte of the signed data.
     pub fn sign_prehashed(&self, hasher: Prehasher, trusted_comment: &str) -> String {
-        assert!(
-            !trusted_comment.contains(['\r', '\n']),
-            "trusted comments are a single line"
-        );
+        assert!(!trusted_comment.contains(['\r', '\n']), "trusted comments are a single line");
         let digest = hasher.0.finalize();
         let signature = self.key.sign(&digest).to_bytes();
         let mut line = Vec::with_capacity(74);
@@ -271,8 +269,8 @@ impl PublicKey {
         if raw.len() != 42 || &raw[..2] != ALG_KEY {
             return Err(malformed("not an Ed25519 key of 42 bytes".into()));
         }
-        let key = minisign_verify::PublicKey::from_base64(line)
-            .map_err(|e| malformed(e.to_string()))?;
+        let key =
+            minisign_verify::PublicKey::from_base64(line).map_err(|e| malformed(e.to_string()))?;
         let mut key_id = [0u8; 8];
         key_id.copy_from_slice(&raw[2..10]);
         let key_id = KeyId(key_id);
@@ -345,11 +343,7 @@ impl SignatureFile {
     /// Parses a minisign signature. Only pre-hashed (`ED`) signatures are accepted: legacy ones
     /// would need the whole input in memory.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let line = text
-            .lines()
-            .nth(1)
-            .ok_or_else(|| "fewer than four lines".to_owned())?
-            .trim();
+        let line = text.lines().nth(1).ok_or_else(|| "fewer than four lines".to_owned())?.trim();
         let raw = BASE64.decode(line).map_err(|e| format!("bad base64: {e}"))?;
         if raw.len() != 74 {
             return Err(format!("signature line holds {} bytes, expected 74", raw.len()));
@@ -379,10 +373,7 @@ impl SignatureFile {
 
     /// Starts a streaming verification with `key`.
     pub fn verifier<'a>(&'a self, key: &'a PublicKey) -> Result<StreamVerifier<'a>, String> {
-        key.inner()
-            .verify_stream(&self.signature)
-            .map(StreamVerifier)
-            .map_err(|e| e.to_string())
+        key.inner().verify_stream(&self.signature).map(StreamVerifier).map_err(|e| e.to_string())
     }
 }
 
@@ -460,14 +451,16 @@ fn parse_common(format: &str, name: &str, sequence: &str) -> Result<(BundleName,
         return Err(format!("format={format}, expected 1"));
     }
     let name = BundleName::new(name).map_err(|e| format!("name: {e}"))?;
-    let sequence = sequence.parse().map_err(|_| format!("sequence {sequence:?} is not a number"))?;
+    let sequence =
+        sequence.parse().map_err(|_| format!("sequence {sequence:?} is not a number"))?;
     Ok((name, sequence))
 }
 
 impl std::str::FromStr for BundleComment {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let v = comment_fields(text, BUNDLE_TAG, &["format", "name", "sequence", "manifest-sha256"])?;
+        let v =
+            comment_fields(text, BUNDLE_TAG, &["format", "name", "sequence", "manifest-sha256"])?;
         let (name, sequence) = parse_common(v[0], v[1], v[2])?;
         let manifest_sha256 =
             Sha256Digest::from_hex(v[3]).ok_or_else(|| format!("manifest-sha256 {:?}", v[3]))?;
@@ -527,10 +520,7 @@ mod tests {
         let generated = generate_key(Some("pw")).unwrap();
         let text = &generated.secret_key_file;
         assert!(SigningKey::is_encrypted(text, "k").unwrap());
-        assert!(matches!(
-            SigningKey::from_text(text, "k", None),
-            Err(KeyError::PasswordRequired)
-        ));
+        assert!(matches!(SigningKey::from_text(text, "k", None), Err(KeyError::PasswordRequired)));
         assert!(matches!(
             SigningKey::from_text(text, "k", Some("wrong")),
             Err(KeyError::Decrypt(_))

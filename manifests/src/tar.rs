@@ -117,11 +117,7 @@ pub fn padding(size: u64) -> usize {
 
 /// Bytes an archive takes for bodies of `sizes`, including headers, padding and the end marker.
 pub fn archive_len(sizes: impl IntoIterator<Item = u64>) -> u64 {
-    sizes
-        .into_iter()
-        .map(|s| BLOCK as u64 + s + padding(s) as u64)
-        .sum::<u64>()
-        + 2 * BLOCK as u64
+    sizes.into_iter().map(|s| BLOCK as u64 + s + padding(s) as u64).sum::<u64>() + 2 * BLOCK as u64
 }
 
 fn put_str(field: &mut [u8], value: &str) -> Result<(), String> {

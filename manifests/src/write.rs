@@ -100,7 +100,12 @@ struct Fingerprint {
 
 fn fingerprint(meta: &fs::Metadata) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
-    Fingerprint { len: meta.len(), modified: meta.modified().ok(), ino: meta.ino(), dev: meta.dev() }
+    Fingerprint {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        ino: meta.ino(),
+        dev: meta.dev(),
+    }
 }
 
 /// Describes a file type for errors.
@@ -140,15 +145,17 @@ fn stat_regular(path: &Path) -> Result<Fingerprint, WriteError> {
 
 /// Opens `path` and checks it is still the file `expected` describes.
 fn open_unchanged(path: &Path, expected: Fingerprint) -> Result<File, WriteError> {
-    let file = File::open(path).map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
-    let meta = file
-        .metadata()
-        .map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+    let file =
+        File::open(path).map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+    let meta =
+        file.metadata().map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
     let now = fingerprint(&meta);
     if now != expected {
         return Err(WriteError::InputChanged {
             path: path.to_owned(),
-            detail: format!("size or modification time or inode differ ({expected:?} then {now:?})"),
+            detail: format!(
+                "size or modification time or inode differ ({expected:?} then {now:?})"
+            ),
         });
     }
     Ok(file)
@@ -289,11 +296,8 @@ pub fn write_bundle(
     let out = out.into_inner().map_err(|e| output(e.into_error()))?;
     out.sync_all().map_err(output)?;
     drop(out);
-    let comment = BundleComment {
-        name: manifest.name.clone(),
-        sequence: manifest.sequence,
-        manifest_sha256,
-    };
+    let comment =
+        BundleComment { name: manifest.name.clone(), sequence: manifest.sequence, manifest_sha256 };
     let detached = key.sign_prehashed(hasher, &comment.to_string());
     let partial_sig = out_dir.join(format!(".{file_name}.minisig.partial"));
     write_synced(&partial_sig, detached.as_bytes())
@@ -331,7 +335,8 @@ fn hash_inputs(
 ) -> Result<Vec<Sha256Digest>, WriteError> {
     progress.start("hashing", prints.iter().map(|p| p.len).sum());
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Sha256Digest>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Sha256Digest>>> =
+        files.iter().map(|_| Mutex::new(None)).collect();
     let workers = workers.clamp(1, files.len().max(1));
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -362,9 +367,7 @@ fn hash_inputs(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("hashing thread panicked"))
+        handles.into_iter().try_for_each(|h| h.join().expect("hashing thread panicked"))
     })?;
     progress.finish();
     Ok(results

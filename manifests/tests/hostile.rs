@@ -38,7 +38,7 @@ impl Case {
     /// Forges, signs and reads the bundle into a staging directory inside a fresh folder.
     /// Returns the error and the folder, for the caller to check nothing escaped.
     fn run(self) -> (VerifyError, tempfile::TempDir) {
-        self.run_with(|key, manifest| head(key, manifest))
+        self.run_with(head)
     }
 
     fn run_with(
@@ -55,12 +55,13 @@ impl Case {
         compressed.extend_from_slice(&self.after_stream);
         let (bundle, signature) = sign_file(dir.path(), &key, &self.manifest, &compressed);
         let staging_root = dir.path().join("staging");
-        let result = SignedBundle::verify(&bundle, &signature, &trusted(&key), self.limits, &NoProgress)
-            .and_then(|signed| signed.read_manifest())
-            .and_then(|stage| {
-                let mut staging = StagingDir::create(&staging_root).unwrap();
-                stage.extract(&mut staging, &NoProgress)
-            });
+        let result =
+            SignedBundle::verify(&bundle, &signature, &trusted(&key), self.limits, &NoProgress)
+                .and_then(|signed| signed.read_manifest())
+                .and_then(|stage| {
+                    let mut staging = StagingDir::create(&staging_root).unwrap();
+                    stage.extract(&mut staging, &NoProgress)
+                });
         let error = result.expect_err("a hostile bundle was accepted");
         assert_nothing_outside(dir.path(), &staging_root);
         (error, dir)
@@ -167,7 +168,8 @@ fn entry_absent_from_manifest_is_refused() {
 #[test]
 fn entry_missing_from_archive_is_refused() {
     let (err, _) =
-        Case::new(vec![declared("a", BODY), declared("b", BODY)], vec![Piece::file("a", BODY)]).run();
+        Case::new(vec![declared("a", BODY), declared("b", BODY)], vec![Piece::file("a", BODY)])
+            .run();
     assert!(matches!(&err, VerifyError::MissingEntry { path } if path.as_str() == "b"), "{err}");
 }
 
@@ -338,5 +340,8 @@ fn zstd_window_over_the_cap_is_refused() {
             .unwrap();
     let err = signed.read_manifest().err().expect("window over the cap accepted");
     assert!(matches!(err, VerifyError::Decompress { .. }), "{err}");
-    assert!(err.to_string().contains("memory"), "refused for the window, not something else: {err}");
+    assert!(
+        err.to_string().contains("memory"),
+        "refused for the window, not something else: {err}"
+    );
 }

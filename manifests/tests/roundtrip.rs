@@ -10,7 +10,11 @@ use ferry_manifests::{
 };
 use support::{build, key, spec, trusted};
 
-fn verify(bundle: &Path, sig: &Path, keys: &ferry_manifests::TrustedKeys) -> Result<(), VerifyError> {
+fn verify(
+    bundle: &Path,
+    sig: &Path,
+    keys: &ferry_manifests::TrustedKeys,
+) -> Result<(), VerifyError> {
     let signed = SignedBundle::verify(bundle, sig, keys, Limits::default(), &NoProgress)?;
     signed.read_manifest()?.extract(&mut Discard, &NoProgress).map(drop)
 }
@@ -61,7 +65,10 @@ fn reproducible_for_any_worker_count() {
     for workers in [1, 2, 4] {
         let dir = tempfile::tempdir().unwrap();
         let w = build(dir.path(), &key, &spec(1, Compression::Zstd { level: 3, workers }));
-        outputs.push((std::fs::read(&w.bundle_path).unwrap(), std::fs::read(&w.signature_path).unwrap()));
+        outputs.push((
+            std::fs::read(&w.bundle_path).unwrap(),
+            std::fs::read(&w.signature_path).unwrap(),
+        ));
     }
     assert!(outputs.windows(2).all(|w| w[0] == w[1]), "zstd output depends on the worker count");
     let dir = tempfile::tempdir().unwrap();

@@ -47,7 +47,12 @@ pub fn sample_inputs(dir: &Path) -> Vec<PayloadSource> {
         noise.extend_from_slice(&x.to_le_bytes());
     }
     let files: [(&str, &str, Vec<u8>, Kind); 3] = [
-        ("policy.yml", "policies/default.yml", b"id: default\nrevision: 1\n".repeat(500), Kind::Policy),
+        (
+            "policy.yml",
+            "policies/default.yml",
+            b"id: default\nrevision: 1\n".repeat(500),
+            Kind::Policy,
+        ),
         ("agent.tar.gz", "downloads/beats/elastic-agent/agent.tar.gz", noise, Kind::AgentArtifact),
         ("empty", "files/empty", Vec::new(), Kind::Other),
     ];

@@ -1,0 +1,87 @@
+//! The connected side's whole journey with the real binaries: a new key, the demo bundle built
+//! from files shipped in the repository, checked by `ferry verify`, by the stock `minisign` and
+//! by GNU `tar`, then carried (copied) elsewhere and checked again with only the public key.
+
+use ferry_tests::{binary, repo_root, run_ok};
+
+#[test]
+fn key_build_verify_carry_verify() {
+    let work = tempfile::tempdir().unwrap();
+    let connected = work.path().join("connected");
+    let isolated = work.path().join("isolated");
+    std::fs::create_dir_all(&connected).unwrap();
+    std::fs::create_dir_all(&isolated).unwrap();
+    let (key, public) = (connected.join("ferry.key"), connected.join("ferry.pub"));
+
+    let password = connected.join("password");
+    std::fs::write(&password, "a long passphrase\n").unwrap();
+    run_ok(
+        binary("ferry")
+            .arg("keygen")
+            .arg("--secret-key")
+            .arg(&key)
+            .arg("--public-key")
+            .arg(&public)
+            .arg("--password-file")
+            .arg(&password),
+    );
+    let out = run_ok(
+        binary("ferry")
+            .arg("build")
+            .arg(repo_root().join("examples/demo/bundle.toml"))
+            .arg("--secret-key")
+            .arg(&key)
+            .arg("--password-file")
+            .arg(&password)
+            .arg("--out")
+            .arg(connected.join("dist"))
+            .arg("--json"),
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(built["name"], "demo");
+    assert_eq!(built["entries"], 3);
+
+    // The carrier: only the two bundle files and the public key cross the gap.
+    for name in ["demo-1.ferry", "demo-1.ferry.minisig"] {
+        std::fs::copy(connected.join("dist").join(name), isolated.join(name)).unwrap();
+    }
+    std::fs::copy(&public, isolated.join("trusted.pub")).unwrap();
+    let bundle = isolated.join("demo-1.ferry");
+
+    let out = run_ok(
+        binary("ferry").arg("verify").arg(&bundle).arg("-p").arg(isolated.join("trusted.pub")),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK "));
+    let out = run_ok(
+        std::process::Command::new("minisign")
+            .arg("-Vm")
+            .arg(&bundle)
+            .arg("-p")
+            .arg(isolated.join("trusted.pub")),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("manifest-sha256={}", built["manifest_sha256"].as_str().unwrap())),
+        "{said}"
+    );
+    let out = run_ok(std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(&bundle));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+
+    // The carrier damages it: refused with exit 1, the previous copy untouched.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let damaged = isolated.join("damaged.ferry");
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::copy(isolated.join("demo-1.ferry.minisig"), isolated.join("damaged.ferry.minisig"))
+        .unwrap();
+    let out = binary("ferry")
+        .arg("verify")
+        .arg(&damaged)
+        .arg("-p")
+        .arg(isolated.join("trusted.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    run_ok(binary("ferry").arg("verify").arg(&bundle).arg("-p").arg(isolated.join("trusted.pub")));
+}
