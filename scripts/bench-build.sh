@@ -37,7 +37,7 @@ if [ ! -f "$input/.complete" ]; then
     done
     # Shared libraries, cycled until the compressible half is full, cut into 64 MiB files.
     libs=$(find /usr/lib/x86_64-linux-gnu "$(rustc --print sysroot)/lib" -name '*.so*' -type f -size +100k 2>/dev/null | sort)
-    while :; do for f in $libs; do cat "$f"; done; done 2>/dev/null \
+    (while :; do for f in $libs; do cat "$f" || exit 0; done; done) 2>/dev/null \
         | head -c $((half))M | split -b 64M -d -a 3 - "$input/binaries/agent-bin-"
     for i in $(seq 1 200); do
         printf 'id: policy-%d\nrevision: %d\noutputs:\n  default:\n    type: elasticsearch\n' "$i" "$i" \
