@@ -258,7 +258,10 @@ pub fn write_bundle(
         Compression::Zstd { workers, .. } => workers.max(1) as usize,
         Compression::Gzip { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let started = std::time::Instant::now();
     let digests = hash_inputs(&files, &prints, workers, progress)?;
+    tracing::info!(files = files.len(), seconds = started.elapsed().as_secs_f64(), "inputs hashed");
+    let started = std::time::Instant::now();
     for (entry, digest) in manifest.files.iter_mut().zip(digests) {
         entry.sha256 = digest;
     }
@@ -317,6 +320,7 @@ pub fn write_bundle(
         let _ = dir.sync_all();
     }
     tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
         bundle = %bundle_path.display(),
         entries = manifest.files.len(),
         bytes = bundle_size,
