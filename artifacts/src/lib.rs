@@ -1,8 +1,20 @@
-//! Elastic artifact knowledge shared by the builder and the appliance.
-//!
-//! This crate will own artifact ids, Elastic's download layout, `.sha512` sidecars and PGP
-//! verification. For now it only names where artifacts live inside a bundle, so both sides agree
-//! on it from the start.
+//! Elastic artifact knowledge shared by the builder and the appliance: artifact ids and
+//! Elastic's download layout, `.sha512` sidecars, PGP `.asc` verification, agent policies,
+//! certificates, and the content-addressed blob store.
+
+pub mod cert;
+pub mod id;
+pub mod pgp;
+pub mod policy;
+pub mod sidecar;
+pub mod store;
+
+pub use cert::{CertError, CertSummary, parse_certificates};
+pub use id::{ArtifactId, IdError, PackageKind, Platform, Product, Version};
+pub use pgp::{Keyring, PgpError};
+pub use policy::{Policy, PolicyError};
+pub use sidecar::{Sha512Digest, SidecarError, check_sidecar, parse_sidecar, write_sidecar};
+pub use store::{BlobStore, StoreError, hash_file};
 
 use ferry_manifests::EntryName;
 
