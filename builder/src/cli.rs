@@ -31,7 +31,11 @@ pub struct Cli {
 pub enum Command {
     /// Create a minisign key pair for signing bundles.
     Keygen(KeygenArgs),
-    /// Build and sign a bundle from a spec file.
+    /// List every file a build would fetch, with its source and bundle path, and what is
+    /// already cached. Downloads nothing.
+    Plan(PlanArgs),
+    /// Build and sign a bundle from a spec file: fetch and verify Elastic artifacts, check
+    /// policies and certificates, write NAME-SEQUENCE.ferry and its signature.
     Build(BuildArgs),
     /// Verify a bundle: detached signature, manifest signature and every entry.
     Verify(VerifyArgs),
@@ -75,9 +79,36 @@ pub enum CompressionArg {
 }
 
 #[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The download cache: verified artifacts by content hash, so a rebuild downloads nothing
+    /// twice. Default: $XDG_CACHE_HOME/ferry or ~/.cache/ferry.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The bundle spec (TOML).
+    pub spec: PathBuf,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Print the plan as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BuildArgs {
     /// The bundle spec (TOML). Relative file paths in it are resolved against its folder.
     pub spec: PathBuf,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Downloads at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parallel: usize,
+    /// Attempts per file (with exponential backoff and byte-range resume) before giving up.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub attempts: u32,
     /// The secret key to sign with.
     #[arg(long, default_value = "ferry.key", value_name = "PATH")]
     pub secret_key: PathBuf,

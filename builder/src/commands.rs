@@ -5,12 +5,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use ferry_manifests::{
-    Compression, Discard, Limits, Manifest, SignedBundle, VerifyError, check_expiry,
+    Compression, Discard, Kind, Limits, Manifest, SignedBundle, VerifyError, check_expiry,
 };
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::cli::{BuildArgs, Cli, Command, CompressionArg, InspectArgs, KeygenArgs, VerifyArgs};
+use crate::cli::{
+    BuildArgs, CacheArgs, Cli, Command, CompressionArg, InspectArgs, KeygenArgs, PlanArgs,
+    VerifyArgs,
+};
+use crate::fetch::Cache;
+use crate::intake;
 use crate::keys::{self, PasswordSource};
 use crate::progress::Bar;
 use crate::spec::{self, Spec};
@@ -19,6 +24,7 @@ use crate::spec::{self, Spec};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keygen(args) => keygen(&args),
+        Command::Plan(args) => plan(&args),
         Command::Build(args) => build(&args, cli.quiet),
         Command::Verify(args) => verify(&args, cli.quiet),
         Command::Inspect(args) => inspect(&args),
@@ -98,14 +104,78 @@ fn compression(args: &BuildArgs) -> anyhow::Result<Compression> {
     })
 }
 
+fn cache_dir(args: &CacheArgs) -> PathBuf {
+    args.cache.clone().unwrap_or_else(Cache::default_dir)
+}
+
+fn spec_base(spec: &Path) -> &Path {
+    match spec.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let spec_file = Spec::load(&args.spec)?;
+    let base = spec_base(&args.spec);
+    let ids = spec_file.artifacts()?;
+    let mut rows: Vec<crate::fetch::PlannedFile> = spec_file
+        .payload(base)?
+        .into_iter()
+        .map(|p| crate::fetch::PlannedFile {
+            source: p.source.display().to_string(),
+            bundle_path: p.path.to_string(),
+            cached: false,
+        })
+        .collect();
+    if let Some((fetcher, key)) = intake::fetcher(&spec_file, base, &cache_dir(&args.cache))? {
+        rows.push(crate::fetch::PlannedFile {
+            source: key.source.display().to_string(),
+            bundle_path: key.path.to_string(),
+            cached: false,
+        });
+        rows.extend(crate::fetch::plan(&fetcher, &ids));
+    }
+    rows.sort_by(|a, b| a.bundle_path.cmp(&b.bundle_path));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "files": rows }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let to_fetch = rows.iter().filter(|r| r.source.contains("://") && !r.cached).count();
+    let width = rows.iter().map(|r| r.bundle_path.len()).max().unwrap_or(4).max(11);
+    println!("{:width$}  {:6}  SOURCE", "BUNDLE PATH", "CACHED");
+    for r in &rows {
+        let cached = if r.source.contains("://") || ids.is_empty() {
+            if r.cached { "yes" } else { "no" }
+        } else {
+            "local"
+        };
+        println!("{:width$}  {cached:6}  {}", r.bundle_path, r.source);
+    }
+    println!("\n{} files, {} artifacts, {} to download", rows.len(), ids.len(), to_fetch);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let spec_file = Spec::load(&args.spec)?;
-    let base = args.spec.parent().unwrap_or(Path::new("."));
-    let payload = spec_file.payload(base)?;
+    let base = spec_base(&args.spec);
     let created = created_time(args.created.as_deref())?;
     let expires = spec_file.expires(created)?;
     if expires <= created {
         bail!("the bundle would expire ({}) before it is created ({})", rfc(expires), rfc(created));
+    }
+    let mut payload = intake::local_files(&spec_file, base, expires)?;
+    let ids = spec_file.artifacts()?;
+    if let Some((mut fetcher, key_entry)) =
+        intake::fetcher(&spec_file, base, &cache_dir(&args.cache))?
+    {
+        fetcher.parallel = args.parallel.max(1);
+        fetcher.attempts = args.attempts.max(1);
+        let fetched = fetcher.fetch_all(&ids, quiet)?;
+        let downloaded = fetched.iter().filter(|f| !f.from_cache).count();
+        tracing::info!(artifacts = fetched.len(), downloaded, "artifacts verified");
+        payload.extend(intake::artifact_payload(&fetched)?);
+        payload.push(key_entry);
     }
     let bundle = ferry_manifests::BundleSpec {
         name: spec_file.bundle.name.clone(),
@@ -270,21 +340,86 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     );
     println!("manifest   sha256 {}", info.manifest_sha256);
     println!("entries    {} files, {} bytes", manifest.files.len(), manifest.total_size());
-    if manifest.files.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    let meta = |f: &ferry_manifests::FileEntry, k: &str| {
+        f.metadata.get(k).cloned().unwrap_or_else(|| "-".into())
+    };
+    let of_kind = |kinds: &[Kind]| {
+        manifest.files.iter().filter(|f| kinds.contains(&f.kind)).collect::<Vec<_>>()
+    };
+    let artifacts = of_kind(&[Kind::AgentArtifact, Kind::FleetServerArtifact]);
+    if !artifacts.is_empty() {
+        print_table(
+            "artifacts",
+            &["PRODUCT", "VERSION", "PLATFORM", "PACKAGE", "SIZE"],
+            artifacts.iter().map(|f| {
+                let fips = if meta(f, "fips") == "true" { "-fips" } else { "" };
+                vec![
+                    format!("{}{fips}", meta(f, "product")),
+                    meta(f, "version"),
+                    meta(f, "platform"),
+                    meta(f, "package"),
+                    f.size.to_string(),
+                ]
+            }),
+        );
     }
-    let width = manifest.files.iter().map(|f| f.path.as_str().len()).max().unwrap_or(4).max(4);
-    let kind_width = manifest.files.iter().map(|f| f.kind.as_str().len()).max().unwrap_or(4).max(4);
-    println!();
-    println!("{:width$}  {:kind_width$}  {:>12}  SHA256", "PATH", "KIND", "SIZE");
-    for f in &manifest.files {
-        println!(
-            "{:width$}  {:kind_width$}  {:>12}  {}",
-            f.path.as_str(),
-            f.kind.as_str(),
-            f.size,
-            &f.sha256.to_hex()[..16]
+    let policies = of_kind(&[Kind::Policy]);
+    if !policies.is_empty() {
+        print_table(
+            "policies",
+            &["ID", "REVISION", "NAME", "PATH"],
+            policies.iter().map(|f| {
+                vec![meta(f, "policy_id"), meta(f, "revision"), meta(f, "name"), f.path.to_string()]
+            }),
+        );
+    }
+    let certificates = of_kind(&[Kind::Certificate]);
+    if !certificates.is_empty() {
+        print_table(
+            "certificates",
+            &["SUBJECT", "EXPIRES", "PATH"],
+            certificates
+                .iter()
+                .map(|f| vec![meta(f, "subject"), meta(f, "not_after"), f.path.to_string()]),
+        );
+    }
+    if !manifest.files.is_empty() {
+        print_table(
+            "files",
+            &["PATH", "KIND", "SIZE", "SHA256"],
+            manifest.files.iter().map(|f| {
+                vec![
+                    f.path.to_string(),
+                    f.kind.to_string(),
+                    f.size.to_string(),
+                    f.sha256.to_hex()[..16].to_owned(),
+                ]
+            }),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a titled table with columns sized to their widest cell; SIZE is right-aligned.
+fn print_table(title: &str, headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).max(h.len()))
+        .collect();
+    let line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .zip(headers)
+            .map(|((c, w), h)| if *h == "SIZE" { format!("{c:>w$}") } else { format!("{c:w$}") })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    println!("\n{title}:");
+    line(&headers.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for row in &rows {
+        line(row);
+    }
 }

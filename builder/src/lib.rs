@@ -3,6 +3,8 @@
 
 pub mod cli;
 mod commands;
+pub mod fetch;
+mod intake;
 pub mod keys;
 mod progress;
 pub mod spec;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use ferry_artifacts::{ArtifactId, IdError, PackageKind, Platform, Product, Version};
 use ferry_manifests::{BundleName, EntryName, Kind, Mode, PayloadSource};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -11,14 +12,60 @@ use time::OffsetDateTime;
 /// How long a bundle stays valid when the spec says nothing.
 pub const DEFAULT_VALID_DAYS: u32 = 90;
 
-/// The spec file as written. Elastic artifacts (upstream, versions, platforms) will join as
-/// further tables; every table refuses unknown fields, so a typo is an error, not a no-op.
+/// The spec file as written. Every table refuses unknown fields, so a typo is an error, not a
+/// silent no-op.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub bundle: BundleSection,
+    /// Where Elastic artifacts come from and the PGP key they must be signed with.
+    pub upstream: Option<UpstreamSection>,
+    /// Elastic Agent releases to carry.
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<ArtifactSection>,
+    /// Fleet Server releases to carry.
+    #[serde(default, rename = "fleet_server")]
+    pub fleet_servers: Vec<ArtifactSection>,
     #[serde(default, rename = "file")]
     pub files: Vec<FileSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// An `https://` URL of Elastic's `downloads/` tree (or a mirror of it). `http://` is
+    /// accepted for loopback addresses only.
+    pub url: Option<String>,
+    /// A local folder laid out like `downloads/` (a mounted mirror), relative to the spec.
+    pub dir: Option<PathBuf>,
+    /// The armored PGP public key artifacts must be signed with (Elastic's
+    /// `GPG-KEY-elasticsearch`), relative to the spec. It travels in the bundle.
+    pub pgp_key: PathBuf,
+    /// CA certificates (PEM) to trust for the upstream and proxies instead of the built-in
+    /// public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Releases of one product: every version × platform × package combination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactSection {
+    pub versions: Vec<String>,
+    pub platforms: Vec<String>,
+    /// `archive` (what upgrades use), `deb`, `rpm`, `msi`. Default: `["archive"]`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// FIPS builds (Elastic Agent only).
+    #[serde(default)]
+    pub fips: bool,
+}
+
+/// Where artifacts are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// Base URL ending in `/`.
+    Http(String),
+    Dir(PathBuf),
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +143,83 @@ impl Spec {
         }
     }
 
+    /// Every artifact the spec asks for, sorted and without repeats.
+    pub fn artifacts(&self) -> anyhow::Result<Vec<ArtifactId>> {
+        let mut ids = Vec::new();
+        for (product, sections, table) in [
+            (Product::ElasticAgent, &self.agents, "[[agent]]"),
+            (Product::FleetServer, &self.fleet_servers, "[[fleet_server]]"),
+        ] {
+            for (n, section) in sections.iter().enumerate() {
+                let at = || format!("{table} number {}", n + 1);
+                if section.versions.is_empty() || section.platforms.is_empty() {
+                    bail!("{}: needs at least one version and one platform", at());
+                }
+                let packages = if section.packages.is_empty() {
+                    vec![PackageKind::Archive]
+                } else {
+                    section
+                        .packages
+                        .iter()
+                        .map(|p| p.parse::<PackageKind>())
+                        .collect::<Result<_, _>>()
+                        .with_context(at)?
+                };
+                for version in &section.versions {
+                    let version: Version = version.parse().with_context(at)?;
+                    for platform in &section.platforms {
+                        let platform: Platform = platform.parse().with_context(at)?;
+                        for package in &packages {
+                            // A package kind that does not exist for a platform (deb on
+                            // Windows) is skipped: specs list packages for a set of platforms.
+                            match ArtifactId::new(
+                                product,
+                                version.clone(),
+                                platform,
+                                *package,
+                                section.fips,
+                            ) {
+                                Ok(id) => ids.push(id),
+                                Err(IdError::Unavailable { .. }) => {}
+                                Err(e) => return Err(e).with_context(at),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() && self.upstream.is_none() {
+            bail!("the spec asks for Elastic artifacts but has no [upstream] table");
+        }
+        Ok(ids)
+    }
+
+    /// The upstream, resolved against `base` (the spec's folder).
+    pub fn upstream(&self, base: &Path) -> anyhow::Result<Option<Upstream>> {
+        let Some(up) = &self.upstream else { return Ok(None) };
+        match (&up.url, &up.dir) {
+            (Some(_), Some(_)) => bail!("[upstream] sets both `url` and `dir`; keep one"),
+            (None, None) => bail!("[upstream] needs `url` or `dir`"),
+            (None, Some(dir)) => Ok(Some(Upstream::Dir(base.join(dir)))),
+            (Some(url), None) => {
+                let loopback =
+                    ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"];
+                if !(url.starts_with("https://") || loopback.iter().any(|p| url.starts_with(p))) {
+                    bail!(
+                        "[upstream] url {url:?} must start with https:// (http:// only for loopback)"
+                    );
+                }
+                let mut url = url.clone();
+                if !url.ends_with('/') {
+                    url.push('/');
+                }
+                Ok(Some(Upstream::Http(url)))
+            }
+        }
+    }
+
     /// The payload files, with sources resolved against `base` (the spec's folder).
     pub fn payload(&self, base: &Path) -> anyhow::Result<Vec<PayloadSource>> {
         self.files
@@ -164,6 +288,62 @@ mod tests {
         assert_eq!(payload[0].path.as_str(), "policies/default.yml");
         assert_eq!(payload[0].source, Path::new("/base/p/default.yml"));
         assert_eq!(payload[1].path.as_str(), "tls/ca.pem");
+    }
+
+    #[test]
+    fn artifacts_expand_and_refuse() {
+        let spec = parse(
+            r#"
+            [bundle]
+            name = "site"
+            sequence = 1
+            [upstream]
+            url = "https://artifacts.elastic.co/downloads"
+            pgp_key = "GPG-KEY-elasticsearch"
+            [[agent]]
+            versions = ["9.2.2", "8.19.4"]
+            platforms = ["linux-x86_64", "windows-x86_64"]
+            packages = ["archive", "deb"]
+            [[fleet_server]]
+            versions = ["9.2.2"]
+            platforms = ["linux-x86_64"]
+            "#,
+        )
+        .unwrap();
+        let ids = spec.artifacts().unwrap();
+        let paths: Vec<String> = ids.iter().map(ArtifactId::mirror_path).collect();
+        assert_eq!(paths.len(), 7, "{paths:?}"); // 2 versions × (2 archives + 1 deb), + 1 fleet server
+        assert!(paths.contains(&"beats/elastic-agent/elastic-agent-8.19.4-amd64.deb".to_owned()));
+        assert!(paths.contains(&"fleet-server/fleet-server-9.2.2-linux-x86_64.tar.gz".to_owned()));
+        assert_eq!(
+            spec.upstream(Path::new(".")).unwrap(),
+            Some(Upstream::Http("https://artifacts.elastic.co/downloads/".into()))
+        );
+
+        let bad = |extra: &str| {
+            let text = format!("[bundle]\nname = \"s\"\nsequence = 1\n{extra}");
+            let spec = parse(&text).unwrap();
+            format!(
+                "{:#}",
+                spec.artifacts().and_then(|_| spec.upstream(Path::new(".")).map(drop)).unwrap_err()
+            )
+        };
+        let up = "[upstream]\nurl = \"https://x\"\npgp_key = \"k\"\n";
+        assert!(
+            bad(&format!("{up}[[agent]]\nversions = [\"9\"]\nplatforms = [\"linux-x86_64\"]\n"))
+                .contains("MAJOR.MINOR.PATCH")
+        );
+        assert!(
+            bad(&format!("{up}[[agent]]\nversions = [\"9.1.0\"]\nplatforms = [\"amiga\"]\n"))
+                .contains("linux-x86_64")
+        );
+        assert!(
+            bad("[[agent]]\nversions = [\"9.1.0\"]\nplatforms = [\"linux-x86_64\"]\n")
+                .contains("[upstream]")
+        );
+        assert!(
+            bad("[upstream]\nurl = \"http://example.com\"\npgp_key = \"k\"\n").contains("https://")
+        );
     }
 
     #[test]

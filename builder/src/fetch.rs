@@ -1,0 +1,511 @@
+//! Fetching Elastic artifacts: download (or copy) each archive with its `.sha512` and `.asc`,
+//! verify both, and keep the verified files in a content-addressed cache so that a rebuild
+//! downloads nothing twice.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ferry_artifacts::{ArtifactId, BlobStore, Keyring, Sha512Digest};
+use ferry_manifests::Sha256Digest;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Upstream;
+
+/// Sidecars are small; anything bigger is not one.
+const MAX_SIDECAR: u64 = 1 << 20;
+
+/// One failure to obtain a verified artifact.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("{url}: not found (HTTP 404)")]
+    NotFound { url: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: {reason} (gave up after {attempts} attempts)")]
+    Transport { url: String, reason: String, attempts: u32 },
+    #[error("{url}: larger than the {max} bytes a sidecar may have")]
+    TooLarge { url: String, max: u64 },
+    #[error(transparent)]
+    Sidecar(#[from] ferry_artifacts::SidecarError),
+    #[error(transparent)]
+    Pgp(#[from] ferry_artifacts::PgpError),
+    #[error(transparent)]
+    Store(#[from] ferry_artifacts::StoreError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Every failure of a fetch run, so the operator sees all missing files at once.
+#[derive(Debug)]
+pub struct FetchErrors(pub Vec<FetchError>);
+
+impl std::fmt::Display for FetchErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} artifact file(s) could not be fetched and verified:", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FetchErrors {}
+
+/// A verified artifact and its sidecars, as files in the cache.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub id: ArtifactId,
+    pub archive: PathBuf,
+    pub sha512_file: PathBuf,
+    pub asc_file: PathBuf,
+    pub size: u64,
+    pub sha512: Sha512Digest,
+    /// Fingerprint of the PGP key that signed it.
+    pub signer: String,
+    /// Whether nothing had to be fetched for it.
+    pub from_cache: bool,
+}
+
+/// What the cache remembers of one verified artifact: the blobs of its three files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexEntry {
+    archive: String,
+    sha512: String,
+    asc: String,
+}
+
+/// The builder's download cache: a blob store plus an index from mirror path to blobs.
+pub struct Cache {
+    store: BlobStore,
+    index: PathBuf,
+}
+
+impl Cache {
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        let store = BlobStore::open(&root.join("blobs"))?;
+        let index = root.join("index");
+        fs::create_dir_all(&index)?;
+        Ok(Self { store, index })
+    }
+
+    /// The default cache folder: `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"))
+            .join("ferry")
+    }
+
+    fn entry_path(&self, id: &ArtifactId) -> PathBuf {
+        self.index.join(format!("{}.json", id.mirror_path()))
+    }
+
+    fn lookup(&self, id: &ArtifactId) -> Option<[Sha256Digest; 3]> {
+        let text = fs::read_to_string(self.entry_path(id)).ok()?;
+        let entry: IndexEntry = serde_json::from_str(&text).ok()?;
+        let digests = [entry.archive, entry.sha512, entry.asc].map(|h| Sha256Digest::from_hex(&h));
+        let [Some(a), Some(s), Some(c)] = digests else { return None };
+        [a, s, c].iter().all(|d| self.store.contains(d)).then_some([a, s, c])
+    }
+
+    /// Whether a verified copy of `id` is cached (for `plan`).
+    pub fn has(&self, id: &ArtifactId) -> bool {
+        self.lookup(id).is_some()
+    }
+
+    fn record(&self, id: &ArtifactId, digests: [Sha256Digest; 3]) -> io::Result<()> {
+        let path = self.entry_path(id);
+        fs::create_dir_all(path.parent().expect("index entries have a parent"))?;
+        let entry = IndexEntry {
+            archive: digests[0].to_hex(),
+            sha512: digests[1].to_hex(),
+            asc: digests[2].to_hex(),
+        };
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&entry).expect("serialisable"))?;
+        fs::rename(tmp, path)
+    }
+}
+
+/// How to fetch.
+pub struct Fetcher {
+    upstream: Upstream,
+    agent: ureq::Agent,
+    keyring: Keyring,
+    cache: Cache,
+    /// Downloads at once.
+    pub parallel: usize,
+    /// Attempts per file before giving up.
+    pub attempts: u32,
+    /// First pause between attempts; doubled each time, capped at 30 s.
+    pub backoff: Duration,
+}
+
+impl Fetcher {
+    pub fn new(
+        upstream: Upstream,
+        keyring: Keyring,
+        cache: Cache,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca_file {
+            let pem =
+                fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("CA file {} is not PEM", ca.display()))?;
+            anyhow::ensure!(!certs.is_empty(), "CA file {} holds no certificate", ca.display());
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .user_agent(format!("ferry/{}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Self {
+            upstream,
+            agent: config.into(),
+            keyring,
+            cache,
+            parallel: 4,
+            attempts: 5,
+            backoff: Duration::from_secs(1),
+        })
+    }
+
+    /// Where a file below `downloads/` is fetched from.
+    pub fn source_of(&self, mirror_path: &str) -> String {
+        match &self.upstream {
+            Upstream::Http(base) => format!("{base}{mirror_path}"),
+            Upstream::Dir(dir) => dir.join(mirror_path).display().to_string(),
+        }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Fetches and verifies every artifact, `parallel` at a time. Returns them in input order,
+    /// or every failure.
+    pub fn fetch_all(&self, ids: &[ArtifactId], quiet: bool) -> Result<Vec<Fetched>, FetchErrors> {
+        let bars = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        } else {
+            MultiProgress::new()
+        };
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<Fetched, FetchError>>>> =
+            ids.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..self.parallel.clamp(1, ids.len().max(1)) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(id) = ids.get(i) else { return };
+                        let result = self.fetch_one(id, &bars);
+                        *results[i].lock().expect("no panics while locked") = Some(result);
+                    }
+                });
+            }
+        });
+        let mut fetched = Vec::new();
+        let mut errors = Vec::new();
+        for r in results {
+            match r.into_inner().expect("no panics while locked").expect("every artifact tried") {
+                Ok(f) => fetched.push(f),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() { Ok(fetched) } else { Err(FetchErrors(errors)) }
+    }
+
+    fn fetch_one(&self, id: &ArtifactId, bars: &MultiProgress) -> Result<Fetched, FetchError> {
+        if let Some(digests) = self.cache.lookup(id) {
+            // Cached files were verified when they entered; verify again, since a bundle is
+            // never written with an unverified artifact and the keyring may have changed.
+            match self.verify(id, &digests, true) {
+                Ok(f) => {
+                    tracing::info!(artifact = %id, "served from cache");
+                    return Ok(f);
+                }
+                Err(e) => {
+                    tracing::warn!(artifact = %id, error = %e, "cached copy no longer verifies; fetching again");
+                }
+            }
+        }
+        let path = id.mirror_path();
+        // Sidecars first: a missing one fails fast, before hundreds of megabytes move.
+        let sha512 = self.get(&format!("{path}.sha512"), Some(MAX_SIDECAR), bars)?;
+        let asc = self.get(&format!("{path}.asc"), Some(MAX_SIDECAR), bars)?;
+        let archive = self.get(&path, None, bars)?;
+        let store = &self.cache.store;
+        let sha512 = store.insert_file(&sha512, None)?.0;
+        let asc = store.insert_file(&asc, None)?.0;
+        // The archive enters the cache only once verified.
+        let archive_digest = ferry_artifacts::hash_file(&archive)?.0;
+        let digests = [archive_digest, sha512, asc];
+        let verified = self.verify_paths(id, &archive, &digests, false);
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&archive);
+                return Err(e);
+            }
+        };
+        store.insert_file(&archive, Some(&archive_digest))?;
+        self.cache
+            .record(id, digests)
+            .map_err(|source| FetchError::Io { path: self.cache.entry_path(id), source })?;
+        Ok(Fetched { archive: store.path(&archive_digest), ..verified })
+    }
+
+    fn verify(
+        &self,
+        id: &ArtifactId,
+        digests: &[Sha256Digest; 3],
+        from_cache: bool,
+    ) -> Result<Fetched, FetchError> {
+        self.verify_paths(id, &self.cache.store.path(&digests[0]), digests, from_cache)
+    }
+
+    /// Checks the archive at `archive` against its `.sha512` and `.asc` (blobs in the store).
+    fn verify_paths(
+        &self,
+        id: &ArtifactId,
+        archive: &Path,
+        digests: &[Sha256Digest; 3],
+        from_cache: bool,
+    ) -> Result<Fetched, FetchError> {
+        let store = &self.cache.store;
+        let name = id.file_name();
+        let read =
+            |p: &Path| fs::read(p).map_err(|source| FetchError::Io { path: p.to_owned(), source });
+        let open = |p: &Path| {
+            File::open(p).map_err(|source| FetchError::Io { path: p.to_owned(), source })
+        };
+        let (sha512_file, asc_file) = (store.path(&digests[1]), store.path(&digests[2]));
+        let sidecar = String::from_utf8_lossy(&read(&sha512_file)?).into_owned();
+        let actual = Sha512Digest::of_reader(open(archive)?)
+            .map_err(|source| FetchError::Io { path: archive.to_owned(), source })?;
+        ferry_artifacts::check_sidecar(&sidecar, &format!("{name}.sha512"), &name, &actual)?;
+        let asc = String::from_utf8_lossy(&read(&asc_file)?).into_owned();
+        let signer = self.keyring.verify(&asc, &format!("{name}.asc"), &name, open(archive)?)?;
+        let size = fs::metadata(archive)
+            .map_err(|source| FetchError::Io { path: archive.to_owned(), source })?
+            .len();
+        Ok(Fetched {
+            id: id.clone(),
+            archive: archive.to_owned(),
+            sha512_file,
+            asc_file,
+            size,
+            sha512: actual,
+            signer,
+            from_cache,
+        })
+    }
+
+    /// Fetches one file below `downloads/` into a temporary file in the cache, resuming with a
+    /// byte range after a dropped connection and retrying with backoff.
+    fn get(
+        &self,
+        mirror_path: &str,
+        max: Option<u64>,
+        bars: &MultiProgress,
+    ) -> Result<PathBuf, FetchError> {
+        let dest = self.cache.store.temp_path(mirror_path.rsplit('/').next().unwrap_or("file"));
+        let url = self.source_of(mirror_path);
+        let io_err = |source| FetchError::Io { path: dest.clone(), source };
+        if let Upstream::Dir(_) = self.upstream {
+            let source = PathBuf::from(&url);
+            return match fs::copy(&source, &dest) {
+                Ok(n) if max.is_some_and(|m| n > m) => {
+                    Err(FetchError::TooLarge { url, max: max.unwrap_or(0) })
+                }
+                Ok(_) => Ok(dest),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FetchError::NotFound { url }),
+                Err(source) => Err(FetchError::Io { path: source_path(&url), source }),
+            };
+        }
+        let bar = bars.add(ProgressBar::no_length());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:40!} [{bar:25}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(mirror_path.rsplit('/').next().unwrap_or(mirror_path).to_owned());
+        let mut last_error = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                let pause = self
+                    .backoff
+                    .saturating_mul(1 << (attempt - 1).min(5))
+                    .min(Duration::from_secs(30));
+                tracing::info!(%url, attempt, ?pause, error = %last_error, "retrying");
+                std::thread::sleep(pause);
+            }
+            let have = fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+            let mut request = self.agent.get(&url);
+            if have > 0 {
+                request = request.header("Range", &format!("bytes={have}-"));
+            }
+            let response = match request.call() {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let append = match status {
+                200 => false,
+                206 if content_range_start(&response) == Some(have) => true,
+                206 => {
+                    // A range we did not ask for: start over.
+                    let _ = fs::remove_file(&dest);
+                    last_error = "server answered with an unexpected range".into();
+                    continue;
+                }
+                416 => {
+                    let _ = fs::remove_file(&dest);
+                    last_error = "server refused the resume range".into();
+                    continue;
+                }
+                404 => {
+                    bar.finish_and_clear();
+                    return Err(FetchError::NotFound { url });
+                }
+                s if s >= 500 || s == 429 || s == 408 => {
+                    last_error = format!("HTTP {s}");
+                    continue;
+                }
+                s => {
+                    bar.finish_and_clear();
+                    return Err(FetchError::Status { url, status: s });
+                }
+            };
+            let start = if append { have } else { 0 };
+            if let Some(total) = content_length(&response).map(|n| n + start) {
+                if max.is_some_and(|m| total > m) {
+                    bar.finish_and_clear();
+                    return Err(FetchError::TooLarge { url, max: max.unwrap_or(0) });
+                }
+                bar.set_length(total);
+            }
+            bar.set_position(start);
+            let mut file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(&dest)
+                .map_err(io_err)?;
+            let mut body = response.into_body().into_reader();
+            match copy_counting(&mut body, &mut file, &bar, max.map(|m| m - start.min(m))) {
+                Ok(()) => {
+                    bar.finish_and_clear();
+                    return Ok(dest);
+                }
+                Err(CopyError::TooLarge) => {
+                    bar.finish_and_clear();
+                    return Err(FetchError::TooLarge { url, max: max.unwrap_or(0) });
+                }
+                Err(CopyError::Write(source)) => return Err(io_err(source)),
+                Err(CopyError::Read(e)) => last_error = format!("connection lost: {e}"),
+            }
+        }
+        bar.finish_and_clear();
+        Err(FetchError::Transport { url, reason: last_error, attempts: self.attempts })
+    }
+}
+
+fn source_path(url: &str) -> PathBuf {
+    PathBuf::from(url)
+}
+
+fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    response.headers().get("content-length")?.to_str().ok()?.parse().ok()
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
+fn content_range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    let value = response.headers().get("content-range")?.to_str().ok()?;
+    value.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+    TooLarge,
+}
+
+fn copy_counting(
+    body: &mut dyn Read,
+    file: &mut File,
+    bar: &ProgressBar,
+    max: Option<u64>,
+) -> Result<(), CopyError> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut written = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = file.flush();
+                return Err(CopyError::Read(e));
+            }
+        };
+        written += n as u64;
+        if max.is_some_and(|m| written > m) {
+            return Err(CopyError::TooLarge);
+        }
+        file.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        bar.inc(n as u64);
+    }
+    file.sync_all().map_err(CopyError::Write)
+}
+
+/// A plan entry: one file the build needs and where it comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFile {
+    pub source: String,
+    pub bundle_path: String,
+    pub cached: bool,
+}
+
+/// Every file the artifacts need, in bundle order, without fetching anything.
+pub fn plan(fetcher: &Fetcher, ids: &[ArtifactId]) -> Vec<PlannedFile> {
+    let mut files = BTreeMap::new();
+    for id in ids {
+        let cached = fetcher.cache.has(id);
+        let path = id.mirror_path();
+        for p in [path.clone(), format!("{path}.sha512"), format!("{path}.asc")] {
+            files.insert(
+                format!("{}/{p}", ferry_artifacts::MIRROR_ROOT),
+                PlannedFile { source: fetcher.source_of(&p), bundle_path: String::new(), cached },
+            );
+        }
+    }
+    files.into_iter().map(|(bundle_path, f)| PlannedFile { bundle_path, ..f }).collect()
+}
