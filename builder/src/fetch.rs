@@ -58,6 +58,14 @@ impl std::fmt::Display for FetchErrors {
 
 impl std::error::Error for FetchErrors {}
 
+impl FetchErrors {
+    /// Whether an artifact failed verification (its `.sha512` or `.asc` did not vouch for it),
+    /// as opposed to not being reachable.
+    pub fn is_refusal(&self) -> bool {
+        self.0.iter().any(|e| matches!(e, FetchError::Sidecar(_) | FetchError::Pgp(_)))
+    }
+}
+
 /// A verified artifact and its sidecars, as files in the cache.
 #[derive(Debug, Clone)]
 pub struct Fetched {

@@ -25,6 +25,9 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
         cause
             .downcast_ref::<ferry_manifests::VerifyError>()
             .is_some_and(ferry_manifests::VerifyError::is_refusal)
+            || cause
+                .downcast_ref::<fetch::FetchErrors>()
+                .is_some_and(fetch::FetchErrors::is_refusal)
     });
     if refusal { ExitCode::from(1) } else { ExitCode::from(2) }
 }
