@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ferry_artifacts::pgp::SigningKey;
 use support::{Upstream, assert_ok, ferry, fixture, site, stderr, stdout};
@@ -77,7 +77,7 @@ impl Site {
     }
 }
 
-fn entries(bundle: &PathBuf) -> Vec<String> {
+fn entries(bundle: &Path) -> Vec<String> {
     let o = ferry(&[&"inspect", bundle, &"--json"]);
     assert_ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
