@@ -78,7 +78,7 @@ impl Site {
 }
 
 fn entries(bundle: &Path) -> Vec<String> {
-    let o = ferry(&[&"inspect", bundle, &"--json"]);
+    let o = ferry(&[&"inspect", &bundle, &"--json"]);
     assert_ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["manifest"]["files"]
