@@ -275,3 +275,27 @@ fn bad_policies_and_certificates_are_refused_naming_the_file() {
     site.write_spec("[[file]]\nsource = \"tls.pem\"\nkind = \"certificate\"\n");
     assert_build_refused(&site, 2, &["tls.pem", "private key"]);
 }
+
+#[test]
+fn a_local_mirror_folder_works_like_the_download_site() {
+    let site = Site::new();
+    let mirror = site.path("mirror");
+    for path in ARTIFACTS {
+        for suffix in ["", ".sha512", ".asc"] {
+            let file = mirror.join(format!("{path}{suffix}"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, site.upstream.get(&format!("{path}{suffix}"))).unwrap();
+        }
+    }
+    let spec = std::fs::read_to_string(site.path("spec.toml")).unwrap();
+    let spec = spec.replace(&format!("url = \"{}\"", site.upstream.url), "dir = \"mirror\"");
+    std::fs::write(site.path("spec.toml"), spec).unwrap();
+    assert_ok(&site.build());
+    assert!(site.upstream.hits().is_empty());
+    assert_eq!(entries(&site.bundle()).len(), 17);
+    // A file missing from the folder is named like a 404.
+    std::fs::remove_file(mirror.join(format!("{}.asc", ARTIFACTS[0]))).unwrap();
+    std::fs::remove_dir_all(site.path("cache")).unwrap();
+    std::fs::remove_dir_all(site.path("out")).unwrap();
+    assert_build_refused(&site, 2, &["elastic-agent-9.1.0-linux-x86_64.tar.gz.asc: not found"]);
+}
