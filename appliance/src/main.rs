@@ -1,17 +1,29 @@
-//! The `ferry-appliance` binary. No subcommands yet: import and serve come next.
+//! The `ferry-appliance` binary: parse arguments, set up logging, run.
+
+use std::process::ExitCode;
 
 use clap::Parser as _;
+use ferry_appliance::cli::Cli;
 
-/// Verifies, activates and serves Ferry bundles inside an isolated network.
-///
-/// Not yet usable: `import`, `serve`, `releases`, `rollback` and `fsck` are being built. Use
-/// `ferry verify` on the connected side to check a bundle today.
-#[derive(clap::Parser)]
-#[command(name = "ferry-appliance", version = ferry_appliance::version())]
-struct Cli {}
-
-fn main() {
-    let Cli {} = Cli::parse();
-    eprintln!("ferry-appliance {}: no commands yet; see --help", ferry_appliance::version());
-    std::process::exit(2);
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+    match ferry_appliance::commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ferry_appliance::exit_code(&error)
+        }
+    }
 }

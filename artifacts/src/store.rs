@@ -96,6 +96,43 @@ impl BlobStore {
         Ok((digest, size))
     }
 
+    /// Moves a file whose SHA-256 the caller has already verified (and synced) into the store,
+    /// without hashing it again.
+    pub fn insert_verified(&self, path: &Path, digest: &Sha256Digest) -> Result<(), StoreError> {
+        let target = self.path(digest);
+        if target.is_file() {
+            return fs::remove_file(path).map_err(io_at(path));
+        }
+        let parent = target.parent().expect("blob paths have a parent");
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(io_at(path))?;
+        fs::rename(path, &target).map_err(io_at(&target))
+    }
+
+    /// Every blob in the store.
+    pub fn list(&self) -> Result<Vec<Sha256Digest>, StoreError> {
+        let top = self.root.join("sha256");
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&top).map_err(io_at(&top))? {
+            let dir = dir.map_err(io_at(&top))?;
+            let prefix = dir.file_name().to_string_lossy().into_owned();
+            for file in fs::read_dir(dir.path()).map_err(io_at(&dir.path()))? {
+                let file = file.map_err(io_at(&dir.path()))?;
+                let name = format!("{prefix}{}", file.file_name().to_string_lossy());
+                if let Some(d) = Sha256Digest::from_hex(&name) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a blob (for garbage collection). Readers with the file open keep reading it.
+    pub fn remove(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
+        let path = self.path(digest);
+        fs::remove_file(&path).map_err(io_at(&path))
+    }
+
     /// Stores `bytes` (small files: sidecars, keys).
     pub fn insert_bytes(
         &self,

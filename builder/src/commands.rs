@@ -17,8 +17,8 @@ use crate::cli::{
 use crate::fetch::Cache;
 use crate::intake;
 use crate::keys::{self, PasswordSource};
-use crate::progress::Bar;
 use crate::spec::{self, Spec};
+use ferry_manifests::TerminalBar as Bar;
 
 /// Runs one command. Output for people and machines goes to stdout; logs go to stderr.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

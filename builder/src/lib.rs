@@ -6,7 +6,6 @@ mod commands;
 pub mod fetch;
 mod intake;
 pub mod keys;
-mod progress;
 pub mod spec;
 
 use std::process::ExitCode;

@@ -27,6 +27,8 @@ pub use name::{
     BundleName, CollisionError, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY,
     MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, NameError, check_collisions,
 };
+#[cfg(feature = "terminal")]
+pub use progress::TerminalBar;
 pub use progress::{NoProgress, Progress};
 pub use read::{
     Discard, EntrySink, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,

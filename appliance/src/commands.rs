@@ -1,0 +1,206 @@
+//! The subcommands of `ferry-appliance`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context as _;
+use ferry_manifests::{PublicKey, TerminalBar, TrustedKeys};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::release::{DataDir, ImportOptions};
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::DefaultConfig = cli.command {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load(&cli.config)?;
+    let keys = trusted_keys(&config)?;
+    match cli.command {
+        Command::DefaultConfig => unreachable!("handled above"),
+        Command::Import(args) => import(&config, &keys, &args, cli.quiet),
+        Command::Releases(args) => releases(&config, args.json),
+        Command::Rollback(args) => rollback(&config, &args),
+        Command::Fsck(args) => fsck(&config, &keys, args.json),
+        Command::Gc => {
+            let mut data = DataDir::open(&config.data_dir)?;
+            let (releases, blobs) = data.gc(config.retain_releases, &keys)?;
+            println!("removed {releases} release(s) and {blobs} blob(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => serve(config, keys),
+    }
+}
+
+fn trusted_keys(config: &Config) -> anyhow::Result<TrustedKeys> {
+    let mut keys = TrustedKeys::new();
+    for path in &config.trusted_keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read trusted key {}", path.display()))?;
+        keys.insert(PublicKey::from_text(&text, &path.display().to_string())?);
+    }
+    Ok(keys)
+}
+
+fn import(
+    config: &Config,
+    keys: &TrustedKeys,
+    args: &ImportArgs,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let signature = args.signature.clone().unwrap_or_else(|| {
+        let mut s = args.bundle.as_os_str().to_owned();
+        s.push(".minisig");
+        PathBuf::from(s)
+    });
+    let mut data = DataDir::open(&config.data_dir)?;
+    let options = ImportOptions {
+        allow_downgrade: args.allow_downgrade,
+        allow_expired: args.allow_expired,
+        expiry_tolerance: time::Duration::days(i64::from(config.expiry_tolerance_days)),
+        retain: config.retain_releases,
+    };
+    let record = data
+        .import(&args.bundle, &signature, keys, options, &TerminalBar::new(quiet || args.json))
+        .with_context(|| format!("import of {} refused", args.bundle.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&record)?);
+    } else {
+        println!(
+            "active: {} sequence {} ({} files, {} bytes, signed by {})",
+            record.name, record.sequence, record.entries, record.payload_bytes, record.key_id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn releases(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let data = DataDir::open(&config.data_dir)?;
+    let active = data.active()?;
+    let releases = data.releases()?;
+    if as_json {
+        let list: Vec<_> = releases
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).expect("serialisable");
+                v["active"] = json!(active.as_ref() == Some(&(r.name.clone(), r.sequence)));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if releases.is_empty() {
+        println!("no release imported yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:1} {:20} {:>8}  {:20}  {:20}  {:16}  {:>12}",
+        "", "NAME", "SEQUENCE", "CREATED", "EXPIRES", "SIGNER", "BYTES"
+    );
+    for r in &releases {
+        let mark = if active.as_ref() == Some(&(r.name.clone(), r.sequence)) { "*" } else { " " };
+        println!(
+            "{mark:1} {:20} {:>8}  {:20}  {:20}  {:16}  {:>12}",
+            r.name, r.sequence, r.created, r.expires, r.key_id, r.payload_bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rollback(config: &Config, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    let mut data = DataDir::open(&config.data_dir)?;
+    let (name, sequence) = data.rollback(args.sequence)?;
+    println!("active: {name} sequence {sequence}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<ExitCode> {
+    let data = DataDir::open(&config.data_dir)?;
+    let (checked, damage) = data.fsck(keys)?;
+    if as_json {
+        println!("{}", json!({ "checked": checked, "damaged": damage }));
+    } else if damage.is_empty() {
+        println!("{checked} files checked, all intact");
+    } else {
+        for d in &damage {
+            println!("DAMAGED {} {}: {}", d.release, d.path, d.problem);
+        }
+        println!("{checked} files checked, {} damaged", damage.len());
+    }
+    Ok(if damage.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn serve(config: Config, keys: TrustedKeys) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let mirror = match config.server.mirror_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        run_server(&config, keys, listener, mirror, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the appliance on already-bound listeners until `shutdown` resolves.
+pub async fn run_server(
+    config: &Config,
+    keys: TrustedKeys,
+    listener: tokio::net::TcpListener,
+    mirror: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
+    let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let qs = crate::tls::QuickStart::paths(&config.data_dir);
+            if qs.ensure(crate::tls::url_host(&config.public_url))? {
+                tracing::warn!(ca = %qs.ca_cert.display(), "quick-start: made a local CA and server certificate");
+            }
+            println!(
+                "quick-start TLS: agents need --certificate-authorities={}",
+                qs.ca_cert.display()
+            );
+            (qs.server_cert, qs.server_key)
+        }
+    };
+    let tls = crate::tls::server_config(&cert, &key)?;
+    let state = Arc::new(crate::server::AppState { blobs, release: RwLock::new(None) });
+    crate::server::watch_active(Arc::clone(&state), config.data_dir.clone(), keys);
+    println!("serving https://{} (public URL {})", listener.local_addr()?, config.public_base());
+    let main = crate::server::serve(
+        listener,
+        Some(tls),
+        crate::server::router(Arc::clone(&state)),
+        shutdown,
+    );
+    match mirror {
+        Some(m) => {
+            println!("serving the mirror on http://{}", m.local_addr()?);
+            let plain = crate::server::serve(
+                m,
+                None,
+                crate::server::plain_router(state),
+                std::future::pending(),
+            );
+            tokio::select! { r = main => r, r = plain => r }
+        }
+        None => main.await,
+    }
+}

@@ -1,0 +1,144 @@
+//! The appliance's configuration file (TOML). Unknown fields are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The commented example `ferry-appliance default-config` prints. A test parses it, so it is
+/// always a valid configuration.
+pub const DEFAULT_CONFIG: &str = r#"# ferry-appliance configuration.
+
+# Where releases, blobs and state live. Back this folder up (see docs).
+data_dir = "/var/lib/ferry"
+
+# Public keys (made by `ferry keygen`) whose bundles this appliance accepts. List the old and
+# the new key while rotating; remove the old one once every site has a bundle by the new one.
+trusted_keys = ["/etc/ferry/ferry.pub"]
+
+# The URL agents use to reach this appliance: it goes into policies (fleet.hosts) and into
+# upgrade actions (the download mirror is <public_url>/downloads/).
+public_url = "https://ferry.example.internal:8220"
+
+# How long after a bundle's `expires` it is still accepted, in days. 0: not at all.
+expiry_tolerance_days = 0
+
+# Releases kept for `rollback` (the active one included). Older ones and their blobs are
+# removed after each import.
+retain_releases = 3
+
+[server]
+# The TLS listener for the agent API and the download mirror.
+listen = "0.0.0.0:8220"
+# An extra listener serving only /downloads/ (plain HTTP), for clients that cannot do TLS.
+# mirror_listen = "0.0.0.0:8080"
+
+# The server certificate and key (PEM). Leave both out for quick-start mode: the appliance then
+# makes its own CA and server certificate under data_dir/tls/ and prints the CA path that
+# agents need (--certificate-authorities).
+# tls_cert = "/etc/ferry/tls/server.pem"
+# tls_key = "/etc/ferry/tls/server.key"
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub trusted_keys: Vec<PathBuf>,
+    pub public_url: String,
+    #[serde(default)]
+    pub expiry_tolerance_days: u32,
+    #[serde(default = "default_retain")]
+    pub retain_releases: usize,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+fn default_retain() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub mirror_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:8220".parse().expect("valid address")
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: default_listen(), mirror_listen: None, tls_cert: None, tls_key: None }
+    }
+}
+
+impl Config {
+    /// Reads a configuration file. Relative paths in it are resolved against its folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        for key in &mut config.trusted_keys {
+            *key = base.join(&*key);
+        }
+        for p in [&mut config.server.tls_cert, &mut config.server.tls_key].into_iter().flatten() {
+            *p = base.join(&*p);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.trusted_keys.is_empty(),
+            "trusted_keys is empty: no bundle could ever be imported"
+        );
+        anyhow::ensure!(self.retain_releases >= 1, "retain_releases must be at least 1");
+        anyhow::ensure!(
+            self.public_url.starts_with("https://"),
+            "public_url {:?} must start with https:// (agents fetch the PGP key over TLS only)",
+            self.public_url
+        );
+        anyhow::ensure!(
+            self.server.tls_cert.is_some() == self.server.tls_key.is_some(),
+            "set both server.tls_cert and server.tls_key, or neither (quick-start)"
+        );
+        Ok(())
+    }
+
+    /// The public URL without a trailing slash.
+    pub fn public_base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid() {
+        let config: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server.listen.port(), 8220);
+        assert_eq!(config.retain_releases, 3);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let text = DEFAULT_CONFIG
+            .replace("retain_releases = 3", "retain_releases = 3\nretain_relaeses = 4");
+        let err = toml::from_str::<Config>(&text).unwrap_err().to_string();
+        assert!(err.contains("retain_relaeses"), "{err}");
+    }
+}

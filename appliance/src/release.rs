@@ -1,0 +1,463 @@
+//! The appliance's data directory: verified import, the release store, rollback, fsck and
+//! garbage collection.
+//!
+//! ```text
+//! DATA/blobs/sha256/ab/cdef…          content store, read-only files
+//! DATA/releases/NAME-SEQUENCE/        manifest.json + manifest.json.minisig of each release
+//! DATA/state.db                       releases, active pointer, floors (SQLite, WAL)
+//! DATA/staging/                       private, emptied at every start
+//! ```
+//!
+//! Import order (a crash at any point leaves the previous release active and intact):
+//! verify the detached signature → verify the manifest, floor and expiry → stream every entry
+//! into staging while hashing → move the verified files into the blob store → write the
+//! release's manifest folder → one SQLite transaction records the release, moves the active
+//! pointer and raises the floor → remove releases beyond the retained count and unreferenced
+//! blobs. Leftovers of an interrupted import (staging, a release folder not in the database,
+//! blobs no release needs) are removed at the next start or import.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ferry_artifacts::BlobStore;
+use ferry_manifests::{
+    EntrySink, FileEntry, Kind, Limits, Manifest, Progress, SignatureFile, SignedBundle,
+    StagingDir, TrustedKeys, VerifyError,
+};
+use time::OffsetDateTime;
+
+use crate::state::{ReleaseRecord, SqliteState, StateStore};
+
+/// Refusals of a bundle that verified but must not become active.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportRefusal {
+    #[error(
+        "bundle {name} sequence {sequence} (signed by {key_id}) is a replay: sequence {floor} was already imported (use --allow-downgrade to re-import)"
+    )]
+    Replay { name: String, sequence: u64, floor: u64, key_id: String },
+    #[error(
+        "bundle {name} sequence {sequence} (signed by {key_id}) is older than the floor {floor}: a rollback (use --allow-downgrade to accept it)"
+    )]
+    Downgrade { name: String, sequence: u64, floor: u64, key_id: String },
+    #[error(
+        "bundle {name} sequence {sequence} (signed by {key_id}): {source} (use --allow-expired to accept it)"
+    )]
+    Expired { name: String, sequence: u64, key_id: String, source: VerifyError },
+}
+
+/// What an import may override.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    pub allow_downgrade: bool,
+    pub allow_expired: bool,
+    pub expiry_tolerance: time::Duration,
+    pub retain: usize,
+}
+
+/// A release as the server uses it: its manifest and the mirror's files.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub name: String,
+    pub sequence: u64,
+    pub manifest: Manifest,
+    /// Entry path (e.g. `downloads/beats/…`) → entry.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Release {
+    /// The armored PGP key artifacts were checked with, if the bundle carries one.
+    pub fn pgp_key(&self) -> Option<&FileEntry> {
+        self.manifest.files.iter().filter(|f| f.kind == Kind::PgpKey).max_by_key(|f| {
+            f.metadata.get("purpose").map(String::as_str) == Some("artifact-signing")
+        })
+    }
+}
+
+/// One file `fsck` found damaged.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    pub release: String,
+    pub path: String,
+    pub problem: String,
+}
+
+pub struct DataDir {
+    root: PathBuf,
+    pub blobs: BlobStore,
+    state: SqliteState,
+    /// Held while this value lives: one command at a time changes the data directory.
+    _lock: fs::File,
+}
+
+fn release_dir_name(name: &str, sequence: u64) -> String {
+    format!("{name}-{sequence}")
+}
+
+impl DataDir {
+    /// Opens (creating) the data directory and removes what an interrupted import left.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        for dir in ["releases", "staging"] {
+            fs::create_dir_all(root.join(dir))
+                .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = fs::File::create(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "another ferry-appliance command is working on {}; try again when it is done",
+                root.display()
+            )
+        })?;
+        let blobs = BlobStore::open(&root.join("blobs"))?;
+        let state = SqliteState::open(&root.join("state.db"))?;
+        let data = Self { root: root.to_owned(), blobs, state, _lock: lock };
+        data.clean_leftovers()?;
+        Ok(data)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn release_dir(&self, name: &str, sequence: u64) -> PathBuf {
+        self.root.join("releases").join(release_dir_name(name, sequence))
+    }
+
+    /// Empties staging, and removes release folders the database does not know (written by an
+    /// import that died before its commit). Only safe while no import runs.
+    fn clean_leftovers(&self) -> anyhow::Result<()> {
+        let staging = self.root.join("staging");
+        for entry in fs::read_dir(&staging)? {
+            let path = entry?.path();
+            tracing::info!(path = %path.display(), "removing a leftover of an interrupted import");
+            remove_any(&path)?;
+        }
+        for tmp in fs::read_dir(self.blobs.root().join("tmp"))? {
+            remove_any(&tmp?.path())?;
+        }
+        let known: HashSet<String> =
+            self.state.releases()?.iter().map(|r| release_dir_name(&r.name, r.sequence)).collect();
+        for entry in fs::read_dir(self.root.join("releases"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                tracing::info!(release = %name, "removing a release folder no import completed");
+                remove_any(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releases(&self) -> anyhow::Result<Vec<ReleaseRecord>> {
+        self.state.releases()
+    }
+
+    pub fn active(&self) -> anyhow::Result<Option<(String, u64)>> {
+        self.state.active()
+    }
+
+    /// Loads a retained release's manifest, re-verifying its signature with `keys`.
+    pub fn load_release(
+        &self,
+        name: &str,
+        sequence: u64,
+        keys: &TrustedKeys,
+    ) -> anyhow::Result<Release> {
+        load_release_at(&self.root, name, sequence, keys)
+    }
+
+    /// The active release, if any.
+    pub fn active_release(&self, keys: &TrustedKeys) -> anyhow::Result<Option<Release>> {
+        match self.state.active()? {
+            Some((name, sequence)) => self.load_release(&name, sequence, keys).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Verifies and activates a bundle. See the module documentation for the order.
+    pub fn import(
+        &mut self,
+        bundle: &Path,
+        signature: &Path,
+        keys: &TrustedKeys,
+        options: ImportOptions,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<ReleaseRecord> {
+        self.clean_leftovers()?;
+        let signed = SignedBundle::verify(bundle, signature, keys, Limits::default(), progress)?;
+        let key_id = signed.key_id().to_string();
+        crate::crash_point("after-signature");
+        let stage = signed.read_manifest()?;
+        let manifest = stage.manifest().clone();
+        let (name, sequence) = (manifest.name.to_string(), manifest.sequence);
+
+        if let Some(floor) = self.state.floor(&name)?
+            && sequence <= floor
+        {
+            {
+                let refusal = if sequence == floor {
+                    ImportRefusal::Replay {
+                        name: name.clone(),
+                        sequence,
+                        floor,
+                        key_id: key_id.clone(),
+                    }
+                } else {
+                    ImportRefusal::Downgrade {
+                        name: name.clone(),
+                        sequence,
+                        floor,
+                        key_id: key_id.clone(),
+                    }
+                };
+                if !options.allow_downgrade {
+                    tracing::warn!(bundle = %name, sequence, floor, key_id = %key_id, "refused: {refusal}");
+                    return Err(refusal.into());
+                }
+                tracing::warn!(bundle = %name, sequence, floor, key_id = %key_id, "--allow-downgrade overrides: {refusal}");
+            }
+        }
+        if let Err(source) = ferry_manifests::check_expiry(
+            &manifest,
+            OffsetDateTime::now_utc(),
+            options.expiry_tolerance,
+        ) {
+            let refusal = ImportRefusal::Expired {
+                name: name.clone(),
+                sequence,
+                key_id: key_id.clone(),
+                source,
+            };
+            if !options.allow_expired {
+                tracing::warn!(bundle = %name, sequence, key_id = %key_id, "refused: {refusal}");
+                return Err(refusal.into());
+            }
+            tracing::warn!(bundle = %name, sequence, key_id = %key_id, "--allow-expired overrides: {refusal}");
+        }
+
+        let staging_root = self.root.join("staging").join(format!("import-{}", std::process::id()));
+        let mut staging = CrashingSink { inner: StagingDir::create(&staging_root)?, entries: 0 };
+        let verified = stage.extract(&mut staging, progress)?;
+        let staging = staging.inner;
+        crate::crash_point("after-extract");
+
+        // Blobs first: harmless if we die now (unreferenced blobs are collected later).
+        for file in &verified.manifest.files {
+            self.blobs.insert_verified(&staging.path_of(&file.path), &file.sha256)?;
+        }
+        crate::crash_point("after-blobs");
+        let pending = self.root.join("staging").join(format!("release-{}", std::process::id()));
+        fs::create_dir(&pending)?;
+        write_synced(&pending.join("manifest.json"), &verified.manifest_bytes)?;
+        write_synced(
+            &pending.join("manifest.json.minisig"),
+            verified.manifest_signature.as_bytes(),
+        )?;
+        let dir = self.release_dir(&name, sequence);
+        if dir.exists() {
+            // Re-import of a retained release under --allow-downgrade: same signed content.
+            remove_any(&dir)?;
+        }
+        fs::rename(&pending, &dir)?;
+        sync_dir(&self.root.join("releases"));
+        crate::crash_point("after-release-dir");
+
+        let record = ReleaseRecord {
+            name: name.clone(),
+            sequence,
+            created: ferry_manifests::rfc3339(manifest.created),
+            expires: ferry_manifests::rfc3339(manifest.expires),
+            key_id: key_id.clone(),
+            entries: manifest.files.len() as u64,
+            payload_bytes: manifest.total_size(),
+            manifest_sha256: ferry_manifests::Sha256Digest::of(&verified.manifest_bytes).to_hex(),
+            imported_at: ferry_manifests::rfc3339(OffsetDateTime::now_utc()),
+        };
+        self.state.activate_new(&record)?;
+        tracing::info!(bundle = %name, sequence, key_id = %key_id, "release imported and active");
+        remove_any(&staging_root)?;
+        if let Err(e) = self.gc(options.retain, keys) {
+            tracing::warn!(error = %e, "garbage collection after import failed; run `ferry-appliance gc`");
+        }
+        Ok(record)
+    }
+
+    /// Re-activates a retained release: `sequence`, or the newest retained one below the
+    /// active release of the same name. The floor is not lowered.
+    pub fn rollback(&mut self, sequence: Option<u64>) -> anyhow::Result<(String, u64)> {
+        let (name, current) = self.state.active()?.context("no release is active")?;
+        let retained: Vec<u64> = self
+            .state
+            .releases()?
+            .into_iter()
+            .filter(|r| r.name == name)
+            .map(|r| r.sequence)
+            .collect();
+        let target = match sequence {
+            Some(s) => {
+                anyhow::ensure!(
+                    retained.contains(&s),
+                    "release {name} {s} is not retained (retained: {retained:?})"
+                );
+                s
+            }
+            None => retained.iter().copied().filter(|s| *s < current).max().with_context(|| {
+                format!("no retained release of {name} is older than {current}")
+            })?,
+        };
+        self.state.activate(&name, target)?;
+        tracing::warn!(bundle = %name, from = current, to = target, "rolled back");
+        Ok((name, target))
+    }
+
+    /// Re-hashes every blob of every retained release against its signed manifest.
+    pub fn fsck(&self, keys: &TrustedKeys) -> anyhow::Result<(usize, Vec<Damage>)> {
+        let mut damage = Vec::new();
+        let mut checked = 0;
+        for r in self.state.releases()? {
+            let release_name = format!("{} {}", r.name, r.sequence);
+            let release = match self.load_release(&r.name, r.sequence, keys) {
+                Ok(release) => release,
+                Err(e) => {
+                    damage.push(Damage {
+                        release: release_name,
+                        path: "manifest.json".into(),
+                        problem: format!("{e:#}"),
+                    });
+                    continue;
+                }
+            };
+            for file in &release.manifest.files {
+                checked += 1;
+                let problem = match self.blobs.verify(&file.sha256) {
+                    Ok(size) if size == file.size => continue,
+                    Ok(size) => format!("size is {size}, the manifest declares {}", file.size),
+                    Err(e) => e.to_string(),
+                };
+                damage.push(Damage {
+                    release: release_name.clone(),
+                    path: file.path.to_string(),
+                    problem,
+                });
+            }
+        }
+        Ok((checked, damage))
+    }
+
+    /// Keeps the active release and the `retain` most recently imported ones; removes the other
+    /// releases and every blob no kept release needs. Returns (releases removed, blobs removed).
+    pub fn gc(&mut self, retain: usize, keys: &TrustedKeys) -> anyhow::Result<(usize, usize)> {
+        let active = self.state.active()?;
+        let mut releases = self.state.releases()?;
+        releases.reverse(); // newest first
+        let mut kept = Vec::new();
+        let mut removed = 0;
+        for (i, r) in releases.iter().enumerate() {
+            let is_active = active.as_ref() == Some(&(r.name.clone(), r.sequence));
+            if is_active || i < retain.max(1) {
+                kept.push(r.clone());
+            } else {
+                self.state.forget(&r.name, r.sequence)?;
+                remove_any(&self.release_dir(&r.name, r.sequence))?;
+                removed += 1;
+            }
+        }
+        crate::crash_point("during-gc");
+        let mut needed = HashSet::new();
+        for r in &kept {
+            // A release whose manifest cannot be read keeps every blob: never delete on doubt.
+            let release = self.load_release(&r.name, r.sequence, keys)?;
+            needed.extend(release.manifest.files.iter().map(|f| f.sha256));
+        }
+        let mut blobs_removed = 0;
+        for digest in self.blobs.list()? {
+            if !needed.contains(&digest) {
+                self.blobs.remove(&digest)?;
+                blobs_removed += 1;
+            }
+        }
+        Ok((removed, blobs_removed))
+    }
+}
+
+/// Loads a retained release from the data directory at `root`, re-verifying the stored
+/// manifest's signature with `keys`. Does not touch anything else in the directory.
+pub fn load_release_at(
+    root: &Path,
+    name: &str,
+    sequence: u64,
+    keys: &TrustedKeys,
+) -> anyhow::Result<Release> {
+    let dir = root.join("releases").join(release_dir_name(name, sequence));
+    let bytes = fs::read(dir.join("manifest.json"))
+        .with_context(|| format!("release {name} {sequence}: cannot read its manifest"))?;
+    let sig_text = fs::read_to_string(dir.join("manifest.json.minisig")).with_context(|| {
+        format!("release {name} {sequence}: cannot read its manifest signature")
+    })?;
+    let sig = SignatureFile::parse(&sig_text)
+        .map_err(|e| anyhow::anyhow!("release {name} {sequence}: {e}"))?;
+    let key = keys.get(sig.key_id()).with_context(|| {
+        format!(
+            "release {name} {sequence} is signed by key {}, which is no longer trusted",
+            sig.key_id()
+        )
+    })?;
+    sig.verify(key, &bytes).map_err(|e| {
+        anyhow::anyhow!("release {name} {sequence}: stored manifest signature: {e}")
+    })?;
+    let manifest = Manifest::parse(&bytes, &Limits::default())?;
+    let files = manifest.files.iter().map(|f| (f.path.to_string(), f.clone())).collect();
+    Ok(Release { name: name.into(), sequence, manifest, files })
+}
+
+/// The staging sink, with a crash point after the first entry for the crash tests.
+struct CrashingSink {
+    inner: StagingDir,
+    entries: usize,
+}
+
+impl EntrySink for CrashingSink {
+    fn entry(&mut self, entry: &FileEntry, data: &mut dyn Read) -> std::io::Result<()> {
+        self.inner.entry(entry, data)?;
+        self.entries += 1;
+        if self.entries == 1 {
+            crate::crash_point("during-extract");
+        }
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn remove_any(path: &Path) -> anyhow::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    };
+    if meta.is_dir() {
+        // Staged files are read-only (0444) only inside the blob store; staging dirs are ours.
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+    .with_context(|| format!("cannot remove {}", path.display()))
+}

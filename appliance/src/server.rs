@@ -1,0 +1,368 @@
+//! The HTTP side: the router (mirror, status, PGP key), the one error type turned into
+//! responses, and the accept loop over rustls that takes an already-bound listener.
+
+use std::future::Future;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ferry_artifacts::BlobStore;
+use ferry_manifests::{EntryName, TrustedKeys};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::net::TcpListener;
+
+use crate::release::Release;
+
+/// What every handler shares.
+pub struct AppState {
+    pub blobs: BlobStore,
+    /// The active release; replaced when an import or rollback changes it.
+    pub release: RwLock<Option<Arc<Release>>>,
+}
+
+impl AppState {
+    fn current(&self) -> Option<Arc<Release>> {
+        self.release.read().expect("release lock").clone()
+    }
+}
+
+/// Errors as agents expect them: a status and Fleet Server's JSON error shape. Internal causes
+/// are logged here, once, and never sent.
+#[derive(Debug)]
+pub enum ApiError {
+    NotFound,
+    TlsRequired,
+    RangeNotSatisfiable { size: u64 },
+    Internal(anyhow::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, message) = match self {
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound", "not found".to_owned()),
+            ApiError::TlsRequired => {
+                (StatusCode::NOT_IMPLEMENTED, "ErrTLSRequired", "TLS required".to_owned())
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                let mut response = (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                )
+                    .into_response();
+                *response.body_mut() = Body::empty();
+                return response;
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "BadRequest", "internal error".to_owned())
+            }
+        };
+        let body = serde_json::json!({ "statusCode": status.as_u16(), "error": error, "message": message });
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        response
+    }
+}
+
+/// The routes of the TLS listener: the agent-facing API and the mirror.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/status", get(status))
+        .route("/api/agents/upgrades/{version}/pgp-public-key", get(pgp_key))
+        .merge(mirror_router(Arc::clone(&state)))
+        .with_state(state)
+}
+
+/// The mirror alone, for a separate plain-HTTP listener. Its PGP key route answers 501, as
+/// Fleet Server does without TLS.
+pub fn mirror_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/downloads/{*path}", get(download))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// The plain-HTTP listener's routes.
+pub fn plain_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/api/agents/upgrades/{version}/pgp-public-key",
+            get(|| async { ApiError::TlsRequired }),
+        )
+        .merge(mirror_router(Arc::clone(&state)))
+        .with_state(state)
+}
+
+async fn status() -> Response {
+    axum::Json(serde_json::json!({ "name": "fleet-server", "status": "HEALTHY" })).into_response()
+}
+
+async fn pgp_key(
+    State(state): State<Arc<AppState>>,
+    UrlPath(version): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let parts: Vec<&str> = version.split('.').collect();
+    if parts.len() != 3
+        || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ApiError::NotFound);
+    }
+    let release = state.current().ok_or(ApiError::NotFound)?;
+    let key = release.pgp_key().ok_or(ApiError::NotFound)?;
+    let bytes = tokio::fs::read(state.blobs.path(&key.sha256))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Maps a request path to a release entry, refusing anything that is not exactly an entry name
+/// below `downloads/`: no percent-encoding, backslashes, empty, `.` or `..` components.
+fn entry_for(raw_path: &str) -> Option<EntryName> {
+    let relative = raw_path.strip_prefix('/')?;
+    if relative.contains('%') || !relative.starts_with("downloads/") {
+        return None;
+    }
+    EntryName::new(relative).ok()
+}
+
+/// A single `bytes=` range, resolved against `size`. `Ok(None)` means serve the whole file
+/// (no header, or a form we do not serve, such as several ranges).
+fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(spec) = value.strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((start, end)) = spec.split_once('-') else { return Ok(None) };
+    let unsatisfiable = ApiError::RangeNotSatisfiable { size };
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", "") => return Ok(None),
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ApiError::RangeNotSatisfiable { size })?;
+            if n == 0 || size == 0 {
+                return Err(unsatisfiable);
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (start, end) => {
+            let start: u64 = start.parse().map_err(|_| ApiError::RangeNotSatisfiable { size })?;
+            let end: u64 = if end.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                end.parse().map_err(|_| ApiError::RangeNotSatisfiable { size })?
+            };
+            if start >= size || end < start {
+                return Err(unsatisfiable);
+            }
+            (start, end.min(size - 1))
+        }
+    };
+    Ok(Some((start, end)))
+}
+
+async fn download(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let name = entry_for(request.uri().path()).ok_or(ApiError::NotFound)?;
+    let release = state.current().ok_or(ApiError::NotFound)?;
+    let entry = release.files.get(name.as_str()).ok_or(ApiError::NotFound)?;
+    let etag = format!("\"{}\"", entry.sha256.to_hex());
+    let headers: &HeaderMap = request.headers();
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        && inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == etag || t == "*" || t.strip_prefix("W/") == Some(etag.as_str()))
+    {
+        return Ok(response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid response"));
+    }
+    let content_type = if name.as_str().ends_with(".sha512") || name.as_str().ends_with(".asc") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    let size = entry.size;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) => parse_range(value, size)?,
+        None => None,
+    };
+    let (start, len) = match range {
+        Some((start, end)) => {
+            response = response
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            (start, end - start + 1)
+        }
+        None => (0, size),
+    };
+    response =
+        response.header(header::CONTENT_TYPE, content_type).header(header::CONTENT_LENGTH, len);
+    if request.method() == Method::HEAD {
+        return Ok(response.body(Body::empty()).expect("valid response"));
+    }
+    // Opened now: an import or garbage collection that replaces the blob later does not disturb
+    // this download, which keeps reading the file it opened.
+    let mut file = tokio::fs::File::open(state.blobs.path(&entry.sha256))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::Internal(e.into()))?;
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
+    Ok(response.body(Body::from_stream(stream)).expect("valid response"))
+}
+
+/// Re-reads the active release whenever the state database says it changed, so an import or
+/// rollback takes effect for new requests without a restart.
+pub fn watch_active(state: Arc<AppState>, data_dir: PathBuf, keys: TrustedKeys) {
+    tokio::spawn(async move {
+        let mut shown: Option<(String, u64)> =
+            state.current().map(|r| (r.name.clone(), r.sequence));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let (dir, keys) = (data_dir.clone(), keys.clone());
+            let seen = shown.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Option<Release>>> {
+                    let db = crate::state::SqliteState::open(&dir.join("state.db"))?;
+                    let active = crate::state::StateStore::active(&db)?;
+                    if active == seen {
+                        return Ok(None);
+                    }
+                    // Loading re-verifies the stored manifest's signature.
+                    Ok(Some(match active {
+                        Some((name, sequence)) => {
+                            Some(crate::release::load_release_at(&dir, &name, sequence, &keys)?)
+                        }
+                        None => None,
+                    }))
+                })
+                .await;
+            match loaded {
+                Ok(Ok(Some(release))) => {
+                    shown = release.as_ref().map(|r| (r.name.clone(), r.sequence));
+                    tracing::info!(release = ?shown, "serving a new active release");
+                    *state.release.write().expect("release lock") = release.map(Arc::new);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot load the active release")
+                }
+                Err(e) => tracing::error!(error = %e, "release watcher failed"),
+            }
+        }
+    });
+}
+
+/// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when
+/// `tls` is given. Each connection runs on its own task; HTTP/1.1 and HTTP/2.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let result = match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_entry_names_below_downloads() {
+        assert!(entry_for("/downloads/beats/elastic-agent/a.tar.gz").is_some());
+        for bad in [
+            "/downloads/../state.db",
+            "/downloads/%2e%2e/state.db",
+            "/downloads//beats/a",
+            "/downloads/beats\\a",
+            "/releases/x",
+            "/downloads/",
+            "downloads/a",
+        ] {
+            assert!(entry_for(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100).unwrap(), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100).unwrap(), Some((90, 99)));
+        assert_eq!(parse_range("bytes=0-1000", 100).unwrap(), Some((0, 99)));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100).unwrap(), None);
+        assert!(parse_range("bytes=100-", 100).is_err());
+        assert!(parse_range("bytes=5-2", 100).is_err());
+    }
+}

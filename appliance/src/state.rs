@@ -1,0 +1,233 @@
+//! Durable state: releases, the active pointer and the rollback floors. SQLite (WAL, full sync)
+//! is the embedded store; the trait is what a server database would implement for several
+//! appliances behind one load balancer.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+/// One imported release, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReleaseRecord {
+    pub name: String,
+    pub sequence: u64,
+    pub created: String,
+    pub expires: String,
+    pub key_id: String,
+    pub entries: u64,
+    pub payload_bytes: u64,
+    pub manifest_sha256: String,
+    pub imported_at: String,
+}
+
+/// The state operations the appliance needs. Every method is one transaction.
+pub trait StateStore {
+    /// The highest sequence ever accepted for `name`.
+    fn floor(&self, name: &str) -> anyhow::Result<Option<u64>>;
+    /// Records `release`, makes it active and raises the floor to its sequence (never lowers).
+    fn activate_new(&mut self, release: &ReleaseRecord) -> anyhow::Result<()>;
+    /// Makes a recorded release active again; floors are untouched.
+    fn activate(&mut self, name: &str, sequence: u64) -> anyhow::Result<()>;
+    /// The active release's name and sequence.
+    fn active(&self) -> anyhow::Result<Option<(String, u64)>>;
+    /// Every recorded release, oldest first.
+    fn releases(&self) -> anyhow::Result<Vec<ReleaseRecord>>;
+    /// Forgets a release that is not active.
+    fn forget(&mut self, name: &str, sequence: u64) -> anyhow::Result<()>;
+}
+
+pub struct SqliteState {
+    conn: Connection,
+}
+
+fn to_i64(sequence: u64) -> anyhow::Result<i64> {
+    i64::try_from(sequence).map_err(|_| {
+        anyhow::anyhow!("sequence {sequence} is larger than this appliance stores (2^63 - 1)")
+    })
+}
+
+impl SqliteState {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The switch to a new release must survive power loss once import says it is done.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS releases (
+                name TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                created TEXT NOT NULL,
+                expires TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                entries INTEGER NOT NULL,
+                payload_bytes INTEGER NOT NULL,
+                manifest_sha256 TEXT NOT NULL,
+                imported_at TEXT NOT NULL,
+                PRIMARY KEY (name, sequence)
+            );
+            CREATE TABLE IF NOT EXISTS floors (
+                name TEXT PRIMARY KEY,
+                sequence INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS active (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                name TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                FOREIGN KEY (name, sequence) REFERENCES releases (name, sequence)
+            );",
+        )?;
+        Ok(Self { conn })
+    }
+}
+
+impl StateStore for SqliteState {
+    fn floor(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        let floor: Option<i64> = self
+            .conn
+            .query_row("SELECT sequence FROM floors WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()?;
+        Ok(floor.map(|f| f as u64))
+    }
+
+    fn activate_new(&mut self, r: &ReleaseRecord) -> anyhow::Result<()> {
+        let sequence = to_i64(r.sequence)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO releases
+             (name, sequence, created, expires, key_id, entries, payload_bytes, manifest_sha256, imported_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                r.name,
+                sequence,
+                r.created,
+                r.expires,
+                r.key_id,
+                r.entries as i64,
+                r.payload_bytes as i64,
+                r.manifest_sha256,
+                r.imported_at
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO active (id, name, sequence) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, sequence = excluded.sequence",
+            params![r.name, sequence],
+        )?;
+        tx.execute(
+            "INSERT INTO floors (name, sequence) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+            params![r.name, sequence],
+        )?;
+        crate::crash_point("before-commit");
+        tx.commit()?;
+        crate::crash_point("after-commit");
+        Ok(())
+    }
+
+    fn activate(&mut self, name: &str, sequence: u64) -> anyhow::Result<()> {
+        let sequence = to_i64(sequence)?;
+        let tx = self.conn.transaction()?;
+        let known: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM releases WHERE name = ?1 AND sequence = ?2",
+                params![name, sequence],
+                |r| r.get(0),
+            )
+            .optional()?;
+        anyhow::ensure!(
+            known.is_some(),
+            "release {name} {sequence} is not retained on this appliance"
+        );
+        tx.execute(
+            "INSERT INTO active (id, name, sequence) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, sequence = excluded.sequence",
+            params![name, sequence],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn active(&self) -> anyhow::Result<Option<(String, u64)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT name, sequence FROM active WHERE id = 1", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?)
+    }
+
+    fn releases(&self) -> anyhow::Result<Vec<ReleaseRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, sequence, created, expires, key_id, entries, payload_bytes, manifest_sha256, imported_at
+             FROM releases ORDER BY imported_at, name, sequence",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ReleaseRecord {
+                name: r.get(0)?,
+                sequence: r.get::<_, i64>(1)? as u64,
+                created: r.get(2)?,
+                expires: r.get(3)?,
+                key_id: r.get(4)?,
+                entries: r.get::<_, i64>(5)? as u64,
+                payload_bytes: r.get::<_, i64>(6)? as u64,
+                manifest_sha256: r.get(7)?,
+                imported_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn forget(&mut self, name: &str, sequence: u64) -> anyhow::Result<()> {
+        let sequence = to_i64(sequence)?;
+        anyhow::ensure!(
+            self.active()? != Some((name.to_owned(), sequence as u64)),
+            "release {name} {sequence} is active and cannot be removed"
+        );
+        self.conn.execute(
+            "DELETE FROM releases WHERE name = ?1 AND sequence = ?2",
+            params![name, sequence],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, sequence: u64, at: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            name: name.into(),
+            sequence,
+            created: at.into(),
+            expires: at.into(),
+            key_id: "K".into(),
+            entries: 1,
+            payload_bytes: 2,
+            manifest_sha256: "00".into(),
+            imported_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn floors_only_rise_and_rollback_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(s.floor("site").unwrap(), None);
+        s.activate_new(&record("site", 3, "1")).unwrap();
+        s.activate_new(&record("site", 5, "2")).unwrap();
+        assert_eq!(s.floor("site").unwrap(), Some(5));
+        assert_eq!(s.active().unwrap(), Some(("site".into(), 5)));
+        s.activate("site", 3).unwrap();
+        assert_eq!(s.active().unwrap(), Some(("site".into(), 3)));
+        assert_eq!(s.floor("site").unwrap(), Some(5), "rollback does not lower the floor");
+        // A downgrade accepted by override records the release but never lowers the floor.
+        s.activate_new(&record("site", 2, "3")).unwrap();
+        assert_eq!(s.floor("site").unwrap(), Some(5));
+        assert!(s.activate("site", 9).is_err());
+        assert!(s.forget("site", 2).is_err(), "the active release stays");
+        s.forget("site", 3).unwrap();
+        assert_eq!(s.releases().unwrap().len(), 2);
+    }
+}
