@@ -266,9 +266,11 @@ pub fn watch_active(state: Arc<AppState>, data_dir: PathBuf, keys: TrustedKeys) 
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot load the active release")
+                    tracing::error!(error = %format!("{e:#}"), "cannot load the active release");
                 }
-                Err(e) => tracing::error!(error = %e, "release watcher failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "release watcher failed");
+                }
             }
         }
     });
