@@ -1,0 +1,268 @@
+//! Test support: bundles with Elastic-style artifacts (signed with a throwaway minisign key and a
+//! throwaway PGP key), an appliance configuration, and helpers to run the real binary.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use ferry_artifacts::{Sha512Digest, write_sidecar};
+use ferry_manifests::{
+    BundleName, BundleSpec, Compression, EntryName, Kind, Mode, NoProgress, PayloadSource,
+    SigningKey,
+};
+use time::OffsetDateTime;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+    pub pgp: ferry_artifacts::pgp::SigningKey,
+}
+
+pub const VERSIONS: [&str; 3] = ["9.1.0", "9.2.2", "9.3.0"];
+
+pub fn archive_path(version: &str) -> String {
+    format!("beats/elastic-agent/elastic-agent-{version}-linux-x86_64.tar.gz")
+}
+
+/// Bytes standing in for an agent archive.
+pub fn archive_bytes(version: &str) -> Vec<u8> {
+    let mut x: u64 = version.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    (0..200_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = ferry_manifests::generate_key(None).unwrap();
+        let key = SigningKey::from_text(&generated.secret_key_file, "test", None).unwrap();
+        std::fs::write(dir.path().join("trusted.pub"), &generated.public_key_file).unwrap();
+        let pgp =
+            ferry_artifacts::pgp::SigningKey::generate("Elastic test <t@example.invalid>").unwrap();
+        std::fs::write(dir.path().join("GPG-KEY-test"), pgp.public_armored()).unwrap();
+        let fixture = Self { dir, key, pgp };
+        fixture.write_config("");
+        fixture
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let config = format!(
+            "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n\
+             retain_releases = 3\n{extra}[server]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.1:0\"\n"
+        );
+        std::fs::write(self.path("appliance.toml"), config).unwrap();
+    }
+
+    /// Builds `site-SEQUENCE.ferry` carrying agent `version` (archive, .sha512, .asc), the PGP key
+    /// and a policy. Returns the bundle path.
+    pub fn bundle(&self, sequence: u64, version: &str, expires: OffsetDateTime) -> PathBuf {
+        self.bundle_with_key(sequence, version, expires, &self.key)
+    }
+
+    pub fn bundle_with_key(
+        &self,
+        sequence: u64,
+        version: &str,
+        expires: OffsetDateTime,
+        key: &SigningKey,
+    ) -> PathBuf {
+        let src = self.path(&format!("src-{sequence}-{version}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let archive = archive_bytes(version);
+        let path = archive_path(version);
+        let name = path.rsplit('/').next().unwrap();
+        let write = |file: &str, bytes: &[u8]| {
+            let p = src.join(file);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let digest = Sha512Digest::of_reader(&archive[..]).unwrap();
+        let entry =
+            |p: &str, source: PathBuf, kind: Kind, metadata: &[(&str, &str)]| PayloadSource {
+                path: EntryName::new(p).unwrap(),
+                source,
+                kind,
+                mode: Mode::Regular,
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            };
+        let files = vec![
+            entry(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, &[("version", version)]),
+            entry(&format!("downloads/{path}.sha512"), write("sha512", write_sidecar(&digest, name).as_bytes()), Kind::ArtifactSidecar, &[]),
+            entry(&format!("downloads/{path}.asc"), write("asc", self.pgp.sign(&archive[..]).unwrap().as_bytes()), Kind::ArtifactSidecar, &[]),
+            entry("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, &[("purpose", "artifact-signing")]),
+            entry("policies/p.yml", write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()), Kind::Policy, &[]),
+        ];
+        let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
+        let spec = BundleSpec {
+            name: BundleName::new("site").unwrap(),
+            sequence,
+            created: created - time::Duration::days(1),
+            expires,
+            builder: "ferry-tests".into(),
+            compression: Compression::Zstd { level: 3, workers: 1 },
+        };
+        let out = self.path("bundles");
+        std::fs::create_dir_all(&out).unwrap();
+        ferry_manifests::write_bundle(&spec, files, key, &out, &NoProgress).unwrap().bundle_path
+    }
+
+    pub fn later() -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::days(30)
+    }
+
+    pub fn appliance(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-appliance"));
+        cmd.arg("--config").arg(self.path("appliance.toml")).env_remove("FERRY_CRASH_AT");
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+        self.appliance(args).output().unwrap()
+    }
+
+    /// `releases --json`: (active sequence, all sequences).
+    pub fn releases(&self) -> (Option<u64>, Vec<u64>) {
+        let o = self.run(&[&"releases", &"--json"]);
+        assert_ok(&o);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let active =
+            list.iter().find(|r| r["active"] == true).map(|r| r["sequence"].as_u64().unwrap());
+        (active, list.iter().map(|r| r["sequence"].as_u64().unwrap()).collect())
+    }
+}
+
+/// A running `ferry-appliance serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub https: String,
+    pub http: String,
+    pub ca: PathBuf,
+}
+
+impl Server {
+    pub fn start(fixture: &Fixture) -> Self {
+        let mut child = fixture
+            .appliance(&[&"serve"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut https, mut http, mut ca) = (None, None, None);
+        while https.is_none() || http.is_none() || ca.is_none() {
+            let line = lines.next().expect("serve printed its addresses").unwrap();
+            if let Some(rest) = line.strip_prefix("serving https://") {
+                https = Some(format!("https://{}", rest.split_whitespace().next().unwrap()));
+            } else if let Some(rest) = line.strip_prefix("serving the mirror on ") {
+                http = Some(rest.trim().to_owned());
+            } else if let Some(rest) = line.split("--certificate-authorities=").nth(1) {
+                ca = Some(PathBuf::from(rest.trim()));
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, https: https.unwrap(), http: http.unwrap(), ca: ca.unwrap() }
+    }
+
+    /// An HTTPS client that trusts only the appliance's quick-start CA.
+    pub fn client(&self) -> ureq::Agent {
+        let pem = std::fs::read(&self.ca).unwrap();
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i.unwrap() {
+                ureq::tls::PemItem::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into()
+    }
+
+    /// GET over TLS: status, headers, body.
+    pub fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+        let url = format!("{}{path}", self.https.replace("127.0.0.1", "localhost"));
+        let mut req = self.client().get(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.call().unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap();
+        (status, headers, body)
+    }
+
+    /// Waits (bounded) until `path` serves `want`; the server follows imports by polling.
+    pub fn wait_for(&self, path: &str, want: &[u8]) {
+        for _ in 0..100 {
+            if self.get(path, &[]).2 == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{path} never served the expected bytes");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Sends raw bytes as one HTTP/1.1 request and returns the status code.
+pub fn raw_status(base: &str, request_target: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {request_target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
