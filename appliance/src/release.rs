@@ -189,7 +189,9 @@ impl DataDir {
         progress: &dyn Progress,
     ) -> anyhow::Result<ReleaseRecord> {
         self.clean_leftovers()?;
+        let started = std::time::Instant::now();
         let signed = SignedBundle::verify(bundle, signature, keys, Limits::default(), progress)?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "detached signature verified");
         let key_id = signed.key_id().to_string();
         crate::crash_point("after-signature");
         let stage = signed.read_manifest()?;
@@ -242,8 +244,13 @@ impl DataDir {
 
         let staging_root = self.root.join("staging").join(format!("import-{}", std::process::id()));
         let mut staging = CrashingSink { inner: StagingDir::create(&staging_root)?, entries: 0 };
+        let started = std::time::Instant::now();
         let verified = stage.extract(&mut staging, progress)?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "entries verified and staged");
         let staging = staging.inner;
+        let started = std::time::Instant::now();
+        staging.sync()?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "staged files synced");
         crate::crash_point("after-extract");
 
         // Blobs first: harmless if we die now (unreferenced blobs are collected later).

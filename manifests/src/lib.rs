@@ -17,6 +17,7 @@ mod manifest;
 mod name;
 mod progress;
 mod read;
+mod readahead;
 mod sign;
 pub mod tar;
 mod write;

@@ -146,18 +146,39 @@ impl EntrySink for Discard {
 }
 
 /// Writes payload files below a private staging directory that this sink creates. Files are
-/// created new (never through an existing name or link), written, synced, then given the mode
-/// the manifest declares. Directories are created one component at a time and must be real
-/// directories.
+/// created new (never through an existing name or link), written, then given the mode the
+/// manifest declares. Directories are created one component at a time and must be real
+/// directories. Nothing is synced until [`StagingDir::sync`], so the kernel writes earlier
+/// files back while later ones are still arriving.
 pub struct StagingDir {
     root: PathBuf,
+    written: Vec<PathBuf>,
 }
 
 impl StagingDir {
     /// Creates `root`, which must not exist yet, readable by its owner only.
     pub fn create(root: &Path) -> io::Result<Self> {
         fs::DirBuilder::new().mode(0o700).create(root)?;
-        Ok(Self { root: root.to_owned() })
+        Ok(Self { root: root.to_owned(), written: Vec::new() })
+    }
+
+    /// Makes every file and folder written so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for path in &self.written {
+            File::open(path)?.sync_all()?;
+            dirs.extend(
+                path.ancestors()
+                    .skip(1)
+                    .take_while(|d| d.starts_with(&self.root))
+                    .map(Path::to_owned),
+            );
+        }
+        dirs.insert(self.root.clone());
+        for dir in dirs {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -193,9 +214,10 @@ impl EntrySink for StagingDir {
         let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
         let mut out = io::BufWriter::with_capacity(IO_BUFFER, file);
         io::copy(data, &mut out)?;
-        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode.bits()))
+        out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode.bits()))?;
+        self.written.push(path);
+        Ok(())
     }
 }
 
@@ -572,7 +594,7 @@ impl TarStream {
         let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
         let mut file = BufReader::with_capacity(IO_BUFFER, File::open(path).map_err(io_err)?);
         let head = file.fill_buf().map_err(io_err)?;
-        let inner: Box<dyn Read> = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let inner: Box<dyn Read + Send> = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(file).map_err(io_err)?;
             decoder.window_log_max(limits.zstd_window_log_max).map_err(io_err)?;
             Box::new(decoder)
@@ -584,7 +606,7 @@ impl TarStream {
                 magic: hex::encode(&head[..head.len().min(4)]),
             });
         };
-        Ok(Self { inner, offset: 0 })
+        Ok(Self { inner: Box::new(crate::readahead::ReadAhead::spawn(inner)), offset: 0 })
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), VerifyError> {

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Benchmark: the appliance's download mirror against nginx, serving the same 512 MiB agent archive.
+#
+#   nginx                       worker_processes 2, sendfile on, access log off; plain HTTP and
+#                               TLS 1.2/1.3 with the appliance's own quick-start certificate
+#   ferry-appliance serve       the archive imported from a real bundle (ferry build + import),
+#                               plain HTTP on mirror_listen, TLS (rustls) on listen
+#
+# Load: wrk with 1, 8 and 64 connections, each downloading the file over and over (keep-alive)
+# for SECONDS_PER_CELL seconds; bytes received (whole and partial responses) count. Server CPU is
+# utime+stime from /proc/PID/stat before and after each cell, summed over nginx's master and
+# workers (the appliance is one process). The client runs on the same box, so both servers share
+# the cores with it alike. Cells are interleaved (nginx, ferry, nginx, ferry...), best of ROUNDS:
+# the highest MB/s and the lowest CPU s/GB over the rounds, each on its own.
+#
+# Everything listens on 127.0.0.1 only. Working files live in target/bench-mirror/.
+#
+# Needs: nginx, wrk, curl, openssl, bc (apt-get install nginx wrk curl openssl bc; the script
+# installs nginx and wrk itself if missing and it runs as root).
+# Usage: scripts/bench-mirror.sh
+#   SIZE_MIB=512 SECONDS_PER_CELL=8 ROUNDS=2   (defaults; the input is built once per size and kept)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size_mib=${SIZE_MIB:-512}
+secs=${SECONDS_PER_CELL:-8}
+rounds=${ROUNDS:-2}
+concurrencies=${CONCURRENCY:-"1 8 64"}
+bench=$PWD/target/bench-mirror
+name=elastic-agent-9.9.9-linux-x86_64.tar.gz
+url_path=/downloads/beats/elastic-agent/$name
+
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || { echo "missing ${missing[*]} (apt-get install ${missing[*]})" >&2; exit 2; }
+    # Keep the package's own nginx service (port 80, every address) from starting on install.
+    guard=
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+fi
+PATH=$PATH:/usr/sbin
+for tool in curl openssl bc ss; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install curl openssl bc iproute2)" >&2; exit 2; }
+done
+
+cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance
+ferry=$PWD/target/release/ferry
+appliance=$PWD/target/release/ferry-appliance
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The input: one random (incompressible, like a .tar.gz) file, in nginx's document root at the
+# mirror path, and a bundle carrying it.
+www=$bench/www-$size_mib
+input=$www$url_path
+if [ ! -f "$bench/.complete-$size_mib" ]; then
+    rm -rf "$www" "$bench/app" "$bench/bundles" && mkdir -p "$(dirname "$input")" "$bench/app" "$bench/bundles"
+    head -c "${size_mib}M" /dev/urandom > "$input"
+    "$ferry" keygen --without-password --force --secret-key "$bench/ferry.key" --public-key "$bench/ferry.pub" >/dev/null
+    printf '[bundle]\nname = "bench"\nsequence = 1\n[[file]]\nsource = "%s"\nkind = "other"\npath = "%s"\n' \
+        "$input" "${url_path#/}" > "$bench/spec.toml"
+    "$ferry" build "$bench/spec.toml" --secret-key "$bench/ferry.key" --out "$bench/bundles" --quiet >/dev/null
+    printf 'data_dir = "data"\ntrusted_keys = ["%s"]\npublic_url = "https://localhost:8220"\n[server]\nlisten = "127.0.0.1:0"\nmirror_listen = "127.0.0.1:0"\n' \
+        "$bench/ferry.pub" > "$bench/app/appliance.toml"
+    "$appliance" --config "$bench/app/appliance.toml" import "$bench/bundles/bench-1.ferry" >/dev/null
+    rm -f "$bench"/.complete-* && touch "$bench/.complete-$size_mib"
+fi
+size=$(stat -c %s "$input")
+
+# The appliance, on ports it picks; its quick-start certificate is made on first start.
+"$appliance" --config "$bench/app/appliance.toml" serve > "$bench/app/serve.out" 2> "$bench/app/serve.err" &
+app_pid=$!
+pids+=("$app_pid")
+for _ in $(seq 1 100); do
+    grep -q 'serving the mirror on' "$bench/app/serve.out" 2>/dev/null && break
+    kill -0 "$app_pid" 2>/dev/null || { cat "$bench/app/serve.err" >&2; exit 1; }
+    sleep 0.1
+done
+ferry_tls=$(sed -n 's|^serving https://\([^ ]*\) .*|\1|p' "$bench/app/serve.out")
+ferry_plain=$(sed -n 's|^serving the mirror on http://\(.*\)$|\1|p' "$bench/app/serve.out")
+[ -n "$ferry_tls" ] && [ -n "$ferry_plain" ] || { echo "appliance did not start:" >&2; cat "$bench/app/serve.out" "$bench/app/serve.err" >&2; exit 1; }
+tls_dir=$bench/app/data/tls
+
+# nginx, on two free loopback ports.
+used=$(ss -Htan | awk '{print $4}' | sed 's/.*://')
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        grep -qx "$p" <<< "$used" || { used+=$'\n'$p; echo "$p"; return; }
+    done
+}
+nginx_plain=127.0.0.1:$(free_port)
+nginx_tls=127.0.0.1:$(free_port)
+ngx=$bench/nginx
+rm -rf "$ngx" && mkdir -p "$ngx/tmp"
+cat > "$ngx/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $ngx/nginx.pid;
+error_log $ngx/error.log warn;
+$( [ "$(id -u)" = 0 ] && echo "user root;" )
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path $ngx/tmp/body;
+    proxy_temp_path $ngx/tmp/proxy;
+    default_type application/octet-stream;
+    server {
+        listen $nginx_plain;
+        root $www;
+    }
+    server {
+        listen $nginx_tls ssl;
+        ssl_certificate $tls_dir/server.pem;
+        ssl_certificate_key $tls_dir/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $www;
+    }
+}
+EOF
+nginx -e "$ngx/error.log" -p "$ngx" -c "$ngx/nginx.conf" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+for _ in $(seq 1 50); do
+    [ "$(pgrep -c -P "$nginx_pid" || true)" -ge 2 ] && curl -sf -o /dev/null -r 0-0 "http://$nginx_plain$url_path" && break
+    kill -0 "$nginx_pid" 2>/dev/null || { cat "$ngx/error.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+url() { # url SERVER MODE
+    case $1-$2 in
+        nginx-plain) echo "http://$nginx_plain$url_path" ;;
+        nginx-tls) echo "https://$nginx_tls$url_path" ;;
+        ferry-plain) echo "http://$ferry_plain$url_path" ;;
+        ferry-tls) echo "https://$ferry_tls$url_path" ;;
+    esac
+}
+server_pids() { # server_pids SERVER: the server's processes (nginx: master and workers)
+    case $1 in
+        nginx) echo "$nginx_pid" $(pgrep -P "$nginx_pid") ;;
+        ferry) echo "$app_pid" ;;
+    esac
+}
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { # utime+stime of the processes given, in clock ticks
+    local total=0 pid f
+    for pid in "$@"; do
+        read -ra f < <(sed 's/.*) //' "/proc/$pid/stat")
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# Every endpoint serves the whole file, status 200, before anything is measured; this also
+# warms the page cache for both copies (nginx's file and the appliance's blob).
+for server in nginx ferry; do
+    for mode in plain tls; do
+        read -r code got < <(curl -sk -o /dev/null -w '%{http_code} %{size_download}\n' "$(url $server $mode)")
+        [ "$code" = 200 ] && [ "$got" = "$size" ] || { echo "$server $mode: HTTP $code, $got of $size bytes" >&2; exit 1; }
+    done
+done
+tls_params() { openssl s_client -connect "$1" -servername localhost </dev/null 2>/dev/null | sed -n 's/^New, \(.*\), Cipher is \(.*\)$/\1 \2/p'; }
+echo "TLS negotiated with OpenSSL's client: nginx $(tls_params "$nginx_tls"); ferry $(tls_params "$ferry_tls")" >&2
+
+# wrk reports exact totals through this script.
+cat > "$bench/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("RESULT %d %d %d %d %d %d %d %d\n", summary.bytes, summary.duration,
+        summary.requests, e.connect, e.read, e.write, e.status, e.timeout))
+end
+EOF
+
+# cell SERVER MODE CONCURRENCY: sets cell_mbs and cell_cpu (CPU s/GB).
+problems=()
+cell() {
+    local threads=$(( $3 < 2 ? $3 : 2 )) pids_now before after out bytes dur reqs ec er ew es et
+    pids_now=$(server_pids "$1")
+    before=$(cpu_ticks $pids_now)
+    out=$(wrk -t "$threads" -c "$3" -d "${secs}s" --timeout 600s -s "$bench/report.lua" "$(url "$1" "$2")" 2>&1) \
+        || { echo "$out" >&2; exit 1; }
+    sleep 0.2
+    after=$(cpu_ticks $pids_now)
+    read -r bytes dur reqs ec er ew es et < <(grep '^RESULT' <<< "$out" | cut -d' ' -f2-)
+    [ $((ec + er + ew + es + et)) -eq 0 ] \
+        || problems+=("$1 $2 c=$3: errors connect $ec, read $er, write $ew, non-2xx/3xx $es, timeout $et")
+    cell_mbs=$(echo "$bytes / $dur" | bc -l)
+    cell_cpu=$(echo "($after - $before) / $clk_tck / ($bytes / 1000000000)" | bc -l)
+}
+
+# Best of the rounds: highest MB/s, lowest CPU s/GB.
+declare -A mbs cpu
+for round in $(seq 1 "$rounds"); do
+    for mode in plain tls; do
+        for c in $concurrencies; do
+            for server in nginx ferry; do
+                cell "$server" "$mode" "$c"
+                m=$cell_mbs p=$cell_cpu
+                printf 'round %d %-5s %-5s c=%-3d %8.0f MB/s %7.3f CPU s/GB\n' "$round" "$server" "$mode" "$c" "$m" "$p" >&2
+                k=$server-$mode-$c
+                if [ -z "${mbs[$k]:-}" ] || [ "$(echo "$m > ${mbs[$k]}" | bc)" = 1 ]; then mbs[$k]=$m; fi
+                if [ -z "${cpu[$k]:-}" ] || [ "$(echo "$p < ${cpu[$k]}" | bc)" = 1 ]; then cpu[$k]=$p; fi
+            done
+        done
+    done
+done
+
+echo
+echo "file: $((size / 1048576)) MiB; $secs s per cell; best of $rounds rounds; $(nproc) cores; MB = 10^6 bytes, GB = 10^9"
+printf '%-5s %5s %10s %10s %12s %11s %11s %12s\n' mode conc "nginx MB/s" "ferry MB/s" "ratio (>=1)" "nginx s/GB" "ferry s/GB" "ratio (<=1)"
+met=0 cells=0
+for mode in plain tls; do
+    for c in $concurrencies; do
+        n=nginx-$mode-$c f=ferry-$mode-$c
+        rt=$(echo "${mbs[$f]} / ${mbs[$n]}" | bc -l)
+        rc=$(echo "${cpu[$f]} / ${cpu[$n]}" | bc -l)
+        label=$([ "$mode" = tls ] && echo TLS || echo plain)
+        printf '%-5s %5d %10.0f %10.0f %12.2f %11.3f %11.3f %12.2f\n' "$label" "$c" "${mbs[$n]}" "${mbs[$f]}" "$rt" "${cpu[$n]}" "${cpu[$f]}" "$rc"
+        cells=$((cells + 2))
+        [ "$(echo "$rt >= 1" | bc)" = 1 ] && met=$((met + 1))
+        [ "$(echo "$rc <= 1" | bc)" = 1 ] && met=$((met + 1))
+    done
+done
+echo
+echo "goals: ferry throughput >= nginx (ratio >= 1.00); ferry CPU per GB <= nginx (ratio <= 1.00)"
+echo "goals met: $met of $cells"
+if [ ${#problems[@]} -gt 0 ]; then
+    echo
+    echo "wrk reported errors (the bytes of failed responses still count above):"
+    printf '  %s\n' "${problems[@]}"
+fi
