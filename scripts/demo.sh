@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The README's main command: build ferry, make a demo signing key, build the sample bundle from
-# examples/demo/, verify it (with ferry and, when installed, the stock minisign) and inspect it.
+# examples/demo/, verify it (with ferry and, when installed, the stock minisign), inspect it, then
+# import it into a local appliance data directory and check it there.
 # Everything it writes goes to target/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --quiet -p ferry-builder
+cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance
 ferry=target/release/ferry
+appliance=target/release/ferry-appliance
 work=target/demo
 rm -rf "$work"
 mkdir -p "$work"
@@ -29,3 +31,19 @@ fi
 
 step "ferry inspect"
 "$ferry" inspect "$work/dist/demo-1.ferry"
+
+step "ferry-appliance import (into target/demo/appliance, trusting only the demo key)"
+mkdir -p "$work/appliance"
+cp "$work/demo.pub" "$work/appliance/trusted.pub"
+cat > "$work/appliance/appliance.toml" <<TOML
+data_dir = "data"
+trusted_keys = ["trusted.pub"]
+public_url = "https://localhost:8220"
+[server]
+listen = "127.0.0.1:8220"
+TOML
+"$appliance" --config "$work/appliance/appliance.toml" import "$work/dist/demo-1.ferry"
+"$appliance" --config "$work/appliance/appliance.toml" releases
+"$appliance" --config "$work/appliance/appliance.toml" fsck
+
+step "done: serve it with: $appliance --config $work/appliance/appliance.toml serve"

@@ -1,6 +1,7 @@
-//! The connected side's whole journey with the real binaries: a new key, the demo bundle built
-//! from files shipped in the repository, checked by `ferry verify`, by the stock `minisign` and
-//! by GNU `tar`, then carried (copied) elsewhere and checked again with only the public key.
+//! The whole journey with the real binaries: a new key, the demo bundle built from files shipped
+//! in the repository, checked by `ferry verify`, by the stock `minisign` and by GNU `tar`, then
+//! carried (copied) elsewhere, checked again with only the public key, and imported by the
+//! appliance; a damaged copy is refused on both sides.
 
 use ferry_tests::{binary, repo_root, run_ok};
 
@@ -67,6 +68,26 @@ fn key_build_verify_carry_verify() {
     let out = run_ok(std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(&bundle));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
 
+    // The appliance imports it, trusting only the public key that crossed the gap.
+    let config = isolated.join("appliance.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n",
+    )
+    .unwrap();
+    let appliance = || {
+        let mut cmd = binary("ferry-appliance");
+        cmd.arg("--config").arg(&config);
+        cmd
+    };
+    run_ok(appliance().arg("import").arg(&bundle));
+    let out = run_ok(appliance().arg("releases").arg("--json"));
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(releases[0]["name"], "demo");
+    assert_eq!(releases[0]["active"], true);
+    assert_eq!(releases[0]["manifest_sha256"], built["manifest_sha256"]);
+    run_ok(appliance().arg("fsck"));
+
     // The carrier damages it: refused with exit 1, the previous copy untouched.
     let mut bytes = std::fs::read(&bundle).unwrap();
     let middle = bytes.len() / 2;
@@ -84,4 +105,13 @@ fn key_build_verify_carry_verify() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     run_ok(binary("ferry").arg("verify").arg(&bundle).arg("-p").arg(isolated.join("trusted.pub")));
+    let out = appliance().arg("import").arg(&damaged).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = run_ok(appliance().arg("releases").arg("--json"));
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        releases.as_array().unwrap().len(),
+        1,
+        "the refused import left the release store alone"
+    );
 }
