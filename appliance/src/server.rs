@@ -227,7 +227,7 @@ async fn download(
     if start > 0 {
         file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::Internal(e.into()))?;
     }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20);
     Ok(response.body(Body::from_stream(stream)).expect("valid response"))
 }
 
