@@ -271,3 +271,49 @@ fn default_config_and_gc() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("retain_relases"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_download_under_way_finishes_from_the_blob_it_started_on() {
+    use std::io::Read as _;
+    let f = Fixture::new();
+    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
+    std::fs::write(
+        f.path("appliance.toml"),
+        config.replace("retain_releases = 3", "retain_releases = 1"),
+    )
+    .unwrap();
+    let big = 48 << 20; // far more than the loopback socket buffers hold
+    assert_ok(&import(&f, &f.bundle_full(1, VERSIONS[0], Fixture::later(), &f.key, big)));
+    let server = Server::start(&f);
+    let url = format!("/downloads/{}", archive_path(VERSIONS[0]));
+    let expected = support::sized_archive(VERSIONS[0], big);
+    // Wait until the server serves release 1, then start a download and read only its start.
+    for _ in 0..100 {
+        if server.get("/api/status", &[]).0 == 200
+            && server.get(&format!("{url}.sha512"), &[]).0 == 200
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let full = format!("{}{url}", server.https.replace("127.0.0.1", "localhost"));
+    let mut response = server.client().get(&full).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+
+    // Release 2 replaces it, and with retain_releases = 1 its blobs are deleted.
+    assert_ok(&import(&f, &f.bundle(2, VERSIONS[1], Fixture::later())));
+    let digest = ferry_manifests::Sha256Digest::of(&expected).to_hex();
+    assert!(!f.path(&format!("data/blobs/sha256/{}/{}", &digest[..2], &digest[2..])).exists());
+    server.wait_for(
+        &format!("/downloads/{}", archive_path(VERSIONS[1])),
+        &archive_bytes(VERSIONS[1]),
+    );
+
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    assert!(head == expected, "the download under way did not finish with the original bytes");
+}

@@ -29,8 +29,13 @@ pub fn archive_path(version: &str) -> String {
 
 /// Bytes standing in for an agent archive.
 pub fn archive_bytes(version: &str) -> Vec<u8> {
+    sized_archive(version, 200_000)
+}
+
+/// Like [`archive_bytes`], `len` bytes long.
+pub fn sized_archive(version: &str, len: usize) -> Vec<u8> {
     let mut x: u64 = version.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    (0..200_000)
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -79,9 +84,20 @@ impl Fixture {
         expires: OffsetDateTime,
         key: &SigningKey,
     ) -> PathBuf {
+        self.bundle_full(sequence, version, expires, key, 200_000)
+    }
+
+    pub fn bundle_full(
+        &self,
+        sequence: u64,
+        version: &str,
+        expires: OffsetDateTime,
+        key: &SigningKey,
+        archive_len: usize,
+    ) -> PathBuf {
         let src = self.path(&format!("src-{sequence}-{version}"));
         std::fs::create_dir_all(&src).unwrap();
-        let archive = archive_bytes(version);
+        let archive = sized_archive(version, archive_len);
         let path = archive_path(version);
         let name = path.rsplit('/').next().unwrap();
         let write = |file: &str, bytes: &[u8]| {
