@@ -7,18 +7,7 @@ use ferry_builder::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .init();
+    ferry_manifests::terminal::init_logging(cli.verbose);
     match ferry_builder::run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -6,42 +6,26 @@ use std::process::{Command, Output};
 
 use ferry_manifests::{BundleComment, SigningKey};
 
-const CREATED: &str = "2026-11-01T00:00:00Z";
+mod support;
+use support::{assert_ok, ferry, fixture, stderr, stdout};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+const CREATED: &str = "2026-11-01T00:00:00Z";
 
 fn demo_spec() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/bundle.toml")
 }
 
-fn ferry(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env_remove("FERRY_KEY_PASSWORD").env_remove("SOURCE_DATE_EPOCH");
-    for a in args {
-        cmd.arg(a);
-    }
-    cmd.output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
+/// Makes a second, unrelated key pair in `dir` (which must exist); returns its public key.
+fn other_key(dir: &Path) -> PathBuf {
+    assert_ok(&ferry(&[
+        &"keygen",
+        &"--without-password",
+        &"--secret-key",
+        &dir.join("k"),
+        &"--public-key",
+        &dir.join("k.pub"),
+    ]));
+    dir.join("k.pub")
 }
 
 /// Builds the demo bundle with the fixture key into `out`.
@@ -150,19 +134,12 @@ fn stock_minisign_and_gnu_tar_read_the_bundle() {
     ]);
     assert!(!o.status.success(), "keygen into a missing folder should fail");
     std::fs::create_dir(&other).unwrap();
-    assert_ok(&ferry(&[
-        &"keygen",
-        &"--without-password",
-        &"--secret-key",
-        &other.join("k"),
-        &"--public-key",
-        &other.join("k.pub"),
-    ]));
+    let other_pub = other_key(&other);
     let o = Command::new("minisign")
         .arg("-Vm")
         .arg(&bundle)
         .arg("-p")
-        .arg(other.join("k.pub"))
+        .arg(&other_pub)
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -253,21 +230,14 @@ fn tampering_in_transit_is_refused() {
     // The wrong public key.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    assert_ok(&ferry(&[
-        &"keygen",
-        &"--without-password",
-        &"--secret-key",
-        &other.join("k"),
-        &"--public-key",
-        &other.join("k.pub"),
-    ]));
-    let o = ferry(&[&"verify", &bundle, &"--public-key", &other.join("k.pub"), &"--json"]);
+    let other_pub = other_key(&other);
+    let o = ferry(&[&"verify", &bundle, &"--public-key", &other_pub, &"--json"]);
     assert_eq!(o.status.code(), Some(1));
     let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(verdict["check"], "untrusted-key");
     assert!(verdict["error"].as_str().unwrap().contains("2B0F415528066F97"), "{verdict}");
     // Trusting both keys, as during a rotation, accepts it again.
-    let o = ferry(&[&"verify", &bundle, &"-p", &other.join("k.pub"), &"-p", &fixture("test.pub")]);
+    let o = ferry(&[&"verify", &bundle, &"-p", &other_pub, &"-p", &fixture("test.pub")]);
     assert_ok(&o);
 }
 

@@ -29,7 +29,7 @@ pub use name::{
     MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, NameError, check_collisions,
 };
 #[cfg(feature = "terminal")]
-pub use progress::TerminalBar;
+pub mod terminal;
 pub use progress::{NoProgress, Progress};
 pub use read::{
     Discard, EntrySink, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
@@ -39,6 +39,8 @@ pub use sign::{
     BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PrehashWriter, Prehasher,
     PublicKey, SignatureFile, SigningKey, StreamVerifier, TrustedKeys, generate_key,
 };
+#[cfg(feature = "terminal")]
+pub use terminal::TerminalBar;
 pub use write::{
     BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, file_type_name, write_bundle,
 };
