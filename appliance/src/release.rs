@@ -44,6 +44,10 @@ pub enum ImportRefusal {
     )]
     Downgrade { name: String, sequence: u64, floor: u64, key_id: String },
     #[error(
+        "bundle {name} sequence {sequence} (signed by {key_id}) differs from the retained release with that name and sequence; a sequence is never reused"
+    )]
+    Conflict { name: String, sequence: u64, key_id: String },
+    #[error(
         "bundle {name} sequence {sequence} (signed by {key_id}): {source} (use --allow-expired to accept it)"
     )]
     Expired { name: String, sequence: u64, key_id: String, source: VerifyError },
@@ -198,6 +202,33 @@ impl DataDir {
         let manifest = stage.manifest().clone();
         let (name, sequence) = (manifest.name.to_string(), manifest.sequence);
 
+        if i64::try_from(sequence).is_err() {
+            anyhow::bail!(
+                "bundle {name} sequence {sequence} is larger than this appliance stores (2^63 - 1)"
+            );
+        }
+        if let Some(same) =
+            self.state.releases()?.into_iter().find(|r| r.name == name && r.sequence == sequence)
+        {
+            // One name and sequence is one signed bundle, whatever the override.
+            let stored = load_release_at(&self.root, &name, sequence, keys)?;
+            if stored.manifest != manifest {
+                let refusal = ImportRefusal::Conflict {
+                    name: name.clone(),
+                    sequence,
+                    key_id: key_id.clone(),
+                };
+                tracing::warn!(bundle = %name, sequence, key_id = %key_id, "refused: {refusal}");
+                return Err(refusal.into());
+            }
+            // The same bundle, still retained: with the override, re-activating it is a rollback
+            // and needs no unpacking; without, the floor check below refuses it.
+            if options.allow_downgrade {
+                tracing::warn!(bundle = %name, sequence, key_id = %key_id, "--allow-downgrade: re-activating the retained release");
+                self.state.activate(&name, sequence)?;
+                return Ok(same);
+            }
+        }
         if let Some(floor) = self.state.floor(&name)?
             && sequence <= floor
         {
@@ -265,11 +296,10 @@ impl DataDir {
             &pending.join("manifest.json.minisig"),
             verified.manifest_signature.as_bytes(),
         )?;
+        sync_dir(&pending);
         let dir = self.release_dir(&name, sequence);
-        if dir.exists() {
-            // Re-import of a retained release under --allow-downgrade: same signed content.
-            remove_any(&dir)?;
-        }
+        // Never retained (checked above), so only a leftover can be here: clean_leftovers removed
+        // folders the database does not know.
         fs::rename(&pending, &dir)?;
         sync_dir(&self.root.join("releases"));
         crate::crash_point("after-release-dir");

@@ -63,6 +63,13 @@ fn import_serve_refuse_switch_and_roll_back() {
             "{says}: the mirror changed"
         );
     }
+    // One name and sequence is one bundle: different content under a retained sequence is
+    // refused even with the override.
+    let o = f.run(&[&"import", &f.bundle(2, VERSIONS[2], Fixture::later()), &"--allow-downgrade"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("never reused"), "{}", stderr(&o));
+    assert_eq!(f.releases().0, Some(2));
+
     // The overrides exist and are named for what they remove.
     let o = f.run(&[&"import", &f.bundle(5, VERSIONS[2], expired), &"--allow-expired"]);
     assert_ok(&o);

@@ -83,30 +83,35 @@ impl BlobStore {
                 actual: digest,
             });
         }
-        let target = self.path(&digest);
-        if target.is_file() {
-            fs::remove_file(path).map_err(io_at(path))?;
-            return Ok((digest, size));
-        }
-        let parent = target.parent().expect("blob paths have a parent");
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
         File::open(path).and_then(|f| f.sync_all()).map_err(io_at(path))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(io_at(path))?;
-        fs::rename(path, &target).map_err(io_at(&target))?;
+        self.place(path, &digest)?;
         Ok((digest, size))
     }
 
     /// Moves a file whose SHA-256 the caller has already verified (and synced) into the store,
     /// without hashing it again.
     pub fn insert_verified(&self, path: &Path, digest: &Sha256Digest) -> Result<(), StoreError> {
+        self.place(path, digest)
+    }
+
+    /// Renames `path` to the blob named `digest`. An existing blob of that name is kept only if
+    /// it still has that content: a damaged one is replaced, never trusted for its name.
+    fn place(&self, path: &Path, digest: &Sha256Digest) -> Result<(), StoreError> {
         let target = self.path(digest);
         if target.is_file() {
-            return fs::remove_file(path).map_err(io_at(path));
+            match hash_file(&target) {
+                Ok((existing, _)) if existing == *digest => {
+                    return fs::remove_file(path).map_err(io_at(path));
+                }
+                _ => tracing::warn!(blob = %target.display(), "replacing a damaged blob"),
+            }
         }
         let parent = target.parent().expect("blob paths have a parent");
         fs::create_dir_all(parent).map_err(io_at(parent))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(io_at(path))?;
-        fs::rename(path, &target).map_err(io_at(&target))
+        fs::rename(path, &target).map_err(io_at(&target))?;
+        // The rename is only durable once the folder holding the new name is synced.
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io_at(parent))
     }
 
     /// Every blob in the store.
@@ -206,5 +211,12 @@ mod tests {
         let err = store.insert_file(&tmp, Some(&d)).unwrap_err();
         assert!(matches!(err, StoreError::Digest { .. }), "{err}");
         assert!(tmp.exists(), "a refused file is left where it was");
+
+        // A damaged blob is replaced by a good copy, not trusted for its name.
+        let blob = store.path(&d);
+        fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&blob, b"HELLO").unwrap();
+        store.insert_bytes(b"hello", "c").unwrap();
+        assert_eq!(fs::read(&blob).unwrap(), b"hello");
     }
 }

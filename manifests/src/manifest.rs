@@ -166,8 +166,36 @@ pub struct FileEntry {
     pub mode: Mode,
     pub kind: Kind,
     /// Kind-specific facts (product, version, platform, policy id, certificate subject …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A JSON object of strings that refuses a repeated key, where serde would keep the last one
+/// (and another reader might keep the first).
+fn unique_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object whose values are strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "metadata key {key:?} appears twice"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// The manifest of one bundle. See `docs/bundle-format.md`.
@@ -348,6 +376,11 @@ mod tests {
         assert!(matches!(reparse(|v| v["format"] = 2.into()), ManifestError::Format(2)));
         assert!(matches!(reparse(|v| v["sequence"] = 0.into()), ManifestError::ZeroSequence));
         assert!(matches!(reparse(|v| v["extra"] = 1.into()), ManifestError::Json(_)));
+        let twice = String::from_utf8(sample().to_bytes())
+            .unwrap()
+            .replace("\"policy_id\": \"p\"", "\"policy_id\": \"p\", \"policy_id\": \"q\"");
+        let err = Manifest::parse(twice.as_bytes(), &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
         assert!(matches!(
             reparse(|v| v["files"][0]["path"] = "../x".into()),
             ManifestError::Json(_)

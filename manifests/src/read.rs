@@ -536,6 +536,16 @@ fn read_head(path: &Path, limits: &Limits) -> Result<Head, VerifyError> {
                 ),
             });
         }
+        if header.mode & 0o7777 != 0o644 || !header.linkname.is_empty() {
+            return Err(VerifyError::MalformedTar {
+                offset,
+                reason: format!(
+                    "{expected} must have mode 0644 and no link name (has {:04o}, {:?})",
+                    header.mode & 0o7777,
+                    header.linkname
+                ),
+            });
+        }
         if header.size > max {
             return Err(if expected == MANIFEST_ENTRY {
                 VerifyError::ManifestTooLarge { size: header.size, max }
@@ -583,6 +593,51 @@ fn entry_name(offset: u64, header: &RawHeader) -> Result<EntryName, VerifyError>
     EntryName::new(&header.path).map_err(|reason| VerifyError::UnsafeName { name: path, reason })
 }
 
+/// The two decompressors format 1 allows, each reading exactly one zstd frame or gzip member.
+enum Decoder {
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<File>>),
+    Gzip(flate2::bufread::GzDecoder<BufReader<File>>),
+}
+
+/// Marks the error for compressed bytes after the one frame or member: further frames (even
+/// empty or skippable ones), members, or garbage.
+#[derive(Debug)]
+struct BytesAfterStream;
+
+impl std::fmt::Display for BytesAfterStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bytes follow the compressed stream")
+    }
+}
+
+impl std::error::Error for BytesAfterStream {}
+
+/// Decompresses one frame or member and then requires the file to end.
+struct OneStream {
+    decoder: Decoder,
+    ended: bool,
+}
+
+impl Read for OneStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.decoder {
+            Decoder::Zstd(d) => d.read(buf)?,
+            Decoder::Gzip(d) => d.read(buf)?,
+        };
+        if n == 0 && !buf.is_empty() && !self.ended {
+            self.ended = true;
+            let rest = match &mut self.decoder {
+                Decoder::Zstd(d) => d.get_mut().fill_buf()?.len(),
+                Decoder::Gzip(d) => d.get_mut().fill_buf()?.len(),
+            };
+            if rest > 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, BytesAfterStream));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// The decompressed tar stream, read block by block.
 struct TarStream {
     inner: Box<dyn Read>,
@@ -594,18 +649,20 @@ impl TarStream {
         let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
         let mut file = BufReader::with_capacity(IO_BUFFER, File::open(path).map_err(io_err)?);
         let head = file.fill_buf().map_err(io_err)?;
-        let inner: Box<dyn Read + Send> = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(file).map_err(io_err)?;
+        let decoder = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(file).map_err(io_err)?.single_frame();
             decoder.window_log_max(limits.zstd_window_log_max).map_err(io_err)?;
-            Box::new(decoder)
+            Decoder::Zstd(decoder)
         } else if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::bufread::MultiGzDecoder::new(file))
+            Decoder::Gzip(flate2::bufread::GzDecoder::new(file))
         } else {
             return Err(VerifyError::UnknownCompression {
                 path: path.to_owned(),
                 magic: hex::encode(&head[..head.len().min(4)]),
             });
         };
+        let inner = Box::new(OneStream { decoder, ended: false });
         Ok(Self { inner: Box::new(crate::readahead::ReadAhead::spawn(inner)), offset: 0 })
     }
 
@@ -626,7 +683,9 @@ impl TarStream {
     }
 
     fn decode_error(&self, e: &io::Error) -> VerifyError {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
+        if e.get_ref().is_some_and(|inner| inner.is::<BytesAfterStream>()) {
+            VerifyError::TrailingData { offset: self.offset }
+        } else if e.kind() == io::ErrorKind::UnexpectedEof {
             VerifyError::Truncated { offset: self.offset }
         } else {
             VerifyError::Decompress { offset: self.offset, reason: e.to_string() }

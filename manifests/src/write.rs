@@ -96,11 +96,14 @@ pub enum WriteError {
     Output { path: PathBuf, source: io::Error },
 }
 
-/// What `stat` said about an input, to notice it changing between the two passes.
+/// What `stat` said about an input, to notice it changing between or during the two passes.
+/// The inode change time is part of it because, unlike the modification time, no unprivileged
+/// program can set it back: an in-place rewrite that restores the mtime still shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     len: u64,
-    modified: Option<std::time::SystemTime>,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
     ino: u64,
     dev: u64,
 }
@@ -109,7 +112,8 @@ fn fingerprint(meta: &fs::Metadata) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
     Fingerprint {
         len: meta.len(),
-        modified: meta.modified().ok(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
         ino: meta.ino(),
         dev: meta.dev(),
     }
@@ -150,21 +154,25 @@ fn stat_regular(path: &Path) -> Result<Fingerprint, WriteError> {
     Ok(fingerprint(&meta))
 }
 
-/// Opens `path` and checks it is still the file `expected` describes.
-fn open_unchanged(path: &Path, expected: Fingerprint) -> Result<File, WriteError> {
-    let file =
-        File::open(path).map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+/// Checks that the open `file` is still the file `expected` describes.
+fn check_unchanged(path: &Path, file: &File, expected: Fingerprint) -> Result<(), WriteError> {
     let meta =
         file.metadata().map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
     let now = fingerprint(&meta);
     if now != expected {
         return Err(WriteError::InputChanged {
             path: path.to_owned(),
-            detail: format!(
-                "size or modification time or inode differ ({expected:?} then {now:?})"
-            ),
+            detail: format!("size, times or inode differ ({expected:?} then {now:?})"),
         });
     }
+    Ok(())
+}
+
+/// Opens `path` and checks it is still the file `expected` describes.
+fn open_unchanged(path: &Path, expected: Fingerprint) -> Result<File, WriteError> {
+    let file =
+        File::open(path).map_err(|source| WriteError::Input { path: path.to_owned(), source })?;
+    check_unchanged(path, &file, expected)?;
     Ok(file)
 }
 
@@ -172,6 +180,7 @@ fn open_unchanged(path: &Path, expected: Fingerprint) -> Result<File, WriteError
 fn copy_exact(
     path: &Path,
     mut file: File,
+    print: Fingerprint,
     len: u64,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     buf: &mut [u8],
@@ -198,7 +207,8 @@ fn copy_exact(
             detail: format!("longer than the {len} bytes it had"),
         });
     }
-    Ok(())
+    // Written to while we read it?
+    check_unchanged(path, &file, print)
 }
 
 /// Writes `NAME-SEQUENCE.ferry` and `NAME-SEQUENCE.ferry.minisig` into `out_dir`.
@@ -296,7 +306,15 @@ pub fn write_bundle(
         stream
             .header(&RawHeader::file(entry.path.as_str(), entry.mode.bits(), entry.size, mtime))
             .map_err(output)?;
-        copy_exact(&source.source, file, entry.size, &mut |b| stream.body(b), &mut buf, progress)?;
+        copy_exact(
+            &source.source,
+            file,
+            *print,
+            entry.size,
+            &mut |b| stream.body(b),
+            &mut buf,
+            progress,
+        )?;
         stream.pad(entry.size).map_err(output)?;
     }
     let hashed = stream.finish().map_err(output)?;
@@ -363,6 +381,7 @@ fn hash_inputs(
                         copy_exact(
                             &source.source,
                             file,
+                            *print,
                             print.len,
                             &mut |b| {
                                 hasher.update(b);
@@ -523,5 +542,24 @@ impl Write for OutputThread {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_in_place_rewrite_is_noticed_even_with_the_mtime_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        fs::write(&path, b"original").unwrap();
+        let print = stat_regular(&path).unwrap();
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&path, b"tampered").unwrap();
+        File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        assert!(matches!(open_unchanged(&path, print), Err(WriteError::InputChanged { .. })));
     }
 }

@@ -222,11 +222,16 @@ fn data_after_the_end_is_refused() {
     case.after_stream = zstd(b"smuggled");
     let (err, _) = case.run();
     assert!(matches!(err, VerifyError::TrailingData { .. }), "{err}");
-    // Garbage after the compressed stream is not a zstd frame at all.
-    let mut case = Case::new(vec![declared("a", BODY)], vec![Piece::file("a", BODY)]);
-    case.after_stream = b"garbage!".to_vec();
-    let (err, _) = case.run();
-    assert!(matches!(err, VerifyError::Decompress { .. }), "{err}");
+    // So is anything else after the one compressed frame: garbage, an empty frame, a skippable
+    // frame (which a zstd decoder would otherwise pass over silently).
+    let empty_frame = zstd(b"");
+    let skippable = [&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0][..], b"hide"].concat();
+    for after in [b"garbage!".to_vec(), empty_frame, skippable] {
+        let mut case = Case::new(vec![declared("a", BODY)], vec![Piece::file("a", BODY)]);
+        case.after_stream = after;
+        let (err, _) = case.run();
+        assert!(matches!(err, VerifyError::TrailingData { .. }), "{err}");
+    }
 }
 
 #[test]
@@ -344,4 +349,18 @@ fn zstd_window_over_the_cap_is_refused() {
         err.to_string().contains("memory"),
         "refused for the window, not something else: {err}"
     );
+}
+
+#[test]
+fn metadata_entries_must_be_plain_0644_files() {
+    let case = Case::new(vec![declared("a", BODY)], vec![Piece::file("a", BODY)]);
+    let (err, _) = case.run_with(|key, manifest| {
+        let mut pieces = head(key, manifest);
+        if let Piece::Entry(header, _) = &mut pieces[0] {
+            header.mode = 0o7777;
+            header.linkname = "/etc/passwd".into();
+        }
+        pieces
+    });
+    assert!(matches!(err, VerifyError::MalformedTar { .. }), "{err}");
 }
