@@ -596,7 +596,7 @@ fn entry_name(offset: u64, header: &RawHeader) -> Result<EntryName, VerifyError>
 /// The two decompressors format 1 allows, each reading exactly one zstd frame or gzip member.
 enum Decoder {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<File>>),
-    Gzip(flate2::bufread::GzDecoder<BufReader<File>>),
+    Gzip(Box<flate2::bufread::GzDecoder<BufReader<File>>>),
 }
 
 /// Marks the error for compressed bytes after the one frame or member: further frames (even
@@ -655,7 +655,7 @@ impl TarStream {
             decoder.window_log_max(limits.zstd_window_log_max).map_err(io_err)?;
             Decoder::Zstd(decoder)
         } else if head.starts_with(&[0x1f, 0x8b]) {
-            Decoder::Gzip(flate2::bufread::GzDecoder::new(file))
+            Decoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(file)))
         } else {
             return Err(VerifyError::UnknownCompression {
                 path: path.to_owned(),
