@@ -362,6 +362,9 @@ impl Fetcher {
         );
         bar.set_message(mirror_path.rsplit('/').next().unwrap_or(mirror_path).to_owned());
         let mut last_error = String::new();
+        // The length the upstream first announced: a resumed response for another length means
+        // the file changed in between, and the pieces must not be spliced together.
+        let mut announced: Option<u64> = None;
         for attempt in 0..self.attempts {
             if attempt > 0 {
                 let pause = self
@@ -386,7 +389,15 @@ impl Fetcher {
             let status = response.status().as_u16();
             let append = match status {
                 200 => false,
-                206 if content_range_start(&response) == Some(have) => true,
+                206 if content_range(&response)
+                    .is_some_and(|(_, total)| announced.is_some_and(|a| a != total)) =>
+                {
+                    let _ = fs::remove_file(&dest);
+                    announced = None;
+                    last_error = "the file changed upstream while resuming; starting over".into();
+                    continue;
+                }
+                206 if content_range(&response).map(|(start, _)| start) == Some(have) => true,
                 206 => {
                     // A range we did not ask for: start over.
                     let _ = fs::remove_file(&dest);
@@ -413,6 +424,7 @@ impl Fetcher {
             };
             let start = if append { have } else { 0 };
             if let Some(total) = content_length(&response).map(|n| n + start) {
+                announced.get_or_insert(total);
                 if max.is_some_and(|m| total > m) {
                     bar.finish_and_clear();
                     return Err(FetchError::TooLarge { url, max: max.unwrap_or(0) });
@@ -454,10 +466,11 @@ fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
     response.headers().get("content-length")?.to_str().ok()?.parse().ok()
 }
 
-/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
-fn content_range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+/// The first byte and the total length of a `Content-Range: bytes START-END/TOTAL` header.
+fn content_range(response: &ureq::http::Response<ureq::Body>) -> Option<(u64, u64)> {
     let value = response.headers().get("content-range")?.to_str().ok()?;
-    value.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    Some((range.split('-').next()?.parse().ok()?, total.parse().ok()?))
 }
 
 enum CopyError {
