@@ -219,7 +219,7 @@ impl Fetcher {
             MultiProgress::new()
         };
         let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<Fetched, FetchError>>>> =
+        let results: Vec<Mutex<Option<Result<Fetched, Vec<FetchError>>>>> =
             ids.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for _ in 0..self.parallel.clamp(1, ids.len().max(1)) {
@@ -238,13 +238,15 @@ impl Fetcher {
         for r in results {
             match r.into_inner().expect("no panics while locked").expect("every artifact tried") {
                 Ok(f) => fetched.push(f),
-                Err(e) => errors.push(e),
+                Err(e) => errors.extend(e),
             }
         }
         if errors.is_empty() { Ok(fetched) } else { Err(FetchErrors(errors)) }
     }
 
-    fn fetch_one(&self, id: &ArtifactId, bars: &MultiProgress) -> Result<Fetched, FetchError> {
+    /// Fetches one artifact; on failure, every file of it that failed (a missing `.sha512` does
+    /// not hide a missing `.asc`).
+    fn fetch_one(&self, id: &ArtifactId, bars: &MultiProgress) -> Result<Fetched, Vec<FetchError>> {
         if let Some(digests) = self.cache.lookup(id) {
             // Cached files were verified when they entered; verify again, since a bundle is
             // never written with an unverified artifact and the keyring may have changed.
@@ -260,9 +262,24 @@ impl Fetcher {
         }
         let path = id.mirror_path();
         // Sidecars first: a missing one fails fast, before hundreds of megabytes move.
-        let sha512 = self.get(&format!("{path}.sha512"), Some(MAX_SIDECAR), bars)?;
-        let asc = self.get(&format!("{path}.asc"), Some(MAX_SIDECAR), bars)?;
-        let archive = self.get(&path, None, bars)?;
+        let sha512 = self.get(&format!("{path}.sha512"), Some(MAX_SIDECAR), bars);
+        let asc = self.get(&format!("{path}.asc"), Some(MAX_SIDECAR), bars);
+        let (sha512, asc) = match (sha512, asc) {
+            (Ok(s), Ok(a)) => (s, a),
+            (s, a) => return Err([s.err(), a.err()].into_iter().flatten().collect()),
+        };
+        let archive = self.get(&path, None, bars).map_err(|e| vec![e])?;
+        self.finish_fetch(id, sha512, asc, archive).map_err(|e| vec![e])
+    }
+
+    /// Verifies freshly fetched files and moves them into the cache.
+    fn finish_fetch(
+        &self,
+        id: &ArtifactId,
+        sha512: PathBuf,
+        asc: PathBuf,
+        archive: PathBuf,
+    ) -> Result<Fetched, FetchError> {
         let store = &self.cache.store;
         let sha512 = store.insert_file(&sha512, None)?.0;
         let asc = store.insert_file(&asc, None)?.0;

@@ -233,7 +233,8 @@ fn an_asc_by_another_key_is_refused() {
 fn missing_files_are_all_listed() {
     let site = Site::new();
     site.upstream.set(&format!("{}.asc", ARTIFACTS[2]), None);
-    // A whole platform missing upstream: both versions' files are named, not just the first.
+    // A whole platform missing upstream: every sidecar of both versions is named, not just the
+    // first (the archives themselves are not fetched once a sidecar is known to be missing).
     for path in [ARTIFACTS[1], ARTIFACTS[3]] {
         for suffix in ["", ".sha512", ".asc"] {
             site.upstream.set(&format!("{path}{suffix}"), None);
@@ -243,10 +244,12 @@ fn missing_files_are_all_listed() {
         &site,
         2,
         &[
-            "3 artifact file(s) could not be fetched",
+            "5 artifact file(s) could not be fetched",
             "elastic-agent-9.2.2-linux-x86_64.tar.gz.asc: not found",
             "elastic-agent-9.1.0-windows-x86_64.zip.sha512: not found",
+            "elastic-agent-9.1.0-windows-x86_64.zip.asc: not found",
             "elastic-agent-9.2.2-windows-x86_64.zip.sha512: not found",
+            "elastic-agent-9.2.2-windows-x86_64.zip.asc: not found",
         ],
     );
 }

@@ -182,7 +182,7 @@ fn copy_exact(
     mut file: File,
     print: Fingerprint,
     len: u64,
-    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    out: &mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
     buf: &mut [u8],
     progress: &dyn Progress,
 ) -> Result<(), WriteError> {
@@ -197,7 +197,7 @@ fn copy_exact(
                 detail: format!("ended {left} bytes early"),
             });
         }
-        out(&buf[..n]).map_err(input)?;
+        out(&buf[..n])?;
         left -= n as u64;
         progress.advance(n as u64);
     }
@@ -311,7 +311,7 @@ pub fn write_bundle(
             file,
             *print,
             entry.size,
-            &mut |b| stream.body(b),
+            &mut |b| stream.body(b).map_err(output),
             &mut buf,
             progress,
         )?;
