@@ -143,6 +143,9 @@ impl Cache {
     }
 }
 
+/// One artifact fetched and verified, or every file of it that failed.
+type Outcome = Result<Fetched, Vec<FetchError>>;
+
 /// How to fetch.
 pub struct Fetcher {
     upstream: Upstream,
@@ -219,8 +222,7 @@ impl Fetcher {
             MultiProgress::new()
         };
         let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<Fetched, Vec<FetchError>>>>> =
-            ids.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Outcome>>> = ids.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for _ in 0..self.parallel.clamp(1, ids.len().max(1)) {
                 scope.spawn(|| {
@@ -246,7 +248,7 @@ impl Fetcher {
 
     /// Fetches one artifact; on failure, every file of it that failed (a missing `.sha512` does
     /// not hide a missing `.asc`).
-    fn fetch_one(&self, id: &ArtifactId, bars: &MultiProgress) -> Result<Fetched, Vec<FetchError>> {
+    fn fetch_one(&self, id: &ArtifactId, bars: &MultiProgress) -> Outcome {
         if let Some(digests) = self.cache.lookup(id) {
             // Cached files were verified when they entered; verify again, since a bundle is
             // never written with an unverified artifact and the keyring may have changed.
@@ -269,32 +271,32 @@ impl Fetcher {
             (s, a) => return Err([s.err(), a.err()].into_iter().flatten().collect()),
         };
         let archive = self.get(&path, None, bars).map_err(|e| vec![e])?;
-        self.finish_fetch(id, sha512, asc, archive).map_err(|e| vec![e])
+        self.finish_fetch(id, &sha512, &asc, &archive).map_err(|e| vec![e])
     }
 
     /// Verifies freshly fetched files and moves them into the cache.
     fn finish_fetch(
         &self,
         id: &ArtifactId,
-        sha512: PathBuf,
-        asc: PathBuf,
-        archive: PathBuf,
+        sha512: &Path,
+        asc: &Path,
+        archive: &Path,
     ) -> Result<Fetched, FetchError> {
         let store = &self.cache.store;
-        let sha512 = store.insert_file(&sha512, None)?.0;
-        let asc = store.insert_file(&asc, None)?.0;
+        let sha512 = store.insert_file(sha512, None)?.0;
+        let asc = store.insert_file(asc, None)?.0;
         // The archive enters the cache only once verified.
-        let archive_digest = ferry_artifacts::hash_file(&archive)?.0;
+        let archive_digest = ferry_artifacts::hash_file(archive)?.0;
         let digests = [archive_digest, sha512, asc];
-        let verified = self.verify_paths(id, &archive, &digests, false);
+        let verified = self.verify_paths(id, archive, &digests, false);
         let verified = match verified {
             Ok(v) => v,
             Err(e) => {
-                let _ = fs::remove_file(&archive);
+                let _ = fs::remove_file(archive);
                 return Err(e);
             }
         };
-        store.insert_file(&archive, Some(&archive_digest))?;
+        store.insert_file(archive, Some(&archive_digest))?;
         self.cache
             .record(id, digests)
             .map_err(|source| FetchError::Io { path: self.cache.entry_path(id), source })?;
