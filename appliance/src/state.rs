@@ -6,6 +6,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use crate::credentials::{ApiKey, SecretHash};
+
 /// One imported release, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReleaseRecord {
@@ -18,6 +20,16 @@ pub struct ReleaseRecord {
     pub payload_bytes: u64,
     pub manifest_sha256: String,
     pub imported_at: String,
+}
+
+/// An enrollment token as stored: its key id, the policy it enrolls into, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EnrollmentToken {
+    pub id: String,
+    pub policy_id: String,
+    pub name: Option<String>,
+    pub created: String,
+    pub revoked: bool,
 }
 
 /// The state operations the appliance needs. Every method is one transaction.
@@ -34,6 +46,20 @@ pub trait StateStore {
     fn releases(&self) -> anyhow::Result<Vec<ReleaseRecord>>;
     /// Forgets a release that is not active.
     fn forget(&mut self, name: &str, sequence: u64) -> anyhow::Result<()>;
+
+    /// Stores a new enrollment token for `policy_id` (only the hash of its secret).
+    fn create_enrollment_token(
+        &mut self,
+        key: &ApiKey,
+        policy_id: &str,
+        name: Option<&str>,
+    ) -> anyhow::Result<()>;
+    /// Every enrollment token, oldest first.
+    fn enrollment_tokens(&self) -> anyhow::Result<Vec<EnrollmentToken>>;
+    /// Revokes a token; false when there is no token with that id.
+    fn revoke_enrollment_token(&mut self, id: &str) -> anyhow::Result<bool>;
+    /// The policy `key` enrolls into, if it is a known, unrevoked token with the right secret.
+    fn enrollment_policy(&self, key: &ApiKey) -> anyhow::Result<Option<String>>;
 }
 
 pub struct SqliteState {
@@ -69,6 +95,14 @@ impl SqliteState {
             CREATE TABLE IF NOT EXISTS floors (
                 name TEXT PRIMARY KEY,
                 sequence INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS enrollment_tokens (
+                id TEXT PRIMARY KEY,
+                secret_sha256 TEXT NOT NULL,
+                policy_id TEXT NOT NULL,
+                name TEXT,
+                created TEXT NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0
             );
             CREATE TABLE IF NOT EXISTS active (
                 id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -190,6 +224,57 @@ impl StateStore for SqliteState {
         )?;
         Ok(())
     }
+
+    fn create_enrollment_token(
+        &mut self,
+        key: &ApiKey,
+        policy_id: &str,
+        name: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let now = ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        self.conn.execute(
+            "INSERT INTO enrollment_tokens (id, secret_sha256, policy_id, name, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.id().as_str(), key.secret_hash().to_hex(), policy_id, name, now],
+        )?;
+        Ok(())
+    }
+
+    fn enrollment_tokens(&self) -> anyhow::Result<Vec<EnrollmentToken>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, policy_id, name, created, revoked FROM enrollment_tokens ORDER BY created, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(EnrollmentToken {
+                id: r.get(0)?,
+                policy_id: r.get(1)?,
+                name: r.get(2)?,
+                created: r.get(3)?,
+                revoked: r.get::<_, i64>(4)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_enrollment_token(&mut self, id: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .execute("UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1", params![id])?
+            > 0)
+    }
+
+    fn enrollment_policy(&self, key: &ApiKey) -> anyhow::Result<Option<String>> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT secret_sha256, policy_id FROM enrollment_tokens WHERE id = ?1 AND revoked = 0",
+                params![key.id().as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(hash, policy)| {
+            SecretHash::from_hex(&hash).filter(|h| key.matches(h)).map(|_| policy)
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -229,5 +314,33 @@ mod tests {
         assert!(s.forget("site", 2).is_err(), "the active release stays");
         s.forget("site", 3).unwrap();
         assert_eq!(s.releases().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn enrollment_tokens_authenticate_until_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut s = SqliteState::open(&path).unwrap();
+        let key = ApiKey::mint();
+        s.create_enrollment_token(&key, "linux", Some("web servers")).unwrap();
+        assert_eq!(s.enrollment_policy(&key).unwrap().as_deref(), Some("linux"));
+        // Same id, other secret: refused.
+        let forged = ApiKey::decode(&base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:guess", key.id()),
+        ))
+        .unwrap();
+        assert_eq!(s.enrollment_policy(&forged).unwrap(), None);
+        assert_eq!(s.enrollment_policy(&ApiKey::mint()).unwrap(), None);
+        // Survives a reopen; revocation sticks.
+        drop(s);
+        let mut s = SqliteState::open(&path).unwrap();
+        let tokens = s.enrollment_tokens().unwrap();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!((tokens[0].policy_id.as_str(), tokens[0].revoked), ("linux", false));
+        assert!(s.revoke_enrollment_token(key.id().as_str()).unwrap());
+        assert!(!s.revoke_enrollment_token("nope").unwrap());
+        assert_eq!(s.enrollment_policy(&key).unwrap(), None);
+        assert!(s.enrollment_tokens().unwrap()[0].revoked);
     }
 }

@@ -1,0 +1,216 @@
+//! Agent-facing credentials: enrollment tokens and per-agent access keys, both in Fleet's
+//! `base64(id:secret)` shape, sent as `Authorization: ApiKey <encoded>`. Only the SHA-256 of a
+//! secret is ever stored; the secrets are 32 random bytes, so a plain hash is as strong as a
+//! slow one would be.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rand::RngCore as _;
+use sha2::Digest as _;
+
+/// Why an `Authorization` header was refused, with the status and Fleet error code an agent
+/// expects for it (fleet-protocol.md §2.3, §2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("no Authorization header")]
+    NoHeader,
+    #[error("the Authorization header is not `ApiKey <token>`, or appears more than once")]
+    MalformedHeader,
+    #[error("the token is not standard base64 of UTF-8 text")]
+    InvalidToken,
+    #[error("the decoded token is not `id:secret`")]
+    MalformedToken,
+}
+
+impl CredentialError {
+    /// The HTTP status and `error` string Fleet Server uses for this case.
+    pub fn status_and_code(self) -> (u16, &'static str) {
+        match self {
+            CredentialError::NoHeader => (401, "ErrNoAuthHeader"),
+            CredentialError::MalformedHeader => (400, "ErrMalformedHeader"),
+            CredentialError::InvalidToken => (401, "ErrInvalidToken"),
+            CredentialError::MalformedToken => (400, "ErrMalformedToken"),
+        }
+    }
+}
+
+/// A key id: the public half of a credential, used to look the credential up.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyName(String);
+
+impl KeyName {
+    /// Accepts what Fleet key ids look like: 1 to 64 of `A-Z a-z 0-9 _ -`.
+    pub fn new(id: &str) -> Option<Self> {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The SHA-256 of a secret, as stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretHash(pub [u8; 32]);
+
+impl SecretHash {
+    pub fn of(secret: &str) -> Self {
+        Self(sha2::Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHash(…)")
+    }
+}
+
+/// A credential presented by a client or minted by the appliance. The secret is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    id: KeyName,
+    secret: String,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({}:…)", self.id)
+    }
+}
+
+impl ApiKey {
+    /// A new random credential: a 20-character id and a 43-character secret.
+    pub fn mint() -> Self {
+        let mut id = [0u8; 15];
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let id = URL_SAFE_NO_PAD.encode(id).replace('_', "A");
+        Self {
+            id: KeyName::new(&id).expect("base64url without '_' is a valid key name"),
+            secret: URL_SAFE_NO_PAD.encode(secret),
+        }
+    }
+
+    pub fn id(&self) -> &KeyName {
+        &self.id
+    }
+
+    /// What the client sends after `ApiKey `: `base64(id:secret)`.
+    pub fn encoded(&self) -> String {
+        STANDARD.encode(format!("{}:{}", self.id, self.secret))
+    }
+
+    pub fn secret_hash(&self) -> SecretHash {
+        SecretHash::of(&self.secret)
+    }
+
+    /// Whether this credential's secret is the one whose hash is stored.
+    pub fn matches(&self, stored: &SecretHash) -> bool {
+        // Both sides are hashes of 32-byte random secrets: comparing them leaks nothing usable.
+        self.secret_hash() == *stored
+    }
+
+    /// Parses the values of every `Authorization` header of a request.
+    pub fn from_headers<'a>(
+        values: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, CredentialError> {
+        let mut values = values.into_iter();
+        let value = values.next().ok_or(CredentialError::NoHeader)?;
+        if values.next().is_some() {
+            return Err(CredentialError::MalformedHeader);
+        }
+        let value = std::str::from_utf8(value).map_err(|_| CredentialError::MalformedHeader)?;
+        let encoded =
+            value.trim_end().strip_prefix("ApiKey ").ok_or(CredentialError::MalformedHeader)?;
+        Self::decode(encoded)
+    }
+
+    /// Parses `base64(id:secret)`.
+    pub fn decode(encoded: &str) -> Result<Self, CredentialError> {
+        let bytes = STANDARD.decode(encoded).map_err(|_| CredentialError::InvalidToken)?;
+        let text = String::from_utf8(bytes).map_err(|_| CredentialError::InvalidToken)?;
+        let mut parts = text.split(':');
+        let (Some(id), Some(secret), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(CredentialError::MalformedToken);
+        };
+        let id = KeyName::new(id).ok_or(CredentialError::MalformedToken)?;
+        if secret.is_empty() {
+            return Err(CredentialError::MalformedToken);
+        }
+        Ok(Self { id, secret: secret.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(value: &str) -> Result<ApiKey, CredentialError> {
+        ApiKey::from_headers([value.as_bytes()])
+    }
+
+    #[test]
+    fn minted_keys_round_trip_and_match_only_themselves() {
+        let key = ApiKey::mint();
+        assert_eq!(key.id().as_str().len(), 20);
+        let parsed = header(&format!("ApiKey {}  ", key.encoded())).unwrap();
+        assert_eq!(parsed, key);
+        assert!(parsed.matches(&key.secret_hash()));
+        assert!(!ApiKey::mint().matches(&key.secret_hash()));
+        assert_ne!(ApiKey::mint().id(), key.id());
+        let stored = key.secret_hash().to_hex();
+        assert!(key.matches(&SecretHash::from_hex(&stored).unwrap()));
+        assert!(!format!("{key:?}").contains(&key.secret), "the secret never reaches logs");
+    }
+
+    #[test]
+    fn header_errors_map_to_fleet_statuses() {
+        let good = ApiKey::mint().encoded();
+        assert_eq!(ApiKey::from_headers(std::iter::empty()), Err(CredentialError::NoHeader));
+        assert_eq!(
+            ApiKey::from_headers([
+                format!("ApiKey {good}").as_bytes(),
+                format!("ApiKey {good}").as_bytes()
+            ]),
+            Err(CredentialError::MalformedHeader)
+        );
+        assert_eq!(header(&format!("Bearer {good}")), Err(CredentialError::MalformedHeader));
+        assert_eq!(header(&format!("apikey {good}")), Err(CredentialError::MalformedHeader));
+        assert_eq!(header("ApiKey !!!"), Err(CredentialError::InvalidToken));
+        assert_eq!(
+            header(&format!("ApiKey {}", STANDARD.encode([0xff, 0xfe]))),
+            Err(CredentialError::InvalidToken)
+        );
+        for bad in ["nocolon", "a:b:c", ":secret", "id:", "sp ace:x"] {
+            assert_eq!(
+                header(&format!("ApiKey {}", STANDARD.encode(bad))),
+                Err(CredentialError::MalformedToken),
+                "{bad}"
+            );
+        }
+        assert_eq!(CredentialError::NoHeader.status_and_code(), (401, "ErrNoAuthHeader"));
+        assert_eq!(CredentialError::MalformedToken.status_and_code(), (400, "ErrMalformedToken"));
+    }
+}
