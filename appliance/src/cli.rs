@@ -51,6 +51,32 @@ pub enum Command {
     Gc,
     /// Serve the active release over TLS (and follow imports and rollbacks as they happen).
     Serve,
+    /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token that enrolls agents into POLICY; prints the token once.
+    Create {
+        /// The policy id agents enrolled with this token get.
+        #[arg(long)]
+        policy: String,
+        /// A note for `tokens list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Machine output (JSON) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (ids and policies; secrets are not kept).
+    List(JsonArg),
+    /// Revoke a token: agents can no longer enroll with it (enrolled agents are unaffected).
+    Revoke {
+        /// The token id, as `tokens list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use ferry_manifests::{PublicKey, TerminalBar, TrustedKeys};
 use serde_json::json;
 
-use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
+use crate::cli::{Cli, Command, ImportArgs, RollbackArgs, TokensCommand};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::release::{DataDir, ImportOptions};
 
@@ -32,7 +32,55 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config, keys),
+        Command::Tokens(command) => tokens(&config, command),
     }
+}
+
+fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
+    use crate::state::StateStore as _;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let mut state = crate::state::SqliteState::open(&config.data_dir.join("state.db"))?;
+    match command {
+        TokensCommand::Create { policy, name, json: as_json } => {
+            let key = crate::credentials::ApiKey::mint();
+            state.create_enrollment_token(&key, &policy, name.as_deref())?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "id": key.id().as_str(), "policy_id": policy, "token": key.encoded() })
+                );
+            } else {
+                println!("{}", key.encoded());
+                eprintln!(
+                    "token {} enrolls agents into policy {policy}; it is shown only now",
+                    key.id()
+                );
+            }
+        }
+        TokensCommand::List(args) => {
+            let tokens = state.enrollment_tokens()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                println!("{:22} {:24} {:20} {:8} NAME", "ID", "POLICY", "CREATED", "STATE");
+                for t in tokens {
+                    let st = if t.revoked { "revoked" } else { "active" };
+                    println!(
+                        "{:22} {:24} {:20} {st:8} {}",
+                        t.id,
+                        t.policy_id,
+                        t.created,
+                        t.name.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            anyhow::ensure!(state.revoke_enrollment_token(&id)?, "no enrollment token {id}");
+            println!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn trusted_keys(config: &Config) -> anyhow::Result<TrustedKeys> {
@@ -184,10 +232,15 @@ pub async fn run_server(
     let state = Arc::new(crate::server::AppState { blobs, release: RwLock::new(None) });
     crate::server::watch_active(Arc::clone(&state), config.data_dir.clone(), keys);
     println!("serving https://{} (public URL {})", listener.local_addr()?, config.public_base());
+    let agents = Arc::new(crate::agent_api::AgentApi {
+        state: std::sync::Mutex::new(crate::state::SqliteState::open(
+            &config.data_dir.join("state.db"),
+        )?),
+    });
     let main = crate::server::serve(
         listener,
         Some(tls),
-        crate::server::router(Arc::clone(&state)),
+        crate::server::router(Arc::clone(&state), agents),
         shutdown,
     );
     match mirror {

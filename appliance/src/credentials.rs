@@ -100,15 +100,15 @@ impl fmt::Debug for ApiKey {
 }
 
 impl ApiKey {
-    /// A new random credential: a 20-character id and a 43-character secret.
+    /// A new random credential: a 20-character hex id (never starting with `-`, so it is safe
+    /// on a command line) and a 43-character secret.
     pub fn mint() -> Self {
-        let mut id = [0u8; 15];
+        let mut id = [0u8; 10];
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut id);
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        let id = URL_SAFE_NO_PAD.encode(id).replace('_', "A");
         Self {
-            id: KeyName::new(&id).expect("base64url without '_' is a valid key name"),
+            id: KeyName::new(&hex::encode(id)).expect("hex is a valid key name"),
             secret: URL_SAFE_NO_PAD.encode(secret),
         }
     }

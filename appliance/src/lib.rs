@@ -2,6 +2,7 @@
 //! rollback, fsck, and the HTTPS server (Fleet status, the PGP key and Elastic's download
 //! layout). `main` only parses arguments and calls [`commands::run`].
 
+pub mod agent_api;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -37,15 +37,36 @@ impl AppState {
 /// are logged here, once, and never sent.
 #[derive(Debug)]
 pub enum ApiError {
+    /// Any Fleet error: a status, Fleet Server's `error` code, and a message for the agent's log.
+    Fleet {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+    /// A refused `Authorization` header.
+    Credential(crate::credentials::CredentialError),
     NotFound,
     TlsRequired,
-    RangeNotSatisfiable { size: u64 },
+    RangeNotSatisfiable {
+        size: u64,
+    },
     Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn fleet(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Fleet { status, code, message: message.into() }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error, message) = match self {
+            ApiError::Fleet { status, code, message } => (status, code, message),
+            ApiError::Credential(e) => {
+                let (status, code) = e.status_and_code();
+                (StatusCode::from_u16(status).expect("valid status"), code, e.to_string())
+            }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound", "not found".to_owned()),
             ApiError::TlsRequired => {
                 (StatusCode::NOT_IMPLEMENTED, "ErrTLSRequired", "TLS required".to_owned())
@@ -77,12 +98,18 @@ impl IntoResponse for ApiError {
 }
 
 /// The routes of the TLS listener: the agent-facing API and the mirror.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, agents: Arc<crate::agent_api::AgentApi>) -> Router {
+    let agent_routes = Router::new()
+        .route("/api/fleet/agents/enroll", axum::routing::post(crate::agent_api::enroll))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::agent_api::ENROLL_BODY_LIMIT + 1))
+        .with_state(agents);
     Router::new()
         .route("/api/status", get(status))
         .route("/api/agents/upgrades/{version}/pgp-public-key", get(pgp_key))
         .merge(mirror_router(Arc::clone(&state)))
         .with_state(state)
+        .merge(agent_routes)
+        .layer(axum::middleware::from_fn(crate::agent_api::api_version))
 }
 
 /// The mirror alone, for a separate plain-HTTP listener. Its PGP key route answers 501, as

@@ -32,6 +32,23 @@ pub struct EnrollmentToken {
     pub revoked: bool,
 }
 
+/// An enrolled agent as stored. The access key's secret is kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub access_key_id: String,
+    pub access_secret_sha256: String,
+    pub policy_id: String,
+    pub kind: String,
+    pub enrolled_at: String,
+    pub active: bool,
+    pub version: String,
+    /// JSON object.
+    pub local_metadata: String,
+    /// JSON array of strings.
+    pub tags: String,
+}
+
 /// The state operations the appliance needs. Every method is one transaction.
 pub trait StateStore {
     /// The highest sequence ever accepted for `name`.
@@ -60,6 +77,10 @@ pub trait StateStore {
     fn revoke_enrollment_token(&mut self, id: &str) -> anyhow::Result<bool>;
     /// The policy `key` enrolls into, if it is a known, unrevoked token with the right secret.
     fn enrollment_policy(&self, key: &ApiKey) -> anyhow::Result<Option<String>>;
+
+    /// Stores a newly enrolled agent, replacing an inactive record with the same id.
+    fn put_agent(&mut self, agent: &AgentRecord) -> anyhow::Result<()>;
+    fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>>;
 }
 
 pub struct SqliteState {
@@ -103,6 +124,18 @@ impl SqliteState {
                 name TEXT,
                 created TEXT NOT NULL,
                 revoked INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS agents (
+                id TEXT PRIMARY KEY,
+                access_key_id TEXT NOT NULL UNIQUE,
+                access_secret_sha256 TEXT NOT NULL,
+                policy_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                enrolled_at TEXT NOT NULL,
+                active INTEGER NOT NULL,
+                version TEXT NOT NULL,
+                local_metadata TEXT NOT NULL,
+                tags TEXT NOT NULL
             );
             CREATE TABLE IF NOT EXISTS active (
                 id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -274,6 +307,52 @@ impl StateStore for SqliteState {
         Ok(row.and_then(|(hash, policy)| {
             SecretHash::from_hex(&hash).filter(|h| key.matches(h)).map(|_| policy)
         }))
+    }
+
+    fn put_agent(&mut self, a: &AgentRecord) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO agents
+             (id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active, version, local_metadata, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                a.id,
+                a.access_key_id,
+                a.access_secret_sha256,
+                a.policy_id,
+                a.kind,
+                a.enrolled_at,
+                a.active,
+                a.version,
+                a.local_metadata,
+                a.tags
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active, version, local_metadata, tags
+                 FROM agents WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(AgentRecord {
+                        id: r.get(0)?,
+                        access_key_id: r.get(1)?,
+                        access_secret_sha256: r.get(2)?,
+                        policy_id: r.get(3)?,
+                        kind: r.get(4)?,
+                        enrolled_at: r.get(5)?,
+                        active: r.get(6)?,
+                        version: r.get(7)?,
+                        local_metadata: r.get(8)?,
+                        tags: r.get(9)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 }
 
