@@ -229,13 +229,21 @@ pub async fn run_server(
         }
     };
     let tls = crate::tls::server_config(&cert, &key)?;
-    let state = Arc::new(crate::server::AppState { blobs, release: RwLock::new(None) });
+    let state = Arc::new(crate::server::AppState {
+        blobs,
+        release: RwLock::new(None),
+        changed: tokio::sync::watch::channel(0).0,
+    });
     crate::server::watch_active(Arc::clone(&state), config.data_dir.clone(), keys);
     println!("serving https://{} (public URL {})", listener.local_addr()?, config.public_base());
     let agents = Arc::new(crate::agent_api::AgentApi {
         state: std::sync::Mutex::new(crate::state::SqliteState::open(
             &config.data_dir.join("state.db"),
         )?),
+        app: Arc::clone(&state),
+        public_base: config.public_base().to_owned(),
+        long_poll: std::time::Duration::from_secs(config.server.checkin_long_poll_seconds),
+        jitter: std::time::Duration::from_secs(config.server.checkin_jitter_seconds),
     });
     let main = crate::server::serve(
         listener,

@@ -39,6 +39,11 @@ listen = "0.0.0.0:8220"
 # agents need (--certificate-authorities).
 # tls_cert = "/etc/ferry/tls/server.pem"
 # tls_key = "/etc/ferry/tls/server.key"
+
+# A check-in with nothing to deliver is held this long (less a random jitter of up to
+# checkin_jitter_seconds), then answered empty; agents check in again about a second later.
+checkin_long_poll_seconds = 300
+checkin_jitter_seconds = 30
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +72,20 @@ pub struct ServerConfig {
     pub mirror_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// How long a check-in is held when there is nothing to deliver.
+    #[serde(default = "default_long_poll")]
+    pub checkin_long_poll_seconds: u64,
+    /// Up to this much is taken off each hold, at random, so agents spread out.
+    #[serde(default = "default_jitter")]
+    pub checkin_jitter_seconds: u64,
+}
+
+fn default_long_poll() -> u64 {
+    300
+}
+
+fn default_jitter() -> u64 {
+    30
 }
 
 fn default_listen() -> SocketAddr {
@@ -75,7 +94,14 @@ fn default_listen() -> SocketAddr {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), mirror_listen: None, tls_cert: None, tls_key: None }
+        Self {
+            listen: default_listen(),
+            mirror_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            checkin_long_poll_seconds: default_long_poll(),
+            checkin_jitter_seconds: default_jitter(),
+        }
     }
 }
 

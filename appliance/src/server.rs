@@ -25,10 +25,12 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// The active release; replaced when an import or rollback changes it.
     pub release: RwLock<Option<Arc<Release>>>,
+    /// Bumped whenever `release` changes, to wake parked check-ins.
+    pub changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
-    fn current(&self) -> Option<Arc<Release>> {
+    pub fn current(&self) -> Option<Arc<Release>> {
         self.release.read().expect("release lock").clone()
     }
 }
@@ -101,7 +103,9 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<AppState>, agents: Arc<crate::agent_api::AgentApi>) -> Router {
     let agent_routes = Router::new()
         .route("/api/fleet/agents/enroll", axum::routing::post(crate::agent_api::enroll))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::agent_api::ENROLL_BODY_LIMIT + 1))
+        .route("/api/fleet/agents/{id}/checkin", axum::routing::post(crate::agent_api::checkin))
+        .route("/api/fleet/agents/{id}/acks", axum::routing::post(crate::agent_api::acks))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::agent_api::ACK_BODY_LIMIT + 1))
         .with_state(agents);
     Router::new()
         .route("/api/status", get(status))
@@ -290,6 +294,7 @@ pub fn watch_active(state: Arc<AppState>, data_dir: PathBuf, keys: TrustedKeys) 
                     shown = release.as_ref().map(|r| (r.name.clone(), r.sequence));
                     tracing::info!(release = ?shown, "serving a new active release");
                     *state.release.write().expect("release lock") = release.map(Arc::new);
+                    state.changed.send_modify(|generation| *generation += 1);
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {

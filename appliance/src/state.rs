@@ -81,6 +81,20 @@ pub trait StateStore {
     /// Stores a newly enrolled agent, replacing an inactive record with the same id.
     fn put_agent(&mut self, agent: &AgentRecord) -> anyhow::Result<()>;
     fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>>;
+    fn agent_by_access_key(&self, key_id: &str) -> anyhow::Result<Option<AgentRecord>>;
+    /// The revision the agent runs (raised by policy acks and check-in reports, never lowered).
+    fn agent_policy_revision(&self, id: &str) -> anyhow::Result<u64>;
+    fn raise_agent_policy_revision(&mut self, id: &str, revision: u64) -> anyhow::Result<()>;
+    /// Records a check-in's status and message with the current time.
+    fn record_checkin(&mut self, id: &str, status: &str, message: &str) -> anyhow::Result<()>;
+    /// The appliance revision of a policy's content: the latest one if the content is unchanged,
+    /// else a new one above every earlier revision (so rolling back to older content is a new
+    /// revision too). Returns (revision, created).
+    fn policy_revision(
+        &mut self,
+        policy_id: &str,
+        content_sha256: &str,
+    ) -> anyhow::Result<(u64, String)>;
 }
 
 pub struct SqliteState {
@@ -135,7 +149,18 @@ impl SqliteState {
                 active INTEGER NOT NULL,
                 version TEXT NOT NULL,
                 local_metadata TEXT NOT NULL,
-                tags TEXT NOT NULL
+                tags TEXT NOT NULL,
+                policy_revision INTEGER NOT NULL DEFAULT 0,
+                last_checkin TEXT,
+                last_status TEXT,
+                last_message TEXT
+            );
+            CREATE TABLE IF NOT EXISTS policy_revisions (
+                policy_id TEXT NOT NULL,
+                revision INTEGER NOT NULL,
+                content_sha256 TEXT NOT NULL,
+                created TEXT NOT NULL,
+                PRIMARY KEY (policy_id, revision)
             );
             CREATE TABLE IF NOT EXISTS active (
                 id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -354,6 +379,75 @@ impl StateStore for SqliteState {
             )
             .optional()?)
     }
+
+    fn agent_policy_revision(&self, id: &str) -> anyhow::Result<u64> {
+        let rev: Option<i64> = self
+            .conn
+            .query_row("SELECT policy_revision FROM agents WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(rev.unwrap_or(0) as u64)
+    }
+
+    fn raise_agent_policy_revision(&mut self, id: &str, revision: u64) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE agents SET policy_revision = MAX(policy_revision, ?2) WHERE id = ?1",
+            params![id, to_i64(revision)?],
+        )?;
+        Ok(())
+    }
+
+    fn record_checkin(&mut self, id: &str, status: &str, message: &str) -> anyhow::Result<()> {
+        let now = ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        self.conn.execute(
+            "UPDATE agents SET last_checkin = ?2, last_status = ?3, last_message = ?4 WHERE id = ?1",
+            params![id, now, status, message],
+        )?;
+        Ok(())
+    }
+
+    fn policy_revision(
+        &mut self,
+        policy_id: &str,
+        content_sha256: &str,
+    ) -> anyhow::Result<(u64, String)> {
+        let tx = self.conn.transaction()?;
+        let latest: Option<(i64, String, String)> = tx
+            .query_row(
+                "SELECT revision, content_sha256, created FROM policy_revisions WHERE policy_id = ?1
+                 ORDER BY revision DESC LIMIT 1",
+                params![policy_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((revision, sha, created)) = &latest
+            && sha == content_sha256
+        {
+            return Ok((*revision as u64, created.clone()));
+        }
+        let revision = latest.map_or(1, |(r, _, _)| r + 1);
+        let now = ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        tx.execute(
+            "INSERT INTO policy_revisions (policy_id, revision, content_sha256, created) VALUES (?1, ?2, ?3, ?4)",
+            params![policy_id, revision, content_sha256, now],
+        )?;
+        tx.commit()?;
+        Ok((revision as u64, now))
+    }
+
+    fn agent_by_access_key(&self, key_id: &str) -> anyhow::Result<Option<AgentRecord>> {
+        let id: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM agents WHERE access_key_id = ?1", params![key_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match id {
+            Some(id) => self.agent(&id),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -421,5 +515,20 @@ mod tests {
         assert!(!s.revoke_enrollment_token("nope").unwrap());
         assert_eq!(s.enrollment_policy(&key).unwrap(), None);
         assert!(s.enrollment_tokens().unwrap()[0].revoked);
+    }
+
+    #[test]
+    fn policy_revisions_only_go_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(s.policy_revision("p", "aaa").unwrap().0, 1);
+        assert_eq!(s.policy_revision("p", "aaa").unwrap().0, 1, "same content, same revision");
+        assert_eq!(s.policy_revision("p", "bbb").unwrap().0, 2);
+        assert_eq!(
+            s.policy_revision("p", "aaa").unwrap().0,
+            3,
+            "going back to old content is a new revision"
+        );
+        assert_eq!(s.policy_revision("q", "aaa").unwrap().0, 1);
     }
 }

@@ -122,7 +122,12 @@ impl Fixture {
             entry(&format!("downloads/{path}.sha512"), write("sha512", write_sidecar(&digest, name).as_bytes()), Kind::ArtifactSidecar, &[]),
             entry(&format!("downloads/{path}.asc"), write("asc", self.pgp.sign(&archive[..]).unwrap().as_bytes()), Kind::ArtifactSidecar, &[]),
             entry("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, &[("purpose", "artifact-signing")]),
-            entry("policies/p.yml", write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()), Kind::Policy, &[]),
+            entry(
+                "policies/p.yml",
+                write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()),
+                Kind::Policy,
+                &[("policy_id", "p")],
+            ),
         ];
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
         let spec = BundleSpec {
