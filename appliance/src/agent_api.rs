@@ -147,20 +147,7 @@ pub async fn enroll(
     )
     .map_err(ApiError::Credential)?;
     let version = agent_version(&headers)?;
-    if body.len() > ENROLL_BODY_LIMIT {
-        return Err(ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "http: request body too large",
-        ));
-    }
-    let request: EnrollRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("cannot decode the enroll request: {e}"),
-        )
-    })?;
+    let request: EnrollRequest = json_body(&body, ENROLL_BODY_LIMIT, "enroll request")?;
     if !["PERMANENT", "EPHEMERAL", "TEMPORARY"].contains(&request.kind.as_str()) {
         return Err(ApiError::fleet(
             StatusCode::BAD_REQUEST,
@@ -337,6 +324,29 @@ fn current_policy(
     Ok(Some((revision, created, doc)))
 }
 
+/// Fleet's answer to an oversized body (a 400, as Fleet Server gives on these routes).
+fn too_large() -> ApiError {
+    ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", "http: request body too large")
+}
+
+/// Decodes a JSON request body of at most `limit` bytes; `what` names it in the error.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    limit: usize,
+    what: &str,
+) -> Result<T, ApiError> {
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::fleet(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("cannot decode the {what}: {e}"),
+        )
+    })
+}
+
 /// A request body, gunzipped when the agent says so, within `limit` bytes after decompression.
 fn read_body(headers: &HeaderMap, body: &[u8], limit: u64) -> Result<Vec<u8>, ApiError> {
     let gzip = headers
@@ -356,11 +366,7 @@ fn read_body(headers: &HeaderMap, body: &[u8], limit: u64) -> Result<Vec<u8>, Ap
         )
     })?;
     if out.len() as u64 > limit {
-        return Err(ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "http: request body too large",
-        ));
+        return Err(too_large());
     }
     Ok(out)
 }
@@ -384,20 +390,10 @@ pub async fn checkin(
     };
     agent_version(&headers)?;
     if body.len() > CHECKIN_WIRE_LIMIT {
-        return Err(ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "http: request body too large",
-        ));
+        return Err(too_large());
     }
     let body = read_body(&headers, &body, CHECKIN_BODY_LIMIT)?;
-    let request: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("cannot decode the check-in: {e}"),
-        )
-    })?;
+    let request: Value = json_body(&body, usize::MAX, "check-in")?;
     let status = request.get("status").and_then(Value::as_str).unwrap_or_default().to_owned();
     if status.is_empty() {
         return Err(ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", "status is required"));
@@ -463,20 +459,7 @@ pub async fn acks(
         let (api, headers, id) = (Arc::clone(&api), headers.clone(), id.clone());
         blocking(move || authenticate(&api, &headers, &id)).await?
     };
-    if body.len() > ACK_BODY_LIMIT {
-        return Err(ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "http: request body too large",
-        ));
-    }
-    let request: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("cannot decode the acks: {e}"),
-        )
-    })?;
+    let request: Value = json_body(&body, ACK_BODY_LIMIT, "acks")?;
     let events = request.get("events").and_then(Value::as_array).ok_or_else(|| {
         ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", "events must be a list")
     })?;
