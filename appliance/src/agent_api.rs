@@ -32,8 +32,8 @@ pub const ACK_BODY_LIMIT: usize = 2 << 20;
 
 /// The agent API's shared state.
 pub struct AgentApi {
-    /// The state database, used from blocking tasks.
-    pub state: Mutex<SqliteState>,
+    /// The state database, used from blocking tasks (shared with the release watcher).
+    pub state: Arc<Mutex<SqliteState>>,
     /// The active release and its change signal.
     pub app: Arc<crate::server::AppState>,
     /// This appliance's URL as agents reach it, without a trailing slash.
@@ -371,6 +371,16 @@ fn read_body(headers: &HeaderMap, body: &[u8], limit: u64) -> Result<Vec<u8>, Ap
     Ok(out)
 }
 
+/// [`authenticate`], off the async threads.
+async fn authenticated(
+    api: &Arc<AgentApi>,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<AgentRecord, ApiError> {
+    let (api, headers, id) = (Arc::clone(api), headers.clone(), id.to_owned());
+    blocking(move || authenticate(&api, &headers, &id)).await
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -384,10 +394,7 @@ pub async fn checkin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let agent = {
-        let (api, headers, id) = (Arc::clone(&api), headers.clone(), id.clone());
-        blocking(move || authenticate(&api, &headers, &id)).await?
-    };
+    let agent = authenticated(&api, &headers, &id).await?;
     agent_version(&headers)?;
     if body.len() > CHECKIN_WIRE_LIMIT {
         return Err(too_large());
@@ -455,10 +462,7 @@ pub async fn acks(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let agent = {
-        let (api, headers, id) = (Arc::clone(&api), headers.clone(), id.clone());
-        blocking(move || authenticate(&api, &headers, &id)).await?
-    };
+    let agent = authenticated(&api, &headers, &id).await?;
     let request: Value = json_body(&body, ACK_BODY_LIMIT, "acks")?;
     let events = request.get("events").and_then(Value::as_array).ok_or_else(|| {
         ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", "events must be a list")

@@ -1,6 +1,5 @@
 //! The subcommands of `ferry-appliance`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
@@ -99,11 +98,10 @@ fn import(
     args: &ImportArgs,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    let signature = args.signature.clone().unwrap_or_else(|| {
-        let mut s = args.bundle.as_os_str().to_owned();
-        s.push(".minisig");
-        PathBuf::from(s)
-    });
+    let signature = args
+        .signature
+        .clone()
+        .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
     let mut data = DataDir::open(&config.data_dir)?;
     let options = ImportOptions {
         allow_downgrade: args.allow_downgrade,
@@ -234,12 +232,14 @@ pub async fn run_server(
         release: RwLock::new(None),
         changed: tokio::sync::watch::channel(0).0,
     });
-    crate::server::watch_active(Arc::clone(&state), config.data_dir.clone(), keys);
+    // One connection for the watcher and the agent API; WAL lets imports commit meanwhile.
+    let db = Arc::new(std::sync::Mutex::new(crate::state::SqliteState::open(
+        &config.data_dir.join("state.db"),
+    )?));
+    crate::server::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
     println!("serving https://{} (public URL {})", listener.local_addr()?, config.public_base());
     let agents = Arc::new(crate::agent_api::AgentApi {
-        state: std::sync::Mutex::new(crate::state::SqliteState::open(
-            &config.data_dir.join("state.db"),
-        )?),
+        state: db,
         app: Arc::clone(&state),
         public_base: config.public_base().to_owned(),
         long_poll: std::time::Duration::from_secs(config.server.checkin_long_poll_seconds),

@@ -264,19 +264,24 @@ async fn download(
 
 /// Re-reads the active release whenever the state database says it changed, so an import or
 /// rollback takes effect for new requests without a restart.
-pub fn watch_active(state: Arc<AppState>, data_dir: PathBuf, keys: TrustedKeys) {
+pub fn watch_active(
+    state: Arc<AppState>,
+    db: Arc<std::sync::Mutex<crate::state::SqliteState>>,
+    data_dir: PathBuf,
+    keys: TrustedKeys,
+) {
     tokio::spawn(async move {
         let mut shown: Option<(String, u64)> =
             state.current().map(|r| (r.name.clone(), r.sequence));
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            let (dir, keys) = (data_dir.clone(), keys.clone());
+            let (dir, keys, db) = (data_dir.clone(), keys.clone(), Arc::clone(&db));
             let seen = shown.clone();
             let loaded =
                 tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Option<Release>>> {
-                    let db = crate::state::SqliteState::open(&dir.join("state.db"))?;
-                    let active = crate::state::StateStore::active(&db)?;
+                    let active =
+                        crate::state::StateStore::active(&*db.lock().expect("state lock"))?;
                     if active == seen {
                         return Ok(None);
                     }

@@ -228,29 +228,26 @@ fn rfc(t: OffsetDateTime) -> String {
     ferry_manifests::rfc3339(t)
 }
 
-fn default_signature(bundle: &Path) -> PathBuf {
-    let mut name = bundle.as_os_str().to_owned();
-    name.push(".minisig");
-    PathBuf::from(name)
-}
-
 fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let keys = keys::load_trusted(&args.public_key)?;
-    let signature = args.signature.clone().unwrap_or_else(|| default_signature(&args.bundle));
+    let signature = args
+        .signature
+        .clone()
+        .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
     let progress = Bar::new(quiet || args.json);
-    let outcome = (|| -> Result<Manifest, VerifyError> {
+    let outcome = (|| -> Result<(Manifest, ferry_manifests::KeyId), VerifyError> {
         let signed =
             SignedBundle::verify(&args.bundle, &signature, &keys, Limits::default(), &progress)?;
         let stage = signed.read_manifest()?;
         if !args.allow_expired {
             check_expiry(stage.manifest(), OffsetDateTime::now_utc(), time::Duration::ZERO)?;
         }
-        Ok(stage.extract(&mut Discard, &progress)?.manifest)
+        let verified = stage.extract(&mut Discard, &progress)?;
+        Ok((verified.manifest, verified.key_id))
     })();
     let bundle = args.bundle.display();
     match outcome {
-        Ok(manifest) => {
-            let key_id = ferry_manifests::signature_key_id(&signature, &Limits::default())?;
+        Ok((manifest, key_id)) => {
             let expired = manifest.expires < OffsetDateTime::now_utc();
             if args.json {
                 println!(
@@ -305,7 +302,10 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
     let info = ferry_manifests::read_unverified(&args.bundle, &limits)
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
-    let signature = args.signature.clone().unwrap_or_else(|| default_signature(&args.bundle));
+    let signature = args
+        .signature
+        .clone()
+        .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
     let signer = match ferry_manifests::signature_key_id(&signature, &limits) {
         Ok(id) => Some(id.to_string()),
         Err(_) if args.signature.is_none() => None,

@@ -361,14 +361,14 @@ impl Fetcher {
         let url = self.source_of(mirror_path);
         let io_err = |source| FetchError::Io { path: dest.clone(), source };
         if let Upstream::Dir(_) = self.upstream {
-            let source = PathBuf::from(&url);
-            return match fs::copy(&source, &dest) {
+            let from = PathBuf::from(&url);
+            return match fs::copy(&from, &dest) {
                 Ok(n) if max.is_some_and(|m| n > m) => {
                     Err(FetchError::TooLarge { url, max: max.unwrap_or(0) })
                 }
                 Ok(_) => Ok(dest),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FetchError::NotFound { url }),
-                Err(source) => Err(FetchError::Io { path: source_path(&url), source }),
+                Err(source) => Err(FetchError::Io { path: from, source }),
             };
         }
         let bar = bars.add(ProgressBar::no_length());
@@ -475,10 +475,6 @@ impl Fetcher {
         bar.finish_and_clear();
         Err(FetchError::Transport { url, reason: last_error, attempts: self.attempts })
     }
-}
-
-fn source_path(url: &str) -> PathBuf {
-    PathBuf::from(url)
 }
 
 fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {

@@ -33,7 +33,8 @@ pub mod terminal;
 pub use progress::{NoProgress, Progress};
 pub use read::{
     Discard, EntrySink, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
-    VerifiedBundle, VerifyError, check_expiry, read_unverified, signature_key_id,
+    VerifiedBundle, VerifyError, check_expiry, default_signature_path, read_unverified,
+    signature_key_id,
 };
 pub use sign::{
     BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PrehashWriter, Prehasher,

@@ -230,6 +230,13 @@ pub struct SignedBundle {
     limits: Limits,
 }
 
+/// Where a bundle's detached signature is unless told otherwise: `BUNDLE.minisig`.
+pub fn default_signature_path(bundle: &Path) -> PathBuf {
+    let mut name = bundle.as_os_str().to_owned();
+    name.push(".minisig");
+    PathBuf::from(name)
+}
+
 /// Reads a signature file, bounded by `limits`.
 fn read_signature(path: &Path, limits: &Limits) -> Result<(String, SignatureFile), VerifyError> {
     let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
