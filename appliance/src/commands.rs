@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use ferry_manifests::{PublicKey, TerminalBar, TrustedKeys};
+use ferry_manifests::{TerminalBar, TrustedKeys};
 use serde_json::json;
 
 use crate::cli::{Cli, Command, ImportArgs, RollbackArgs, TokensCommand};
@@ -17,7 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(&cli.config)?;
-    let keys = trusted_keys(&config)?;
+    let keys = TrustedKeys::load(&config.trusted_keys)?;
     match cli.command {
         Command::DefaultConfig => unreachable!("handled above"),
         Command::Import(args) => import(&config, &keys, &args, cli.quiet),
@@ -80,16 +80,6 @@ fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn trusted_keys(config: &Config) -> anyhow::Result<TrustedKeys> {
-    let mut keys = TrustedKeys::new();
-    for path in &config.trusted_keys {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read trusted key {}", path.display()))?;
-        keys.insert(PublicKey::from_text(&text, &path.display().to_string())?);
-    }
-    Ok(keys)
 }
 
 fn import(

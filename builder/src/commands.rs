@@ -229,7 +229,7 @@ fn rfc(t: OffsetDateTime) -> String {
 }
 
 fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let keys = keys::load_trusted(&args.public_key)?;
+    let keys = ferry_manifests::TrustedKeys::load(&args.public_key)?;
     let signature = args
         .signature
         .clone()

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use ferry_manifests::{KeyId, PublicKey, SigningKey, TrustedKeys};
+use ferry_manifests::{KeyId, SigningKey};
 
 /// The environment variable a secret key's password may come from in automation.
 pub const PASSWORD_ENV: &str = "FERRY_KEY_PASSWORD";
@@ -110,15 +110,4 @@ pub fn load_secret(path: &Path, password: &PasswordSource) -> anyhow::Result<Sig
     };
     SigningKey::from_text(&text, &what, password.as_deref())
         .with_context(|| format!("cannot open secret key {what}"))
-}
-
-/// Reads public key files into a trusted set.
-pub fn load_trusted(paths: &[PathBuf]) -> anyhow::Result<TrustedKeys> {
-    let mut keys = TrustedKeys::new();
-    for path in paths {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("cannot read public key {}", path.display()))?;
-        keys.insert(PublicKey::from_text(&text, &path.display().to_string())?);
-    }
-    Ok(keys)
 }

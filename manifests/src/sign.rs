@@ -58,6 +58,8 @@ pub enum KeyError {
     Inconsistent,
     #[error("key generation failed: {0}")]
     Generate(String),
+    #[error("cannot read key file {path}: {source}")]
+    Read { path: std::path::PathBuf, source: io::Error },
 }
 
 /// A newly generated key pair in minisign's file formats.
@@ -321,6 +323,19 @@ impl TrustedKeys {
 
     pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
         self.0.keys().copied()
+    }
+}
+
+impl TrustedKeys {
+    /// Reads minisign public key files into a trusted set.
+    pub fn load(paths: &[std::path::PathBuf]) -> Result<Self, KeyError> {
+        let mut keys = Self::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| KeyError::Read { path: path.clone(), source })?;
+            keys.insert(PublicKey::from_text(&text, &path.display().to_string())?);
+        }
+        Ok(keys)
     }
 }
 
