@@ -54,21 +54,37 @@ pub enum Command {
     /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Enrolled agents: status, version, policy revision, last check-in, upgrade state.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Upgrade agents to a version the active release carries (from this appliance's mirror).
+    Upgrade(UpgradeArgs),
+    /// Unenroll agents: they stop their inputs, acknowledge, and their keys stop working.
+    Unenroll(UnenrollArgs),
+    /// Move agents to another policy of the active release.
+    Reassign(ReassignArgs),
+    /// Change agents' log level.
+    Settings(SettingsArgs),
+    /// Ask agents for a diagnostics bundle, and fetch the bundles they uploaded.
+    #[command(subcommand)]
+    Diagnostics(DiagnosticsCommand),
+    /// Follow or cancel an action.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a token that enrolls agents into POLICY; prints the token once.
     Create {
-        /// The policy id agents enrolled with this token get.
+        /// The policy id agents enrolled with this token get (a policy of the active release).
         #[arg(long)]
         policy: String,
         /// A note for `tokens list`.
         #[arg(long)]
         name: Option<String>,
-        /// Machine output (JSON) on stdout.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// List tokens (ids and policies; secrets are not kept).
     List(JsonArg),
@@ -76,6 +92,145 @@ pub enum TokensCommand {
     Revoke {
         /// The token id, as `tokens list` shows it.
         id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// One line per agent. Status is offline after `agent_offline_seconds` without a check-in.
+    List {
+        /// Only agents of this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Everything known about one agent, components and upgrade details included.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+/// Which agents an action is for: ids, or every active agent of a policy.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Targets {
+    /// Agent ids (see `agents list`).
+    pub agents: Vec<String>,
+    /// Every active agent of this policy.
+    #[arg(long = "policy", value_name = "POLICY")]
+    pub policy: Option<String>,
+}
+
+/// When an action stops being delivered.
+#[derive(Debug, Args)]
+pub struct Expiry {
+    /// Agents that have not received the action within this many days never will.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub expires_in_days: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The target version (X.Y.Z); the active release must carry its archives.
+    #[arg(long)]
+    pub version: String,
+    #[command(flatten)]
+    pub targets: Targets,
+    /// Agents start the upgrade at this time (RFC 3339) rather than at once.
+    #[arg(long, value_name = "TIME")]
+    pub start_time: Option<String>,
+    #[command(flatten)]
+    pub expiry: Expiry,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct UnenrollArgs {
+    /// Agent ids.
+    #[arg(required = true)]
+    pub agents: Vec<String>,
+    /// Revoke the agents' keys now instead of waiting for them to acknowledge (for hosts that
+    /// are gone or not trusted any more).
+    #[arg(long)]
+    pub revoke: bool,
+    #[command(flatten)]
+    pub expiry: Expiry,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ReassignArgs {
+    /// Agent ids.
+    #[arg(required = true)]
+    pub agents: Vec<String>,
+    /// The policy to move them to.
+    #[arg(long = "to", value_name = "POLICY")]
+    pub policy: String,
+    #[command(flatten)]
+    pub expiry: Expiry,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// trace, debug, info, warning or error; "" returns to the policy's level.
+    #[arg(long)]
+    pub log_level: String,
+    #[command(flatten)]
+    pub targets: Targets,
+    #[command(flatten)]
+    pub expiry: Expiry,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiagnosticsCommand {
+    /// Ask agents to collect and upload a diagnostics bundle.
+    Request {
+        #[command(flatten)]
+        targets: Targets,
+        /// Extra metrics to collect: CPU, CONN.
+        #[arg(long = "metric", value_name = "METRIC")]
+        metrics: Vec<String>,
+        #[command(flatten)]
+        expiry: Expiry,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Uploaded bundles (and uploads in progress or refused).
+    List(JsonArg),
+    /// Save an uploaded bundle.
+    Get {
+        /// The upload id, from `diagnostics list`.
+        upload_id: String,
+        /// Where to write it (default: the agent's file name in the current folder).
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// Which agents acknowledged an action, and with what error.
+    Show {
+        action_id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Cancel an action (agents that have not received it never will; scheduled upgrades stop).
+    Cancel {
+        action_id: String,
+        #[command(flatten)]
+        json: JsonArg,
     },
 }
 

@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_manifests::{TerminalBar, TrustedKeys};
 use serde_json::json;
 
-use crate::cli::{Cli, Command, ImportArgs, RollbackArgs, TokensCommand};
+use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::release::{DataDir, ImportOptions};
 
@@ -31,55 +32,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config, keys),
-        Command::Tokens(command) => tokens(&config, command),
+        Command::Tokens(command) => crate::admin_cli::tokens(&config, command),
+        Command::Agents(command) => crate::admin_cli::agents(&config, command),
+        Command::Upgrade(args) => crate::admin_cli::upgrade(&config, &args),
+        Command::Unenroll(args) => crate::admin_cli::unenroll(&config, &args),
+        Command::Reassign(args) => crate::admin_cli::reassign(&config, &args),
+        Command::Settings(args) => crate::admin_cli::settings(&config, &args),
+        Command::Diagnostics(command) => crate::admin_cli::diagnostics(&config, command),
+        Command::Actions(command) => crate::admin_cli::actions(&config, command),
     }
-}
-
-fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
-    use crate::state::StateStore as _;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let mut state = crate::state::SqliteState::open(&config.data_dir.join("state.db"))?;
-    match command {
-        TokensCommand::Create { policy, name, json: as_json } => {
-            let key = crate::credentials::ApiKey::mint();
-            state.create_enrollment_token(&key, &policy, name.as_deref())?;
-            if as_json {
-                println!(
-                    "{}",
-                    json!({ "id": key.id().as_str(), "policy_id": policy, "token": key.encoded() })
-                );
-            } else {
-                println!("{}", key.encoded());
-                eprintln!(
-                    "token {} enrolls agents into policy {policy}; it is shown only now",
-                    key.id()
-                );
-            }
-        }
-        TokensCommand::List(args) => {
-            let tokens = state.enrollment_tokens()?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
-            } else {
-                println!("{:22} {:24} {:20} {:8} NAME", "ID", "POLICY", "CREATED", "STATE");
-                for t in tokens {
-                    let st = if t.revoked { "revoked" } else { "active" };
-                    println!(
-                        "{:22} {:24} {:20} {st:8} {}",
-                        t.id,
-                        t.policy_id,
-                        t.created,
-                        t.name.unwrap_or_default()
-                    );
-                }
-            }
-        }
-        TokensCommand::Revoke { id } => {
-            anyhow::ensure!(state.revoke_enrollment_token(&id)?, "no enrollment token {id}");
-            println!("revoked {id}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn import(
@@ -173,31 +134,43 @@ fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<Ex
 fn serve(config: Config, keys: TrustedKeys) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let mirror = match config.server.mirror_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr}"))?,
-            ),
-            None => None,
+        let bind = |addr: std::net::SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))
+        };
+        let listeners = Listeners {
+            agents: bind(config.server.listen).await?,
+            mirror: match config.server.mirror_listen {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+            admin: bind(config.server.admin_listen).await?,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        run_server(&config, keys, listener, mirror, shutdown).await
+        run_server(&config, keys, listeners, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves the appliance on already-bound listeners until `shutdown` resolves.
+/// The already-bound listeners `serve` runs on.
+pub struct Listeners {
+    /// TLS: the agent API, the mirror and the PGP key.
+    pub agents: tokio::net::TcpListener,
+    /// Plain HTTP: the mirror only.
+    pub mirror: Option<tokio::net::TcpListener>,
+    /// Plain HTTP on loopback: the admin API.
+    pub admin: tokio::net::TcpListener,
+}
+
+/// Serves the appliance on already-bound listeners until `shutdown` resolves, then writes the
+/// check-in reports still in memory.
 pub async fn run_server(
     config: &Config,
     keys: TrustedKeys,
-    listener: tokio::net::TcpListener,
-    mirror: Option<tokio::net::TcpListener>,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
@@ -217,41 +190,76 @@ pub async fn run_server(
         }
     };
     let tls = crate::tls::server_config(&cert, &key)?;
+    let limits = crate::limits::Limits::new(&config.limits)?;
     let state = Arc::new(crate::server::AppState {
         blobs,
         release: RwLock::new(None),
         changed: tokio::sync::watch::channel(0).0,
     });
-    // One connection for the watcher and the agent API; WAL lets imports commit meanwhile.
+    // One connection for the watcher, the agent API and the admin API; WAL lets imports
+    // commit meanwhile.
     let db = Arc::new(std::sync::Mutex::new(crate::state::SqliteState::open(
         &config.data_dir.join("state.db"),
     )?));
     crate::server::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
-    println!("serving https://{} (public URL {})", listener.local_addr()?, config.public_base());
+    let hub = Arc::new(crate::hub::Hub::default());
+    crate::hub::spawn_flusher(Arc::clone(&hub), Arc::clone(&db));
+    let uploads_dir = config.data_dir.join("uploads");
+    std::fs::create_dir_all(&uploads_dir)?;
     let agents = Arc::new(crate::agent_api::AgentApi {
-        state: db,
+        state: Arc::clone(&db),
         app: Arc::clone(&state),
+        hub: Arc::clone(&hub),
         public_base: config.public_base().to_owned(),
-        long_poll: std::time::Duration::from_secs(config.server.checkin_long_poll_seconds),
-        jitter: std::time::Duration::from_secs(config.server.checkin_jitter_seconds),
+        long_poll: Duration::from_secs(config.server.checkin_long_poll_seconds),
+        jitter: Duration::from_secs(config.server.checkin_jitter_seconds),
+        uploads_dir: uploads_dir.clone(),
+        max_upload_bytes: config.server.max_upload_mib.saturating_mul(1 << 20),
+        policies: crate::agent_api::PolicyCache::default(),
     });
+    let admin = Arc::new(crate::admin::Admin {
+        state: Arc::clone(&db),
+        app: Arc::clone(&state),
+        hub: Arc::clone(&hub),
+        public_base: config.public_base().to_owned(),
+        uploads_dir,
+        token: crate::admin::ensure_token(&config.data_dir)?,
+        offline_after: Duration::from_secs(config.server.agent_offline_seconds),
+    });
+    let admin_url = format!("http://{}", listeners.admin.local_addr()?);
+    std::fs::write(config.data_dir.join(crate::admin::URL_FILE), &admin_url)?;
+    let header_timeout = Duration::from_secs(config.server.header_timeout_seconds);
+    println!(
+        "serving https://{} (public URL {})",
+        listeners.agents.local_addr()?,
+        config.public_base()
+    );
+    println!("admin API on {admin_url}");
     let main = crate::server::serve(
-        listener,
+        listeners.agents,
         Some(tls),
-        crate::server::router(Arc::clone(&state), agents),
+        crate::server::router(Arc::clone(&state), agents, &limits),
+        header_timeout,
         shutdown,
     );
-    match mirror {
-        Some(m) => {
-            println!("serving the mirror on http://{}", m.local_addr()?);
-            let plain = crate::server::serve(
-                m,
-                None,
-                crate::server::plain_router(state),
-                std::future::pending(),
-            );
-            tokio::select! { r = main => r, r = plain => r }
+    let admin_server = crate::server::serve(
+        listeners.admin,
+        None,
+        crate::admin::router(admin),
+        header_timeout,
+        std::future::pending(),
+    );
+    let mirror = async {
+        match listeners.mirror {
+            Some(m) => {
+                println!("serving the mirror on http://{}", m.local_addr()?);
+                let router = crate::server::plain_router(state);
+                crate::server::serve(m, None, router, header_timeout, std::future::pending()).await
+            }
+            None => std::future::pending().await,
         }
-        None => main.await,
-    }
+    };
+    let result = tokio::select! { r = main => r, r = admin_server => r, r = mirror => r };
+    tokio::task::spawn_blocking(move || hub.flush(&db, false)).await??;
+    result
 }

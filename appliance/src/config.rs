@@ -44,6 +44,29 @@ listen = "0.0.0.0:8220"
 # checkin_jitter_seconds), then answered empty; agents check in again about a second later.
 checkin_long_poll_seconds = 300
 checkin_jitter_seconds = 30
+
+# A connection has this long to send a complete request head. For HTTP/1.1 this also closes
+# keep-alive connections idle for longer; HTTP/2 connections are checked with pings.
+header_timeout_seconds = 30
+
+# The admin API (`ferry-appliance tokens|agents|upgrade|...` talk to it). Loopback only; the
+# CLI finds the address and the admin token in data_dir (admin.url, admin.token, mode 0600).
+admin_listen = "127.0.0.1:8222"
+
+# `agents list` shows an agent as offline after this long without a check-in.
+agent_offline_seconds = 300
+
+# The largest diagnostics bundle an agent may upload, in MiB.
+max_upload_mib = 1024
+
+# Per-route request limits: a sustained rate, a burst above it, and a cap on requests in flight
+# (0: none). Over a limit the agent gets 429 with Retry-After and retries. Routes: enroll,
+# checkin, ack, status, audit_unenroll, upload_begin, upload_chunk, upload_end, pgp_key.
+# Defaults suit a fleet of about 20 000 agents; set only what you change, for example:
+# [limits.enroll]
+# per_second = 100
+# burst = 100
+# concurrent = 50
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +81,9 @@ pub struct Config {
     pub retain_releases: usize,
     #[serde(default)]
     pub server: ServerConfig,
+    /// Per-route overrides of [`crate::limits::DEFAULTS`].
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, crate::limits::LimitOverride>,
 }
 
 fn default_retain() -> usize {
@@ -78,6 +104,30 @@ pub struct ServerConfig {
     /// Up to this much is taken off each hold, at random, so agents spread out.
     #[serde(default = "default_jitter")]
     pub checkin_jitter_seconds: u64,
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    #[serde(default = "default_offline")]
+    pub agent_offline_seconds: u64,
+    #[serde(default = "default_max_upload")]
+    pub max_upload_mib: u64,
+}
+
+fn default_header_timeout() -> u64 {
+    30
+}
+
+fn default_admin_listen() -> SocketAddr {
+    "127.0.0.1:8222".parse().expect("valid address")
+}
+
+fn default_offline() -> u64 {
+    300
+}
+
+fn default_max_upload() -> u64 {
+    1024
 }
 
 fn default_long_poll() -> u64 {
@@ -101,6 +151,10 @@ impl Default for ServerConfig {
             tls_key: None,
             checkin_long_poll_seconds: default_long_poll(),
             checkin_jitter_seconds: default_jitter(),
+            header_timeout_seconds: default_header_timeout(),
+            admin_listen: default_admin_listen(),
+            agent_offline_seconds: default_offline(),
+            max_upload_mib: default_max_upload(),
         }
     }
 }
@@ -139,6 +193,21 @@ impl Config {
             self.server.tls_cert.is_some() == self.server.tls_key.is_some(),
             "set both server.tls_cert and server.tls_key, or neither (quick-start)"
         );
+        anyhow::ensure!(
+            self.server.admin_listen.ip().is_loopback(),
+            "server.admin_listen {} is not a loopback address: the admin API is for this host only",
+            self.server.admin_listen
+        );
+        anyhow::ensure!(
+            self.server.checkin_long_poll_seconds > 0
+                && self.server.checkin_long_poll_seconds < 600,
+            "server.checkin_long_poll_seconds must be 1..599: agents give up on a check-in after 10 minutes"
+        );
+        anyhow::ensure!(
+            self.server.header_timeout_seconds > 0,
+            "server.header_timeout_seconds must be at least 1"
+        );
+        crate::limits::Limits::new(&self.limits)?;
         Ok(())
     }
 

@@ -163,6 +163,40 @@ impl ApiKey {
     }
 }
 
+/// Fleet's replace-token hash parameters: PBKDF2-HMAC-SHA512, 210 000 rounds, 64-byte salt,
+/// 32-byte key. Replace tokens are chosen by people, so unlike our own secrets they get a slow
+/// hash.
+const REPLACE_ROUNDS: u32 = 210_000;
+
+/// Hashes a replace token as `$pbkdf2-sha512$<rounds>$<salt>$<key>` (base64 without padding).
+pub fn hash_replace_token(token: &str) -> String {
+    let mut salt = [0u8; 64];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let key = pbkdf2_sha512(token, &salt, REPLACE_ROUNDS);
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!("$pbkdf2-sha512${REPLACE_ROUNDS}${}${}", b64.encode(salt), b64.encode(key))
+}
+
+/// Whether `token` is the one `stored` (from [`hash_replace_token`]) was made from.
+pub fn replace_token_matches(token: &str, stored: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let parts: Vec<&str> = stored.split('$').collect();
+    let ["", "pbkdf2-sha512", rounds, salt, key] = parts[..] else { return false };
+    let (Ok(rounds), Ok(salt), Ok(key)) = (rounds.parse(), b64.decode(salt), b64.decode(key))
+    else {
+        return false;
+    };
+    // Hashes of equal length compared in full: the time does not depend on where they differ.
+    let got = pbkdf2_sha512(token, &salt, rounds);
+    key.len() == got.len() && key.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn pbkdf2_sha512(token: &str, salt: &[u8], rounds: u32) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(token.as_bytes(), salt, rounds, &mut key);
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +217,17 @@ mod tests {
         let stored = key.secret_hash().to_hex();
         assert!(key.matches(&SecretHash::from_hex(&stored).unwrap()));
         assert!(!format!("{key:?}").contains(&key.secret), "the secret never reaches logs");
+    }
+
+    #[test]
+    fn replace_tokens_hash_slowly_and_match_only_themselves() {
+        let stored = hash_replace_token("correct horse");
+        assert!(stored.starts_with("$pbkdf2-sha512$210000$"));
+        assert!(replace_token_matches("correct horse", &stored));
+        assert!(!replace_token_matches("correct hors", &stored));
+        assert!(!replace_token_matches("correct horse", "$pbkdf2-sha512$1$AA$AA"));
+        assert!(!replace_token_matches("x", "garbage"));
+        assert_ne!(stored, hash_replace_token("correct horse"), "salted");
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! rollback, fsck, and the HTTPS server (Fleet status, the PGP key and Elastic's download
 //! layout). `main` only parses arguments and calls [`commands::run`].
 
+pub mod admin;
+pub mod admin_cli;
 pub mod agent_api;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credentials;
+pub mod hub;
+pub mod limits;
 pub mod release;
 pub mod server;
 pub mod state;

@@ -100,19 +100,19 @@ impl IntoResponse for ApiError {
 }
 
 /// The routes of the TLS listener: the agent-facing API and the mirror.
-pub fn router(state: Arc<AppState>, agents: Arc<crate::agent_api::AgentApi>) -> Router {
-    let agent_routes = Router::new()
-        .route("/api/fleet/agents/enroll", axum::routing::post(crate::agent_api::enroll))
-        .route("/api/fleet/agents/{id}/checkin", axum::routing::post(crate::agent_api::checkin))
-        .route("/api/fleet/agents/{id}/acks", axum::routing::post(crate::agent_api::acks))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::agent_api::ACK_BODY_LIMIT + 1))
-        .with_state(agents);
+pub fn router(
+    state: Arc<AppState>,
+    agents: Arc<crate::agent_api::AgentApi>,
+    limits: &crate::limits::Limits,
+) -> Router {
+    let l =
+        |route: &str| axum::middleware::from_fn_with_state(limits.get(route), crate::limits::limit);
     Router::new()
-        .route("/api/status", get(status))
-        .route("/api/agents/upgrades/{version}/pgp-public-key", get(pgp_key))
+        .route("/api/status", get(status).layer(l("status")))
+        .route("/api/agents/upgrades/{version}/pgp-public-key", get(pgp_key).layer(l("pgp_key")))
         .merge(mirror_router(Arc::clone(&state)))
         .with_state(state)
-        .merge(agent_routes)
+        .merge(crate::agent_api::router(agents, limits))
         .layer(axum::middleware::from_fn(crate::agent_api::api_version))
 }
 
@@ -313,12 +313,15 @@ pub fn watch_active(
     });
 }
 
-/// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when
-/// `tls` is given. Each connection runs on its own task; HTTP/1.1 and HTTP/2.
+/// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is
+/// given (HTTP/2 when the client picks it by ALPN, else HTTP/1.1), plain HTTP/1.1 otherwise.
+/// Each connection runs on its own task. `header_timeout` bounds the wait for a request head,
+/// which for HTTP/1.1 includes the idle time between keep-alive requests.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -341,36 +344,72 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let result = match acceptor {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            builder
-                                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
+                    let tls =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_connection(TokioIo::new(tls), service, h2, header_timeout).await
                 }
                 None => {
-                    builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await
+                    serve_connection(TokioIo::new(stream), service, false, header_timeout).await
                 }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+/// The largest request head accepted (HTTP/1.1 buffer, HTTP/2 header list).
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
+async fn serve_connection<I, S>(
+    io: TokioIo<I>,
+    service: S,
+    h2: bool,
+    header_timeout: Duration,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Dead peers are found by pings; parked check-ins are legitimately silent.
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(io, service)
+            .await
     }
 }
 

@@ -47,6 +47,170 @@ pub struct AgentRecord {
     pub local_metadata: String,
     /// JSON array of strings.
     pub tags: String,
+    /// The PBKDF2 hash of the agent's replace token, if it gave one.
+    pub replace_token: Option<String>,
+}
+
+/// An action as stored. `seq` orders actions and is what an `ack_token` resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRecord {
+    pub seq: i64,
+    pub id: String,
+    pub kind: String,
+    /// JSON, or `None` for actions without data (UNENROLL).
+    pub data: Option<String>,
+    pub created_at: String,
+    pub start_time: Option<String>,
+    pub expiration: String,
+}
+
+/// What creating an action changes besides queueing it, in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionEffect {
+    None,
+    /// The agents now belong to this policy and run none of its revisions yet.
+    Reassign {
+        policy_id: String,
+    },
+    /// The agents' upgrade state becomes "requested" towards this version.
+    Upgrade {
+        version: String,
+    },
+    /// The target action is no longer delivered to agents that have not received it.
+    Cancel {
+        target_id: String,
+    },
+}
+
+/// A new action for some agents.
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    pub id: String,
+    pub kind: String,
+    pub data: Option<String>,
+    pub created_at: String,
+    pub start_time: Option<String>,
+    pub expiration: String,
+    pub agents: Vec<String>,
+    pub effect: ActionEffect,
+}
+
+/// One acknowledged action, as an agent reported it.
+#[derive(Debug, Clone)]
+pub struct ActionResult {
+    pub action_id: String,
+    pub error: Option<String>,
+    /// JSON.
+    pub data: Option<String>,
+}
+
+/// What one check-in reported, written later in a batch with others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckinUpdate {
+    pub agent_id: String,
+    pub at: String,
+    pub status: String,
+    pub message: String,
+    /// From the User-Agent.
+    pub version: String,
+    /// JSON, when the agent sent it.
+    pub local_metadata: Option<String>,
+    /// JSON, when the agent sent it.
+    pub components: Option<String>,
+    /// JSON; absent while no upgrade is in flight.
+    pub upgrade_details: Option<String>,
+    /// `(policy_id, revision)` the agent says it runs (agents >= 9.2).
+    pub running: Option<(String, u64)>,
+    /// The action cursor the agent's `ack_token` resolved to.
+    pub cursor: Option<i64>,
+}
+
+/// A chunked upload (diagnostics bundles).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UploadRecord {
+    pub id: String,
+    pub action_id: String,
+    pub agent_id: String,
+    pub name: String,
+    pub mime_type: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// `AWAITING_UPLOAD`, `READY` or `UPLOAD_ERROR`, as Fleet names them.
+    pub status: String,
+    pub created: String,
+    pub completed: Option<String>,
+    /// SHA-256 of the whole file, once complete.
+    pub sha256: Option<String>,
+}
+
+/// One stored chunk of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub num: u64,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// An agent as the admin sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub active: bool,
+    pub policy_id: String,
+    pub policy_revision: u64,
+    pub version: String,
+    pub hostname: String,
+    pub enrolled_at: String,
+    pub last_checkin: Option<String>,
+    pub last_status: Option<String>,
+    pub last_message: Option<String>,
+    pub tags: serde_json::Value,
+    pub local_metadata: serde_json::Value,
+    pub components: serde_json::Value,
+    pub upgrade_state: Option<String>,
+    pub upgrade_target: Option<String>,
+    pub upgrade_details: serde_json::Value,
+    pub upgraded_at: Option<String>,
+    pub unenrolled_at: Option<String>,
+    pub audit_unenroll_reason: Option<String>,
+}
+
+/// The upgrade state after a check-in, from what the agent sent (`details`, its version) and
+/// what was stored. Agents >= 8.12 report `upgrade_details` while an upgrade runs and stop
+/// sending it when done; older ones only show the new version.
+pub fn next_upgrade_state(
+    stored_details: bool,
+    stored_state: Option<&str>,
+    target: Option<&str>,
+    version: &str,
+    details: Option<&serde_json::Value>,
+) -> Option<String> {
+    if let Some(details) = details {
+        let state = details.get("state").and_then(serde_json::Value::as_str);
+        return Some(state.filter(|s| !s.is_empty()).unwrap_or("UPG_UNKNOWN").to_owned());
+    }
+    let reached = target.is_some_and(|t| t == version);
+    if stored_details {
+        // Details stopped: done, unless the agent is still not on the target (a rollback).
+        return Some(
+            if reached || target.is_none() { "UPG_COMPLETED" } else { "UPG_FAILED" }.into(),
+        );
+    }
+    if reached && stored_state == Some(UPGRADE_REQUESTED) {
+        return Some("UPG_COMPLETED".into());
+    }
+    stored_state.map(str::to_owned)
+}
+
+/// The upgrade state an agent has between the action and its first report.
+pub const UPGRADE_REQUESTED: &str = "UPG_REQUESTED";
+
+/// Why an audit/unenroll annotation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Recorded,
+    /// The agent is already annotated as orphaned.
+    Conflict,
 }
 
 /// The state operations the appliance needs. Every method is one transaction.
@@ -95,6 +259,63 @@ pub trait StateStore {
         policy_id: &str,
         content_sha256: &str,
     ) -> anyhow::Result<(u64, String)>;
+
+    /// Writes a batch of check-ins in one transaction.
+    fn record_checkins(&mut self, updates: &[CheckinUpdate]) -> anyhow::Result<()>;
+    /// Marks agents whose check-ins are parked as seen at `at`, in one transaction.
+    fn touch_agents(&mut self, ids: &[String], at: &str) -> anyhow::Result<()>;
+    /// The stored action cursor of an agent.
+    fn action_cursor(&self, agent_id: &str) -> anyhow::Result<i64>;
+    /// The sequence of `action_id` if it is an action for `agent_id` (resolves an `ack_token`).
+    fn action_seq_for(&self, agent_id: &str, action_id: &str) -> anyhow::Result<Option<i64>>;
+    /// Queues an action and applies its effect, in one transaction; returns its sequence.
+    fn create_action(&mut self, action: &NewAction) -> anyhow::Result<i64>;
+    /// Up to `limit` actions for the agent after `after`, unexpired at `now`, not cancelled,
+    /// in creation order.
+    fn pending_actions(
+        &self,
+        agent_id: &str,
+        after: i64,
+        now: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ActionRecord>>;
+    /// An action for this agent, by id.
+    fn agent_action(&self, agent_id: &str, action_id: &str)
+    -> anyhow::Result<Option<ActionRecord>>;
+    /// Records acks; when `unenroll`, the agent is deactivated in the same transaction.
+    fn record_action_results(
+        &mut self,
+        agent_id: &str,
+        results: &[ActionResult],
+        unenroll: bool,
+    ) -> anyhow::Result<()>;
+    /// Every agent targeted by `action_id` with whether it acknowledged it (and its error).
+    fn action_results(
+        &self,
+        action_id: &str,
+    ) -> anyhow::Result<Vec<(String, Option<Option<String>>)>>;
+    /// Deactivates an agent now (its key stops working); false when unknown or inactive.
+    fn deactivate_agent(&mut self, agent_id: &str) -> anyhow::Result<bool>;
+    /// Annotates an agent as unenrolled by itself (`audit/unenroll`).
+    fn audit_unenroll(
+        &mut self,
+        agent_id: &str,
+        reason: &str,
+        at: &str,
+    ) -> anyhow::Result<AuditOutcome>;
+    /// Every agent, or one, as the admin sees them.
+    fn agent_views(&self, id: Option<&str>) -> anyhow::Result<Vec<AgentView>>;
+    /// The ids of the active agents in a policy.
+    fn agents_in_policy(&self, policy_id: &str) -> anyhow::Result<Vec<String>>;
+
+    fn create_upload(&mut self, upload: &UploadRecord) -> anyhow::Result<()>;
+    fn upload(&self, id: &str) -> anyhow::Result<Option<UploadRecord>>;
+    fn uploads(&self) -> anyhow::Result<Vec<UploadRecord>>;
+    fn put_chunk(&mut self, upload_id: &str, chunk: &ChunkRecord) -> anyhow::Result<()>;
+    fn chunks(&self, upload_id: &str) -> anyhow::Result<Vec<ChunkRecord>>;
+    /// Closes an upload as `READY` (with the file's SHA-256) or `UPLOAD_ERROR`.
+    fn finish_upload(&mut self, id: &str, status: &str, sha256: Option<&str>)
+    -> anyhow::Result<()>;
 }
 
 pub struct SqliteState {
@@ -151,10 +372,64 @@ impl SqliteState {
                 local_metadata TEXT NOT NULL,
                 tags TEXT NOT NULL,
                 policy_revision INTEGER NOT NULL DEFAULT 0,
+                replace_token TEXT,
+                action_seq INTEGER NOT NULL DEFAULT 0,
                 last_checkin TEXT,
                 last_status TEXT,
-                last_message TEXT
+                last_message TEXT,
+                components TEXT,
+                upgrade_details TEXT,
+                upgrade_state TEXT,
+                upgrade_target TEXT,
+                upgraded_at TEXT,
+                unenrolled_at TEXT,
+                audit_reason TEXT,
+                audit_time TEXT
             );
+            CREATE INDEX IF NOT EXISTS agents_by_policy ON agents (policy_id);
+            CREATE TABLE IF NOT EXISTS actions (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                type TEXT NOT NULL,
+                data TEXT,
+                created_at TEXT NOT NULL,
+                start_time TEXT,
+                expiration TEXT NOT NULL,
+                cancelled INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS action_targets (
+                agent_id TEXT NOT NULL,
+                seq INTEGER NOT NULL REFERENCES actions (seq),
+                PRIMARY KEY (agent_id, seq)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS action_results (
+                action_id TEXT NOT NULL,
+                agent_id TEXT NOT NULL,
+                acked_at TEXT NOT NULL,
+                error TEXT,
+                data TEXT,
+                PRIMARY KEY (action_id, agent_id)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS uploads (
+                id TEXT PRIMARY KEY,
+                action_id TEXT NOT NULL,
+                agent_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                mime_type TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                chunk_size INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                created TEXT NOT NULL,
+                completed TEXT,
+                sha256 TEXT
+            );
+            CREATE TABLE IF NOT EXISTS upload_chunks (
+                upload_id TEXT NOT NULL,
+                num INTEGER NOT NULL,
+                size INTEGER NOT NULL,
+                sha256 TEXT NOT NULL,
+                PRIMARY KEY (upload_id, num)
+            ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS policy_revisions (
                 policy_id TEXT NOT NULL,
                 revision INTEGER NOT NULL,
@@ -289,7 +564,7 @@ impl StateStore for SqliteState {
         policy_id: &str,
         name: Option<&str>,
     ) -> anyhow::Result<()> {
-        let now = ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        let now = now_rfc3339()?;
         self.conn.execute(
             "INSERT INTO enrollment_tokens (id, secret_sha256, policy_id, name, created) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.id().as_str(), key.secret_hash().to_hex(), policy_id, name, now],
@@ -335,10 +610,14 @@ impl StateStore for SqliteState {
     }
 
     fn put_agent(&mut self, a: &AgentRecord) -> anyhow::Result<()> {
+        // A (re-)enrolled agent starts after every existing action: actions queued for an
+        // earlier agent with the same id are not its own.
         self.conn.execute(
             "INSERT OR REPLACE INTO agents
-             (id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active, version, local_metadata, tags)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             (id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active, version,
+              local_metadata, tags, replace_token, action_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                     (SELECT COALESCE(MAX(seq), 0) FROM actions))",
             params![
                 a.id,
                 a.access_key_id,
@@ -349,7 +628,8 @@ impl StateStore for SqliteState {
                 a.active,
                 a.version,
                 a.local_metadata,
-                a.tags
+                a.tags,
+                a.replace_token
             ],
         )?;
         Ok(())
@@ -359,7 +639,8 @@ impl StateStore for SqliteState {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active, version, local_metadata, tags
+                "SELECT id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active,
+                        version, local_metadata, tags, replace_token
                  FROM agents WHERE id = ?1",
                 params![id],
                 |r| {
@@ -374,6 +655,7 @@ impl StateStore for SqliteState {
                         version: r.get(7)?,
                         local_metadata: r.get(8)?,
                         tags: r.get(9)?,
+                        replace_token: r.get(10)?,
                     })
                 },
             )
@@ -399,7 +681,7 @@ impl StateStore for SqliteState {
     }
 
     fn record_checkin(&mut self, id: &str, status: &str, message: &str) -> anyhow::Result<()> {
-        let now = ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        let now = now_rfc3339()?;
         self.conn.execute(
             "UPDATE agents SET last_checkin = ?2, last_status = ?3, last_message = ?4 WHERE id = ?1",
             params![id, now, status, message],
@@ -427,7 +709,7 @@ impl StateStore for SqliteState {
             return Ok((*revision as u64, created.clone()));
         }
         let revision = latest.map_or(1, |(r, _, _)| r + 1);
-        let now = ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        let now = now_rfc3339()?;
         tx.execute(
             "INSERT INTO policy_revisions (policy_id, revision, content_sha256, created) VALUES (?1, ?2, ?3, ?4)",
             params![policy_id, revision, content_sha256, now],
@@ -448,6 +730,414 @@ impl StateStore for SqliteState {
             None => Ok(None),
         }
     }
+
+    fn record_checkins(&mut self, updates: &[CheckinUpdate]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut read = tx.prepare_cached(
+                "SELECT upgrade_details IS NOT NULL, upgrade_state, upgrade_target FROM agents WHERE id = ?1",
+            )?;
+            let mut write = tx.prepare_cached(
+                "UPDATE agents SET last_checkin = ?2, last_status = ?3, last_message = ?4, version = ?5,
+                    local_metadata = COALESCE(?6, local_metadata), components = COALESCE(?7, components),
+                    upgrade_details = ?8, upgrade_state = ?9,
+                    upgraded_at = CASE WHEN ?9 = 'UPG_COMPLETED' AND upgrade_state IS NOT 'UPG_COMPLETED'
+                                       THEN ?2 ELSE upgraded_at END,
+                    action_seq = MAX(action_seq, COALESCE(?10, 0)),
+                    policy_revision = CASE WHEN policy_id = ?11 THEN MAX(policy_revision, ?12)
+                                           ELSE policy_revision END,
+                    audit_reason = NULL, audit_time = NULL
+                 WHERE id = ?1",
+            )?;
+            for u in updates {
+                let stored: Option<(bool, Option<String>, Option<String>)> = read
+                    .query_row(params![u.agent_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((had_details, state, target)) = stored else { continue };
+                let details: Option<serde_json::Value> =
+                    u.upgrade_details.as_deref().and_then(|d| serde_json::from_str(d).ok());
+                let state = next_upgrade_state(
+                    had_details,
+                    state.as_deref(),
+                    target.as_deref(),
+                    &u.version,
+                    details.as_ref(),
+                );
+                let (policy, revision) = match &u.running {
+                    Some((p, r)) => (Some(p.as_str()), to_i64(*r)?),
+                    None => (None, 0),
+                };
+                write.execute(params![
+                    u.agent_id,
+                    u.at,
+                    u.status,
+                    u.message,
+                    u.version,
+                    u.local_metadata,
+                    u.components,
+                    u.upgrade_details,
+                    state,
+                    u.cursor,
+                    policy,
+                    revision
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn touch_agents(&mut self, ids: &[String], at: &str) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE agents SET last_checkin = ?2 WHERE id = ?1 AND active")?;
+            for id in ids {
+                stmt.execute(params![id, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn action_cursor(&self, agent_id: &str) -> anyhow::Result<i64> {
+        let cursor: Option<i64> = self
+            .conn
+            .query_row("SELECT action_seq FROM agents WHERE id = ?1", params![agent_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(cursor.unwrap_or(0))
+    }
+
+    fn action_seq_for(&self, agent_id: &str, action_id: &str) -> anyhow::Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT a.seq FROM actions a JOIN action_targets t ON t.seq = a.seq
+                 WHERE a.id = ?2 AND t.agent_id = ?1",
+                params![agent_id, action_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn create_action(&mut self, a: &NewAction) -> anyhow::Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO actions (id, type, data, created_at, start_time, expiration)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![a.id, a.kind, a.data, a.created_at, a.start_time, a.expiration],
+        )?;
+        let seq = tx.last_insert_rowid();
+        {
+            let mut target =
+                tx.prepare_cached("INSERT INTO action_targets (agent_id, seq) VALUES (?1, ?2)")?;
+            for agent in &a.agents {
+                target.execute(params![agent, seq])?;
+            }
+            match &a.effect {
+                ActionEffect::None => {}
+                ActionEffect::Reassign { policy_id } => {
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE agents SET policy_id = ?2, policy_revision = 0 WHERE id = ?1",
+                    )?;
+                    for agent in &a.agents {
+                        stmt.execute(params![agent, policy_id])?;
+                    }
+                }
+                ActionEffect::Upgrade { version } => {
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE agents SET upgrade_state = ?2, upgrade_target = ?3 WHERE id = ?1",
+                    )?;
+                    for agent in &a.agents {
+                        stmt.execute(params![agent, UPGRADE_REQUESTED, version])?;
+                    }
+                }
+                ActionEffect::Cancel { target_id } => {
+                    tx.execute(
+                        "UPDATE actions SET cancelled = 1 WHERE id = ?1",
+                        params![target_id],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn pending_actions(
+        &self,
+        agent_id: &str,
+        after: i64,
+        now: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ActionRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.seq, a.id, a.type, a.data, a.created_at, a.start_time, a.expiration
+             FROM action_targets t JOIN actions a ON a.seq = t.seq
+             WHERE t.agent_id = ?1 AND t.seq > ?2 AND a.expiration > ?3 AND NOT a.cancelled
+             ORDER BY t.seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![agent_id, after, now, limit as i64], action_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn agent_action(
+        &self,
+        agent_id: &str,
+        action_id: &str,
+    ) -> anyhow::Result<Option<ActionRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT a.seq, a.id, a.type, a.data, a.created_at, a.start_time, a.expiration
+                 FROM actions a JOIN action_targets t ON t.seq = a.seq
+                 WHERE a.id = ?2 AND t.agent_id = ?1",
+                params![agent_id, action_id],
+                action_row,
+            )
+            .optional()?)
+    }
+
+    fn record_action_results(
+        &mut self,
+        agent_id: &str,
+        results: &[ActionResult],
+        unenroll: bool,
+    ) -> anyhow::Result<()> {
+        let now = now_rfc3339()?;
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO action_results (action_id, agent_id, acked_at, error, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in results {
+                stmt.execute(params![r.action_id, agent_id, now, r.error, r.data])?;
+            }
+        }
+        if unenroll {
+            tx.execute(
+                "UPDATE agents SET active = 0, unenrolled_at = ?2 WHERE id = ?1",
+                params![agent_id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn action_results(
+        &self,
+        action_id: &str,
+    ) -> anyhow::Result<Vec<(String, Option<Option<String>>)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.agent_id, r.acked_at IS NOT NULL, r.error
+             FROM actions a JOIN action_targets t ON t.seq = a.seq
+             LEFT JOIN action_results r ON r.action_id = a.id AND r.agent_id = t.agent_id
+             WHERE a.id = ?1 ORDER BY t.agent_id",
+        )?;
+        let rows = stmt.query_map(params![action_id], |r| {
+            let acked: bool = r.get(1)?;
+            Ok((r.get(0)?, if acked { Some(r.get(2)?) } else { None }))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn deactivate_agent(&mut self, agent_id: &str) -> anyhow::Result<bool> {
+        let now = now_rfc3339()?;
+        Ok(self.conn.execute(
+            "UPDATE agents SET active = 0, unenrolled_at = ?2 WHERE id = ?1 AND active",
+            params![agent_id, now],
+        )? > 0)
+    }
+
+    fn audit_unenroll(
+        &mut self,
+        agent_id: &str,
+        reason: &str,
+        at: &str,
+    ) -> anyhow::Result<AuditOutcome> {
+        let tx = self.conn.transaction()?;
+        let current: Option<Option<String>> = tx
+            .query_row("SELECT audit_reason FROM agents WHERE id = ?1", params![agent_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if current.flatten().as_deref() == Some("orphaned") {
+            return Ok(AuditOutcome::Conflict);
+        }
+        tx.execute(
+            "UPDATE agents SET audit_reason = ?2, audit_time = ?3 WHERE id = ?1",
+            params![agent_id, reason, at],
+        )?;
+        tx.commit()?;
+        Ok(AuditOutcome::Recorded)
+    }
+
+    fn agent_views(&self, id: Option<&str>) -> anyhow::Result<Vec<AgentView>> {
+        let json = |text: Option<String>| -> serde_json::Value {
+            text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT id, active, policy_id, policy_revision, version, enrolled_at, last_checkin,
+                    last_status, last_message, tags, local_metadata, components, upgrade_state,
+                    upgrade_target, upgrade_details, upgraded_at, unenrolled_at, audit_reason
+             FROM agents WHERE ?1 IS NULL OR id = ?1 ORDER BY enrolled_at, id",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            let local_metadata = json(r.get(10)?);
+            Ok(AgentView {
+                id: r.get(0)?,
+                active: r.get(1)?,
+                policy_id: r.get(2)?,
+                policy_revision: r.get::<_, i64>(3)? as u64,
+                version: r.get(4)?,
+                hostname: local_metadata
+                    .pointer("/host/hostname")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                enrolled_at: r.get(5)?,
+                last_checkin: r.get(6)?,
+                last_status: r.get(7)?,
+                last_message: r.get(8)?,
+                tags: json(r.get(9)?),
+                local_metadata,
+                components: json(r.get(11)?),
+                upgrade_state: r.get(12)?,
+                upgrade_target: r.get(13)?,
+                upgrade_details: json(r.get(14)?),
+                upgraded_at: r.get(15)?,
+                unenrolled_at: r.get(16)?,
+                audit_unenroll_reason: r.get(17)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn agents_in_policy(&self, policy_id: &str) -> anyhow::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM agents WHERE policy_id = ?1 AND active ORDER BY id")?;
+        let rows = stmt.query_map(params![policy_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn create_upload(&mut self, u: &UploadRecord) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO uploads (id, action_id, agent_id, name, mime_type, size, chunk_size, status, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                u.id,
+                u.action_id,
+                u.agent_id,
+                u.name,
+                u.mime_type,
+                to_i64(u.size)?,
+                to_i64(u.chunk_size)?,
+                u.status,
+                u.created
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn upload(&self, id: &str) -> anyhow::Result<Option<UploadRecord>> {
+        Ok(self
+            .conn
+            .query_row(&format!("{UPLOAD_COLUMNS} WHERE id = ?1"), params![id], upload_row)
+            .optional()?)
+    }
+
+    fn uploads(&self) -> anyhow::Result<Vec<UploadRecord>> {
+        let mut stmt = self.conn.prepare(&format!("{UPLOAD_COLUMNS} ORDER BY created, id"))?;
+        let rows = stmt.query_map([], upload_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_chunk(&mut self, upload_id: &str, c: &ChunkRecord) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO upload_chunks (upload_id, num, size, sha256) VALUES (?1, ?2, ?3, ?4)",
+            params![upload_id, to_i64(c.num)?, to_i64(c.size)?, c.sha256],
+        )?;
+        Ok(())
+    }
+
+    fn chunks(&self, upload_id: &str) -> anyhow::Result<Vec<ChunkRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT num, size, sha256 FROM upload_chunks WHERE upload_id = ?1 ORDER BY num",
+        )?;
+        let rows = stmt.query_map(params![upload_id], |r| {
+            Ok(ChunkRecord {
+                num: r.get::<_, i64>(0)? as u64,
+                size: r.get::<_, i64>(1)? as u64,
+                sha256: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn finish_upload(
+        &mut self,
+        id: &str,
+        status: &str,
+        sha256: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let now = now_rfc3339()?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE uploads SET status = ?2, sha256 = ?3, completed = ?4 WHERE id = ?1",
+            params![id, status, sha256, now],
+        )?;
+        tx.execute("DELETE FROM upload_chunks WHERE upload_id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const UPLOAD_COLUMNS: &str = "SELECT id, action_id, agent_id, name, mime_type, size, chunk_size, status, created, completed, sha256 FROM uploads";
+
+fn upload_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadRecord> {
+    Ok(UploadRecord {
+        id: r.get(0)?,
+        action_id: r.get(1)?,
+        agent_id: r.get(2)?,
+        name: r.get(3)?,
+        mime_type: r.get(4)?,
+        size: r.get::<_, i64>(5)? as u64,
+        chunk_size: r.get::<_, i64>(6)? as u64,
+        status: r.get(7)?,
+        created: r.get(8)?,
+        completed: r.get(9)?,
+        sha256: r.get(10)?,
+    })
+}
+
+fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRecord> {
+    Ok(ActionRecord {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        kind: r.get(2)?,
+        data: r.get(3)?,
+        created_at: r.get(4)?,
+        start_time: r.get(5)?,
+        expiration: r.get(6)?,
+    })
+}
+
+/// Now, as the RFC 3339 (UTC, seconds) text every stored timestamp uses, so that comparing the
+/// text compares the times.
+pub fn now_rfc3339() -> anyhow::Result<String> {
+    Ok(ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?))
+}
+
+/// An RFC 3339 time with any offset and fraction (what agents send), as stored: UTC, seconds.
+pub fn utc_rfc3339(text: &str) -> Option<String> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()?
+        .to_offset(time::UtcOffset::UTC);
+    Some(ferry_manifests::rfc3339(t.replace_nanosecond(0).ok()?))
 }
 
 #[cfg(test)]

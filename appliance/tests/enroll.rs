@@ -3,93 +3,33 @@
 
 mod support;
 
-use serde_json::{Value, json};
-use support::{Fixture, Server, assert_ok, stdout};
+use serde_json::json;
+use support::agent::{Agent, Reply, enroll_body, request};
+use support::{Fixture, Server, VERSIONS, assert_ok, schema, stdout};
 
-const AGENT_UA: &str = "Elastic Agent v9.1.2";
-
-fn enroll_body(id: &str) -> Value {
-    json!({
-        "type": "PERMANENT",
-        "id": id,
-        "replace_token": "",
-        "metadata": {
-            "local": { "elastic": { "agent": { "id": "placeholder", "version": "9.1.2" } },
-                       "host": { "hostname": "web-01" } },
-            "user_provided": {},
-            "tags": ["linux", "dmz", "linux"]
-        }
-    })
-}
-
-/// POSTs to the enroll route with the agent's headers, overridden by `headers`.
-fn enroll(
-    server: &Server,
-    auth: Option<&str>,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, ureq::http::HeaderMap, Value) {
-    let url =
-        format!("{}/api/fleet/agents/enroll?", server.https.replace("127.0.0.1", "localhost"));
-    let mut req = server.client().post(&url);
-    let mut defaults = vec![
-        ("User-Agent", AGENT_UA),
-        ("Elastic-Api-Version", "2023-06-01"),
-        ("Content-Type", "application/json"),
-        ("kbn-xsrf", "1"),
-    ];
-    for (k, v) in headers {
-        defaults.retain(|(dk, _)| !dk.eq_ignore_ascii_case(k));
-        defaults.push((k, v));
-    }
-    for (k, v) in defaults {
-        if !v.is_empty() {
-            req = req.header(k, v);
-        }
-    }
-    let auth_value;
-    if let Some(token) = auth {
-        auth_value = format!("ApiKey {token}");
-        req = req.header("Authorization", &auth_value);
-    }
-    let mut resp = req.send(body.as_bytes()).unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn new_token(f: &Fixture, policy: &str) -> (String, String) {
-    let o = f.run(&[&"tokens", &"create", &"--policy", &policy, &"--json"]);
-    assert_ok(&o);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    (v["id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
-}
-
-#[track_caller]
-fn assert_fleet_error(got: &(u16, ureq::http::HeaderMap, Value), status: u16, code: &str) {
-    assert_eq!(got.0, status, "{}", got.2);
-    assert_eq!(got.2["statusCode"], status, "{}", got.2);
-    assert_eq!(got.2["error"], code, "{}", got.2);
-    assert_eq!(got.1["content-type"], "application/json; charset=utf-8");
+fn enroll(server: &Server, token: Option<&str>, headers: &[(&str, &str)], body: &str) -> Reply {
+    request(server, "POST", "/api/fleet/agents/enroll", token, headers, body.as_bytes())
 }
 
 #[test]
 fn an_agent_enrolls_and_every_bad_request_gets_fleets_answer() {
     let f = Fixture::new();
-    let (token_id, token) = new_token(&f, "linux-servers");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
     let server = Server::start(&f);
+    let (token_id, token) = f.token("p");
 
-    let (status, headers, body) = enroll(&server, Some(&token), &[], &enroll_body("").to_string());
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(headers["elastic-api-version"], "2023-06-01");
-    assert_eq!(body["action"], "created");
-    let item = &body["item"];
+    let good = enroll_body("", "web-01", "").to_string();
+    let reply = enroll(&server, Some(&token), &[], &good);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    schema::check(&reply.body, schema::ENROLL_RESPONSE);
+    assert_eq!(reply.headers["elastic-api-version"], "2023-06-01");
+    assert_eq!(reply.body["action"], "created");
+    let item = &reply.body["item"];
     let id = item["id"].as_str().unwrap();
     assert_eq!(id.len(), 36, "a UUID when the agent asks for none");
     assert_eq!(item["type"], "PERMANENT");
     assert_eq!(item["active"], true);
-    assert_eq!(item["policy_id"], "linux-servers");
+    assert_eq!(item["policy_id"], "p");
     assert_eq!(item["status"], "online");
     assert!(item["user_provided_metadata"].is_null());
     assert_eq!(
@@ -97,69 +37,111 @@ fn an_agent_enrolls_and_every_bad_request_gets_fleets_answer() {
         "the agent id is written into local metadata"
     );
     assert_eq!(item["tags"], json!(["dmz", "linux"]));
-    time::OffsetDateTime::parse(
-        item["enrolled_at"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
     let access =
         ferry_appliance::credentials::ApiKey::decode(item["access_api_key"].as_str().unwrap())
             .unwrap();
     assert_eq!(access.id().as_str(), item["access_api_key_id"].as_str().unwrap());
 
     // A requested id is kept; asking again for an active agent's id is refused.
-    let (status, _, body) = enroll(&server, Some(&token), &[], &enroll_body("host-7").to_string());
-    assert_eq!((status, body["item"]["id"].as_str()), (200, Some("host-7")));
-    assert_fleet_error(
-        &enroll(&server, Some(&token), &[], &enroll_body("host-7").to_string()),
-        403,
-        "AgentNotReplaceable",
-    );
+    let host7 = enroll_body("host-7", "h7", "").to_string();
+    let reply = enroll(&server, Some(&token), &[], &host7);
+    assert_eq!((reply.status, reply.body["item"]["id"].as_str()), (200, Some("host-7")));
+    enroll(&server, Some(&token), &[], &host7).assert_error(403, "AgentNotReplaceable");
 
     // Credentials.
-    let good = enroll_body("").to_string();
-    assert_fleet_error(&enroll(&server, None, &[], &good), 401, "ErrNoAuthHeader");
-    assert_fleet_error(&enroll(&server, Some("!!!"), &[], &good), 401, "ErrInvalidToken");
+    enroll(&server, None, &[], &good).assert_error(401, "ErrNoAuthHeader");
+    enroll(&server, Some("!!!"), &[], &good).assert_error(401, "ErrInvalidToken");
     let no_colon = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "nocolon");
-    assert_fleet_error(&enroll(&server, Some(&no_colon), &[], &good), 400, "ErrMalformedToken");
+    enroll(&server, Some(&no_colon), &[], &good).assert_error(400, "ErrMalformedToken");
     let unknown = ferry_appliance::credentials::ApiKey::mint().encoded();
-    assert_fleet_error(&enroll(&server, Some(&unknown), &[], &good), 401, "ErrUnauthorized");
+    enroll(&server, Some(&unknown), &[], &good).assert_error(401, "ErrUnauthorized");
     assert_ok(&f.run(&[&"tokens", &"revoke", &token_id]));
-    assert_fleet_error(&enroll(&server, Some(&token), &[], &good), 401, "ErrUnauthorized");
+    enroll(&server, Some(&token), &[], &good).assert_error(401, "ErrUnauthorized");
     let o = f.run(&[&"tokens", &"list"]);
     assert!(stdout(&o).contains("revoked"), "{}", stdout(&o));
+    // A token for a policy the active release does not have is refused at creation.
+    let o = f.run(&[&"tokens", &"create", &"--policy", &"nope"]);
+    assert!(!o.status.success());
+    assert!(support::stderr(&o).contains("not in the active release"), "{}", support::stderr(&o));
 
     // Headers and bodies.
-    let (_, token) = new_token(&f, "linux-servers");
-    assert_fleet_error(
-        &enroll(&server, Some(&token), &[("User-Agent", "curl/8")], &good),
-        400,
-        "InvalidUserAgent",
-    );
-    assert_fleet_error(
-        &enroll(&server, Some(&token), &[("User-Agent", "Elastic Agent v7.9.0")], &good),
-        400,
-        "UnsupportedVersion",
-    );
-    let got = enroll(&server, Some(&token), &[("Elastic-Api-Version", "2099-01-01")], &good);
-    assert_fleet_error(&got, 400, "ErrUnsupportedAPIVersion");
-    assert_eq!(got.1["elastic-api-version"], "2023-06-01");
-    assert_fleet_error(
-        &enroll(&server, Some(&token), &[("Elastic-Api-Version", "v1")], &good),
-        400,
-        "ErrInvalidAPIVersionFormat",
-    );
-    assert_fleet_error(&enroll(&server, Some(&token), &[], "{not json"), 400, "BadRequest");
-    assert_fleet_error(
-        &enroll(&server, Some(&token), &[], &json!({"type": "PERMANENT"}).to_string()),
-        400,
-        "BadRequest",
-    );
+    let (_, token) = f.token("p");
+    enroll(&server, Some(&token), &[("User-Agent", "curl/8")], &good)
+        .assert_error(400, "InvalidUserAgent");
+    enroll(&server, Some(&token), &[("User-Agent", "Elastic Agent v7.9.0")], &good)
+        .assert_error(400, "UnsupportedVersion");
+    let reply = enroll(&server, Some(&token), &[("Elastic-Api-Version", "2099-01-01")], &good);
+    reply.assert_error(400, "ErrUnsupportedAPIVersion");
+    assert_eq!(reply.headers["elastic-api-version"], "2023-06-01");
+    enroll(&server, Some(&token), &[("Elastic-Api-Version", "v1")], &good)
+        .assert_error(400, "ErrInvalidAPIVersionFormat");
+    enroll(&server, Some(&token), &[], "{not json").assert_error(400, "BadRequest");
+    enroll(&server, Some(&token), &[], &json!({"type": "PERMANENT"}).to_string())
+        .assert_error(400, "BadRequest");
     let huge = json!({"type": "PERMANENT", "metadata": {"local": {"x": "y".repeat(600 << 10)}}})
         .to_string();
-    let got = enroll(&server, Some(&token), &[], &huge);
-    assert!(got.0 == 400 || got.0 == 413, "oversized body: {}", got.0);
+    enroll(&server, Some(&token), &[], &huge).assert_error(413, "ErrPayloadSizeTooLarge");
     // Absent Elastic-Api-Version: served, and the response names the default.
-    let (status, headers, _) = enroll(&server, Some(&token), &[("Elastic-Api-Version", "")], &good);
-    assert_eq!((status, headers["elastic-api-version"].to_str().unwrap()), (200, "2023-06-01"));
+    let reply = enroll(&server, Some(&token), &[("Elastic-Api-Version", "")], &good);
+    assert_eq!(
+        (reply.status, reply.headers["elastic-api-version"].to_str().unwrap()),
+        (200, "2023-06-01")
+    );
+}
+
+#[test]
+fn an_active_agent_is_replaced_only_with_its_replace_token() {
+    let f = Fixture::new();
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+
+    let first =
+        enroll(&server, Some(&token), &[], &enroll_body("fixed", "h", "s3cret").to_string());
+    assert_eq!(first.status, 200, "{first:?}");
+    let old = Agent::from_reply(&server, &first);
+    assert_eq!(old.checkin_online().status, 200);
+
+    // Wrong or missing replace token: refused, the enrolled agent keeps working.
+    for wrong in ["", "guess"] {
+        enroll(&server, Some(&token), &[], &enroll_body("fixed", "h", wrong).to_string())
+            .assert_error(403, "AgentNotReplaceable");
+    }
+    // Same token but another policy: refused too.
+    let (_, other_policy) = f.token("q");
+    enroll(&server, Some(&other_policy), &[], &enroll_body("fixed", "h", "s3cret").to_string())
+        .assert_error(403, "AgentNotReplaceable");
+
+    let second =
+        enroll(&server, Some(&token), &[], &enroll_body("fixed", "h2", "s3cret").to_string());
+    assert_eq!(second.status, 200, "{second:?}");
+    let new = Agent::from_reply(&server, &second);
+    assert_eq!(new.id, "fixed");
+    assert_ne!(new.key, old.key);
+    old.checkin_online().assert_error(401, "ErrUnauthorized");
+    // The replacement starts over: its first check-in gets the policy again.
+    let reply = new.checkin_online();
+    assert_eq!(reply.body["actions"][0]["type"], "POLICY_CHANGE", "{reply:?}");
+}
+
+#[test]
+fn an_enrollment_flood_gets_429s_while_other_agents_are_served() {
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0\n[limits.enroll]\nper_second = 1\nburst = 3");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&server, &token);
+    let good = enroll_body("", "web-01", "").to_string();
+    let replies: Vec<Reply> = (0..20).map(|_| enroll(&server, Some(&token), &[], &good)).collect();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert!(limited.len() >= 15, "{} of 20 limited", limited.len());
+    assert!(replies.iter().all(|r| r.status == 200 || r.status == 429));
+    for r in limited {
+        r.assert_error(429, "RateLimit");
+        let after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&after), "Retry-After {after}");
+    }
+    // Check-ins have their own limit: the enrolled agent is served meanwhile.
+    assert_eq!(agent.checkin_online().status, 200);
 }

@@ -400,26 +400,8 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a titled table with columns sized to their widest cell; SIZE is right-aligned.
+/// Prints a titled table (see [`ferry_manifests::terminal::table`]).
 fn print_table(title: &str, headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    let rows: Vec<Vec<String>> = rows.collect();
-    let widths: Vec<usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).max(h.len()))
-        .collect();
-    let line = |cells: &[String]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .zip(headers)
-            .map(|((c, w), h)| if *h == "SIZE" { format!("{c:>w$}") } else { format!("{c:w$}") })
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
     println!("\n{title}:");
-    line(&headers.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
-    for row in &rows {
-        line(row);
-    }
+    print!("{}", ferry_manifests::terminal::table(headers, rows));
 }

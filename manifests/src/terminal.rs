@@ -66,3 +66,28 @@ impl crate::Progress for TerminalBar {
         }
     }
 }
+
+/// A plain-text table with columns sized to their widest cell, one line per row; a column
+/// headed SIZE is right-aligned. What the CLIs print for people (`--json` is for programs).
+pub fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(h.len()))
+        .collect();
+    let line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .zip(headers)
+            .map(|((c, w), h)| if *h == "SIZE" { format!("{c:>w$}") } else { format!("{c:w$}") })
+            .collect();
+        format!("{}\n", text.join("  ").trim_end())
+    };
+    let mut out = line(&headers.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}

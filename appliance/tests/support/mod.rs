@@ -1,7 +1,11 @@
 //! Test support: bundles with Elastic-style artifacts (signed with a throwaway minisign key and a
-//! throwaway PGP key), an appliance configuration, and helpers to run the real binary.
+//! throwaway PGP key), an appliance configuration, helpers to run the real binary, and a client
+//! that speaks to the agent API as a stock Elastic Agent does.
 
 #![allow(dead_code)]
+
+pub mod agent;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -59,6 +63,28 @@ impl Fixture {
         fixture
     }
 
+    /// Appends lines to the configuration file (they land in its `[server]` table unless they
+    /// open another).
+    pub fn append_config(&self, text: &str) {
+        let config = std::fs::read_to_string(self.path("appliance.toml")).unwrap();
+        std::fs::write(self.path("appliance.toml"), format!("{config}{text}\n")).unwrap();
+    }
+
+    /// `tokens create --policy POLICY --json` (the server must be running): (id, token).
+    pub fn token(&self, policy: &str) -> (String, String) {
+        let v = self.run_json(&[&"tokens", &"create", &"--policy", &policy, &"--json"]);
+        (v["id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Runs a command that must succeed and parses its JSON output.
+    #[track_caller]
+    pub fn run_json(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
+        let o = self.run(args);
+        assert_ok(&o);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
@@ -66,7 +92,8 @@ impl Fixture {
     pub fn write_config(&self, extra: &str) {
         let config = format!(
             "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n\
-             retain_releases = 3\n{extra}[server]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.1:0\"\n"
+             retain_releases = 3\n{extra}[server]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.1:0\"\n\
+             admin_listen = \"127.0.0.1:0\"\n"
         );
         std::fs::write(self.path("appliance.toml"), config).unwrap();
     }
@@ -127,6 +154,12 @@ impl Fixture {
                 write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()),
                 Kind::Policy,
                 &[("policy_id", "p")],
+            ),
+            entry(
+                "policies/q.yml",
+                write("q.yml", b"id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n"),
+                Kind::Policy,
+                &[("policy_id", "q")],
             ),
         ];
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);

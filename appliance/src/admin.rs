@@ -1,0 +1,546 @@
+//! The admin API: plain HTTP on a loopback address, every request carrying the admin token
+//! (`Authorization: Bearer …`) that `serve` keeps in `data_dir/admin.token`. The CLI's
+//! `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, `diagnostics` and
+//! `actions` commands are its clients. Actions are created here, in the serving process, so a
+//! parked check-in of a targeted agent wakes at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::credentials::ApiKey;
+use crate::hub::Hub;
+use crate::server::{ApiError, AppState};
+use crate::state::{ActionEffect, AgentView, NewAction, SqliteState, StateStore as _};
+
+/// The admin API's prefix; the CLI and the server agree on it here.
+pub const PREFIX: &str = "/admin/v1";
+/// Files in `data_dir` through which the CLI finds the running server.
+pub const TOKEN_FILE: &str = "admin.token";
+pub const URL_FILE: &str = "admin.url";
+/// How long an action stays deliverable unless the admin says otherwise (Kibana: a month).
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub struct Admin {
+    pub state: Arc<Mutex<SqliteState>>,
+    pub app: Arc<AppState>,
+    pub hub: Arc<Hub>,
+    pub public_base: String,
+    pub uploads_dir: PathBuf,
+    pub token: String,
+    pub offline_after: Duration,
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    let routes = Router::new()
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/agents", get(list_agents))
+        .route("/agents/{id}", get(show_agent))
+        .route("/agents/{id}/revoke", post(revoke_agent))
+        .route("/actions", post(create_actions))
+        .route("/actions/{id}", get(show_action))
+        .route("/uploads", get(list_uploads))
+        .route("/uploads/{id}/file", get(upload_file))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
+        .with_state(admin);
+    Router::new().nest(PREFIX, routes)
+}
+
+/// Reads the admin token, making one (mode 0600) on first start.
+pub fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
+        }
+    }
+    let token = ApiKey::mint().encoded();
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(token)
+}
+
+async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared in full whatever the first difference, so timing says nothing about the token.
+    let same = given.len() == admin.token.len()
+        && given.bytes().zip(admin.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same {
+        return ApiError::fleet(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing or wrong admin token (data_dir/admin.token)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn db<T: Send + 'static>(
+    admin: &Arc<Admin>,
+    f: impl FnOnce(&mut SqliteState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let admin = Arc::clone(admin);
+    tokio::task::spawn_blocking(move || f(&mut admin.state.lock().expect("state lock")))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::fleet(StatusCode::NOT_FOUND, "NotFound", message)
+}
+
+/// The policy ids the active release carries.
+fn release_policies(app: &AppState) -> Vec<String> {
+    app.current()
+        .map(|r| {
+            r.manifest
+                .files
+                .iter()
+                .filter(|f| f.kind == ferry_manifests::Kind::Policy)
+                .filter_map(|f| f.metadata.get("policy_id").cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn require_policy(app: &AppState, policy_id: &str) -> Result<(), ApiError> {
+    let known = release_policies(app);
+    if known.iter().any(|p| p == policy_id) {
+        return Ok(());
+    }
+    Err(bad(if known.is_empty() {
+        format!("policy {policy_id:?}: no release is active; import a bundle first")
+    } else {
+        format!("policy {policy_id:?} is not in the active release (it has: {})", known.join(", "))
+    }))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    policy_id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn create_token(
+    State(admin): State<Arc<Admin>>,
+    axum::Json(request): axum::Json<NewToken>,
+) -> Result<Response, ApiError> {
+    require_policy(&admin.app, &request.policy_id)?;
+    let key = ApiKey::mint();
+    let out = json!({ "id": key.id().as_str(), "token": key.encoded(), "policy_id": request.policy_id, "name": request.name });
+    db(&admin, move |s| {
+        s.create_enrollment_token(&key, &request.policy_id, request.name.as_deref())
+            .map_err(ApiError::Internal)
+    })
+    .await?;
+    Ok(axum::Json(out).into_response())
+}
+
+async fn list_tokens(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let tokens = db(&admin, |s| s.enrollment_tokens().map_err(ApiError::Internal)).await?;
+    Ok(axum::Json(tokens).into_response())
+}
+
+async fn revoke_token(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let msg = format!("no enrollment token {id}");
+    if !db(&admin, move |s| s.revoke_enrollment_token(&id).map_err(ApiError::Internal)).await? {
+        return Err(not_found(msg));
+    }
+    Ok(axum::Json(json!({ "revoked": true })).into_response())
+}
+
+/// An agent with the status the admin sees.
+#[derive(Serialize)]
+struct AgentOut {
+    status: &'static str,
+    #[serde(flatten)]
+    view: AgentView,
+}
+
+/// `unenrolled`, `enrolled` (never checked in), `offline`, `updating`, or what the agent
+/// reports: `online`, `degraded`, `error`, `starting`.
+fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'static str {
+    if !view.active {
+        return "unenrolled";
+    }
+    let Some(last) = &view.last_checkin else { return "enrolled" };
+    let cutoff = time::OffsetDateTime::parse(now, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| ferry_manifests::rfc3339(t - offline_after));
+    if cutoff.is_some_and(|c| *last < c) {
+        return "offline";
+    }
+    if view
+        .upgrade_state
+        .as_deref()
+        .is_some_and(|s| !["UPG_COMPLETED", "UPG_FAILED", "UPG_ROLLBACK"].contains(&s))
+    {
+        return "updating";
+    }
+    match view.last_status.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("online" | "healthy") => "online",
+        Some("degraded") => "degraded",
+        Some("error" | "failed") => "error",
+        Some("starting" | "configuring") => "starting",
+        _ => "online",
+    }
+}
+
+#[derive(Deserialize)]
+struct AgentFilter {
+    policy: Option<String>,
+}
+
+/// Agents as the admin sees them, after writing the check-in reports still queued in memory.
+async fn agents(admin: &Arc<Admin>, id: Option<String>) -> Result<Vec<AgentOut>, ApiError> {
+    flush(admin).await?;
+    let offline_after = admin.offline_after;
+    db(admin, move |s| {
+        let views = s.agent_views(id.as_deref()).map_err(ApiError::Internal)?;
+        let now = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
+        Ok(views
+            .into_iter()
+            .map(|view| AgentOut { status: agent_status(&view, &now, offline_after), view })
+            .collect())
+    })
+    .await
+}
+
+async fn flush(admin: &Arc<Admin>) -> Result<(), ApiError> {
+    let (hub, state) = (Arc::clone(&admin.hub), Arc::clone(&admin.state));
+    tokio::task::spawn_blocking(move || hub.flush(&state, false))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(ApiError::Internal)
+}
+
+async fn list_agents(
+    State(admin): State<Arc<Admin>>,
+    Query(filter): Query<AgentFilter>,
+) -> Result<Response, ApiError> {
+    let mut list = agents(&admin, None).await?;
+    if let Some(policy) = &filter.policy {
+        list.retain(|a| a.view.policy_id == *policy);
+    }
+    Ok(axum::Json(list).into_response())
+}
+
+async fn show_agent(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let agent = agents(&admin, Some(id.clone()))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| not_found(format!("no agent {id}")))?;
+    Ok(axum::Json(agent).into_response())
+}
+
+/// Deactivates an agent at once, without waiting for it to acknowledge an UNENROLL (a lost or
+/// compromised host): its access key stops working on its next request.
+async fn revoke_agent(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let msg = format!("no active agent {id}");
+    let target = id.clone();
+    if !db(&admin, move |s| s.deactivate_agent(&target).map_err(ApiError::Internal)).await? {
+        return Err(not_found(msg));
+    }
+    admin.hub.wake([&id]);
+    tracing::warn!(agent = %id, "agent revoked by the admin");
+    Ok(axum::Json(json!({ "revoked": true })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+enum ActionRequest {
+    Upgrade {
+        version: String,
+    },
+    Unenroll,
+    PolicyReassign {
+        policy_id: String,
+    },
+    Settings {
+        log_level: String,
+    },
+    RequestDiagnostics {
+        #[serde(default)]
+        additional_metrics: Vec<String>,
+    },
+    Cancel {
+        target_id: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct CreateActions {
+    #[serde(flatten)]
+    action: ActionRequest,
+    /// Target agents by id…
+    #[serde(default)]
+    agents: Vec<String>,
+    /// …or every active agent of a policy.
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    expires_in_seconds: Option<u64>,
+    /// RFC 3339; only upgrades are scheduled by agents.
+    #[serde(default)]
+    start_time: Option<String>,
+}
+
+/// `X.Y.Z` or `X.Y.Z-SNAPSHOT`, as agents accept in an UPGRADE action.
+fn valid_version(v: &str) -> bool {
+    let core = v.strip_suffix("-SNAPSHOT").unwrap_or(v);
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The platforms the active release has agent archives of for `version`.
+fn release_platforms(app: &AppState, version: &str) -> Vec<String> {
+    let Some(release) = app.current() else { return Vec::new() };
+    let mut platforms: Vec<String> = release
+        .manifest
+        .files
+        .iter()
+        .filter(|f| {
+            f.kind == ferry_manifests::Kind::AgentArtifact
+                && f.metadata.get("version").map(String::as_str) == Some(version)
+        })
+        .map(|f| {
+            f.metadata.get("platform").cloned().unwrap_or_else(|| {
+                f.path.as_str().rsplit('/').next().unwrap_or_default().to_owned()
+            })
+        })
+        .collect();
+    platforms.sort();
+    platforms.dedup();
+    platforms
+}
+
+async fn create_actions(
+    State(admin): State<Arc<Admin>>,
+    axum::Json(request): axum::Json<CreateActions>,
+) -> Result<Response, ApiError> {
+    let (kind, data, effect, mut notes) = match &request.action {
+        ActionRequest::Upgrade { version } => {
+            if !valid_version(version) {
+                return Err(bad(format!("version {version:?} is not X.Y.Z[-SNAPSHOT]")));
+            }
+            let platforms = release_platforms(&admin.app, version);
+            if platforms.is_empty() {
+                return Err(bad(format!(
+                    "the active release has no Elastic Agent {version}: agents could not download it"
+                )));
+            }
+            let data = json!({ "version": version, "source_uri": format!("{}/downloads/", admin.public_base) });
+            let effect = ActionEffect::Upgrade { version: version.clone() };
+            ("UPGRADE", Some(data), effect, vec![format!("archives for: {}", platforms.join(", "))])
+        }
+        ActionRequest::Unenroll => ("UNENROLL", None, ActionEffect::None, vec![]),
+        ActionRequest::PolicyReassign { policy_id } => {
+            require_policy(&admin.app, policy_id)?;
+            let effect = ActionEffect::Reassign { policy_id: policy_id.clone() };
+            ("POLICY_REASSIGN", Some(json!({ "policy_id": policy_id })), effect, vec![])
+        }
+        ActionRequest::Settings { log_level } => {
+            if !["trace", "debug", "info", "warning", "error", ""].contains(&log_level.as_str()) {
+                return Err(bad(format!(
+                    "log level {log_level:?} is not one of trace, debug, info, warning, error (or empty to clear)"
+                )));
+            }
+            ("SETTINGS", Some(json!({ "log_level": log_level })), ActionEffect::None, vec![])
+        }
+        ActionRequest::RequestDiagnostics { additional_metrics } => {
+            if let Some(m) =
+                additional_metrics.iter().find(|m| !["CPU", "CONN"].contains(&m.as_str()))
+            {
+                return Err(bad(format!("additional metric {m:?} is not CPU or CONN")));
+            }
+            let data = json!({ "additional_metrics": additional_metrics });
+            ("REQUEST_DIAGNOSTICS", Some(data), ActionEffect::None, vec![])
+        }
+        ActionRequest::Cancel { target_id } => {
+            let effect = ActionEffect::Cancel { target_id: target_id.clone() };
+            ("CANCEL", Some(json!({ "target_id": target_id })), effect, vec![])
+        }
+    };
+    let start_time = match &request.start_time {
+        Some(t) => Some(
+            crate::state::utc_rfc3339(t)
+                .ok_or_else(|| bad(format!("start_time {t:?} is not RFC 3339")))?,
+        ),
+        None => None,
+    };
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
+    let expires_in = request.expires_in_seconds.map_or(DEFAULT_EXPIRY, Duration::from_secs);
+    let expiration = ferry_manifests::rfc3339(now + expires_in);
+    let action_id = crate::agent_api::uuid_v4();
+    let cancel_target = match &request.action {
+        ActionRequest::Cancel { target_id } => Some(target_id.clone()),
+        _ => None,
+    };
+    let id = action_id.clone();
+    let (agents, created) = db(&admin, move |s| {
+        let agents = match (&request.policy, request.agents.is_empty(), &cancel_target) {
+            (Some(_), false, _) => return Err(bad("name agents or a policy, not both")),
+            (Some(policy), true, _) => s.agents_in_policy(policy).map_err(ApiError::Internal)?,
+            (None, false, _) => {
+                for id in &request.agents {
+                    let active = s.agent(id).map_err(ApiError::Internal)?.is_some_and(|a| a.active);
+                    if !active {
+                        return Err(not_found(format!("no active agent {id}")));
+                    }
+                }
+                request.agents.clone()
+            }
+            // A cancel goes to every agent the cancelled action was for.
+            (None, true, Some(target)) => {
+                let targets = s.action_results(target).map_err(ApiError::Internal)?;
+                if targets.is_empty() {
+                    return Err(not_found(format!("no action {target}")));
+                }
+                targets.into_iter().map(|(agent, _)| agent).collect()
+            }
+            (None, true, None) => return Err(bad("name the agents (or a policy) to act on")),
+        };
+        if agents.is_empty() {
+            return Err(bad("no active agents match"));
+        }
+        let created = ferry_manifests::rfc3339(now);
+        s.create_action(&NewAction {
+            id,
+            kind: kind.to_owned(),
+            data: data.map(|d| d.to_string()),
+            created_at: created.clone(),
+            start_time,
+            expiration,
+            agents: agents.clone(),
+            effect,
+        })
+        .map_err(ApiError::Internal)?;
+        Ok((agents, created))
+    })
+    .await?;
+    admin.hub.wake(&agents);
+    tracing::info!(action = %action_id, kind, agents = agents.len(), "action queued");
+    if kind == "UPGRADE" {
+        notes.push("progress: `ferry-appliance agents list` (UPGRADE column)".into());
+    }
+    Ok(axum::Json(json!({
+        "action_id": action_id,
+        "type": kind,
+        "created_at": created,
+        "agents": agents,
+        "notes": notes,
+    }))
+    .into_response())
+}
+
+async fn show_action(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let target = id.clone();
+    let results =
+        db(&admin, move |s| s.action_results(&target).map_err(ApiError::Internal)).await?;
+    if results.is_empty() {
+        return Err(not_found(format!("no action {id}")));
+    }
+    let agents: Vec<Value> = results
+        .into_iter()
+        .map(|(agent, ack)| json!({ "agent_id": agent, "acknowledged": ack.is_some(), "error": ack.flatten() }))
+        .collect();
+    Ok(axum::Json(json!({ "action_id": id, "agents": agents })).into_response())
+}
+
+async fn list_uploads(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let uploads = db(&admin, |s| s.uploads().map_err(ApiError::Internal)).await?;
+    Ok(axum::Json(uploads).into_response())
+}
+
+async fn upload_file(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let msg = format!("no upload {id}");
+    let upload = db(&admin, move |s| s.upload(&id).map_err(ApiError::Internal))
+        .await?
+        .ok_or_else(|| not_found(msg))?;
+    if upload.status != "READY" {
+        return Err(bad(format!("upload {} is {}, not READY", upload.id, upload.status)));
+    }
+    let path = crate::agent_api::upload_file(&admin.uploads_dir, &upload);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, upload.size.to_string()),
+            (
+                header::HeaderName::from_static("x-file-sha256"),
+                upload.sha256.clone().unwrap_or_default(),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(valid_version("9.2.2"));
+        assert!(valid_version("9.2.2-SNAPSHOT"));
+        for bad in ["9.2", "9.2.2.1", "v9.2.2", "9.2.x", "", "9..2"] {
+            assert!(!valid_version(bad), "{bad}");
+        }
+    }
+}

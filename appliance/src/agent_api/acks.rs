@@ -1,0 +1,140 @@
+//! `POST /api/fleet/agents/{id}/acks` (fleet-protocol.md §3.4) and
+//! `POST /api/fleet/agents/{id}/audit/unenroll` (§3.9).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_request, with_state};
+use crate::server::ApiError;
+use crate::state::{ActionResult, AuditOutcome, StateStore as _};
+
+#[derive(Deserialize)]
+struct AckRequest {
+    events: Vec<AckEvent>,
+}
+
+#[derive(Deserialize)]
+struct AckEvent {
+    #[serde(default)]
+    action_id: String,
+    #[serde(default)]
+    agent_id: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+/// The response status is the highest item status; items keep the request's order.
+pub async fn acks(
+    State(api): State<Arc<AgentApi>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let agent = authenticated(&api, &headers, Some(&id)).await?;
+    let body = super::read_limited(body, ACK_BODY_LIMIT).await?;
+    let request: AckRequest = super::json_body(&body, "acks")?;
+    let items = with_state(&api, move |s| {
+        let mut items = Vec::with_capacity(request.events.len());
+        let mut results = Vec::new();
+        let mut acked_revision = None;
+        let mut unenroll = false;
+        for event in request.events {
+            let failed = event.error.as_deref().is_some_and(|e| !e.is_empty());
+            let status = if event.action_id.is_empty()
+                || (!event.agent_id.is_empty() && event.agent_id != agent.id)
+            {
+                StatusCode::BAD_REQUEST
+            } else if let Some(rest) = event.action_id.strip_prefix("policy:") {
+                // policy:<id>:<revision>[:<coordinator>], no lookup (§7.16).
+                let mut parts = rest.split(':');
+                if let (Some(policy), Some(Ok(revision))) =
+                    (parts.next(), parts.next().map(str::parse::<u64>))
+                    && policy == agent.policy_id
+                    && !failed
+                {
+                    acked_revision = acked_revision.max(Some(revision));
+                }
+                StatusCode::OK
+            } else if let Some(action) = s.agent_action(&agent.id, &event.action_id)? {
+                unenroll |= action.kind == "UNENROLL" && !failed;
+                results.push(ActionResult {
+                    action_id: event.action_id,
+                    error: event.error.filter(|e| !e.is_empty()),
+                    data: event.data.or(event.payload).map(|d| d.to_string()),
+                });
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            items.push(status);
+        }
+        if let Some(revision) = acked_revision {
+            s.raise_agent_policy_revision(&agent.id, revision)?;
+        }
+        if !results.is_empty() || unenroll {
+            s.record_action_results(&agent.id, &results, unenroll)?;
+        }
+        if unenroll {
+            tracing::info!(agent = %agent.id, "agent acknowledged its unenrollment; key revoked");
+        }
+        Ok(items)
+    })
+    .await?;
+    let worst = items.iter().copied().max().unwrap_or(StatusCode::OK);
+    let mut body = json!({
+        "action": "acks",
+        "items": items.iter().map(|s| json!({ "status": s.as_u16(), "message": s.canonical_reason().unwrap_or("") })).collect::<Vec<_>>(),
+    });
+    if worst != StatusCode::OK {
+        body["errors"] = json!(true);
+    }
+    Ok((worst, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditRequest {
+    reason: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+}
+
+/// The agent says it was uninstalled (or orphaned, or migrated): recorded on its record until
+/// its next check-in; its key is not revoked (Fleet Server's behaviour).
+pub async fn audit_unenroll(
+    State(api): State<Arc<AgentApi>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let agent = authenticated(&api, &headers, Some(&id)).await?;
+    let body = super::read_limited(body, AUDIT_BODY_LIMIT).await?;
+    let request: AuditRequest = super::json_body(&body, "audit request")?;
+    if !["uninstall", "orphaned", "key_revoked", "migrated"].contains(&request.reason.as_str()) {
+        return Err(bad_request(format!("unknown unenroll reason {:?}", request.reason)));
+    }
+    let at = match request.timestamp.as_deref() {
+        Some(t) => crate::state::utc_rfc3339(t)
+            .ok_or_else(|| bad_request(format!("timestamp {t:?} is not RFC 3339")))?,
+        None => crate::state::now_rfc3339().map_err(ApiError::Internal)?,
+    };
+    let outcome =
+        with_state(&api, move |s| s.audit_unenroll(&agent.id, &request.reason, &at)).await?;
+    match outcome {
+        AuditOutcome::Recorded => Ok(StatusCode::OK.into_response()),
+        AuditOutcome::Conflict => Err(ApiError::fleet(
+            StatusCode::CONFLICT,
+            "ErrAuditReasonConflict",
+            "the agent is already recorded as orphaned",
+        )),
+    }
+}

@@ -1,0 +1,265 @@
+//! `POST /api/fleet/agents/{id}/checkin`, the long poll (fleet-protocol.md §3.3): resolve the
+//! agent's action cursor, queue its report, then answer with pending actions, a newer policy
+//! revision, or nothing once the hold runs out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, bad_request,
+    blocking, with_state,
+};
+use crate::release::Release;
+use crate::server::ApiError;
+use crate::state::{ActionRecord, CheckinUpdate, StateStore as _};
+
+/// The most actions one check-in response carries (Fleet Server's fetch size).
+const MAX_ACTIONS: usize = 100;
+
+/// A policy as this appliance delivers it.
+pub struct Delivered {
+    pub revision: u64,
+    pub created: String,
+    pub policy: Value,
+}
+
+/// Delivered policies of the active release, computed once per release change rather than
+/// once per check-in: a new release wakes every parked agent at the same moment.
+#[derive(Default)]
+pub struct PolicyCache {
+    inner: Mutex<Generation>,
+}
+
+/// The policies delivered from one active release (`None`: the release has no such policy).
+#[derive(Default)]
+struct Generation {
+    number: u64,
+    policies: HashMap<String, Option<Arc<Delivered>>>,
+}
+
+impl PolicyCache {
+    /// The policy `policy_id` of the active release, if it has one. Blocking.
+    pub fn get(&self, api: &AgentApi, policy_id: &str) -> Result<Option<Arc<Delivered>>, ApiError> {
+        let generation = *api.app.changed.borrow();
+        let mut inner = self.inner.lock().expect("policy cache lock");
+        if inner.number != generation {
+            *inner = Generation { number: generation, policies: HashMap::new() };
+        }
+        if let Some(hit) = inner.policies.get(policy_id) {
+            return Ok(hit.clone());
+        }
+        let delivered = match api.app.current() {
+            Some(release) => deliver(api, &release, policy_id)?.map(Arc::new),
+            None => None,
+        };
+        inner.policies.insert(policy_id.to_owned(), delivered.clone());
+        Ok(delivered)
+    }
+}
+
+/// The bundle entry of policy `policy_id` in `release`.
+fn policy_entry<'a>(
+    release: &'a Release,
+    policy_id: &str,
+) -> Option<&'a ferry_manifests::FileEntry> {
+    release.manifest.files.iter().find(|f| {
+        f.kind == ferry_manifests::Kind::Policy
+            && f.metadata.get("policy_id").map(String::as_str) == Some(policy_id)
+    })
+}
+
+/// Builds the delivered form of a policy: `fleet.hosts` and the download source point here, and
+/// the revision is the appliance's own, which only goes up.
+fn deliver(
+    api: &AgentApi,
+    release: &Release,
+    policy_id: &str,
+) -> Result<Option<Delivered>, ApiError> {
+    let Some(entry) = policy_entry(release, policy_id) else { return Ok(None) };
+    let bytes = std::fs::read(api.app.blobs.path(&entry.sha256))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let policy = ferry_artifacts::Policy::parse(&bytes, entry.path.as_str())
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut doc = policy.document;
+    let map = doc.as_object_mut().expect("a parsed policy is an object");
+    // The bundle's own revision stays in the hashed content: a policy re-exported from Kibana
+    // with a new revision is a change even if nothing else moved.
+    map.insert("id".into(), json!(policy_id));
+    let fleet = map.entry("fleet").or_insert_with(|| json!({}));
+    if let Some(fleet) = fleet.as_object_mut() {
+        fleet.insert("hosts".into(), json!([api.public_base]));
+    }
+    let agent = map.entry("agent").or_insert_with(|| json!({}));
+    if let Some(agent) = agent.as_object_mut() {
+        let download = agent.entry("download").or_insert_with(|| json!({}));
+        if let Some(download) = download.as_object_mut() {
+            download.remove("source_uri");
+            download.insert("sourceURI".into(), json!(format!("{}/downloads/", api.public_base)));
+        }
+    }
+    // serde_json's maps are sorted, so equal content gives equal text.
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.to_string().as_bytes()));
+    let (revision, created) = api
+        .state
+        .lock()
+        .expect("state lock")
+        .policy_revision(policy_id, &sha)
+        .map_err(ApiError::Internal)?;
+    doc["revision"] = json!(revision);
+    Ok(Some(Delivered { revision, created, policy: doc }))
+}
+
+#[derive(Deserialize)]
+struct CheckinRequest {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    ack_token: Option<String>,
+    #[serde(default)]
+    local_metadata: Option<Value>,
+    #[serde(default)]
+    components: Option<Value>,
+    // Kept as a value: odd upgrade metadata must never fail a check-in (§7.18).
+    #[serde(default)]
+    upgrade_details: Option<Value>,
+    #[serde(default)]
+    agent_policy_id: Option<String>,
+    #[serde(default)]
+    policy_revision_idx: Option<u64>,
+}
+
+/// An action as the agent receives it (§4.2): every field with its exact type.
+fn envelope(action: &ActionRecord, agent_id: &str) -> Value {
+    let data = action.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
+    let mut v = json!({
+        "id": action.id,
+        "type": action.kind,
+        "agent_id": agent_id,
+        "created_at": action.created_at,
+        "expiration": action.expiration,
+        "input_type": "",
+        "data": data.unwrap_or(Value::Null),
+    });
+    if let Some(start) = &action.start_time {
+        v["start_time"] = json!(start);
+    }
+    v
+}
+
+pub async fn checkin(
+    State(api): State<Arc<AgentApi>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let agent = authenticated(&api, &headers, Some(&id)).await?;
+    let version = agent_version(&headers)?;
+    let body = super::read_limited(body, CHECKIN_WIRE_LIMIT).await?;
+    let body = super::decompress(&headers, body, CHECKIN_BODY_LIMIT)?;
+    let request: CheckinRequest = super::json_body(&body, "check-in")?;
+    if request.status.is_empty() {
+        return Err(bad_request("status is required"));
+    }
+
+    let token = request.ack_token.clone().filter(|t| !t.is_empty());
+    let (token_seq, stored_cursor, stored_revision) = with_state(&api, {
+        let id = agent.id.clone();
+        move |s| {
+            let token_seq = match token {
+                Some(t) => s.action_seq_for(&id, &t)?,
+                None => None,
+            };
+            Ok((token_seq, s.action_cursor(&id)?, s.agent_policy_revision(&id)?))
+        }
+    })
+    .await?;
+    // An unknown token falls back to the stored cursor, never an error (§7.8).
+    let cursor = token_seq.unwrap_or(stored_cursor);
+    let latest = {
+        let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
+        blocking(move || api.policies.get(&api, &policy_id)).await?
+    };
+    // Agents >= 9.2 say what they run. Another policy (a reassignment) or a revision this
+    // appliance never issued means "send the policy again" (§3.3, step 2).
+    let reported = request
+        .agent_policy_id
+        .as_ref()
+        .map(|p| (p.clone(), request.policy_revision_idx.unwrap_or(0)));
+    let running = match &reported {
+        None => stored_revision,
+        Some((p, r))
+            if *p == agent.policy_id && latest.as_ref().is_none_or(|l| *r <= l.revision) =>
+        {
+            *r
+        }
+        Some(_) => 0,
+    };
+    api.hub.report(CheckinUpdate {
+        agent_id: agent.id.clone(),
+        at: crate::state::now_rfc3339().map_err(ApiError::Internal)?,
+        status: request.status,
+        message: request.message.unwrap_or_default(),
+        version,
+        local_metadata: request.local_metadata.filter(Value::is_object).map(|v| v.to_string()),
+        components: request.components.filter(Value::is_array).map(|v| v.to_string()),
+        upgrade_details: request.upgrade_details.filter(Value::is_object).map(|v| v.to_string()),
+        running: reported.filter(|(p, _)| *p == agent.policy_id),
+        cursor: token_seq,
+    });
+
+    let jitter = api.jitter.mul_f64(rand::random::<f64>());
+    let hold = api.long_poll.checked_sub(jitter).filter(|h| !h.is_zero()).unwrap_or(api.long_poll);
+    let deadline = tokio::time::Instant::now() + hold;
+    // Parked before the first look, so an action queued after the look wakes this poll.
+    let mut parked = api.hub.park(&agent.id);
+    let mut release = api.app.changed.subscribe();
+    let mut latest = latest;
+    loop {
+        let pending = with_state(&api, {
+            let id = agent.id.clone();
+            move |s| s.pending_actions(&id, cursor, &crate::state::now_rfc3339()?, MAX_ACTIONS)
+        })
+        .await?;
+        // Pending actions win; a policy change follows on the next check-in (§3.3).
+        if let Some(last) = pending.last() {
+            let actions: Vec<Value> = pending.iter().map(|a| envelope(a, &agent.id)).collect();
+            return Ok(axum::Json(
+                json!({ "action": "checkin", "ack_token": last.id, "actions": actions }),
+            )
+            .into_response());
+        }
+        if let Some(policy) = latest.as_ref().filter(|p| p.revision > running) {
+            let action = json!({
+                "id": format!("policy:{}:{}", agent.policy_id, policy.revision),
+                "type": "POLICY_CHANGE",
+                "agent_id": agent.id,
+                "created_at": policy.created,
+                "input_type": "",
+                "data": { "policy": policy.policy },
+            });
+            return Ok(axum::Json(
+                json!({ "action": "checkin", "ack_token": "", "actions": [action] }),
+            )
+            .into_response());
+        }
+        tokio::select! {
+            woke = parked.woken.changed() => if woke.is_err() { break },
+            woke = release.changed() => {
+                if woke.is_err() { break }
+                let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
+                latest = blocking(move || api.policies.get(&api, &policy_id)).await?;
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(axum::Json(json!({ "action": "checkin", "ack_token": "" })).into_response())
+}

@@ -1,0 +1,161 @@
+//! `POST /api/fleet/agents/enroll` (fleet-protocol.md §3.2): an enrollment token in, a new
+//! agent record and its access key out; re-enrollment of a known id with its replace token.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
+use crate::credentials::{ApiKey, hash_replace_token, replace_token_matches};
+use crate::server::ApiError;
+use crate::state::{AgentRecord, StateStore as _};
+
+#[derive(Deserialize)]
+struct EnrollRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    replace_token: String,
+    metadata: EnrollMetadata,
+}
+
+#[derive(Deserialize)]
+struct EnrollMetadata {
+    local: Value,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn not_replaceable(id: &str) -> ApiError {
+    ApiError::fleet(
+        StatusCode::FORBIDDEN,
+        "AgentNotReplaceable",
+        format!("agent {id} is enrolled and active; re-enrolling it needs its replace token"),
+    )
+}
+
+pub async fn enroll(
+    State(api): State<Arc<AgentApi>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = access_key(&headers)?;
+    let version = agent_version(&headers)?;
+    let body = super::read_limited(body, ENROLL_BODY_LIMIT).await?;
+    let request: EnrollRequest = super::json_body(&body, "enroll request")?;
+    if !["PERMANENT", "EPHEMERAL", "TEMPORARY"].contains(&request.kind.as_str()) {
+        return Err(bad_request(format!("unknown enrollment type {:?}", request.kind)));
+    }
+    if !request.metadata.local.is_object() {
+        return Err(bad_request("metadata.local must be an object"));
+    }
+    if !request.id.is_empty() && !valid_agent_id(&request.id) {
+        return Err(bad_request("the requested agent id has unusable characters"));
+    }
+    let response = blocking(move || -> Result<Value, ApiError> {
+        let policy_id = {
+            let state = api.state.lock().expect("state lock");
+            state.enrollment_policy(&token).map_err(ApiError::Internal)?
+        }
+        .ok_or_else(|| {
+            ApiError::fleet(
+                StatusCode::UNAUTHORIZED,
+                "ErrUnauthorized",
+                "unknown or revoked enrollment token",
+            )
+        })?;
+        let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
+        let existing =
+            api.state.lock().expect("state lock").agent(&id).map_err(ApiError::Internal)?;
+        if let Some(existing) = existing.filter(|a| a.active) {
+            // Fleet's rule: an active agent is replaced only by someone holding its replace
+            // token, into the same policy.
+            let proven = !request.replace_token.is_empty()
+                && existing
+                    .replace_token
+                    .as_deref()
+                    .is_some_and(|stored| replace_token_matches(&request.replace_token, stored));
+            if !proven || existing.policy_id != policy_id {
+                return Err(not_replaceable(&id));
+            }
+            tracing::info!(agent = %id, "agent re-enrolled with its replace token");
+        }
+        let replace_token =
+            (!request.replace_token.is_empty()).then(|| hash_replace_token(&request.replace_token));
+        let mut local = request.metadata.local;
+        if let Some(agent) = local.pointer_mut("/elastic/agent").and_then(Value::as_object_mut)
+            && agent.contains_key("id")
+        {
+            agent.insert("id".into(), json!(id));
+        }
+        let mut tags = request.metadata.tags;
+        tags.sort();
+        tags.dedup();
+        let key = ApiKey::mint();
+        let enrolled_at = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
+        api.state
+            .lock()
+            .expect("state lock")
+            .put_agent(&AgentRecord {
+                id: id.clone(),
+                access_key_id: key.id().to_string(),
+                access_secret_sha256: key.secret_hash().to_hex(),
+                policy_id: policy_id.clone(),
+                kind: request.kind.clone(),
+                enrolled_at: enrolled_at.clone(),
+                active: true,
+                version,
+                local_metadata: local.to_string(),
+                tags: json!(tags).to_string(),
+                replace_token,
+            })
+            .map_err(ApiError::Internal)?;
+        tracing::info!(agent = %id, policy = %policy_id, "agent enrolled");
+        Ok(json!({
+            "action": "created",
+            "item": {
+                "id": id,
+                "active": true,
+                "policy_id": policy_id,
+                "type": request.kind,
+                "enrolled_at": enrolled_at,
+                "user_provided_metadata": null,
+                "local_metadata": local,
+                "access_api_key_id": key.id().as_str(),
+                "access_api_key": key.encoded(),
+                "status": "online",
+                "tags": tags,
+            }
+        }))
+    })
+    .await?;
+    Ok(axum::Json(response).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids() {
+        assert!(valid_agent_id(&super::super::uuid_v4()));
+        assert!(valid_agent_id("web-01.example_2"));
+        for bad in ["", "../x", "a/b", "a b", "é"] {
+            assert!(!valid_agent_id(bad), "{bad}");
+        }
+        assert!(!valid_agent_id(&"a".repeat(129)));
+    }
+}

@@ -1,0 +1,358 @@
+//! The Fleet agent API: what a stock Elastic Agent calls (fleet-protocol.md §3). Shared here:
+//! the API's state, the header rules every route applies (API version, User-Agent, access
+//! keys), and request bodies with their caps. Each endpoint family has its own module.
+
+mod acks;
+mod checkin;
+mod enroll;
+mod uploads;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+
+use crate::credentials::{ApiKey, SecretHash};
+use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::server::{ApiError, AppState};
+use crate::state::{AgentRecord, SqliteState, StateStore as _};
+
+pub use checkin::PolicyCache;
+pub use uploads::upload_file;
+
+/// The only `Elastic-Api-Version` Fleet Server supports.
+pub const API_VERSION: &str = "2023-06-01";
+/// The oldest agent the API accepts (fleet-protocol.md §2.6); newer ones are never refused.
+const MIN_AGENT: (u32, u32) = (7, 13);
+
+/// Body caps per route, as Fleet Server's defaults (§6.3). Check-in bodies are capped on the
+/// wire and again after gunzip.
+pub const ENROLL_BODY_LIMIT: usize = 512 << 10;
+pub const CHECKIN_WIRE_LIMIT: usize = 1 << 20;
+pub const CHECKIN_BODY_LIMIT: u64 = 20 << 20;
+pub const ACK_BODY_LIMIT: usize = 2 << 20;
+pub const AUDIT_BODY_LIMIT: usize = 1 << 10;
+pub const UPLOAD_BEGIN_LIMIT: usize = 5 << 20;
+pub const UPLOAD_END_LIMIT: usize = 1 << 10;
+/// The chunk size handed to agents, and so the largest chunk accepted.
+pub const UPLOAD_CHUNK_SIZE: usize = 4 << 20;
+
+/// The agent API's shared state.
+pub struct AgentApi {
+    /// The state database, used from blocking tasks (shared with the release watcher).
+    pub state: Arc<Mutex<SqliteState>>,
+    /// The active release and its change signal.
+    pub app: Arc<AppState>,
+    /// Parked check-ins and queued check-in reports.
+    pub hub: Arc<Hub>,
+    /// This appliance's URL as agents reach it, without a trailing slash.
+    pub public_base: String,
+    pub long_poll: Duration,
+    pub jitter: Duration,
+    /// Where diagnostics uploads are kept.
+    pub uploads_dir: PathBuf,
+    /// The largest upload accepted.
+    pub max_upload_bytes: u64,
+    /// Policies as delivered, computed once per active release.
+    pub policies: PolicyCache,
+}
+
+/// The agent routes, each behind its own rate and concurrency limit.
+pub fn router(api: Arc<AgentApi>, limits: &Limits) -> Router {
+    let l =
+        |route: &str| axum::middleware::from_fn_with_state(limits.get(route), crate::limits::limit);
+    Router::new()
+        .route("/api/fleet/agents/enroll", post(enroll::enroll).layer(l("enroll")))
+        .route("/api/fleet/agents/{id}/checkin", post(checkin::checkin).layer(l("checkin")))
+        .route("/api/fleet/agents/{id}/acks", post(acks::acks).layer(l("ack")))
+        .route(
+            "/api/fleet/agents/{id}/audit/unenroll",
+            post(acks::audit_unenroll).layer(l("audit_unenroll")),
+        )
+        .route("/api/fleet/uploads", post(uploads::begin).layer(l("upload_begin")))
+        .route("/api/fleet/uploads/{upload_id}", post(uploads::complete).layer(l("upload_end")))
+        .route(
+            "/api/fleet/uploads/{upload_id}/{chunk}",
+            put(uploads::chunk).layer(l("upload_chunk")),
+        )
+        // Bodies are read with their own caps, so the refusal is Fleet's JSON error.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(api)
+}
+
+/// Applies Fleet Server's `Elastic-Api-Version` rule to every agent route (§2.4): absent → the
+/// response names the default; present → it must be a supported date.
+pub async fn api_version(request: Request, next: Next) -> Response {
+    let version =
+        request.headers().get("elastic-api-version").map(|v| v.to_str().unwrap_or("").to_owned());
+    let mut response = match version.as_deref() {
+        None | Some(API_VERSION) => next.run(request).await,
+        Some(v) => {
+            let well_formed = v.len() == 10
+                && v.bytes()
+                    .enumerate()
+                    .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+            let (code, message) = if well_formed {
+                ("ErrUnsupportedAPIVersion", format!("Elastic-Api-Version {v} is not supported"))
+            } else {
+                (
+                    "ErrInvalidAPIVersionFormat",
+                    format!("Elastic-Api-Version {v:?} is not YYYY-MM-DD"),
+                )
+            };
+            ApiError::fleet(StatusCode::BAD_REQUEST, code, message).into_response()
+        }
+    };
+    response.headers_mut().insert("elastic-api-version", HeaderValue::from_static(API_VERSION));
+    response
+}
+
+/// The agent version a `User-Agent: Elastic Agent vX.Y.Z[-…]` header names, checked against the
+/// minimum (§2.6).
+pub fn agent_version(headers: &HeaderMap) -> Result<String, ApiError> {
+    let invalid = || {
+        ApiError::fleet(
+            StatusCode::BAD_REQUEST,
+            "InvalidUserAgent",
+            "User-Agent is not `Elastic Agent vX.Y.Z`",
+        )
+    };
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(invalid)?
+        .to_ascii_lowercase();
+    let rest = ua.strip_prefix("elastic agent ").ok_or_else(invalid)?;
+    let rest = rest.strip_prefix('v').unwrap_or(rest);
+    let core = rest.split('-').next().unwrap_or(rest).trim();
+    let parts: Vec<u32> =
+        core.split('.').map(str::parse).collect::<Result<_, _>>().map_err(|_| invalid())?;
+    let [major, minor, patch] = parts[..] else { return Err(invalid()) };
+    if (major, minor) < MIN_AGENT {
+        return Err(ApiError::fleet(
+            StatusCode::BAD_REQUEST,
+            "UnsupportedVersion",
+            format!("agent version {core} is older than {}.{}", MIN_AGENT.0, MIN_AGENT.1),
+        ));
+    }
+    Ok(format!("{major}.{minor}.{patch}"))
+}
+
+/// A random version-4 UUID, as Fleet Server uses for agent, action and upload ids.
+pub fn uuid_v4() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+fn access_key(headers: &HeaderMap) -> Result<ApiKey, ApiError> {
+    ApiKey::from_headers(headers.get_all(header::AUTHORIZATION).iter().map(HeaderValue::as_bytes))
+        .map_err(ApiError::Credential)
+}
+
+/// Authenticates an access key (§2.5): unknown key or wrong secret → 401. When the route names
+/// an agent, a key of another agent (or an unknown agent id) → 403. An unenrolled agent → 401.
+fn authenticate(
+    api: &AgentApi,
+    key: &ApiKey,
+    path_id: Option<&str>,
+) -> Result<AgentRecord, ApiError> {
+    let state = api.state.lock().expect("state lock");
+    let agent = state.agent_by_access_key(key.id().as_str()).map_err(ApiError::Internal)?;
+    let agent = agent
+        .filter(|a| SecretHash::from_hex(&a.access_secret_sha256).is_some_and(|h| key.matches(&h)))
+        .ok_or_else(|| {
+            ApiError::fleet(StatusCode::UNAUTHORIZED, "ErrUnauthorized", "unknown access key")
+        })?;
+    if path_id.is_some_and(|id| id != agent.id) {
+        return Err(wrong_agent());
+    }
+    if !agent.active {
+        return Err(ApiError::fleet(
+            StatusCode::UNAUTHORIZED,
+            "ErrAgentInactive",
+            "agent is not active",
+        ));
+    }
+    Ok(agent)
+}
+
+fn wrong_agent() -> ApiError {
+    ApiError::fleet(
+        StatusCode::FORBIDDEN,
+        "ErrAgentIdentity",
+        "Agent header contains wrong identifier",
+    )
+}
+
+/// [`authenticate`], off the async threads.
+async fn authenticated(
+    api: &Arc<AgentApi>,
+    headers: &HeaderMap,
+    path_id: Option<&str>,
+) -> Result<AgentRecord, ApiError> {
+    let key = access_key(headers)?;
+    let (api, id) = (Arc::clone(api), path_id.map(str::to_owned));
+    blocking(move || authenticate(&api, &key, id.as_deref())).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// Runs `f` with the state database, off the async threads.
+async fn with_state<T: Send + 'static>(
+    api: &Arc<AgentApi>,
+    f: impl FnOnce(&mut SqliteState) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let api = Arc::clone(api);
+    blocking(move || f(&mut api.state.lock().expect("state lock")).map_err(ApiError::Internal))
+        .await
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::fleet(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "ErrPayloadSizeTooLarge",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// After refusing an oversized body, up to this much more is read and dropped (for at most
+/// [`DRAIN_TIME`]) so that an ordinary client, still sending, gets to read the 413 instead of a
+/// reset connection. Anything larger is cut off.
+const DRAIN_BYTES: usize = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads a request body of at most `limit` bytes; a larger one (by `Content-Length` or by what
+/// arrives) is refused with 413.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                let mut drained = buf.len() + data.len();
+                let drain = async {
+                    while drained <= limit + DRAIN_BYTES
+                        && let Some(Ok(frame)) = body.frame().await
+                    {
+                        drained += frame.data_ref().map_or(0, Bytes::len);
+                    }
+                };
+                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+                return Err(too_large(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.into())
+}
+
+/// Decodes a JSON request body; `what` names it in the error.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("cannot decode the {what}: {e}")))
+}
+
+/// A request body, gunzipped when the agent says so, within `limit` bytes after decompression.
+fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(body);
+    }
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad_request(format!("cannot gunzip the body: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(too_large(limit as usize));
+    }
+    Ok(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ua(value: &str) -> Result<String, ApiError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::USER_AGENT, HeaderValue::from_str(value).unwrap());
+        agent_version(&h)
+    }
+
+    #[test]
+    fn user_agents() {
+        assert_eq!(ua("Elastic Agent v9.1.2").unwrap(), "9.1.2");
+        assert_eq!(ua("Elastic Agent v9.2.0-SNAPSHOT").unwrap(), "9.2.0");
+        assert_eq!(ua("elastic agent 8.19.4").unwrap(), "8.19.4");
+        assert_eq!(
+            ua("Elastic Agent v99.0.0").unwrap(),
+            "99.0.0",
+            "newer agents are never refused"
+        );
+        assert!(matches!(ua("curl/8.0"), Err(ApiError::Fleet { code: "InvalidUserAgent", .. })));
+        assert!(matches!(
+            ua("Elastic Agent v9.1"),
+            Err(ApiError::Fleet { code: "InvalidUserAgent", .. })
+        ));
+        assert!(matches!(
+            ua("Elastic Agent v7.12.0"),
+            Err(ApiError::Fleet { code: "UnsupportedVersion", .. })
+        ));
+        assert!(matches!(
+            agent_version(&HeaderMap::new()),
+            Err(ApiError::Fleet { code: "InvalidUserAgent", .. })
+        ));
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+
+    #[test]
+    fn gzip_bodies_are_capped_after_decompression() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b' '; 10_000]).unwrap();
+        let small = Bytes::from(gz.finish().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(decompress(&headers, small.clone(), 10_000).unwrap().len(), 10_000);
+        assert!(matches!(
+            decompress(&headers, small, 9_999),
+            Err(ApiError::Fleet { status: StatusCode::PAYLOAD_TOO_LARGE, .. })
+        ));
+        assert!(matches!(
+            decompress(&headers, Bytes::from_static(b"not gzip"), 100),
+            Err(ApiError::Fleet { code: "BadRequest", .. })
+        ));
+    }
+}
