@@ -77,9 +77,24 @@ impl Hub {
         self.slots.lock().expect("hub lock").len()
     }
 
-    /// Queues a check-in report; a later report of the same agent replaces it.
-    pub fn report(&self, update: CheckinUpdate) {
-        self.reports.lock().expect("hub lock").insert(update.agent_id.clone(), update);
+    /// Queues a check-in report; a later report of the same agent replaces it, but never
+    /// moves its action cursor back.
+    pub fn report(&self, mut update: CheckinUpdate) {
+        let mut reports = self.reports.lock().expect("hub lock");
+        if let Some(old) = reports.get(&update.agent_id) {
+            update.cursor = update.cursor.max(old.cursor);
+        }
+        reports.insert(update.agent_id.clone(), update);
+    }
+
+    /// Takes an agent's queued report, to be written before something that must follow it.
+    pub fn take_report(&self, agent_id: &str) -> Option<CheckinUpdate> {
+        self.reports.lock().expect("hub lock").remove(agent_id)
+    }
+
+    /// The action cursor of a report not written yet: newer than the stored one.
+    pub fn queued_cursor(&self, agent_id: &str) -> Option<i64> {
+        self.reports.lock().expect("hub lock").get(agent_id).and_then(|u| u.cursor)
     }
 
     fn take_reports(&self) -> Vec<CheckinUpdate> {

@@ -127,8 +127,15 @@ pub async fn audit_unenroll(
             .ok_or_else(|| bad_request(format!("timestamp {t:?} is not RFC 3339")))?,
         None => crate::state::now_rfc3339().map_err(ApiError::Internal)?,
     };
-    let outcome =
-        with_state(&api, move |s| s.audit_unenroll(&agent.id, &request.reason, &at)).await?;
+    // A check-in report still queued predates this and would clear the annotation.
+    let queued = api.hub.take_report(&agent.id);
+    let outcome = with_state(&api, move |s| {
+        if let Some(report) = queued {
+            s.record_checkins(&[report])?;
+        }
+        s.audit_unenroll(&agent.id, &request.reason, &at)
+    })
+    .await?;
     match outcome {
         AuditOutcome::Recorded => Ok(StatusCode::OK.into_response()),
         AuditOutcome::Conflict => Err(ApiError::fleet(

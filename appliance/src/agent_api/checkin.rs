@@ -182,7 +182,9 @@ pub async fn checkin(
         }
     })
     .await?;
-    // An unknown token falls back to the stored cursor, never an error (§7.8).
+    // An unknown token falls back to the stored cursor, never an error (§7.8). The stored one
+    // may still be in memory, waiting for the next batch write.
+    let stored_cursor = stored_cursor.max(api.hub.queued_cursor(&agent.id).unwrap_or(0));
     let cursor = token_seq.unwrap_or(stored_cursor);
     let latest = {
         let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());

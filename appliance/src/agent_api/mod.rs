@@ -242,8 +242,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 const DRAIN_BYTES: usize = 8 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// Reads a request body of at most `limit` bytes; a larger one (by `Content-Length` or by what
-/// arrives) is refused with 413.
+/// Reads a request body of at most `limit` bytes; a larger one is refused with 413.
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt as _;
     let mut body = body;
@@ -252,21 +251,28 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         let frame = frame.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
-                let mut drained = buf.len() + data.len();
-                let drain = async {
-                    while drained <= limit + DRAIN_BYTES
-                        && let Some(Ok(frame)) = body.frame().await
-                    {
-                        drained += frame.data_ref().map_or(0, Bytes::len);
-                    }
-                };
-                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-                return Err(too_large(limit));
+                return Err(refuse(body, too_large(limit)).await);
             }
             buf.extend_from_slice(&data);
         }
     }
     Ok(buf.into())
+}
+
+/// Returns `error` after reading and dropping what is left of the body (at most
+/// [`DRAIN_BYTES`], for at most [`DRAIN_TIME`]), for refusals made before reading it all.
+async fn refuse(mut body: Body, error: ApiError) -> ApiError {
+    use http_body_util::BodyExt as _;
+    let drain = async {
+        let mut drained = 0;
+        while drained <= DRAIN_BYTES
+            && let Some(Ok(frame)) = body.frame().await
+        {
+            drained += frame.data_ref().map_or(0, Bytes::len);
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    error
 }
 
 /// Decodes a JSON request body; `what` names it in the error.

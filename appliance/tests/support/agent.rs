@@ -130,6 +130,18 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// The same agent (key, version, ack token) talking to another server process, as after a
+    /// restart of the appliance.
+    pub fn on<'b>(&self, server: &'b Server) -> Agent<'b> {
+        Agent {
+            server,
+            id: self.id.clone(),
+            key: self.key.clone(),
+            version: Mutex::new(self.version.lock().unwrap().clone()),
+            ack_token: Mutex::new(self.ack_token()),
+        }
+    }
+
     /// The version this agent runs (and names in its User-Agent).
     pub fn set_version(&self, version: &str) {
         *self.version.lock().unwrap() = version.to_owned();

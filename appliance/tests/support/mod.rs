@@ -206,7 +206,7 @@ impl Fixture {
 
 /// A running `ferry-appliance serve`, killed on drop.
 pub struct Server {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     pub https: String,
     pub http: String,
     pub ca: PathBuf,
@@ -234,7 +234,19 @@ impl Server {
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, https: https.unwrap(), http: http.unwrap(), ca: ca.unwrap() }
+        Self {
+            child: std::sync::Mutex::new(child),
+            https: https.unwrap(),
+            http: http.unwrap(),
+            ca: ca.unwrap(),
+        }
+    }
+
+    /// Kills the server as a power cut would (SIGKILL), and waits until it is gone.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// An HTTPS client that trusts only the appliance's quick-start CA.
@@ -284,8 +296,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

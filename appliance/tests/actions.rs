@@ -1,0 +1,320 @@
+//! Actions from the admin CLI to agents (fleet-protocol.md §4, §5): an upgrade that a parked
+//! agent receives at once and downloads from the mirror with checksum and PGP checks; delivery
+//! order, the ack_token cursor, expiry and cancel; reassignment; unenrollment; audit/unenroll;
+//! and a restart in the middle that loses nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::agent::Agent;
+use support::{Fixture, Server, VERSIONS, assert_ok, stdout};
+
+/// An imported release with agent `version`, a running server, and one enrolled agent that
+/// has taken and acknowledged its policy.
+fn site(f: &Fixture, version: &str) -> (Server, String) {
+    f.append_config("checkin_long_poll_seconds = 2\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, version, Fixture::later())]));
+    let server = Server::start(f);
+    let (_, token) = f.token("p");
+    (server, token)
+}
+
+fn enrolled<'a>(server: &'a Server, token: &str) -> Agent<'a> {
+    let agent = Agent::enroll(server, token);
+    let reply = agent.checkin_online();
+    let policy =
+        reply.body["actions"][0]["id"].as_str().expect("the first check-in brings the policy");
+    assert_eq!(agent.ack(&[policy]).status, 200);
+    agent
+}
+
+fn action_types(reply: &support::agent::Reply) -> Vec<String> {
+    reply.body["actions"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x["type"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs a CLI action command with `--json` and returns the action id.
+fn act(f: &Fixture, args: &[&str]) -> String {
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
+    all.push(&"--json");
+    let out = f.run_json(&all);
+    out["action_id"].as_str().unwrap().to_owned()
+}
+
+fn show(f: &Fixture, id: &str) -> Value {
+    f.run_json(&[&"agents", &"show", &id, &"--json"])
+}
+
+#[test]
+fn an_upgrade_reaches_a_parked_agent_which_fetches_and_verifies_it_from_the_mirror() {
+    let f = Fixture::new();
+    let target = VERSIONS[1];
+    let (server, token) = site(&f, target);
+    let agent = enrolled(&server, &token);
+
+    // The agent parks; the upgrade wakes it (the 2 s hold would otherwise end it empty).
+    let (reply, action_id) = std::thread::scope(|scope| {
+        let parked = scope.spawn(|| agent.checkin_online());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!parked.is_finished(), "the check-in should be parked");
+        let id = act(&f, &["upgrade", "--version", target, &agent.id]);
+        (parked.join().unwrap(), id)
+    });
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let action = &reply.body["actions"][0];
+    assert_eq!(action["type"], "UPGRADE", "{reply:?}");
+    assert_eq!(action["id"], action_id.as_str());
+    assert_eq!(action["agent_id"], agent.id.as_str());
+    assert_eq!(action["data"]["version"], target);
+    assert_eq!(action["data"]["source_uri"], "https://localhost:8220/downloads/");
+    assert_eq!(reply.body["ack_token"], action_id.as_str(), "the token names the last action");
+
+    // Download as the agent does: archive, .sha512, .asc from source_uri (this test's server
+    // stands in for the public URL), and the PGP key from the Fleet URL.
+    let base = server.https.replace("127.0.0.1", "localhost");
+    let source =
+        action["data"]["source_uri"].as_str().unwrap().replace("https://localhost:8220", &base);
+    let name = format!("elastic-agent-{target}-linux-x86_64.tar.gz");
+    let fetch = |url: &str| {
+        let mut resp = server
+            .client()
+            .get(url)
+            .header("User-Agent", "Beat elastic-agent v9.1.2")
+            .call()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        assert!(
+            resp.headers().get("content-encoding").is_none(),
+            "{url}: archives are opaque bytes"
+        );
+        resp.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap()
+    };
+    let archive = fetch(&format!("{source}beats/elastic-agent/{name}"));
+    let sha512 =
+        String::from_utf8(fetch(&format!("{source}beats/elastic-agent/{name}.sha512"))).unwrap();
+    let asc = String::from_utf8(fetch(&format!("{source}beats/elastic-agent/{name}.asc"))).unwrap();
+    let key =
+        String::from_utf8(fetch(&format!("{base}/api/agents/upgrades/{target}/pgp-public-key")))
+            .unwrap();
+    let digest = ferry_artifacts::Sha512Digest::of_reader(&archive[..]).unwrap();
+    ferry_artifacts::check_sidecar(&sha512, "sidecar", &name, &digest).unwrap();
+    let keyring = ferry_artifacts::Keyring::from_armored(&key, "served key").unwrap();
+    keyring.verify(&asc, "asc", &name, &archive[..]).unwrap();
+
+    // Progress reports; the token keeps the action from coming back.
+    let details = json!({"target_version": target, "state": "UPG_DOWNLOADING", "action_id": action_id,
+                         "metadata": {"download_percent": 41.5, "download_rate": "3.1MBps"}});
+    let reply = agent
+        .checkin(json!({"status": "online", "message": "Upgrading", "upgrade_details": details}));
+    assert_eq!((reply.status, action_types(&reply)), (200, vec![]), "{reply:?}");
+    let shown = show(&f, &agent.id);
+    assert_eq!(
+        (shown["status"].as_str(), shown["upgrade_state"].as_str()),
+        (Some("updating"), Some("UPG_DOWNLOADING"))
+    );
+    let listed = stdout(&f.run(&[&"agents", &"list"]));
+    assert!(listed.contains(&format!("downloading {target} 42%")), "{listed}");
+
+    // The new version acks from its upgrade marker, watches, then stops sending details.
+    agent.set_version(target);
+    assert_eq!(agent.ack(&[&action_id]).status, 200);
+    let watching = json!({"target_version": target, "state": "UPG_WATCHING", "metadata": {}});
+    agent.checkin(json!({"status": "online", "upgrade_details": watching}));
+    assert_eq!(show(&f, &agent.id)["upgrade_state"], "UPG_WATCHING");
+    // Odd metadata never fails a check-in.
+    let odd = json!({"target_version": target, "state": "UPG_WATCHING", "metadata": {"download_rate": "+Inf bps", "scheduled_at": 5}});
+    assert_eq!(agent.checkin(json!({"status": "online", "upgrade_details": odd})).status, 200);
+    agent.checkin_online();
+    let shown = show(&f, &agent.id);
+    assert_eq!(shown["version"], target);
+    assert_eq!(shown["upgrade_state"], "UPG_COMPLETED");
+    assert!(shown["upgraded_at"].is_string());
+    assert_eq!(shown["status"], "online");
+    let acked = f.run_json(&[&"actions", &"show", &action_id, &"--json"]);
+    assert_eq!(acked["agents"][0]["acknowledged"], true);
+
+    // Without its token the agent falls back to the stored cursor: still no re-delivery.
+    agent.forget_ack_token();
+    assert!(action_types(&agent.checkin_online()).is_empty());
+
+    // A version the release does not carry is refused before anything is queued.
+    let o = f.run(&[&"upgrade", &"--version", &"9.9.9", &agent.id]);
+    assert!(!o.status.success());
+    assert!(support::stderr(&o).contains("no Elastic Agent 9.9.9"), "{}", support::stderr(&o));
+}
+
+#[test]
+fn actions_come_in_order_once_expired_and_cancelled_ones_never_and_a_restart_loses_nothing() {
+    let f = Fixture::new();
+    let (server, token) = site(&f, VERSIONS[1]);
+    let agent = enrolled(&server, &token);
+    let other = enrolled(&server, &token);
+
+    let settings = act(&f, &["settings", "--log-level", "debug", &agent.id]);
+    let diagnostics = act(&f, &["diagnostics", "request", &agent.id, "--metric", "CPU"]);
+    act(&f, &["settings", "--log-level", "error", &agent.id, "--expires-in-days", "0"]);
+    let upgrade = act(
+        &f,
+        &[
+            "upgrade",
+            "--version",
+            VERSIONS[1],
+            "--policy",
+            "p",
+            "--start-time",
+            "2099-01-01T00:00:00+02:00",
+        ],
+    );
+    let cancel = act(&f, &["actions", "cancel", &upgrade]);
+
+    let reply = agent.checkin_online();
+    assert_eq!(action_types(&reply), ["SETTINGS", "REQUEST_DIAGNOSTICS", "CANCEL"], "{reply:?}");
+    let actions = reply.body["actions"].as_array().unwrap();
+    assert_eq!(actions[0]["id"], settings.as_str());
+    assert_eq!(actions[0]["data"], json!({"log_level": "debug"}));
+    assert_eq!(actions[1]["id"], diagnostics.as_str());
+    assert_eq!(actions[1]["data"]["additional_metrics"], json!(["CPU"]));
+    assert_eq!(actions[2]["id"], cancel.as_str());
+    assert_eq!(actions[2]["data"], json!({"target_id": upgrade}));
+    assert_eq!(reply.body["ack_token"], cancel.as_str());
+    // The other agent of the policy got the cancel too, and nothing else.
+    assert_eq!(action_types(&other.checkin_online()), ["CANCEL"]);
+
+    // Delivered once: the token moves the cursor past them.
+    assert!(action_types(&agent.checkin_online()).is_empty());
+    let reply = agent.ack(&[&settings, "policy:p:1", "never-existed"]);
+    let statuses: Vec<u64> = reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!((reply.status, statuses), (404, vec![200, 200, 404]));
+
+    // A restart in the middle: kill the server with an action queued and an ack recorded.
+    let later = act(&f, &["settings", "--log-level", "info", &agent.id]);
+    server.kill();
+    let server = Server::start(&f);
+    let agent = agent.on(&server);
+    let reply = agent.checkin_online();
+    assert_eq!(action_types(&reply), ["SETTINGS"], "{reply:?}");
+    assert_eq!(reply.body["actions"][0]["id"], later.as_str());
+    agent.forget_ack_token();
+    assert_eq!(
+        action_types(&agent.checkin_online()),
+        ["SETTINGS"],
+        "without a token, the cursor written before the restart applies"
+    );
+    let acked = f.run_json(&[&"actions", &"show", &settings, &"--json"]);
+    assert_eq!(acked["agents"][0]["acknowledged"], true, "the ack survived the restart");
+    let tokens = f.run_json(&[&"tokens", &"list", &"--json"]);
+    assert_eq!(tokens.as_array().unwrap().len(), 1);
+    assert_eq!(f.run_json(&[&"agents", &"list", &"--json"]).as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn reassign_unenroll_revoke_and_audit() {
+    let f = Fixture::new();
+    let (server, token) = site(&f, VERSIONS[1]);
+    let a = enrolled(&server, &token);
+    let b = enrolled(&server, &token);
+
+    // Reassign: the action, then the new policy on the next check-in.
+    act(&f, &["reassign", &a.id, "--to", "q"]);
+    let reply = a.checkin_online();
+    assert_eq!(action_types(&reply), ["POLICY_REASSIGN"]);
+    assert_eq!(reply.body["actions"][0]["data"], json!({"policy_id": "q"}));
+    let reply = a.checkin_online();
+    let change = &reply.body["actions"][0];
+    assert_eq!(
+        (change["type"].as_str(), change["id"].as_str()),
+        (Some("POLICY_CHANGE"), Some("policy:q:1")),
+        "{reply:?}"
+    );
+    assert_eq!(change["data"]["policy"]["outputs"]["d"]["type"], "logstash");
+    // A 9.2+ agent reports what it runs instead of acking: nothing more to deliver.
+    let reply =
+        a.checkin(json!({"status": "online", "agent_policy_id": "q", "policy_revision_idx": 1}));
+    assert!(action_types(&reply).is_empty(), "{reply:?}");
+    // Reporting a revision the appliance never issued gets the policy again.
+    let reply =
+        a.checkin(json!({"status": "online", "agent_policy_id": "q", "policy_revision_idx": 7}));
+    assert_eq!(reply.body["actions"][0]["id"], "policy:q:1");
+    let o = f.run(&[&"reassign", &a.id, &"--to", &"missing"]);
+    assert!(!o.status.success() && support::stderr(&o).contains("not in the active release"));
+
+    // audit/unenroll: recorded until the next check-in; bad reasons and conflicts refused.
+    let audit = |agent: &Agent<'_>, reason: &str| {
+        agent.send(
+            "POST",
+            &format!("/api/fleet/agents/{}/audit/unenroll", agent.id),
+            &[],
+            json!({"reason": reason, "timestamp": "2026-11-29T13:00:00+01:00"})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    let reply = audit(&b, "orphaned");
+    assert_eq!((reply.status, reply.raw.len()), (200, 0));
+    assert_eq!(show(&f, &b.id)["audit_unenroll_reason"], "orphaned");
+    audit(&b, "uninstall").assert_error(409, "ErrAuditReasonConflict");
+    audit(&b, "bored").assert_error(400, "BadRequest");
+    b.checkin_online();
+    assert!(show(&f, &b.id)["audit_unenroll_reason"].is_null());
+
+    // Unenroll: delivered with null data; the ack revokes the key.
+    act(&f, &["unenroll", &b.id]);
+    let reply = b.checkin_online();
+    assert_eq!(action_types(&reply), ["UNENROLL"]);
+    assert!(reply.body["actions"][0]["data"].is_null());
+    let id = reply.body["actions"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(b.ack(&[&id]).status, 200);
+    b.checkin_online().assert_error(401, "ErrAgentInactive");
+    assert_eq!(show(&f, &b.id)["status"], "unenrolled");
+
+    // Revoke: at once, no ack needed.
+    let o = f.run(&[&"unenroll", &"--revoke", &a.id]);
+    assert_ok(&o);
+    a.checkin_online().assert_error(401, "ErrAgentInactive");
+    a.ack(&["policy:q:1"]).assert_error(401, "ErrAgentInactive");
+    // Nothing is left to act on.
+    let o = f.run(&[&"settings", &"--log-level", &"debug", &a.id]);
+    assert!(!o.status.success() && support::stderr(&o).contains("no active agent"));
+}
+
+#[test]
+fn the_admin_api_wants_its_token_and_stays_on_loopback() {
+    let f = Fixture::new();
+    let (server, _) = site(&f, VERSIONS[1]);
+    let url = std::fs::read_to_string(f.path("data/admin.url")).unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let client: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = client.get(&format!("{url}/admin/v1/agents"));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let mut resp = req.call().unwrap();
+        assert_eq!(resp.status(), 401);
+        let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(body["error"], "Unauthorized");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(f.path("data/admin.token")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // A non-loopback admin address is refused at start.
+    drop(server);
+    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
+    let config = config.replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"0.0.0.0:0\"");
+    std::fs::write(f.path("appliance.toml"), config).unwrap();
+    let o = f.run(&[&"serve"]);
+    assert!(!o.status.success());
+    let err = support::stderr(&o);
+    assert!(err.contains("admin_listen 0.0.0.0:0 is not a loopback address"), "{err}");
+}
