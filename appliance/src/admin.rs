@@ -409,16 +409,21 @@ async fn create_actions(
             ("CANCEL", Some(json!({ "target_id": target_id })), effect, vec![])
         }
     };
-    let start_time = match &request.start_time {
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
+    let start = match &request.start_time {
         Some(t) => Some(
-            crate::state::utc_rfc3339(t)
-                .ok_or_else(|| bad(format!("start_time {t:?} is not RFC 3339")))?,
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad(format!("start_time {t:?} is not RFC 3339")))?
+                .to_offset(time::UtcOffset::UTC)
+                .replace_nanosecond(0)
+                .expect("0 ns"),
         ),
         None => None,
     };
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
+    let start_time = start.map(ferry_manifests::rfc3339);
+    // A scheduled action lives its full span from its start, or agents would drop it unrun.
     let expires_in = request.expires_in_seconds.map_or(DEFAULT_EXPIRY, Duration::from_secs);
-    let expiration = ferry_manifests::rfc3339(now + expires_in);
+    let expiration = ferry_manifests::rfc3339(start.map_or(now, |s| s.max(now)) + expires_in);
     let action_id = crate::agent_api::uuid_v4();
     let cancel_target = match &request.action {
         ActionRequest::Cancel { target_id } => Some(target_id.clone()),

@@ -147,8 +147,14 @@ fn serve(config: Config, keys: TrustedKeys) -> anyhow::Result<ExitCode> {
             },
             admin: bind(config.server.admin_listen).await?,
         };
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        // Ctrl-C or SIGTERM (systemd's stop): stop accepting, write queued check-in reports.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping");
         };
         run_server(&config, keys, listeners, shutdown).await
     })?;

@@ -1221,4 +1221,141 @@ mod tests {
         );
         assert_eq!(s.policy_revision("q", "aaa").unwrap().0, 1);
     }
+
+    fn agent(id: &str, key: &str) -> AgentRecord {
+        AgentRecord {
+            id: id.into(),
+            access_key_id: key.into(),
+            access_secret_sha256: "00".repeat(32),
+            policy_id: "p".into(),
+            kind: "PERMANENT".into(),
+            enrolled_at: "2026-01-01T00:00:00Z".into(),
+            active: true,
+            version: "9.1.2".into(),
+            local_metadata: "{}".into(),
+            tags: "[]".into(),
+            replace_token: None,
+        }
+    }
+
+    fn action(id: &str, agents: &[&str], expiration: &str, effect: ActionEffect) -> NewAction {
+        NewAction {
+            id: id.into(),
+            kind: "SETTINGS".into(),
+            data: Some(r#"{"log_level":"debug"}"#.into()),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            start_time: None,
+            expiration: expiration.into(),
+            agents: agents.iter().map(|a| (*a).to_owned()).collect(),
+            effect,
+        }
+    }
+
+    #[test]
+    fn actions_are_pending_in_order_until_the_cursor_passes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
+        s.put_agent(&agent("a", "ka")).unwrap();
+        s.put_agent(&agent("b", "kb")).unwrap();
+        let far = "2099-01-01T00:00:00Z";
+        let now = "2026-06-01T00:00:00Z";
+        for i in 0..150 {
+            s.create_action(&action(&format!("x{i}"), &["a"], far, ActionEffect::None)).unwrap();
+        }
+        s.create_action(&action(
+            "expired",
+            &["a", "b"],
+            "2026-05-01T00:00:00Z",
+            ActionEffect::None,
+        ))
+        .unwrap();
+        s.create_action(&action("for-b", &["b"], far, ActionEffect::None)).unwrap();
+        let first = s.pending_actions("a", 0, now, 100).unwrap();
+        assert_eq!(first.len(), 100, "bounded per response");
+        assert_eq!(first[0].id, "x0");
+        assert!(first.windows(2).all(|w| w[0].seq < w[1].seq), "creation order");
+        let cursor = s.action_seq_for("a", "x99").unwrap().unwrap();
+        assert_eq!(cursor, first[99].seq);
+        let rest = s.pending_actions("a", cursor, now, 100).unwrap();
+        assert_eq!(rest.len(), 50, "the expired action is not delivered");
+        assert_eq!(s.action_seq_for("a", "for-b").unwrap(), None, "another agent's action");
+        assert_eq!(s.action_seq_for("a", "nope").unwrap(), None);
+
+        // Cancel hides an undelivered action; the cursor is stored by check-in reports and only
+        // goes up.
+        s.create_action(&action(
+            "c",
+            &["b"],
+            far,
+            ActionEffect::Cancel { target_id: "for-b".into() },
+        ))
+        .unwrap();
+        let ids: Vec<String> =
+            s.pending_actions("b", 0, now, 100).unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["c"]);
+        let report = |cursor| CheckinUpdate {
+            agent_id: "a".into(),
+            at: now.into(),
+            status: "online".into(),
+            message: String::new(),
+            version: "9.1.2".into(),
+            local_metadata: None,
+            components: None,
+            upgrade_details: None,
+            running: Some(("p".into(), 3)),
+            cursor,
+        };
+        s.record_checkins(&[report(Some(cursor))]).unwrap();
+        s.record_checkins(&[report(Some(1))]).unwrap();
+        assert_eq!(s.action_cursor("a").unwrap(), cursor);
+        assert_eq!(s.agent_policy_revision("a").unwrap(), 3);
+        // A re-enrolled agent starts after every existing action.
+        s.put_agent(&agent("a", "ka2")).unwrap();
+        assert!(
+            s.pending_actions("a", s.action_cursor("a").unwrap(), now, 100).unwrap().is_empty()
+        );
+    }
+
+    #[test]
+    fn upgrade_states_follow_details_and_versions() {
+        let d = serde_json::json!({"state": "UPG_DOWNLOADING"});
+        let odd = serde_json::json!({"state": 5});
+        let st = |had, stored, target, version, details| {
+            next_upgrade_state(had, stored, target, version, details)
+        };
+        assert_eq!(st(false, None, None, "9.1.2", Some(&d)).as_deref(), Some("UPG_DOWNLOADING"));
+        assert_eq!(
+            st(false, None, None, "9.1.2", Some(&odd)).as_deref(),
+            Some("UPG_UNKNOWN"),
+            "odd details never fail"
+        );
+        // Details stop: done if on the target, failed (rolled back) if not.
+        assert_eq!(st(true, None, Some("9.2.2"), "9.2.2", None).as_deref(), Some("UPG_COMPLETED"));
+        assert_eq!(st(true, None, Some("9.2.2"), "9.1.2", None).as_deref(), Some("UPG_FAILED"));
+        // Agents before 8.12 send no details: the version tells.
+        assert_eq!(
+            st(false, Some(UPGRADE_REQUESTED), Some("9.2.2"), "9.2.2", None).as_deref(),
+            Some("UPG_COMPLETED")
+        );
+        assert_eq!(
+            st(false, Some(UPGRADE_REQUESTED), Some("9.2.2"), "9.1.2", None).as_deref(),
+            Some(UPGRADE_REQUESTED)
+        );
+        assert_eq!(st(false, None, None, "9.1.2", None), None);
+    }
+
+    #[test]
+    fn parked_agents_are_touched_and_inactive_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
+        s.put_agent(&agent("a", "ka")).unwrap();
+        s.put_agent(&agent("b", "kb")).unwrap();
+        assert!(s.deactivate_agent("b").unwrap());
+        assert!(!s.deactivate_agent("b").unwrap());
+        s.touch_agents(&["a".into(), "b".into()], "2026-06-01T00:00:00Z").unwrap();
+        let views = s.agent_views(None).unwrap();
+        assert_eq!(views[0].last_checkin.as_deref(), Some("2026-06-01T00:00:00Z"));
+        assert_eq!(views[1].last_checkin, None);
+        assert!(views[1].unenrolled_at.is_some());
+    }
 }

@@ -183,6 +183,21 @@ fn actions_come_in_order_once_expired_and_cancelled_ones_never_and_a_restart_los
     assert_eq!(reply.body["ack_token"], cancel.as_str());
     // The other agent of the policy got the cancel too, and nothing else.
     assert_eq!(action_types(&other.checkin_online()), ["CANCEL"]);
+    // A scheduled upgrade carries its start time (in UTC) and expiration.
+    act(
+        &f,
+        &[
+            "upgrade",
+            "--version",
+            VERSIONS[1],
+            &other.id,
+            "--start-time",
+            "2099-01-01T00:00:00+02:00",
+        ],
+    );
+    let reply = other.checkin_online();
+    assert_eq!(reply.body["actions"][0]["start_time"], "2098-12-31T22:00:00Z", "{reply:?}");
+    assert!(reply.body["actions"][0]["expiration"].as_str().unwrap() > "2099");
 
     // Delivered once: the token moves the cursor past them.
     assert!(action_types(&agent.checkin_online()).is_empty());

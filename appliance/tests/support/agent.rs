@@ -63,21 +63,30 @@ pub fn request(
         all.push((k, v));
     }
     let client = server.client();
-    let mut req = match method {
-        "PUT" => client.put(&url),
-        _ => client.post(&url),
-    };
-    for (k, v) in all {
-        if !v.is_empty() {
+    let all: Vec<(&str, &str)> = all.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    let mut resp = if method == "GET" {
+        let mut req = client.get(&url);
+        for (k, v) in all {
             req = req.header(k, v);
         }
-    }
-    let mut resp = req.send(body).unwrap();
+        req.call().unwrap()
+    } else {
+        let mut req = if method == "PUT" { client.put(&url) } else { client.post(&url) };
+        for (k, v) in all {
+            req = req.header(k, v);
+        }
+        req.send(body).unwrap()
+    };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let raw = resp.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap();
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     Reply { status, headers, body, raw }
+}
+
+/// A GET with the agent's headers.
+pub fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
+    request(server, "GET", path, key, &[], b"")
 }
 
 /// What an agent sends when it enrolls.

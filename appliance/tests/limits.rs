@@ -1,0 +1,150 @@
+//! The server under pressure and odd clients: parked check-ins never take the slots of control
+//! calls, a release wakes every parked agent at once, slow and oversized request heads are cut
+//! off, floods of bad keys are refused while good agents are served, and the check-in accepts
+//! what real agents send.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use serde_json::json;
+use support::agent::{Agent, request};
+use support::{Fixture, Server, VERSIONS, assert_ok, schema};
+
+#[test]
+fn parked_check_ins_leave_control_calls_free_and_a_release_wakes_them_all() {
+    let f = Fixture::new();
+    f.append_config(
+        "checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0\n\
+         [limits.ack]\nconcurrent = 1\n[limits.status]\nconcurrent = 1",
+    );
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agents: Vec<Agent<'_>> = (0..6).map(|_| Agent::enroll(&server, &token)).collect();
+    for a in &agents {
+        let reply = a.checkin_online();
+        assert_eq!(a.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+    }
+    std::thread::scope(|scope| {
+        let parked: Vec<_> = agents.iter().map(|a| scope.spawn(|| a.checkin_online())).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(parked.iter().all(|h| !h.is_finished()), "all six are parked");
+        // Acks and status probes (each capped at one in flight) still go through.
+        for a in &agents {
+            assert_eq!(a.ack(&["policy:p:1"]).status, 200);
+            let status = a.send("GET", "/api/status", &[], b"");
+            assert_eq!(status.status, 200, "{status:?}");
+            schema::check(&status.body, schema::STATUS);
+            assert_eq!(status.body["status"], "HEALTHY");
+        }
+        // A new policy revision wakes every parked check-in (not the 120 s hold).
+        assert_ok(&f.run(&[&"import", &f.bundle(2, VERSIONS[1], Fixture::later())]));
+        for h in parked {
+            let reply = h.join().unwrap();
+            assert_eq!(reply.body["actions"][0]["id"], "policy:p:2", "{reply:?}");
+        }
+    });
+}
+
+#[test]
+fn slow_and_oversized_heads_are_cut_off_and_bad_keys_never_crowd_out_good_agents() {
+    let f = Fixture::new();
+    f.append_config(
+        "checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0\nheader_timeout_seconds = 1",
+    );
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&server, &token);
+    let addr = server.http.trim_start_matches("http://").to_owned();
+
+    // A client that never finishes its head is disconnected after the header timeout.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /downloads/x HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(started.elapsed() < Duration::from_secs(9), "the server closed the connection");
+    // An idle keep-alive connection is closed the same way.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(idle.read(&mut [0u8; 16]).unwrap_or(0), 0);
+
+    // An oversized head gets 431.
+    let mut big = std::net::TcpStream::connect(&addr).unwrap();
+    let head =
+        format!("GET /downloads/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 << 10));
+    let _ = big.write_all(head.as_bytes());
+    let mut response = Vec::new();
+    let _ = big.read_to_end(&mut response);
+    assert!(
+        response.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&response[..response.len().min(80)])
+    );
+
+    // A burst of forged keys: each refused with 401, and the real agent is served after it.
+    let path = format!("/api/fleet/agents/{}/checkin", agent.id);
+    let body = json!({"status": "online"}).to_string();
+    for _ in 0..200 {
+        let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
+        request(&server, "POST", &path, Some(&forged), &[], body.as_bytes())
+            .assert_error(401, "ErrUnauthorized");
+    }
+    assert_eq!(agent.checkin_online().status, 200);
+    // /api/status never answers 401, whatever key comes with it.
+    let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
+    assert_eq!(request(&server, "POST", "/api/status", Some(&forged), &[], b"").status, 405);
+    let reply = support::agent::get(&server, "/api/status", Some(&forged));
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+#[test]
+fn check_ins_take_what_real_agents_send() {
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&server, &token);
+    agent.checkin_online();
+    // Any non-empty status, components, metadata, an unknown token, 9.3's upgrade field.
+    for status in ["online", "error", "starting", "DEGRADED"] {
+        let reply = agent.checkin(json!({
+            "status": status, "message": "m", "ack_token": "not-a-known-token",
+            "local_metadata": {"host": {"hostname": "renamed"}},
+            "components": [{"id": "filestream-default", "type": "filestream", "status": "DEGRADED",
+                            "message": "file not found", "units": []}],
+            "upgrade": {"rollbacks": [{"version": "9.1.0", "valid_until": "2026-12-01T00:00:00Z"}]},
+        }));
+        assert_eq!(reply.status, 200, "{status}: {reply:?}");
+    }
+    let shown = f.run_json(&[&"agents", &"show", &agent.id, &"--json"]);
+    assert_eq!(shown["last_status"], "DEGRADED");
+    assert_eq!(shown["status"], "degraded");
+    assert_eq!(shown["hostname"], "renamed");
+    assert_eq!(shown["components"][0]["message"], "file not found");
+    // A plain (not gzip) body and a body without Content-Encoding but with gzip bytes.
+    let path = format!("/api/fleet/agents/{}/checkin", agent.id);
+    let plain = agent.send("POST", &path, &[], json!({"status": "online"}).to_string().as_bytes());
+    assert_eq!(plain.status, 200);
+    let bad_gzip = agent.send("POST", &path, &[("Content-Encoding", "gzip")], b"not gzip");
+    bad_gzip.assert_error(400, "BadRequest");
+    // Gzip that inflates past the 20 MiB cap is refused after decompression.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let padding = " ".repeat(1 << 20);
+    gz.write_all(b"{\"status\":\"online\",\"message\":\"").unwrap();
+    for _ in 0..21 {
+        gz.write_all(padding.as_bytes()).unwrap();
+    }
+    gz.write_all(b"\"}").unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "small on the wire");
+    agent
+        .send("POST", &path, &[("Content-Encoding", "gzip")], &bomb)
+        .assert_error(413, "ErrPayloadSizeTooLarge");
+    assert_eq!(agent.checkin_online().status, 200, "and the agent carries on");
+}
