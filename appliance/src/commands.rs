@@ -181,21 +181,26 @@ pub async fn run_server(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
-    let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let qs = crate::tls::QuickStart::paths(&config.data_dir);
-            if qs.ensure(crate::tls::url_host(&config.public_url))? {
-                tracing::warn!(ca = %qs.ca_cert.display(), "quick-start: made a local CA and server certificate");
+    let tls = if config.server.tls {
+        let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let qs = crate::tls::QuickStart::paths(&config.data_dir);
+                if qs.ensure(crate::tls::url_host(&config.public_url))? {
+                    tracing::warn!(ca = %qs.ca_cert.display(), "quick-start: made a local CA and server certificate");
+                }
+                println!(
+                    "quick-start TLS: agents need --certificate-authorities={}",
+                    qs.ca_cert.display()
+                );
+                (qs.server_cert, qs.server_key)
             }
-            println!(
-                "quick-start TLS: agents need --certificate-authorities={}",
-                qs.ca_cert.display()
-            );
-            (qs.server_cert, qs.server_key)
-        }
+        };
+        Some(crate::tls::server_config(&cert, &key)?)
+    } else {
+        tracing::warn!("server.tls = false: agents are served over plain HTTP");
+        None
     };
-    let tls = crate::tls::server_config(&cert, &key)?;
     let limits = crate::limits::Limits::new(&config.limits)?;
     let state = Arc::new(crate::server::AppState {
         blobs,
@@ -236,18 +241,14 @@ pub async fn run_server(
     std::fs::write(config.data_dir.join(crate::admin::URL_FILE), &admin_url)?;
     let header_timeout = Duration::from_secs(config.server.header_timeout_seconds);
     println!(
-        "serving https://{} (public URL {})",
+        "serving {}://{} (public URL {})",
+        if tls.is_some() { "https" } else { "http" },
         listeners.agents.local_addr()?,
         config.public_base()
     );
     println!("admin API on {admin_url}");
-    let main = crate::server::serve(
-        listeners.agents,
-        Some(tls),
-        crate::server::router(Arc::clone(&state), agents, &limits),
-        header_timeout,
-        shutdown,
-    );
+    let router = crate::server::router(Arc::clone(&state), agents, &limits, tls.is_some());
+    let main = crate::server::serve(listeners.agents, tls, router, header_timeout, shutdown);
     let admin_server = crate::server::serve(
         listeners.admin,
         None,

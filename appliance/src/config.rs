@@ -34,6 +34,12 @@ listen = "0.0.0.0:8220"
 # An extra listener serving only /downloads/ (plain HTTP), for clients that cannot do TLS.
 # mirror_listen = "0.0.0.0:8080"
 
+# Agents, the mirror and the PGP key are served over TLS. `tls = false` serves them over plain
+# HTTP (public_url must then be http://); agents then cannot fetch a PGP key from the appliance,
+# so upgrades verify only against the keys agents already have. Only for networks where that is
+# acceptable, and for benchmarks.
+# tls = true
+
 # The server certificate and key (PEM). Leave both out for quick-start mode: the appliance then
 # makes its own CA and server certificate under data_dir/tls/ and prints the CA path that
 # agents need (--certificate-authorities).
@@ -95,6 +101,8 @@ fn default_retain() -> usize {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    #[serde(default = "default_tls")]
+    pub tls: bool,
     pub mirror_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -112,6 +120,10 @@ pub struct ServerConfig {
     pub agent_offline_seconds: u64,
     #[serde(default = "default_max_upload")]
     pub max_upload_mib: u64,
+}
+
+fn default_tls() -> bool {
+    true
 }
 
 fn default_header_timeout() -> u64 {
@@ -146,6 +158,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            tls: default_tls(),
             mirror_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -184,11 +197,23 @@ impl Config {
             "trusted_keys is empty: no bundle could ever be imported"
         );
         anyhow::ensure!(self.retain_releases >= 1, "retain_releases must be at least 1");
-        anyhow::ensure!(
-            self.public_url.starts_with("https://"),
-            "public_url {:?} must start with https:// (agents fetch the PGP key over TLS only)",
-            self.public_url
-        );
+        if self.server.tls {
+            anyhow::ensure!(
+                self.public_url.starts_with("https://"),
+                "public_url {:?} must start with https:// (or set server.tls = false)",
+                self.public_url
+            );
+        } else {
+            anyhow::ensure!(
+                self.public_url.starts_with("http://"),
+                "public_url {:?} must start with http:// when server.tls = false",
+                self.public_url
+            );
+            anyhow::ensure!(
+                self.server.tls_cert.is_none(),
+                "server.tls_cert is set but server.tls = false"
+            );
+        }
         anyhow::ensure!(
             self.server.tls_cert.is_some() == self.server.tls_key.is_some(),
             "set both server.tls_cert and server.tls_key, or neither (quick-start)"

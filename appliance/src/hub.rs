@@ -27,6 +27,8 @@ struct Slot {
 pub struct Hub {
     slots: Mutex<HashMap<String, Slot>>,
     reports: Mutex<HashMap<String, CheckinUpdate>>,
+    /// Acknowledged policy revisions not written yet: agent → (policy, revision).
+    policy_acks: Mutex<HashMap<String, (String, u64)>>,
 }
 
 /// A parked check-in. Dropping it un-parks the agent.
@@ -92,6 +94,24 @@ impl Hub {
         self.reports.lock().expect("hub lock").remove(agent_id)
     }
 
+    /// Queues an acknowledged policy revision. Losing it in a crash only means the agent gets
+    /// the same revision again, which it applies idempotently, so it is written in a batch
+    /// rather than one disk sync per ack.
+    pub fn policy_acked(&self, agent_id: &str, policy_id: &str, revision: u64) {
+        let mut acks = self.policy_acks.lock().expect("hub lock");
+        let entry = acks.entry(agent_id.to_owned()).or_insert_with(|| (policy_id.to_owned(), 0));
+        if entry.0 != policy_id {
+            *entry = (policy_id.to_owned(), 0);
+        }
+        entry.1 = entry.1.max(revision);
+    }
+
+    /// The revision of `policy_id` an agent acknowledged that is not written yet.
+    pub fn queued_policy_ack(&self, agent_id: &str, policy_id: &str) -> Option<u64> {
+        let acks = self.policy_acks.lock().expect("hub lock");
+        acks.get(agent_id).filter(|(p, _)| p == policy_id).map(|(_, r)| *r)
+    }
+
     /// The action cursor of a report not written yet: newer than the stored one.
     pub fn queued_cursor(&self, agent_id: &str) -> Option<i64> {
         self.reports.lock().expect("hub lock").get(agent_id).and_then(|u| u.cursor)
@@ -105,16 +125,25 @@ impl Hub {
         self.slots.lock().expect("hub lock").keys().cloned().collect()
     }
 
-    /// Writes queued reports now (and, when `touch`, marks parked agents as seen).
+    /// Writes queued reports and policy acks now (and, when `touch`, marks parked agents as
+    /// seen).
     pub fn flush(&self, db: &Mutex<SqliteState>, touch: bool) -> anyhow::Result<()> {
         let reports = self.take_reports();
+        let acks: Vec<(String, String, u64)> =
+            std::mem::take(&mut *self.policy_acks.lock().expect("hub lock"))
+                .into_iter()
+                .map(|(agent, (policy, revision))| (agent, policy, revision))
+                .collect();
         let parked = if touch { self.parked_ids() } else { Vec::new() };
-        if reports.is_empty() && parked.is_empty() {
+        if reports.is_empty() && acks.is_empty() && parked.is_empty() {
             return Ok(());
         }
         let mut db = db.lock().expect("state lock");
         if !reports.is_empty() {
             db.record_checkins(&reports)?;
+        }
+        if !acks.is_empty() {
+            db.record_policy_acks(&acks)?;
         }
         if !parked.is_empty() {
             db.touch_agents(&parked, &crate::state::now_rfc3339()?)?;

@@ -100,16 +100,19 @@ impl IntoResponse for ApiError {
 }
 
 /// The routes of the TLS listener: the agent-facing API and the mirror.
+/// Without TLS, the PGP key route answers 501, as Fleet Server does.
 pub fn router(
     state: Arc<AppState>,
     agents: Arc<crate::agent_api::AgentApi>,
     limits: &crate::limits::Limits,
+    tls: bool,
 ) -> Router {
     let l =
         |route: &str| axum::middleware::from_fn_with_state(limits.get(route), crate::limits::limit);
+    let pgp = if tls { get(pgp_key) } else { get(|| async { ApiError::TlsRequired }) };
     Router::new()
         .route("/api/status", get(status).layer(l("status")))
-        .route("/api/agents/upgrades/{version}/pgp-public-key", get(pgp_key).layer(l("pgp_key")))
+        .route("/api/agents/upgrades/{version}/pgp-public-key", pgp.layer(l("pgp_key")))
         .merge(mirror_router(Arc::clone(&state)))
         .with_state(state)
         .merge(crate::agent_api::router(agents, limits))

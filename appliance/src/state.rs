@@ -248,9 +248,9 @@ pub trait StateStore {
     fn agent_by_access_key(&self, key_id: &str) -> anyhow::Result<Option<AgentRecord>>;
     /// The revision the agent runs (raised by policy acks and check-in reports, never lowered).
     fn agent_policy_revision(&self, id: &str) -> anyhow::Result<u64>;
-    fn raise_agent_policy_revision(&mut self, id: &str, revision: u64) -> anyhow::Result<()>;
-    /// Records a check-in's status and message with the current time.
-    fn record_checkin(&mut self, id: &str, status: &str, message: &str) -> anyhow::Result<()>;
+    /// Records acknowledged policy revisions `(agent, policy, revision)` in one transaction; a
+    /// revision is raised only while the agent is still in that policy, and never lowered.
+    fn record_policy_acks(&mut self, acks: &[(String, String, u64)]) -> anyhow::Result<()>;
     /// The appliance revision of a policy's content: the latest one if the content is unchanged,
     /// else a new one above every earlier revision (so rolling back to older content is a new
     /// revision too). Returns (revision, created).
@@ -672,20 +672,18 @@ impl StateStore for SqliteState {
         Ok(rev.unwrap_or(0) as u64)
     }
 
-    fn raise_agent_policy_revision(&mut self, id: &str, revision: u64) -> anyhow::Result<()> {
-        self.conn.execute(
-            "UPDATE agents SET policy_revision = MAX(policy_revision, ?2) WHERE id = ?1",
-            params![id, to_i64(revision)?],
-        )?;
-        Ok(())
-    }
-
-    fn record_checkin(&mut self, id: &str, status: &str, message: &str) -> anyhow::Result<()> {
-        let now = now_rfc3339()?;
-        self.conn.execute(
-            "UPDATE agents SET last_checkin = ?2, last_status = ?3, last_message = ?4 WHERE id = ?1",
-            params![id, now, status, message],
-        )?;
+    fn record_policy_acks(&mut self, acks: &[(String, String, u64)]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE agents SET policy_revision = MAX(policy_revision, ?3)
+                 WHERE id = ?1 AND policy_id = ?2",
+            )?;
+            for (agent, policy, revision) in acks {
+                stmt.execute(params![agent, policy, to_i64(*revision)?])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -43,53 +43,59 @@ pub async fn acks(
     let agent = authenticated(&api, &headers, Some(&id)).await?;
     let body = super::read_limited(body, ACK_BODY_LIMIT).await?;
     let request: AckRequest = super::json_body(&body, "acks")?;
-    let items = with_state(&api, move |s| {
-        let mut items = Vec::with_capacity(request.events.len());
-        let mut results = Vec::new();
-        let mut acked_revision = None;
-        let mut unenroll = false;
-        for event in request.events {
-            let failed = event.error.as_deref().is_some_and(|e| !e.is_empty());
-            let status = if event.action_id.is_empty()
-                || (!event.agent_id.is_empty() && event.agent_id != agent.id)
+    // Policy acks need no lookup (§7.16) and are queued in the hub; only other actions are
+    // looked up and recorded, in one transaction.
+    let mut items = vec![StatusCode::OK; request.events.len()];
+    let mut lookups = Vec::new();
+    for (i, event) in request.events.into_iter().enumerate() {
+        let failed = event.error.as_deref().is_some_and(|e| !e.is_empty());
+        if event.action_id.is_empty() || (!event.agent_id.is_empty() && event.agent_id != agent.id)
+        {
+            items[i] = StatusCode::BAD_REQUEST;
+        } else if let Some(rest) = event.action_id.strip_prefix("policy:") {
+            // policy:<id>:<revision>[:<coordinator>]
+            let mut parts = rest.split(':');
+            if let (Some(policy), Some(Ok(revision))) =
+                (parts.next(), parts.next().map(str::parse::<u64>))
+                && policy == agent.policy_id
+                && !failed
             {
-                StatusCode::BAD_REQUEST
-            } else if let Some(rest) = event.action_id.strip_prefix("policy:") {
-                // policy:<id>:<revision>[:<coordinator>], no lookup (§7.16).
-                let mut parts = rest.split(':');
-                if let (Some(policy), Some(Ok(revision))) =
-                    (parts.next(), parts.next().map(str::parse::<u64>))
-                    && policy == agent.policy_id
-                    && !failed
-                {
-                    acked_revision = acked_revision.max(Some(revision));
-                }
-                StatusCode::OK
-            } else if let Some(action) = s.agent_action(&agent.id, &event.action_id)? {
+                api.hub.policy_acked(&agent.id, policy, revision);
+            }
+        } else {
+            lookups.push((i, event, failed));
+        }
+    }
+    if !lookups.is_empty() {
+        let looked_up: Vec<usize> = lookups.iter().map(|(i, _, _)| *i).collect();
+        let agent_id = agent.id.clone();
+        let found = with_state(&api, move |s| {
+            let mut results = Vec::new();
+            let mut found = Vec::new();
+            let mut unenroll = false;
+            for (i, event, failed) in lookups {
+                let Some(action) = s.agent_action(&agent_id, &event.action_id)? else { continue };
                 unenroll |= action.kind == "UNENROLL" && !failed;
                 results.push(ActionResult {
                     action_id: event.action_id,
                     error: event.error.filter(|e| !e.is_empty()),
                     data: event.data.or(event.payload).map(|d| d.to_string()),
                 });
-                StatusCode::OK
-            } else {
-                StatusCode::NOT_FOUND
-            };
-            items.push(status);
+                found.push(i);
+            }
+            if !results.is_empty() {
+                s.record_action_results(&agent_id, &results, unenroll)?;
+            }
+            if unenroll {
+                tracing::info!(agent = %agent_id, "agent acknowledged its unenrollment; key revoked");
+            }
+            Ok(found)
+        })
+        .await?;
+        for i in looked_up.into_iter().filter(|i| !found.contains(i)) {
+            items[i] = StatusCode::NOT_FOUND;
         }
-        if let Some(revision) = acked_revision {
-            s.raise_agent_policy_revision(&agent.id, revision)?;
-        }
-        if !results.is_empty() || unenroll {
-            s.record_action_results(&agent.id, &results, unenroll)?;
-        }
-        if unenroll {
-            tracing::info!(agent = %agent.id, "agent acknowledged its unenrollment; key revoked");
-        }
-        Ok(items)
-    })
-    .await?;
+    }
     let worst = items.iter().copied().max().unwrap_or(StatusCode::OK);
     let mut body = json!({
         "action": "acks",

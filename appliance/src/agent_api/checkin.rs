@@ -182,9 +182,11 @@ pub async fn checkin(
         }
     })
     .await?;
-    // An unknown token falls back to the stored cursor, never an error (§7.8). The stored one
-    // may still be in memory, waiting for the next batch write.
+    // An unknown token falls back to the stored cursor, never an error (§7.8). The stored
+    // cursor and revision may still be in memory, waiting for the next batch write.
     let stored_cursor = stored_cursor.max(api.hub.queued_cursor(&agent.id).unwrap_or(0));
+    let stored_revision =
+        stored_revision.max(api.hub.queued_policy_ack(&agent.id, &agent.policy_id).unwrap_or(0));
     let cursor = token_seq.unwrap_or(stored_cursor);
     let latest = {
         let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
@@ -225,12 +227,20 @@ pub async fn checkin(
     let mut parked = api.hub.park(&agent.id);
     let mut release = api.app.changed.subscribe();
     let mut latest = latest;
+    // Actions are looked up first and after each wake-up of this agent; a new release only
+    // changes the policy, so waking every parked agent costs no database work.
+    let mut look = true;
     loop {
-        let pending = with_state(&api, {
-            let id = agent.id.clone();
-            move |s| s.pending_actions(&id, cursor, &crate::state::now_rfc3339()?, MAX_ACTIONS)
-        })
-        .await?;
+        let pending = if look {
+            with_state(&api, {
+                let id = agent.id.clone();
+                move |s| s.pending_actions(&id, cursor, &crate::state::now_rfc3339()?, MAX_ACTIONS)
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        look = false;
         // Pending actions win; a policy change follows on the next check-in (§3.3).
         if let Some(last) = pending.last() {
             let actions: Vec<Value> = pending.iter().map(|a| envelope(a, &agent.id)).collect();
@@ -254,7 +264,10 @@ pub async fn checkin(
             .into_response());
         }
         tokio::select! {
-            woke = parked.woken.changed() => if woke.is_err() { break },
+            woke = parked.woken.changed() => {
+                if woke.is_err() { break }
+                look = true;
+            },
             woke = release.changed() => {
                 if woke.is_err() { break }
                 let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
