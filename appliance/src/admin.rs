@@ -94,10 +94,7 @@ async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Compared in full whatever the first difference, so timing says nothing about the token.
-    let same = given.len() == admin.token.len()
-        && given.bytes().zip(admin.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if !same {
+    if !crate::credentials::same_secret(given.as_bytes(), admin.token.as_bytes()) {
         return ApiError::fleet(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -112,10 +109,7 @@ async fn db<T: Send + 'static>(
     admin: &Arc<Admin>,
     f: impl FnOnce(&mut SqliteState) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let admin = Arc::clone(admin);
-    tokio::task::spawn_blocking(move || f(&mut admin.state.lock().expect("state lock")))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    crate::server::with_db(&admin.state, f).await
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -128,16 +122,7 @@ fn not_found(message: impl Into<String>) -> ApiError {
 
 /// The policy ids the active release carries.
 fn release_policies(app: &AppState) -> Vec<String> {
-    app.current()
-        .map(|r| {
-            r.manifest
-                .files
-                .iter()
-                .filter(|f| f.kind == ferry_manifests::Kind::Policy)
-                .filter_map(|f| f.metadata.get("policy_id").cloned())
-                .collect()
-        })
-        .unwrap_or_default()
+    app.current().map(|r| r.policies().map(|(id, _)| id.to_owned()).collect()).unwrap_or_default()
 }
 
 fn require_policy(app: &AppState, policy_id: &str) -> Result<(), ApiError> {
@@ -211,11 +196,10 @@ fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'stati
     if cutoff.is_some_and(|c| *last < c) {
         return "offline";
     }
-    if view
-        .upgrade_state
-        .as_deref()
-        .is_some_and(|s| !["UPG_COMPLETED", "UPG_FAILED", "UPG_ROLLBACK"].contains(&s))
-    {
+    if view.upgrade_state.as_deref().is_some_and(|s| {
+        !["UPG_COMPLETED", "UPG_FAILED", "UPG_ROLLBACK", crate::state::UPGRADE_CANCELLED]
+            .contains(&s)
+    }) {
         return "updating";
     }
     match view.last_status.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -412,11 +396,8 @@ async fn create_actions(
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
     let start = match &request.start_time {
         Some(t) => Some(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| bad(format!("start_time {t:?} is not RFC 3339")))?
-                .to_offset(time::UtcOffset::UTC)
-                .replace_nanosecond(0)
-                .expect("0 ns"),
+            crate::state::utc_time(t)
+                .ok_or_else(|| bad(format!("start_time {t:?} is not RFC 3339")))?,
         ),
         None => None,
     };
@@ -431,7 +412,23 @@ async fn create_actions(
     };
     let id = action_id.clone();
     let (agents, created) = db(&admin, move |s| {
-        let agents = match (&request.policy, request.agents.is_empty(), &cancel_target) {
+        // A cancel goes to the agents the cancelled action was for (or some of them).
+        let cancel_targets = match &cancel_target {
+            Some(target) => {
+                let targets: Vec<String> = s
+                    .action_results(target)
+                    .map_err(ApiError::Internal)?
+                    .into_iter()
+                    .map(|(agent, _)| agent)
+                    .collect();
+                if targets.is_empty() {
+                    return Err(not_found(format!("no action {target}")));
+                }
+                Some(targets)
+            }
+            None => None,
+        };
+        let agents = match (&request.policy, request.agents.is_empty(), cancel_targets) {
             (Some(_), false, _) => return Err(bad("name agents or a policy, not both")),
             (Some(policy), true, _) => s.agents_in_policy(policy).map_err(ApiError::Internal)?,
             (None, false, _) => {
@@ -443,14 +440,7 @@ async fn create_actions(
                 }
                 request.agents.clone()
             }
-            // A cancel goes to every agent the cancelled action was for.
-            (None, true, Some(target)) => {
-                let targets = s.action_results(target).map_err(ApiError::Internal)?;
-                if targets.is_empty() {
-                    return Err(not_found(format!("no action {target}")));
-                }
-                targets.into_iter().map(|(agent, _)| agent).collect()
-            }
+            (None, true, Some(targets)) => targets,
             (None, true, None) => return Err(bad("name the agents (or a policy) to act on")),
         };
         if agents.is_empty() {

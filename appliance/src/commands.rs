@@ -267,6 +267,14 @@ pub async fn run_server(
         }
     };
     let result = tokio::select! { r = main => r, r = admin_server => r, r = mirror => r };
+    // Drain: parked check-ins answer "nothing to do" (bounded wait), then reports are written.
+    hub.stop();
+    let drained = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hub.parked_count() > 0 && tokio::time::Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last answers are still being written by their connections.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(move || hub.flush(&db, false)).await??;
     result
 }

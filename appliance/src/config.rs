@@ -35,9 +35,9 @@ listen = "0.0.0.0:8220"
 # mirror_listen = "0.0.0.0:8080"
 
 # Agents, the mirror and the PGP key are served over TLS. `tls = false` serves them over plain
-# HTTP (public_url must then be http://); agents then cannot fetch a PGP key from the appliance,
-# so upgrades verify only against the keys agents already have. Only for networks where that is
-# acceptable, and for benchmarks.
+# HTTP (public_url must then be http://): enrollment tokens and agents' access keys then cross
+# the network in clear text, and agents cannot fetch a PGP key from the appliance, so upgrades
+# verify only against keys they already have. For closed test networks and benchmarks only.
 # tls = true
 
 # The server certificate and key (PEM). Leave both out for quick-start mode: the appliance then

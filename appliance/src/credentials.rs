@@ -186,9 +186,13 @@ pub fn replace_token_matches(token: &str, stored: &str) -> bool {
     else {
         return false;
     };
-    // Hashes of equal length compared in full: the time does not depend on where they differ.
-    let got = pbkdf2_sha512(token, &salt, rounds);
-    key.len() == got.len() && key.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    same_secret(&key, &pbkdf2_sha512(token, &salt, rounds))
+}
+
+/// Compares two secrets in full whatever their first difference, so the time taken says
+/// nothing about where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn pbkdf2_sha512(token: &str, salt: &[u8], rounds: u32) -> [u8; 32] {

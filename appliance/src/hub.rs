@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::state::{CheckinUpdate, SqliteState, StateStore as _};
+use crate::state::{CheckinUpdate, PolicyAck, SqliteState, StateStore as _};
 
 /// How often queued check-in reports are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -25,10 +25,12 @@ struct Slot {
 
 #[derive(Default)]
 pub struct Hub {
+    /// True once the server is stopping: parked check-ins answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
     slots: Mutex<HashMap<String, Slot>>,
     reports: Mutex<HashMap<String, CheckinUpdate>>,
-    /// Acknowledged policy revisions not written yet: agent → (policy, revision).
-    policy_acks: Mutex<HashMap<String, (String, u64)>>,
+    /// Acknowledged policy revisions not written yet, by agent.
+    policy_acks: Mutex<HashMap<String, PolicyAck>>,
 }
 
 /// A parked check-in. Dropping it un-parks the agent.
@@ -74,6 +76,18 @@ impl Hub {
         }
     }
 
+    /// Answers every parked check-in (and every new one) with "nothing to do", as Fleet
+    /// Server drains: agents check in again a second later instead of backing off for a
+    /// minute after a broken connection.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Changes to true when the server starts stopping.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// The number of agents with a parked check-in.
     pub fn parked_count(&self) -> usize {
         self.slots.lock().expect("hub lock").len()
@@ -97,19 +111,27 @@ impl Hub {
     /// Queues an acknowledged policy revision. Losing it in a crash only means the agent gets
     /// the same revision again, which it applies idempotently, so it is written in a batch
     /// rather than one disk sync per ack.
-    pub fn policy_acked(&self, agent_id: &str, policy_id: &str, revision: u64) {
+    pub fn policy_acked(&self, ack: PolicyAck) {
         let mut acks = self.policy_acks.lock().expect("hub lock");
-        let entry = acks.entry(agent_id.to_owned()).or_insert_with(|| (policy_id.to_owned(), 0));
-        if entry.0 != policy_id {
-            *entry = (policy_id.to_owned(), 0);
+        match acks.get_mut(&ack.agent_id) {
+            Some(queued)
+                if queued.policy_id == ack.policy_id
+                    && queued.access_key_id == ack.access_key_id =>
+            {
+                queued.revision = queued.revision.max(ack.revision);
+            }
+            _ => {
+                acks.insert(ack.agent_id.clone(), ack);
+            }
         }
-        entry.1 = entry.1.max(revision);
     }
 
-    /// The revision of `policy_id` an agent acknowledged that is not written yet.
-    pub fn queued_policy_ack(&self, agent_id: &str, policy_id: &str) -> Option<u64> {
+    /// The revision of its current policy an agent acknowledged that is not written yet.
+    pub fn queued_policy_ack(&self, agent: &crate::state::AgentRecord) -> Option<u64> {
         let acks = self.policy_acks.lock().expect("hub lock");
-        acks.get(agent_id).filter(|(p, _)| p == policy_id).map(|(_, r)| *r)
+        acks.get(&agent.id)
+            .filter(|a| a.policy_id == agent.policy_id && a.access_key_id == agent.access_key_id)
+            .map(|a| a.revision)
     }
 
     /// The action cursor of a report not written yet: newer than the stored one.
@@ -117,38 +139,46 @@ impl Hub {
         self.reports.lock().expect("hub lock").get(agent_id).and_then(|u| u.cursor)
     }
 
-    fn take_reports(&self) -> Vec<CheckinUpdate> {
-        std::mem::take(&mut *self.reports.lock().expect("hub lock")).into_values().collect()
-    }
-
     fn parked_ids(&self) -> Vec<String> {
         self.slots.lock().expect("hub lock").keys().cloned().collect()
     }
 
     /// Writes queued reports and policy acks now (and, when `touch`, marks parked agents as
-    /// seen).
+    /// seen). The queues are taken while holding the database, so whoever writes an agent's
+    /// report first (this, or [`Hub::take_report`] under the same lock) writes it before
+    /// anything that must follow it. What fails to be written is queued again unless newer
+    /// news arrived meanwhile.
     pub fn flush(&self, db: &Mutex<SqliteState>, touch: bool) -> anyhow::Result<()> {
-        let reports = self.take_reports();
-        let acks: Vec<(String, String, u64)> =
-            std::mem::take(&mut *self.policy_acks.lock().expect("hub lock"))
-                .into_iter()
-                .map(|(agent, (policy, revision))| (agent, policy, revision))
-                .collect();
-        let parked = if touch { self.parked_ids() } else { Vec::new() };
-        if reports.is_empty() && acks.is_empty() && parked.is_empty() {
-            return Ok(());
-        }
         let mut db = db.lock().expect("state lock");
-        if !reports.is_empty() {
-            db.record_checkins(&reports)?;
+        let reports: Vec<CheckinUpdate> =
+            std::mem::take(&mut *self.reports.lock().expect("hub lock")).into_values().collect();
+        let acks: Vec<PolicyAck> = std::mem::take(&mut *self.policy_acks.lock().expect("hub lock"))
+            .into_values()
+            .collect();
+        let parked = if touch { self.parked_ids() } else { Vec::new() };
+        let written = (|| -> anyhow::Result<()> {
+            if !reports.is_empty() {
+                db.record_checkins(&reports)?;
+            }
+            if !acks.is_empty() {
+                db.record_policy_acks(&acks)?;
+            }
+            if !parked.is_empty() {
+                db.touch_agents(&parked, &crate::state::now_rfc3339()?)?;
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            let mut queued = self.reports.lock().expect("hub lock");
+            for r in reports {
+                queued.entry(r.agent_id.clone()).or_insert(r);
+            }
+            let mut queued = self.policy_acks.lock().expect("hub lock");
+            for a in acks {
+                queued.entry(a.agent_id.clone()).or_insert(a);
+            }
         }
-        if !acks.is_empty() {
-            db.record_policy_acks(&acks)?;
-        }
-        if !parked.is_empty() {
-            db.touch_agents(&parked, &crate::state::now_rfc3339()?)?;
-        }
-        Ok(())
+        written
     }
 }
 

@@ -73,6 +73,15 @@ pub struct Release {
 }
 
 impl Release {
+    /// The release's agent policies, by policy id.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, &FileEntry)> {
+        self.manifest
+            .files
+            .iter()
+            .filter(|f| f.kind == Kind::Policy)
+            .filter_map(|f| f.metadata.get("policy_id").map(|id| (id.as_str(), f)))
+    }
+
     /// The armored PGP key artifacts were checked with, if the bundle carries one.
     pub fn pgp_key(&self) -> Option<&FileEntry> {
         self.manifest.files.iter().filter(|f| f.kind == Kind::PgpKey).max_by_key(|f| {

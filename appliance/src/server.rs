@@ -35,6 +35,22 @@ impl AppState {
     }
 }
 
+/// Runs blocking work (SQLite, files) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// Runs `f` with the state database, off the async threads.
+pub async fn with_db<T: Send + 'static>(
+    db: &Arc<std::sync::Mutex<crate::state::SqliteState>>,
+    f: impl FnOnce(&mut crate::state::SqliteState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let db = Arc::clone(db);
+    blocking(move || f(&mut db.lock().expect("state lock"))).await
+}
+
 /// Errors as agents expect them: a status and Fleet Server's JSON error shape. Internal causes
 /// are logged here, once, and never sent.
 #[derive(Debug)]

@@ -108,6 +108,8 @@ pub struct ActionResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckinUpdate {
     pub agent_id: String,
+    /// The key the check-in came with: a report of an agent since re-enrolled is dropped.
+    pub access_key_id: String,
     pub at: String,
     pub status: String,
     pub message: String,
@@ -123,6 +125,15 @@ pub struct CheckinUpdate {
     pub running: Option<(String, u64)>,
     /// The action cursor the agent's `ack_token` resolved to.
     pub cursor: Option<i64>,
+}
+
+/// An acknowledged policy revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyAck {
+    pub agent_id: String,
+    pub access_key_id: String,
+    pub policy_id: String,
+    pub revision: u64,
 }
 
 /// A chunked upload (diagnostics bundles).
@@ -189,7 +200,8 @@ pub fn next_upgrade_state(
         let state = details.get("state").and_then(serde_json::Value::as_str);
         return Some(state.filter(|s| !s.is_empty()).unwrap_or("UPG_UNKNOWN").to_owned());
     }
-    let reached = target.is_some_and(|t| t == version);
+    // The User-Agent names no `-SNAPSHOT`; a snapshot target is reached at its X.Y.Z.
+    let reached = target.is_some_and(|t| t.split('-').next() == Some(version));
     if stored_details {
         // Details stopped: done, unless the agent is still not on the target (a rollback).
         return Some(
@@ -204,6 +216,8 @@ pub fn next_upgrade_state(
 
 /// The upgrade state an agent has between the action and its first report.
 pub const UPGRADE_REQUESTED: &str = "UPG_REQUESTED";
+/// The upgrade state after the admin cancelled the upgrade.
+pub const UPGRADE_CANCELLED: &str = "UPG_CANCELLED";
 
 /// Why an audit/unenroll annotation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,15 +256,22 @@ pub trait StateStore {
     /// The policy `key` enrolls into, if it is a known, unrevoked token with the right secret.
     fn enrollment_policy(&self, key: &ApiKey) -> anyhow::Result<Option<String>>;
 
-    /// Stores a newly enrolled agent, replacing an inactive record with the same id.
-    fn put_agent(&mut self, agent: &AgentRecord) -> anyhow::Result<()>;
+    /// Stores a newly enrolled agent, in one transaction with the check that decides it may:
+    /// no agent has the id, or an inactive one, or (when `replacing` names its access key) the
+    /// very agent the caller checked the replace token of. False when that check fails. The
+    /// agent starts after every existing action.
+    fn enroll_agent(
+        &mut self,
+        agent: &AgentRecord,
+        replacing: Option<&str>,
+    ) -> anyhow::Result<bool>;
     fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>>;
     fn agent_by_access_key(&self, key_id: &str) -> anyhow::Result<Option<AgentRecord>>;
     /// The revision the agent runs (raised by policy acks and check-in reports, never lowered).
     fn agent_policy_revision(&self, id: &str) -> anyhow::Result<u64>;
     /// Records acknowledged policy revisions `(agent, policy, revision)` in one transaction; a
     /// revision is raised only while the agent is still in that policy, and never lowered.
-    fn record_policy_acks(&mut self, acks: &[(String, String, u64)]) -> anyhow::Result<()>;
+    fn record_policy_acks(&mut self, acks: &[PolicyAck]) -> anyhow::Result<()>;
     /// The appliance revision of a policy's content: the latest one if the content is unchanged,
     /// else a new one above every earlier revision (so rolling back to older content is a new
     /// revision too). Returns (revision, created).
@@ -266,8 +287,6 @@ pub trait StateStore {
     fn touch_agents(&mut self, ids: &[String], at: &str) -> anyhow::Result<()>;
     /// The stored action cursor of an agent.
     fn action_cursor(&self, agent_id: &str) -> anyhow::Result<i64>;
-    /// The sequence of `action_id` if it is an action for `agent_id` (resolves an `ack_token`).
-    fn action_seq_for(&self, agent_id: &str, action_id: &str) -> anyhow::Result<Option<i64>>;
     /// Queues an action and applies its effect, in one transaction; returns its sequence.
     fn create_action(&mut self, action: &NewAction) -> anyhow::Result<i64>;
     /// Up to `limit` actions for the agent after `after`, unexpired at `now`, not cancelled,
@@ -279,7 +298,7 @@ pub trait StateStore {
         now: &str,
         limit: usize,
     ) -> anyhow::Result<Vec<ActionRecord>>;
-    /// An action for this agent, by id.
+    /// An action for this agent (queued since it enrolled), by id; also resolves `ack_token`s.
     fn agent_action(&self, agent_id: &str, action_id: &str)
     -> anyhow::Result<Option<ActionRecord>>;
     /// Records acks; when `unenroll`, the agent is deactivated in the same transaction.
@@ -311,6 +330,15 @@ pub trait StateStore {
     fn create_upload(&mut self, upload: &UploadRecord) -> anyhow::Result<()>;
     fn upload(&self, id: &str) -> anyhow::Result<Option<UploadRecord>>;
     fn uploads(&self) -> anyhow::Result<Vec<UploadRecord>>;
+    /// The latest upload an agent made for an action.
+    fn upload_for_action(
+        &self,
+        action_id: &str,
+        agent_id: &str,
+    ) -> anyhow::Result<Option<UploadRecord>>;
+    /// Closes as `UPLOAD_ERROR` every upload still open that began before `before`, returning
+    /// them (their files are the caller's to remove).
+    fn expire_uploads(&mut self, before: &str) -> anyhow::Result<Vec<UploadRecord>>;
     fn put_chunk(&mut self, upload_id: &str, chunk: &ChunkRecord) -> anyhow::Result<()>;
     fn chunks(&self, upload_id: &str) -> anyhow::Result<Vec<ChunkRecord>>;
     /// Closes an upload as `READY` (with the file's SHA-256) or `UPLOAD_ERROR`.
@@ -374,6 +402,7 @@ impl SqliteState {
                 policy_revision INTEGER NOT NULL DEFAULT 0,
                 replace_token TEXT,
                 action_seq INTEGER NOT NULL DEFAULT 0,
+                enroll_seq INTEGER NOT NULL DEFAULT 0,
                 last_checkin TEXT,
                 last_status TEXT,
                 last_message TEXT,
@@ -394,12 +423,12 @@ impl SqliteState {
                 data TEXT,
                 created_at TEXT NOT NULL,
                 start_time TEXT,
-                expiration TEXT NOT NULL,
-                cancelled INTEGER NOT NULL DEFAULT 0
+                expiration TEXT NOT NULL
             );
             CREATE TABLE IF NOT EXISTS action_targets (
                 agent_id TEXT NOT NULL,
                 seq INTEGER NOT NULL REFERENCES actions (seq),
+                cancelled INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY (agent_id, seq)
             ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS action_results (
@@ -609,14 +638,30 @@ impl StateStore for SqliteState {
         }))
     }
 
-    fn put_agent(&mut self, a: &AgentRecord) -> anyhow::Result<()> {
-        // A (re-)enrolled agent starts after every existing action: actions queued for an
-        // earlier agent with the same id are not its own.
-        self.conn.execute(
+    fn enroll_agent(&mut self, a: &AgentRecord, replacing: Option<&str>) -> anyhow::Result<bool> {
+        let tx = self.conn.transaction()?;
+        let current: Option<(bool, String)> = tx
+            .query_row(
+                "SELECT active, access_key_id FROM agents WHERE id = ?1",
+                params![a.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let allowed = match (&current, replacing) {
+            (None | Some((false, _)), _) => true,
+            (Some((true, key)), Some(expected)) => key == expected,
+            (Some((true, _)), None) => false,
+        };
+        if !allowed {
+            return Ok(false);
+        }
+        // Actions queued for an earlier agent with the same id are not this one's.
+        tx.execute(
             "INSERT OR REPLACE INTO agents
              (id, access_key_id, access_secret_sha256, policy_id, kind, enrolled_at, active, version,
-              local_metadata, tags, replace_token, action_seq)
+              local_metadata, tags, replace_token, action_seq, enroll_seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                     (SELECT COALESCE(MAX(seq), 0) FROM actions),
                      (SELECT COALESCE(MAX(seq), 0) FROM actions))",
             params![
                 a.id,
@@ -632,7 +677,8 @@ impl StateStore for SqliteState {
                 a.replace_token
             ],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(true)
     }
 
     fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>> {
@@ -672,15 +718,17 @@ impl StateStore for SqliteState {
         Ok(rev.unwrap_or(0) as u64)
     }
 
-    fn record_policy_acks(&mut self, acks: &[(String, String, u64)]) -> anyhow::Result<()> {
+    fn record_policy_acks(&mut self, acks: &[PolicyAck]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE agents SET policy_revision = MAX(policy_revision, ?3)
-                 WHERE id = ?1 AND policy_id = ?2",
+                "UPDATE agents SET policy_revision = MAX(policy_revision, MIN(?4,
+                     (SELECT COALESCE(MAX(revision), 0) FROM policy_revisions WHERE policy_id = ?3)))
+                 WHERE id = ?1 AND access_key_id = ?2 AND policy_id = ?3",
             )?;
-            for (agent, policy, revision) in acks {
-                stmt.execute(params![agent, policy, to_i64(*revision)?])?;
+            for a in acks {
+                let revision = i64::try_from(a.revision).unwrap_or(i64::MAX);
+                stmt.execute(params![a.agent_id, a.access_key_id, a.policy_id, revision])?;
             }
         }
         tx.commit()?;
@@ -742,10 +790,12 @@ impl StateStore for SqliteState {
                     upgraded_at = CASE WHEN ?9 = 'UPG_COMPLETED' AND upgrade_state IS NOT 'UPG_COMPLETED'
                                        THEN ?2 ELSE upgraded_at END,
                     action_seq = MAX(action_seq, COALESCE(?10, 0)),
-                    policy_revision = CASE WHEN policy_id = ?11 THEN MAX(policy_revision, ?12)
-                                           ELSE policy_revision END,
+                    policy_revision = CASE WHEN policy_id = ?11
+                        THEN MAX(policy_revision, MIN(?12, (SELECT COALESCE(MAX(revision), 0)
+                                 FROM policy_revisions WHERE policy_id = ?11)))
+                        ELSE policy_revision END,
                     audit_reason = NULL, audit_time = NULL
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND access_key_id = ?13",
             )?;
             for u in updates {
                 let stored: Option<(bool, Option<String>, Option<String>)> = read
@@ -761,8 +811,10 @@ impl StateStore for SqliteState {
                     &u.version,
                     details.as_ref(),
                 );
+                // A revision is never above what this appliance issued (nor beyond SQLite's
+                // integers): one agent's odd report must not fail the batch of all.
                 let (policy, revision) = match &u.running {
-                    Some((p, r)) => (Some(p.as_str()), to_i64(*r)?),
+                    Some((p, r)) => (Some(p.as_str()), i64::try_from(*r).unwrap_or(i64::MAX)),
                     None => (None, 0),
                 };
                 write.execute(params![
@@ -777,7 +829,8 @@ impl StateStore for SqliteState {
                     state,
                     u.cursor,
                     policy,
-                    revision
+                    revision,
+                    u.access_key_id
                 ])?;
             }
         }
@@ -806,18 +859,6 @@ impl StateStore for SqliteState {
             })
             .optional()?;
         Ok(cursor.unwrap_or(0))
-    }
-
-    fn action_seq_for(&self, agent_id: &str, action_id: &str) -> anyhow::Result<Option<i64>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT a.seq FROM actions a JOIN action_targets t ON t.seq = a.seq
-                 WHERE a.id = ?2 AND t.agent_id = ?1",
-                params![agent_id, action_id],
-                |r| r.get(0),
-            )
-            .optional()?)
     }
 
     fn create_action(&mut self, a: &NewAction) -> anyhow::Result<i64> {
@@ -853,10 +894,21 @@ impl StateStore for SqliteState {
                     }
                 }
                 ActionEffect::Cancel { target_id } => {
-                    tx.execute(
-                        "UPDATE actions SET cancelled = 1 WHERE id = ?1",
-                        params![target_id],
+                    // Only for the agents this cancel is for; an upgrade that was waiting is
+                    // no longer "requested".
+                    let mut cancel = tx.prepare_cached(
+                        "UPDATE action_targets SET cancelled = 1
+                         WHERE agent_id = ?1 AND seq = (SELECT seq FROM actions WHERE id = ?2)",
                     )?;
+                    let mut upgrade = tx.prepare_cached(
+                        "UPDATE agents SET upgrade_state = ?3, upgrade_target = NULL, upgrade_details = NULL
+                         WHERE id = ?1 AND upgrade_target IS NOT NULL
+                           AND EXISTS (SELECT 1 FROM actions WHERE id = ?2 AND type = 'UPGRADE')",
+                    )?;
+                    for agent in &a.agents {
+                        cancel.execute(params![agent, target_id])?;
+                        upgrade.execute(params![agent, target_id, UPGRADE_CANCELLED])?;
+                    }
                 }
             }
         }
@@ -874,7 +926,9 @@ impl StateStore for SqliteState {
         let mut stmt = self.conn.prepare_cached(
             "SELECT a.seq, a.id, a.type, a.data, a.created_at, a.start_time, a.expiration
              FROM action_targets t JOIN actions a ON a.seq = t.seq
-             WHERE t.agent_id = ?1 AND t.seq > ?2 AND a.expiration > ?3 AND NOT a.cancelled
+             JOIN agents g ON g.id = t.agent_id
+             WHERE t.agent_id = ?1 AND t.seq > MAX(?2, g.enroll_seq) AND a.expiration > ?3
+               AND NOT t.cancelled
              ORDER BY t.seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![agent_id, after, now, limit as i64], action_row)?;
@@ -891,7 +945,8 @@ impl StateStore for SqliteState {
             .query_row(
                 "SELECT a.seq, a.id, a.type, a.data, a.created_at, a.start_time, a.expiration
                  FROM actions a JOIN action_targets t ON t.seq = a.seq
-                 WHERE a.id = ?2 AND t.agent_id = ?1",
+                 JOIN agents g ON g.id = t.agent_id
+                 WHERE a.id = ?2 AND t.agent_id = ?1 AND t.seq > g.enroll_seq",
                 params![agent_id, action_id],
                 action_row,
             )
@@ -916,10 +971,7 @@ impl StateStore for SqliteState {
             }
         }
         if unenroll {
-            tx.execute(
-                "UPDATE agents SET active = 0, unenrolled_at = ?2 WHERE id = ?1",
-                params![agent_id, now],
-            )?;
+            deactivate(&tx, agent_id, &now)?;
         }
         tx.commit()?;
         Ok(())
@@ -943,11 +995,7 @@ impl StateStore for SqliteState {
     }
 
     fn deactivate_agent(&mut self, agent_id: &str) -> anyhow::Result<bool> {
-        let now = now_rfc3339()?;
-        Ok(self.conn.execute(
-            "UPDATE agents SET active = 0, unenrolled_at = ?2 WHERE id = ?1 AND active",
-            params![agent_id, now],
-        )? > 0)
+        deactivate(&self.conn, agent_id, &now_rfc3339()?)
     }
 
     fn audit_unenroll(
@@ -1054,6 +1102,36 @@ impl StateStore for SqliteState {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn upload_for_action(
+        &self,
+        action_id: &str,
+        agent_id: &str,
+    ) -> anyhow::Result<Option<UploadRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "{UPLOAD_COLUMNS} WHERE action_id = ?1 AND agent_id = ?2 ORDER BY created DESC, rowid DESC LIMIT 1"
+                ),
+                params![action_id, agent_id],
+                upload_row,
+            )
+            .optional()?)
+    }
+
+    fn expire_uploads(&mut self, before: &str) -> anyhow::Result<Vec<UploadRecord>> {
+        let stale: Vec<UploadRecord> = {
+            let mut stmt = self.conn.prepare(&format!(
+                "{UPLOAD_COLUMNS} WHERE status = 'AWAITING_UPLOAD' AND created < ?1"
+            ))?;
+            stmt.query_map(params![before], upload_row)?.collect::<Result<_, _>>()?
+        };
+        for u in &stale {
+            self.finish_upload(&u.id, "UPLOAD_ERROR", None)?;
+        }
+        Ok(stale)
+    }
+
     fn put_chunk(&mut self, upload_id: &str, c: &ChunkRecord) -> anyhow::Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO upload_chunks (upload_id, num, size, sha256) VALUES (?1, ?2, ?3, ?4)",
@@ -1094,6 +1172,14 @@ impl StateStore for SqliteState {
     }
 }
 
+/// Makes an agent inactive (its key stops working); false if it already was, or is unknown.
+fn deactivate(conn: &Connection, agent_id: &str, now: &str) -> anyhow::Result<bool> {
+    Ok(conn.execute(
+        "UPDATE agents SET active = 0, unenrolled_at = ?2 WHERE id = ?1 AND active",
+        params![agent_id, now],
+    )? > 0)
+}
+
 const UPLOAD_COLUMNS: &str = "SELECT id, action_id, agent_id, name, mime_type, size, chunk_size, status, created, completed, sha256 FROM uploads";
 
 fn upload_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadRecord> {
@@ -1130,12 +1216,18 @@ pub fn now_rfc3339() -> anyhow::Result<String> {
     Ok(ferry_manifests::rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0)?))
 }
 
-/// An RFC 3339 time with any offset and fraction (what agents send), as stored: UTC, seconds.
-pub fn utc_rfc3339(text: &str) -> Option<String> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+/// An RFC 3339 time with any offset and fraction (what agents send), in UTC, to the second.
+pub fn utc_time(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()?
-        .to_offset(time::UtcOffset::UTC);
-    Some(ferry_manifests::rfc3339(t.replace_nanosecond(0).ok()?))
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .ok()
+}
+
+/// [`utc_time`] as stored text.
+pub fn utc_rfc3339(text: &str) -> Option<String> {
+    utc_time(text).map(ferry_manifests::rfc3339)
 }
 
 #[cfg(test)]
@@ -1253,8 +1345,8 @@ mod tests {
     fn actions_are_pending_in_order_until_the_cursor_passes_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
-        s.put_agent(&agent("a", "ka")).unwrap();
-        s.put_agent(&agent("b", "kb")).unwrap();
+        assert!(s.enroll_agent(&agent("a", "ka"), None).unwrap());
+        assert!(s.enroll_agent(&agent("b", "kb"), None).unwrap());
         let far = "2099-01-01T00:00:00Z";
         let now = "2026-06-01T00:00:00Z";
         for i in 0..150 {
@@ -1272,12 +1364,12 @@ mod tests {
         assert_eq!(first.len(), 100, "bounded per response");
         assert_eq!(first[0].id, "x0");
         assert!(first.windows(2).all(|w| w[0].seq < w[1].seq), "creation order");
-        let cursor = s.action_seq_for("a", "x99").unwrap().unwrap();
+        let cursor = s.agent_action("a", "x99").unwrap().unwrap().seq;
         assert_eq!(cursor, first[99].seq);
         let rest = s.pending_actions("a", cursor, now, 100).unwrap();
         assert_eq!(rest.len(), 50, "the expired action is not delivered");
-        assert_eq!(s.action_seq_for("a", "for-b").unwrap(), None, "another agent's action");
-        assert_eq!(s.action_seq_for("a", "nope").unwrap(), None);
+        assert_eq!(s.agent_action("a", "for-b").unwrap(), None, "another agent's action");
+        assert_eq!(s.agent_action("a", "nope").unwrap(), None);
 
         // Cancel hides an undelivered action; the cursor is stored by check-in reports and only
         // goes up.
@@ -1291,6 +1383,17 @@ mod tests {
         let ids: Vec<String> =
             s.pending_actions("b", 0, now, 100).unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, ["c"]);
+        // A cancel for some agents leaves the others' delivery alone.
+        s.create_action(&action("both", &["a", "b"], far, ActionEffect::None)).unwrap();
+        s.create_action(&action(
+            "c2",
+            &["b"],
+            far,
+            ActionEffect::Cancel { target_id: "both".into() },
+        ))
+        .unwrap();
+        let last = |agent| s.pending_actions(agent, 0, now, 1000).unwrap().pop().unwrap().id;
+        assert_eq!((last("a"), last("b")), ("both".to_owned(), "c2".to_owned()));
         let report = |cursor| CheckinUpdate {
             agent_id: "a".into(),
             at: now.into(),
@@ -1302,13 +1405,35 @@ mod tests {
             upgrade_details: None,
             running: Some(("p".into(), 3)),
             cursor,
+            access_key_id: "ka".into(),
         };
+        for content in ["a", "b", "c"] {
+            s.policy_revision("p", content).unwrap();
+        }
         s.record_checkins(&[report(Some(cursor))]).unwrap();
         s.record_checkins(&[report(Some(1))]).unwrap();
         assert_eq!(s.action_cursor("a").unwrap(), cursor);
         assert_eq!(s.agent_policy_revision("a").unwrap(), 3);
-        // A re-enrolled agent starts after every existing action.
-        s.put_agent(&agent("a", "ka2")).unwrap();
+        // A revision beyond what was issued (or beyond SQLite's integers) is clamped, and
+        // never fails the batch.
+        let mut wild = report(None);
+        wild.running = Some(("p".into(), u64::MAX));
+        s.record_checkins(&[wild]).unwrap();
+        assert_eq!(s.agent_policy_revision("a").unwrap(), 3);
+        let ack = |revision| PolicyAck {
+            agent_id: "a".into(),
+            access_key_id: "ka".into(),
+            policy_id: "p".into(),
+            revision,
+        };
+        s.record_policy_acks(&[ack(99)]).unwrap();
+        assert_eq!(s.agent_policy_revision("a").unwrap(), 3);
+        // An active agent is replaced only by the enrollment that checked its key.
+        assert!(!s.enroll_agent(&agent("a", "ka2"), None).unwrap());
+        assert!(!s.enroll_agent(&agent("a", "ka2"), Some("other")).unwrap());
+        assert!(s.enroll_agent(&agent("a", "ka2"), Some("ka")).unwrap());
+        // The replacement starts after every existing action, whatever token it shows.
+        assert_eq!(s.agent_action("a", "x0").unwrap(), None);
         assert!(
             s.pending_actions("a", s.action_cursor("a").unwrap(), now, 100).unwrap().is_empty()
         );
@@ -1330,6 +1455,11 @@ mod tests {
         // Details stop: done if on the target, failed (rolled back) if not.
         assert_eq!(st(true, None, Some("9.2.2"), "9.2.2", None).as_deref(), Some("UPG_COMPLETED"));
         assert_eq!(st(true, None, Some("9.2.2"), "9.1.2", None).as_deref(), Some("UPG_FAILED"));
+        assert_eq!(
+            st(true, None, Some("9.2.2-SNAPSHOT"), "9.2.2", None).as_deref(),
+            Some("UPG_COMPLETED"),
+            "the User-Agent names no -SNAPSHOT"
+        );
         // Agents before 8.12 send no details: the version tells.
         assert_eq!(
             st(false, Some(UPGRADE_REQUESTED), Some("9.2.2"), "9.2.2", None).as_deref(),
@@ -1346,8 +1476,8 @@ mod tests {
     fn parked_agents_are_touched_and_inactive_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
-        s.put_agent(&agent("a", "ka")).unwrap();
-        s.put_agent(&agent("b", "kb")).unwrap();
+        assert!(s.enroll_agent(&agent("a", "ka"), None).unwrap());
+        assert!(s.enroll_agent(&agent("b", "kb"), None).unwrap());
         assert!(s.deactivate_agent("b").unwrap());
         assert!(!s.deactivate_agent("b").unwrap());
         s.touch_agents(&["a".into(), "b".into()], "2026-06-01T00:00:00Z").unwrap();

@@ -148,3 +148,35 @@ fn check_ins_take_what_real_agents_send() {
         .assert_error(413, "ErrPayloadSizeTooLarge");
     assert_eq!(agent.checkin_online().status, 200, "and the agent carries on");
 }
+
+#[test]
+fn a_stopping_server_answers_parked_check_ins_and_keeps_their_reports() {
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&server, &token);
+    let reply = agent.checkin_online();
+    assert_eq!(agent.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+    let started = std::time::Instant::now();
+    let reply = std::thread::scope(|scope| {
+        let parked =
+            scope.spawn(|| agent.checkin(json!({"status": "DEGRADED", "message": "draining"})));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!parked.is_finished());
+        assert!(server.terminate().success(), "a clean stop");
+        parked.join().unwrap()
+    });
+    // Answered "nothing to do" (not cut off, not held for its 120 s).
+    assert_eq!((reply.status, &reply.body), (200, &json!({"action": "checkin", "ack_token": ""})));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // What it reported, and the policy ack, were written before the process ended.
+    let server = Server::start(&f);
+    let shown = f.run_json(&[&"agents", &"show", &agent.id, &"--json"]);
+    assert_eq!(
+        (shown["last_status"].as_str(), shown["policy_revision"].as_u64()),
+        (Some("DEGRADED"), Some(1))
+    );
+    drop(server);
+}

@@ -98,6 +98,8 @@ fn a_diagnostics_bundle_travels_from_agent_to_admin_and_bad_uploads_are_refused(
     assert_eq!((reply.status, reply.raw.len()), (200, 0));
     let reply = complete(&agent, &upload, &transit(&[first, second]).to_uppercase());
     assert_eq!((reply.status, &reply.body), (200, &json!({"status": "ok"})), "{reply:?}");
+    // One bundle per request: another attempt after it is refused.
+    begin(&agent, &action, &agent.id, file.len()).assert_error(400, "BadRequest");
     let mut event = agent.ack_event(&action);
     event["data"] = json!({"upload_id": upload});
     assert_eq!(agent.ack_events(&[event]).status, 200);

@@ -1,4 +1,7 @@
-//! Shared helpers for Ferry's end-to-end journeys: finding the built binaries and running them.
+//! Shared helpers for Ferry's end-to-end journeys (finding the built binaries and running them),
+//! and `ferry-sim`, the fleet simulator.
+
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

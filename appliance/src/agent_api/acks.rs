@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_request, with_state};
 use crate::server::ApiError;
-use crate::state::{ActionResult, AuditOutcome, StateStore as _};
+use crate::state::{ActionResult, AuditOutcome, PolicyAck, StateStore as _};
 
 #[derive(Deserialize)]
 struct AckRequest {
@@ -60,7 +60,12 @@ pub async fn acks(
                 && policy == agent.policy_id
                 && !failed
             {
-                api.hub.policy_acked(&agent.id, policy, revision);
+                api.hub.policy_acked(PolicyAck {
+                    agent_id: agent.id.clone(),
+                    access_key_id: agent.access_key_id.clone(),
+                    policy_id: policy.to_owned(),
+                    revision,
+                });
             }
         } else {
             lookups.push((i, event, failed));
@@ -133,10 +138,11 @@ pub async fn audit_unenroll(
             .ok_or_else(|| bad_request(format!("timestamp {t:?} is not RFC 3339")))?,
         None => crate::state::now_rfc3339().map_err(ApiError::Internal)?,
     };
-    // A check-in report still queued predates this and would clear the annotation.
-    let queued = api.hub.take_report(&agent.id);
+    // A check-in report still queued predates this and would clear the annotation: written
+    // first, taken while holding the database as the batch writer does.
+    let hub = Arc::clone(&api.hub);
     let outcome = with_state(&api, move |s| {
-        if let Some(report) = queued {
+        if let Some(report) = hub.take_report(&agent.id) {
             s.record_checkins(&[report])?;
         }
         s.audit_unenroll(&agent.id, &request.reason, &at)

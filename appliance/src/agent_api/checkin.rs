@@ -64,17 +64,6 @@ impl PolicyCache {
     }
 }
 
-/// The bundle entry of policy `policy_id` in `release`.
-fn policy_entry<'a>(
-    release: &'a Release,
-    policy_id: &str,
-) -> Option<&'a ferry_manifests::FileEntry> {
-    release.manifest.files.iter().find(|f| {
-        f.kind == ferry_manifests::Kind::Policy
-            && f.metadata.get("policy_id").map(String::as_str) == Some(policy_id)
-    })
-}
-
 /// Builds the delivered form of a policy: `fleet.hosts` and the download source point here, and
 /// the revision is the appliance's own, which only goes up.
 fn deliver(
@@ -82,7 +71,9 @@ fn deliver(
     release: &Release,
     policy_id: &str,
 ) -> Result<Option<Delivered>, ApiError> {
-    let Some(entry) = policy_entry(release, policy_id) else { return Ok(None) };
+    let Some((_, entry)) = release.policies().find(|(id, _)| *id == policy_id) else {
+        return Ok(None);
+    };
     let bytes = std::fs::read(api.app.blobs.path(&entry.sha256))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let policy = ferry_artifacts::Policy::parse(&bytes, entry.path.as_str())
@@ -145,10 +136,12 @@ fn envelope(action: &ActionRecord, agent_id: &str) -> Value {
         "type": action.kind,
         "agent_id": agent_id,
         "created_at": action.created_at,
-        "expiration": action.expiration,
         "input_type": "",
         "data": data.unwrap_or(Value::Null),
     });
+    if !action.expiration.is_empty() {
+        v["expiration"] = json!(action.expiration);
+    }
     if let Some(start) = &action.start_time {
         v["start_time"] = json!(start);
     }
@@ -175,7 +168,7 @@ pub async fn checkin(
         let id = agent.id.clone();
         move |s| {
             let token_seq = match token {
-                Some(t) => s.action_seq_for(&id, &t)?,
+                Some(t) => s.agent_action(&id, &t)?.map(|a| a.seq),
                 None => None,
             };
             Ok((token_seq, s.action_cursor(&id)?, s.agent_policy_revision(&id)?))
@@ -185,9 +178,11 @@ pub async fn checkin(
     // An unknown token falls back to the stored cursor, never an error (§7.8). The stored
     // cursor and revision may still be in memory, waiting for the next batch write.
     let stored_cursor = stored_cursor.max(api.hub.queued_cursor(&agent.id).unwrap_or(0));
-    let stored_revision =
-        stored_revision.max(api.hub.queued_policy_ack(&agent.id, &agent.policy_id).unwrap_or(0));
+    let stored_revision = stored_revision.max(api.hub.queued_policy_ack(&agent).unwrap_or(0));
     let cursor = token_seq.unwrap_or(stored_cursor);
+    // Subscribed before the policy is looked up: a release activated in between is a change
+    // this check-in sees.
+    let mut release = api.app.changed.subscribe();
     let latest = {
         let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
         blocking(move || api.policies.get(&api, &policy_id)).await?
@@ -209,6 +204,7 @@ pub async fn checkin(
     };
     api.hub.report(CheckinUpdate {
         agent_id: agent.id.clone(),
+        access_key_id: agent.access_key_id.clone(),
         at: crate::state::now_rfc3339().map_err(ApiError::Internal)?,
         status: request.status,
         message: request.message.unwrap_or_default(),
@@ -225,7 +221,9 @@ pub async fn checkin(
     let deadline = tokio::time::Instant::now() + hold;
     // Parked before the first look, so an action queued after the look wakes this poll.
     let mut parked = api.hub.park(&agent.id);
-    let mut release = api.app.changed.subscribe();
+    let mut stopping = api.hub.stopping();
+    // Stopping already: answer at once (the loop still delivers anything pending).
+    let deadline = if *stopping.borrow() { tokio::time::Instant::now() } else { deadline };
     let mut latest = latest;
     // Actions are looked up first and after each wake-up of this agent; a new release only
     // changes the policy, so waking every parked agent costs no database work.
@@ -250,14 +248,19 @@ pub async fn checkin(
             .into_response());
         }
         if let Some(policy) = latest.as_ref().filter(|p| p.revision > running) {
-            let action = json!({
-                "id": format!("policy:{}:{}", agent.policy_id, policy.revision),
-                "type": "POLICY_CHANGE",
-                "agent_id": agent.id,
-                "created_at": policy.created,
-                "input_type": "",
-                "data": { "policy": policy.policy },
-            });
+            // Not a stored action: the policy monitor's, with no expiry (§4.3).
+            let action = envelope(
+                &ActionRecord {
+                    seq: 0,
+                    id: format!("policy:{}:{}", agent.policy_id, policy.revision),
+                    kind: "POLICY_CHANGE".into(),
+                    data: Some(json!({ "policy": policy.policy }).to_string()),
+                    created_at: policy.created.clone(),
+                    start_time: None,
+                    expiration: String::new(),
+                },
+                &agent.id,
+            );
             return Ok(axum::Json(
                 json!({ "action": "checkin", "ack_token": "", "actions": [action] }),
             )
@@ -274,6 +277,7 @@ pub async fn checkin(
                 latest = blocking(move || api.policies.get(&api, &policy_id)).await?;
             },
             () = tokio::time::sleep_until(deadline) => break,
+            _ = stopping.changed() => break,
         }
     }
     Ok(axum::Json(json!({ "action": "checkin", "ack_token": "" })).into_response())

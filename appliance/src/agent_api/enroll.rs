@@ -80,6 +80,9 @@ pub async fn enroll(
         let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
         let existing =
             api.state.lock().expect("state lock").agent(&id).map_err(ApiError::Internal)?;
+        // The key of the active agent this enrollment replaces, checked again when the record
+        // is written: a concurrent enrollment of the same id cannot slip in between.
+        let mut replacing = None;
         if let Some(existing) = existing.filter(|a| a.active) {
             // Fleet's rule: an active agent is replaced only by someone holding its replace
             // token, into the same policy.
@@ -92,6 +95,7 @@ pub async fn enroll(
                 return Err(not_replaceable(&id));
             }
             tracing::info!(agent = %id, "agent re-enrolled with its replace token");
+            replacing = Some(existing.access_key_id);
         }
         let replace_token =
             (!request.replace_token.is_empty()).then(|| hash_replace_token(&request.replace_token));
@@ -106,23 +110,30 @@ pub async fn enroll(
         tags.dedup();
         let key = ApiKey::mint();
         let enrolled_at = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
-        api.state
+        let stored = api
+            .state
             .lock()
             .expect("state lock")
-            .put_agent(&AgentRecord {
-                id: id.clone(),
-                access_key_id: key.id().to_string(),
-                access_secret_sha256: key.secret_hash().to_hex(),
-                policy_id: policy_id.clone(),
-                kind: request.kind.clone(),
-                enrolled_at: enrolled_at.clone(),
-                active: true,
-                version,
-                local_metadata: local.to_string(),
-                tags: json!(tags).to_string(),
-                replace_token,
-            })
+            .enroll_agent(
+                &AgentRecord {
+                    id: id.clone(),
+                    access_key_id: key.id().to_string(),
+                    access_secret_sha256: key.secret_hash().to_hex(),
+                    policy_id: policy_id.clone(),
+                    kind: request.kind.clone(),
+                    enrolled_at: enrolled_at.clone(),
+                    active: true,
+                    version,
+                    local_metadata: local.to_string(),
+                    tags: json!(tags).to_string(),
+                    replace_token,
+                },
+                replacing.as_deref(),
+            )
             .map_err(ApiError::Internal)?;
+        if !stored {
+            return Err(not_replaceable(&id));
+        }
         tracing::info!(agent = %id, policy = %policy_id, "agent enrolled");
         Ok(json!({
             "action": "created",

@@ -22,7 +22,7 @@ use axum::routing::{post, put};
 use crate::credentials::{ApiKey, SecretHash};
 use crate::hub::Hub;
 use crate::limits::Limits;
-use crate::server::{ApiError, AppState};
+use crate::server::{ApiError, AppState, blocking};
 use crate::state::{AgentRecord, SqliteState, StateStore as _};
 
 pub use checkin::PolicyCache;
@@ -208,20 +208,12 @@ async fn authenticated(
     blocking(move || authenticate(&api, &key, id.as_deref())).await
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.into()))?
-}
-
 /// Runs `f` with the state database, off the async threads.
 async fn with_state<T: Send + 'static>(
     api: &Arc<AgentApi>,
     f: impl FnOnce(&mut SqliteState) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let api = Arc::clone(api);
-    blocking(move || f(&mut api.state.lock().expect("state lock")).map_err(ApiError::Internal))
-        .await
+    crate::server::with_db(&api.state, move |s| f(s).map_err(ApiError::Internal)).await
 }
 
 fn too_large(limit: usize) -> ApiError {

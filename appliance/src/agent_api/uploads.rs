@@ -110,18 +110,39 @@ pub async fn begin(
     let api2 = Arc::clone(&api);
     let upload = blocking(move || {
         let mut state = api2.state.lock().expect("state lock");
-        // Only uploads an admin asked for: an agent cannot fill the disk on its own accord.
-        let action =
-            state.agent_action(&upload.agent_id, &upload.action_id).map_err(ApiError::Internal)?;
-        if action.is_none_or(|a| a.kind != "REQUEST_DIAGNOSTICS") {
+        let internal = |e: anyhow::Error| ApiError::Internal(e);
+        // Uploads left open for a day are abandoned (Fleet Server's rule).
+        let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        for stale in state.expire_uploads(&ferry_manifests::rfc3339(day_ago)).map_err(internal)? {
+            let _ = std::fs::remove_dir_all(upload_dir(&api2.uploads_dir, &stale));
+        }
+        // Only what an admin asked for, while the request is live, once: an agent cannot fill
+        // the disk on its own accord.
+        let action = state.agent_action(&upload.agent_id, &upload.action_id).map_err(internal)?;
+        if action.is_none_or(|a| a.kind != "REQUEST_DIAGNOSTICS" || a.expiration <= upload.created)
+        {
             return Err(bad_request(format!(
-                "{} is not a diagnostics request for this agent",
+                "{} is not a live diagnostics request for this agent",
                 upload.action_id
             )));
         }
+        match state.upload_for_action(&upload.action_id, &upload.agent_id).map_err(internal)? {
+            Some(done) if done.status == READY => {
+                return Err(bad_request(format!(
+                    "diagnostics for {} were uploaded already ({})",
+                    upload.action_id, done.id
+                )));
+            }
+            // A new attempt replaces one left open.
+            Some(open) if open.status == AWAITING => {
+                state.finish_upload(&open.id, FAILED, None).map_err(internal)?;
+                let _ = std::fs::remove_dir_all(upload_dir(&api2.uploads_dir, &open));
+            }
+            _ => {}
+        }
         std::fs::create_dir_all(upload_dir(&api2.uploads_dir, &upload))
             .map_err(|e| ApiError::Internal(e.into()))?;
-        state.create_upload(&upload).map_err(ApiError::Internal)?;
+        state.create_upload(&upload).map_err(internal)?;
         Ok(upload)
     })
     .await?;

@@ -242,6 +242,14 @@ impl Server {
         }
     }
 
+    /// Asks the server to stop (SIGTERM), as systemd does, and waits until it has.
+    pub fn terminate(&self) -> std::process::ExitStatus {
+        let mut child = self.child.lock().unwrap();
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        child.wait().unwrap()
+    }
+
     /// Kills the server as a power cut would (SIGKILL), and waits until it is gone.
     pub fn kill(&self) {
         let mut child = self.child.lock().unwrap();

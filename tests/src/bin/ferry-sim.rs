@@ -1,0 +1,14 @@
+//! `ferry-sim`: simulated Elastic Agents for load tests and benchmarks (see `--help`).
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let cli = ferry_tests::sim::Cli::parse();
+    match ferry_tests::sim::main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-sim: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

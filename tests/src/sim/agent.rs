@@ -1,0 +1,444 @@
+//! One simulated Elastic Agent, behaving as fleet-protocol.md says real agents do: enroll,
+//! long-poll check-ins with gzip bodies and the kept `ack_token`, acks, upgrades downloaded and
+//! verified from the mirror (reporting `upgrade_details` meanwhile), diagnostics uploads, and
+//! unenrollment.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper::body::Bytes;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::conn::{Conn, Endpoint, Failure, Response};
+use super::stats::Stats;
+
+/// The agent's HTTP client timeout (a long poll must end before it).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
+const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every simulated agent shares.
+pub struct Fleet {
+    pub api: Arc<Endpoint>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub token: String,
+    pub version: String,
+    pub platform: String,
+    pub sources: Vec<IpAddr>,
+    pub stats: Arc<Stats>,
+    /// Error backoff after a failed check-in (real agents: 60 s, doubling to 10 min).
+    pub backoff_init: Duration,
+    pub backoff_max: Duration,
+    /// A PGP key to verify upgrades with when the appliance cannot serve one (plain HTTP).
+    pub pgp_key: Option<ferry_artifacts::Keyring>,
+}
+
+struct Upgrade {
+    action_id: String,
+    target: String,
+    task: tokio::task::JoinHandle<Result<(), Failure>>,
+}
+
+struct Agent {
+    fleet: Arc<Fleet>,
+    conn: Conn,
+    source: Option<IpAddr>,
+    id: String,
+    key: String,
+    version: String,
+    ack_token: String,
+    revision: u64,
+    upgrade: Option<Upgrade>,
+    /// `upgrade_details` to send on the next check-ins (`UPG_WATCHING` after a restart).
+    details: Option<Value>,
+}
+
+fn gzip(bytes: &[u8]) -> Bytes {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).expect("in memory");
+    gz.finish().expect("in memory").into()
+}
+
+fn expect_ok(r: &Response) -> Result<Value, Failure> {
+    if r.status != 200 {
+        return Err(Failure::Status(r.status));
+    }
+    if r.body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&r.body).map_err(|e| Failure::Protocol(e.to_string()))
+}
+
+/// Equal jitter: half the delay fixed, half random.
+fn jittered(d: Duration) -> Duration {
+    d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
+}
+
+/// Runs agent number `n` until it is unenrolled or its key stops working.
+pub async fn run(fleet: Arc<Fleet>, n: usize) {
+    let source = (!fleet.sources.is_empty()).then(|| fleet.sources[n % fleet.sources.len()]);
+    let mut conn = Conn::new(Arc::clone(&fleet.api), fleet.tls.clone(), source);
+    let mut delay = Duration::from_secs(1);
+    let (id, key) = loop {
+        match enroll(&fleet, &mut conn, n).await {
+            Ok(x) => break x,
+            Err(f) => {
+                fleet.stats.error(&f);
+                tokio::time::sleep(jittered(delay)).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    fleet.stats.enrolled.fetch_add(1, Relaxed);
+    fleet.stats.version(None, &fleet.version);
+    let version = fleet.version.clone();
+    let mut agent = Agent {
+        fleet,
+        conn,
+        source,
+        id,
+        key,
+        version,
+        ack_token: String::new(),
+        revision: 0,
+        upgrade: None,
+        details: None,
+    };
+    agent.run().await;
+}
+
+async fn enroll(fleet: &Fleet, conn: &mut Conn, n: usize) -> Result<(String, String), Failure> {
+    let body = json!({
+        "type": "PERMANENT", "id": "", "replace_token": "",
+        "metadata": {
+            "local": { "elastic": { "agent": { "id": "", "version": fleet.version, "upgradeable": true, "snapshot": false } },
+                       "host": { "hostname": format!("sim-{n:05}"), "architecture": "x86_64" },
+                       "os": { "platform": "linux", "family": "debian" } },
+            "user_provided": {},
+            "tags": ["ferry-sim"],
+        }
+    });
+    let ua = format!("Elastic Agent v{}", fleet.version);
+    let auth = format!("ApiKey {}", fleet.token);
+    let r = conn
+        .request(
+            "POST",
+            "/api/fleet/agents/enroll?",
+            &agent_headers(&ua, &auth),
+            body.to_string().into(),
+            SHORT_TIMEOUT,
+        )
+        .await?;
+    let v = expect_ok(&r)?;
+    let field = |k: &str| {
+        v["item"][k]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::Protocol(format!("no item.{k}")))
+    };
+    Ok((field("id")?, field("access_api_key")?))
+}
+
+/// The headers every agent request carries (fleet-protocol.md §2.2).
+fn agent_headers<'a>(ua: &'a str, auth: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("user-agent", ua),
+        ("authorization", auth),
+        ("elastic-api-version", "2023-06-01"),
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("kbn-xsrf", "1"),
+    ]
+}
+
+impl Agent {
+    async fn run(&mut self) {
+        let mut backoff = self.fleet.backoff_init;
+        loop {
+            match self.checkin().await {
+                Ok(Step::Continue) => {
+                    backoff = self.fleet.backoff_init;
+                    // Agents pause about a second between successful check-ins.
+                    let pause = Duration::from_millis(1000 + rand::random::<u64>() % 500);
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Step::Stop) => {
+                    self.fleet.stats.stopped.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(f) => {
+                    self.fleet.stats.error(&f);
+                    if f == Failure::Status(401) {
+                        // The key is dead: real agents slow to hourly check-ins; the
+                        // simulator stops this agent.
+                        self.fleet.stats.stopped.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(self.fleet.backoff_max);
+                }
+            }
+        }
+    }
+
+    fn ua(&self) -> String {
+        format!("Elastic Agent v{}", self.version)
+    }
+
+    fn auth(&self) -> String {
+        format!("ApiKey {}", self.key)
+    }
+
+    async fn post(
+        &mut self,
+        path: &str,
+        body: Bytes,
+        extra: &[(&str, &str)],
+    ) -> Result<Value, Failure> {
+        let (ua, auth) = (self.ua(), self.auth());
+        let mut headers = agent_headers(&ua, &auth);
+        headers.extend_from_slice(extra);
+        let r = self.conn.request("POST", path, &headers, body, SHORT_TIMEOUT).await?;
+        expect_ok(&r)
+    }
+
+    async fn checkin(&mut self) -> Result<Step, Failure> {
+        let mut body = json!({
+            "status": "online",
+            "message": "Running",
+            "local_metadata": { "elastic": { "agent": { "id": self.id, "version": self.version } } },
+            "components": [{ "id": "system/metrics-default", "type": "system/metrics", "status": "HEALTHY",
+                             "message": "Healthy", "units": [] }],
+        });
+        if !self.ack_token.is_empty() {
+            body["ack_token"] = json!(self.ack_token);
+        }
+        if let Some(u) = &self.upgrade {
+            body["upgrade_details"] = json!({"target_version": u.target, "state": "UPG_DOWNLOADING",
+                "action_id": u.action_id, "metadata": {"download_percent": 50.0, "download_rate": 1.0e6}});
+        } else if let Some(d) = self.details.take() {
+            body["upgrade_details"] = d;
+        }
+        let (ua, auth) = (self.ua(), self.auth());
+        let mut headers = agent_headers(&ua, &auth);
+        headers.push(("content-encoding", "gzip"));
+        let path = format!("/api/fleet/agents/{}/checkin?", self.id);
+        let stats = Arc::clone(&self.fleet.stats);
+        stats.in_checkin.fetch_add(1, Relaxed);
+        let request = self.conn.request(
+            "POST",
+            &path,
+            &headers,
+            gzip(body.to_string().as_bytes()),
+            CLIENT_TIMEOUT,
+        );
+        let outcome = match self.upgrade.as_mut() {
+            // A finished upgrade re-executes the agent: its parked check-in is dropped.
+            Some(u) => tokio::select! {
+                r = request => Some(r),
+                _ = &mut u.task => None,
+            },
+            None => Some(request.await),
+        };
+        stats.in_checkin.fetch_sub(1, Relaxed);
+        stats.checkins.fetch_add(1, Relaxed);
+        let Some(response) = outcome else {
+            self.finish_upgrade().await?;
+            return Ok(Step::Continue);
+        };
+        let v = expect_ok(&response?)?;
+        if let Some(token) = v["ack_token"].as_str().filter(|t| !t.is_empty()) {
+            self.ack_token = token.to_owned();
+        }
+        for action in v["actions"].as_array().cloned().unwrap_or_default() {
+            if self.handle(&action).await? == Step::Stop {
+                return Ok(Step::Stop);
+            }
+        }
+        if self.upgrade.as_ref().is_some_and(|u| u.task.is_finished()) {
+            self.finish_upgrade().await?;
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
+        let mut event = json!({"type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": self.id,
+            "action_id": action_id, "message": "acknowledged", "timestamp": ferry_manifests::rfc3339(time_now())});
+        if let Some(d) = data {
+            event["data"] = d;
+        }
+        let path = format!("/api/fleet/agents/{}/acks?", self.id);
+        let v = self.post(&path, json!({"events": [event]}).to_string().into(), &[]).await?;
+        if v["action"] != "acks" {
+            return Err(Failure::Protocol(format!("ack answer {v}")));
+        }
+        self.fleet.stats.acks.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    async fn handle(&mut self, action: &Value) -> Result<Step, Failure> {
+        let id = action["id"].as_str().unwrap_or_default().to_owned();
+        match action["type"].as_str().unwrap_or_default() {
+            "POLICY_CHANGE" => {
+                let revision = action["data"]["policy"]["revision"].as_u64().unwrap_or(0);
+                self.fleet.stats.revision(self.revision, revision);
+                self.revision = revision;
+                self.ack(&id, None).await?;
+            }
+            "UPGRADE" => {
+                let target = action["data"]["version"].as_str().unwrap_or_default().to_owned();
+                let source = action["data"]["source_uri"].as_str().unwrap_or_default().to_owned();
+                let fleet = Arc::clone(&self.fleet);
+                let (t, src) = (target.clone(), self.source);
+                let task =
+                    tokio::spawn(
+                        async move { download_and_verify(&fleet, &source, &t, src).await },
+                    );
+                self.upgrade = Some(Upgrade { action_id: id, target, task });
+            }
+            "UNENROLL" => {
+                self.ack(&id, None).await?;
+                self.fleet.stats.unenrolled.fetch_add(1, Relaxed);
+                return Ok(Step::Stop);
+            }
+            "REQUEST_DIAGNOSTICS" => {
+                let upload_id = self.upload_diagnostics(&id).await?;
+                self.ack(&id, Some(json!({"upload_id": upload_id}))).await?;
+            }
+            // The agent core never acks CANCEL.
+            "CANCEL" => {}
+            _ => self.ack(&id, None).await?,
+        }
+        Ok(Step::Continue)
+    }
+
+    /// The download finished: on success the "new" agent acks and watches; on failure it
+    /// reports UPG_FAILED (and, like real agents, acks without an error).
+    async fn finish_upgrade(&mut self) -> Result<(), Failure> {
+        let Some(u) = self.upgrade.take() else { return Ok(()) };
+        let outcome =
+            u.task.await.unwrap_or(Err(Failure::Protocol("upgrade task panicked".into())));
+        match outcome {
+            Ok(()) => {
+                self.fleet.stats.version(Some(&self.version), &u.target);
+                self.version.clone_from(&u.target);
+                self.fleet.stats.upgraded.fetch_add(1, Relaxed);
+                self.details = Some(
+                    json!({"target_version": u.target, "state": "UPG_WATCHING", "metadata": {}}),
+                );
+            }
+            Err(f) => {
+                self.fleet.stats.error(&f);
+                self.details = Some(json!({"target_version": u.target, "state": "UPG_FAILED",
+                    "metadata": {"failed_state": "UPG_DOWNLOADING", "error_msg": f.kind()}}));
+            }
+        }
+        self.ack(&u.action_id, None).await
+    }
+
+    async fn upload_diagnostics(&mut self, action_id: &str) -> Result<String, Failure> {
+        let file: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 251) as u8).collect();
+        let begin = json!({"action_id": action_id, "agent_id": self.id, "src": "agent",
+            "file": {"name": "elastic-agent-diagnostics.zip", "ext": "zip", "mime_type": "application/zip",
+                     "size": file.len(), "hash": {"sha256": "", "md5": ""}}});
+        let v = self.post("/api/fleet/uploads?", begin.to_string().into(), &[]).await?;
+        let upload_id = v["upload_id"]
+            .as_str()
+            .ok_or_else(|| Failure::Protocol("no upload_id".into()))?
+            .to_owned();
+        let chunk_size = v["chunk_size"].as_u64().unwrap_or(4 << 20) as usize;
+        let mut transit = sha2::Sha256::new();
+        for (n, chunk) in file.chunks(chunk_size).enumerate() {
+            let digest = sha2::Sha256::digest(chunk);
+            transit.update(digest);
+            let (ua, auth, sha) = (self.ua(), self.auth(), hex::encode(digest));
+            let mut headers = agent_headers(&ua, &auth);
+            headers.push(("x-chunk-sha2", &sha));
+            let path = format!("/api/fleet/uploads/{upload_id}/{n}?");
+            let r = self
+                .conn
+                .request("PUT", &path, &headers, Bytes::copy_from_slice(chunk), SHORT_TIMEOUT)
+                .await?;
+            expect_ok(&r)?;
+        }
+        let done = json!({"transithash": {"sha256": hex::encode(transit.finalize())}});
+        self.post(&format!("/api/fleet/uploads/{upload_id}?"), done.to_string().into(), &[])
+            .await?;
+        self.fleet.stats.uploads.fetch_add(1, Relaxed);
+        Ok(upload_id)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Stop,
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Downloads the archive, `.sha512` and `.asc` of `version` from `source_uri` as the agent
+/// does, checks the digest and the PGP signature (with the key from the appliance's PGP
+/// endpoint over TLS, else the configured one).
+async fn download_and_verify(
+    fleet: &Fleet,
+    source_uri: &str,
+    version: &str,
+    source: Option<IpAddr>,
+) -> Result<(), Failure> {
+    let endpoint = Endpoint::parse(source_uri).map_err(|e| Failure::Protocol(e.to_string()))?;
+    let mut conn = Conn::new(Arc::new(endpoint), fleet.tls.clone(), source);
+    let name = format!("elastic-agent-{version}-{}.tar.gz", fleet.platform);
+    let ua = format!("Beat elastic-agent v{}", fleet.version);
+    let headers = [("user-agent", ua.as_str()), ("accept-encoding", "gzip")];
+    let timeout = Duration::from_secs(600);
+    let mut get = async |path: String| -> Result<Bytes, Failure> {
+        let r = conn.request("GET", &path, &headers, Bytes::new(), timeout).await?;
+        if r.status != 200 {
+            return Err(Failure::Status(r.status));
+        }
+        Ok(r.body)
+    };
+    let archive = get(format!("/beats/elastic-agent/{name}")).await?;
+    let sidecar = get(format!("/beats/elastic-agent/{name}.sha512")).await?;
+    let asc = get(format!("/beats/elastic-agent/{name}.asc")).await?;
+    let digest = ferry_artifacts::Sha512Digest::of_reader(&archive[..])
+        .map_err(|e| Failure::Protocol(e.to_string()))?;
+    let sidecar = String::from_utf8_lossy(&sidecar);
+    ferry_artifacts::check_sidecar(&sidecar, "sha512", &name, &digest)
+        .map_err(|e| Failure::Protocol(e.to_string()))?;
+    let served_key;
+    let keyring = if fleet.api.tls {
+        let mut api = Conn::new(Arc::clone(&fleet.api), fleet.tls.clone(), source);
+        let r = api
+            .request(
+                "GET",
+                &format!("/api/agents/upgrades/{version}/pgp-public-key"),
+                &headers,
+                Bytes::new(),
+                timeout,
+            )
+            .await?;
+        if r.status != 200 {
+            return Err(Failure::Status(r.status));
+        }
+        served_key =
+            ferry_artifacts::Keyring::from_armored(&String::from_utf8_lossy(&r.body), "served key")
+                .map_err(|e| Failure::Protocol(e.to_string()))?;
+        &served_key
+    } else {
+        fleet
+            .pgp_key
+            .as_ref()
+            .ok_or_else(|| Failure::Protocol("no PGP key to verify with (--pgp-key)".into()))?
+    };
+    keyring
+        .verify(&String::from_utf8_lossy(&asc), "asc", &name, &archive[..])
+        .map_err(|e| Failure::Protocol(e.to_string()))?;
+    Ok(())
+}

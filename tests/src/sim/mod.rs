@@ -1,0 +1,184 @@
+//! `ferry-sim`: a fleet of simulated Elastic Agents for load tests and benchmarks, and a probe
+//! that measures the appliance's answer times from outside the loaded loop.
+
+mod agent;
+pub mod conn;
+mod probe;
+pub mod stats;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry-sim",
+    version,
+    about = "Simulate a fleet of Elastic Agents against a Fleet Server (such as ferry-appliance)",
+    long_about = "Simulate a fleet of Elastic Agents against a Fleet Server (such as ferry-appliance).\n\n\
+        `run` starts N agents, each a task with its own connection, that enroll, long-poll check \
+        in (gzip bodies, ack_token), acknowledge policies and actions, download and verify \
+        upgrades from the mirror (archive, .sha512, .asc), upload diagnostics, and unenroll when \
+        told. Every --report-ms it prints one JSON line on stdout: counters, errors by kind, and \
+        how many agents hold each policy revision and version.\n\n\
+        `probe` measures enroll, ack and status answer times from its own connections, for \
+        comparing an idle and a loaded appliance.",
+    after_help = "Example:\n  ferry-appliance tokens create --policy default-policy\n  \
+        ferry-sim run --url https://127.0.0.1:8220 --ca /var/lib/ferry/tls/ca.pem --token TOKEN --agents 1000"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a fleet of simulated agents until interrupted (or for --duration).
+    Run(RunArgs),
+    /// Measure enroll, ack and status latencies, then print them as JSON.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The Fleet URL agents would be given (`https://…` or `http://…`).
+    #[arg(long)]
+    pub url: String,
+    /// CA certificate(s) (PEM) to trust for TLS.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// An enrollment token.
+    #[arg(long, env = "FERRY_SIM_TOKEN")]
+    pub token: String,
+    /// Spread connections over this many loopback source addresses (127.1.x.y); 0 lets the
+    /// kernel choose.
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// How many agents.
+    #[arg(long, default_value_t = 10)]
+    pub agents: usize,
+    /// New agents started per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub ramp: f64,
+    /// The version agents start at (their User-Agent).
+    #[arg(long, default_value = "9.1.2")]
+    pub version: String,
+    /// The platform whose archive upgrades download.
+    #[arg(long, default_value = "linux-x86_64")]
+    pub platform: String,
+    /// A PGP public key to verify upgrades with when the server has none to give (plain HTTP).
+    #[arg(long, value_name = "FILE")]
+    pub pgp_key: Option<PathBuf>,
+    /// First wait after a failed check-in, in seconds (real agents: 60), doubling up to
+    /// --backoff-max.
+    #[arg(long, default_value_t = 60.0)]
+    pub backoff: f64,
+    #[arg(long, default_value_t = 600.0)]
+    pub backoff_max: f64,
+    /// Milliseconds between report lines.
+    #[arg(long, default_value_t = 1000)]
+    pub report_ms: u64,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub duration: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Rounds per second (each round: one status, one ack, one enroll).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+}
+
+/// Loopback source addresses 127.1.x.y, `n` of them.
+fn sources(n: usize) -> Vec<IpAddr> {
+    (0..n).map(|i| IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
+}
+
+fn tls_for(target: &Target) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    match &target.ca {
+        Some(ca) => Ok(Some(conn::client_tls(ca)?)),
+        None if target.url.starts_with("https://") => {
+            anyhow::bail!("{} is https: give the CA with --ca", target.url)
+        }
+        None => Ok(None),
+    }
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Probe(args) => probe::run(args).await,
+        }
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let pgp_key = match &args.pgp_key {
+        Some(path) => Some(ferry_artifacts::Keyring::from_armored(
+            &std::fs::read_to_string(path)?,
+            &path.display().to_string(),
+        )?),
+        None => None,
+    };
+    let fleet = Arc::new(agent::Fleet {
+        api: Arc::new(conn::Endpoint::parse(&args.target.url)?),
+        tls: tls_for(&args.target)?,
+        token: args.target.token.clone(),
+        version: args.version.clone(),
+        platform: args.platform.clone(),
+        sources: sources(args.target.sources),
+        stats: Arc::new(stats::Stats::default()),
+        backoff_init: Duration::from_secs_f64(args.backoff),
+        backoff_max: Duration::from_secs_f64(args.backoff_max),
+        pgp_key,
+    });
+    let start = Instant::now();
+    let stats = Arc::clone(&fleet.stats);
+    let report_every = Duration::from_millis(args.report_ms.max(10));
+    let reporter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(report_every);
+        loop {
+            tick.tick().await;
+            println!("{}", stats.line(start));
+        }
+    });
+    let ramp = Duration::from_secs_f64(1.0 / args.ramp.max(0.001));
+    let spawner = tokio::spawn({
+        let fleet = Arc::clone(&fleet);
+        async move {
+            let mut tick = tokio::time::interval(ramp);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for n in 0..args.agents {
+                tick.tick().await;
+                tokio::spawn(agent::run(Arc::clone(&fleet), n));
+            }
+        }
+    });
+    match args.duration {
+        Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    spawner.abort();
+    reporter.abort();
+    println!("{}", fleet.stats.line(start));
+    Ok(())
+}
