@@ -132,7 +132,13 @@ fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<Ex
 }
 
 fn serve(config: Config, keys: TrustedKeys) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The blocking pool runs SQLite calls (serialised by one connection anyway) and file reads.
+    // Left at tokio's 512, a burst of check-ins parks hundreds of threads on the database lock,
+    // each keeping its stack and malloc arena: most of the memory a parked agent seemed to cost.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let bind = |addr: std::net::SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)

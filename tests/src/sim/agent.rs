@@ -40,9 +40,12 @@ struct Upgrade {
     action_id: String,
     target: String,
     task: tokio::task::JoinHandle<Result<(), Failure>>,
+    /// The task's outcome, once a check-in saw it finish.
+    outcome: Option<Result<(), Failure>>,
 }
 
 struct Agent {
+    n: usize,
     fleet: Arc<Fleet>,
     conn: Conn,
     source: Option<IpAddr>,
@@ -96,6 +99,7 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
     fleet.stats.version(None, &fleet.version);
     let version = fleet.version.clone();
     let mut agent = Agent {
+        n,
         fleet,
         conn,
         source,
@@ -113,13 +117,7 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
 async fn enroll(fleet: &Fleet, conn: &mut Conn, n: usize) -> Result<(String, String), Failure> {
     let body = json!({
         "type": "PERMANENT", "id": "", "replace_token": "",
-        "metadata": {
-            "local": { "elastic": { "agent": { "id": "", "version": fleet.version, "upgradeable": true, "snapshot": false } },
-                       "host": { "hostname": format!("sim-{n:05}"), "architecture": "x86_64" },
-                       "os": { "platform": "linux", "family": "debian" } },
-            "user_provided": {},
-            "tags": ["ferry-sim"],
-        }
+        "metadata": { "local": local_metadata("", &fleet.version, n), "user_provided": {}, "tags": ["ferry-sim"] }
     });
     let ua = format!("Elastic Agent v{}", fleet.version);
     let auth = format!("ApiKey {}", fleet.token);
@@ -140,6 +138,13 @@ async fn enroll(fleet: &Fleet, conn: &mut Conn, n: usize) -> Result<(String, Str
             .ok_or_else(|| Failure::Protocol(format!("no item.{k}")))
     };
     Ok((field("id")?, field("access_api_key")?))
+}
+
+/// What agents say about themselves, on enrollment and every check-in.
+fn local_metadata(id: &str, version: &str, n: usize) -> Value {
+    json!({ "elastic": { "agent": { "id": id, "version": version, "upgradeable": true, "snapshot": false } },
+            "host": { "hostname": format!("sim-{n:05}"), "architecture": "x86_64" },
+            "os": { "platform": "linux", "family": "debian" } })
 }
 
 /// The headers every agent request carries (fleet-protocol.md §2.2).
@@ -209,7 +214,7 @@ impl Agent {
         let mut body = json!({
             "status": "online",
             "message": "Running",
-            "local_metadata": { "elastic": { "agent": { "id": self.id, "version": self.version } } },
+            "local_metadata": local_metadata(&self.id, &self.version, self.n),
             "components": [{ "id": "system/metrics-default", "type": "system/metrics", "status": "HEALTHY",
                              "message": "Healthy", "units": [] }],
         });
@@ -239,13 +244,17 @@ impl Agent {
             // A finished upgrade re-executes the agent: its parked check-in is dropped.
             Some(u) => tokio::select! {
                 r = request => Some(r),
-                _ = &mut u.task => None,
+                done = &mut u.task => {
+                    u.outcome = Some(done.unwrap_or(Err(Failure::Protocol("upgrade task panicked".into()))));
+                    None
+                }
             },
             None => Some(request.await),
         };
         stats.in_checkin.fetch_sub(1, Relaxed);
         stats.checkins.fetch_add(1, Relaxed);
         let Some(response) = outcome else {
+            self.conn.reset();
             self.finish_upgrade().await?;
             return Ok(Step::Continue);
         };
@@ -297,7 +306,7 @@ impl Agent {
                     tokio::spawn(
                         async move { download_and_verify(&fleet, &source, &t, src).await },
                     );
-                self.upgrade = Some(Upgrade { action_id: id, target, task });
+                self.upgrade = Some(Upgrade { action_id: id, target, task, outcome: None });
             }
             "UNENROLL" => {
                 self.ack(&id, None).await?;
@@ -319,8 +328,10 @@ impl Agent {
     /// reports UPG_FAILED (and, like real agents, acks without an error).
     async fn finish_upgrade(&mut self) -> Result<(), Failure> {
         let Some(u) = self.upgrade.take() else { return Ok(()) };
-        let outcome =
-            u.task.await.unwrap_or(Err(Failure::Protocol("upgrade task panicked".into())));
+        let outcome = match u.outcome {
+            Some(outcome) => outcome,
+            None => u.task.await.unwrap_or(Err(Failure::Protocol("upgrade task panicked".into()))),
+        };
         match outcome {
             Ok(()) => {
                 self.fleet.stats.version(Some(&self.version), &u.target);

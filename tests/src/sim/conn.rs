@@ -126,6 +126,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Drops the connection (a restarted agent process opens a new one).
+    pub fn reset(&mut self) {
+        self.sender = None;
+    }
+
     /// Sends one request, reconnecting first if needed; waits at most `timeout`.
     pub async fn request(
         &mut self,

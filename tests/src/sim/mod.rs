@@ -3,6 +3,7 @@
 
 mod agent;
 pub mod conn;
+mod mirror;
 mod probe;
 pub mod stats;
 
@@ -40,6 +41,25 @@ pub enum Command {
     Run(RunArgs),
     /// Measure enroll, ack and status latencies, then print them as JSON.
     Probe(ProbeArgs),
+    /// Write a synthetic Elastic download site (fake agent archives with real .sha512 and
+    /// PGP .asc, and the PGP key) for demos and benchmarks.
+    FakeMirror(MirrorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The folder to write (`downloads/…` and `GPG-KEY-ferry-demo` inside).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Agent versions, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "9.1.2,9.2.2")]
+    pub versions: Vec<String>,
+    /// Platforms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "linux-x86_64")]
+    pub platforms: Vec<String>,
+    /// Size of each fake archive in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +145,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Probe(args) => probe::run(args).await,
+            Command::FakeMirror(args) => {
+                for path in mirror::write(&args.out, &args.versions, &args.platforms, args.size)? {
+                    println!("{path}");
+                }
+                Ok(())
+            }
         }
     })
 }
