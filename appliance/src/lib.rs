@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credentials;
+pub mod http1;
 pub mod hub;
 pub mod limits;
 pub mod release;

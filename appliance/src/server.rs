@@ -333,9 +333,9 @@ pub fn watch_active(
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is
-/// given (HTTP/2 when the client picks it by ALPN, else HTTP/1.1), plain HTTP/1.1 otherwise.
-/// Each connection runs on its own task. `header_timeout` bounds the wait for a request head,
-/// which for HTTP/1.1 includes the idle time between keep-alive requests.
+/// given, with our own lean HTTP/1.1 loop ([`crate::http1`]). Each connection runs on its own
+/// task. `header_timeout` bounds the TLS handshake and the wait for each request head, idle
+/// time between keep-alive requests included.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -344,6 +344,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let limits = crate::http1::Limits { header_timeout, body_timeout: Duration::from_secs(60) };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -360,82 +361,26 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let result = match acceptor {
-                Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_connection(TokioIo::new(tls), service, h2, header_timeout).await
+        // Two kinds of task, each sized to its own connection: a plain one does not carry
+        // the room a TLS session needs.
+        match acceptor.clone() {
+            Some(acceptor) => tokio::spawn(async move {
+                match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => log_end(peer, crate::http1::serve(tls, app, limits).await),
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                None => {
-                    serve_connection(TokioIo::new(stream), service, false, header_timeout).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+            }),
+            None => tokio::spawn(async move {
+                log_end(peer, crate::http1::serve(stream, app, limits).await);
+            }),
+        };
     }
 }
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-
-/// The largest request head accepted (Fleet Server's `max_header_byte_size`). For HTTP/1.1 it
-/// is also the read buffer's size: hyper keeps that buffer for as long as a request is parked,
-/// so it is what a parked check-in costs (docs/benchmarks.md).
-const MAX_HEADER_BYTES: usize = 8 << 10;
-
-async fn serve_connection<I, S>(
-    io: TokioIo<I>,
-    service: S,
-    h2: bool,
-    header_timeout: Duration,
-) -> Result<(), hyper::Error>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    if h2 {
-        // Boxed: an HTTP/2 connection's state is several KiB, and unboxed it would size every
-        // connection's task, HTTP/1.1 ones included.
-        Box::pin(
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                // Dead peers are found by pings; parked check-ins are legitimately silent.
-                .keep_alive_interval(Some(Duration::from_secs(60)))
-                .keep_alive_timeout(Duration::from_secs(20))
-                .max_header_list_size(MAX_HEADER_BYTES as u32)
-                .serve_connection(io, service),
-        )
-        .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_header_size(MAX_HEADER_BYTES)
-            .max_buf_size(MAX_HEADER_BYTES)
-            .serve_connection(io, service)
-            .await
+fn log_end(peer: std::net::SocketAddr, result: Result<(), crate::http1::ConnError>) {
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended");
     }
 }
 

@@ -105,7 +105,9 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: agents speak it as well as HTTP/2, and one lean HTTP implementation
+    // (crate::http1) keeps a parked check-in cheap.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

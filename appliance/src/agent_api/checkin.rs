@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,7 +27,8 @@ const MAX_ACTIONS: usize = 100;
 pub struct Delivered {
     pub revision: u64,
     pub created: String,
-    pub policy: Value,
+    /// The policy document, serialised.
+    pub json: String,
 }
 
 /// Delivered policies of the active release, computed once per release change rather than
@@ -104,7 +105,7 @@ fn deliver(
         .policy_revision(policy_id, &sha)
         .map_err(ApiError::Internal)?;
     doc["revision"] = json!(revision);
-    Ok(Some(Delivered { revision, created, policy: doc }))
+    Ok(Some(Delivered { revision, created, json: doc.to_string() }))
 }
 
 #[derive(Deserialize)]
@@ -154,7 +155,31 @@ pub async fn checkin(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let agent = authenticated(&api, &headers, Some(&id)).await?;
+    // Everything the request brought (headers, body, the agent's record) is dropped before
+    // the check-in parks: a parked agent holds only `Parking`.
+    let parking = prepare(&api, id, headers, body).await?;
+    wait(&api, parking).await
+}
+
+/// What a parked check-in keeps.
+struct Parking {
+    agent_id: String,
+    policy_id: String,
+    cursor: i64,
+    running: u64,
+    latest: Option<Arc<Delivered>>,
+    release: tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+}
+
+/// Authenticates, reads the report and queues it, and works out what the agent has.
+async fn prepare(
+    api: &Arc<AgentApi>,
+    id: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Parking, ApiError> {
+    let agent = authenticated(api, &headers, Some(&id)).await?;
     let version = agent_version(&headers)?;
     let body = super::read_limited(body, CHECKIN_WIRE_LIMIT).await?;
     let body = super::decompress(&headers, body, CHECKIN_BODY_LIMIT)?;
@@ -164,7 +189,7 @@ pub async fn checkin(
     }
 
     let token = request.ack_token.clone().filter(|t| !t.is_empty());
-    let (token_seq, stored_cursor, stored_revision) = with_state(&api, {
+    let (token_seq, stored_cursor, stored_revision) = with_state(api, {
         let id = agent.id.clone();
         move |s| {
             let token_seq = match token {
@@ -182,9 +207,9 @@ pub async fn checkin(
     let cursor = token_seq.unwrap_or(stored_cursor);
     // Subscribed before the policy is looked up: a release activated in between is a change
     // this check-in sees.
-    let mut release = api.app.changed.subscribe();
+    let release = api.app.changed.subscribe();
     let latest = {
-        let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
+        let (api, policy_id) = (Arc::clone(api), agent.policy_id.clone());
         blocking(move || api.policies.get(&api, &policy_id)).await?
     };
     // Agents >= 9.2 say what they run. Another policy (a reassignment) or a revision this
@@ -215,23 +240,39 @@ pub async fn checkin(
         running: reported.filter(|(p, _)| *p == agent.policy_id),
         cursor: token_seq,
     });
-
     let jitter = api.jitter.mul_f64(rand::random::<f64>());
     let hold = api.long_poll.checked_sub(jitter).filter(|h| !h.is_zero()).unwrap_or(api.long_poll);
-    let deadline = tokio::time::Instant::now() + hold;
+    Ok(Parking {
+        agent_id: agent.id,
+        policy_id: agent.policy_id,
+        cursor,
+        running,
+        latest,
+        release,
+        deadline: tokio::time::Instant::now() + hold,
+    })
+}
+
+/// A JSON string literal.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// Waits for an action or a newer policy revision, or for the hold to run out.
+async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
+    let Parking { agent_id, policy_id, cursor, running, mut latest, mut release, deadline } = p;
     // Parked before the first look, so an action queued after the look wakes this poll.
-    let mut parked = api.hub.park(&agent.id);
+    let mut parked = api.hub.park(&agent_id);
     let mut stopping = api.hub.stopping();
     // Stopping already: answer at once (the loop still delivers anything pending).
     let deadline = if *stopping.borrow() { tokio::time::Instant::now() } else { deadline };
-    let mut latest = latest;
     // Actions are looked up first and after each wake-up of this agent; a new release only
     // changes the policy, so waking every parked agent costs no database work.
     let mut look = true;
     loop {
         let pending = if look {
-            with_state(&api, {
-                let id = agent.id.clone();
+            with_state(api, {
+                let id = agent_id.clone();
                 move |s| s.pending_actions(&id, cursor, &crate::state::now_rfc3339()?, MAX_ACTIONS)
             })
             .await?
@@ -241,30 +282,24 @@ pub async fn checkin(
         look = false;
         // Pending actions win; a policy change follows on the next check-in (§3.3).
         if let Some(last) = pending.last() {
-            let actions: Vec<Value> = pending.iter().map(|a| envelope(a, &agent.id)).collect();
+            let actions: Vec<Value> = pending.iter().map(|a| envelope(a, &agent_id)).collect();
             return Ok(axum::Json(
                 json!({ "action": "checkin", "ack_token": last.id, "actions": actions }),
             )
             .into_response());
         }
         if let Some(policy) = latest.as_ref().filter(|p| p.revision > running) {
-            // Not a stored action: the policy monitor's, with no expiry (§4.3).
-            let action = envelope(
-                &ActionRecord {
-                    seq: 0,
-                    id: format!("policy:{}:{}", agent.policy_id, policy.revision),
-                    kind: "POLICY_CHANGE".into(),
-                    data: Some(json!({ "policy": policy.policy }).to_string()),
-                    created_at: policy.created.clone(),
-                    start_time: None,
-                    expiration: String::new(),
-                },
-                &agent.id,
+            // The policy monitor's action, not a stored one (no expiry, §4.3). Written around
+            // the policy's text, serialised once per release: a new release reaches every
+            // parked agent at once.
+            let body = format!(
+                r#"{{"action":"checkin","ack_token":"","actions":[{{"id":{},"type":"POLICY_CHANGE","agent_id":{},"created_at":{},"input_type":"","data":{{"policy":{}}}}}]}}"#,
+                quoted(&format!("policy:{policy_id}:{}", policy.revision)),
+                quoted(&agent_id),
+                quoted(&policy.created),
+                policy.json,
             );
-            return Ok(axum::Json(
-                json!({ "action": "checkin", "ack_token": "", "actions": [action] }),
-            )
-            .into_response());
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
         tokio::select! {
             woke = parked.woken.changed() => {
@@ -273,7 +308,7 @@ pub async fn checkin(
             },
             woke = release.changed() => {
                 if woke.is_err() { break }
-                let (api, policy_id) = (Arc::clone(&api), agent.policy_id.clone());
+                let (api, policy_id) = (Arc::clone(api), policy_id.clone());
                 latest = blocking(move || api.policies.get(&api, &policy_id)).await?;
             },
             () = tokio::time::sleep_until(deadline) => break,

@@ -1,0 +1,540 @@
+//! HTTP/1.1 connections, served by our own small loop around the axum router.
+//!
+//! Why not hyper's server: a parked check-in holds its request for minutes, and hyper keeps a
+//! connection's working buffers for as long as a request is in flight (a 16 KiB read buffer,
+//! 8 KiB for response heads, several KiB of state), which made up most of what a parked agent
+//! cost. Here a connection owns a buffer only while it reads a request head or body; while the
+//! router works on the request, the connection holds the socket, a 64-byte probe for the
+//! client going away, and the router's future.
+//!
+//! The parser is `httparse` (the one hyper uses). Framing is strict: a body is delimited by
+//! one `Content-Length` or by `Transfer-Encoding: chunked`, never both, and anything ambiguous
+//! is a 400 followed by closing the connection.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
+};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// The largest request head (Fleet Server's `max_header_byte_size`).
+pub const MAX_HEAD: usize = 8 << 10;
+/// The largest request body read at all: above every route's own cap (uploads take 4 MiB
+/// chunks), so those caps answer with their own errors first.
+pub const MAX_BODY: usize = 8 << 20;
+const MAX_HEADERS: usize = 64;
+
+/// How one connection is served.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Time allowed for a request head to arrive, idle time between requests included.
+    pub header_timeout: Duration,
+    /// Time allowed for a declared body to arrive.
+    pub body_timeout: Duration,
+}
+
+/// Why a connection ended early; only logged.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("too large: {0}")]
+    TooLarge(&'static str),
+}
+
+/// A parsed request head: what the router needs, owned (no reference into the read buffer,
+/// which is freed before the request is handled).
+struct Head {
+    method: Method,
+    target: String,
+    version: Version,
+    headers: HeaderMap,
+}
+
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// Serves HTTP/1.1 requests on `io` until the client closes, asks to close, or breaks a rule.
+pub async fn serve<I>(mut io: I, app: Router, limits: Limits) -> Result<(), ConnError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    // Bytes of the next request that arrived with the previous one (pipelining).
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let read = tokio::time::timeout(
+            limits.header_timeout,
+            read_head(&mut io, std::mem::take(&mut pending)),
+        );
+        let (head, mut buf) = match read.await {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
+                return Err(refuse(&mut io, e, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await);
+            }
+            Err(_) => return Err(ConnError::Timeout),
+        };
+        let (head, framing) = match check_head(head) {
+            Ok(h) => h,
+            Err((status, why)) => {
+                write_simple(&mut io, status).await?;
+                return Err(ConnError::BadRequest(why));
+            }
+        };
+        let close = wants_close(&head);
+        if let Framing::Length(n) = framing
+            && n > MAX_BODY
+        {
+            let e = ConnError::TooLarge("body larger than any route accepts");
+            return Err(refuse(&mut io, e, StatusCode::PAYLOAD_TOO_LARGE).await);
+        }
+        if head
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let read =
+            tokio::time::timeout(limits.body_timeout, read_body(&mut io, &mut buf, &framing));
+        let body = match read.await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(refuse(&mut io, e, StatusCode::PAYLOAD_TOO_LARGE).await),
+            Err(_) => return Err(ConnError::Timeout),
+        };
+        // Whatever follows the body belongs to the next request; the buffer itself goes.
+        pending = buf;
+        pending.shrink_to_fit();
+        let is_head = head.method == Method::HEAD;
+        let mut request = Request::new(Body::from(body));
+        *request.method_mut() = head.method;
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers;
+        *request.uri_mut() =
+            head.target.parse().map_err(|_| ConnError::BadRequest("request target"))?;
+        let call = tower::ServiceExt::oneshot(app.clone(), request);
+        let response = tokio::select! {
+            r = call => match r { Ok(r) => r, Err(e) => match e {} },
+            gone = watch_client(&mut io, &mut pending) => {
+                // The client went away (or broke the connection): drop the request, which
+                // un-parks a check-in.
+                return gone;
+            }
+        };
+        write_response(&mut io, response, is_head, close).await?;
+        if close {
+            io.shutdown().await?;
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one request head, starting with `buf` (bytes already received). `None` when the
+/// client closed the connection cleanly between requests. Returns the head and the bytes
+/// after it.
+async fn read_head<I: AsyncRead + Unpin>(
+    io: &mut I,
+    mut buf: Vec<u8>,
+) -> Result<Option<(Head, Vec<u8>)>, ConnError> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let head = own_head(&req)?;
+                    let rest = buf.split_off(len);
+                    return Ok(Some((head, rest)));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(ConnError::BadRequest("malformed request head")),
+            }
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(ConnError::TooLarge("request head"));
+        }
+        // Grow in small steps: most heads are a few hundred bytes.
+        let start = buf.len();
+        buf.resize((start + 1024).min(MAX_HEAD), 0);
+        let n = io.read(&mut buf[start..]).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return if start == 0 {
+                Ok(None)
+            } else {
+                Err(ConnError::BadRequest("connection closed mid-head"))
+            };
+        }
+    }
+}
+
+fn own_head(req: &httparse::Request<'_, '_>) -> Result<Head, ConnError> {
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| ConnError::BadRequest("method"))?;
+    let target = req.path.unwrap_or("");
+    if !target.starts_with('/') {
+        return Err(ConnError::BadRequest("request target must be a path"));
+    }
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(ConnError::BadRequest("HTTP version")),
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ConnError::BadRequest("header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| ConnError::BadRequest("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Head { method, target: target.to_owned(), version, headers })
+}
+
+/// The body's framing, refusing what request smuggling is made of: both framings, several
+/// lengths, codings other than chunked.
+fn check_head(head: Head) -> Result<(Head, Framing), (StatusCode, &'static str)> {
+    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    let lengths: Vec<&HeaderValue> = head.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let codings: Vec<&HeaderValue> =
+        head.headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let framing = match (lengths.as_slice(), codings.as_slice()) {
+        ([], []) => Framing::None,
+        ([len], []) => {
+            let text = len.to_str().unwrap_or("");
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.len() > 12 {
+                return bad("Content-Length");
+            }
+            Framing::Length(text.parse().map_err(|_| (StatusCode::BAD_REQUEST, "Content-Length"))?)
+        }
+        ([], [te]) if te.as_bytes().eq_ignore_ascii_case(b"chunked") => {
+            if head.version != Version::HTTP_11 {
+                return bad("chunked body in HTTP/1.0");
+            }
+            Framing::Chunked
+        }
+        ([], _) => return Err((StatusCode::NOT_IMPLEMENTED, "transfer coding")),
+        _ => return bad("ambiguous body framing"),
+    };
+    Ok((head, framing))
+}
+
+fn wants_close(head: &Head) -> bool {
+    let connection = |token: &[u8]| {
+        head.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    match head.version {
+        Version::HTTP_10 => !connection(b"keep-alive"),
+        _ => connection(b"close"),
+    }
+}
+
+/// Reads the body; `buf` holds bytes already received and is left holding what follows it.
+async fn read_body<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut Vec<u8>,
+    framing: &Framing,
+) -> Result<Bytes, ConnError> {
+    match *framing {
+        Framing::None => Ok(Bytes::new()),
+        Framing::Length(n) => Ok(take(io, buf, n).await?.into()),
+        Framing::Chunked => {
+            let mut body = Vec::new();
+            loop {
+                let line = take_line(io, buf).await?;
+                let size_text = line.split(|b| *b == b';').next().unwrap_or(&[]).trim_ascii();
+                let size = std::str::from_utf8(size_text)
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.len() <= 8)
+                    .and_then(|t| usize::from_str_radix(t, 16).ok())
+                    .ok_or(ConnError::BadRequest("chunk size"))?;
+                if size == 0 {
+                    // Trailers are read and dropped up to the empty line.
+                    while !take_line(io, buf).await?.is_empty() {}
+                    return Ok(body.into());
+                }
+                if body.len() + size > MAX_BODY {
+                    return Err(ConnError::TooLarge("chunked body"));
+                }
+                body.extend_from_slice(&take(io, buf, size).await?);
+                if !take_line(io, buf).await?.is_empty() {
+                    return Err(ConnError::BadRequest("chunk not followed by CRLF"));
+                }
+            }
+        }
+    }
+}
+
+/// Takes exactly `n` bytes: first from `buf`, then from the connection.
+async fn take<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Result<Vec<u8>, ConnError> {
+    if buf.len() >= n {
+        let rest = buf.split_off(n);
+        return Ok(std::mem::replace(buf, rest));
+    }
+    let mut out = std::mem::take(buf);
+    let have = out.len();
+    out.resize(n, 0);
+    io.read_exact(&mut out[have..]).await?;
+    Ok(out)
+}
+
+/// Takes one CRLF-terminated line (without the CRLF), at most 4 KiB.
+async fn take_line<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, ConnError> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let mut line = take(io, buf, end + 2).await?;
+            line.truncate(end);
+            return Ok(line);
+        }
+        if buf.len() > 4096 {
+            return Err(ConnError::BadRequest("line too long"));
+        }
+        let start = buf.len();
+        buf.resize(start + 512, 0);
+        let n = io.read(&mut buf[start..]).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(ConnError::BadRequest("connection closed mid-body"));
+        }
+    }
+}
+
+/// Waits while the router works; returns when the client closed (or broke) the connection.
+/// Bytes that arrive meanwhile (a pipelined request) are kept for later, up to a head's size.
+async fn watch_client<I: AsyncRead + Unpin>(
+    io: &mut I,
+    pending: &mut Vec<u8>,
+) -> Result<(), ConnError> {
+    let mut probe = [0u8; 64];
+    loop {
+        let n = io.read(&mut probe).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if pending.len() + n > MAX_HEAD {
+            return Err(ConnError::BadRequest("too much pipelined data"));
+        }
+        pending.extend_from_slice(&probe[..n]);
+    }
+}
+
+/// Answers a request that cannot be served (400, or `too_large` for a [`ConnError::TooLarge`])
+/// before the connection is closed; i/o errors and timeouts get no answer.
+async fn refuse<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    error: ConnError,
+    too_large: StatusCode,
+) -> ConnError {
+    let status = match &error {
+        ConnError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ConnError::TooLarge(_) => too_large,
+        ConnError::Io(_) | ConnError::Timeout => return error,
+    };
+    match write_simple(io, status).await {
+        Ok(()) => error,
+        Err(e) => e,
+    }
+}
+
+fn reason(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("")
+}
+
+/// A response without a body, for refusals made before there is a request to route.
+async fn write_simple<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    status: StatusCode,
+) -> Result<(), ConnError> {
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        reason(status)
+    );
+    io.write_all(text.as_bytes()).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    response: Response<Body>,
+    is_head: bool,
+    close: bool,
+) -> Result<(), ConnError> {
+    use std::fmt::Write as _;
+    let (parts, mut body) = response.into_parts();
+    let length = match parts.headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|t| t.parse::<u64>().ok()),
+        None => http_body::Body::size_hint(&body).exact(),
+    };
+    let no_body = is_head
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let mut head = String::with_capacity(256);
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", parts.status.as_u16(), reason(parts.status));
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(value.to_str().unwrap_or(""));
+        head.push_str("\r\n");
+    }
+    let chunked = length.is_none() && !no_body;
+    if let (Some(n), None) = (length, parts.headers.get(header::CONTENT_LENGTH))
+        && !(no_body && n == 0 && parts.status == StatusCode::NOT_MODIFIED)
+    {
+        let _ = write!(head, "content-length: {n}\r\n");
+    }
+    if chunked {
+        head.push_str("transfer-encoding: chunked\r\n");
+    }
+    if close {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    io.write_all(head.as_bytes()).await?;
+    drop(head);
+    if !no_body {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| std::io::Error::other(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                io.write_all(format!("{:x}\r\n", data.len()).as_bytes()).await?;
+                io.write_all(&data).await?;
+                io.write_all(b"\r\n").await?;
+            } else {
+                io.write_all(&data).await?;
+            }
+        }
+        if chunked {
+            io.write_all(b"0\r\n\r\n").await?;
+        }
+    }
+    io.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+
+    fn app() -> Router {
+        Router::new()
+            .route("/echo", post(|body: Bytes| async move { body }))
+            .route("/hello", get(|| async { "hello" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    "late"
+                }),
+            )
+    }
+
+    const LIMITS: Limits =
+        Limits { header_timeout: Duration::from_secs(5), body_timeout: Duration::from_secs(5) };
+
+    /// Sends `input` and returns everything the server wrote until it closed the connection.
+    /// With `leave`, the client closes its side right after sending (it went away).
+    async fn talk(input: &[u8], leave: bool) -> (String, Result<(), ConnError>) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(serve(server, app(), LIMITS));
+        client.write_all(input).await.unwrap();
+        if leave {
+            client.shutdown().await.unwrap();
+        }
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        (String::from_utf8_lossy(&out).into_owned(), task.await.unwrap())
+    }
+
+    async fn exchange(input: &[u8]) -> (String, Result<(), ConnError>) {
+        talk(input, false).await
+    }
+
+    #[tokio::test]
+    async fn keep_alive_pipelining_and_both_framings() {
+        let (out, end) = exchange(
+            b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+              POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n\
+              HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 5, "{out}");
+        assert!(out.contains("content-length: 5\r\n\r\nhello"), "{out}");
+        assert!(out.contains("\r\n\r\nabcde"), "{out}");
+        assert!(out.contains("content-length: 5\r\n\r\nHTTP/1.1"), "HEAD has no body: {out}");
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_oversized_requests_are_refused_and_the_connection_closed() {
+        for (input, status) in [
+            (&b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc"[..], "400"),
+            (b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
+            (b"POST /echo HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc", "400"),
+            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
+            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
+            (b"POST /echo HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", "413"),
+            (b"GET http://evil/ HTTP/1.1\r\n\r\n", ""),
+            (b"GARBAGE\r\n\r\n", ""),
+        ] {
+            let (out, end) = exchange(input).await;
+            assert!(end.is_err(), "{}", String::from_utf8_lossy(input));
+            if !status.is_empty() {
+                assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
+                assert!(out.contains("connection: close"), "{out}");
+            }
+        }
+        let big = format!("GET /hello HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(exchange(big.as_bytes()).await.1.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_drops_its_request() {
+        // /slow never answers; closing the client must end the connection anyway.
+        let (out, end) = talk(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n", true).await;
+        assert!(end.is_ok() && out.is_empty(), "{out} {end:?}");
+    }
+
+    #[tokio::test]
+    async fn http_1_0_closes_and_connection_close_is_honoured() {
+        let (out, _) = exchange(b"GET /hello HTTP/1.0\r\n\r\nGET /hello HTTP/1.1\r\n\r\n").await;
+        assert_eq!(out.matches("200 OK").count(), 1, "{out}");
+        let (out, _) = exchange(
+            b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\nGET /hello HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert_eq!(out.matches("200 OK").count(), 1, "{out}");
+        assert!(out.contains("connection: close"));
+    }
+}
