@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Fleet scale benchmark: one ferry-appliance, N simulated agents (ferry-sim), plain and TLS.
+
+For each size and transport it prints, and appends to the results file as JSON:
+  - appliance resident memory per parked agent (KiB), and its ratio to Elastic Fleet Server's
+    published sizing (8 GB for 20 000 agents, about 414 KiB per agent);
+  - appliance CPU while every agent is parked (% of one core, over 30 s);
+  - p50/p99 of enroll, ack and status calls made by a separate probe while all are parked;
+  - the time from the end of an import bringing a new policy revision until 99 % and 100 % of
+    agents have received it;
+  - the time from a restart (SIGTERM, then a new process) until every agent is parked again,
+    with agents that back off as real ones do (60 s after a failed check-in).
+
+Usage: scripts/bench-fleet.py [--sizes 1000,5000,10000,19000] [--modes plain,tls] [--out FILE]
+Builds the release binaries first. Needs about 20 000 open files per process (ulimit -n).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+FLEET_SERVER_KIB_PER_AGENT = 8 * 1000**3 / 20000 / 1024  # 8 GB for 20k agents
+
+
+def run(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sim:
+    """A running ferry-sim whose report lines are kept as they arrive."""
+
+    def __init__(self, args):
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.lines = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                v = json.loads(line)
+            except ValueError:
+                continue
+            with self.lock:
+                self.lines.append(v)
+
+    def last(self):
+        with self.lock:
+            return self.lines[-1] if self.lines else {}
+
+    def since(self, epoch_ms):
+        with self.lock:
+            return [l for l in self.lines if l["epoch_ms"] >= epoch_ms]
+
+    def wait(self, pred, timeout):
+        end = time.time() + timeout
+        while time.time() < end:
+            line = self.last()
+            if line and pred(line):
+                return line
+            time.sleep(0.1)
+        raise TimeoutError(f"simulator never reached the condition; last: {self.last()}")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def prepare(work):
+    """A fake mirror with two agent versions, a key, and bundles 1 and 2 (new policy)."""
+    run(f"{BIN}/ferry-sim", "fake-mirror", "--out", "mirror", "--versions", "9.1.2,9.2.2", "--size", "200000", cwd=work)
+    run(f"{BIN}/ferry", "keygen", "--without-password", "-q", cwd=work)
+    for seq in (1, 2):
+        with open(os.path.join(work, "policy.yml"), "w") as f:
+            f.write(f"id: default-policy\nrevision: {seq}\noutputs:\n  default: {{type: logstash, hosts: [\"ls-{seq}:5044\"]}}\ninputs: []\n")
+        with open(os.path.join(work, "bundle.toml"), "w") as f:
+            f.write(f'[bundle]\nname = "bench"\nsequence = {seq}\nvalid_days = 30\n\n[upstream]\ndir = "mirror/downloads"\n'
+                    'pgp_key = "mirror/GPG-KEY-ferry-demo"\n\n[[agent]]\nversions = ["9.1.2", "9.2.2"]\n'
+                    'platforms = ["linux-x86_64"]\npackages = ["archive"]\n\n[[file]]\nsource = "policy.yml"\nkind = "policy"\n')
+        run(f"{BIN}/ferry", "build", "bundle.toml", "--out", "dist", "-q", cwd=work)
+
+
+def config(work, mode, port):
+    scheme = "https" if mode == "tls" else "http"
+    text = (f'data_dir = "data-{mode}"\ntrusted_keys = ["ferry.pub"]\npublic_url = "{scheme}://127.0.0.1:{port}"\n'
+            f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{port + 2}"\ntls = {str(mode == "tls").lower()}\n'
+            # Enrollment of a whole fleet at once; the defaults pace it at 100/s.
+            '[limits.enroll]\nper_second = 5000\nburst = 5000\nconcurrent = 500\n')
+    path = os.path.join(work, f"{mode}.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path, f"{scheme}://127.0.0.1:{port}"
+
+
+def start(work, cfg):
+    proc = subprocess.Popen([f"{BIN}/ferry-appliance", "-c", cfg, "serve"], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("admin API on"):
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    return proc
+
+
+def one(work, mode, n, port):
+    cfg, url = config(work, mode, port)
+    data = os.path.join(work, f"data-{mode}")
+    shutil.rmtree(data, ignore_errors=True)
+    run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-1.ferry", "-q", cwd=work)
+    server = start(work, cfg)
+    base_rss = rss_kib(server.pid)
+    token = run(f"{BIN}/ferry-appliance", "-c", cfg, "tokens", "create", "--policy", "default-policy", cwd=work).stdout.strip()
+    ca = ["--ca", os.path.join(data, "tls", "ca.pem")] if mode == "tls" else []
+    # Over plain HTTP the appliance cannot hand out its PGP key; agents have it already.
+    pgp = [] if mode == "tls" else ["--pgp-key", os.path.join(work, "mirror", "GPG-KEY-ferry-demo")]
+    target = ["--url", url, "--token", token, "--sources", "64", *ca]
+    sim = Sim([f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", "1000", "--report-ms", "100"])
+    sim.wait(lambda l: l.get("enrolled") == n and l.get("in_checkin") == n, 300)
+    time.sleep(5)
+    rss = rss_kib(server.pid)
+    per_agent = (rss - base_rss) / n
+
+    c0, t0 = cpu_seconds(server.pid), time.time()
+    time.sleep(30)
+    idle_cpu = 100 * (cpu_seconds(server.pid) - c0) / (time.time() - t0)
+
+    probe = json.loads(run(f"{BIN}/ferry-sim", "probe", *target, "--duration", "20", "--rate", "10").stdout)
+
+    run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-2.ferry", "-q", cwd=work)
+    imported_ms = int(time.time() * 1000)
+    at99 = sim.wait(lambda l: l.get("revisions", {}).get("2", 0) >= 0.99 * n, 120)["epoch_ms"]
+    at100 = sim.wait(lambda l: l.get("revisions", {}).get("2", 0) >= n, 120)["epoch_ms"]
+    time.sleep(3)
+
+    errors_before = sum(sim.last().get("errors", {}).values())
+    stop_ms = int(time.time() * 1000)
+    server.send_signal(signal.SIGTERM)
+    server.wait(30)
+    server = start(work, cfg)
+    back = sim.wait(lambda l: l["epoch_ms"] > stop_ms + 500 and l.get("in_checkin") == n, 240)
+    errors_after = sum(sim.last().get("errors", {}).values())
+    sim.stop()
+    server.send_signal(signal.SIGTERM)
+    server.wait(30)
+    return {
+        "mode": mode, "agents": n,
+        "rss_kib_per_agent": round(per_agent, 1),
+        "fleet_server_ratio": round(per_agent / FLEET_SERVER_KIB_PER_AGENT, 3),
+        "idle_cpu_percent": round(idle_cpu, 2),
+        "probe": probe,
+        "policy_99_s": round((at99 - imported_ms) / 1000, 2),
+        "policy_100_s": round((at100 - imported_ms) / 1000, 2),
+        "restart_all_back_s": round((back["epoch_ms"] - stop_ms) / 1000, 2),
+        "restart_failed_checkins": errors_after - errors_before,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="1000,5000,10000,19000")
+    p.add_argument("--modes", default="plain,tls")
+    p.add_argument("--out", default=os.path.join(ROOT, "target", "bench-fleet.json"))
+    args = p.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "ferry-builder", "-p", "ferry-appliance", "-p", "ferry-tests"],
+                   cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="ferry-bench-fleet-")
+    prepare(work)
+    results = []
+    header = f"{'mode':5} {'agents':>6} {'KiB/agent':>9} {'vs FS':>6} {'idle CPU':>8} {'enroll p50/p99':>15} {'ack p50/p99':>13} {'status p50/p99':>15} {'policy 99%/100%':>16} {'restart':>8}"
+    print(header, flush=True)
+    for n in [int(x) for x in args.sizes.split(",")]:
+        for mode in args.modes.split(","):
+            r = one(work, mode, n, 18300 if mode == "plain" else 18400)
+            results.append(r)
+            pr = r["probe"]
+            lat = lambda k: f"{pr[k]['p50_ms']:.1f}/{pr[k]['p99_ms']:.1f}"
+            print(f"{mode:5} {n:>6} {r['rss_kib_per_agent']:>9} {r['fleet_server_ratio']:>6} {r['idle_cpu_percent']:>7}% "
+                  f"{lat('enroll'):>15} {lat('ack'):>13} {lat('status'):>15} "
+                  f"{r['policy_99_s']:>7}/{r['policy_100_s']:<7}s {r['restart_all_back_s']:>7}s", flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
