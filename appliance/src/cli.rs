@@ -50,7 +50,7 @@ pub enum Command {
     /// Remove releases beyond `retain_releases` and blobs no retained release needs.
     Gc,
     /// Serve the active release over TLS (and follow imports and rollbacks as they happen).
-    Serve,
+    Serve(ServeArgs),
     /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -232,6 +232,17 @@ pub enum ActionsCommand {
         #[command(flatten)]
         json: JsonArg,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Replace a `serve` already running on this data directory without agents noticing: bind
+    /// the same addresses alongside it (new connections wait), ask it to stop (it answers its
+    /// parked check-ins and writes what it holds), then carry on where it left off. Use it to
+    /// restart or upgrade the appliance; a plain stop and start makes agents whose check-in
+    /// fails in between wait 30 to 60 s before trying again.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 #[derive(Debug, Args)]

@@ -31,7 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("removed {releases} release(s) and {blobs} blob(s)");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve(config, keys),
+        Command::Serve(args) => serve(config, keys, args.takeover),
         Command::Tokens(command) => crate::admin_cli::tokens(&config, command),
         Command::Agents(command) => crate::admin_cli::agents(&config, command),
         Command::Upgrade(args) => crate::admin_cli::upgrade(&config, &args),
@@ -131,7 +131,56 @@ fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<Ex
     Ok(if damage.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn serve(config: Config, keys: TrustedKeys) -> anyhow::Result<ExitCode> {
+/// The file a `serve --takeover` creates to ask the running `serve` to stop.
+const TAKEOVER_FILE: &str = "serve.takeover";
+
+/// A listening socket that a second `serve` may bind too (`SO_REUSEPORT`): what lets
+/// `serve --takeover` replace a running server without refusing a single connection.
+fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    // A deep backlog: after a restart, every agent reconnects within about a second.
+    Ok(socket.listen(4096)?)
+}
+
+/// Resolves once another `serve --takeover` asks this one to stop.
+async fn takeover_requested(data_dir: std::path::PathBuf) {
+    let path = data_dir.join(TAKEOVER_FILE);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if path.exists() {
+            tracing::info!("another serve is taking over");
+            return;
+        }
+    }
+}
+
+fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    // One serving process per data directory; a takeover waits for the old one to leave.
+    let lock_path = config.data_dir.join("serve.lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let must_wait = match lock.try_lock() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) if takeover => true,
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `ferry-appliance serve` is running on {}: stop it first, or start this one \
+             with --takeover to replace it without agents noticing",
+            config.data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    };
     // The blocking pool runs SQLite calls (serialised by one connection anyway) and file reads.
     // Left at tokio's 512, a burst of check-ins parks hundreds of threads on the database lock,
     // each keeping its stack and malloc arena: most of the memory a parked agent seemed to cost.
@@ -140,25 +189,35 @@ fn serve(config: Config, keys: TrustedKeys) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let bind = |addr: std::net::SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))
-        };
         let listeners = Listeners {
-            agents: bind(config.server.listen).await?,
-            mirror: match config.server.mirror_listen {
-                Some(addr) => Some(bind(addr).await?),
-                None => None,
-            },
-            admin: bind(config.server.admin_listen).await?,
+            agents: listen(config.server.listen)?,
+            mirror: config.server.mirror_listen.map(listen).transpose()?,
+            admin: listen(config.server.admin_listen)?,
         };
+        let takeover_path = config.data_dir.join(TAKEOVER_FILE);
+        let _lock = if must_wait {
+            // Connections meanwhile wait in our listeners' backlog.
+            std::fs::write(&takeover_path, std::process::id().to_string())?;
+            eprintln!("taking over from the running serve…");
+            let waited = tokio::time::timeout(
+                Duration::from_secs(60),
+                tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)),
+            )
+            .await
+            .context("the running serve did not stop within 60 s")???;
+            waited
+        } else {
+            lock
+        };
+        let _ = std::fs::remove_file(&takeover_path);
         // Ctrl-C or SIGTERM (systemd's stop): stop accepting, write queued check-in reports.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let data_dir = config.data_dir.clone();
         let shutdown = async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                () = takeover_requested(data_dir) => {}
             }
             tracing::info!("stopping");
         };

@@ -51,8 +51,8 @@ listen = "0.0.0.0:8220"
 checkin_long_poll_seconds = 300
 checkin_jitter_seconds = 30
 
-# A connection has this long to send a complete request head. For HTTP/1.1 this also closes
-# keep-alive connections idle for longer; HTTP/2 connections are checked with pings.
+# A connection has this long for its TLS handshake and to send each complete request head;
+# keep-alive connections idle for longer are closed. Heads over 8 KiB get 431.
 header_timeout_seconds = 30
 
 # The admin API (`ferry-appliance tokens|agents|upgrade|...` talk to it). Loopback only; the

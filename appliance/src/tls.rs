@@ -90,7 +90,7 @@ pub fn url_host(url: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
-/// A rustls server configuration from PEM files: TLS 1.2 and 1.3 only, HTTP/1.1 and HTTP/2.
+/// A rustls server configuration from PEM files: TLS 1.2 and 1.3 only, HTTP/1.1 by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("cannot read certificate {}", cert.display()))?

@@ -180,3 +180,48 @@ fn a_stopping_server_answers_parked_check_ins_and_keeps_their_reports() {
     );
     drop(server);
 }
+
+#[test]
+fn a_takeover_replaces_the_server_without_agents_noticing() {
+    let f = Fixture::new();
+    // A takeover binds the same address, so the port is fixed here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
+    std::fs::write(
+        f.path("appliance.toml"),
+        config.replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    f.append_config("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let old = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&old, &token);
+    let reply = agent.checkin_online();
+    assert_eq!(agent.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+
+    // A second serve without --takeover is refused and changes nothing.
+    let o = f.run(&[&"serve"]);
+    assert!(!o.status.success());
+    assert!(support::stderr(&o).contains("--takeover"), "{}", support::stderr(&o));
+
+    let (reply, new) = std::thread::scope(|scope| {
+        let parked = scope.spawn(|| agent.checkin_online());
+        std::thread::sleep(Duration::from_millis(500));
+        let new = Server::start_with(&f, &[&"serve", &"--takeover"]);
+        (parked.join().unwrap(), new)
+    });
+    // The old server answered the parked check-in and left; the agent carries on, same URL.
+    assert_eq!((reply.status, &reply.body), (200, &json!({"action": "checkin", "ack_token": ""})));
+    assert!(old.wait_exit().success());
+    let agent = agent.on(&new);
+    // The new server has the agent, its key and its state; its admin API is the one in use.
+    assert_ok(&f.run(&[&"settings", &"--log-level", &"debug", &agent.id]));
+    let reply = agent.checkin(json!({"status": "online", "ack_token": "x"}));
+    assert_eq!(
+        (reply.status, &reply.body["actions"][0]["type"]),
+        (200, &json!("SETTINGS")),
+        "{reply:?}"
+    );
+    assert!(!f.path("data/serve.takeover").exists());
+}

@@ -214,12 +214,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(fixture: &Fixture) -> Self {
-        let mut child = fixture
-            .appliance(&[&"serve"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        Self::start_with(fixture, &[&"serve"])
+    }
+
+    /// Starts `ferry-appliance ARGS` (a form of `serve`) and waits until it serves.
+    pub fn start_with(fixture: &Fixture, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
+        let mut child =
+            fixture.appliance(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut https, mut http, mut ca) = (None, None, None);
         while https.is_none() || http.is_none() || ca.is_none() {
@@ -248,6 +249,11 @@ impl Server {
         let pid = child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         child.wait().unwrap()
+    }
+
+    /// Waits until the server exits by itself (after a takeover).
+    pub fn wait_exit(&self) -> std::process::ExitStatus {
+        self.child.lock().unwrap().wait().unwrap()
     }
 
     /// Kills the server as a power cut would (SIGKILL), and waits until it is gone.
