@@ -1,49 +1,143 @@
 #!/usr/bin/env bash
-# The README's main command: build ferry, make a demo signing key, build the sample bundle from
-# examples/demo/, verify it (with ferry and, when installed, the stock minisign), inspect it, then
-# import it into a local appliance data directory and check it there.
+# The README's main command: the whole journey on this machine, with nothing but the Rust
+# toolchain. It makes a demo signing key, a synthetic Elastic download site (fake agent archives
+# with real .sha512 files and PGP signatures by a throwaway key), builds and verifies a bundle
+# with them and the sample policy, imports it into a local appliance, and serves it on
+# https://127.0.0.1:8220 with a quick-start certificate, printing what an agent needs to enroll.
+#
+#   scripts/demo.sh           serve until Ctrl-C
+#   scripts/demo.sh --check   enroll five simulated agents, check they got the policy, stop (CI)
+#
 # Everything it writes goes to target/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance
-ferry=target/release/ferry
-appliance=target/release/ferry-appliance
-work=target/demo
+check=false
+[ "${1:-}" = "--check" ] && check=true
+
+cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance -p ferry-tests
+bin=$PWD/target/release
+work=$PWD/target/demo
 rm -rf "$work"
 mkdir -p "$work"
+cd "$work"
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "ferry keygen (a demo key without a password; use a password for real keys)"
-"$ferry" keygen --without-password --secret-key "$work/demo.key" --public-key "$work/demo.pub"
+"$bin/ferry" keygen --without-password --secret-key demo.key --public-key demo.pub
 
-step "ferry build examples/demo/bundle.toml"
-"$ferry" build examples/demo/bundle.toml --secret-key "$work/demo.key" --out "$work/dist"
+step "a synthetic Elastic download site: agents 9.1.2 and 9.2.2, signed by a throwaway PGP key"
+"$bin/ferry-sim" fake-mirror --out mirror --versions 9.1.2,9.2.2 --platforms linux-x86_64,windows-x86_64
+
+examples=$(cd ../../examples/demo && pwd)
+cat > bundle.toml <<TOML
+# The demo spec: examples/demo/'s files, and agent artifacts from the synthetic site.
+[bundle]
+name = "demo"
+sequence = 1
+valid_days = 90
+
+[upstream]
+dir = "mirror/downloads"               # or: url = "https://artifacts.elastic.co/downloads/"
+pgp_key = "mirror/GPG-KEY-ferry-demo"  # for Elastic: GPG-KEY-elasticsearch
+
+[[agent]]
+versions = ["9.1.2", "9.2.2"]
+platforms = ["linux-x86_64", "windows-x86_64"]
+packages = ["archive"]
+
+[[file]]
+source = "$examples/policies/default-policy.yml"
+kind = "policy"
+metadata = { policy_id = "default-policy" }
+
+[[file]]
+source = "$examples/certificates/demo-ca.pem"
+kind = "certificate"
+
+[[file]]
+source = "$examples/README.txt"
+kind = "other"
+path = "docs/README.txt"
+TOML
+
+step "ferry build (fetches each archive with its .sha512 and .asc, checks both, signs the bundle)"
+"$bin/ferry" build bundle.toml --secret-key demo.key --out dist --cache cache
 
 step "ferry verify"
-"$ferry" verify "$work/dist/demo-1.ferry" --public-key "$work/demo.pub"
+"$bin/ferry" verify dist/demo-1.ferry --public-key demo.pub
 
 if command -v minisign >/dev/null; then
     step "minisign -V (the stock tool checks the same detached signature)"
-    minisign -Vm "$work/dist/demo-1.ferry" -p "$work/demo.pub"
+    minisign -Vm dist/demo-1.ferry -p demo.pub
 fi
 
 step "ferry inspect"
-"$ferry" inspect "$work/dist/demo-1.ferry"
+"$bin/ferry" inspect dist/demo-1.ferry
 
 step "ferry-appliance import (into target/demo/appliance, trusting only the demo key)"
-mkdir -p "$work/appliance"
-cp "$work/demo.pub" "$work/appliance/trusted.pub"
-cat > "$work/appliance/appliance.toml" <<TOML
+mkdir -p appliance
+cp demo.pub appliance/trusted.pub
+cat > appliance/appliance.toml <<TOML
 data_dir = "data"
 trusted_keys = ["trusted.pub"]
-public_url = "https://localhost:8220"
+public_url = "https://127.0.0.1:8220"
 [server]
 listen = "127.0.0.1:8220"
+admin_listen = "127.0.0.1:8222"
 TOML
-"$appliance" --config "$work/appliance/appliance.toml" import "$work/dist/demo-1.ferry"
-"$appliance" --config "$work/appliance/appliance.toml" releases
-"$appliance" --config "$work/appliance/appliance.toml" fsck
+appliance() { "$bin/ferry-appliance" --config appliance/appliance.toml "$@"; }
+appliance import dist/demo-1.ferry
+appliance releases
+appliance fsck
 
-step "done: serve it with: $appliance --config $work/appliance/appliance.toml serve"
+step "ferry-appliance serve (https://127.0.0.1:8220, quick-start certificate)"
+appliance serve > appliance/serve.log 2> appliance/serve.err &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    grep -q "admin API on" appliance/serve.log 2>/dev/null && break
+    kill -0 $server 2>/dev/null || { cat appliance/serve.err >&2; exit 1; }
+    sleep 0.1
+done
+token=$(appliance tokens create --policy default-policy --name demo 2>/dev/null)
+ca=$work/appliance/data/tls/ca.pem
+
+cat <<EOF
+
+The appliance serves the demo bundle on https://127.0.0.1:8220.
+
+  enrollment token:  $token
+  CA certificate:    $ca
+
+A real Elastic Agent on this machine would enroll with:
+
+  sudo elastic-agent install --url=https://127.0.0.1:8220 --enrollment-token=$token \\
+      --certificate-authorities=$ca
+
+Five simulated agents enroll, take the policy and park with:
+
+  $bin/ferry-sim run --url https://127.0.0.1:8220 --ca $ca --token $token --agents 5
+
+Then, in another terminal:
+
+  $bin/ferry-appliance --config $work/appliance/appliance.toml agents list
+  $bin/ferry-appliance --config $work/appliance/appliance.toml upgrade --version 9.2.2 --policy default-policy
+EOF
+
+if $check; then
+    step "check: five simulated agents enroll and receive policy revision 1"
+    last=$("$bin/ferry-sim" run --url https://127.0.0.1:8220 --ca "$ca" --token "$token" \
+        --agents 5 --report-ms 500 --duration 4 | tail -1)
+    echo "$last"
+    echo "$last" | grep -q '"enrolled":5' && echo "$last" | grep -q '"revisions":{"1":5}' || {
+        echo "demo check failed: $last" >&2
+        exit 1
+    }
+    appliance agents list
+    exit 0
+fi
+
+printf '\nServing until Ctrl-C (log: %s/appliance/serve.err).\n' "$work"
+wait $server

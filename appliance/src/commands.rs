@@ -199,13 +199,12 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
             // Connections meanwhile wait in our listeners' backlog.
             std::fs::write(&takeover_path, std::process::id().to_string())?;
             eprintln!("taking over from the running serve…");
-            let waited = tokio::time::timeout(
+            tokio::time::timeout(
                 Duration::from_secs(60),
                 tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)),
             )
             .await
-            .context("the running serve did not stop within 60 s")???;
-            waited
+            .context("the running serve did not stop within 60 s")???
         } else {
             lock
         };
@@ -304,7 +303,11 @@ pub async fn run_server(
     });
     let admin_url = format!("http://{}", listeners.admin.local_addr()?);
     std::fs::write(config.data_dir.join(crate::admin::URL_FILE), &admin_url)?;
-    let header_timeout = Duration::from_secs(config.server.header_timeout_seconds);
+    let connections = crate::http1::Limits {
+        header_timeout: Duration::from_secs(config.server.header_timeout_seconds),
+        body_timeout: Duration::from_secs(60),
+        closing: hub.stopping(),
+    };
     println!(
         "serving {}://{} (public URL {})",
         if tls.is_some() { "https" } else { "http" },
@@ -313,12 +316,12 @@ pub async fn run_server(
     );
     println!("admin API on {admin_url}");
     let router = crate::server::router(Arc::clone(&state), agents, &limits, tls.is_some());
-    let main = crate::server::serve(listeners.agents, tls, router, header_timeout, shutdown);
+    let main = crate::server::serve(listeners.agents, tls, router, connections.clone(), shutdown);
     let admin_server = crate::server::serve(
         listeners.admin,
         None,
         crate::admin::router(admin),
-        header_timeout,
+        connections.clone(),
         std::future::pending(),
     );
     let mirror = async {
@@ -326,7 +329,7 @@ pub async fn run_server(
             Some(m) => {
                 println!("serving the mirror on http://{}", m.local_addr()?);
                 let router = crate::server::plain_router(state);
-                crate::server::serve(m, None, router, header_timeout, std::future::pending()).await
+                crate::server::serve(m, None, router, connections, std::future::pending()).await
             }
             None => std::future::pending().await,
         }

@@ -29,12 +29,16 @@ pub const MAX_BODY: usize = 8 << 20;
 const MAX_HEADERS: usize = 64;
 
 /// How one connection is served.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// Time allowed for a request head to arrive, idle time between requests included.
     pub header_timeout: Duration,
     /// Time allowed for a declared body to arrive.
     pub body_timeout: Duration,
+    /// True once the server is stopping: every response then closes its connection, so the
+    /// client's next request opens a new one (to the server taking over, or after the restart)
+    /// instead of meeting a connection closed under it.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a connection ended early; only logged.
@@ -132,6 +136,7 @@ where
                 return gone;
             }
         };
+        let close = close || *limits.closing.borrow();
         write_response(&mut io, response, is_head, close).await?;
         if close {
             io.shutdown().await?;
@@ -458,14 +463,19 @@ mod tests {
             )
     }
 
-    const LIMITS: Limits =
-        Limits { header_timeout: Duration::from_secs(5), body_timeout: Duration::from_secs(5) };
+    fn limits() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            closing: tokio::sync::watch::channel(false).1,
+        }
+    }
 
     /// Sends `input` and returns everything the server wrote until it closed the connection.
     /// With `leave`, the client closes its side right after sending (it went away).
     async fn talk(input: &[u8], leave: bool) -> (String, Result<(), ConnError>) {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(serve(server, app(), LIMITS));
+        let task = tokio::spawn(serve(server, app(), limits()));
         client.write_all(input).await.unwrap();
         if leave {
             client.shutdown().await.unwrap();
@@ -524,6 +534,21 @@ mod tests {
         // /slow never answers; closing the client must end the connection anyway.
         let (out, end) = talk(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n", true).await;
         assert!(end.is_ok() && out.is_empty(), "{out} {end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stopping_server_closes_each_connection_after_its_response() {
+        let (tx, closing) = tokio::sync::watch::channel(true);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(serve(server, app(), Limits { closing, ..limits() }));
+        client.write_all(b"GET /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out.matches("200 OK").count(), 1, "{out}");
+        assert!(out.contains("connection: close"));
+        assert!(task.await.unwrap().is_ok());
+        drop(tx);
     }
 
     #[tokio::test]

@@ -334,17 +334,16 @@ pub fn watch_active(
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is
 /// given, with our own lean HTTP/1.1 loop ([`crate::http1`]). Each connection runs on its own
-/// task. `header_timeout` bounds the TLS handshake and the wait for each request head, idle
-/// time between keep-alive requests included.
+/// task. The header timeout also bounds the TLS handshake.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
-    header_timeout: Duration,
+    limits: crate::http1::Limits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let limits = crate::http1::Limits { header_timeout, body_timeout: Duration::from_secs(60) };
+    let header_timeout = limits.header_timeout;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -360,7 +359,7 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let (app, limits) = (app.clone(), limits.clone());
         // Two kinds of task, each sized to its own connection: a plain one does not carry
         // the room a TLS session needs.
         match acceptor.clone() {
