@@ -93,7 +93,8 @@ appliance releases
 appliance fsck
 
 step "ferry-appliance serve (https://127.0.0.1:8220, quick-start certificate)"
-appliance serve > appliance/serve.log 2> appliance/serve.err &
+# The binary itself in the background (not the shell function), so $! is the server's pid.
+"$bin/ferry-appliance" --config appliance/appliance.toml serve > appliance/serve.log 2> appliance/serve.err &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -135,13 +135,23 @@ fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<Ex
 const TAKEOVER_FILE: &str = "serve.takeover";
 
 /// A listening socket that a second `serve` may bind too (`SO_REUSEPORT`): what lets
-/// `serve --takeover` replace a running server without refusing a single connection.
-fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+/// `serve --takeover` replace a running server without refusing a single connection. Unless
+/// taking over, the address must be free: a plain bind first makes sure no other process
+/// (another appliance on another data directory, say) would silently share the port.
+fn listen(addr: std::net::SocketAddr, takeover: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = || {
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
     };
+    if !takeover && addr.port() != 0 {
+        let probe = socket()?;
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    let socket = socket()?;
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -190,9 +200,9 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
         .build()?;
     runtime.block_on(async move {
         let listeners = Listeners {
-            agents: listen(config.server.listen)?,
-            mirror: config.server.mirror_listen.map(listen).transpose()?,
-            admin: listen(config.server.admin_listen)?,
+            agents: listen(config.server.listen, must_wait)?,
+            mirror: config.server.mirror_listen.map(|a| listen(a, must_wait)).transpose()?,
+            admin: listen(config.server.admin_listen, must_wait)?,
         };
         let takeover_path = config.data_dir.join(TAKEOVER_FILE);
         let _lock = if must_wait {

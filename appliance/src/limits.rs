@@ -32,9 +32,12 @@ pub struct RouteLimit {
 /// purpose, uploads are rare and large.
 pub const DEFAULTS: &[(&str, RouteLimit)] = &[
     ("enroll", RouteLimit { per_second: 100.0, burst: 100, concurrent: 50 }),
-    ("checkin", RouteLimit { per_second: 2000.0, burst: 2000, concurrent: 0 }),
-    ("ack", RouteLimit { per_second: 2000.0, burst: 2000, concurrent: 200 }),
-    ("status", RouteLimit { per_second: 2000.0, burst: 2000, concurrent: 200 }),
+    // After a restart every agent checks in again within a couple of seconds.
+    ("checkin", RouteLimit { per_second: 5000.0, burst: 20000, concurrent: 0 }),
+    // A new policy revision makes every agent ack (and, when fleet.hosts changes, probe
+    // /api/status) within a second or two.
+    ("ack", RouteLimit { per_second: 5000.0, burst: 20000, concurrent: 5000 }),
+    ("status", RouteLimit { per_second: 5000.0, burst: 20000, concurrent: 2000 }),
     ("audit_unenroll", RouteLimit { per_second: 100.0, burst: 50, concurrent: 100 }),
     ("upload_begin", RouteLimit { per_second: 0.5, burst: 5, concurrent: 10 }),
     ("upload_chunk", RouteLimit { per_second: 300.0, burst: 5, concurrent: 10 }),

@@ -281,55 +281,72 @@ async fn download(
     Ok(response.body(Body::from_stream(stream)).expect("valid response"))
 }
 
-/// Re-reads the active release whenever the state database says it changed, so an import or
-/// rollback takes effect for new requests without a restart.
+/// Loads the active release now (so nothing is answered as if there were none), then re-reads
+/// it whenever the state database says it changed, so an import or rollback takes effect for
+/// new requests without a restart.
 pub fn watch_active(
     state: Arc<AppState>,
     db: Arc<std::sync::Mutex<crate::state::SqliteState>>,
     data_dir: PathBuf,
     keys: TrustedKeys,
 ) {
+    let shown = refresh(&state, &db, &data_dir, &keys, None);
     tokio::spawn(async move {
-        let mut shown: Option<(String, u64)> =
-            state.current().map(|r| (r.name.clone(), r.sequence));
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut shown = shown;
+        // One indexed SQLite read per tick: cheap enough to notice an import within 100 ms.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let (dir, keys, db) = (data_dir.clone(), keys.clone(), Arc::clone(&db));
+            let (state, db, dir, keys) =
+                (Arc::clone(&state), Arc::clone(&db), data_dir.clone(), keys.clone());
             let seen = shown.clone();
-            let loaded =
-                tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Option<Release>>> {
-                    let active =
-                        crate::state::StateStore::active(&*db.lock().expect("state lock"))?;
-                    if active == seen {
-                        return Ok(None);
-                    }
-                    // Loading re-verifies the stored manifest's signature.
-                    Ok(Some(match active {
-                        Some((name, sequence)) => {
-                            Some(crate::release::load_release_at(&dir, &name, sequence, &keys)?)
-                        }
-                        None => None,
-                    }))
-                })
-                .await;
-            match loaded {
-                Ok(Ok(Some(release))) => {
-                    shown = release.as_ref().map(|r| (r.name.clone(), r.sequence));
-                    tracing::info!(release = ?shown, "serving a new active release");
-                    *state.release.write().expect("release lock") = release.map(Arc::new);
-                    state.changed.send_modify(|generation| *generation += 1);
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot load the active release");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "release watcher failed");
-                }
+            match tokio::task::spawn_blocking(move || refresh(&state, &db, &dir, &keys, seen)).await
+            {
+                Ok(now) => shown = now,
+                Err(e) => tracing::error!(error = %e, "release watcher failed"),
             }
         }
     });
+}
+
+/// Makes the active release the one served if it is not `shown` already; returns what is
+/// shown now. A release that fails to load (its manifest no longer verifies with the trusted
+/// keys, say) is reported once, and the previous one stays served.
+fn refresh(
+    state: &AppState,
+    db: &std::sync::Mutex<crate::state::SqliteState>,
+    data_dir: &std::path::Path,
+    keys: &TrustedKeys,
+    shown: Option<(String, u64)>,
+) -> Option<(String, u64)> {
+    let active = match crate::state::StateStore::active(&*db.lock().expect("state lock")) {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the active release");
+            return shown;
+        }
+    };
+    if active == shown {
+        return shown;
+    }
+    // Loading re-verifies the stored manifest's signature.
+    let loaded = active
+        .as_ref()
+        .map(|(name, sequence)| crate::release::load_release_at(data_dir, name, *sequence, keys))
+        .transpose();
+    match loaded {
+        Ok(release) => {
+            tracing::info!(release = ?active, "serving the active release");
+            *state.release.write().expect("release lock") = release.map(Arc::new);
+            state.changed.send_modify(|generation| *generation += 1);
+        }
+        Err(e) => tracing::error!(
+            release = ?active,
+            error = %format!("{e:#}"),
+            "cannot load the active release; still serving the previous one"
+        ),
+    }
+    active
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is

@@ -273,7 +273,19 @@ impl Agent {
         Ok(Step::Continue)
     }
 
+    /// Acknowledges an action. A refused ack is counted and dropped, as real agents queue it
+    /// for a later retry and carry on checking in (a dead key still stops the agent).
     async fn ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
+        match self.send_ack(action_id, data).await {
+            Err(f) if f != Failure::Status(401) => {
+                self.fleet.stats.error(&f);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn send_ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
         let mut event = json!({"type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": self.id,
             "action_id": action_id, "message": "acknowledged", "timestamp": ferry_manifests::rfc3339(time_now())});
         if let Some(d) = data {
