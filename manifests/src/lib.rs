@@ -12,6 +12,8 @@
 //! [`ManifestStage::extract`] streams each entry through a size cap and a hash into an
 //! [`EntrySink`] (step 2b).
 
+#[cfg(feature = "forge")]
+pub mod forge;
 mod limits;
 mod manifest;
 mod name;

@@ -6,9 +6,10 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use ferry_manifests::forge::{Piece, declared, head, tar_bytes, zstd};
 use ferry_manifests::tar::{self, RawHeader};
 use ferry_manifests::{Limits, Manifest, NoProgress, SignedBundle, StagingDir, VerifyError};
-use support::{Piece, declared, head, key, manifest, sign_file, tar_bytes, trusted, zstd};
+use support::{key, manifest, sign_file, trusted};
 
 /// Everything a forged case needs.
 struct Case {

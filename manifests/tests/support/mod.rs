@@ -1,17 +1,14 @@
-//! Test helpers: a throwaway signing key, sample inputs, and a byte-level bundle forger that
-//! signs whatever it is given, the way a leaked key or a buggy builder would.
+//! Test helpers: a throwaway signing key, sample inputs, and the byte-level bundle forger (which
+//! signs whatever it is given, the way a leaked key or a buggy builder would).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use ferry_manifests::tar::{self, RawHeader};
 use ferry_manifests::{
-    BundleComment, BundleName, BundleSpec, Compression, EntryName, FileEntry, Kind, Manifest,
-    ManifestComment, Mode, NoProgress, PayloadSource, Sha256Digest, SigningKey, TrustedKeys,
-    WrittenBundle,
+    BundleName, BundleSpec, Compression, EntryName, FileEntry, Kind, Manifest, Mode, NoProgress,
+    PayloadSource, SigningKey, TrustedKeys, WrittenBundle,
 };
 
 pub fn key() -> SigningKey {
@@ -78,105 +75,19 @@ pub fn build(dir: &Path, key: &SigningKey, spec: &BundleSpec) -> WrittenBundle {
     ferry_manifests::write_bundle(spec, sample_inputs(dir), key, &out, &NoProgress).unwrap()
 }
 
-/// One piece of a forged tar stream.
-pub enum Piece {
-    /// A header and its body, padded to a block.
-    Entry(RawHeader, Vec<u8>),
-    /// Bytes written as they are.
-    Raw(Vec<u8>),
-}
-
-impl Piece {
-    pub fn file(path: &str, body: &[u8]) -> Self {
-        Piece::Entry(RawHeader::file(path, 0o644, body.len() as u64, 0), body.to_vec())
-    }
-
-    pub fn typed(path: &str, typeflag: u8, linkname: &str) -> Self {
-        let mut header = RawHeader::file(path, 0o644, 0, 0);
-        header.typeflag = typeflag;
-        header.linkname = linkname.to_owned();
-        Piece::Entry(header, Vec::new())
-    }
-}
-
-/// A manifest entry for `body` at `path`.
-pub fn declared(path: &str, body: &[u8]) -> FileEntry {
-    FileEntry {
-        path: EntryName::new(path).unwrap(),
-        size: body.len() as u64,
-        sha256: Sha256Digest::of(body),
-        mode: Mode::Regular,
-        kind: Kind::Other,
-        metadata: BTreeMap::new(),
-    }
-}
-
 pub fn manifest(files: Vec<FileEntry>) -> Manifest {
-    let spec = spec(1, Compression::default_zstd());
-    Manifest {
-        format: 1,
-        name: spec.name,
-        sequence: spec.sequence,
-        created: spec.created,
-        expires: spec.expires,
-        builder: spec.builder,
-        files,
-    }
+    ferry_manifests::forge::manifest(1, files)
 }
 
-/// Bytes for the two metadata entries of `manifest`, signed by `key`.
-pub fn head(key: &SigningKey, manifest: &Manifest) -> Vec<Piece> {
-    let bytes = manifest.to_bytes();
-    let comment = ManifestComment { name: manifest.name.clone(), sequence: manifest.sequence };
-    let signature = key.sign(&bytes, &comment.to_string());
-    vec![
-        Piece::file("manifest.json", &bytes),
-        Piece::file("manifest.json.minisig", signature.as_bytes()),
-    ]
-}
-
-/// Serialises pieces into an uncompressed tar stream, ending with the two-block marker when
-/// `end` is set.
-pub fn tar_bytes(pieces: &[Piece], end: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in pieces {
-        match piece {
-            Piece::Entry(header, body) => {
-                out.extend_from_slice(&header.encode().unwrap());
-                out.extend_from_slice(body);
-                out.resize(out.len() + tar::padding(body.len() as u64), 0);
-            }
-            Piece::Raw(bytes) => out.extend_from_slice(bytes),
-        }
-    }
-    if end {
-        out.resize(out.len() + 2 * tar::BLOCK, 0);
-    }
-    out
-}
-
-pub fn zstd(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
-
-/// Writes `compressed` as a bundle with a valid detached signature by `key` whose trusted
-/// comment names `manifest`. Returns (bundle, signature) paths.
+/// Writes `compressed` as `dir/forged.ferry` with a valid detached signature by `key` whose
+/// trusted comment names `manifest`. Returns (bundle, signature) paths.
 pub fn sign_file(
     dir: &Path,
     key: &SigningKey,
     manifest: &Manifest,
     compressed: &[u8],
 ) -> (PathBuf, PathBuf) {
-    let comment = BundleComment {
-        name: manifest.name.clone(),
-        sequence: manifest.sequence,
-        manifest_sha256: Sha256Digest::of(&manifest.to_bytes()),
-    };
     let bundle = dir.join("forged.ferry");
-    let signature = dir.join("forged.ferry.minisig");
-    std::fs::write(&bundle, compressed).unwrap();
-    std::fs::write(&signature, key.sign(compressed, &comment.to_string())).unwrap();
+    let signature = ferry_manifests::forge::sign_file(&bundle, key, manifest, compressed).unwrap();
     (bundle, signature)
 }
