@@ -62,7 +62,21 @@ fn import(
     };
     let record = data
         .import(&args.bundle, &signature, keys, options, &TerminalBar::new(quiet || args.json))
-        .with_context(|| format!("import of {} refused", args.bundle.display()))?;
+        .with_context(|| format!("import of {} refused", args.bundle.display()));
+    let record = match record {
+        Ok(record) => record,
+        Err(error) => {
+            // Scripts get the verdict on stdout too; the message still goes to stderr.
+            if args.json {
+                let check = crate::refusal_check(&error);
+                println!(
+                    "{}",
+                    json!({ "imported": false, "check": check, "error": format!("{error:#}") })
+                );
+            }
+            return Err(error);
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string(&record)?);
     } else {

@@ -32,14 +32,23 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// The name of the check that refused a bundle or the data, when `error` is such a refusal
+/// (the same names `ferry verify --json` reports, plus the import's own: replay, downgrade,
+/// sequence-reused, expired).
+pub fn refusal_check(error: &anyhow::Error) -> Option<&'static str> {
+    error.chain().find_map(|cause| {
+        if let Some(refusal) = cause.downcast_ref::<release::ImportRefusal>() {
+            return Some(refusal.check());
+        }
+        cause
+            .downcast_ref::<ferry_manifests::VerifyError>()
+            .filter(|e| e.is_refusal())
+            .map(ferry_manifests::VerifyError::check)
+    })
+}
+
 /// Maps an error to the CLI's exit code: 1 when a bundle or the data was refused as invalid,
 /// 2 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> std::process::ExitCode {
-    let refusal = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<ferry_manifests::VerifyError>()
-            .is_some_and(ferry_manifests::VerifyError::is_refusal)
-            || cause.downcast_ref::<release::ImportRefusal>().is_some()
-    });
-    std::process::ExitCode::from(if refusal { 1 } else { 2 })
+    std::process::ExitCode::from(if refusal_check(error).is_some() { 1 } else { 2 })
 }

@@ -53,6 +53,18 @@ pub enum ImportRefusal {
     Expired { name: String, sequence: u64, key_id: String, source: VerifyError },
 }
 
+impl ImportRefusal {
+    /// A stable name for the check that refused, for machine output.
+    pub fn check(&self) -> &'static str {
+        match self {
+            ImportRefusal::Replay { .. } => "replay",
+            ImportRefusal::Downgrade { .. } => "downgrade",
+            ImportRefusal::Conflict { .. } => "sequence-reused",
+            ImportRefusal::Expired { .. } => "expired",
+        }
+    }
+}
+
 /// What an import may override.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ImportOptions {

@@ -61,11 +61,15 @@ pub fn manifest(sequence: u64, files: Vec<FileEntry>) -> Manifest {
 
 /// The two metadata entries of `manifest`, signed by `key`.
 pub fn head(key: &SigningKey, manifest: &Manifest) -> Vec<Piece> {
-    let bytes = manifest.to_bytes();
     let comment = ManifestComment { name: manifest.name.clone(), sequence: manifest.sequence };
-    let signature = key.sign(&bytes, &comment.to_string());
+    head_raw(key, &manifest.to_bytes(), &comment)
+}
+
+/// The two metadata entries for any `manifest.json` bytes, signed by `key` under `comment`.
+pub fn head_raw(key: &SigningKey, manifest: &[u8], comment: &ManifestComment) -> Vec<Piece> {
+    let signature = key.sign(manifest, &comment.to_string());
     vec![
-        Piece::file(crate::MANIFEST_ENTRY, &bytes),
+        Piece::file(crate::MANIFEST_ENTRY, manifest),
         Piece::file(crate::MANIFEST_SIGNATURE_ENTRY, signature.as_bytes()),
     ]
 }
@@ -115,6 +119,16 @@ pub fn sign_file(
         sequence: manifest.sequence,
         manifest_sha256: Sha256Digest::of(&manifest.to_bytes()),
     };
+    sign_file_with(bundle, key, &comment, compressed)
+}
+
+/// [`sign_file`] under any trusted comment.
+pub fn sign_file_with(
+    bundle: &Path,
+    key: &SigningKey,
+    comment: &BundleComment,
+    compressed: &[u8],
+) -> std::io::Result<PathBuf> {
     let signature = crate::default_signature_path(bundle);
     std::fs::write(bundle, compressed)?;
     std::fs::write(&signature, key.sign(compressed, &comment.to_string()))?;
