@@ -57,6 +57,12 @@ struct Agent {
     upgrade: Option<Upgrade>,
     /// `upgrade_details` to send on the next check-ins (`UPG_WATCHING` after a restart).
     details: Option<Value>,
+    /// Acks the server did not take, sent again before the next check-in (as real agents keep
+    /// them in their action queue).
+    unsent: Vec<(String, Option<Value>)>,
+    /// Stored actions (all but policies) this agent has received: one seen again is counted as
+    /// redelivered and not run twice.
+    done: std::collections::HashSet<String>,
 }
 
 fn gzip(bytes: &[u8]) -> Bytes {
@@ -110,6 +116,8 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
         revision: 0,
         upgrade: None,
         details: None,
+        unsent: Vec::new(),
+        done: std::collections::HashSet::new(),
     };
     agent.run().await;
 }
@@ -211,6 +219,7 @@ impl Agent {
     }
 
     async fn checkin(&mut self) -> Result<Step, Failure> {
+        self.resend_acks().await?;
         let mut body = json!({
             "status": "online",
             "message": "Running",
@@ -273,16 +282,26 @@ impl Agent {
         Ok(Step::Continue)
     }
 
-    /// Acknowledges an action. A refused ack is counted and dropped, as real agents queue it
-    /// for a later retry and carry on checking in (a dead key still stops the agent).
+    /// Acknowledges an action. A refused ack is counted and kept for a retry before the next
+    /// check-in, as real agents queue it and carry on (a dead key still stops the agent).
     async fn ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
-        match self.send_ack(action_id, data).await {
+        match self.send_ack(action_id, data.clone()).await {
             Err(f) if f != Failure::Status(401) => {
                 self.fleet.stats.error(&f);
+                self.unsent.push((action_id.to_owned(), data));
                 Ok(())
             }
             other => other,
         }
+    }
+
+    /// Sends the acks a failure kept back, oldest first; stops at the first that fails again.
+    async fn resend_acks(&mut self) -> Result<(), Failure> {
+        while let Some((id, data)) = self.unsent.first().cloned() {
+            self.send_ack(&id, data).await?;
+            self.unsent.remove(0);
+        }
+        Ok(())
     }
 
     async fn send_ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
@@ -302,7 +321,14 @@ impl Agent {
 
     async fn handle(&mut self, action: &Value) -> Result<Step, Failure> {
         let id = action["id"].as_str().unwrap_or_default().to_owned();
-        match action["type"].as_str().unwrap_or_default() {
+        let kind = action["type"].as_str().unwrap_or_default();
+        // A policy comes again whenever the server is unsure which revision runs; any other
+        // action must come once.
+        if kind != "POLICY_CHANGE" && !self.done.insert(id.clone()) {
+            self.fleet.stats.redelivered.fetch_add(1, Relaxed);
+            return Ok(Step::Continue);
+        }
+        match kind {
             "POLICY_CHANGE" => {
                 let revision = action["data"]["policy"]["revision"].as_u64().unwrap_or(0);
                 self.fleet.stats.revision(self.revision, revision);

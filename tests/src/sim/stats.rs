@@ -17,6 +17,8 @@ pub struct Stats {
     pub in_checkin: AtomicI64,
     pub checkins: AtomicU64,
     pub acks: AtomicU64,
+    /// Actions other than policies that reached an agent which had already received them.
+    pub redelivered: AtomicU64,
     pub upgraded: AtomicU64,
     pub unenrolled: AtomicU64,
     pub uploads: AtomicU64,
@@ -63,6 +65,7 @@ impl Stats {
             "in_checkin": self.in_checkin.load(Relaxed),
             "checkins": self.checkins.load(Relaxed),
             "acks": self.acks.load(Relaxed),
+            "redelivered": self.redelivered.load(Relaxed),
             "upgraded": self.upgraded.load(Relaxed),
             "unenrolled": self.unenrolled.load(Relaxed),
             "uploads": self.uploads.load(Relaxed),
