@@ -93,36 +93,8 @@ impl Conn {
     }
 
     async fn connect(&mut self) -> Result<(), Failure> {
-        let socket = match self.endpoint.addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .map_err(|_| Failure::Connect)?;
-        if let Some(ip) = self.source {
-            socket.bind(SocketAddr::new(ip, 0)).map_err(|_| Failure::Connect)?;
-        }
-        let stream =
-            tokio::time::timeout(Duration::from_secs(30), socket.connect(self.endpoint.addr))
-                .await
-                .map_err(|_| Failure::Timeout)?
-                .map_err(|_| Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let sender = if self.endpoint.tls {
-            let config = self.tls.clone().ok_or(Failure::Tls)?;
-            let name = rustls::pki_types::ServerName::try_from(self.endpoint.host.clone())
-                .map_err(|_| Failure::Tls)?;
-            let tls = tokio::time::timeout(
-                Duration::from_secs(30),
-                tokio_rustls::TlsConnector::from(config).connect(name, stream),
-            )
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|_| Failure::Tls)?;
-            handshake(TokioIo::new(tls)).await?
-        } else {
-            handshake(TokioIo::new(stream)).await?
-        };
-        self.sender = Some(sender);
+        let stream = open(&self.endpoint, self.tls.as_ref(), self.source).await?;
+        self.sender = Some(handshake(TokioIo::new(stream)).await?);
         Ok(())
     }
 
@@ -171,6 +143,47 @@ impl Conn {
             }
         }
     }
+}
+
+/// A byte stream to the server, plain or TLS (boxed so both kinds fit one type).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// Opens a TCP connection from `source` (if given) to `endpoint`, with the TLS handshake
+/// done when the endpoint is `https://`.
+pub async fn open(
+    endpoint: &Endpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    source: Option<IpAddr>,
+) -> Result<Stream, Failure> {
+    let socket = match endpoint.addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|_| Failure::Connect)?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|_| Failure::Connect)?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(endpoint.addr))
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|_| Failure::Connect)?;
+    let _ = stream.set_nodelay(true);
+    if !endpoint.tls {
+        return Ok(Box::new(stream));
+    }
+    let config = tls.cloned().ok_or(Failure::Tls)?;
+    let name =
+        rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|_| Failure::Tls)?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_rustls::TlsConnector::from(config).connect(name, stream),
+    )
+    .await
+    .map_err(|_| Failure::Timeout)?
+    .map_err(|_| Failure::Tls)?;
+    Ok(Box::new(tls))
 }
 
 async fn handshake<I>(

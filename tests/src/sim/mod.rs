@@ -3,6 +3,7 @@
 
 mod agent;
 pub mod conn;
+mod flood;
 mod mirror;
 mod probe;
 pub mod stats;
@@ -41,6 +42,9 @@ pub enum Command {
     Run(RunArgs),
     /// Measure enroll, ack and status latencies, then print them as JSON.
     Probe(ProbeArgs),
+    /// Run hostile clients (slow heads and bodies, oversized requests, forged keys, agents
+    /// that drop their check-ins) for --seconds, then print what the server answered as JSON.
+    Flood(FloodArgs),
     /// Write a synthetic Elastic download site (fake agent archives with real .sha512 and
     /// PGP .asc, and the PGP key) for demos and benchmarks.
     FakeMirror(MirrorArgs),
@@ -124,6 +128,52 @@ pub struct ProbeArgs {
     pub rate: f64,
 }
 
+#[derive(Debug, Args)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Seconds to flood.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Which kinds of hostile client to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "slowloris,slow-body,oversize,keys,disconnect"
+    )]
+    pub kinds: Vec<flood::Kind>,
+    /// Slowloris connections held at once (each sends its head a byte at a time).
+    #[arg(long, default_value_t = 200)]
+    pub slowloris: usize,
+    /// Slow-body connections held at once (a whole head declaring 8 MiB, then a byte at a
+    /// time).
+    #[arg(long, default_value_t = 20)]
+    pub slow_body: usize,
+    /// Milliseconds between the bytes of slowloris and slow-body connections.
+    #[arg(long, default_value_t = 1000)]
+    pub slowloris_interval_ms: u64,
+    /// Which oversized requests to send, comma-separated (default: all of head-16k,
+    /// declared-32m, checkin-2m-length, checkin-2m-chunked, chunked-9m, gzip-bomb).
+    #[arg(long, value_delimiter = ',')]
+    pub oversize_variants: Vec<String>,
+    /// Connections sending oversized requests, one after another.
+    #[arg(long, default_value_t = 2)]
+    pub oversize_connections: usize,
+    /// Requests per second with forged or misused keys, in total.
+    #[arg(long, default_value_t = 2000.0)]
+    pub key_rate: f64,
+    /// Keep-alive connections the forged keys are spread over.
+    #[arg(long, default_value_t = 8)]
+    pub key_connections: usize,
+    /// Agents that enroll, then open check-ins and drop them while parked.
+    #[arg(long, default_value_t = 20)]
+    pub disconnect_agents: usize,
+    /// About how long (ms) such an agent lets a check-in park before dropping it.
+    #[arg(long, default_value_t = 500)]
+    pub disconnect_after_ms: u64,
+}
+
 /// Loopback source addresses 127.1.x.y, `n` of them.
 fn sources(n: usize) -> Vec<IpAddr> {
     (0..n).map(|i| IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
@@ -145,6 +195,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Probe(args) => probe::run(args).await,
+            Command::Flood(args) => flood::run(args).await,
             Command::FakeMirror(args) => {
                 for path in mirror::write(&args.out, &args.versions, &args.platforms, args.size)? {
                     println!("{path}");
