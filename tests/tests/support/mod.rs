@@ -1,0 +1,182 @@
+//! Helpers shared by the end-to-end tests that drive the real binaries with simulated agents:
+//! a site (fake Elastic mirror, signing key, bundles, appliance configuration), processes whose
+//! output lines are collected as they come, and bounded waits.
+
+// Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_tests::{binary, run_ok};
+use serde_json::Value;
+
+pub fn sim() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry-sim"))
+}
+
+/// A site: a fake Elastic mirror, a signing key, and bundle specs.
+pub struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let site = Self { dir: tempfile::tempdir().unwrap() };
+        run_ok(sim().current_dir(site.path()).args([
+            "fake-mirror",
+            "--out",
+            "mirror",
+            "--versions",
+            "9.1.2,9.2.2,9.3.0",
+            "--size",
+            "100000",
+        ]));
+        run_ok(binary("ferry").current_dir(site.path()).args([
+            "keygen",
+            "--without-password",
+            "-q",
+        ]));
+        site
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Builds `bench-SEQ.ferry` with these agent versions and a policy whose output host is
+    /// `ls-SEQ` (so each sequence's policy differs). `expires` overrides the validity.
+    pub fn bundle(&self, sequence: u64, versions: &[&str], expires: Option<&str>) -> PathBuf {
+        let spec = self.path().join(format!("spec-{sequence}.toml"));
+        let policy = self.path().join(format!("policy-{sequence}.yml"));
+        std::fs::write(
+            &policy,
+            format!(
+                "id: default-policy\nrevision: {sequence}\noutputs:\n  default: {{type: logstash, hosts: [\"ls-{sequence}:5044\"]}}\ninputs: []\n"
+            ),
+        )
+        .unwrap();
+        let validity = match expires {
+            Some(e) => format!("expires = \"{e}\""),
+            None => "valid_days = 30".into(),
+        };
+        let versions: Vec<String> = versions.iter().map(|v| format!("\"{v}\"")).collect();
+        std::fs::write(
+            &spec,
+            format!(
+                "[bundle]\nname = \"site\"\nsequence = {sequence}\n{validity}\n\n[upstream]\ndir = \"mirror/downloads\"\n\
+                 pgp_key = \"mirror/GPG-KEY-ferry-demo\"\n\n[[agent]]\nversions = [{}]\nplatforms = [\"linux-x86_64\"]\n\
+                 packages = [\"archive\"]\n\n[[file]]\nsource = \"{}\"\nkind = \"policy\"\n",
+                versions.join(", "),
+                policy.display()
+            ),
+        )
+        .unwrap();
+        let mut build = binary("ferry");
+        build.current_dir(self.path()).arg("build").arg(&spec).args(["--out", "dist", "-q"]);
+        if expires.is_some() {
+            build.args(["--created", "2020-01-01T00:00:00Z"]);
+        }
+        run_ok(&mut build);
+        self.path().join(format!("dist/site-{sequence}.ferry"))
+    }
+
+    pub fn appliance(&self) -> Command {
+        let mut cmd = binary("ferry-appliance");
+        cmd.current_dir(self.path()).arg("--config").arg(self.path().join("appliance.toml"));
+        cmd
+    }
+
+    /// Runs an appliance command that must succeed and returns its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        String::from_utf8(run_ok(self.appliance().args(args)).stdout).unwrap()
+    }
+}
+
+/// A process whose stdout lines are collected as they come.
+pub struct Lines {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The process id, for reading its /proc entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The latest line, parsed as JSON.
+    pub fn last(&self) -> Option<Value> {
+        self.lines.lock().unwrap().last().and_then(|l| serde_json::from_str(l).ok())
+    }
+
+    /// Waits (bounded) for a line satisfying `pred`; returns it.
+    pub fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < end {
+            if let Some(l) = self.lines.lock().unwrap().iter().rev().find(|l| pred(l)) {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("never saw {what}; last: {:?}", self.lines.lock().unwrap().last());
+    }
+
+    /// Waits until the simulator's latest report satisfies `pred`.
+    pub fn report(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < end {
+            let last = self.lines.lock().unwrap().last().cloned();
+            if let Some(v) = last.and_then(|l| serde_json::from_str::<Value>(&l).ok())
+                && pred(&v)
+            {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agents never reached: {what}; last: {:?}", self.lines.lock().unwrap().last());
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` (bounded) until it gives a value.
+pub fn eventually<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never: {what}");
+}
+
+pub fn count(v: &Value, histogram: &str, key: &str) -> u64 {
+    v[histogram][key].as_u64().unwrap_or(0)
+}
