@@ -27,6 +27,8 @@ pub const MAX_HEAD: usize = 8 << 10;
 /// chunks), so those caps answer with their own errors first.
 pub const MAX_BODY: usize = 8 << 20;
 const MAX_HEADERS: usize = 64;
+/// The most a body buffer grows by before more of the body has arrived.
+const BODY_STEP: usize = 64 << 10;
 
 /// How one connection is served.
 #[derive(Clone, Debug)]
@@ -293,10 +295,19 @@ async fn take<I: AsyncRead + Unpin>(
         let rest = buf.split_off(n);
         return Ok(std::mem::replace(buf, rest));
     }
+    // Grown as bytes arrive, not to `n` at once: a client declaring a large body and sending
+    // it slowly must not make the server hold the whole declared size meanwhile.
     let mut out = std::mem::take(buf);
-    let have = out.len();
-    out.resize(n, 0);
-    io.read_exact(&mut out[have..]).await?;
+    while out.len() < n {
+        let missing = n - out.len();
+        if out.len() == out.capacity() {
+            out.reserve(missing.min(BODY_STEP));
+        }
+        // Never past the body: what follows belongs to the next request's head.
+        if (&mut *io).take(missing as u64).read_buf(&mut out).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     Ok(out)
 }
 
@@ -527,6 +538,48 @@ mod tests {
         }
         let big = format!("GET /hello HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert!(exchange(big.as_bytes()).await.1.is_err());
+    }
+
+    /// Gives one byte per read and remembers the largest buffer it was offered.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        largest_offer: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest_offer = self.largest_offer.max(buf.remaining());
+            if let Some(&b) = self.data.get(self.at) {
+                buf.put_slice(&[b]);
+                self.at += 1;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_buffered_as_it_arrives_not_as_declared() {
+        let declared = MAX_BODY;
+        let mut slow = Trickle { data: b"abcNEXT".to_vec(), at: 0, largest_offer: 0 };
+        let mut buf = b"xy".to_vec();
+        // Only 5 of the declared bytes exist: the read ends early, having held little.
+        let end = take(&mut slow, &mut buf, declared).await;
+        assert!(matches!(end, Err(ConnError::Io(_))), "{end:?}");
+        assert!(slow.largest_offer <= 2 * BODY_STEP, "{}", slow.largest_offer);
+        // A complete body leaves what follows it unread.
+        let mut slow = Trickle { data: b"cdeNEXT".to_vec(), at: 0, largest_offer: 0 };
+        let mut buf = b"ab".to_vec();
+        let mut out = take(&mut slow, &mut buf, 5).await.unwrap();
+        out.extend_from_slice(&buf);
+        let mut rest = Vec::new();
+        slow.read_to_end(&mut rest).await.unwrap();
+        out.extend_from_slice(&rest);
+        assert_eq!(out, b"abcdeNEXT");
     }
 
     #[tokio::test]
