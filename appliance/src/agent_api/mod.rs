@@ -281,16 +281,25 @@ fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, Api
     if !gzip {
         return Ok(body);
     }
-    use std::io::Read as _;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&body[..])
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| bad_request(format!("cannot gunzip the body: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(too_large(limit as usize));
+    let inflate = || {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| bad_request(format!("cannot gunzip the body: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(too_large(limit as usize));
+        }
+        Ok(out.into())
+    };
+    // Inflating up to the cap takes tens of milliseconds (a gzip bomb is made to): the worker
+    // thread hands its other connections to another thread first, so they do not wait behind
+    // it. Only a multi-threaded runtime can; elsewhere (unit tests, fuzzing) it runs inline.
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(inflate),
+        _ => inflate(),
     }
-    Ok(out.into())
 }
 
 #[cfg(test)]
@@ -333,6 +342,48 @@ mod tests {
         let id = uuid_v4();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+    }
+
+    /// A gzip body that inflates past `CHECKIN_BODY_LIMIT`.
+    fn gzip_bomb() -> Bytes {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&vec![b' '; CHECKIN_BODY_LIMIT as usize + 1]).unwrap();
+        Bytes::from(gz.finish().unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn gzip_bombs_do_not_hold_up_other_connections() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let bomb = gzip_bomb();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let (inflating, done) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        // On the only worker thread: a check-in inflating bombs, and another connection's task.
+        let bomber = tokio::spawn({
+            let (inflating, done) = (Arc::clone(&inflating), Arc::clone(&done));
+            async move {
+                inflating.store(true, Ordering::SeqCst);
+                for _ in 0..5 {
+                    let refused = decompress(&headers, bomb.clone(), CHECKIN_BODY_LIMIT);
+                    assert!(matches!(
+                        refused,
+                        Err(ApiError::Fleet { status: StatusCode::PAYLOAD_TOO_LARGE, .. })
+                    ));
+                }
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+        while !inflating.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let other = tokio::spawn({
+            let done = Arc::clone(&done);
+            async move { done.load(Ordering::SeqCst) }
+        });
+        assert!(!other.await.unwrap(), "another task ran only after the bombs were inflated");
+        bomber.await.unwrap();
     }
 
     #[test]
