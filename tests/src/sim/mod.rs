@@ -27,7 +27,9 @@ use clap::{Args, Parser, Subcommand};
         told. Every --report-ms it prints one JSON line on stdout: counters, errors by kind, and \
         how many agents hold each policy revision and version.\n\n\
         `probe` measures enroll, ack and status answer times from its own connections, for \
-        comparing an idle and a loaded appliance.",
+        comparing an idle and a loaded appliance.\n\n\
+        `flood` runs hostile clients (slow heads and bodies, oversized requests, forged keys, \
+        agents dropping parked check-ins) for a while and prints what the server answered.",
     after_help = "Example:\n  ferry-appliance tokens create --policy default-policy\n  \
         ferry-sim run --url https://127.0.0.1:8220 --ca /var/lib/ferry/tls/ca.pem --token TOKEN --agents 1000"
 )]
