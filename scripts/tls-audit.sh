@@ -14,6 +14,8 @@
 #                             demo's 8220, so both can run at once); the admin API takes +2
 #   TLS_AUDIT_CERT, _KEY, _CA serve this certificate chain and key instead of the quick-start
 #                             one, trusting _CA (as agents' --certificate-authorities would)
+#   TLS_AUDIT_HOST            the name in public_url and in the scanned URL (still connecting
+#                             to 127.0.0.1), for a certificate that does not name 127.0.0.1
 #   TLS_AUDIT_TARGET          HOST:PORT of an appliance that is already running: scan only that
 #                             (with TLS_AUDIT_CA if its CA is private), build and start nothing
 #   TLS_AUDIT_ACCEPT          finding ids (comma-separated) that do not fail the audit. With the
@@ -49,7 +51,8 @@ if [ -n "${TLS_AUDIT_TARGET:-}" ]; then
     target=$TLS_AUDIT_TARGET
 else
     port=${TLS_AUDIT_PORT:-18220}
-    target=127.0.0.1:$port
+    host=${TLS_AUDIT_HOST:-127.0.0.1}
+    target=$host:$port
     step "build (release)"
     cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance -p ferry-tests
     bin=$PWD/target/release
@@ -90,7 +93,7 @@ TOML
     "$bin/ferry-appliance" default-config | sed \
         -e 's|^data_dir = .*|data_dir = "data"|' \
         -e 's|^trusted_keys = .*|trusted_keys = ["trusted.pub"]|' \
-        -e "s|^public_url = .*|public_url = \"https://localhost:$port\"|" \
+        -e "s|^public_url = .*|public_url = \"https://$host:$port\"|" \
         -e "s|^listen = .*|listen = \"127.0.0.1:$port\"|" \
         -e "s|^admin_listen = .*|admin_listen = \"127.0.0.1:$((port + 2))\"|" \
         > appliance/appliance.toml
@@ -100,7 +103,7 @@ TOML
     fi
     "$bin/ferry-appliance" --config appliance/appliance.toml import dist/tls-audit-1.ferry >/dev/null
 
-    step "ferry-appliance serve on https://$target"
+    step "ferry-appliance serve on https://127.0.0.1:$port"
     "$bin/ferry-appliance" --config appliance/appliance.toml serve \
         > appliance/serve.log 2> appliance/serve.err &
     server=$!
@@ -124,6 +127,7 @@ step "testssl.sh $("$testssl" --version 2>/dev/null | grep -o '[0-9][0-9.]*[0-9]
 args=(--quiet --color 0 --warnings off --full --jsonfile-pretty "$out/testssl.json"
     --logfile "$out/testssl.log")
 [ -n "$ca" ] && args+=(--add-ca "$ca")
+[ -n "${TLS_AUDIT_HOST:-}" ] && [ -z "${TLS_AUDIT_TARGET:-}" ] && args+=(--ip 127.0.0.1)
 start=$(date +%s)
 # testssl.sh's exit status counts findings and scan problems; the JSON is judged below.
 # /api/status answers 200, so the HTTP header checks see a real response rather than a 404.
