@@ -18,10 +18,8 @@
 #                             to 127.0.0.1), for a certificate that does not name 127.0.0.1
 #   TLS_AUDIT_TARGET          HOST:PORT of an appliance that is already running: scan only that
 #                             (with TLS_AUDIT_CA if its CA is private), build and start nothing
-#   TLS_AUDIT_ACCEPT          finding ids (comma-separated) that do not fail the audit. With the
-#                             quick-start certificate: cert_revocation (a private CA on an
-#                             isolated network has no CRL or OCSP responder; docs/tls-audit.md).
-#                             Otherwise none unless given.
+#   TLS_AUDIT_ACCEPT          finding ids (comma-separated) that do not fail the audit (none
+#                             unless given; docs/tls-audit.md).
 #
 # Output: a summary on stdout; testssl.sh's JSON and log in target/tls-audit/.
 set -euo pipefail
@@ -115,7 +113,6 @@ TOML
     grep -q "admin API on" appliance/serve.log || { echo "serve did not start" >&2; exit 1; }
     if [ -z "${TLS_AUDIT_CERT:-}" ]; then
         ca=$work/appliance/data/tls/ca.pem
-        accept=${TLS_AUDIT_ACCEPT-cert_revocation}
     fi
     cd - >/dev/null
 fi
@@ -141,10 +138,10 @@ path = sys.argv[1]
 accepted = {a.strip() for a in sys.argv[2].split(",") if a.strip()}
 # Why each finding the appliance is known to get stands; printed next to it.
 reasons = {
-    "cert_revocation": "accepted: a private CA on an isolated network has no CRL/OCSP to point at",
+    "cert_revocation": "a certificate naming neither a CRL nor an OCSP responder",
     "DNS_CAArecord": "accepted: CAA binds public CAs; a private or quick-start CA ignores it",
     "HSTS": "accepted: agents are not browsers; HSTS on a quick-start 'localhost' would pin it",
-    "security_headers": "open: browser headers; success answers lack X-Content-Type-Options",
+    "security_headers": "browser headers; every answer carries X-Content-Type-Options",
 }
 try:
     doc = json.load(open(path))

@@ -55,7 +55,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .with_state(admin);
-    Router::new().nest(PREFIX, routes)
+    Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::server::nosniff))
 }
 
 /// Reads the admin token, making one (mode 0600) on first start.

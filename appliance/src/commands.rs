@@ -269,18 +269,22 @@ pub async fn run_server(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
+    let mut crl = None;
     let tls = if config.server.tls {
         let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => {
                 let qs = crate::tls::QuickStart::paths(&config.data_dir);
-                if qs.ensure(crate::tls::url_host(&config.public_url))? {
+                if qs.ensure(&config.public_url)? {
                     tracing::warn!(ca = %qs.ca_cert.display(), "quick-start: made a local CA and server certificate");
                 }
                 println!(
                     "quick-start TLS: agents need --certificate-authorities={}",
                     qs.ca_cert.display()
                 );
+                // Quick-start CAs made before the CRL existed have none; their certificate
+                // names no distribution point either.
+                crl = std::fs::read(&qs.crl).ok();
                 (qs.server_cert, qs.server_key)
             }
         };
@@ -294,6 +298,7 @@ pub async fn run_server(
         blobs,
         release: RwLock::new(None),
         changed: tokio::sync::watch::channel(0).0,
+        crl,
     });
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
     // commit meanwhile.

@@ -27,6 +27,8 @@ pub struct AppState {
     pub release: RwLock<Option<Arc<Release>>>,
     /// Bumped whenever `release` changes, to wake parked check-ins.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// The quick-start CA's revocation list (DER), served at [`crate::tls::CRL_PATH`].
+    pub crl: Option<Vec<u8>>,
 }
 
 impl AppState {
@@ -110,9 +112,15 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
-        headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         response
     }
+}
+
+/// Tells browsers not to guess content types, on every response (a scanner's rule; agents are
+/// not browsers, but operators may open the mirror in one).
+pub async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// The routes of the TLS listener: the agent-facing API and the mirror.
@@ -129,10 +137,12 @@ pub fn router(
     Router::new()
         .route("/api/status", get(status).layer(l("status")))
         .route("/api/agents/upgrades/{version}/pgp-public-key", pgp.layer(l("pgp_key")))
+        .route(crate::tls::CRL_PATH, get(crl).layer(l("status")))
         .merge(mirror_router(Arc::clone(&state)))
         .with_state(state)
         .merge(crate::agent_api::router(agents, limits))
         .layer(axum::middleware::from_fn(crate::agent_api::api_version))
+        .layer(axum::middleware::map_response(nosniff))
 }
 
 /// The mirror alone, for a separate plain-HTTP listener. Its PGP key route answers 501, as
@@ -153,6 +163,12 @@ pub fn plain_router(state: Arc<AppState>) -> Router {
         )
         .merge(mirror_router(Arc::clone(&state)))
         .with_state(state)
+        .layer(axum::middleware::map_response(nosniff))
+}
+
+async fn crl(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let crl = state.crl.clone().ok_or(ApiError::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl).into_response())
 }
 
 async fn status() -> Response {

@@ -13,7 +13,13 @@ pub struct QuickStart {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The CA's certificate revocation list (DER), served at [`CRL_PATH`].
+    pub crl: PathBuf,
 }
+
+/// Where `serve` publishes the quick-start CA's revocation list; the server certificate names
+/// it as its CRL distribution point, so a client that checks revocation can.
+pub const CRL_PATH: &str = "/tls/ca.crl";
 
 impl QuickStart {
     pub fn paths(data_dir: &Path) -> Self {
@@ -22,19 +28,23 @@ impl QuickStart {
             ca_cert: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
+            crl: dir.join("ca.crl"),
         }
     }
 
-    /// Makes the CA and server certificate unless they exist. The server certificate names
-    /// `localhost`, `127.0.0.1`, `::1` and the public URL's host. Returns whether it made them.
-    pub fn ensure(&self, public_host: &str) -> anyhow::Result<bool> {
+    /// Makes the CA, its (empty) revocation list and the server certificate unless they exist.
+    /// The server certificate names `localhost`, `127.0.0.1`, `::1` and the public URL's host,
+    /// and the CRL's place below the public URL. Returns whether it made them.
+    pub fn ensure(&self, public_url: &str) -> anyhow::Result<bool> {
         if self.ca_cert.is_file() && self.server_cert.is_file() && self.server_key.is_file() {
             return Ok(false);
         }
         use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
+            BasicConstraints, CertificateParams, CertificateRevocationListParams,
+            CrlDistributionPoint, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
+            KeyPair, KeyUsagePurpose, SerialNumber,
         };
+        let public_host = url_host(public_url);
         let dir = self.ca_cert.parent().expect("tls folder");
         std::fs::create_dir_all(dir)?;
         let ca_key = KeyPair::generate()?;
@@ -46,7 +56,19 @@ impl QuickStart {
         ca_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         ca_params.not_after = ca_params.not_before + time::Duration::days(3650);
         let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca_expires = ca_params.not_after;
         let issuer = Issuer::new(ca_params, ca_key);
+        // The CA issues one certificate and revokes none; its list says so, signed, for as long
+        // as the CA lives. A new quick-start (delete data_dir/tls) makes a new CA altogether.
+        let crl = CertificateRevocationListParams {
+            this_update: time::OffsetDateTime::now_utc() - time::Duration::days(1),
+            next_update: ca_expires,
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)?;
 
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
         if !public_host.is_empty() && !names.iter().any(|n| n == public_host) {
@@ -60,10 +82,14 @@ impl QuickStart {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         params.not_after = params.not_before + time::Duration::days(825);
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![format!("{}{CRL_PATH}", public_url.trim_end_matches('/'))],
+        }];
         let server_cert = params.signed_by(&server_key, &issuer)?;
 
         write_private(&self.server_key, server_key.serialize_pem().as_bytes())?;
         std::fs::write(&self.server_cert, format!("{}{}", server_cert.pem(), ca_cert.pem()))?;
+        std::fs::write(&self.crl, crl.der())?;
         std::fs::write(&self.ca_cert, ca_cert.pem())?;
         Ok(true)
     }
@@ -135,8 +161,8 @@ mod tests {
     fn quick_start_makes_a_usable_configuration_once() {
         let dir = tempfile::tempdir().unwrap();
         let qs = QuickStart::paths(dir.path());
-        assert!(qs.ensure("ferry.site").unwrap());
-        assert!(!qs.ensure("ferry.site").unwrap(), "existing files are kept");
+        assert!(qs.ensure("https://ferry.site:8220").unwrap());
+        assert!(!qs.ensure("https://ferry.site:8220").unwrap(), "existing files are kept");
         server_config(&qs.server_cert, &qs.server_key).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(std::fs::metadata(&qs.server_key).unwrap().permissions().mode() & 0o777, 0o600);
@@ -151,7 +177,7 @@ mod tests {
     fn quick_start_config() -> (tempfile::TempDir, QuickStart, Arc<rustls::ServerConfig>) {
         let dir = tempfile::tempdir().unwrap();
         let qs = QuickStart::paths(dir.path());
-        qs.ensure("localhost").unwrap();
+        qs.ensure("https://localhost:8220").unwrap();
         let config = server_config(&qs.server_cert, &qs.server_key).unwrap();
         (dir, qs, config)
     }
@@ -176,6 +202,14 @@ mod tests {
             .with_protocol_versions(versions)?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        connect(client_config, server_config)
+    }
+
+    /// Runs a handshake in memory; returns what the server negotiated.
+    fn connect(
+        client_config: rustls::ClientConfig,
+        server_config: Arc<rustls::ServerConfig>,
+    ) -> Result<(ProtocolVersion, CipherSuite), rustls::Error> {
         let mut client = rustls::ClientConnection::new(
             Arc::new(client_config),
             "localhost".try_into().unwrap(),
@@ -194,6 +228,44 @@ mod tests {
             client.process_new_packets()?;
         }
         Ok((server.protocol_version().unwrap(), server.negotiated_cipher_suite().unwrap().suite()))
+    }
+
+    /// A client that trusts `ca` and checks the server certificate against `crl`.
+    fn revocation_checking_client(ca: &Path, crl: &Path) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let crl =
+            rustls::pki_types::CertificateRevocationListDer::from(std::fs::read(crl).unwrap());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .with_crls([crl])
+        .build()
+        .unwrap();
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth()
+    }
+
+    #[test]
+    fn the_quick_start_ca_publishes_a_crl_that_clients_can_check() {
+        let (_dir, qs, server_config) = quick_start_config();
+        let leaf = CertificateDer::pem_file_iter(&qs.server_cert).unwrap().next().unwrap().unwrap();
+        let url = format!("https://localhost:8220{CRL_PATH}");
+        assert!(leaf.windows(url.len()).any(|w| w == url.as_bytes()), "no CRL distribution point");
+        let client = revocation_checking_client(&qs.ca_cert, &qs.crl);
+        connect(client, Arc::clone(&server_config)).expect("the CRL verifies and revokes nothing");
+        // Control: another CA's list says nothing about this certificate, and the client refuses.
+        let (_other_dir, other, _) = quick_start_config();
+        let client = revocation_checking_client(&qs.ca_cert, &other.crl);
+        assert!(connect(client, server_config).is_err());
     }
 
     #[test]

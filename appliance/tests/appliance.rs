@@ -105,6 +105,13 @@ fn the_mirror_serves_elastic_layout_over_tls() {
     assert!(headers.get("content-encoding").is_none());
     let etag = headers["etag"].to_str().unwrap().to_owned();
     assert_eq!(etag.len(), 66);
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+
+    // The quick-start CA's revocation list, where its server certificate says it is.
+    let (status, headers, crl) = server.get("/tls/ca.crl", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/pkix-crl");
+    assert_eq!(crl, std::fs::read(f.path("data/tls/ca.crl")).unwrap());
 
     // The sidecar and signature served next to it check out with the stock tools.
     let work = f.path("agent");
