@@ -15,14 +15,14 @@ use crate::server::ApiError;
 use crate::state::{ActionResult, AuditOutcome, PolicyAck, StateStore as _};
 
 #[derive(Deserialize)]
-struct AckRequest {
-    events: Vec<AckEvent>,
+pub(super) struct AckRequest {
+    pub(super) events: Vec<AckEvent>,
 }
 
 #[derive(Deserialize)]
-struct AckEvent {
+pub(super) struct AckEvent {
     #[serde(default)]
-    action_id: String,
+    pub(super) action_id: String,
     #[serde(default)]
     agent_id: String,
     #[serde(default)]
@@ -31,6 +31,21 @@ struct AckEvent {
     data: Option<Value>,
     #[serde(default)]
     payload: Option<Value>,
+}
+
+/// An acks body, decoded.
+pub(super) fn parse_request(body: &[u8]) -> Result<AckRequest, ApiError> {
+    super::json_body(body, "acks")
+}
+
+/// The policy id and revision a policy monitor action id acknowledges, given what follows its
+/// `policy:` prefix: `<id>:<revision>[:<coordinator>]`.
+pub(super) fn policy_ack(rest: &str) -> Option<(&str, u64)> {
+    let mut parts = rest.split(':');
+    match (parts.next(), parts.next().map(str::parse::<u64>)) {
+        (Some(policy), Some(Ok(revision))) => Some((policy, revision)),
+        _ => None,
+    }
 }
 
 /// The response status is the highest item status; items keep the request's order.
@@ -42,7 +57,7 @@ pub async fn acks(
 ) -> Result<Response, ApiError> {
     let agent = authenticated(&api, &headers, Some(&id)).await?;
     let body = super::read_limited(body, ACK_BODY_LIMIT).await?;
-    let request: AckRequest = super::json_body(&body, "acks")?;
+    let request = parse_request(&body)?;
     // Policy acks need no lookup (§7.16) and are queued in the hub; only other actions are
     // looked up and recorded, in one transaction.
     let mut items = vec![StatusCode::OK; request.events.len()];
@@ -53,10 +68,7 @@ pub async fn acks(
         {
             items[i] = StatusCode::BAD_REQUEST;
         } else if let Some(rest) = event.action_id.strip_prefix("policy:") {
-            // policy:<id>:<revision>[:<coordinator>]
-            let mut parts = rest.split(':');
-            if let (Some(policy), Some(Ok(revision))) =
-                (parts.next(), parts.next().map(str::parse::<u64>))
+            if let Some((policy, revision)) = policy_ack(rest)
                 && policy == agent.policy_id
                 && !failed
             {

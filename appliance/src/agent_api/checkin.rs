@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -117,9 +117,9 @@ fn deliver(
 }
 
 #[derive(Deserialize)]
-struct CheckinRequest {
+pub(super) struct CheckinRequest {
     #[serde(default)]
-    status: String,
+    pub(super) status: String,
     #[serde(default)]
     message: Option<String>,
     #[serde(default)]
@@ -135,6 +135,17 @@ struct CheckinRequest {
     agent_policy_id: Option<String>,
     #[serde(default)]
     policy_revision_idx: Option<u64>,
+}
+
+/// The check-in report in a body read within the wire cap: gunzipped (when the headers say so)
+/// within its own cap, decoded, and carrying the one field Fleet requires.
+pub(super) fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<CheckinRequest, ApiError> {
+    let body = super::decompress(headers, body, CHECKIN_BODY_LIMIT)?;
+    let request: CheckinRequest = super::json_body(&body, "check-in")?;
+    if request.status.is_empty() {
+        return Err(bad_request("status is required"));
+    }
+    Ok(request)
 }
 
 /// An action as the agent receives it (§4.2): every field with its exact type.
@@ -190,11 +201,7 @@ async fn prepare(
     let agent = authenticated(api, &headers, Some(&id)).await?;
     let version = agent_version(&headers)?;
     let body = super::read_limited(body, CHECKIN_WIRE_LIMIT).await?;
-    let body = super::decompress(&headers, body, CHECKIN_BODY_LIMIT)?;
-    let request: CheckinRequest = super::json_body(&body, "check-in")?;
-    if request.status.is_empty() {
-        return Err(bad_request("status is required"));
-    }
+    let request = parse_request(&headers, body)?;
 
     let token = request.ack_token.clone().filter(|t| !t.is_empty());
     let (token_seq, stored_cursor, stored_revision) = with_state(api, {

@@ -302,6 +302,42 @@ fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, Api
     }
 }
 
+/// The check-in and acks routes' body parsing, reachable without a server or a database so the
+/// fuzz targets (`fuzz/`) run the routes' own code. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+
+    use crate::server::ApiError;
+
+    /// Parses a check-in body (already within the wire cap) as the route does; returns its status.
+    pub fn checkin(headers: &HeaderMap, body: Bytes) -> Result<String, ApiError> {
+        super::checkin::parse_request(headers, body).map(|request| request.status)
+    }
+
+    /// One event of an acks body: its action id and, for a policy monitor action, the policy
+    /// id and revision it acknowledges.
+    pub type AckEvent = (String, Option<(String, u64)>);
+
+    /// Parses an acks body as the route does.
+    pub fn acks(body: &[u8]) -> Result<Vec<AckEvent>, ApiError> {
+        let request = super::acks::parse_request(body)?;
+        Ok(request
+            .events
+            .into_iter()
+            .map(|event| {
+                let policy = event
+                    .action_id
+                    .strip_prefix("policy:")
+                    .and_then(super::acks::policy_ack)
+                    .map(|(policy, revision)| (policy.to_owned(), revision));
+                (event.action_id, policy)
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
