@@ -480,7 +480,13 @@ pub fn check_expiry(
     now: OffsetDateTime,
     tolerance: time::Duration,
 ) -> Result<(), VerifyError> {
-    if manifest.expires + tolerance < now {
+    // A deadline past the last representable time (year 9999, or a tolerance as large as the
+    // appliance's configuration allows) has not passed; plain `+` would panic there.
+    let expired = match manifest.expires.checked_add(tolerance) {
+        Some(deadline) => deadline < now,
+        None => tolerance.is_negative(),
+    };
+    if expired {
         return Err(VerifyError::Expired {
             expires: crate::rfc3339(manifest.expires),
             now: crate::rfc3339(now),
@@ -782,5 +788,35 @@ impl Read for EntryBody<'_> {
         self.hasher.update(&buf[..n]);
         self.progress.advance(n as u64);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn expiry_near_the_end_of_time_does_not_overflow() {
+        let mut manifest = Manifest {
+            format: crate::FORMAT,
+            name: crate::BundleName::new("site").unwrap(),
+            sequence: 1,
+            created: datetime!(2026-11-01 00:00 UTC),
+            expires: datetime!(2026-11-01 00:00 UTC),
+            builder: "test".into(),
+            files: Vec::new(),
+        };
+        let now = datetime!(2026-11-15 00:00 UTC);
+        let day = time::Duration::days(1);
+        let largest = time::Duration::days(i64::from(u32::MAX));
+        manifest.expires = datetime!(9999-12-31 23:59:59 UTC);
+        assert!(check_expiry(&manifest, now, day).is_ok());
+        assert!(check_expiry(&manifest, now, largest).is_ok());
+        manifest.expires = datetime!(2026-11-01 00:00 UTC);
+        assert!(check_expiry(&manifest, now, largest).is_ok());
+        assert!(check_expiry(&manifest, now, time::Duration::ZERO).is_err());
+        assert!(check_expiry(&manifest, now, time::Duration::days(14)).is_ok());
+        assert!(check_expiry(&manifest, now, -largest).is_err());
     }
 }
