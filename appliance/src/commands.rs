@@ -335,6 +335,7 @@ pub async fn run_server(
     let connections = crate::http1::Limits {
         header_timeout: Duration::from_secs(config.server.header_timeout_seconds),
         body_timeout: Duration::from_secs(60),
+        body_limit: crate::agent_api::body_limit,
         closing: hub.stopping(),
     };
     println!(
@@ -350,7 +351,7 @@ pub async fn run_server(
         listeners.admin,
         None,
         crate::admin::router(admin),
-        connections.clone(),
+        crate::http1::Limits { body_limit: crate::admin::body_limit, ..connections.clone() },
         std::future::pending(),
     );
     let mirror = async {

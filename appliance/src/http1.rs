@@ -23,9 +23,11 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// The largest request head (Fleet Server's `max_header_byte_size`).
 pub const MAX_HEAD: usize = 8 << 10;
-/// The largest request body read at all: above every route's own cap (uploads take 4 MiB
-/// chunks), so those caps answer with their own errors first.
-pub const MAX_BODY: usize = 8 << 20;
+/// After refusing a body declared too large, up to this much of it is read and dropped (into a
+/// small scratch buffer) so that a client which writes its whole body before reading, as many
+/// do, still gets to read the 413. Larger bodies are cut off. (Go's server drains 256 KiB; Go
+/// clients read the answer while writing, other clients do not.)
+const DRAIN_AFTER_413: usize = 8 << 20;
 const MAX_HEADERS: usize = 64;
 /// The most a body buffer grows by before more of the body has arrived.
 const BODY_STEP: usize = 64 << 10;
@@ -37,6 +39,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time allowed for a declared body to arrive.
     pub body_timeout: Duration,
+    /// The largest body read for a request, by method and path: larger ones are refused from
+    /// their head (413), before their bytes are read.
+    pub body_limit: fn(&Method, &str) -> usize,
     /// True once the server is stopping: every response then closes its connection, so the
     /// client's next request opens a new one (to the server taking over, or after the restart)
     /// instead of meeting a connection closed under it.
@@ -99,11 +104,14 @@ where
             }
         };
         let close = wants_close(&head);
+        let path = head.target.split('?').next().unwrap_or_default();
+        let max_body = (limits.body_limit)(&head.method, path);
         if let Framing::Length(n) = framing
-            && n > MAX_BODY
+            && n > max_body
         {
-            let e = ConnError::TooLarge("body larger than any route accepts");
-            return Err(refuse(&mut io, e, StatusCode::PAYLOAD_TOO_LARGE).await);
+            // What arrived with the head counts toward the drain.
+            let drain = if n <= DRAIN_AFTER_413 { n.saturating_sub(buf.len()) } else { 0 };
+            return Err(too_large(&mut io, max_body, drain).await);
         }
         if head
             .headers
@@ -112,10 +120,13 @@ where
         {
             io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        let read =
-            tokio::time::timeout(limits.body_timeout, read_body(&mut io, &mut buf, &framing));
+        let read = tokio::time::timeout(
+            limits.body_timeout,
+            read_body(&mut io, &mut buf, &framing, max_body),
+        );
         let body = match read.await {
             Ok(Ok(b)) => b,
+            Ok(Err(ConnError::TooLarge(_))) => return Err(too_large(&mut io, max_body, 0).await),
             Ok(Err(e)) => return Err(refuse(&mut io, e, StatusCode::PAYLOAD_TOO_LARGE).await),
             Err(_) => return Err(ConnError::Timeout),
         };
@@ -254,6 +265,7 @@ async fn read_body<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut Vec<u8>,
     framing: &Framing,
+    max: usize,
 ) -> Result<Bytes, ConnError> {
     match *framing {
         Framing::None => Ok(Bytes::new()),
@@ -273,7 +285,7 @@ async fn read_body<I: AsyncRead + Unpin>(
                     while !take_line(io, buf).await?.is_empty() {}
                     return Ok(body.into());
                 }
-                if body.len() + size > MAX_BODY {
+                if body.len() + size > max {
                     return Err(ConnError::TooLarge("chunked body"));
                 }
                 body.extend_from_slice(&take(io, buf, size).await?);
@@ -370,6 +382,39 @@ async fn refuse<I: AsyncWrite + Unpin>(
         Ok(()) => error,
         Err(e) => e,
     }
+}
+
+/// Answers 413 with Fleet Server's error body (the same as the routes' own refusals), reads and
+/// drops up to `drain` more bytes for at most two seconds, and ends the connection.
+async fn too_large<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    max: usize,
+    drain: usize,
+) -> ConnError {
+    let body = serde_json::json!({ "statusCode": 413, "error": "ErrPayloadSizeTooLarge",
+        "message": format!("the request body is larger than {max} bytes") })
+    .to_string();
+    let text = format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json; charset=utf-8\r\n\
+         x-content-type-options: nosniff\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = io.write_all(text.as_bytes()).await {
+        return e.into();
+    }
+    let _ = io.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut scratch = [0u8; 16 << 10];
+        let mut left = drain;
+        while left > 0 {
+            match io.read(&mut scratch[..left.min(16 << 10)]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n,
+            }
+        }
+    })
+    .await;
+    ConnError::TooLarge("body over the route's cap")
 }
 
 fn reason(status: StatusCode) -> &'static str {
@@ -478,6 +523,7 @@ mod tests {
         Limits {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
+            body_limit: |_, path| if path == "/echo" { 16 } else { 0 },
             closing: tokio::sync::watch::channel(false).1,
         }
     }
@@ -526,6 +572,10 @@ mod tests {
             (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
             (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
             (b"POST /echo HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", "413"),
+            // Over the route's cap, by length and by chunks; refused from the head, unread.
+            (b"POST /echo?x=1 HTTP/1.1\r\nContent-Length: 17\r\n\r\n", "413"),
+            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n1\r\nx\r\n0\r\n\r\n", "413"),
+            (b"POST /hello HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", "413"),
             (b"GET http://evil/ HTTP/1.1\r\n\r\n", ""),
             (b"GARBAGE\r\n\r\n", ""),
         ] {
@@ -534,6 +584,9 @@ mod tests {
             if !status.is_empty() {
                 assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
                 assert!(out.contains("connection: close"), "{out}");
+            }
+            if status == "413" {
+                assert!(out.contains(r#""error":"ErrPayloadSizeTooLarge""#), "{out}");
             }
         }
         let big = format!("GET /hello HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
@@ -564,7 +617,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_buffered_as_it_arrives_not_as_declared() {
-        let declared = MAX_BODY;
+        let declared = 8 << 20;
         let mut slow = Trickle { data: b"abcNEXT".to_vec(), at: 0, largest_offer: 0 };
         let mut buf = b"xy".to_vec();
         // Only 5 of the declared bytes exist: the read ends early, having held little.

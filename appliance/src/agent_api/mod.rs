@@ -45,6 +45,27 @@ pub const UPLOAD_END_LIMIT: usize = 1 << 10;
 /// The chunk size handed to agents, and so the largest chunk accepted.
 pub const UPLOAD_CHUNK_SIZE: usize = 4 << 20;
 
+/// The largest body the HTTP loop reads for a request to `path` (query removed), so that an
+/// oversized one is refused from its head, before its bytes are read. The handlers check the
+/// same caps again (and the per-upload chunk size), with the same error.
+pub fn body_limit(method: &axum::http::Method, path: &str) -> usize {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["api", "fleet", "agents", "enroll"]) => ENROLL_BODY_LIMIT,
+        ("POST", ["api", "fleet", "agents", _, "checkin"]) => CHECKIN_WIRE_LIMIT,
+        ("POST", ["api", "fleet", "agents", _, "acks"]) => ACK_BODY_LIMIT,
+        ("POST", ["api", "fleet", "agents", _, "audit", "unenroll"]) => AUDIT_BODY_LIMIT,
+        ("POST", ["api", "fleet", "uploads"]) => UPLOAD_BEGIN_LIMIT,
+        ("POST", ["api", "fleet", "uploads", _]) => UPLOAD_END_LIMIT,
+        ("PUT", ["api", "fleet", "uploads", _, _]) => UPLOAD_CHUNK_SIZE,
+        // Nothing else takes a body; a little is tolerated, as from clients that send `{}`.
+        _ => OTHER_BODY_LIMIT,
+    }
+}
+
+/// What a request to any other route may carry.
+pub const OTHER_BODY_LIMIT: usize = 64 << 10;
+
 /// The agent API's shared state.
 pub struct AgentApi {
     /// The state database, used from blocking tasks (shared with the release watcher).
@@ -228,43 +249,21 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
-/// After refusing an oversized body, up to this much more is read and dropped (for at most
-/// [`DRAIN_TIME`]) so that an ordinary client, still sending, gets to read the 413 instead of a
-/// reset connection. Anything larger is cut off.
-const DRAIN_BYTES: usize = 8 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-/// Reads a request body of at most `limit` bytes; a larger one is refused with 413.
+/// Reads a request body of at most `limit` bytes; a larger one is refused with 413. The HTTP
+/// loop has already refused bodies over the route's cap (`body_limit`) and read the rest whole,
+/// so there is nothing to drain; this is the check for caps known only here (an upload's chunk
+/// size), and the same check again for the others.
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt as _;
-    let mut body = body;
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(refuse(body, too_large(limit)).await);
-            }
-            buf.extend_from_slice(&data);
-        }
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| bad_request(format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    if bytes.len() > limit {
+        return Err(too_large(limit));
     }
-    Ok(buf.into())
-}
-
-/// Returns `error` after reading and dropping what is left of the body (at most
-/// [`DRAIN_BYTES`], for at most [`DRAIN_TIME`]), for refusals made before reading it all.
-async fn refuse(mut body: Body, error: ApiError) -> ApiError {
-    use http_body_util::BodyExt as _;
-    let drain = async {
-        let mut drained = 0;
-        while drained <= DRAIN_BYTES
-            && let Some(Ok(frame)) = body.frame().await
-        {
-            drained += frame.data_ref().map_or(0, Bytes::len);
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-    error
+    Ok(bytes)
 }
 
 /// Decodes a JSON request body; `what` names it in the error.
@@ -340,6 +339,22 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn body_caps_follow_the_routes() {
+        use axum::http::Method;
+        let id = "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f";
+        assert_eq!(body_limit(&Method::POST, &format!("/api/fleet/agents/{id}/checkin")), 1 << 20);
+        assert_eq!(body_limit(&Method::POST, &format!("/api/fleet/agents/{id}/acks")), 2 << 20);
+        assert_eq!(body_limit(&Method::PUT, "/api/fleet/uploads/u/3"), UPLOAD_CHUNK_SIZE);
+        assert_eq!(body_limit(&Method::POST, "/api/fleet/agents/enroll"), ENROLL_BODY_LIMIT);
+        // Near misses are not the route: another method, one segment more.
+        assert_eq!(
+            body_limit(&Method::GET, &format!("/api/fleet/agents/{id}/checkin")),
+            OTHER_BODY_LIMIT
+        );
+        assert_eq!(body_limit(&Method::POST, "/api/fleet/uploads/u/3/x"), OTHER_BODY_LIMIT);
+    }
+
     use super::*;
 
     fn ua(value: &str) -> Result<String, ApiError> {

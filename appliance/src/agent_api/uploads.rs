@@ -178,26 +178,19 @@ pub async fn chunk(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let checked = async {
-        let upload = open_upload(&api, &headers, &upload_id).await?;
-        let count = chunk_count(&upload);
-        let num: u64 = num
-            .parse()
-            .ok()
-            .filter(|n| *n < count)
-            .ok_or_else(|| bad_request(format!("chunk {num:?} is not in 0..{count}")))?;
-        let claimed = headers
-            .get("x-chunk-sha2")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| bad_request("X-Chunk-SHA2 must be the chunk's SHA-256 in hex"))?
-            .to_ascii_lowercase();
-        Ok((upload, num, claimed))
-    };
-    let (upload, num, claimed) = match checked.await {
-        Ok(checked) => checked,
-        Err(e) => return Err(super::refuse(body, e).await),
-    };
+    let upload = open_upload(&api, &headers, &upload_id).await?;
+    let count = chunk_count(&upload);
+    let num: u64 = num
+        .parse()
+        .ok()
+        .filter(|n| *n < count)
+        .ok_or_else(|| bad_request(format!("chunk {num:?} is not in 0..{count}")))?;
+    let claimed = headers
+        .get("x-chunk-sha2")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| bad_request("X-Chunk-SHA2 must be the chunk's SHA-256 in hex"))?
+        .to_ascii_lowercase();
     // The Content-Type agents send here (application/json) is meaningless and ignored.
     let bytes = super::read_limited(body, upload.chunk_size as usize).await?;
     let actual = hex::encode(sha2::Sha256::digest(&bytes));
