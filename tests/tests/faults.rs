@@ -63,26 +63,16 @@ fn only(report: &Value, what: &str, allowed: &[u16]) {
 fn the_server_stays_up_and_keeps_its_agents_under_hostile_clients() {
     let site = Site::new();
     let bundle = site.bundle(1, &["9.1.2"], None);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // Parked check-ins end every 10 s, all together (no jitter), so the fleet checks in again
     // during the flood and is all parked again a second later; heads get 5 s, so slowloris
     // connections are cut off (and come back) during the flood too. Enrollment is
     // raised so the fleet enrolls at once; the flood's own limits are the defaults.
-    std::fs::write(
-        site.path().join("appliance.toml"),
-        format!(
-            "data_dir = \"data\"\ntrusted_keys = [\"ferry.pub\"]\npublic_url = \"https://127.0.0.1:{port}\"\n\
-             [server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             checkin_long_poll_seconds = 10\ncheckin_jitter_seconds = 0\nheader_timeout_seconds = 5\n\
-             [limits.enroll]\nper_second = 1000\nburst = 1000\nconcurrent = 200\n"
-        ),
-    )
-    .unwrap();
+    let port = site.configure(
+        "checkin_long_poll_seconds = 10\ncheckin_jitter_seconds = 0\nheader_timeout_seconds = 5",
+        "[limits.enroll]\nper_second = 1000\nburst = 1000\nconcurrent = 200\n",
+    );
     site.admin(&["import", bundle.to_str().unwrap()]);
-    let mut serve = site.appliance();
-    serve.arg("serve");
-    let mut server = Lines::spawn(serve);
-    server.wait("the admin API", |l| l.starts_with("admin API on"));
+    let mut server = site.serve();
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
     let url = format!("https://127.0.0.1:{port}");
     let ca = site.path().join("data/tls/ca.pem");

@@ -26,21 +26,9 @@ fn a_site_from_bundle_to_upgraded_agents_and_back() {
             .args(["-p", "ferry.pub"]),
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(
-        site.path().join("appliance.toml"),
-        format!(
-            "data_dir = \"data\"\ntrusted_keys = [\"ferry.pub\"]\npublic_url = \"https://127.0.0.1:{port}\"\n\
-             [server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0\n"
-        ),
-    )
-    .unwrap();
+    let port = site.configure("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0", "");
     site.admin(&["import", first.to_str().unwrap()]);
-    let mut serve = site.appliance();
-    serve.arg("serve");
-    let server = Lines::spawn(serve);
-    server.wait("the admin API", |l| l.starts_with("admin API on"));
+    let server = site.serve();
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
     let ca = site.path().join("data/tls/ca.pem");
 

@@ -33,31 +33,16 @@ fn everyone_acked(site: &Site, action: &str) {
     });
 }
 
-fn serve(site: &Site) -> Lines {
-    let mut serve = site.appliance();
-    serve.arg("serve");
-    let server = Lines::spawn(serve);
-    server.wait("the admin API", |l| l.starts_with("admin API on"));
-    server
-}
-
 #[test]
 fn a_server_killed_under_two_thousand_agents_loses_nothing() {
     let site = Site::new();
     let bundle = site.bundle(1, &["9.1.2"], None);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(
-        site.path().join("appliance.toml"),
-        format!(
-            "data_dir = \"data\"\ntrusted_keys = [\"ferry.pub\"]\npublic_url = \"https://127.0.0.1:{port}\"\n\
-             [server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0\n\
-             [limits.enroll]\nper_second = 2000\nburst = 2000\n"
-        ),
-    )
-    .unwrap();
+    let port = site.configure(
+        "checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0",
+        "[limits.enroll]\nper_second = 2000\nburst = 2000\n",
+    );
     site.admin(&["import", bundle.to_str().unwrap()]);
-    let server = serve(&site);
+    let server = site.serve();
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
 
     let mut run = sim();
@@ -88,7 +73,7 @@ fn a_server_killed_under_two_thousand_agents_loses_nothing() {
         releases.as_array().unwrap().iter().filter(|r| r["active"] == true).collect();
     assert_eq!(active.len(), 1, "{releases}");
 
-    let _server = serve(&site);
+    let _server = site.serve();
     let after = settings(&site, "warning");
     for action in [&before, &during, &after] {
         everyone_acked(&site, action);

@@ -56,6 +56,9 @@ impl Kind {
     }
 }
 
+/// Tallies per variant of one flood kind, by variant name.
+type Variants = Vec<(&'static str, Arc<Tally>)>;
+
 /// What one kind (or one variant of it) did and what came back.
 #[derive(Default)]
 struct Tally {
@@ -245,7 +248,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-    let mut tallies: Vec<(Kind, Arc<Tally>, Vec<(&'static str, Arc<Tally>)>)> = Vec::new();
+    let mut tallies: Vec<(Kind, Arc<Tally>, Variants)> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for kind in kinds {
         let tally = Arc::new(Tally::default());

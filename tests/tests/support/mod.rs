@@ -84,6 +84,30 @@ impl Site {
         self.path().join(format!("dist/site-{sequence}.ferry"))
     }
 
+    /// Writes `appliance.toml`: the agent API on 127.0.0.1 at a free port (returned), trusting
+    /// the site's key, with `server` settings and further tables appended (`[limits.enroll]`…).
+    pub fn configure(&self, server: &str, tables: &str) -> u16 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(
+            self.path().join("appliance.toml"),
+            format!(
+                "data_dir = \"data\"\ntrusted_keys = [\"ferry.pub\"]\npublic_url = \"https://127.0.0.1:{port}\"\n\
+                 [server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n{tables}"
+            ),
+        )
+        .unwrap();
+        port
+    }
+
+    /// Starts `serve` and waits until it answers.
+    pub fn serve(&self) -> Lines {
+        let mut serve = self.appliance();
+        serve.arg("serve");
+        let server = Lines::spawn(serve);
+        server.wait("the admin API", |l| l.starts_with("admin API on"));
+        server
+    }
+
     pub fn appliance(&self) -> Command {
         let mut cmd = binary("ferry-appliance");
         cmd.current_dir(self.path()).arg("--config").arg(self.path().join("appliance.toml"));
