@@ -104,8 +104,9 @@ where
             }
         };
         let close = wants_close(&head);
-        let path = head.target.split('?').next().unwrap_or_default();
-        let max_body = (limits.body_limit)(&head.method, path);
+        let uri: axum::http::Uri =
+            head.target.parse().map_err(|_| ConnError::BadRequest("request target"))?;
+        let max_body = (limits.body_limit)(&head.method, uri.path());
         if let Framing::Length(n) = framing
             && n > max_body
         {
@@ -138,8 +139,7 @@ where
         *request.method_mut() = head.method;
         *request.version_mut() = head.version;
         *request.headers_mut() = head.headers;
-        *request.uri_mut() =
-            head.target.parse().map_err(|_| ConnError::BadRequest("request target"))?;
+        *request.uri_mut() = uri;
         let call = tower::ServiceExt::oneshot(app.clone(), request);
         let response = tokio::select! {
             r = call => match r { Ok(r) => r, Err(e) => match e {} },
@@ -313,7 +313,8 @@ async fn take<I: AsyncRead + Unpin>(
     while out.len() < n {
         let missing = n - out.len();
         if out.len() == out.capacity() {
-            out.reserve(missing.min(BODY_STEP));
+            // Exact: doubling would leave a body holding up to twice its size.
+            out.reserve_exact(missing.min(BODY_STEP));
         }
         // Never past the body: what follows belongs to the next request's head.
         if (&mut *io).take(missing as u64).read_buf(&mut out).await? == 0 {
@@ -427,7 +428,7 @@ async fn write_simple<I: AsyncWrite + Unpin>(
     status: StatusCode,
 ) -> Result<(), ConnError> {
     let text = format!(
-        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nx-content-type-options: nosniff\r\nconnection: close\r\n\r\n",
         status.as_u16(),
         reason(status)
     );

@@ -201,7 +201,12 @@ async fn prepare(
     let agent = authenticated(api, &headers, Some(&id)).await?;
     let version = agent_version(&headers)?;
     let body = super::read_limited(body, CHECKIN_WIRE_LIMIT).await?;
+    let inflating = match super::gzipped(&headers) {
+        true => Some(super::INFLATING.acquire().await.expect("the semaphore is never closed")),
+        false => None,
+    };
     let request = parse_request(&headers, body)?;
+    drop(inflating);
 
     let token = request.ack_token.clone().filter(|t| !t.is_empty());
     let (token_seq, stored_cursor, stored_revision) = with_state(api, {

@@ -271,13 +271,23 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<
     serde_json::from_slice(body).map_err(|e| bad_request(format!("cannot decode the {what}: {e}")))
 }
 
-/// A request body, gunzipped when the agent says so, within `limit` bytes after decompression.
-fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
-    let gzip = headers
+/// At most this many bodies are inflated at once. Each holds a thread (of the blocking pool's
+/// 16, which the database calls share) and up to twice its cap in memory while it runs, so a key
+/// holder sending gzip bombs in parallel waits here instead of taking every thread.
+pub(super) static INFLATING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Whether the agent sent its body gzipped.
+pub(super) fn gzipped(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    if !gzip {
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"))
+}
+
+/// A request body, gunzipped when the agent says so, within `limit` bytes after decompression.
+/// Callers on the server hold an [`INFLATING`] permit while a gzipped body is inflated.
+fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
+    if !gzipped(headers) {
         return Ok(body);
     }
     let inflate = || {
