@@ -39,7 +39,8 @@ fn a_server_killed_under_two_thousand_agents_loses_nothing() {
     let bundle = site.bundle(1, &["9.1.2"], None);
     let port = site.configure(
         "checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0",
-        "[limits.enroll]\nper_second = 2000\nburst = 2000\n",
+        // Acks slowed to 300 a second, so the crash lands in the middle of a fan-out.
+        "[limits.enroll]\nper_second = 2000\nburst = 2000\n[limits.ack]\nper_second = 300\nburst = 300\n",
     );
     site.admin(&["import", bundle.to_str().unwrap()]);
     let server = site.serve();
@@ -65,6 +66,7 @@ fn a_server_killed_under_two_thousand_agents_loses_nothing() {
     });
     drop(server); // SIGKILL, with parked check-ins, acks and the fan-out in flight
     eprintln!("killed with {at_kill} of {AGENTS} acknowledgements of {during} recorded");
+    assert!(at_kill < AGENTS as usize, "the fan-out was over before the crash");
 
     // The data directory is whole before the server comes back.
     site.admin(&["fsck"]);

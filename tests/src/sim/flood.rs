@@ -27,8 +27,6 @@ use super::conn::{self, Conn, Endpoint, Failure, Stream};
 const UA: &str = "Elastic Agent v9.1.2";
 /// The server's largest request head; oversized heads go well past it.
 const SERVER_MAX_HEAD: usize = 8 << 10;
-/// The server's largest body read at all (`http1::MAX_BODY`).
-const SERVER_MAX_BODY: usize = 8 << 20;
 /// The check-in's cap on the wire (`CHECKIN_WIRE_LIMIT`) and after gunzip.
 const CHECKIN_WIRE_CAP: usize = 1 << 20;
 const CHECKIN_INFLATED_CAP: usize = 20 << 20;
@@ -354,9 +352,10 @@ async fn slowloris(flood: Arc<Flood>, tally: Arc<Tally>, interval: Duration) {
     trickle(&flood, &tally, &prefix, interval, b'a').await;
 }
 
-/// A head declaring a body just under the server's cap, then the body a byte at a time.
+/// A head declaring a check-in body of exactly the route's cap (so the server must wait for
+/// it), then the body a byte at a time.
 async fn slow_body(flood: Arc<Flood>, tally: Arc<Tally>, interval: Duration) {
-    let length = SERVER_MAX_BODY.to_string();
+    let length = CHECKIN_WIRE_CAP.to_string();
     let head = flood.head(
         "POST",
         "/api/fleet/agents/00000000-0000-4000-8000-000000000000/checkin?",
@@ -498,8 +497,6 @@ enum Oversize {
     CheckinLength,
     /// The same, chunked.
     CheckinChunked,
-    /// A chunked check-in of 9 MiB, past the largest body the server reads at all.
-    ChunkedHuge,
     /// A gzip check-in of 20 KiB that inflates past the 20 MiB cap.
     GzipBomb,
 }
@@ -509,7 +506,6 @@ const OVERSIZE: &[Oversize] = &[
     Oversize::DeclaredHuge,
     Oversize::CheckinLength,
     Oversize::CheckinChunked,
-    Oversize::ChunkedHuge,
     Oversize::GzipBomb,
 ];
 
@@ -520,7 +516,6 @@ impl Oversize {
             Oversize::DeclaredHuge => "declared-32m",
             Oversize::CheckinLength => "checkin-2m-length",
             Oversize::CheckinChunked => "checkin-2m-chunked",
-            Oversize::ChunkedHuge => "chunked-9m",
             Oversize::GzipBomb => "gzip-bomb",
         }
     }
@@ -567,7 +562,7 @@ async fn oversize(
                 (flood.head("GET", "/api/status?", key, &[("X-Big", &filler)]), Body::None)
             }
             Oversize::DeclaredHuge => {
-                let len = (4 * SERVER_MAX_BODY).to_string();
+                let len = (32usize << 20).to_string();
                 (flood.head("POST", &checkin, key, &[("Content-Length", &len)]), Body::None)
             }
             Oversize::CheckinLength => {
@@ -580,10 +575,6 @@ async fn oversize(
             Oversize::CheckinChunked => (
                 flood.head("POST", &checkin, key, &[("Transfer-Encoding", "chunked")]),
                 Body::Chunked(2 * CHECKIN_WIRE_CAP),
-            ),
-            Oversize::ChunkedHuge => (
-                flood.head("POST", &checkin, key, &[("Transfer-Encoding", "chunked")]),
-                Body::Chunked(SERVER_MAX_BODY + (1 << 20)),
             ),
             Oversize::GzipBomb => {
                 let len = bomb.len().to_string();

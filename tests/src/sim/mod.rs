@@ -148,15 +148,15 @@ pub struct FloodArgs {
     /// Slowloris connections held at once (each sends its head a byte at a time).
     #[arg(long, default_value_t = 200)]
     pub slowloris: usize,
-    /// Slow-body connections held at once (a whole head declaring 8 MiB, then a byte at a
-    /// time).
+    /// Slow-body connections held at once (a whole check-in head declaring the route's 1 MiB,
+    /// then a byte at a time).
     #[arg(long, default_value_t = 20)]
     pub slow_body: usize,
     /// Milliseconds between the bytes of slowloris and slow-body connections.
     #[arg(long, default_value_t = 1000)]
     pub slowloris_interval_ms: u64,
     /// Which oversized requests to send, comma-separated (default: all of head-16k,
-    /// declared-32m, checkin-2m-length, checkin-2m-chunked, chunked-9m, gzip-bomb).
+    /// declared-32m, checkin-2m-length, checkin-2m-chunked, gzip-bomb).
     #[arg(long, value_delimiter = ',')]
     pub oversize_variants: Vec<String>,
     /// Connections sending oversized requests, one after another.
