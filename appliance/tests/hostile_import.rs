@@ -1,4 +1,4 @@
-//! The hostile-bundle corpus: some fifty bundles, each wrong in its own way, offered to
+//! The hostile-bundle corpus: 62 bundles, each wrong in its own way, offered to
 //! `ferry-appliance import` on an appliance that has an active release. Most are forged byte by
 //! byte and signed with the trusted key (a leaked key or a buggy builder must still not hurt the
 //! appliance). Every one is refused with exit 1 and the check it failed, the active release and
