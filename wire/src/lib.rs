@@ -1,0 +1,484 @@
+//! Elastic Agent's requests to Fleet Server, shaped byte for byte as its Go code marshals them.
+//!
+//! The appliance's tests and `ferry-sim` speak to the appliance only through these samples, so
+//! that what they send is what a stock agent sends: Go's field order, `null` for nil slices and
+//! maps (`"tags":null`), `omitempty` honoured, Go's time layouts, gzip only where the agent
+//! gzips. Each sample is a file in `corpus/`: `#` comment lines naming the Go struct and the
+//! elastic-agent tag it follows, then `era:` (the first agent version that sends this shape),
+//! `expect:` (the status Fleet Server answers), an optional `variant:` (a shape sent only in
+//! one situation, never chosen by version), the request line, headers, a blank line and the
+//! body.
+//!
+//! Templates hold `{{name}}` placeholders: inside a JSON string the value is escaped as Go's
+//! encoder does, outside one it is inserted raw (a number, an object). `{{?name}}` marks an
+//! `omitempty` member: when the value is missing or empty, the whole `"key":…` member is left
+//! out, as Go leaves it out.
+
+use std::io::Write as _;
+use std::sync::OnceLock;
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Enroll,
+    Checkin,
+    Ack,
+    AuditUnenroll,
+    UploadBegin,
+    UploadFinish,
+}
+
+impl Kind {
+    fn from_file_name(name: &str) -> Kind {
+        [
+            ("enroll-", Kind::Enroll),
+            ("checkin-", Kind::Checkin),
+            ("ack-", Kind::Ack),
+            ("audit-unenroll-", Kind::AuditUnenroll),
+            ("upload-begin-", Kind::UploadBegin),
+            ("upload-finish-", Kind::UploadFinish),
+        ]
+        .into_iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map(|(_, kind)| kind)
+        .unwrap_or_else(|| panic!("corpus file {name}: no request kind in its name"))
+    }
+}
+
+macro_rules! corpus_files {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../corpus/", $name, ".http")))),*]
+    };
+}
+
+/// Every file of `corpus/`, by name. A test checks that none is missing from this list.
+const FILES: &[(&str, &str)] = corpus_files![
+    "enroll-8.6",
+    "enroll-8.12",
+    "enroll-8.14-build",
+    "enroll-8.17",
+    "enroll-9.0",
+    "enroll-9.2-migrate",
+    "enroll-9.6",
+    "checkin-8.6",
+    "checkin-8.12",
+    "checkin-9.0",
+    "checkin-9.4",
+    "checkin-9.6",
+    "ack-8.6",
+    "ack-8.7",
+    "ack-9.5",
+    "audit-unenroll-8.16",
+    "audit-unenroll-9.2",
+    "upload-begin-8.7",
+    "upload-finish-8.7",
+];
+
+/// One request shape of one era of the agent.
+#[derive(Debug)]
+pub struct Sample {
+    /// The file name without `.http`.
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The first agent version that sends this shape.
+    pub era: semver::Version,
+    /// Set for shapes sent only in one situation (a migration, say).
+    pub variant: Option<&'static str>,
+    /// The comment naming the struct and tag the sample follows.
+    pub source: String,
+    /// The status Fleet Server answers.
+    pub expect: u16,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub headers: Vec<(&'static str, &'static str)>,
+    pub body: &'static str,
+}
+
+/// A sample made concrete: what goes on the wire.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: &'static str,
+    pub path: String,
+    pub headers: Vec<(&'static str, String)>,
+    /// The body as sent (gzipped when a `Content-Encoding: gzip` header says so).
+    pub body: Vec<u8>,
+    /// The JSON before any compression.
+    pub json: String,
+}
+
+impl Request {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Values for a sample's placeholders.
+#[derive(Debug, Clone, Default)]
+pub struct Vars(Vec<(&'static str, String)>);
+
+impl Vars {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `name`; an empty value leaves an `omitempty` member out.
+    pub fn set(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.put(name, value);
+        self
+    }
+
+    pub fn put(&mut self, name: &'static str, value: impl Into<String>) {
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every sample, parsed once.
+pub fn corpus() -> &'static [Sample] {
+    static CORPUS: OnceLock<Vec<Sample>> = OnceLock::new();
+    CORPUS.get_or_init(|| FILES.iter().map(|(name, text)| parse(name, text)).collect())
+}
+
+/// The sample a stock agent of `version` sends for `kind`: the newest era at or before the
+/// version (build metadata and pre-release ignored), variants excluded. Versions older than
+/// every era get the oldest.
+pub fn for_agent(kind: Kind, version: &str) -> &'static Sample {
+    let version = core_version(version);
+    let mut of_kind: Vec<&Sample> =
+        corpus().iter().filter(|s| s.kind == kind && s.variant.is_none()).collect();
+    of_kind.sort_by(|a, b| a.era.cmp(&b.era));
+    let oldest = of_kind[0];
+    of_kind.into_iter().rev().find(|s| s.era <= version).unwrap_or(oldest)
+}
+
+/// The sample of `kind` for one situation, such as `migrate`.
+pub fn variant(kind: Kind, name: &str) -> &'static Sample {
+    corpus()
+        .iter()
+        .find(|s| s.kind == kind && s.variant == Some(name))
+        .unwrap_or_else(|| panic!("no {kind:?} sample for {name}"))
+}
+
+/// `X.Y.Z` of a version an agent reports, without pre-release or build metadata.
+fn core_version(version: &str) -> semver::Version {
+    let v = semver::Version::parse(version.trim_start_matches('v'))
+        .unwrap_or_else(|e| panic!("agent version {version:?}: {e}"));
+    semver::Version::new(v.major, v.minor, v.patch)
+}
+
+fn parse(name: &'static str, text: &'static str) -> Sample {
+    let bad = |what: &str| -> ! { panic!("corpus file {name}.http: {what}") };
+    let (head, body) = text.split_once("\n\n").unwrap_or_else(|| bad("no blank line"));
+    let mut source = Vec::new();
+    let (mut era, mut expect, mut variant) = (None, None, None);
+    let mut lines = head.lines();
+    let request_line = loop {
+        let line = lines.next().unwrap_or_else(|| bad("no request line"));
+        let Some(comment) = line.strip_prefix('#') else { break line };
+        let comment = comment.trim();
+        if let Some(v) = comment.strip_prefix("era:") {
+            era = Some(semver::Version::parse(v.trim()).unwrap_or_else(|_| bad("bad era")));
+        } else if let Some(v) = comment.strip_prefix("expect:") {
+            expect = Some(v.trim().parse().unwrap_or_else(|_| bad("bad expect")));
+        } else if let Some(v) = comment.strip_prefix("variant:") {
+            variant = Some(v.trim());
+        } else {
+            source.push(comment);
+        }
+    };
+    let (method, path) = request_line.split_once(' ').unwrap_or_else(|| bad("bad request line"));
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(": ").unwrap_or_else(|| bad("bad header line"));
+            (k, v)
+        })
+        .collect();
+    Sample {
+        name,
+        kind: Kind::from_file_name(name),
+        era: era.unwrap_or_else(|| bad("no era")),
+        variant,
+        source: source.join(" "),
+        expect: expect.unwrap_or_else(|| bad("no expect")),
+        method,
+        path,
+        headers,
+        body: body.trim_end_matches('\n'),
+    }
+}
+
+impl Sample {
+    /// The request with `vars` filled in. Panics on a placeholder without a value (outside an
+    /// `omitempty` member): a caller's mistake, not the server's.
+    pub fn render(&self, vars: &Vars) -> Request {
+        let json = fill(self.body, vars, self.name);
+        let headers: Vec<(&'static str, String)> =
+            self.headers.iter().map(|(k, v)| (*k, fill(v, vars, self.name))).collect();
+        let gzip =
+            headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-encoding") && v == "gzip");
+        let body = if gzip { gzip_bytes(json.as_bytes()) } else { json.clone().into_bytes() };
+        Request { method: self.method, path: fill(self.path, vars, self.name), headers, body, json }
+    }
+}
+
+/// Go's `compress/gzip` at its default level, as the agent compresses check-ins.
+fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes).expect("in memory");
+    gz.finish().expect("in memory")
+}
+
+/// A string as Go's `encoding/json` writes it, without the quotes: serde's escapes plus
+/// `<`, `>` and `&` as `\u003c`, `\u003e`, `\u0026` (Go escapes them for HTML safety).
+pub fn go_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).expect("a string serialises");
+    quoted[1..quoted.len() - 1]
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+fn fill(template: &str, vars: &Vars, file: &str) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let close = open + rest[open..].find("}}").unwrap_or_else(|| panic!("{file}: open {{{{"));
+        let (optional, name) = match &rest[open + 2..close] {
+            n if n.starts_with('?') => (true, &n[1..]),
+            n => (false, n),
+        };
+        out.push_str(&rest[..open]);
+        let quoted = out.ends_with('"') && rest[close + 2..].starts_with('"');
+        let value = vars.get(name).filter(|v| !v.is_empty());
+        let mut after = close + 2;
+        match value {
+            Some(v) if quoted => out.push_str(&go_escape(v)),
+            Some(v) => out.push_str(v),
+            None if optional => {
+                // Take the member `"key":` back out, and one comma with it.
+                let value_start = if quoted { out.len() - 1 } else { out.len() };
+                let key_colon = out[..value_start]
+                    .strip_suffix("\":")
+                    .unwrap_or_else(|| panic!("{file}: {{{{?{name}}}}} is not a member's value"));
+                let key_start = key_colon.rfind('"').expect("a key starts with a quote");
+                out.truncate(key_start);
+                if quoted {
+                    after += 1;
+                }
+                if rest[after..].starts_with(',') {
+                    after += 1;
+                } else if out.ends_with(',') {
+                    out.pop();
+                }
+            }
+            None => panic!("{file}: no value for {{{{{name}}}}}"),
+        }
+        rest = &rest[after..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `upgrade_details` as `details.Details` marshals it (elastic-agent
+/// internal/pkg/agent/application/upgrade/details/details.go): target_version, state,
+/// action_id (omitempty), then metadata, a struct Go always writes (`{}` when empty), whose
+/// members are all omitempty. `metadata` is the members' text, already in Go's order.
+pub fn upgrade_details(target: &str, state: &str, action_id: &str, metadata: &str) -> String {
+    let action = if action_id.is_empty() {
+        String::new()
+    } else {
+        format!(r#","action_id":"{}""#, go_escape(action_id))
+    };
+    format!(
+        r#"{{"target_version":"{}","state":"{}"{action},"metadata":{{{metadata}}}}}"#,
+        go_escape(target),
+        go_escape(state)
+    )
+}
+
+/// The `download_percent` and `download_rate` members of upgrade metadata as an agent of
+/// `version` writes them. From 8.12 until 8.19.16, 9.3.5 and 9.4.2 the rate is a
+/// `details.DownloadRate`, marshalled as a string by go-units' `HumanSizeWithPrecision(rate,
+/// 2)` plus "ps" (elastic-agent-libs upgrade/details); later agents send a number.
+pub fn download_progress(version: &str, percent: f64, bytes_per_second: f64) -> String {
+    let v = core_version(version);
+    let string_rate = match (v.major, v.minor) {
+        (8, 19) => v.patch < 17,
+        (8, _) => true,
+        (9, 0..=2) => true,
+        (9, 3) => v.patch < 6,
+        (9, 4) => v.patch < 3,
+        _ => false,
+    };
+    let rate = if string_rate {
+        format!("\"{}ps\"", human_size(bytes_per_second))
+    } else {
+        // Rust's `Display` of an f64 is Go's shortest 'f' form in the range rates take.
+        format!("{bytes_per_second}")
+    };
+    format!(r#""download_percent":{percent},"download_rate":{rate}"#)
+}
+
+/// go-units' `HumanSizeWithPrecision(size, 2)`: decimal units and Go's `%.2g`.
+fn human_size(mut size: f64) -> String {
+    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    let mut unit = 0;
+    while size >= 1000.0 && unit < UNITS.len() - 1 {
+        size /= 1000.0;
+        unit += 1;
+    }
+    format!("{}{}", go_g2(size), UNITS[unit])
+}
+
+/// Go's `%.2g`: two significant digits, exponent form when the exponent is below -4 or at
+/// least 2, trailing zeros dropped.
+fn go_g2(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let sci = format!("{x:.1e}"); // d.de±X, rounded to two significant digits
+    let (mantissa, exp) = sci.split_once('e').expect("exponent form");
+    let exp: i32 = exp.parse().expect("an exponent");
+    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+    if !(-4..2).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    let decimals = (1 - exp).max(0) as usize;
+    let fixed = format!("{x:.decimals$}");
+    if fixed.contains('.') {
+        fixed.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        fixed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_vars() -> Vars {
+        Vars::new()
+            .set("version", "9.2.0")
+            .set("hostname", "Web-01")
+            .set("hostname_lower", "web-01")
+            .set("enrollment_token", "dG9rZW46c2VjcmV0")
+            .set("access_key", "a2V5OnNlY3JldA==")
+            .set("agent_id", "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f")
+            .set("replace_token", "r")
+            .set("action_id", "policy:p:1")
+            .set("action_type", "POLICY_CHANGE")
+            .set("upload_id", "u")
+            .set("size", "10")
+            .set("transit_sha256", "00")
+    }
+
+    #[test]
+    fn every_corpus_file_is_listed_and_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".http").to_owned())
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<&str> = FILES.iter().map(|(n, _)| *n).collect();
+        listed.sort_unstable();
+        assert_eq!(on_disk, listed);
+        for sample in corpus() {
+            assert!(!sample.source.is_empty(), "{} names no source", sample.name);
+            let request = sample.render(&agent_vars());
+            let _: serde_json::Value = serde_json::from_str(&request.json)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{}", sample.name, request.json));
+        }
+    }
+
+    #[test]
+    fn eras_follow_the_version() {
+        assert_eq!(for_agent(Kind::Enroll, "8.6.2").name, "enroll-8.6");
+        assert_eq!(for_agent(Kind::Enroll, "7.17.0").name, "enroll-8.6");
+        assert_eq!(for_agent(Kind::Enroll, "8.14.1+build202406201002").name, "enroll-8.14-build");
+        assert_eq!(for_agent(Kind::Enroll, "9.2.1").name, "enroll-9.0");
+        assert_eq!(for_agent(Kind::Checkin, "9.4.0").name, "checkin-9.4");
+        assert_eq!(for_agent(Kind::Checkin, "9.3.9").name, "checkin-9.0");
+        assert_eq!(for_agent(Kind::Ack, "9.6.0-SNAPSHOT").name, "ack-9.5");
+        assert_eq!(variant(Kind::Enroll, "migrate").name, "enroll-9.2-migrate");
+    }
+
+    #[test]
+    fn nil_and_omitempty_as_go_writes_them() {
+        let enroll = for_agent(Kind::Enroll, "9.2.0").render(&agent_vars());
+        assert!(enroll.json.ends_with(r#""user_provided":{},"tags":null}}"#), "{}", enroll.json);
+        assert!(enroll.json.starts_with(r#"{"type":"PERMANENT","id":"","replace_token":"","#));
+        let migrate = variant(Kind::Enroll, "migrate").render(&agent_vars());
+        assert!(migrate.json.ends_with(r#""user_provided":null,"tags":null}}"#));
+
+        // No ack token, no details: both members are left out, commas and all.
+        let checkin = for_agent(Kind::Checkin, "9.6.0").render(&agent_vars());
+        assert!(checkin.json.starts_with(r#"{"status":"online","local_metadata":"#));
+        assert!(checkin.json.ends_with(r#"}]}],"upgrade":{}}"#), "{}", checkin.json);
+        assert_eq!(checkin.header("content-encoding"), Some("gzip"));
+        let mut inflated = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(&checkin.body[..]),
+            &mut inflated,
+        )
+        .unwrap();
+        assert_eq!(inflated, checkin.json);
+
+        let vars = agent_vars()
+            .set("ack_token", "a<b")
+            .set("policy_id", "p")
+            .set("policy_revision", "7")
+            .set("upgrade_details", upgrade_details("9.6.1", "UPG_WATCHING", "", ""));
+        let checkin = for_agent(Kind::Checkin, "9.6.0").render(&vars);
+        assert!(checkin.json.starts_with(r#"{"status":"online","ack_token":"a\u003cb","#));
+        assert!(checkin.json.ends_with(
+            r#""upgrade_details":{"target_version":"9.6.1","state":"UPG_WATCHING","metadata":{}},"agent_policy_id":"p","policy_revision_idx":7,"upgrade":{}}"#
+        ));
+        let ack = for_agent(Kind::Ack, "8.6.0").render(&agent_vars());
+        assert!(ack.json.ends_with(r#"of type 'POLICY_CHANGE' acknowledged."}]}"#), "{}", ack.json);
+        let ack = for_agent(Kind::Ack, "9.5.0").render(&agent_vars().set("error", "boom"));
+        assert!(ack.json.contains(
+            r#""agent_id":"0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f","error":"boom","message""#
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "no value for {{agent_id}}")]
+    fn a_missing_value_is_the_caller_s_mistake() {
+        for_agent(Kind::Checkin, "9.0.0").render(&Vars::new().set("version", "9.0.0"));
+    }
+
+    #[test]
+    fn download_rates_as_each_era_writes_them() {
+        // go-units HumanSizeWithPrecision(x, 2) + "ps", as the agent's tests show.
+        for (rate, text) in [
+            (1_500_000.0, "1.5MBps"),
+            (12_000.0, "12kBps"),
+            (999.0, "1e+03Bps"),
+            (123_456.0, "1.2e+02kBps"),
+            (0.5, "0.5Bps"),
+            (7.0, "7Bps"),
+        ] {
+            assert_eq!(human_size(rate) + "ps", text, "{rate}");
+        }
+        assert_eq!(
+            download_progress("9.2.0", 0.5, 1_500_000.0),
+            r#""download_percent":0.5,"download_rate":"1.5MBps""#
+        );
+        assert_eq!(
+            download_progress("9.4.3", 0.5, 1_500_000.0),
+            r#""download_percent":0.5,"download_rate":1500000"#
+        );
+        assert!(download_progress("8.19.16", 1.0, 1.0).ends_with("\"1Bps\""));
+        assert!(download_progress("8.19.17", 1.0, 1.0).ends_with(":1"));
+    }
+}
