@@ -323,11 +323,11 @@ struct CreateActions {
     start_time: Option<String>,
 }
 
-/// `X.Y.Z` or `X.Y.Z-SNAPSHOT`, as agents accept in an UPGRADE action.
-fn valid_version(v: &str) -> bool {
-    let core = v.strip_suffix("-SNAPSHOT").unwrap_or(v);
-    let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+/// An UPGRADE target: a version as Elastic names releases (`9.2.2`, `9.3.0-SNAPSHOT`,
+/// `8.14.1+build202406201002`), spelled as the bundle's artifacts are, so agents find the files.
+/// The refusal says what is accepted.
+fn valid_version(v: &str) -> Result<(), String> {
+    v.parse::<ferry_artifacts::Version>().map(drop).map_err(|e| e.to_string())
 }
 
 /// The platforms the active release has agent archives of for `version`.
@@ -358,9 +358,7 @@ async fn create_actions(
 ) -> Result<Response, ApiError> {
     let (kind, data, effect, mut notes) = match &request.action {
         ActionRequest::Upgrade { version } => {
-            if !valid_version(version) {
-                return Err(bad(format!("version {version:?} is not X.Y.Z[-SNAPSHOT]")));
-            }
+            valid_version(version).map_err(bad)?;
             let platforms = release_platforms(&admin.app, version);
             if platforms.is_empty() {
                 return Err(bad(format!(
@@ -538,10 +536,12 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert!(valid_version("9.2.2"));
-        assert!(valid_version("9.2.2-SNAPSHOT"));
-        for bad in ["9.2", "9.2.2.1", "v9.2.2", "9.2.x", "", "9..2"] {
-            assert!(!valid_version(bad), "{bad}");
+        for good in ["9.2.2", "9.2.2-SNAPSHOT", "9.0.0-beta1", "8.14.1+build202406201002"] {
+            assert_eq!(valid_version(good), Ok(()), "{good}");
+        }
+        for bad in ["9.2", "9.2.2.1", "v9.2.2", "9.2.x", "", "9..2", "09.2.2", "9.2.2-", "9.2.2+"] {
+            let e = valid_version(bad).unwrap_err();
+            assert!(e.contains("MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD]"), "{bad}: {e}");
         }
     }
 }

@@ -200,8 +200,17 @@ pub fn next_upgrade_state(
         let state = details.get("state").and_then(serde_json::Value::as_str);
         return Some(state.filter(|s| !s.is_empty()).unwrap_or("UPG_UNKNOWN").to_owned());
     }
-    // The User-Agent names no `-SNAPSHOT`; a snapshot target is reached at its X.Y.Z.
-    let reached = target.is_some_and(|t| t.split('-').next() == Some(version));
+    // Reached when the versions are equal in Elastic's order (build metadata does not count:
+    // the User-Agent of 8.14.1+build… may differ from the target's build), snapshot marks
+    // aside: the User-Agent names no `-SNAPSHOT`, so a snapshot target is reached at its
+    // release. A stored string that is no version (older rows) is compared as spelled.
+    let reached = target.is_some_and(|t| {
+        use ferry_artifacts::Version;
+        match (t.parse::<Version>(), version.parse::<Version>()) {
+            (Ok(t), Ok(v)) => t.without_snapshot().precedence_cmp(&v.without_snapshot()).is_eq(),
+            _ => t == version,
+        }
+    });
     if stored_details {
         // Details stopped: done, unless the agent is still not on the target (a rollback).
         return Some(
@@ -1460,6 +1469,35 @@ mod tests {
             Some("UPG_COMPLETED"),
             "the User-Agent names no -SNAPSHOT"
         );
+        // Agents after details stop, by target and reported version.
+        for (target, version, state) in [
+            ("8.14.1+build202406201002", "8.14.1+build202406201002", "UPG_COMPLETED"),
+            // Build metadata is not compared: a rebuilt 8.14.1 is 8.14.1.
+            ("8.14.1+build202406201002", "8.14.1", "UPG_COMPLETED"),
+            ("8.14.1", "8.14.1+build202406201002", "UPG_COMPLETED"),
+            ("8.14.1+build202406201002", "8.14.0+build202405010000", "UPG_FAILED"),
+            ("8.14.2", "8.14.1+build202406201002", "UPG_FAILED"),
+            ("9.3.0-SNAPSHOT", "9.3.0-SNAPSHOT", "UPG_COMPLETED"),
+            ("9.3.0-SNAPSHOT", "9.3.1", "UPG_FAILED"),
+            ("9.3.0", "9.3.0-SNAPSHOT", "UPG_COMPLETED"),
+            ("9.0.0-beta1-SNAPSHOT", "9.0.0-beta1", "UPG_COMPLETED"),
+            ("9.0.0-beta1", "9.0.0-beta1", "UPG_COMPLETED"),
+            // A pre-release is not its release, either way.
+            ("9.0.0-beta1", "9.0.0", "UPG_FAILED"),
+            ("9.0.0", "9.0.0-beta1", "UPG_FAILED"),
+            ("9.0.0-rc1", "9.0.0-beta1", "UPG_FAILED"),
+            // Not a prefix match on text: 9.2.20 is not 9.2.2.
+            ("9.2.2", "9.2.20", "UPG_FAILED"),
+            // Unparsable stored strings are compared as spelled.
+            ("weird", "weird", "UPG_COMPLETED"),
+            ("weird", "9.2.2", "UPG_FAILED"),
+        ] {
+            assert_eq!(
+                st(true, None, Some(target), version, None).as_deref(),
+                Some(state),
+                "{target} reported as {version}"
+            );
+        }
         // Agents before 8.12 send no details: the version tells.
         assert_eq!(
             st(false, Some(UPGRADE_REQUESTED), Some("9.2.2"), "9.2.2", None).as_deref(),
@@ -1468,6 +1506,15 @@ mod tests {
         assert_eq!(
             st(false, Some(UPGRADE_REQUESTED), Some("9.2.2"), "9.1.2", None).as_deref(),
             Some(UPGRADE_REQUESTED)
+        );
+        assert_eq!(
+            st(false, Some(UPGRADE_REQUESTED), Some("8.14.1+build202406201002"), "8.14.1", None)
+                .as_deref(),
+            Some("UPG_COMPLETED")
+        );
+        assert_eq!(
+            st(false, Some(UPGRADE_REQUESTED), Some("9.3.0-SNAPSHOT"), "9.3.0", None).as_deref(),
+            Some("UPG_COMPLETED")
         );
         assert_eq!(st(false, None, None, "9.1.2", None), None);
     }

@@ -1,5 +1,6 @@
 //! Artifact ids: one Elastic release file, named exactly as Elastic's download site names it.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
@@ -9,8 +10,11 @@ use std::str::FromStr;
 pub enum IdError {
     #[error("unknown product {0:?} (valid: elastic-agent, fleet-server)")]
     Product(String),
-    #[error("version {0:?} is not MAJOR.MINOR.PATCH (optionally -SNAPSHOT)")]
-    Version(String),
+    #[error(
+        "version {found:?} is not MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD] ({reason}); \
+         Elastic's look like 9.2.2, 9.3.0-SNAPSHOT, 9.0.0-beta1 or 8.14.1+build202406201002"
+    )]
+    Version { found: String, reason: String },
     #[error("unknown platform {found:?} (valid: {valid})")]
     Platform { found: String, valid: String },
     #[error("unknown package kind {found:?} (valid: {valid})")]
@@ -62,50 +66,91 @@ impl FromStr for Product {
     }
 }
 
-/// A release version: `MAJOR.MINOR.PATCH`, optionally `-SNAPSHOT`.
+/// A release version, parsed as semver: `MAJOR.MINOR.PATCH`, then optionally a pre-release
+/// and build metadata, as Elastic spells them: `9.2.2`, `9.3.0-SNAPSHOT`, `9.0.0-beta1`,
+/// `8.14.1+build202406201002` (an independent agent release).
+///
+/// Equality, hashing and `Ord` are over the exact spelling, build metadata included, because
+/// file names, storage keys and bundle metadata must match byte for byte. How Elastic orders
+/// versions is [`Version::precedence_cmp`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Version {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-    pub snapshot: bool,
+pub struct Version(semver::Version);
+
+/// The pre-release identifier, or its last `-` part, that marks Elastic's snapshot builds:
+/// `9.3.0-SNAPSHOT`, `9.0.0-beta1-SNAPSHOT`.
+const SNAPSHOT: &str = "SNAPSHOT";
+
+impl Version {
+    /// `MAJOR.MINOR.PATCH`, or its `-SNAPSHOT` build.
+    pub fn new(major: u64, minor: u64, patch: u64, snapshot: bool) -> Self {
+        let mut version = semver::Version::new(major, minor, patch);
+        if snapshot {
+            version.pre = semver::Prerelease::new(SNAPSHOT).expect("SNAPSHOT is an identifier");
+        }
+        Self(version)
+    }
+
+    pub fn major(&self) -> u64 {
+        self.0.major
+    }
+
+    pub fn minor(&self) -> u64 {
+        self.0.minor
+    }
+
+    pub fn patch(&self) -> u64 {
+        self.0.patch
+    }
+
+    /// The pre-release without its snapshot mark, if it has one: `""` for `9.3.0-SNAPSHOT`,
+    /// `"beta1"` for `9.0.0-beta1-SNAPSHOT`.
+    fn pre_before_snapshot(&self) -> Option<&str> {
+        let pre = self.0.pre.as_str();
+        if pre == SNAPSHOT {
+            return Some("");
+        }
+        pre.strip_suffix(SNAPSHOT).and_then(|p| p.strip_suffix('-'))
+    }
+
+    /// Whether this is a snapshot build (`-SNAPSHOT`, alone or after another pre-release).
+    pub fn snapshot(&self) -> bool {
+        self.pre_before_snapshot().is_some()
+    }
+
+    /// The same version without its snapshot mark (build metadata kept). An agent's
+    /// User-Agent never names `-SNAPSHOT` (it reports a snapshot as a separate flag), so this
+    /// is what a snapshot agent says it runs.
+    pub fn without_snapshot(&self) -> Version {
+        let mut version = self.0.clone();
+        if let Some(pre) = self.pre_before_snapshot() {
+            // What remains of a valid pre-release before a `-` is itself a valid one.
+            version.pre = semver::Prerelease::new(pre).expect("a prefix of a pre-release");
+        }
+        Self(version)
+    }
+
+    /// Elastic's order (Fleet Server compares with hashicorp go-version): build metadata is
+    /// ignored and a pre-release sorts before its release, so `9.3.0-SNAPSHOT` < `9.3.0` and
+    /// `8.14.1+build202406201002` is equal to `8.14.1`.
+    pub fn precedence_cmp(&self, other: &Version) -> Ordering {
+        self.0.cmp_precedence(&other.0)
+    }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)?;
-        if self.snapshot {
-            f.write_str("-SNAPSHOT")?;
-        }
-        Ok(())
+        // semver prints exactly what it parsed: one spelling per version.
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
 impl FromStr for Version {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let err = || IdError::Version(s.into());
-        let (core, snapshot) = match s.strip_suffix("-SNAPSHOT") {
-            Some(core) => (core, true),
-            None => (s, false),
-        };
-        let mut parts = core.split('.');
-        let mut number = || -> Result<u32, IdError> {
-            let p = parts.next().ok_or_else(err)?;
-            // No signs, no leading zeros: one spelling per version.
-            if p.is_empty()
-                || !p.bytes().all(|b| b.is_ascii_digit())
-                || (p.len() > 1 && p.starts_with('0'))
-            {
-                return Err(err());
-            }
-            p.parse().map_err(|_| err())
-        };
-        let (major, minor, patch) = (number()?, number()?, number()?);
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(Version { major, minor, patch, snapshot })
+        // semver is strict: no `v`, no spaces, no leading zeros in numbers, no empty parts.
+        semver::Version::parse(s)
+            .map(Self)
+            .map_err(|e| IdError::Version { found: s.into(), reason: e.to_string() })
     }
 }
 
@@ -328,37 +373,19 @@ impl ArtifactId {
             Some(r) => (true, r),
             None => (false, rest),
         };
-        // The version ends at the first '-' that is not the start of "-SNAPSHOT".
-        let version_end = rest
-            .match_indices('-')
-            .map(|(i, _)| i)
-            .find(|&i| !rest[i..].starts_with("-SNAPSHOT"))
-            .ok_or_else(err)?;
-        let version: Version = rest[..version_end].parse().map_err(|_| err())?;
-        let suffix = &rest[version_end + 1..];
-        let (platform, package) = if let Some(p) = suffix.strip_suffix(".tar.gz") {
-            (p.parse().map_err(|_| err())?, PackageKind::Archive)
-        } else if let Some(p) = suffix.strip_suffix(".zip") {
-            (p.parse().map_err(|_| err())?, PackageKind::Archive)
-        } else if let Some(p) = suffix.strip_suffix(".msi") {
-            (p.parse().map_err(|_| err())?, PackageKind::Msi)
-        } else if let Some(a) = suffix.strip_suffix(".deb") {
-            let platform =
-                Platform::ALL.into_iter().find(|p| p.deb_arch() == Some(a)).ok_or_else(err)?;
-            (platform, PackageKind::Deb)
-        } else if let Some(a) = suffix.strip_suffix(".rpm") {
-            let platform =
-                Platform::ALL.into_iter().find(|p| p.rpm_arch() == Some(a)).ok_or_else(err)?;
-            (platform, PackageKind::Rpm)
-        } else {
-            return Err(err());
-        };
-        let id = Self::new(product, version, platform, package, fips).map_err(|_| err())?;
-        // Round-trip check: `.zip` for Linux or `.tar.gz` for Windows is not a real name.
-        if id.file_name() != name {
-            return Err(err());
-        }
-        Ok(id)
+        // A version may itself hold '-' (`9.3.0-SNAPSHOT`, `9.0.0-beta1`), and so does the
+        // platform (`linux-x86_64`): the split is the '-' where both sides parse. No name has
+        // two: the only suffixes holding a '-' are `OS-ARCH.{tar.gz,zip,msi}`, and `ARCH.EXT`
+        // is then no suffix.
+        rest.match_indices('-')
+            .find_map(|(i, _)| {
+                let version = rest[..i].parse().ok()?;
+                let (platform, package) = parse_suffix(&rest[i + 1..])?;
+                let id = Self::new(product, version, platform, package, fips).ok()?;
+                // Round-trip check: `.zip` for Linux or `.tar.gz` for Windows is not a real name.
+                (id.file_name() == name).then_some(id)
+            })
+            .ok_or_else(err)
     }
 
     /// Parses a path below `downloads/`, requiring the product's folder.
@@ -369,6 +396,25 @@ impl ArtifactId {
             return Err(IdError::FileName(path.into()));
         }
         Ok(id)
+    }
+}
+
+/// The platform and package kind a file name's part after the version names:
+/// `linux-x86_64.tar.gz`, `windows-x86_64.zip`, `amd64.deb`, `aarch64.rpm`, ...
+fn parse_suffix(suffix: &str) -> Option<(Platform, PackageKind)> {
+    let by_arch = |arch: &str, arch_of: fn(Platform) -> Option<&'static str>| {
+        Platform::ALL.into_iter().find(|&p| arch_of(p) == Some(arch))
+    };
+    if let Some(p) = suffix.strip_suffix(".tar.gz").or_else(|| suffix.strip_suffix(".zip")) {
+        Some((p.parse().ok()?, PackageKind::Archive))
+    } else if let Some(p) = suffix.strip_suffix(".msi") {
+        Some((p.parse().ok()?, PackageKind::Msi))
+    } else if let Some(a) = suffix.strip_suffix(".deb") {
+        Some((by_arch(a, Platform::deb_arch)?, PackageKind::Deb))
+    } else if let Some(a) = suffix.strip_suffix(".rpm") {
+        Some((by_arch(a, Platform::rpm_arch)?, PackageKind::Rpm))
+    } else {
+        None
     }
 }
 
@@ -443,9 +489,186 @@ mod tests {
             assert_eq!(id.mirror_path(), path);
             assert_eq!(ArtifactId::from_mirror_path(path).unwrap(), id, "{path}");
         }
-        let snap =
-            ArtifactId::from_file_name("elastic-agent-9.3.0-SNAPSHOT-linux-x86_64.tar.gz").unwrap();
-        assert!(snap.version().snapshot);
+    }
+
+    #[test]
+    fn names_with_pre_releases_and_build_metadata() {
+        let cases = [
+            // Independent agent releases keep `+build…` in their names.
+            (
+                "elastic-agent-8.14.1+build202406201002-linux-x86_64.tar.gz",
+                "8.14.1+build202406201002",
+                Platform::LinuxX86_64,
+                PackageKind::Archive,
+                false,
+            ),
+            (
+                "elastic-agent-9.2.0+build202510300150-windows-x86_64.zip",
+                "9.2.0+build202510300150",
+                Platform::WindowsX86_64,
+                PackageKind::Archive,
+                false,
+            ),
+            (
+                "elastic-agent-fips-9.2.0+build202510300150-linux-arm64.tar.gz",
+                "9.2.0+build202510300150",
+                Platform::LinuxArm64,
+                PackageKind::Archive,
+                true,
+            ),
+            (
+                "elastic-agent-9.3.0-SNAPSHOT-windows-x86_64.zip",
+                "9.3.0-SNAPSHOT",
+                Platform::WindowsX86_64,
+                PackageKind::Archive,
+                false,
+            ),
+            (
+                "elastic-agent-fips-9.3.0-SNAPSHOT-linux-x86_64.tar.gz",
+                "9.3.0-SNAPSHOT",
+                Platform::LinuxX86_64,
+                PackageKind::Archive,
+                true,
+            ),
+            (
+                "elastic-agent-9.0.0-beta1-linux-arm64.tar.gz",
+                "9.0.0-beta1",
+                Platform::LinuxArm64,
+                PackageKind::Archive,
+                false,
+            ),
+            (
+                "elastic-agent-9.0.0-beta1-SNAPSHOT-darwin-aarch64.tar.gz",
+                "9.0.0-beta1-SNAPSHOT",
+                Platform::DarwinAarch64,
+                PackageKind::Archive,
+                false,
+            ),
+            (
+                "elastic-agent-9.3.0-SNAPSHOT-amd64.deb",
+                "9.3.0-SNAPSHOT",
+                Platform::LinuxX86_64,
+                PackageKind::Deb,
+                false,
+            ),
+            (
+                "elastic-agent-8.14.1+build202406201002-aarch64.rpm",
+                "8.14.1+build202406201002",
+                Platform::LinuxArm64,
+                PackageKind::Rpm,
+                false,
+            ),
+            (
+                "elastic-agent-9.0.0-rc1+build1-windows-x86_64.msi",
+                "9.0.0-rc1+build1",
+                Platform::WindowsX86_64,
+                PackageKind::Msi,
+                false,
+            ),
+        ];
+        for (name, version, platform, package, fips) in cases {
+            let id = ArtifactId::from_file_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (id.version().to_string(), id.platform(), id.package(), id.fips()),
+                (version.to_owned(), platform, package, fips),
+                "{name}"
+            );
+            assert_eq!(id.file_name(), name);
+            let built = ArtifactId::new(Product::ElasticAgent, v(version), platform, package, fips);
+            assert_eq!(built.unwrap(), id, "{name}");
+        }
+        for bad in [
+            "elastic-agent-9.3.0-linux-x86_64-SNAPSHOT.tar.gz",
+            "elastic-agent-9.3.0--linux-x86_64.tar.gz",
+            "elastic-agent-9.3.0+-linux-x86_64.tar.gz",
+            "elastic-agent-9.3.0-SNAPSHOT-amd64.rpm",
+            "elastic-agent-9.3.0-01-linux-x86_64.tar.gz",
+            "elastic-agent-9.3.0+build1-linux-x86_64.zip",
+            "fleet-server-fips-9.3.0+build1-linux-x86_64.tar.gz",
+        ] {
+            assert!(ArtifactId::from_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_parse_strictly_and_print_as_parsed() {
+        for good in [
+            "9.2.2",
+            "10.0.0",
+            "9.3.0-SNAPSHOT",
+            "9.0.0-beta1",
+            "9.0.0-beta1-SNAPSHOT",
+            "8.14.1+build202406201002",
+            "9.0.0-rc.1+build.0042",
+        ] {
+            assert_eq!(v(good).to_string(), good);
+        }
+        for bad in [
+            "",
+            "9",
+            "9.2",
+            "9.2.2.1",
+            "v9.2.2",
+            " 9.2.2",
+            "9.2.2 ",
+            "09.2.2",
+            "9.02.2",
+            "9.2.02",
+            "9.2.2-",
+            "9.2.2+",
+            "9.2.2-01",
+            "9.2.2-beta_1",
+            "9.2.x",
+            "-9.2.2",
+        ] {
+            assert!(bad.parse::<Version>().is_err(), "{bad:?}");
+        }
+        let e = "9.2".parse::<Version>().unwrap_err().to_string();
+        assert!(e.contains("MAJOR.MINOR.PATCH") && e.contains("8.14.1+build"), "{e}");
+        // Exact spelling is identity: the same release with other build metadata is another file.
+        assert_ne!(v("8.14.1+build1"), v("8.14.1"));
+        assert_ne!(v("8.14.1+build1"), v("8.14.1+build01"));
+    }
+
+    #[test]
+    fn snapshots() {
+        assert_eq!(Version::new(9, 3, 0, true), v("9.3.0-SNAPSHOT"));
+        assert_eq!(Version::new(9, 3, 0, false), v("9.3.0"));
+        for (version, snapshot, without) in [
+            ("9.3.0-SNAPSHOT", true, "9.3.0"),
+            ("9.0.0-beta1-SNAPSHOT", true, "9.0.0-beta1"),
+            ("9.3.0-SNAPSHOT+build1", true, "9.3.0+build1"),
+            ("9.3.0", false, "9.3.0"),
+            ("9.0.0-beta1", false, "9.0.0-beta1"),
+            ("9.3.0-NOTSNAPSHOT", false, "9.3.0-NOTSNAPSHOT"),
+            ("9.3.0-snapshot", false, "9.3.0-snapshot"),
+        ] {
+            assert_eq!(v(version).snapshot(), snapshot, "{version}");
+            assert_eq!(v(version).without_snapshot().to_string(), without, "{version}");
+        }
+    }
+
+    #[test]
+    fn precedence_is_elastics() {
+        use Ordering::{Equal, Greater, Less};
+        for (a, b, order) in [
+            ("9.3.0-SNAPSHOT", "9.3.0", Less),
+            ("9.3.0", "9.3.1", Less),
+            ("9.3.0-SNAPSHOT", "9.3.1", Less),
+            ("9.0.0-beta1", "9.0.0", Less),
+            ("9.0.0-beta1", "9.0.0-rc1", Less),
+            ("8.14.1+build202406201002", "8.14.1", Equal),
+            ("8.14.1+build1", "8.14.1+build2", Equal),
+            ("8.14.1+build202406201002", "8.14.2", Less),
+            ("8.14.1+build202406201002", "8.14.0", Greater),
+            ("10.0.0", "9.99.0", Greater),
+            ("9.10.0", "9.9.0", Greater),
+        ] {
+            assert_eq!(v(a).precedence_cmp(&v(b)), order, "{a} vs {b}");
+            assert_eq!(v(b).precedence_cmp(&v(a)), order.reverse(), "{b} vs {a}");
+        }
+        // `Ord` agrees wherever precedence decides, and orders numerically, not as text.
+        assert!(v("10.0.0") > v("9.99.0") && v("9.3.0-SNAPSHOT") < v("9.3.0"));
     }
 
     #[test]

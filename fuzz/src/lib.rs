@@ -268,7 +268,7 @@ pub fn artifact_id(data: &[u8]) {
     let package = PackageKind::ALL[usize::from(b[2]) % PackageKind::ALL.len()];
     let fips = b[3] & 1 == 1;
     let snapshot = b[3] & 2 == 2;
-    let version = Version { major: word(4), minor: word(8), patch: word(12), snapshot };
+    let version = Version::new(word(4).into(), word(8).into(), word(12).into(), snapshot);
     if let Ok(id) = ArtifactId::new(product, version.clone(), platform, package, fips) {
         assert_eq!(
             (id.product(), id.version(), id.platform(), id.package(), id.fips()),

@@ -136,35 +136,37 @@ pub async fn api_version(request: Request, next: Next) -> Response {
     response
 }
 
-/// The agent version a `User-Agent: Elastic Agent vX.Y.Z[-…]` header names, checked against the
-/// minimum (§2.6).
+/// The agent version a `User-Agent: Elastic Agent vX.Y.Z[-PRE][+BUILD]` header names, checked
+/// against the minimum (§2.6). The version is returned as the agent spelled it (semver prints
+/// what it parsed), build metadata included, so it matches an upgrade target's spelling.
 pub fn agent_version(headers: &HeaderMap) -> Result<String, ApiError> {
+    const PREFIX: &str = "elastic agent ";
     let invalid = || {
         ApiError::fleet(
             StatusCode::BAD_REQUEST,
             "InvalidUserAgent",
-            "User-Agent is not `Elastic Agent vX.Y.Z`",
+            "User-Agent is not `Elastic Agent vX.Y.Z[-PRERELEASE][+BUILD]`",
         )
     };
-    let ua = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(invalid)?
-        .to_ascii_lowercase();
-    let rest = ua.strip_prefix("elastic agent ").ok_or_else(invalid)?;
-    let rest = rest.strip_prefix('v').unwrap_or(rest);
-    let core = rest.split('-').next().unwrap_or(rest).trim();
-    let parts: Vec<u32> =
-        core.split('.').map(str::parse).collect::<Result<_, _>>().map_err(|_| invalid())?;
-    let [major, minor, patch] = parts[..] else { return Err(invalid()) };
-    if (major, minor) < MIN_AGENT {
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).ok_or_else(invalid)?;
+    // Fleet Server lowercases the whole header; only the prefix is compared that way here, so
+    // `-SNAPSHOT` and build metadata keep Elastic's spelling.
+    let rest = ua
+        .get(..PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+        .map(|_| &ua[PREFIX.len()..])
+        .ok_or_else(invalid)?;
+    let rest = rest.strip_prefix(['v', 'V']).unwrap_or(rest).trim();
+    let version: ferry_artifacts::Version = rest.parse().map_err(|_| invalid())?;
+    // The minimum is a release line: every 7.13.x counts, its pre-releases too.
+    if (version.major(), version.minor()) < (MIN_AGENT.0.into(), MIN_AGENT.1.into()) {
         return Err(ApiError::fleet(
             StatusCode::BAD_REQUEST,
             "UnsupportedVersion",
-            format!("agent version {core} is older than {}.{}", MIN_AGENT.0, MIN_AGENT.1),
+            format!("agent version {version} is older than {}.{}", MIN_AGENT.0, MIN_AGENT.1),
         ));
     }
-    Ok(format!("{major}.{minor}.{patch}"))
+    Ok(version.to_string())
 }
 
 /// A random version-4 UUID, as Fleet Server uses for agent, action and upload ids.
@@ -375,23 +377,46 @@ mod tests {
 
     #[test]
     fn user_agents() {
-        assert_eq!(ua("Elastic Agent v9.1.2").unwrap(), "9.1.2");
-        assert_eq!(ua("Elastic Agent v9.2.0-SNAPSHOT").unwrap(), "9.2.0");
-        assert_eq!(ua("elastic agent 8.19.4").unwrap(), "8.19.4");
-        assert_eq!(
-            ua("Elastic Agent v99.0.0").unwrap(),
-            "99.0.0",
-            "newer agents are never refused"
-        );
-        assert!(matches!(ua("curl/8.0"), Err(ApiError::Fleet { code: "InvalidUserAgent", .. })));
-        assert!(matches!(
-            ua("Elastic Agent v9.1"),
-            Err(ApiError::Fleet { code: "InvalidUserAgent", .. })
-        ));
-        assert!(matches!(
-            ua("Elastic Agent v7.12.0"),
-            Err(ApiError::Fleet { code: "UnsupportedVersion", .. })
-        ));
+        for (header, version) in [
+            ("Elastic Agent v9.1.2", "9.1.2"),
+            ("elastic agent 8.19.4", "8.19.4"),
+            ("ELASTIC AGENT V8.19.4", "8.19.4"),
+            // Independent agent releases: the stored version is the upgrade target's spelling.
+            ("Elastic Agent v8.14.1+build202406201002", "8.14.1+build202406201002"),
+            ("Elastic Agent v9.0.0-beta1", "9.0.0-beta1"),
+            // Never sent by Elastic's agents (snapshot is a separate flag), but kept as said;
+            // upgrade completion reads it as 9.2.0.
+            ("Elastic Agent v9.2.0-SNAPSHOT", "9.2.0-SNAPSHOT"),
+            ("Elastic Agent v7.13.0", "7.13.0"),
+            ("Elastic Agent v99.0.0", "99.0.0"), // newer agents are never refused
+        ] {
+            assert_eq!(ua(header).unwrap(), version, "{header}");
+        }
+        for header in [
+            "curl/8.0",
+            "Elastic Agent v9.1",
+            "Elastic Agent v9.1.2.3",
+            "Elastic Agent v09.1.2",
+            "Elastic Agent v9.1.2-",
+            "Elastic Agent v9.1.2 (linux)",
+            "Elastic Agent vv9.1.2",
+            "Elastic Agent",
+            "Elastic Agentv9.1.2",
+            "Elastic Beat v9.1.2",
+        ] {
+            assert!(
+                matches!(ua(header), Err(ApiError::Fleet { code: "InvalidUserAgent", .. })),
+                "{header}"
+            );
+        }
+        for header in
+            ["Elastic Agent v7.12.0", "Elastic Agent v7.12.99+build1", "elastic agent 6.8.0"]
+        {
+            assert!(
+                matches!(ua(header), Err(ApiError::Fleet { code: "UnsupportedVersion", .. })),
+                "{header}"
+            );
+        }
         assert!(matches!(
             agent_version(&HeaderMap::new()),
             Err(ApiError::Fleet { code: "InvalidUserAgent", .. })
