@@ -102,14 +102,16 @@ impl Version {
         self.0.patch
     }
 
-    /// The pre-release without its snapshot mark, if it has one: `""` for `9.3.0-SNAPSHOT`,
-    /// `"beta1"` for `9.0.0-beta1-SNAPSHOT`.
-    fn pre_before_snapshot(&self) -> Option<&str> {
+    /// The pre-release without its snapshot mark, if it has one: empty for `9.3.0-SNAPSHOT`,
+    /// `beta1` for `9.0.0-beta1-SNAPSHOT`.
+    fn pre_before_snapshot(&self) -> Option<semver::Prerelease> {
         let pre = self.0.pre.as_str();
         if pre == SNAPSHOT {
-            return Some("");
+            return Some(semver::Prerelease::EMPTY);
         }
-        pre.strip_suffix(SNAPSHOT).and_then(|p| p.strip_suffix('-'))
+        let before = pre.strip_suffix(SNAPSHOT)?.strip_suffix('-').filter(|b| !b.is_empty())?;
+        // In `a.-SNAPSHOT` the mark is an identifier of its own (`-SNAPSHOT`), not a suffix.
+        semver::Prerelease::new(before).ok()
     }
 
     /// Whether this is a snapshot build (`-SNAPSHOT`, alone or after another pre-release).
@@ -123,8 +125,7 @@ impl Version {
     pub fn without_snapshot(&self) -> Version {
         let mut version = self.0.clone();
         if let Some(pre) = self.pre_before_snapshot() {
-            // What remains of a valid pre-release before a `-` is itself a valid one.
-            version.pre = semver::Prerelease::new(pre).expect("a prefix of a pre-release");
+            version.pre = pre;
         }
         Self(version)
     }
@@ -642,6 +643,9 @@ mod tests {
             ("9.0.0-beta1", false, "9.0.0-beta1"),
             ("9.3.0-NOTSNAPSHOT", false, "9.3.0-NOTSNAPSHOT"),
             ("9.3.0-snapshot", false, "9.3.0-snapshot"),
+            ("9.3.0-a.-SNAPSHOT", false, "9.3.0-a.-SNAPSHOT"),
+            ("9.3.0--SNAPSHOT", false, "9.3.0--SNAPSHOT"),
+            ("9.0.0-rc.1-SNAPSHOT", true, "9.0.0-rc.1"),
         ] {
             assert_eq!(v(version).snapshot(), snapshot, "{version}");
             assert_eq!(v(version).without_snapshot().to_string(), without, "{version}");
