@@ -179,11 +179,19 @@ async fn pgp_key(
     State(state): State<Arc<AppState>>,
     UrlPath(version): UrlPath<String>,
 ) -> Result<Response, ApiError> {
+    // Agents (8.10.4+) ask with the core version of their upgrade target, which may be one
+    // this appliance does not carry (a fallback key source, elastic-agent
+    // internal/pkg/agent/application/upgrade/step_download.go); Fleet Server answers every
+    // version with its one key. A path that is not X.Y.Z is a bad request.
     let parts: Vec<&str> = version.split('.').collect();
     if parts.len() != 3
         || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::fleet(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{version:?} is not a version MAJOR.MINOR.PATCH"),
+        ));
     }
     let release = state.current().ok_or(ApiError::NotFound)?;
     let key = release.pgp_key().ok_or(ApiError::NotFound)?;

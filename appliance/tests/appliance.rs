@@ -132,6 +132,15 @@ fn the_mirror_serves_elastic_layout_over_tls() {
     let (status, _, key) = server.get("/api/agents/upgrades/9.2.2/pgp-public-key", &[]);
     assert_eq!(status, 200);
     assert_eq!(key, std::fs::read(f.path("GPG-KEY-test")).unwrap());
+    // Agents ask with their target's core version, which need not be in the bundle (a
+    // fallback key source): the same key. A path that is no version is a bad request.
+    let (status, _, other) = server.get("/api/agents/upgrades/8.14.1/pgp-public-key", &[]);
+    assert_eq!((status, &other), (200, &key));
+    for bad in ["9.2", "9.2.2-SNAPSHOT", "9.2.x", "9..2"] {
+        let (status, _, body) =
+            server.get(&format!("/api/agents/upgrades/{bad}/pgp-public-key"), &[]);
+        assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
+    }
     let gnupg = f.path("gnupg");
     std::fs::create_dir_all(&gnupg).unwrap();
     std::fs::write(work.join("key.asc"), &key).unwrap();

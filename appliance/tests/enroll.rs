@@ -55,6 +55,11 @@ fn an_agent_enrolls_and_every_bad_request_gets_fleets_answer() {
     enroll(&server, Some(&no_colon), &[], &good).assert_error(400, "ErrMalformedToken");
     let unknown = ferry_appliance::credentials::ApiKey::mint().encoded();
     enroll(&server, Some(&unknown), &[], &good).assert_error(401, "ErrUnauthorized");
+    // The credential is checked before the body is read: without one, any body is 401.
+    for body in ["", "{not json", r#"{"type":"PERMANENT","metadata":null}"#] {
+        enroll(&server, Some(&unknown), &[], body).assert_error(401, "ErrUnauthorized");
+        enroll(&server, None, &[], body).assert_error(401, "ErrNoAuthHeader");
+    }
     assert_ok(&f.run(&[&"tokens", &"revoke", &token_id]));
     enroll(&server, Some(&token), &[], &good).assert_error(401, "ErrUnauthorized");
     let o = f.run(&[&"tokens", &"list"]);

@@ -63,6 +63,7 @@ const FILES: &[(&str, &str)] = corpus_files![
     "checkin-8.6",
     "checkin-8.12",
     "checkin-9.0",
+    "checkin-9.0-degraded",
     "checkin-9.4",
     "checkin-9.6",
     "ack-8.6",
@@ -227,6 +228,27 @@ impl Sample {
         let body = if gzip { gzip_bytes(json.as_bytes()) } else { json.clone().into_bytes() };
         Request { method: self.method, path: fill(self.path, vars, self.name), headers, body, json }
     }
+}
+
+/// Several events of an acks sample in one request, as the agent batches the acks of one
+/// check-in's actions: each `vars` renders one event.
+pub fn ack_batch(sample: &Sample, vars: &[Vars]) -> Request {
+    assert_eq!(sample.kind, Kind::Ack, "{} is not an acks sample", sample.name);
+    let rendered: Vec<Request> = vars.iter().map(|v| sample.render(v)).collect();
+    let events: Vec<&str> = rendered
+        .iter()
+        .map(|r| {
+            r.json
+                .strip_prefix(r#"{"events":["#)
+                .and_then(|e| e.strip_suffix("]}"))
+                .expect("an acks sample is one events array")
+        })
+        .collect();
+    let json = format!(r#"{{"events":[{}]}}"#, events.join(","));
+    let mut request = rendered.into_iter().next().expect("at least one event");
+    request.json = json;
+    request.body = request.json.clone().into_bytes();
+    request
 }
 
 /// Go's `compress/gzip` at its default level, as the agent compresses check-ins.

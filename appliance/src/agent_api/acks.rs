@@ -14,8 +14,11 @@ use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_reque
 use crate::server::ApiError;
 use crate::state::{ActionResult, AuditOutcome, PolicyAck, StateStore as _};
 
+/// elastic-agent's `fleetapi.AckRequest` (internal/pkg/fleetapi/ack_cmd.go; pkg/fleetapi/ack.go
+/// on main): `events` has no `omitempty`, so a nil batch is `null`.
 #[derive(Deserialize)]
 pub(super) struct AckRequest {
+    #[serde(deserialize_with = "super::nullable")]
     pub(super) events: Vec<AckEvent>,
 }
 

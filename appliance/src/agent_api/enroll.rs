@@ -26,10 +26,13 @@ struct EnrollRequest {
     metadata: EnrollMetadata,
 }
 
+/// elastic-agent's `fleetapi.Metadata` (internal/pkg/fleetapi/enroll_cmd.go): `tags` and
+/// `user_provided` have no `omitempty`, and an agent installed without `--tag` (or re-enrolled
+/// by a migration) sends nil as `null`. `user_provided` is ignored, as Fleet Server does.
 #[derive(Deserialize)]
 struct EnrollMetadata {
     local: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::nullable")]
     tags: Vec<String>,
 }
 
@@ -54,6 +57,16 @@ pub async fn enroll(
 ) -> Result<Response, ApiError> {
     let token = access_key(&headers)?;
     let version = agent_version(&headers)?;
+    // The token is checked before a byte of the body is read or decoded, as Fleet Server does
+    // (fleet-server internal/pkg/api/handleEnroll.go): without one, any body gets 401.
+    let policy_id =
+        super::with_state(&api, move |s| s.enrollment_policy(&token)).await?.ok_or_else(|| {
+            ApiError::fleet(
+                StatusCode::UNAUTHORIZED,
+                "ErrUnauthorized",
+                "unknown or revoked enrollment token",
+            )
+        })?;
     let body = super::read_limited(body, ENROLL_BODY_LIMIT).await?;
     let request: EnrollRequest = super::json_body(&body, "enroll request")?;
     if !["PERMANENT", "EPHEMERAL", "TEMPORARY"].contains(&request.kind.as_str()) {
@@ -66,17 +79,6 @@ pub async fn enroll(
         return Err(bad_request("the requested agent id has unusable characters"));
     }
     let response = blocking(move || -> Result<Value, ApiError> {
-        let policy_id = {
-            let state = api.state.lock().expect("state lock");
-            state.enrollment_policy(&token).map_err(ApiError::Internal)?
-        }
-        .ok_or_else(|| {
-            ApiError::fleet(
-                StatusCode::UNAUTHORIZED,
-                "ErrUnauthorized",
-                "unknown or revoked enrollment token",
-            )
-        })?;
         let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
         let existing =
             api.state.lock().expect("state lock").agent(&id).map_err(ApiError::Internal)?;

@@ -84,6 +84,8 @@ pub struct AgentApi {
     pub max_upload_bytes: u64,
     /// Policies as delivered, computed once per active release.
     pub policies: PolicyCache,
+    /// CA certificates (PEM) delivered as `agent.download.ssl.certificate_authorities`.
+    pub download_ca: Option<String>,
 }
 
 /// The agent routes, each behind its own rate and concurrency limit.
@@ -266,6 +268,16 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         return Err(too_large(limit));
     }
     Ok(bytes)
+}
+
+/// For fields Go can send as `null`: a slice or map without `omitempty` that was nil. Such a
+/// field reads as its empty value, wherever an empty one is accepted.
+pub(super) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Decodes a JSON request body; `what` names it in the error.

@@ -1,9 +1,13 @@
-//! A test client that behaves as fleet-protocol.md says a stock Elastic Agent does: its
-//! headers (User-Agent, Elastic-Api-Version, the JSON Content-Type on every request, a bare `?`
-//! at the end of each URL), gzip check-in bodies, and an `ack_token` it keeps and sends back.
+//! A test client that speaks as a stock Elastic Agent: enrollments, check-ins and acks are the
+//! `ferry-wire` corpus samples of its version (Go's field order, `"tags":null`, gzip only from
+//! 9.4), with an `ack_token` it keeps and sends back. Tests that need another shape send their
+//! own body through `checkin` or `ack_events`, or any request through `request`.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::Mutex;
+
+use ferry_wire::{Kind, Vars};
 
 use serde_json::{Value, json};
 
@@ -89,20 +93,44 @@ pub fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
     request(server, "GET", path, key, &[], b"")
 }
 
-/// What an agent sends when it enrolls.
-pub fn enroll_body(id: &str, hostname: &str, replace_token: &str) -> Value {
-    json!({
-        "type": "PERMANENT",
-        "id": id,
-        "replace_token": replace_token,
-        "metadata": {
-            "local": { "elastic": { "agent": { "id": "placeholder", "version": "9.1.2", "upgradeable": true } },
-                       "host": { "hostname": hostname, "architecture": "x86_64" },
-                       "os": { "platform": "ubuntu" } },
-            "user_provided": {},
-            "tags": ["linux", "dmz", "linux"]
+/// The version test agents run unless a test says otherwise.
+pub const AGENT_VERSION: &str = "9.1.2";
+
+/// Sends a corpus request as it is: its own headers, body and path (plus the bare `?`).
+pub fn send_wire(server: &Server, request: &ferry_wire::Request) -> Reply {
+    // `request` adds the agent's usual headers; the sample's own replace them all.
+    let mut headers: Vec<(&str, &str)> =
+        request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for default in ["Elastic-Api-Version", "kbn-xsrf", "X-Request-ID", "Accept", "Content-Type"] {
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(default)) {
+            headers.push((default, ""));
         }
-    })
+    }
+    let path = request.path.trim_end_matches('?');
+    self::request(server, request.method, path, None, &headers, &request.body)
+}
+
+/// An enrollment as an agent of `version` sends it (the corpus sample of its era), with the
+/// host name given.
+pub fn enroll_request(token: &str, version: &str, hostname: &str) -> ferry_wire::Request {
+    ferry_wire::for_agent(Kind::Enroll, version).render(
+        &Vars::new()
+            .set("version", version)
+            .set("enrollment_token", token)
+            .set("hostname", hostname)
+            .set("hostname_lower", hostname.to_lowercase()),
+    )
+}
+
+/// An enrollment body naming an agent id and a replace token (agents >= 8.19 and 9.0 send
+/// both, empty when the install command has none), with tags: the 9.0 sample's shape.
+pub fn enroll_body(id: &str, hostname: &str, replace_token: &str) -> Value {
+    let mut body: Value =
+        serde_json::from_str(&enroll_request("unused", AGENT_VERSION, hostname).json).unwrap();
+    body["id"] = json!(id);
+    body["replace_token"] = json!(replace_token);
+    body["metadata"]["tags"] = json!(["linux", "dmz", "linux"]);
+    body
 }
 
 pub struct Agent<'a> {
@@ -111,22 +139,24 @@ pub struct Agent<'a> {
     pub key: String,
     version: Mutex<String>,
     ack_token: Mutex<String>,
+    /// The type of each action received, for the ack messages agents write.
+    actions: Mutex<HashMap<String, String>>,
 }
 
 impl<'a> Agent<'a> {
-    /// Enrolls a 9.1.2 agent; panics unless the server says 200.
+    /// Enrolls an agent of [`AGENT_VERSION`]; panics unless the server says 200.
     pub fn enroll(server: &'a Server, token: &str) -> Self {
-        let reply = request(
-            server,
-            "POST",
-            "/api/fleet/agents/enroll",
-            Some(token),
-            &[],
-            enroll_body("", "web-01", "").to_string().as_bytes(),
-        );
+        Self::enroll_as(server, token, AGENT_VERSION)
+    }
+
+    /// Enrolls an agent of `version` with its era's request; panics unless the server says 200.
+    pub fn enroll_as(server: &'a Server, token: &str, version: &str) -> Self {
+        let reply = send_wire(server, &enroll_request(token, version, "Web-01"));
         assert_eq!(reply.status, 200, "{reply:?}");
         super::schema::check(&reply.body, super::schema::ENROLL_RESPONSE);
-        Self::from_reply(server, &reply)
+        let agent = Self::from_reply(server, &reply);
+        agent.set_version(version);
+        agent
     }
 
     pub fn from_reply(server: &'a Server, reply: &Reply) -> Self {
@@ -134,13 +164,12 @@ impl<'a> Agent<'a> {
             server,
             id: reply.body["item"]["id"].as_str().unwrap().to_owned(),
             key: reply.body["item"]["access_api_key"].as_str().unwrap().to_owned(),
-            version: Mutex::new("9.1.2".into()),
+            version: Mutex::new(AGENT_VERSION.into()),
             ack_token: Mutex::new(String::new()),
+            actions: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The same agent (key, version, ack token) talking to another server process, as after a
-    /// restart of the appliance.
     pub fn on<'b>(&self, server: &'b Server) -> Agent<'b> {
         Agent {
             server,
@@ -148,6 +177,7 @@ impl<'a> Agent<'a> {
             key: self.key.clone(),
             version: Mutex::new(self.version.lock().unwrap().clone()),
             ack_token: Mutex::new(self.ack_token()),
+            actions: Mutex::new(self.actions.lock().unwrap().clone()),
         }
     }
 
@@ -172,9 +202,22 @@ impl<'a> Agent<'a> {
         request(self.server, method, path, Some(&self.key), &all, body)
     }
 
-    /// A check-in: gzip body, the kept `ack_token` added; a non-empty token in the answer is
-    /// kept, an empty one ignored, as agents do. Successful answers are checked against the
-    /// check-in schema.
+    pub fn version(&self) -> String {
+        self.version.lock().unwrap().clone()
+    }
+
+    /// What this agent's corpus samples need to know about it.
+    pub fn vars(&self) -> Vars {
+        Vars::new()
+            .set("version", self.version())
+            .set("agent_id", &self.id)
+            .set("access_key", &self.key)
+            .set("hostname", "Web-01")
+            .set("hostname_lower", "web-01")
+            .set("ack_token", self.ack_token())
+    }
+
+    /// A check-in with a body of the test's own, gzipped, the kept `ack_token` added.
     pub fn checkin(&self, mut body: Value) -> Reply {
         let token = self.ack_token();
         if !token.is_empty() && body.get("ack_token").is_none() {
@@ -188,25 +231,60 @@ impl<'a> Agent<'a> {
             &[("Content-Encoding", "gzip")],
             &gz.finish().unwrap(),
         );
+        self.took(reply)
+    }
+
+    /// A check-in exactly as an agent of this version sends it, with `vars` added (such as
+    /// `upgrade_details`).
+    pub fn checkin_wire(&self, extra: &[(&'static str, String)]) -> Reply {
+        let mut vars = self.vars();
+        for (k, v) in extra {
+            vars.put(k, v.clone());
+        }
+        let request = ferry_wire::for_agent(Kind::Checkin, &self.version()).render(&vars);
+        self.took(send_wire(self.server, &request))
+    }
+
+    /// A plain check-in exactly as an agent of this version sends it.
+    pub fn checkin_online(&self) -> Reply {
+        self.checkin_wire(&[])
+    }
+
+    /// Successful answers are checked against the check-in schema; a non-empty token in one is
+    /// kept and an empty one ignored, as agents do.
+    fn took(&self, reply: Reply) -> Reply {
         if reply.status == 200 {
             super::schema::check(&reply.body, super::schema::CHECKIN_RESPONSE);
             let token = reply.body["ack_token"].as_str().unwrap_or_default();
             if !token.is_empty() {
                 *self.ack_token.lock().unwrap() = token.to_owned();
             }
+            let mut actions = self.actions.lock().unwrap();
+            for action in reply.body["actions"].as_array().into_iter().flatten() {
+                actions.insert(
+                    action["id"].as_str().unwrap_or_default().to_owned(),
+                    action["type"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
         }
         reply
     }
 
-    /// A plain `online` check-in.
-    pub fn checkin_online(&self) -> Reply {
-        self.checkin(json!({ "status": "online", "message": "Running" }))
-    }
-
-    /// Acks these actions (no error), in one batch.
+    /// Acks these actions (no error) in one batch, as this agent's version writes acks.
     pub fn ack(&self, action_ids: &[&str]) -> Reply {
-        let events: Vec<Value> = action_ids.iter().map(|id| self.ack_event(id)).collect();
-        self.ack_events(&events)
+        let vars: Vec<Vars> = {
+            let actions = self.actions.lock().unwrap();
+            action_ids
+                .iter()
+                .map(|id| {
+                    let kind = actions.get(*id).map_or("UNKNOWN", String::as_str);
+                    self.vars().set("action_id", *id).set("action_type", kind)
+                })
+                .collect()
+        };
+        let sample = ferry_wire::for_agent(Kind::Ack, &self.version());
+        let reply = send_wire(self.server, &ferry_wire::ack_batch(sample, &vars));
+        Self::check_ack_reply(reply)
     }
 
     pub fn ack_event(&self, action_id: &str) -> Value {
@@ -216,12 +294,15 @@ impl<'a> Agent<'a> {
     }
 
     pub fn ack_events(&self, events: &[Value]) -> Reply {
-        let reply = self.send(
+        Self::check_ack_reply(self.send(
             "POST",
             &format!("/api/fleet/agents/{}/acks", self.id),
             &[],
             json!({ "events": events }).to_string().as_bytes(),
-        );
+        ))
+    }
+
+    fn check_ack_reply(reply: Reply) -> Reply {
         if reply.body.get("action").is_some() {
             super::schema::check(&reply.body, super::schema::ACK_RESPONSE);
         }
