@@ -269,7 +269,7 @@ pub async fn run_server(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
-    let mut crl = None;
+    let (mut crl, mut quick_start_ca) = (None, None);
     let tls = if config.server.tls {
         let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -285,6 +285,7 @@ pub async fn run_server(
                 // Quick-start CAs made before the CRL existed have none; their certificate
                 // names no distribution point either.
                 crl = std::fs::read(&qs.crl).ok();
+                quick_start_ca = Some(qs.ca_cert);
                 (qs.server_cert, qs.server_key)
             }
         };
@@ -293,6 +294,8 @@ pub async fn run_server(
         tracing::warn!("server.tls = false: agents are served over plain HTTP");
         None
     };
+    let download_ca =
+        crate::tls::download_ca(config.server.download_ca.as_ref(), quick_start_ca.as_deref())?;
     let limits = crate::limits::Limits::new(&config.limits)?;
     let state = Arc::new(crate::server::AppState {
         blobs,
@@ -320,6 +323,7 @@ pub async fn run_server(
         uploads_dir: uploads_dir.clone(),
         max_upload_bytes: config.server.max_upload_mib.saturating_mul(1 << 20),
         policies: crate::agent_api::PolicyCache::default(),
+        download_ca,
     });
     let admin = Arc::new(crate::admin::Admin {
         state: Arc::clone(&db),

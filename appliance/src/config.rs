@@ -46,6 +46,13 @@ listen = "0.0.0.0:8220"
 # tls_cert = "/etc/ferry/tls/server.pem"
 # tls_key = "/etc/ferry/tls/server.key"
 
+# The CA certificates (PEM) agents need to download upgrades from this appliance. An agent's
+# downloader takes TLS settings only from the policy's agent.download.ssl, never from the
+# --certificate-authorities it enrolled with, so a private CA must travel in every delivered
+# policy. Quick-start mode puts its own CA there unless this is false; with your own
+# certificate, name its CA file here when the hosts' system trust store lacks it.
+# download_ca = "/etc/ferry/tls/ca.pem"
+
 # A check-in with nothing to deliver is held this long (less a random jitter of up to
 # checkin_jitter_seconds), then answered empty; agents check in again about a second later.
 checkin_long_poll_seconds = 300
@@ -120,6 +127,17 @@ pub struct ServerConfig {
     pub agent_offline_seconds: u64,
     #[serde(default = "default_max_upload")]
     pub max_upload_mib: u64,
+    /// The CA delivered in policies as `agent.download.ssl.certificate_authorities`: unset or
+    /// `true` means the quick-start CA (in quick-start mode), `false` none, a path that file.
+    pub download_ca: Option<DownloadCa>,
+}
+
+/// `server.download_ca`: on or off, or a PEM file of CA certificates.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum DownloadCa {
+    Enabled(bool),
+    File(PathBuf),
 }
 
 fn default_tls() -> bool {
@@ -168,6 +186,7 @@ impl Default for ServerConfig {
             admin_listen: default_admin_listen(),
             agent_offline_seconds: default_offline(),
             max_upload_mib: default_max_upload(),
+            download_ca: None,
         }
     }
 }
@@ -185,6 +204,9 @@ impl Config {
             *key = base.join(&*key);
         }
         for p in [&mut config.server.tls_cert, &mut config.server.tls_key].into_iter().flatten() {
+            *p = base.join(&*p);
+        }
+        if let Some(DownloadCa::File(p)) = &mut config.server.download_ca {
             *p = base.join(&*p);
         }
         config.validate()?;
@@ -214,6 +236,12 @@ impl Config {
                 "server.tls_cert is set but server.tls = false"
             );
         }
+        anyhow::ensure!(
+            self.server.download_ca != Some(DownloadCa::Enabled(true))
+                || (self.server.tls && self.server.tls_cert.is_none()),
+            "server.download_ca = true means the quick-start CA, but quick-start is off: name \
+             your CA's PEM file instead (download_ca = \"/path/ca.pem\")"
+        );
         anyhow::ensure!(
             self.server.tls_cert.is_some() == self.server.tls_key.is_some(),
             "set both server.tls_cert and server.tls_key, or neither (quick-start)"

@@ -120,6 +120,45 @@ pub fn url_host(url: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
+/// The PEM text delivered to agents as `agent.download.ssl.certificate_authorities`, after
+/// `server.download_ca` and quick-start mode (`quick_start_ca`: its CA file when on). Only
+/// certificates go out: a file holding anything else is refused rather than sent to every
+/// agent.
+pub fn download_ca(
+    setting: Option<&crate::config::DownloadCa>,
+    quick_start_ca: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    use crate::config::DownloadCa;
+    let path = match (setting, quick_start_ca) {
+        (Some(DownloadCa::Enabled(false)), _) | (None, None) => return Ok(None),
+        (Some(DownloadCa::File(path)), _) => path,
+        (None | Some(DownloadCa::Enabled(true)), Some(ca)) => ca,
+        (Some(DownloadCa::Enabled(true)), None) => {
+            anyhow::bail!("server.download_ca = true needs quick-start mode")
+        }
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("server.download_ca: cannot read {}", path.display()))?;
+    let mut certificates = 0;
+    type Section = (rustls::pki_types::pem::SectionKind, Vec<u8>);
+    for item in <Section as rustls::pki_types::pem::PemObject>::pem_slice_iter(text.as_bytes()) {
+        let (kind, _) =
+            item.with_context(|| format!("server.download_ca: {} is not PEM", path.display()))?;
+        anyhow::ensure!(
+            kind == rustls::pki_types::pem::SectionKind::Certificate,
+            "server.download_ca: {} holds a {kind:?}, not only certificates",
+            path.display()
+        );
+        certificates += 1;
+    }
+    anyhow::ensure!(
+        certificates > 0,
+        "server.download_ca: {} holds no certificate",
+        path.display()
+    );
+    Ok(Some(text))
+}
+
 /// A rustls server configuration from PEM files: TLS 1.2 and 1.3 only, rustls' forward-secret
 /// AEAD suites chosen in the server's order, HTTP/1.1 by ALPN. `scripts/tls-audit.sh` checks
 /// what a scanner sees (docs/tls-audit.md).

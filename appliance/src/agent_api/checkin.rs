@@ -88,22 +88,10 @@ fn deliver(
     let policy = ferry_artifacts::Policy::parse(&bytes, entry.path.as_str())
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut doc = policy.document;
-    let map = doc.as_object_mut().expect("a parsed policy is an object");
     // The bundle's own revision stays in the hashed content: a policy re-exported from Kibana
     // with a new revision is a change even if nothing else moved.
-    map.insert("id".into(), json!(policy_id));
-    let fleet = map.entry("fleet").or_insert_with(|| json!({}));
-    if let Some(fleet) = fleet.as_object_mut() {
-        fleet.insert("hosts".into(), json!([api.public_base]));
-    }
-    let agent = map.entry("agent").or_insert_with(|| json!({}));
-    if let Some(agent) = agent.as_object_mut() {
-        let download = agent.entry("download").or_insert_with(|| json!({}));
-        if let Some(download) = download.as_object_mut() {
-            download.remove("source_uri");
-            download.insert("sourceURI".into(), json!(format!("{}/downloads/", api.public_base)));
-        }
-    }
+    doc["id"] = json!(policy_id);
+    site_settings(&mut doc, &api.public_base, api.download_ca.as_deref());
     // serde_json's maps are sorted, so equal content gives equal text.
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.to_string().as_bytes()));
     let (revision, created) = api
@@ -114,6 +102,52 @@ fn deliver(
         .map_err(ApiError::Internal)?;
     doc["revision"] = json!(revision);
     Ok(Some(Delivered { revision, created, json: doc.to_string() }))
+}
+
+/// What of a policy belongs to the site that serves it, not to the one that exported it.
+///
+/// - `fleet` is replaced whole: a Kibana export carries the hosts, TLS and proxy of the
+///   exporting site's Fleet Server, which agents would otherwise try.
+/// - `agent.download` keeps its other settings, but its source is this mirror and its proxy and
+///   TLS are this appliance's: the downloader takes TLS only from `agent.download.ssl`, never
+///   from the CA an agent enrolled with (elastic-agent
+///   internal/pkg/agent/application/upgrade/artifact/config.go, `Upgrader.Reload`), so a
+///   private CA (`download_ca`) must be here for an upgrade to verify the mirror.
+/// - `remote_elasticsearch` outputs go out as `elasticsearch` without their `service_token`,
+///   which the agent cannot use (fleet-server internal/pkg/policy/policy_output.go).
+fn site_settings(doc: &mut Value, public_base: &str, download_ca: Option<&str>) {
+    let map = doc.as_object_mut().expect("a parsed policy is an object");
+    map.insert("fleet".into(), json!({ "hosts": [public_base] }));
+    let agent = map.entry("agent").or_insert_with(|| json!({}));
+    if let Some(agent) = agent.as_object_mut() {
+        let download = agent.entry("download").or_insert_with(|| json!({}));
+        if !download.is_object() {
+            *download = json!({});
+        }
+        let download = download.as_object_mut().expect("made an object");
+        for field in ["source_uri", "proxy_url", "proxy_headers", "proxy_disable", "ssl"] {
+            download.remove(field);
+        }
+        download.insert("sourceURI".into(), json!(format!("{public_base}/downloads/")));
+        if let Some(pem) = download_ca {
+            download.insert("ssl".into(), json!({ "certificate_authorities": [pem] }));
+        }
+    }
+    if let Some(outputs) = map.get_mut("outputs").and_then(Value::as_object_mut) {
+        for output in outputs.values_mut().filter_map(Value::as_object_mut) {
+            if output.get("type").and_then(Value::as_str) != Some("remote_elasticsearch") {
+                continue;
+            }
+            output.insert("type".into(), json!("elasticsearch"));
+            output.remove("service_token");
+            if let Some(secrets) = output.get_mut("secrets").and_then(Value::as_object_mut) {
+                secrets.remove("service_token");
+                if secrets.is_empty() {
+                    output.remove("secrets");
+                }
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -339,4 +373,57 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
         }
     }
     Ok(axum::Json(json!({ "action": "checkin", "ack_token": "" })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exporting_site_s_connection_settings_do_not_leak_in() {
+        // As Kibana exports a policy of a site with its own Fleet Server, proxy and CA.
+        let mut doc = json!({
+            "id": "p", "revision": 4,
+            "fleet": { "hosts": ["https://fleet.corp:8220"], "ssl": { "certificate_authorities": ["CORP"] },
+                       "proxy_url": "http://proxy.corp:3128" },
+            "agent": { "download": { "sourceURI": "https://artifacts.elastic.co/downloads/",
+                                     "source_uri": "https://mirror.corp/", "proxy_url": "http://proxy.corp:3128",
+                                     "ssl": { "verification_mode": "none" }, "timeout": "2h" },
+                       "monitoring": { "enabled": true } },
+            "outputs": {
+                "default": { "type": "elasticsearch", "hosts": ["https://es.site:9200"] },
+                "remote": { "type": "remote_elasticsearch", "hosts": ["https://es.hq:9200"],
+                            "service_token": "AAEAAWVsYXN0aWM", "secrets": { "service_token": { "id": "s1" } } },
+                "ls": { "type": "logstash", "hosts": ["ls:5044"], "service_token": "kept" }
+            }
+        });
+        site_settings(
+            &mut doc,
+            "https://ferry.site:8220",
+            Some("-----BEGIN CERTIFICATE-----\nX\n"),
+        );
+        assert_eq!(doc["fleet"], json!({ "hosts": ["https://ferry.site:8220"] }));
+        assert_eq!(
+            doc["agent"]["download"],
+            json!({ "sourceURI": "https://ferry.site:8220/downloads/", "timeout": "2h",
+                    "ssl": { "certificate_authorities": ["-----BEGIN CERTIFICATE-----\nX\n"] } })
+        );
+        assert_eq!(doc["agent"]["monitoring"], json!({ "enabled": true }));
+        assert_eq!(
+            doc["outputs"]["remote"],
+            json!({ "type": "elasticsearch", "hosts": ["https://es.hq:9200"] })
+        );
+        assert_eq!(
+            doc["outputs"]["ls"]["service_token"], "kept",
+            "only remote outputs are changed"
+        );
+
+        // Without a download CA, no TLS settings at all: the hosts' trust store decides.
+        let mut doc = json!({ "id": "p", "agent": { "download": "odd" }, "outputs": {} });
+        site_settings(&mut doc, "https://ferry.site:8220", None);
+        assert_eq!(
+            doc["agent"]["download"],
+            json!({ "sourceURI": "https://ferry.site:8220/downloads/" })
+        );
+    }
 }
