@@ -13,7 +13,9 @@ use crate::fetch::{Cache, Fetched, Fetcher};
 use crate::spec::Spec;
 
 /// The local files of the spec, each checked according to its kind: policies must be agent
-/// policies, certificates PEM certificates (never keys), PGP keys parseable keys.
+/// policies, certificates PEM certificates (never keys), PGP keys parseable keys. Policies
+/// carrying settings of the exporting site and certificates expiring before the bundle are
+/// warned about on stderr.
 pub fn local_files(
     spec: &Spec,
     base: &Path,
@@ -26,6 +28,11 @@ pub fn local_files(
         match file.kind {
             Kind::Policy => {
                 let policy = Policy::parse(&read()?, &what)?;
+                // Settings of the exporting site are the appliance's to drop, not a reason to
+                // refuse the export; but the operator should hear what the agents won't get.
+                for setting in policy.carried_site_settings() {
+                    tracing::warn!(file = %what, field = %setting.field, "{setting}");
+                }
                 file.metadata.insert("policy_id".into(), policy.id.clone());
                 file.metadata.insert("revision".into(), policy.revision.to_string());
                 if let Some(name) = policy.name {
