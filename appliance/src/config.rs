@@ -275,6 +275,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn download_ca_true_needs_quick_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let base = "data_dir = \"d\"\ntrusted_keys = [\"k.pub\"]\npublic_url = \"https://f:8220\"\n[server]\n";
+        for (extra, ok) in [
+            ("download_ca = true", true),
+            ("download_ca = false", true),
+            ("download_ca = \"ca.pem\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"", true),
+            ("download_ca = true\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"", false),
+        ] {
+            std::fs::write(&path, format!("{base}{extra}\n")).unwrap();
+            assert_eq!(Config::load(&path).is_ok(), ok, "{extra}");
+        }
+        std::fs::write(&path, format!("{base}download_ca = \"ca.pem\"\n")).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.server.download_ca, Some(DownloadCa::File(dir.path().join("ca.pem"))));
+    }
+
+    #[test]
     fn the_default_config_is_valid() {
         let config: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
         config.validate().unwrap();

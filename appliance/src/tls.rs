@@ -197,6 +197,33 @@ mod tests {
     }
 
     #[test]
+    fn the_download_ca_is_the_quick_start_one_or_the_operator_s_file() {
+        use crate::config::DownloadCa;
+        let dir = tempfile::tempdir().unwrap();
+        let qs = QuickStart::paths(dir.path());
+        qs.ensure("https://ferry.site:8220").unwrap();
+        let ca = std::fs::read_to_string(&qs.ca_cert).unwrap();
+        let quick = Some(qs.ca_cert.as_path());
+        assert_eq!(download_ca(None, quick).unwrap().as_deref(), Some(ca.as_str()));
+        assert_eq!(download_ca(Some(&DownloadCa::Enabled(true)), quick).unwrap(), Some(ca.clone()));
+        assert_eq!(download_ca(Some(&DownloadCa::Enabled(false)), quick).unwrap(), None);
+        assert_eq!(download_ca(None, None).unwrap(), None, "an operator certificate: nothing");
+        let file = Some(DownloadCa::File(qs.ca_cert.clone()));
+        assert_eq!(download_ca(file.as_ref(), None).unwrap(), Some(ca));
+        // Never a private key, never nothing, never a missing file.
+        for (name, text) in [
+            ("key.pem", std::fs::read_to_string(&qs.server_key).unwrap()),
+            ("empty.pem", String::new()),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let refused = download_ca(Some(&DownloadCa::File(path)), None).unwrap_err();
+            assert!(format!("{refused:#}").contains(name), "{refused:#}");
+        }
+        assert!(download_ca(Some(&DownloadCa::File(dir.path().join("gone.pem"))), None).is_err());
+    }
+
+    #[test]
     fn quick_start_makes_a_usable_configuration_once() {
         let dir = tempfile::tempdir().unwrap();
         let qs = QuickStart::paths(dir.path());

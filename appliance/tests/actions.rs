@@ -22,12 +22,17 @@ fn site(f: &Fixture, version: &str) -> (Server, String) {
 }
 
 fn enrolled<'a>(server: &'a Server, token: &str) -> Agent<'a> {
+    enrolled_with_policy(server, token).0
+}
+
+/// An enrolled agent and the policy it took.
+fn enrolled_with_policy<'a>(server: &'a Server, token: &str) -> (Agent<'a>, Value) {
     let agent = Agent::enroll(server, token);
     let reply = agent.checkin_online();
     let policy =
         reply.body["actions"][0]["id"].as_str().expect("the first check-in brings the policy");
     assert_eq!(agent.ack(&[policy]).status, 200);
-    agent
+    (agent, reply.body["actions"][0]["data"]["policy"].clone())
 }
 
 fn action_types(reply: &support::agent::Reply) -> Vec<String> {
@@ -54,7 +59,13 @@ fn an_upgrade_reaches_a_parked_agent_which_fetches_and_verifies_it_from_the_mirr
     let f = Fixture::new();
     let target = VERSIONS[1];
     let (server, token) = site(&f, target);
-    let agent = enrolled(&server, &token);
+    let (agent, policy) = enrolled_with_policy(&server, &token);
+    // The agent's downloader trusts only the CA the policy names (agent.download.ssl), never
+    // the one it enrolled with: quick-start mode delivers its own.
+    let cas = policy["agent"]["download"]["ssl"]["certificate_authorities"].as_array().unwrap();
+    assert_eq!(cas.len(), 1);
+    assert_eq!(cas[0].as_str().unwrap(), std::fs::read_to_string(&server.ca).unwrap());
+    let downloader = support::client_trusting(cas[0].as_str().unwrap().as_bytes());
 
     // The agent parks; the upgrade wakes it (the 2 s hold would otherwise end it empty).
     let (reply, action_id) = std::thread::scope(|scope| {
@@ -80,12 +91,8 @@ fn an_upgrade_reaches_a_parked_agent_which_fetches_and_verifies_it_from_the_mirr
         action["data"]["source_uri"].as_str().unwrap().replace("https://localhost:8220", &base);
     let name = format!("elastic-agent-{target}-linux-x86_64.tar.gz");
     let fetch = |url: &str| {
-        let mut resp = server
-            .client()
-            .get(url)
-            .header("User-Agent", "Beat elastic-agent v9.1.2")
-            .call()
-            .unwrap();
+        let mut resp =
+            downloader.get(url).header("User-Agent", "Beat elastic-agent v9.1.2").call().unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         assert!(
             resp.headers().get("content-encoding").is_none(),

@@ -13,6 +13,17 @@ use ferry_tests::run_ok;
 use serde_json::Value;
 use support::{Lines, Site, count, eventually, sim};
 
+/// `ferry-sim run` with the flags of the `elastic-agent install` line the demo prints.
+fn install(port: u16, ca: &std::path::Path, token: &str, agents: usize) -> Command {
+    let mut run = sim();
+    run.arg("run")
+        .arg(format!("--url=https://127.0.0.1:{port}"))
+        .arg(format!("--enrollment-token={token}"))
+        .arg(format!("--certificate-authorities={}", ca.display()))
+        .args(["--agents", &agents.to_string(), "--report-ms", "200", "--backoff", "1"]);
+    run
+}
+
 #[test]
 fn a_site_from_bundle_to_upgraded_agents_and_back() {
     let site = Site::new();
@@ -32,24 +43,15 @@ fn a_site_from_bundle_to_upgraded_agents_and_back() {
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
     let ca = site.path().join("data/tls/ca.pem");
 
-    // Five agents enroll and take revision 1.
-    let mut run = sim();
-    run.args(["run", "--url", &format!("https://127.0.0.1:{port}"), "--ca"]).arg(&ca).args([
-        "--token",
-        &token,
-        "--agents",
-        "5",
-        "--report-ms",
-        "200",
-        "--backoff",
-        "1",
-    ]);
-    let agents = Lines::spawn(run);
+    // Five agents enroll with the flags `elastic-agent install` takes (as the demo prints
+    // them), speaking the corpus shapes of 9.1.2, and take revision 1.
+    let agents = Lines::spawn(install(port, &ca, &token, 5));
     agents.report("5 agents on revision 1", |v| {
         count(v, "revisions", "1") == 5 && v["in_checkin"] == 5
     });
 
-    // An upgrade from the mirror: the agents check the .sha512 and the PGP signature.
+    // An upgrade from the mirror: the agents check the .sha512 and the PGP signature, over TLS
+    // verified with the CA the policy gives in agent.download.ssl (not the enrollment CA).
     site.admin(&["upgrade", "--version", "9.2.2", "--policy", "default-policy"]);
     agents
         .report("5 agents on 9.2.2", |v| count(v, "versions", "9.2.2") == 5 && v["upgraded"] == 5);
@@ -112,6 +114,38 @@ fn a_site_from_bundle_to_upgraded_agents_and_back() {
     let shown: Value =
         serde_json::from_str(&site.admin(&["agents", "show", &one, "--json"])).unwrap();
     assert_eq!(shown["status"], "unenrolled");
+    drop(agents);
+    drop(server);
+}
+
+/// Without the CA in the policy (`download_ca = false`), an agent's downloader has only its
+/// system trust store, which lacks a private CA: the upgrade fails on TLS, the agents say so in
+/// `upgrade_details`, and the appliance shows it. The enrollment CA does not help.
+#[test]
+fn an_upgrade_without_the_download_ca_fails_on_tls() {
+    let site = Site::new();
+    let bundle = site.bundle(1, &["9.1.2", "9.2.2"], None);
+    let port = site.configure(
+        "checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0\ndownload_ca = false",
+        "",
+    );
+    site.admin(&["import", bundle.to_str().unwrap()]);
+    let server = site.serve();
+    let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
+    let agents = Lines::spawn(install(port, &site.path().join("data/tls/ca.pem"), &token, 2));
+    agents.report("2 agents on revision 1", |v| count(v, "revisions", "1") == 2);
+    site.admin(&["upgrade", "--version", "9.2.2", "--policy", "default-policy"]);
+    agents.report("2 downloads refused on TLS", |v| v["errors"]["tls"].as_u64() >= Some(2));
+    eventually("the appliance shows the failed upgrades", || {
+        let listed: Value =
+            serde_json::from_str(&site.admin(&["agents", "list", "--json"])).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["version"] == "9.1.2" && a["upgrade_state"] == "UPG_FAILED")
+            .then_some(())
+    });
     drop(agents);
     drop(server);
 }

@@ -204,6 +204,20 @@ impl Fixture {
     }
 }
 
+/// An HTTPS client that trusts only the certificates in `pem` (none: it trusts nothing).
+pub fn client_trusting(pem: &[u8]) -> ureq::Agent {
+    let certs: Vec<_> = ureq::tls::parse_pem(pem)
+        .filter_map(|i| match i.unwrap() {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build();
+    ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into()
+}
+
 /// A running `ferry-appliance serve`, killed on drop.
 pub struct Server {
     child: std::sync::Mutex<Child>,
@@ -265,17 +279,7 @@ impl Server {
 
     /// An HTTPS client that trusts only the appliance's quick-start CA.
     pub fn client(&self) -> ureq::Agent {
-        let pem = std::fs::read(&self.ca).unwrap();
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i.unwrap() {
-                ureq::tls::PemItem::Certificate(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-            .build();
-        ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into()
+        client_trusting(&std::fs::read(&self.ca).unwrap())
     }
 
     /// GET over TLS: status, headers, body.

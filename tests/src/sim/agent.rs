@@ -1,14 +1,16 @@
-//! One simulated Elastic Agent, behaving as fleet-protocol.md says real agents do: enroll,
-//! long-poll check-ins with gzip bodies and the kept `ack_token`, acks, upgrades downloaded and
-//! verified from the mirror (reporting `upgrade_details` meanwhile), diagnostics uploads, and
-//! unenrollment.
+//! One simulated Elastic Agent: enroll, long-poll check-ins with the kept `ack_token`, acks,
+//! upgrades downloaded and verified from the mirror (reporting `upgrade_details` meanwhile),
+//! diagnostics uploads, and unenrollment. Every request it sends to the Fleet API is the
+//! `ferry-wire` corpus sample of its version, as elastic-agent's Go code marshals it; its
+//! downloads trust only the CA the policy gives in `agent.download.ssl`, as the agent's
+//! downloader does.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use ferry_wire::{Kind, Vars};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -36,6 +38,13 @@ pub struct Fleet {
     pub pgp_key: Option<ferry_artifacts::Keyring>,
 }
 
+/// What the policy says about downloads: the CA certificates (PEM) of
+/// `agent.download.ssl.certificate_authorities`, the only ones the downloader trusts.
+#[derive(Default, Clone)]
+struct DownloadTls {
+    ca: String,
+}
+
 struct Upgrade {
     action_id: String,
     target: String,
@@ -54,21 +63,43 @@ struct Agent {
     version: String,
     ack_token: String,
     revision: u64,
+    /// The id of the policy last received, for the check-ins of agents that report it.
+    policy_id: String,
+    download: DownloadTls,
     upgrade: Option<Upgrade>,
-    /// `upgrade_details` to send on the next check-ins (`UPG_WATCHING` after a restart).
-    details: Option<Value>,
+    /// `upgrade_details` (Go's JSON) to send on the next check-in (`UPG_WATCHING` after a
+    /// restart).
+    details: Option<String>,
     /// Acks the server did not take, sent again before the next check-in (as real agents keep
     /// them in their action queue).
-    unsent: Vec<(String, Option<Value>)>,
+    unsent: Vec<Ack>,
     /// Stored actions (all but policies) this agent has received: one seen again is counted as
     /// redelivered and not run twice.
     done: std::collections::HashSet<String>,
 }
 
-fn gzip(bytes: &[u8]) -> Bytes {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(bytes).expect("in memory");
-    gz.finish().expect("in memory").into()
+/// One acknowledgement: the action, its type (agents name it in the message), and its data.
+#[derive(Clone)]
+struct Ack {
+    action_id: String,
+    kind: String,
+    data: Option<Value>,
+}
+
+/// Sends a corpus request on `conn`.
+async fn send(
+    conn: &mut Conn,
+    request: &ferry_wire::Request,
+    timeout: Duration,
+) -> Result<Response, Failure> {
+    let headers: Vec<(&str, &str)> =
+        request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    conn.request(request.method, &request.path, &headers, request.body.clone().into(), timeout)
+        .await
+}
+
+fn hostname(n: usize) -> String {
+    format!("sim-{n:05}")
 }
 
 fn expect_ok(r: &Response) -> Result<Value, Failure> {
@@ -114,6 +145,8 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
         version,
         ack_token: String::new(),
         revision: 0,
+        policy_id: String::new(),
+        download: DownloadTls::default(),
         upgrade: None,
         details: None,
         unsent: Vec::new(),
@@ -123,22 +156,15 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
 }
 
 async fn enroll(fleet: &Fleet, conn: &mut Conn, n: usize) -> Result<(String, String), Failure> {
-    let body = json!({
-        "type": "PERMANENT", "id": "", "replace_token": "",
-        "metadata": { "local": local_metadata("", &fleet.version, n), "user_provided": {}, "tags": ["ferry-sim"] }
-    });
-    let ua = format!("Elastic Agent v{}", fleet.version);
-    let auth = format!("ApiKey {}", fleet.token);
-    let r = conn
-        .request(
-            "POST",
-            "/api/fleet/agents/enroll?",
-            &agent_headers(&ua, &auth),
-            body.to_string().into(),
-            SHORT_TIMEOUT,
-        )
-        .await?;
-    let v = expect_ok(&r)?;
+    let host = hostname(n);
+    let request = ferry_wire::for_agent(Kind::Enroll, &fleet.version).render(
+        &Vars::new()
+            .set("version", &fleet.version)
+            .set("enrollment_token", &fleet.token)
+            .set("hostname_lower", host.to_lowercase())
+            .set("hostname", host),
+    );
+    let v = expect_ok(&send(conn, &request, SHORT_TIMEOUT).await?)?;
     let field = |k: &str| {
         v["item"][k]
             .as_str()
@@ -146,13 +172,6 @@ async fn enroll(fleet: &Fleet, conn: &mut Conn, n: usize) -> Result<(String, Str
             .ok_or_else(|| Failure::Protocol(format!("no item.{k}")))
     };
     Ok((field("id")?, field("access_api_key")?))
-}
-
-/// What agents say about themselves, on enrollment and every check-in.
-fn local_metadata(id: &str, version: &str, n: usize) -> Value {
-    json!({ "elastic": { "agent": { "id": id, "version": version, "upgradeable": true, "snapshot": false } },
-            "host": { "hostname": format!("sim-{n:05}"), "architecture": "x86_64" },
-            "os": { "platform": "linux", "family": "debian" } })
 }
 
 /// The headers every agent request carries (fleet-protocol.md §2.2).
@@ -205,50 +224,51 @@ impl Agent {
         format!("ApiKey {}", self.key)
     }
 
-    async fn post(
-        &mut self,
-        path: &str,
-        body: Bytes,
-        extra: &[(&str, &str)],
-    ) -> Result<Value, Failure> {
-        let (ua, auth) = (self.ua(), self.auth());
-        let mut headers = agent_headers(&ua, &auth);
-        headers.extend_from_slice(extra);
-        let r = self.conn.request("POST", path, &headers, body, SHORT_TIMEOUT).await?;
-        expect_ok(&r)
+    /// What this agent's corpus samples need to know about it.
+    fn vars(&self) -> Vars {
+        let host = hostname(self.n);
+        Vars::new()
+            .set("version", &self.version)
+            .set("agent_id", &self.id)
+            .set("access_key", &self.key)
+            .set("hostname_lower", host.to_lowercase())
+            .set("hostname", host)
+            .set("ack_token", &self.ack_token)
+    }
+
+    /// Sends a corpus request to the Fleet API; anything but 200 is a failure.
+    async fn post(&mut self, request: &ferry_wire::Request) -> Result<Value, Failure> {
+        expect_ok(&send(&mut self.conn, request, SHORT_TIMEOUT).await?)
+    }
+
+    /// `upgrade_details` as this agent's version writes them, if it reports any (8.12+).
+    fn upgrade_details(&mut self) -> Option<String> {
+        if let Some(u) = &self.upgrade {
+            let progress = ferry_wire::download_progress(&self.version, 0.5, 1.0e6);
+            return Some(ferry_wire::upgrade_details(
+                &u.target,
+                "UPG_DOWNLOADING",
+                &u.action_id,
+                &progress,
+            ));
+        }
+        self.details.take()
     }
 
     async fn checkin(&mut self) -> Result<Step, Failure> {
         self.resend_acks().await?;
-        let mut body = json!({
-            "status": "online",
-            "message": "Running",
-            "local_metadata": local_metadata(&self.id, &self.version, self.n),
-            "components": [{ "id": "system/metrics-default", "type": "system/metrics", "status": "HEALTHY",
-                             "message": "Healthy", "units": [] }],
-        });
-        if !self.ack_token.is_empty() {
-            body["ack_token"] = json!(self.ack_token);
+        let mut vars = self.vars();
+        if let Some(details) = self.upgrade_details() {
+            vars.put("upgrade_details", details);
         }
-        if let Some(u) = &self.upgrade {
-            body["upgrade_details"] = json!({"target_version": u.target, "state": "UPG_DOWNLOADING",
-                "action_id": u.action_id, "metadata": {"download_percent": 50.0, "download_rate": 1.0e6}});
-        } else if let Some(d) = self.details.take() {
-            body["upgrade_details"] = d;
+        if self.revision > 0 {
+            vars.put("policy_id", self.policy_id.clone());
+            vars.put("policy_revision", self.revision.to_string());
         }
-        let (ua, auth) = (self.ua(), self.auth());
-        let mut headers = agent_headers(&ua, &auth);
-        headers.push(("content-encoding", "gzip"));
-        let path = format!("/api/fleet/agents/{}/checkin?", self.id);
+        let request = ferry_wire::for_agent(Kind::Checkin, &self.version).render(&vars);
         let stats = Arc::clone(&self.fleet.stats);
         stats.in_checkin.fetch_add(1, Relaxed);
-        let request = self.conn.request(
-            "POST",
-            &path,
-            &headers,
-            gzip(body.to_string().as_bytes()),
-            CLIENT_TIMEOUT,
-        );
+        let request = send(&mut self.conn, &request, CLIENT_TIMEOUT);
         let outcome = match self.upgrade.as_mut() {
             // A finished upgrade re-executes the agent: its parked check-in is dropped.
             Some(u) => tokio::select! {
@@ -284,11 +304,17 @@ impl Agent {
 
     /// Acknowledges an action. A refused ack is counted and kept for a retry before the next
     /// check-in, as real agents queue it and carry on (a dead key still stops the agent).
-    async fn ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
-        match self.send_ack(action_id, data.clone()).await {
+    async fn ack(
+        &mut self,
+        action_id: &str,
+        kind: &str,
+        data: Option<Value>,
+    ) -> Result<(), Failure> {
+        let ack = Ack { action_id: action_id.to_owned(), kind: kind.to_owned(), data };
+        match self.send_ack(&ack).await {
             Err(f) if f != Failure::Status(401) => {
                 self.fleet.stats.error(&f);
-                self.unsent.push((action_id.to_owned(), data));
+                self.unsent.push(ack);
                 Ok(())
             }
             other => other,
@@ -297,21 +323,20 @@ impl Agent {
 
     /// Sends the acks a failure kept back, oldest first; stops at the first that fails again.
     async fn resend_acks(&mut self) -> Result<(), Failure> {
-        while let Some((id, data)) = self.unsent.first().cloned() {
-            self.send_ack(&id, data).await?;
+        while let Some(ack) = self.unsent.first().cloned() {
+            self.send_ack(&ack).await?;
             self.unsent.remove(0);
         }
         Ok(())
     }
 
-    async fn send_ack(&mut self, action_id: &str, data: Option<Value>) -> Result<(), Failure> {
-        let mut event = json!({"type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": self.id,
-            "action_id": action_id, "message": "acknowledged", "timestamp": ferry_manifests::rfc3339(time_now())});
-        if let Some(d) = data {
-            event["data"] = d;
+    async fn send_ack(&mut self, ack: &Ack) -> Result<(), Failure> {
+        let mut vars = self.vars().set("action_id", &ack.action_id).set("action_type", &ack.kind);
+        if let Some(data) = &ack.data {
+            vars.put("data", data.to_string());
         }
-        let path = format!("/api/fleet/agents/{}/acks?", self.id);
-        let v = self.post(&path, json!({"events": [event]}).to_string().into(), &[]).await?;
+        let request = ferry_wire::for_agent(Kind::Ack, &self.version).render(&vars);
+        let v = self.post(&request).await?;
         if v["action"] != "acks" {
             return Err(Failure::Protocol(format!("ack answer {v}")));
         }
@@ -330,34 +355,41 @@ impl Agent {
         }
         match kind {
             "POLICY_CHANGE" => {
-                let revision = action["data"]["policy"]["revision"].as_u64().unwrap_or(0);
+                let policy = &action["data"]["policy"];
+                let revision = policy["revision"].as_u64().unwrap_or(0);
                 self.fleet.stats.revision(self.revision, revision);
                 self.revision = revision;
-                self.ack(&id, None).await?;
+                policy["id"].as_str().unwrap_or_default().clone_into(&mut self.policy_id);
+                // The downloader's TLS comes from the policy alone (elastic-agent
+                // internal/pkg/agent/application/upgrade/artifact/config.go).
+                let cas = policy["agent"]["download"]["ssl"]["certificate_authorities"]
+                    .as_array()
+                    .map(|cas| cas.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"));
+                self.download = DownloadTls { ca: cas.unwrap_or_default() };
+                self.ack(&id, kind, None).await?;
             }
             "UPGRADE" => {
                 let target = action["data"]["version"].as_str().unwrap_or_default().to_owned();
                 let source = action["data"]["source_uri"].as_str().unwrap_or_default().to_owned();
                 let fleet = Arc::clone(&self.fleet);
-                let (t, src) = (target.clone(), self.source);
-                let task =
-                    tokio::spawn(
-                        async move { download_and_verify(&fleet, &source, &t, src).await },
-                    );
+                let (t, src, tls) = (target.clone(), self.source, self.download.clone());
+                let task = tokio::spawn(async move {
+                    download_and_verify(&fleet, &source, &t, src, &tls).await
+                });
                 self.upgrade = Some(Upgrade { action_id: id, target, task, outcome: None });
             }
             "UNENROLL" => {
-                self.ack(&id, None).await?;
+                self.ack(&id, kind, None).await?;
                 self.fleet.stats.unenrolled.fetch_add(1, Relaxed);
                 return Ok(Step::Stop);
             }
             "REQUEST_DIAGNOSTICS" => {
                 let upload_id = self.upload_diagnostics(&id).await?;
-                self.ack(&id, Some(json!({"upload_id": upload_id}))).await?;
+                self.ack(&id, kind, Some(json!({"upload_id": upload_id}))).await?;
             }
             // The agent core never acks CANCEL.
             "CANCEL" => {}
-            _ => self.ack(&id, None).await?,
+            _ => self.ack(&id, kind, None).await?,
         }
         Ok(Step::Continue)
     }
@@ -375,25 +407,26 @@ impl Agent {
                 self.fleet.stats.version(Some(&self.version), &u.target);
                 self.version.clone_from(&u.target);
                 self.fleet.stats.upgraded.fetch_add(1, Relaxed);
-                self.details = Some(
-                    json!({"target_version": u.target, "state": "UPG_WATCHING", "metadata": {}}),
-                );
+                self.details = Some(ferry_wire::upgrade_details(&u.target, "UPG_WATCHING", "", ""));
             }
             Err(f) => {
                 self.fleet.stats.error(&f);
-                self.details = Some(json!({"target_version": u.target, "state": "UPG_FAILED",
-                    "metadata": {"failed_state": "UPG_DOWNLOADING", "error_msg": f.kind()}}));
+                let failed = format!(
+                    r#""failed_state":"UPG_DOWNLOADING","error_msg":"{}""#,
+                    ferry_wire::go_escape(&f.kind())
+                );
+                self.details =
+                    Some(ferry_wire::upgrade_details(&u.target, "UPG_FAILED", "", &failed));
             }
         }
-        self.ack(&u.action_id, None).await
+        self.ack(&u.action_id, "UPGRADE", None).await
     }
 
     async fn upload_diagnostics(&mut self, action_id: &str) -> Result<String, Failure> {
         let file: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 251) as u8).collect();
-        let begin = json!({"action_id": action_id, "agent_id": self.id, "src": "agent",
-            "file": {"name": "elastic-agent-diagnostics.zip", "ext": "zip", "mime_type": "application/zip",
-                     "size": file.len(), "hash": {"sha256": "", "md5": ""}}});
-        let v = self.post("/api/fleet/uploads?", begin.to_string().into(), &[]).await?;
+        let vars = self.vars().set("action_id", action_id).set("size", file.len().to_string());
+        let begin = ferry_wire::for_agent(Kind::UploadBegin, &self.version).render(&vars);
+        let v = self.post(&begin).await?;
         let upload_id = v["upload_id"]
             .as_str()
             .ok_or_else(|| Failure::Protocol("no upload_id".into()))?
@@ -404,6 +437,8 @@ impl Agent {
             let digest = sha2::Sha256::digest(chunk);
             transit.update(digest);
             let (ua, auth, sha) = (self.ua(), self.auth(), hex::encode(digest));
+            // Chunks carry the client's usual headers, JSON content type included
+            // (internal/pkg/fleetapi/uploader/uploader.go).
             let mut headers = agent_headers(&ua, &auth);
             headers.push(("x-chunk-sha2", &sha));
             let path = format!("/api/fleet/uploads/{upload_id}/{n}?");
@@ -413,9 +448,12 @@ impl Agent {
                 .await?;
             expect_ok(&r)?;
         }
-        let done = json!({"transithash": {"sha256": hex::encode(transit.finalize())}});
-        self.post(&format!("/api/fleet/uploads/{upload_id}?"), done.to_string().into(), &[])
-            .await?;
+        let vars = self
+            .vars()
+            .set("upload_id", &upload_id)
+            .set("transit_sha256", hex::encode(transit.finalize()));
+        let finish = ferry_wire::for_agent(Kind::UploadFinish, &self.version).render(&vars);
+        self.post(&finish).await?;
         self.fleet.stats.uploads.fetch_add(1, Relaxed);
         Ok(upload_id)
     }
@@ -427,21 +465,21 @@ enum Step {
     Stop,
 }
 
-fn time_now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
 /// Downloads the archive, `.sha512` and `.asc` of `version` from `source_uri` as the agent
 /// does, checks the digest and the PGP signature (with the key from the appliance's PGP
-/// endpoint over TLS, else the configured one).
+/// endpoint over TLS, else the configured one). Every download, the key's included, trusts
+/// only the policy's `agent.download.ssl` CA: an agent never uses its enrollment CA for them.
 async fn download_and_verify(
     fleet: &Fleet,
     source_uri: &str,
     version: &str,
     source: Option<IpAddr>,
+    download: &DownloadTls,
 ) -> Result<(), Failure> {
+    let tls = crate::sim::conn::client_tls_pem(download.ca.as_bytes())
+        .map_err(|e| Failure::Protocol(format!("agent.download.ssl: {e}")))?;
     let endpoint = Endpoint::parse(source_uri).map_err(|e| Failure::Protocol(e.to_string()))?;
-    let mut conn = Conn::new(Arc::new(endpoint), fleet.tls.clone(), source);
+    let mut conn = Conn::new(Arc::new(endpoint), Some(Arc::clone(&tls)), source);
     let name = format!("elastic-agent-{version}-{}.tar.gz", fleet.platform);
     let ua = format!("Beat elastic-agent v{}", fleet.version);
     let headers = [("user-agent", ua.as_str()), ("accept-encoding", "gzip")];
@@ -463,11 +501,14 @@ async fn download_and_verify(
         .map_err(|e| Failure::Protocol(e.to_string()))?;
     let served_key;
     let keyring = if fleet.api.tls {
-        let mut api = Conn::new(Arc::clone(&fleet.api), fleet.tls.clone(), source);
+        // The key of the target's X.Y.Z from the Fleet URL, fetched by the download client
+        // (elastic-agent upgrade/step_download.go, fleetUpgradeFallbackPGPFormat).
+        let core = version.split(['-', '+']).next().unwrap_or(version);
+        let mut api = Conn::new(Arc::clone(&fleet.api), Some(tls), source);
         let r = api
             .request(
                 "GET",
-                &format!("/api/agents/upgrades/{version}/pgp-public-key"),
+                &format!("/api/agents/upgrades/{core}/pgp-public-key"),
                 &headers,
                 Bytes::new(),
                 timeout,

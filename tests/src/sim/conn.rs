@@ -202,10 +202,16 @@ where
 
 /// A rustls client configuration trusting only the certificates in `ca_file` (PEM).
 pub fn client_tls(ca_file: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_tls_pem(&std::fs::read(ca_file)?)
+}
+
+/// A rustls client configuration trusting only the certificates in `pem`; none at all when it
+/// holds none (the simulator has no system trust store, so nothing else is trusted either).
+pub fn client_tls_pem(pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file)? {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         roots.add(cert?)?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -193,18 +193,12 @@ async fn send(
 
 /// Enrolls one agent, retrying (with a pause) on refusals such as 429 until `give_up`.
 async fn enroll(flood: &Flood, name: &str, give_up: Instant) -> Result<Enrolled, Failure> {
-    let body = json!({"type": "PERMANENT", "id": "", "replace_token": "",
-        "metadata": {"local": {"host": {"hostname": name}}, "user_provided": {}, "tags": ["flood"]}});
+    let body = super::enroll_body("9.1.2", name);
     let mut conn = flood.conn();
     loop {
-        let r = send(
-            &mut conn,
-            "POST",
-            "/api/fleet/agents/enroll?",
-            &flood.token,
-            body.to_string().into(),
-        )
-        .await;
+        let r =
+            send(&mut conn, "POST", "/api/fleet/agents/enroll?", &flood.token, body.clone().into())
+                .await;
         let failure = match r {
             Ok(r) if r.status == 200 => {
                 let v: Value = serde_json::from_slice(&r.body)

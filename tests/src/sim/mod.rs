@@ -73,11 +73,12 @@ pub struct Target {
     /// The Fleet URL agents would be given (`https://…` or `http://…`).
     #[arg(long)]
     pub url: String,
-    /// CA certificate(s) (PEM) to trust for TLS.
-    #[arg(long, value_name = "PEM")]
+    /// CA certificate(s) (PEM) to trust for the Fleet API, as `elastic-agent install
+    /// --certificate-authorities` (downloads trust only the CA the policy gives).
+    #[arg(long, value_name = "PEM", visible_alias = "certificate-authorities")]
     pub ca: Option<PathBuf>,
-    /// An enrollment token.
-    #[arg(long, env = "FERRY_SIM_TOKEN")]
+    /// An enrollment token (`elastic-agent install --enrollment-token`).
+    #[arg(long, env = "FERRY_SIM_TOKEN", visible_alias = "enrollment-token")]
     pub token: String,
     /// Spread connections over this many loopback source addresses (127.1.x.y); 0 lets the
     /// kernel choose.
@@ -174,6 +175,20 @@ pub struct FloodArgs {
     /// About how long (ms) such an agent lets a check-in park before dropping it.
     #[arg(long, default_value_t = 500)]
     pub disconnect_after_ms: u64,
+}
+
+/// The enrollment body of a stock agent of `version` on host `hostname` (the `ferry-wire`
+/// sample of its era: no tags, so `"tags":null`).
+pub fn enroll_body(version: &str, hostname: &str) -> String {
+    ferry_wire::for_agent(ferry_wire::Kind::Enroll, version)
+        .render(
+            &ferry_wire::Vars::new()
+                .set("version", version)
+                .set("enrollment_token", "")
+                .set("hostname", hostname)
+                .set("hostname_lower", hostname.to_lowercase()),
+        )
+        .json
 }
 
 /// Loopback source addresses 127.1.x.y, `n` of them.

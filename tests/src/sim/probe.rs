@@ -28,9 +28,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
             ("content-type", "application/json".to_owned()),
         ]
     };
-    let enroll_body = json!({"type": "PERMANENT", "id": "", "replace_token": "",
-        "metadata": {"local": {"host": {"hostname": "ferry-sim-probe"}}, "user_provided": {}, "tags": ["probe"]}})
-    .to_string();
+    let enroll_body = super::enroll_body("9.1.2", "ferry-sim-probe");
     let send = async |conn: &mut Conn, method: &str, path: &str, auth: &str, body: &str| {
         let h = headers(auth);
         let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
