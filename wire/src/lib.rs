@@ -4,10 +4,11 @@
 //! that what they send is what a stock agent sends: Go's field order, `null` for nil slices and
 //! maps (`"tags":null`), `omitempty` honoured, Go's time layouts, gzip only where the agent
 //! gzips. Each sample is a file in `corpus/`: `#` comment lines naming the Go struct and the
-//! elastic-agent tag it follows, then `era:` (the first agent version that sends this shape),
-//! `expect:` (the status Fleet Server answers), an optional `variant:` (a shape sent only in
-//! one situation, never chosen by version), the request line, headers, a blank line and the
-//! body.
+//! elastic-agent tag it follows, then `era:` (the versions that send this shape: the first
+//! version, then any further ranges `FROM..UNTIL` for a change backported to an older line,
+//! such as 8.19.19's ack types), `expect:` (the status Fleet Server answers), an optional
+//! `variant:` (a shape sent only in one situation, never chosen by version), the request line,
+//! headers, a blank line and the body.
 //!
 //! Templates hold `{{name}}` placeholders: inside a JSON string the value is escaped as Go's
 //! encoder does, outside one it is inserted raw (a number, an object). `{{?name}}` marks an
@@ -64,8 +65,10 @@ const FILES: &[(&str, &str)] = corpus_files![
     "checkin-8.12",
     "checkin-9.0",
     "checkin-9.0-degraded",
+    "checkin-9.3",
+    "checkin-9.3.5",
     "checkin-9.4",
-    "checkin-9.6",
+    "checkin-9.4.2",
     "ack-8.6",
     "ack-8.7",
     "ack-9.5",
@@ -83,6 +86,9 @@ pub struct Sample {
     pub kind: Kind,
     /// The first agent version that sends this shape.
     pub era: semver::Version,
+    /// The versions that send it: from the first on (until the next sample of the kind takes
+    /// over), and ranges `[from, until)` of older lines that got the change later.
+    ranges: Vec<(semver::Version, Option<semver::Version>)>,
     /// Set for shapes sent only in one situation (a migration, say).
     pub variant: Option<&'static str>,
     /// The comment naming the struct and tag the sample follows.
@@ -148,16 +154,27 @@ pub fn corpus() -> &'static [Sample] {
     CORPUS.get_or_init(|| FILES.iter().map(|(name, text)| parse(name, text)).collect())
 }
 
-/// The sample a stock agent of `version` sends for `kind`: the newest era at or before the
-/// version (build metadata and pre-release ignored), variants excluded. Versions older than
-/// every era get the oldest.
+/// The sample a stock agent of `version` sends for `kind`: of the samples whose versions
+/// include it, the one whose range starts latest (build metadata and pre-release ignored),
+/// variants excluded. Versions older than every sample get the oldest.
 pub fn for_agent(kind: Kind, version: &str) -> &'static Sample {
     let version = core_version(version);
-    let mut of_kind: Vec<&Sample> =
-        corpus().iter().filter(|s| s.kind == kind && s.variant.is_none()).collect();
-    of_kind.sort_by(|a, b| a.era.cmp(&b.era));
-    let oldest = of_kind[0];
-    of_kind.into_iter().rev().find(|s| s.era <= version).unwrap_or(oldest)
+    let of_kind = || corpus().iter().filter(|s| s.kind == kind && s.variant.is_none());
+    of_kind()
+        .filter_map(|s| {
+            s.ranges
+                .iter()
+                .filter(|(from, until)| {
+                    *from <= version && until.as_ref().is_none_or(|u| version < *u)
+                })
+                .map(|(from, _)| (from, s))
+                .max_by(|a, b| a.0.cmp(b.0))
+        })
+        .max_by(|a, b| a.0.cmp(b.0))
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| {
+            of_kind().min_by(|a, b| a.era.cmp(&b.era)).expect("samples of each kind")
+        })
 }
 
 /// The sample of `kind` for one situation, such as `migrate`.
@@ -186,7 +203,16 @@ fn parse(name: &'static str, text: &'static str) -> Sample {
         let Some(comment) = line.strip_prefix('#') else { break line };
         let comment = comment.trim();
         if let Some(v) = comment.strip_prefix("era:") {
-            era = Some(semver::Version::parse(v.trim()).unwrap_or_else(|_| bad("bad era")));
+            let version =
+                |v: &str| semver::Version::parse(v.trim()).unwrap_or_else(|_| bad("bad era"));
+            let ranges: Vec<_> = v
+                .split(',')
+                .map(|r| match r.split_once("..") {
+                    Some((from, until)) => (version(from), Some(version(until))),
+                    None => (version(r), None),
+                })
+                .collect();
+            era = Some(ranges);
         } else if let Some(v) = comment.strip_prefix("expect:") {
             expect = Some(v.trim().parse().unwrap_or_else(|_| bad("bad expect")));
         } else if let Some(v) = comment.strip_prefix("variant:") {
@@ -205,7 +231,8 @@ fn parse(name: &'static str, text: &'static str) -> Sample {
     Sample {
         name,
         kind: Kind::from_file_name(name),
-        era: era.unwrap_or_else(|| bad("no era")),
+        era: era.as_ref().and_then(|r| r.first()).unwrap_or_else(|| bad("no era")).0.clone(),
+        ranges: era.unwrap_or_default(),
         variant,
         source: source.join(" "),
         expect: expect.unwrap_or_else(|| bad("no expect")),
@@ -217,6 +244,11 @@ fn parse(name: &'static str, text: &'static str) -> Sample {
 }
 
 impl Sample {
+    /// The first version of each range of versions that send this shape.
+    pub fn first_versions(&self) -> impl Iterator<Item = &semver::Version> {
+        self.ranges.iter().map(|(from, _)| from)
+    }
+
     /// The request with `vars` filled in. Panics on a placeholder without a value (outside an
     /// `omitempty` member): a caller's mistake, not the server's.
     pub fn render(&self, vars: &Vars) -> Request {
@@ -428,9 +460,28 @@ mod tests {
         assert_eq!(for_agent(Kind::Enroll, "7.17.0").name, "enroll-8.6");
         assert_eq!(for_agent(Kind::Enroll, "8.14.1+build202406201002").name, "enroll-8.14-build");
         assert_eq!(for_agent(Kind::Enroll, "9.2.1").name, "enroll-9.0");
-        assert_eq!(for_agent(Kind::Checkin, "9.4.0").name, "checkin-9.4");
-        assert_eq!(for_agent(Kind::Checkin, "9.3.9").name, "checkin-9.0");
+        assert_eq!(for_agent(Kind::Enroll, "8.19.3").name, "enroll-9.0");
+        assert_eq!(for_agent(Kind::Enroll, "8.18.9").name, "enroll-8.17");
+        assert_eq!(for_agent(Kind::Checkin, "9.2.4").name, "checkin-9.0");
+        assert_eq!(for_agent(Kind::Checkin, "9.3.4").name, "checkin-9.3");
+        assert_eq!(for_agent(Kind::Checkin, "9.3.9").name, "checkin-9.3.5");
+        assert_eq!(for_agent(Kind::Checkin, "9.4.1").name, "checkin-9.4");
+        assert_eq!(for_agent(Kind::Checkin, "9.4.2").name, "checkin-9.4.2");
+        assert_eq!(for_agent(Kind::Checkin, "8.19.17").name, "checkin-9.3");
+        assert_eq!(for_agent(Kind::Checkin, "8.19.16").name, "checkin-8.12");
+        // Generated ack types, backported: 8.19.19, 9.3.8 and 9.4.4 have them, 9.0 to 9.3.7 not.
         assert_eq!(for_agent(Kind::Ack, "9.6.0-SNAPSHOT").name, "ack-9.5");
+        for (version, sample) in [
+            ("8.19.19", "ack-9.5"),
+            ("8.19.18", "ack-8.7"),
+            ("9.0.0", "ack-8.7"),
+            ("9.3.7", "ack-8.7"),
+            ("9.3.8", "ack-9.5"),
+            ("9.4.3", "ack-8.7"),
+            ("9.4.4", "ack-9.5"),
+        ] {
+            assert_eq!(for_agent(Kind::Ack, version).name, sample, "{version}");
+        }
         assert_eq!(variant(Kind::Enroll, "migrate").name, "enroll-9.2-migrate");
     }
 
@@ -444,6 +495,10 @@ mod tests {
 
         // No ack token, no details: both members are left out, commas and all.
         let checkin = for_agent(Kind::Checkin, "9.6.0").render(&agent_vars());
+        assert_eq!(
+            for_agent(Kind::Checkin, "9.3.0").render(&agent_vars()).header("content-encoding"),
+            None
+        );
         assert!(checkin.json.starts_with(r#"{"status":"online","local_metadata":"#));
         assert!(checkin.json.ends_with(r#"}]}],"upgrade":{}}"#), "{}", checkin.json);
         assert_eq!(checkin.header("content-encoding"), Some("gzip"));
