@@ -1,9 +1,10 @@
 //! Agent policies as Kibana exports them ("full agent policy", YAML or JSON), checked for what
-//! an agent needs before one travels in a bundle.
+//! an agent needs before one travels in a bundle, and made the site's when the appliance
+//! delivers one: the builder's warnings and the appliance's delivery share that rule.
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// Output types an agent can ship to: the four Fleet Server prepares for delivery
 /// (`internal/pkg/policy/policy_output.go` in elastic/fleet-server). Any other would reach the
@@ -137,13 +138,14 @@ impl Policy {
     }
 }
 
-/// A setting of the exporting site that a policy carries: the appliance drops or replaces it on
-/// delivery, or, written as a dotted key, would let it through. `ferry build` warns about each
-/// and goes on: the policy is still good, but the operator should know what the agents will not
-/// get, that a secret travels in the bundle, or that a setting escapes the appliance.
+/// A setting of the exporting site that a policy carries, which [`deliver_for_site`] removes on
+/// delivery. `ferry build` warns about each except the addresses (see
+/// [`Policy::carried_site_settings`]) and goes on: the policy is still good, but the operator
+/// should know what the agents will not get, or that a secret travels in the bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteSetting {
-    /// The field as written in the policy, dotted from its top (below any `item` wrapper).
+    /// The field as written in the policy, dotted from its top (below any `item` wrapper): a
+    /// dotted key is named whole, so `fleet.ssl.verification_mode` may be one key.
     pub field: String,
     pub carried: Carried,
 }
@@ -152,25 +154,30 @@ pub struct SiteSetting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Carried {
+    /// Where agents reach the exporting site: `fleet.hosts`, or the download source
+    /// `agent.download.sourceURI` / `source_uri`. Nearly every export carries them and the
+    /// appliance always puts its own in their place, so the builder does not warn about them.
+    Address,
     /// A key under `fleet` other than `hosts`: the appliance replaces `fleet` with its own.
     Fleet,
-    /// A download source, proxy or TLS setting under `agent.download`.
+    /// A download proxy or TLS setting under `agent.download`.
     Download,
     /// The service token of a `remote_elasticsearch` output, as text.
     ServiceToken { output: String },
     /// The service token of a `remote_elasticsearch` output as a reference into the exporting
     /// Fleet's secret store (`secrets.service_token.id`), which nothing at the site can read.
     ServiceTokenReference { output: String },
-    /// Any of the above written with a dotted key (`agent.download.proxy_url: ...` at the top):
-    /// the appliance strips these settings where Kibana writes them, one key per level, but the
-    /// agent reads a dotted key as the nested one, so this one would reach and steer agents.
-    Dotted,
 }
 
 impl fmt::Display for SiteSetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let field = &self.field;
         match &self.carried {
+            Carried::Address => write!(
+                f,
+                "`{field}` is an address of the exporting site; the appliance puts its own in its \
+                 place on delivery"
+            ),
             Carried::Fleet => write!(
                 f,
                 "the appliance replaces `fleet` with its own; `{field}` is dropped on delivery"
@@ -191,126 +198,211 @@ impl fmt::Display for SiteSetting {
                  site cannot read; the appliance delivers output `{output}` as `elasticsearch` \
                  without it"
             ),
-            Carried::Dotted => write!(
-                f,
-                "`{field}` is a setting of the exporting site written as a dotted key, which the \
-                 appliance does not strip but agents read as nested; write it one key per level \
-                 or remove it"
-            ),
         }
     }
 }
 
 impl Policy {
-    /// The settings of the exporting site this policy carries (see [`SiteSetting`]): `fleet`
-    /// beyond `hosts`, the download source, proxy and TLS under `agent.download`, and the
-    /// service tokens of `remote_elasticsearch` outputs. In that order, each group in the
-    /// policy's order. A field that is null or empty carries nothing and is not listed.
+    /// The settings of the exporting site this policy carries: what [`deliver_for_site`]
+    /// removes from it, less the [`Carried::Address`]es, in the same order. The same walk
+    /// does both, so the builder warns about exactly what the appliance strips.
     pub fn carried_site_settings(&self) -> Vec<SiteSetting> {
-        let Some(top) = self.document.as_object() else { return Vec::new() };
-        let mut found = Vec::new();
-        for key in below(top, &["fleet"], "") {
-            // The appliance replaces a `fleet` written as one key whole, dotted keys inside it
-            // included; a dotted `fleet.…` at the top survives, hosts and all.
-            let carried = match (key.prefix_nested, key.name) {
-                (true, "hosts") => continue,
-                (true, _) => Carried::Fleet,
-                (false, _) => Carried::Dotted,
-            };
-            if carries(key.value) {
-                found.push(SiteSetting { field: key.field, carried });
-            }
-        }
-        for key in below(top, &["agent", "download"], "") {
-            if DOWNLOAD_SETTINGS.contains(&key.name) && carries(key.value) {
-                let carried = if key.exact() { Carried::Download } else { Carried::Dotted };
-                found.push(SiteSetting { field: key.field, carried });
-            }
-        }
-        let Some(Value::Object(outputs)) = top.get("outputs") else { return found };
-        for (name, kind) in &self.outputs {
-            let Some(Value::Object(output)) = outputs.get(name) else { continue };
-            if kind != "remote_elasticsearch" {
-                continue;
-            }
-            // Fleet Server itself turns a remote_elasticsearch output into an elasticsearch one
-            // with a per-agent API key and without the token (policy_output.go); the token is
-            // for Fleet Server's own use against the remote cluster, never for agents.
-            let base = format!("outputs.{name}");
-            let tokens = below(output, &[], &base)
-                .into_iter()
-                .chain(below(output, &["secrets"], &base))
-                .filter(|key| key.name == "service_token" && carries(key.value));
-            for key in tokens {
-                // Kibana writes a stored secret as `secrets.service_token: {id: ...}`; a string
-                // at the token's own path is the token itself.
-                let carried = match (key.exact(), key.value.is_string()) {
-                    (false, _) => Carried::Dotted,
-                    (true, true) => Carried::ServiceToken { output: name.clone() },
-                    (true, false) => Carried::ServiceTokenReference { output: name.clone() },
-                };
-                found.push(SiteSetting { field: key.field, carried });
-            }
-        }
-        found
+        let mut copy = self.document.clone();
+        strip_exporting_site(&mut copy)
+            .into_iter()
+            .filter(|setting| setting.carried != Carried::Address)
+            .collect()
     }
 }
 
-/// A key found by [`below`].
-struct Below<'a> {
-    /// The field as written, dotted from the top.
-    field: String,
-    /// The key's name right below the prefix (the first part of a dotted key reaching further).
-    name: &'a str,
-    value: &'a Value,
-    /// Whether the prefix was written one key per level, so a reader of nested keys (the
-    /// appliance) finds the map holding this key.
-    prefix_nested: bool,
-    /// Whether the key itself is just `name`, not a dotted key reaching further down.
-    single: bool,
+/// The site a policy is delivered at, as its agents reach the appliance there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteConnection<'a> {
+    /// The appliance's base URL without a trailing slash: the agents' Fleet Server host, and
+    /// with `/downloads/` their download source.
+    pub public_base: &'a str,
+    /// The CA (PEM) agents verify downloads from the appliance with, when it is a private one.
+    pub download_ca: Option<&'a str>,
 }
 
-impl Below<'_> {
-    /// Whether a reader of nested keys finds this key under its logical path.
-    fn exact(&self) -> bool {
-        self.prefix_nested && self.single
+/// Makes a policy the site's: removes what belongs to the site that exported it and writes the
+/// site's own connection in its place. Returns what was removed, with the fields as written;
+/// a field that is null or empty carried nothing and is removed without being listed.
+///
+/// - `fleet` is replaced whole by `{hosts: [public_base]}`: a Kibana export carries the hosts,
+///   TLS and proxy of the exporting site's Fleet Server, which agents would otherwise try.
+/// - `agent.download` keeps its other settings (timeouts, retries), but its source becomes the
+///   appliance's mirror, `<public_base>/downloads/`, and its proxy and TLS settings go: agents
+///   reach the appliance directly. `source_uri` goes too, as it wins over `sourceURI`, and the
+///   downloader takes TLS only from `agent.download.ssl`, never from the CA an agent enrolled
+///   with (elastic-agent internal/pkg/agent/application/upgrade/artifact/config.go, `Reload`),
+///   so a private CA (`download_ca`) is written there for an upgrade to verify the mirror.
+/// - `remote_elasticsearch` outputs go out as `elasticsearch` without their `service_token` or
+///   `secrets.service_token`, as Fleet Server delivers them (fleet-server
+///   internal/pkg/policy/policy_output.go): the token is Fleet Server's, for the remote
+///   cluster, never the agents'. A `secrets` left empty goes as well.
+///
+/// The agent reads its policy with `ucfg.PathSep(".")` (elastic-agent
+/// internal/pkg/config/config.go), so a dotted key is the nested one: `agent.download.ssl: ...`
+/// at the top, `download.ssl` inside `agent` or `ssl.verification_mode` inside
+/// `agent.download` are all `agent.download.ssl`, and are all removed. A mapping left empty by
+/// the removals goes with them. A document that is not a mapping is left alone
+/// ([`Policy::parse`] refuses those).
+pub fn deliver_for_site(doc: &mut Value, site: &SiteConnection<'_>) -> Vec<SiteSetting> {
+    let removed = strip_exporting_site(doc);
+    let Some(top) = doc.as_object_mut() else { return removed };
+    top.insert("fleet".into(), json!({ "hosts": [site.public_base] }));
+    let download = mapping(mapping(top, "agent"), "download");
+    download.insert("sourceURI".into(), json!(format!("{}/downloads/", site.public_base)));
+    if let Some(pem) = site.download_ca {
+        download.insert("ssl".into(), json!({ "certificate_authorities": [pem] }));
     }
+    if let Some(Value::Object(outputs)) = top.get_mut("outputs") {
+        for output in outputs.values_mut().filter_map(Value::as_object_mut) {
+            if output.get("type").and_then(Value::as_str) == Some("remote_elasticsearch") {
+                output.insert("type".into(), json!("elasticsearch"));
+            }
+        }
+    }
+    removed
 }
 
-/// The keys right below the path `prefix` of `map`, with their fields dotted from `written`.
-/// Agents read a dotted key (`fleet.ssl: ...`) as the nested one, so a hand-edited policy that
-/// writes it so is looked at too; a dotted key reaching further down is listed under its first
-/// name below `prefix`.
-fn below<'a>(map: &'a Map<String, Value>, prefix: &[&str], written: &str) -> Vec<Below<'a>> {
+/// The removing half of [`deliver_for_site`]: every setting of the exporting site, listed
+/// `fleet` first, then `agent.download`, then the outputs' tokens, each in the document's order.
+fn strip_exporting_site(doc: &mut Value) -> Vec<SiteSetting> {
+    let Some(top) = doc.as_object_mut() else { return Vec::new() };
     let mut found = Vec::new();
-    walk(map, prefix, written, true, &mut found);
+    let fleet = [Setting { parent: vec!["fleet"], names: &[] }];
+    strip_group(top, &fleet, &mut found, |key| match key.name.as_str() {
+        "hosts" => Carried::Address,
+        _ => Carried::Fleet,
+    });
+    let download = [Setting { parent: vec!["agent", "download"], names: &DOWNLOAD_SETTINGS }];
+    strip_group(top, &download, &mut found, |key| match key.name.as_str() {
+        "sourceURI" | "source_uri" => Carried::Address,
+        _ => Carried::Download,
+    });
+    let remote: Vec<String> = match top.get("outputs") {
+        Some(Value::Object(outputs)) => outputs
+            .iter()
+            .filter(|(_, o)| o.get("type").and_then(Value::as_str) == Some("remote_elasticsearch"))
+            .map(|(name, _)| name.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for name in &remote {
+        // Output names are keys of `outputs`, and the agent splits a dotted one like any other.
+        let output: Vec<&str> = std::iter::once("outputs").chain(name.split('.')).collect();
+        let secrets = output.iter().copied().chain(["secrets"]).collect();
+        let tokens = [
+            Setting { parent: output, names: &["service_token"] },
+            Setting { parent: secrets, names: &["service_token"] },
+        ];
+        strip_group(top, &tokens, &mut found, |key| {
+            // Kibana writes a stored secret as `secrets.service_token: {id: ...}`; a string at
+            // the token's own path is the token itself.
+            let output = name.clone();
+            if key.whole && key.value.is_string() {
+                Carried::ServiceToken { output }
+            } else {
+                Carried::ServiceTokenReference { output }
+            }
+        });
+    }
     found
 }
 
-fn walk<'a>(
-    map: &'a Map<String, Value>,
-    prefix: &[&str],
-    written: &str,
-    nested: bool,
-    found: &mut Vec<Below<'a>>,
+/// The mapping at `key` of `map`, made one if it is missing or something else.
+fn mapping<'m>(map: &'m mut Map<String, Value>, key: &str) -> &'m mut Map<String, Value> {
+    let value = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    value.as_object_mut().expect("made a mapping")
+}
+
+/// Settings of the exporting site: the keys named `names` (any key when empty) of the mapping
+/// at the logical path `parent`, with everything below them.
+struct Setting<'a> {
+    parent: Vec<&'a str>,
+    names: &'a [&'a str],
+}
+
+impl Setting<'_> {
+    /// Whether a key at the logical path `path` is (or reaches into) this setting.
+    fn reached_by(&self, path: &[String]) -> bool {
+        let depth = self.parent.len();
+        path.len() > depth
+            && path[..depth] == self.parent[..]
+            && (self.names.is_empty() || self.names.contains(&path[depth].as_str()))
+    }
+
+    /// Whether a key at the logical path `path` may hold this setting further down.
+    fn held_below(&self, path: &[String]) -> bool {
+        path.len() <= self.parent.len() && path[..] == self.parent[..path.len()]
+    }
+}
+
+/// A key removed by [`strip`].
+struct Removed {
+    /// The field as written, dotted from the top.
+    field: String,
+    /// The setting's name below its parent.
+    name: String,
+    /// Whether the key ends at the setting rather than reaching into it (`ssl` rather than
+    /// `ssl.verification_mode`).
+    whole: bool,
+    value: Value,
+}
+
+/// Strips `settings` from the document's top mapping and lists those carrying a value in
+/// `found`, each of the kind `kind` says.
+fn strip_group(
+    top: &mut Map<String, Value>,
+    settings: &[Setting<'_>],
+    found: &mut Vec<SiteSetting>,
+    kind: impl Fn(&Removed) -> Carried,
 ) {
-    for (key, value) in map {
-        let segments: Vec<&str> = key.split('.').collect();
-        let shared = segments.len().min(prefix.len());
-        if segments[..shared] != prefix[..shared] {
-            continue;
-        }
+    let mut removed = Vec::new();
+    strip(top, &[], "", settings, &mut removed);
+    found.extend(
+        removed
+            .into_iter()
+            .filter(|key| carries(&key.value))
+            .map(|key| SiteSetting { carried: kind(&key), field: key.field }),
+    );
+}
+
+/// Removes from `map`, found at the logical path `at` and written as `written`, every key that
+/// is or reaches into one of `settings`, and looks into the mappings that may hold one further
+/// down. A key is read as the agent reads it: split at its dots.
+fn strip(
+    map: &mut Map<String, Value>,
+    at: &[String],
+    written: &str,
+    settings: &[Setting<'_>],
+    removed: &mut Vec<Removed>,
+) {
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        let path: Vec<String> =
+            at.iter().cloned().chain(key.split('.').map(str::to_owned)).collect();
         let field = if written.is_empty() { key.clone() } else { format!("{written}.{key}") };
-        if let Some(name) = segments.get(prefix.len()) {
-            found.push(Below {
+        if let Some(setting) = settings.iter().find(|s| s.reached_by(&path)) {
+            let depth = setting.parent.len();
+            removed.push(Removed {
                 field,
-                name,
-                value,
-                prefix_nested: nested && prefix.is_empty(),
-                single: segments.len() == 1,
+                name: path[depth].clone(),
+                whole: path.len() == depth + 1,
+                value: map.remove(&key).expect("a key of the map"),
             });
-        } else if let Value::Object(inner) = value {
-            walk(inner, &prefix[segments.len()..], &field, nested && segments.len() == 1, found);
+        } else if settings.iter().any(|s| s.held_below(&path)) {
+            let Some(Value::Object(inner)) = map.get_mut(&key) else { continue };
+            let before = removed.len();
+            strip(inner, &path, &field, settings, removed);
+            if inner.is_empty() && removed.len() > before {
+                map.remove(&key);
+            }
         }
     }
 }
@@ -459,15 +551,11 @@ inputs: []
             .map(|(f, _)| f.as_str())
             .collect();
         download.sort_unstable();
-        // proxy_headers is null and timeout is the agent's own, so neither is listed.
+        // proxy_headers is null and timeout is the agent's own, so neither is listed; nor is
+        // sourceURI, which every export carries and the appliance always replaces.
         assert_eq!(
             download,
-            [
-                "agent.download.proxy_disable",
-                "agent.download.proxy_url",
-                "agent.download.sourceURI",
-                "agent.download.ssl"
-            ]
+            ["agent.download.proxy_disable", "agent.download.proxy_url", "agent.download.ssl"]
         );
         let tokens: Vec<_> = found
             .iter()
@@ -487,7 +575,7 @@ inputs: []
         let mut sorted = groups.clone();
         sorted.sort_by_key(|g| ["fleet", "agent", "outputs"].iter().position(|x| x == g));
         assert_eq!(groups, sorted);
-        assert_eq!(found.len(), 10);
+        assert_eq!(found.len(), 9);
     }
 
     #[test]
@@ -515,7 +603,6 @@ inputs: []
             found,
             [
                 ("agent.download.proxy_headers".to_owned(), Carried::Download),
-                ("agent.download.source_uri".to_owned(), Carried::Download),
                 (
                     "outputs.remote-clear.secrets.service_token".to_owned(),
                     Carried::ServiceToken { output: "remote-clear".into() }
@@ -530,8 +617,8 @@ inputs: []
 
     #[test]
     fn dotted_keys_are_read_as_the_agent_reads_them() {
-        // At the top, dotted keys escape the appliance, which reads nested keys as Kibana
-        // writes them; the agent would read and use them.
+        // The agent reads a dotted key as the nested one, so each of these is a site setting,
+        // dropped like its nested spelling and warned about with the same text.
         let text = r#"
 id: p
 revision: 1
@@ -539,6 +626,7 @@ inputs: []
 fleet.hosts: ["https://fleet:8220"]
 fleet.ssl.verification_mode: none
 agent.download.proxy_url: http://proxy:3128
+agent.download.sourceURI: https://artifacts.elastic.co/downloads/
 agent:
   download.ssl: {verification_mode: none}
   logging.level: debug
@@ -552,15 +640,17 @@ outputs:
         assert_eq!(
             found,
             [
-                ("agent.download.proxy_url".to_owned(), Carried::Dotted),
-                ("agent.download.ssl".to_owned(), Carried::Dotted),
-                ("fleet.hosts".to_owned(), Carried::Dotted),
-                ("fleet.ssl.verification_mode".to_owned(), Carried::Dotted),
-                ("outputs.r.secrets.service_token.id".to_owned(), Carried::Dotted),
+                ("agent.download.proxy_url".to_owned(), Carried::Download),
+                ("agent.download.ssl".to_owned(), Carried::Download),
+                ("fleet.ssl.verification_mode".to_owned(), Carried::Fleet),
+                (
+                    "outputs.r.secrets.service_token.id".to_owned(),
+                    Carried::ServiceTokenReference { output: "r".into() }
+                ),
             ]
         );
-        // Inside a nested `fleet` a dotted key goes with the rest of `fleet`; inside
-        // `agent.download` it escapes, as the appliance removes the settings by their own name.
+        // Dotted keys inside the nested mappings, and `agent.download` and a token written as
+        // one dotted key each.
         let text = r#"
 id: p
 revision: 1
@@ -568,10 +658,12 @@ inputs: []
 fleet:
   hosts: ["https://fleet:8220"]
   ssl.verification_mode: none
+agent.download: {proxy_disable: true, timeout: 2h}
 agent:
   download:
     ssl.verification_mode: none
     proxy_url: http://proxy:3128
+outputs.r.service_token: in-clear
 outputs:
   r:
     type: remote_elasticsearch
@@ -583,22 +675,137 @@ outputs:
         assert_eq!(
             found,
             [
+                ("agent.download.proxy_disable".to_owned(), Carried::Download),
                 ("agent.download.proxy_url".to_owned(), Carried::Download),
-                ("agent.download.ssl.verification_mode".to_owned(), Carried::Dotted),
+                ("agent.download.ssl.verification_mode".to_owned(), Carried::Download),
                 ("fleet.ssl.verification_mode".to_owned(), Carried::Fleet),
                 (
                     "outputs.r.secrets.service_token".to_owned(),
                     Carried::ServiceTokenReference { output: "r".into() }
                 ),
+                (
+                    "outputs.r.service_token".to_owned(),
+                    Carried::ServiceToken { output: "r".into() }
+                ),
+            ]
+        );
+    }
+
+    const SITE: SiteConnection<'static> =
+        SiteConnection { public_base: "https://ferry.site:8220", download_ca: Some("PEM") };
+
+    #[test]
+    fn delivery_strips_every_spelling_and_writes_the_site_s_own() {
+        let mut doc = json!({
+            "id": "p", "revision": 1, "inputs": [],
+            "fleet": { "hosts": ["https://fleet.corp:8220"], "proxy_url": null },
+            "fleet.ssl.verification_mode": "none",
+            "agent.download": { "proxy_url": "http://proxy.corp:3128", "timeout": "2h" },
+            "agent.download.ssl.verification_mode": "none",
+            "agent": { "download.source_uri": "https://mirror.corp/", "logging.level": "debug",
+                       "download": { "sourceURI": "https://artifacts.elastic.co/downloads/",
+                                     "proxy_headers.X-Site": "corp" } },
+            "outputs": {
+                "r": { "type": "remote_elasticsearch", "hosts": ["https://es.hq:9200"],
+                       "secrets.service_token": { "id": "s1" }, "secrets": { "ssl": { "key": "k" } } },
+                "r.x": { "type": "remote_elasticsearch", "service_token": "dotted-name" },
+                "ls": { "type": "logstash", "hosts": ["ls:5044"], "service_token": "kept" }
+            },
+            "outputs.r.secrets": { "service_token": "in-clear" }
+        });
+        let removed = deliver_for_site(&mut doc, &SITE);
+        assert_eq!(
+            doc,
+            json!({
+                "id": "p", "revision": 1, "inputs": [],
+                "fleet": { "hosts": ["https://ferry.site:8220"] },
+                "agent.download": { "timeout": "2h" },
+                "agent": { "logging.level": "debug",
+                           "download": { "sourceURI": "https://ferry.site:8220/downloads/",
+                                         "ssl": { "certificate_authorities": ["PEM"] } } },
+                "outputs": {
+                    "r": { "type": "elasticsearch", "hosts": ["https://es.hq:9200"],
+                           "secrets": { "ssl": { "key": "k" } } },
+                    "r.x": { "type": "elasticsearch" },
+                    "ls": { "type": "logstash", "hosts": ["ls:5044"], "service_token": "kept" }
+                }
+            })
+        );
+        // Listed as written and in the document's order (serde_json's maps are sorted), the
+        // addresses included; the null `fleet.proxy_url` is not.
+        let listed: Vec<(&str, &Carried)> =
+            removed.iter().map(|s| (s.field.as_str(), &s.carried)).collect();
+        let reference = Carried::ServiceTokenReference { output: "r".into() };
+        assert_eq!(
+            listed,
+            [
+                ("fleet.hosts", &Carried::Address),
+                ("fleet.ssl.verification_mode", &Carried::Fleet),
+                ("agent.download.proxy_headers.X-Site", &Carried::Download),
+                ("agent.download.sourceURI", &Carried::Address),
+                ("agent.download.source_uri", &Carried::Address),
+                ("agent.download.proxy_url", &Carried::Download),
+                ("agent.download.ssl.verification_mode", &Carried::Download),
+                ("outputs.r.secrets.service_token", &reference),
+                ("outputs.r.secrets.service_token", &Carried::ServiceToken { output: "r".into() }),
+                ("outputs.r.x.service_token", &Carried::ServiceToken { output: "r.x".into() }),
             ]
         );
     }
 
     #[test]
+    fn the_builder_warns_about_what_delivery_removes_but_the_addresses() {
+        let text = r#"
+id: p
+revision: 1
+inputs: []
+fleet: {hosts: ["https://fleet:8220"], ssl: {verification_mode: none}}
+fleet.proxy_url: http://proxy:3128
+agent: {download: {source_uri: "https://mirror/", proxy_disable: true}}
+outputs: {r: {type: remote_elasticsearch, service_token: t}}
+"#;
+        let policy = Policy::parse(text.as_bytes(), "p").unwrap();
+        let delivered = deliver_for_site(&mut policy.document.clone(), &SITE);
+        let warned = policy.carried_site_settings();
+        assert_eq!(
+            warned,
+            delivered.into_iter().filter(|s| s.carried != Carried::Address).collect::<Vec<_>>()
+        );
+        assert_eq!(warned.len(), 4, "{warned:?}");
+        // Delivering a delivered policy again changes nothing: the appliance's own settings
+        // are replaced by themselves.
+        let mut once = policy.document.clone();
+        deliver_for_site(&mut once, &SITE);
+        let mut twice = once.clone();
+        deliver_for_site(&mut twice, &SITE);
+        assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn without_a_download_ca_delivery_sets_no_download_tls() {
+        let mut doc = json!({ "id": "p", "agent": "odd", "outputs": {} });
+        let removed = deliver_for_site(
+            &mut doc,
+            &SiteConnection { public_base: "https://ferry.site:8220", download_ca: None },
+        );
+        assert_eq!(removed, []);
+        assert_eq!(
+            doc,
+            json!({ "id": "p", "outputs": {}, "fleet": { "hosts": ["https://ferry.site:8220"] },
+                    "agent": { "download": { "sourceURI": "https://ferry.site:8220/downloads/" } } })
+        );
+        let mut not_a_policy = json!(["a"]);
+        assert_eq!(deliver_for_site(&mut not_a_policy, &SITE), []);
+        assert_eq!(not_a_policy, json!(["a"]));
+    }
+
+    #[test]
     fn a_policy_without_site_settings_lists_none() {
         assert_eq!(carried(GOOD), []);
+        // The addresses every export carries are not listed.
         let text = "id: p\nrevision: 1\ninputs: []\nfleet: {hosts: [https://f:8220]}\n\
-                    agent: {download: {timeout: 2h}, monitoring: {enabled: false}}\n\
+                    agent: {download: {timeout: 2h, sourceURI: https://a/, source_uri: https://b/}, \
+                    monitoring: {enabled: false}}\n\
                     outputs: {r: {type: remote_elasticsearch, hosts: [https://r:9200]}, \
                     k: {type: kafka, service_token: x}}\n";
         assert_eq!(carried(text), []);
@@ -633,10 +840,9 @@ outputs:
              `elasticsearch` without it"
         );
         assert_eq!(
-            says("agent.download.proxy_url", Carried::Dotted),
-            "`agent.download.proxy_url` is a setting of the exporting site written as a dotted \
-             key, which the appliance does not strip but agents read as nested; write it one key \
-             per level or remove it"
+            says("fleet.hosts", Carried::Address),
+            "`fleet.hosts` is an address of the exporting site; the appliance puts its own in its \
+             place on delivery"
         );
     }
 }

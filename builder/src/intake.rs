@@ -30,6 +30,7 @@ pub fn local_files(
                 let policy = Policy::parse(&read()?, &what)?;
                 // Settings of the exporting site are the appliance's to drop, not a reason to
                 // refuse the export; but the operator should hear what the agents won't get.
+                // These are what the appliance's delivery removes, found by the same code.
                 for setting in policy.carried_site_settings() {
                     tracing::warn!(file = %what, field = %setting.field, "{setting}");
                 }

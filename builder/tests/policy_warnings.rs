@@ -1,5 +1,6 @@
 //! `ferry build` with a Kibana policy export that carries settings of the exporting site: the
-//! build succeeds, and stderr names each setting the appliance drops or the bundle exposes.
+//! build succeeds, and stderr names each setting the appliance drops or the bundle exposes,
+//! however it is spelt, but not the addresses every export carries.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -8,7 +9,7 @@ mod support;
 use support::{assert_ok, fixture, stderr, stdout};
 
 /// A Kibana "download policy" of a site behind a proxy with its own CA, shipping to a remote
-/// cluster with a service token.
+/// cluster with a service token; hand-edited to turn TLS verification off with a dotted key.
 const CARRYING: &str = r#"id: site-a
 revision: 12
 name: Site A servers
@@ -26,11 +27,13 @@ fleet:
     certificate_authorities: ["/etc/site-a/ca.pem"]
 agent:
   download:
+    sourceURI: https://artifacts.elastic.co/downloads/
     proxy_url: http://proxy.site-a:3128
+agent.download.ssl.verification_mode: none
 inputs: []
 "#;
 
-/// The same site's policy with nothing of the site beyond its Fleet hosts.
+/// The same site's policy with nothing of the site beyond its Fleet hosts and download source.
 const CLEAN: &str = r#"id: site-a
 revision: 12
 outputs:
@@ -41,6 +44,7 @@ fleet:
   hosts: ["https://fleet.site-a:8220"]
 agent:
   download:
+    sourceURI: https://artifacts.elastic.co/downloads/
     timeout: 2h
 inputs: []
 "#;
@@ -105,6 +109,11 @@ fn site_settings_in_a_policy_are_warned_about_and_the_build_goes_on() {
              source and TLS itself",
         ),
         (
+            "agent.download.ssl.verification_mode",
+            "`agent.download.ssl.verification_mode` is dropped on delivery; the appliance sets \
+             the download source and TLS itself",
+        ),
+        (
             "outputs.remote.service_token",
             "`outputs.remote.service_token` is a service token and travels in the bundle in \
              clear; the appliance delivers output `remote` as `elasticsearch` without it",
@@ -119,7 +128,8 @@ fn site_settings_in_a_policy_are_warned_about_and_the_build_goes_on() {
         assert!(line.contains(says), "{line}");
         assert!(line.contains(&format!("file={file}")), "{line}");
     }
-    // Nothing else is warned about: not `fleet.hosts`, not the elasticsearch output.
+    // Nothing else is warned about: not `fleet.hosts` or `agent.download.sourceURI`, which
+    // the appliance replaces with its own, not the elasticsearch output.
     assert_eq!(err.lines().filter(|l| l.contains("WARN")).count(), expected.len(), "{err}");
 }
 

@@ -104,50 +104,14 @@ fn deliver(
     Ok(Some(Delivered { revision, created, json: doc.to_string() }))
 }
 
-/// What of a policy belongs to the site that serves it, not to the one that exported it.
-///
-/// - `fleet` is replaced whole: a Kibana export carries the hosts, TLS and proxy of the
-///   exporting site's Fleet Server, which agents would otherwise try.
-/// - `agent.download` keeps its other settings, but its source is this mirror and its proxy and
-///   TLS are this appliance's: the downloader takes TLS only from `agent.download.ssl`, never
-///   from the CA an agent enrolled with (elastic-agent
-///   internal/pkg/agent/application/upgrade/artifact/config.go, `Upgrader.Reload`), so a
-///   private CA (`download_ca`) must be here for an upgrade to verify the mirror.
-/// - `remote_elasticsearch` outputs go out as `elasticsearch` without their `service_token`,
-///   which the agent cannot use (fleet-server internal/pkg/policy/policy_output.go).
+/// What of a policy belongs to the site that serves it, not to the one that exported it: the
+/// Fleet Server host, the download source and its TLS are this appliance's, and
+/// `remote_elasticsearch` outputs lose their service token, in every spelling the agent reads.
+/// The rule is [`ferry_artifacts::policy::deliver_for_site`]'s, which the builder's warnings
+/// share: what it removes was warned about when the bundle was built.
 fn site_settings(doc: &mut Value, public_base: &str, download_ca: Option<&str>) {
-    let map = doc.as_object_mut().expect("a parsed policy is an object");
-    map.insert("fleet".into(), json!({ "hosts": [public_base] }));
-    let agent = map.entry("agent").or_insert_with(|| json!({}));
-    if let Some(agent) = agent.as_object_mut() {
-        let download = agent.entry("download").or_insert_with(|| json!({}));
-        if !download.is_object() {
-            *download = json!({});
-        }
-        let download = download.as_object_mut().expect("made an object");
-        for field in ["source_uri", "proxy_url", "proxy_headers", "proxy_disable", "ssl"] {
-            download.remove(field);
-        }
-        download.insert("sourceURI".into(), json!(format!("{public_base}/downloads/")));
-        if let Some(pem) = download_ca {
-            download.insert("ssl".into(), json!({ "certificate_authorities": [pem] }));
-        }
-    }
-    if let Some(outputs) = map.get_mut("outputs").and_then(Value::as_object_mut) {
-        for output in outputs.values_mut().filter_map(Value::as_object_mut) {
-            if output.get("type").and_then(Value::as_str) != Some("remote_elasticsearch") {
-                continue;
-            }
-            output.insert("type".into(), json!("elasticsearch"));
-            output.remove("service_token");
-            if let Some(secrets) = output.get_mut("secrets").and_then(Value::as_object_mut) {
-                secrets.remove("service_token");
-                if secrets.is_empty() {
-                    output.remove("secrets");
-                }
-            }
-        }
-    }
+    use ferry_artifacts::policy;
+    policy::deliver_for_site(doc, &policy::SiteConnection { public_base, download_ca });
 }
 
 #[derive(Deserialize)]
@@ -424,6 +388,39 @@ mod tests {
         assert_eq!(
             doc["agent"]["download"],
             json!({ "sourceURI": "https://ferry.site:8220/downloads/" })
+        );
+
+        // The agent reads dotted keys as nested ones (go-ucfg's PathSep), so none of these may
+        // reach it either: they would merge with the appliance's own settings.
+        let mut doc = json!({
+            "id": "p",
+            "fleet.hosts": ["https://fleet.corp:8220"],
+            "fleet.ssl": { "verification_mode": "none" },
+            "agent.download.proxy_url": "http://proxy.corp:3128",
+            "agent.download.source_uri": "https://mirror.corp/",
+            "agent.download": { "ssl.verification_mode": "none", "timeout": "2h" },
+            "agent": { "download.proxy_disable": true, "logging.level": "debug",
+                       "download": { "ssl.certificate_authorities": ["CORP"] } },
+            "outputs": {
+                "remote": { "type": "remote_elasticsearch", "hosts": ["https://es.hq:9200"],
+                            "secrets.service_token": { "id": "s1" } }
+            },
+            "outputs.remote.service_token": "AAEAAWVsYXN0aWM"
+        });
+        site_settings(&mut doc, "https://ferry.site:8220", Some("PEM"));
+        assert_eq!(
+            doc,
+            json!({
+                "id": "p",
+                "fleet": { "hosts": ["https://ferry.site:8220"] },
+                "agent.download": { "timeout": "2h" },
+                "agent": { "logging.level": "debug",
+                           "download": { "sourceURI": "https://ferry.site:8220/downloads/",
+                                         "ssl": { "certificate_authorities": ["PEM"] } } },
+                "outputs": {
+                    "remote": { "type": "elasticsearch", "hosts": ["https://es.hq:9200"] }
+                }
+            })
         );
     }
 }
