@@ -117,9 +117,11 @@ A real Elastic Agent on this machine would enroll with:
   sudo elastic-agent install --url=https://127.0.0.1:8220 --enrollment-token=$token \\
       --certificate-authorities=$ca
 
-Five simulated agents enroll, take the policy and park with:
+Five simulated agents (each request shaped as elastic-agent 9.1.2's Go code sends it) enroll
+with the same flags, take the policy and park with:
 
-  $bin/ferry-sim run --url https://127.0.0.1:8220 --ca $ca --token $token --agents 5
+  $bin/ferry-sim run --url=https://127.0.0.1:8220 --enrollment-token=$token \\
+      --certificate-authorities=$ca --agents 5
 
 Then, in another terminal:
 
@@ -129,8 +131,8 @@ EOF
 
 if $check; then
     step "check: five simulated agents enroll and receive policy revision 1"
-    last=$("$bin/ferry-sim" run --url https://127.0.0.1:8220 --ca "$ca" --token "$token" \
-        --agents 5 --report-ms 500 --duration 4 | tail -1)
+    last=$("$bin/ferry-sim" run --url=https://127.0.0.1:8220 --enrollment-token="$token" \
+        --certificate-authorities="$ca" --agents 5 --report-ms 500 --duration 4 | tail -1)
     echo "$last"
     echo "$last" | grep -q '"enrolled":5' && echo "$last" | grep -q '"revisions":{"1":5}' || {
         echo "demo check failed: $last" >&2

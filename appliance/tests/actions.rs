@@ -340,3 +340,42 @@ fn the_admin_api_wants_its_token_and_stays_on_loopback() {
     let err = support::stderr(&o);
     assert!(err.contains("admin_listen 0.0.0.0:0 is not a loopback address"), "{err}");
 }
+
+/// An Independent Agent Release carries build metadata in its version everywhere: the archive's
+/// name, the UPGRADE action, the new agent's User-Agent. The upgrade completes when the agent
+/// reports exactly that version.
+#[test]
+fn an_independent_release_with_build_metadata_is_upgraded_to() {
+    let f = Fixture::new();
+    let target = "8.14.1+build202406201002";
+    let (server, token) = site(&f, target);
+    let agent = Agent::enroll_as(&server, &token, "8.14.0");
+    let reply = agent.checkin_online();
+    let policy = reply.body["actions"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(agent.ack(&[&policy]).status, 200);
+
+    let action_id = act(&f, &["upgrade", "--version", target, &agent.id]);
+    let reply = agent.checkin_online();
+    assert_eq!(reply.body["actions"][0]["type"], "UPGRADE", "{reply:?}");
+    assert_eq!(reply.body["actions"][0]["data"]["version"], target);
+    // The names the agent builds keep the `+`; the PGP key is asked for by X.Y.Z.
+    let name = format!("elastic-agent-{target}-linux-x86_64.tar.gz");
+    for suffix in ["", ".sha512", ".asc"] {
+        let (status, _, _) =
+            server.get(&format!("/downloads/beats/elastic-agent/{name}{suffix}"), &[]);
+        assert_eq!(status, 200, "{name}{suffix}");
+    }
+    let (status, _, _) = server.get("/api/agents/upgrades/8.14.1/pgp-public-key", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(show(&f, &agent.id)["upgrade_state"], "UPG_REQUESTED");
+
+    // The new agent names its version with the build metadata; 8.14 sends no details.
+    agent.set_version(target);
+    assert_eq!(agent.ack(&[&action_id]).status, 200);
+    agent.checkin_online();
+    let shown = show(&f, &agent.id);
+    assert_eq!(
+        (shown["version"].as_str(), shown["upgrade_state"].as_str()),
+        (Some(target), Some("UPG_COMPLETED"))
+    );
+}
