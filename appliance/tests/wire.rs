@@ -193,27 +193,22 @@ fn null_where_fleet_server_refuses_it() {
     agent.checkin(json!({ "status": null, "message": "Running" })).assert_error(400, "BadRequest");
     let mut body: Value =
         serde_json::from_str(&support::agent::enroll_request(&token, "9.2.0", "h").json).unwrap();
+    let enroll = |body: &Value| {
+        let bytes = body.to_string().into_bytes();
+        support::agent::request(
+            &server,
+            "POST",
+            "/api/fleet/agents/enroll",
+            Some(&token),
+            &[],
+            &bytes,
+        )
+    };
     body["metadata"]["local"] = Value::Null;
-    let reply = support::agent::request(
-        &server,
-        "POST",
-        "/api/fleet/agents/enroll",
-        Some(&token),
-        &[],
-        body.to_string().as_bytes(),
-    );
-    reply.assert_error(400, "BadRequest");
+    enroll(&body).assert_error(400, "BadRequest");
     body["metadata"]["local"] = json!({});
     body["metadata"]["tags"] = json!("prod");
-    let reply = support::agent::request(
-        &server,
-        "POST",
-        "/api/fleet/agents/enroll",
-        Some(&token),
-        &[],
-        body.to_string().as_bytes(),
-    );
-    reply.assert_error(400, "BadRequest");
+    enroll(&body).assert_error(400, "BadRequest");
     let agents = f.run_json(&[&"agents", &"list", &"--json"]);
     assert_eq!(agents.as_array().unwrap().len(), 1, "only the first agent enrolled");
 }

@@ -91,7 +91,14 @@ fn deliver(
     // The bundle's own revision stays in the hashed content: a policy re-exported from Kibana
     // with a new revision is a change even if nothing else moved.
     doc["id"] = json!(policy_id);
-    site_settings(&mut doc, &api.public_base, api.download_ca.as_deref());
+    // What belongs to the site that serves the policy, not to the one that exported it (Fleet
+    // Server host, download source and TLS, remote output tokens) is this appliance's; the
+    // builder warned about what this removes.
+    let site = ferry_artifacts::policy::SiteConnection {
+        public_base: &api.public_base,
+        download_ca: api.download_ca.as_deref(),
+    };
+    ferry_artifacts::policy::deliver_for_site(&mut doc, &site);
     // serde_json's maps are sorted, so equal content gives equal text.
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.to_string().as_bytes()));
     let (revision, created) = api
@@ -102,16 +109,6 @@ fn deliver(
         .map_err(ApiError::Internal)?;
     doc["revision"] = json!(revision);
     Ok(Some(Delivered { revision, created, json: doc.to_string() }))
-}
-
-/// What of a policy belongs to the site that serves it, not to the one that exported it: the
-/// Fleet Server host, the download source and its TLS are this appliance's, and
-/// `remote_elasticsearch` outputs lose their service token, in every spelling the agent reads.
-/// The rule is [`ferry_artifacts::policy::deliver_for_site`]'s, which the builder's warnings
-/// share: what it removes was warned about when the bundle was built.
-fn site_settings(doc: &mut Value, public_base: &str, download_ca: Option<&str>) {
-    use ferry_artifacts::policy;
-    policy::deliver_for_site(doc, &policy::SiteConnection { public_base, download_ca });
 }
 
 #[derive(Deserialize)]
@@ -337,90 +334,4 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
         }
     }
     Ok(axum::Json(json!({ "action": "checkin", "ack_token": "" })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_exporting_site_s_connection_settings_do_not_leak_in() {
-        // As Kibana exports a policy of a site with its own Fleet Server, proxy and CA.
-        let mut doc = json!({
-            "id": "p", "revision": 4,
-            "fleet": { "hosts": ["https://fleet.corp:8220"], "ssl": { "certificate_authorities": ["CORP"] },
-                       "proxy_url": "http://proxy.corp:3128" },
-            "agent": { "download": { "sourceURI": "https://artifacts.elastic.co/downloads/",
-                                     "source_uri": "https://mirror.corp/", "proxy_url": "http://proxy.corp:3128",
-                                     "ssl": { "verification_mode": "none" }, "timeout": "2h" },
-                       "monitoring": { "enabled": true } },
-            "outputs": {
-                "default": { "type": "elasticsearch", "hosts": ["https://es.site:9200"] },
-                "remote": { "type": "remote_elasticsearch", "hosts": ["https://es.hq:9200"],
-                            "service_token": "AAEAAWVsYXN0aWM", "secrets": { "service_token": { "id": "s1" } } },
-                "ls": { "type": "logstash", "hosts": ["ls:5044"], "service_token": "kept" }
-            }
-        });
-        site_settings(
-            &mut doc,
-            "https://ferry.site:8220",
-            Some("-----BEGIN CERTIFICATE-----\nX\n"),
-        );
-        assert_eq!(doc["fleet"], json!({ "hosts": ["https://ferry.site:8220"] }));
-        assert_eq!(
-            doc["agent"]["download"],
-            json!({ "sourceURI": "https://ferry.site:8220/downloads/", "timeout": "2h",
-                    "ssl": { "certificate_authorities": ["-----BEGIN CERTIFICATE-----\nX\n"] } })
-        );
-        assert_eq!(doc["agent"]["monitoring"], json!({ "enabled": true }));
-        assert_eq!(
-            doc["outputs"]["remote"],
-            json!({ "type": "elasticsearch", "hosts": ["https://es.hq:9200"] })
-        );
-        assert_eq!(
-            doc["outputs"]["ls"]["service_token"], "kept",
-            "only remote outputs are changed"
-        );
-
-        // Without a download CA, no TLS settings at all: the hosts' trust store decides.
-        let mut doc = json!({ "id": "p", "agent": { "download": "odd" }, "outputs": {} });
-        site_settings(&mut doc, "https://ferry.site:8220", None);
-        assert_eq!(
-            doc["agent"]["download"],
-            json!({ "sourceURI": "https://ferry.site:8220/downloads/" })
-        );
-
-        // The agent reads dotted keys as nested ones (go-ucfg's PathSep), so none of these may
-        // reach it either: they would merge with the appliance's own settings.
-        let mut doc = json!({
-            "id": "p",
-            "fleet.hosts": ["https://fleet.corp:8220"],
-            "fleet.ssl": { "verification_mode": "none" },
-            "agent.download.proxy_url": "http://proxy.corp:3128",
-            "agent.download.source_uri": "https://mirror.corp/",
-            "agent.download": { "ssl.verification_mode": "none", "timeout": "2h" },
-            "agent": { "download.proxy_disable": true, "logging.level": "debug",
-                       "download": { "ssl.certificate_authorities": ["CORP"] } },
-            "outputs": {
-                "remote": { "type": "remote_elasticsearch", "hosts": ["https://es.hq:9200"],
-                            "secrets.service_token": { "id": "s1" } }
-            },
-            "outputs.remote.service_token": "AAEAAWVsYXN0aWM"
-        });
-        site_settings(&mut doc, "https://ferry.site:8220", Some("PEM"));
-        assert_eq!(
-            doc,
-            json!({
-                "id": "p",
-                "fleet": { "hosts": ["https://ferry.site:8220"] },
-                "agent.download": { "timeout": "2h" },
-                "agent": { "logging.level": "debug",
-                           "download": { "sourceURI": "https://ferry.site:8220/downloads/",
-                                         "ssl": { "certificate_authorities": ["PEM"] } } },
-                "outputs": {
-                    "remote": { "type": "elasticsearch", "hosts": ["https://es.hq:9200"] }
-                }
-            })
-        );
-    }
 }
