@@ -149,9 +149,28 @@ impl FromStr for Version {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
         // semver is strict: no `v`, no spaces, no leading zeros in numbers, no empty parts.
-        semver::Version::parse(s)
-            .map(Self)
-            .map_err(|e| IdError::Version { found: s.into(), reason: e.to_string() })
+        let v = semver::Version::parse(s)
+            .map_err(|e| IdError::Version { found: s.into(), reason: e.to_string() })?;
+        // Elastic's pre-releases are alphaN, betaN, rcN and SNAPSHOT (9.0.0-beta1-SNAPSHOT):
+        // anything else is no version of theirs, and accepting it would let a file name split
+        // in two ways (`elastic-agent-9.2.2-linux-arm64.deb` as the deb of "9.2.2-linux").
+        let elastic = |part: &str| {
+            part == "SNAPSHOT"
+                || (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+                || ["alpha", "beta", "rc"].iter().any(|p| {
+                    part.strip_prefix(p).is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+        };
+        if !v.pre.is_empty() && !v.pre.as_str().split(['.', '-']).all(elastic) {
+            return Err(IdError::Version {
+                found: s.into(),
+                reason: format!(
+                    "pre-release {:?} is not Elastic's (alphaN, betaN, rcN, SNAPSHOT)",
+                    v.pre.as_str()
+                ),
+            });
+        }
+        Ok(Self(v))
     }
 }
 
@@ -618,6 +637,11 @@ mod tests {
             "9.2.2-",
             "9.2.2+",
             "9.2.2-01",
+            // Pre-releases Elastic never makes.
+            "9.3.0-NOTSNAPSHOT",
+            "9.3.0-snapshot",
+            "9.3.0-a.-SNAPSHOT",
+            "9.3.0--SNAPSHOT",
             "9.2.2-beta_1",
             "9.2.x",
             "-9.2.2",
@@ -641,10 +665,6 @@ mod tests {
             ("9.3.0-SNAPSHOT+build1", true, "9.3.0+build1"),
             ("9.3.0", false, "9.3.0"),
             ("9.0.0-beta1", false, "9.0.0-beta1"),
-            ("9.3.0-NOTSNAPSHOT", false, "9.3.0-NOTSNAPSHOT"),
-            ("9.3.0-snapshot", false, "9.3.0-snapshot"),
-            ("9.3.0-a.-SNAPSHOT", false, "9.3.0-a.-SNAPSHOT"),
-            ("9.3.0--SNAPSHOT", false, "9.3.0--SNAPSHOT"),
             ("9.0.0-rc.1-SNAPSHOT", true, "9.0.0-rc.1"),
         ] {
             assert_eq!(v(version).snapshot(), snapshot, "{version}");
@@ -704,6 +724,9 @@ mod tests {
             "elastic-agent-9.2.2-linux-mips.tar.gz",
             "filebeat-9.2.2-linux-x86_64.tar.gz",
             "elastic-agent-9.2.2-amd64.rpm",
+            // No pre-release of Elastic's, so no second reading of the name.
+            "elastic-agent-9.2.2-linux-arm64.deb",
+            "elastic-agent-9.2.2-preview-linux-x86_64.tar.gz",
         ] {
             assert!(ArtifactId::from_file_name(bad).is_err(), "{bad}");
         }

@@ -311,7 +311,8 @@ fn fill(template: &str, vars: &Vars, file: &str) -> String {
         };
         out.push_str(&rest[..open]);
         let quoted = out.ends_with('"') && rest[close + 2..].starts_with('"');
-        let value = vars.get(name).filter(|v| !v.is_empty());
+        // Empty is absent only for an `omitempty` member, as Go drops only those.
+        let value = vars.get(name).filter(|v| !(optional && v.is_empty()));
         let mut after = close + 2;
         match value {
             Some(v) if quoted => out.push_str(&go_escape(v)),

@@ -159,9 +159,11 @@ pub fn agent_version(headers: &HeaderMap) -> Result<String, ApiError> {
         .map(|_| &ua[PREFIX.len()..])
         .ok_or_else(invalid)?;
     let rest = rest.strip_prefix(['v', 'V']).unwrap_or(rest).trim();
-    let version: ferry_artifacts::Version = rest.parse().map_err(|_| invalid())?;
+    // Any semver pre-release is taken (Fleet Server's go-version is as lenient), not only the
+    // ones Elastic names its artifacts with: an agent is never refused for its spelling.
+    let version = semver::Version::parse(rest).map_err(|_| invalid())?;
     // The minimum is a release line: every 7.13.x counts, its pre-releases too.
-    if (version.major(), version.minor()) < (MIN_AGENT.0.into(), MIN_AGENT.1.into()) {
+    if (version.major, version.minor) < (MIN_AGENT.0.into(), MIN_AGENT.1.into()) {
         return Err(ApiError::fleet(
             StatusCode::BAD_REQUEST,
             "UnsupportedVersion",
@@ -396,6 +398,7 @@ mod tests {
             // Independent agent releases: the stored version is the upgrade target's spelling.
             ("Elastic Agent v8.14.1+build202406201002", "8.14.1+build202406201002"),
             ("Elastic Agent v9.0.0-beta1", "9.0.0-beta1"),
+            ("Elastic Agent v9.9.0-preview.2", "9.9.0-preview.2"),
             // Never sent by Elastic's agents (snapshot is a separate flag), but kept as said;
             // upgrade completion reads it as 9.2.0.
             ("Elastic Agent v9.2.0-SNAPSHOT", "9.2.0-SNAPSHOT"),
