@@ -93,3 +93,43 @@ fn seeds_are_in_the_corpus() {
         assert!(committed == bytes, "{} differs from ferry_fuzz::seeds()", path.display());
     }
 }
+
+/// Every check-in and acks body of the `ferry-wire` corpus (what stock agents of each era
+/// send, uncompressed) through the harnesses: each must be accepted, not just survive.
+#[test]
+fn stock_agent_bodies() {
+    use ferry_wire::{Kind, Vars};
+    let vars = Vars::new()
+        .set("version", "9.2.0")
+        .set("hostname", "Web-01")
+        .set("hostname_lower", "web-01")
+        .set("agent_id", "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f")
+        .set("access_key", "a2V5OnNlY3JldA==")
+        .set("ack_token", "5a0e8d3c-1111-4222-8333-444455556666")
+        .set("action_id", "policy:p:3")
+        .set("action_type", "POLICY_CHANGE");
+    let mut replayed = 0;
+    for sample in ferry_wire::corpus() {
+        if ![Kind::Checkin, Kind::Ack].contains(&sample.kind) {
+            continue;
+        }
+        let json = sample.render(&vars).json;
+        match sample.kind {
+            Kind::Checkin => {
+                ferry_fuzz::checkin(json.as_bytes());
+                let headers = axum::http::HeaderMap::new();
+                let parsed = ferry_appliance::agent_api::fuzzing::checkin(&headers, json.into());
+                assert!(parsed.is_ok(), "{}: {parsed:?}", sample.name);
+            }
+            Kind::Ack => {
+                ferry_fuzz::ack(json.as_bytes());
+                let events = ferry_appliance::agent_api::fuzzing::acks(json.as_bytes());
+                let events = events.unwrap_or_else(|e| panic!("{}: {e:?}", sample.name));
+                assert_eq!(events[0].1, Some(("p".to_owned(), 3)), "{}", sample.name);
+            }
+            _ => unreachable!("filtered above"),
+        }
+        replayed += 1;
+    }
+    assert!(replayed >= 10, "only {replayed} bodies");
+}
