@@ -43,7 +43,8 @@ pub enum Command {
     Import(ImportArgs),
     /// List retained releases; the active one is marked.
     Releases(JsonArg),
-    /// Re-activate a retained earlier release (the rollback floor stays where it is).
+    /// Re-activate a retained earlier release once it verifies with the keys trusted now (the
+    /// rollback floor stays where it is).
     Rollback(RollbackArgs),
     /// Re-hash every blob of every retained release against its signed manifest.
     Fsck(JsonArg),
@@ -274,4 +275,7 @@ pub struct ImportArgs {
 pub struct RollbackArgs {
     /// The sequence to re-activate (default: the newest retained one below the active one).
     pub sequence: Option<u64>,
+    /// Machine output (JSON) on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_manifests::{TerminalBar, TrustedKeys};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::release::{DataDir, ImportOptions};
+use crate::state::ReleaseRecord;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::DefaultConfig = cli.command {
@@ -22,8 +23,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::DefaultConfig => unreachable!("handled above"),
         Command::Import(args) => import(&config, &keys, &args, cli.quiet),
-        Command::Releases(args) => releases(&config, args.json),
-        Command::Rollback(args) => rollback(&config, &args),
+        Command::Releases(args) => releases(&config, &keys, args.json),
+        Command::Rollback(args) => rollback(&config, &keys, &args),
         Command::Fsck(args) => fsck(&config, &keys, args.json),
         Command::Gc => {
             let mut data = DataDir::open(&config.data_dir)?;
@@ -66,13 +67,8 @@ fn import(
     let record = match record {
         Ok(record) => record,
         Err(error) => {
-            // Scripts get the verdict on stdout too; the message still goes to stderr.
             if args.json {
-                let check = crate::refusal_check(&error);
-                println!(
-                    "{}",
-                    json!({ "imported": false, "check": check, "error": format!("{error:#}") })
-                );
+                print_refusal("imported", &error);
             }
             return Err(error);
         }
@@ -88,44 +84,101 @@ fn import(
     Ok(ExitCode::SUCCESS)
 }
 
-fn releases(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+/// A refusal's verdict on stdout for scripts (`{"<done>": false, "check", "error"}`); the message
+/// still goes to stderr.
+fn print_refusal(done: &str, error: &anyhow::Error) {
+    let check = crate::refusal_check(error);
+    println!("{}", json!({ done: false, "check": check, "error": format!("{error:#}") }));
+}
+
+/// What a retained release is now: `active` (the active one, and it verifies), `retained` (it
+/// verifies: rollback may re-activate it), `untrusted` (signed by a key no longer in
+/// `trusted_keys`) or `damaged` (its stored manifest fails another check). Only the manifest
+/// is verified here; `fsck` and `rollback` re-hash the blobs too.
+fn release_state(data: &DataDir, keys: &TrustedKeys, r: &ReleaseRecord, active: bool) -> Value {
+    let (state, check, problem) = match data.load_release(&r.name, r.sequence, keys) {
+        Ok(_) => (if active { "active" } else { "retained" }, None, None),
+        Err(e) => {
+            let state = if e.is_untrusted() { "untrusted" } else { "damaged" };
+            (state, Some(e.check()), Some(e.error.to_string()))
+        }
+    };
+    json!({ "state": state, "check": check, "problem": problem })
+}
+
+fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<ExitCode> {
     let data = DataDir::open(&config.data_dir)?;
-    let active = data.active()?;
+    let active = data.active_release(keys)?;
     let releases = data.releases()?;
+    let list: Vec<Value> = releases
+        .iter()
+        .map(|r| {
+            let is_active = active.pointer() == Some((r.name.as_str(), r.sequence));
+            let mut v = serde_json::to_value(r).expect("serialisable");
+            v["active"] = json!(is_active);
+            let state = release_state(&data, keys, r, is_active);
+            for field in ["state", "check", "problem"] {
+                v[field] = state[field].clone();
+            }
+            v
+        })
+        .collect();
     if as_json {
-        let list: Vec<_> = releases
-            .iter()
-            .map(|r| {
-                let mut v = serde_json::to_value(r).expect("serialisable");
-                v["active"] = json!(active.as_ref() == Some(&(r.name.clone(), r.sequence)));
-                v
-            })
-            .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if releases.is_empty() {
-        println!("no release imported yet");
-        return Ok(ExitCode::SUCCESS);
+    if !releases.is_empty() {
+        let rows = releases.iter().zip(&list).map(|(r, v)| {
+            vec![
+                if v["active"] == true { "*" } else { " " }.to_owned(),
+                r.name.clone(),
+                r.sequence.to_string(),
+                r.created.clone(),
+                r.expires.clone(),
+                r.key_id.clone(),
+                r.payload_bytes.to_string(),
+                v["state"].as_str().unwrap_or_default().to_owned(),
+            ]
+        });
+        let headers = ["", "NAME", "SEQUENCE", "CREATED", "EXPIRES", "SIGNER", "SIZE", "STATE"];
+        print!("{}", ferry_manifests::terminal::table(&headers, rows));
     }
-    println!(
-        "{:1} {:20} {:>8}  {:20}  {:20}  {:16}  {:>12}",
-        "", "NAME", "SEQUENCE", "CREATED", "EXPIRES", "SIGNER", "BYTES"
-    );
-    for r in &releases {
-        let mark = if active.as_ref() == Some(&(r.name.clone(), r.sequence)) { "*" } else { " " };
-        println!(
-            "{mark:1} {:20} {:>8}  {:20}  {:20}  {:16}  {:>12}",
-            r.name, r.sequence, r.created, r.expires, r.key_id, r.payload_bytes
-        );
+    for (r, v) in releases.iter().zip(&list) {
+        if let (false, Some(problem)) = (v["active"] == true, v["problem"].as_str()) {
+            let fix = match v["state"].as_str() {
+                Some("untrusted") => "`ferry-appliance gc` removes it",
+                _ => "see `ferry-appliance fsck`",
+            };
+            println!(
+                "release {} {} cannot be rolled back to: {problem}; {fix}",
+                r.name, r.sequence
+            );
+        }
+    }
+    // Whatever the list holds, say when there is nothing to serve, in the words `serve`,
+    // `status` and the admin API use.
+    if let Some(trouble) = active.trouble() {
+        println!("{trouble}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn rollback(config: &Config, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+fn rollback(config: &Config, keys: &TrustedKeys, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
     let mut data = DataDir::open(&config.data_dir)?;
-    let (name, sequence) = data.rollback(args.sequence)?;
-    println!("active: {name} sequence {sequence}");
+    let (name, sequence) = match data.rollback(args.sequence, keys) {
+        Ok(done) => done,
+        Err(error) => {
+            if args.json {
+                print_refusal("activated", &error);
+            }
+            return Err(error);
+        }
+    };
+    if args.json {
+        println!("{}", json!({ "activated": true, "name": name, "sequence": sequence }));
+    } else {
+        println!("active: {name} sequence {sequence}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -34,11 +34,17 @@ pub fn crash_point(name: &str) {
 
 /// The name of the check that refused a bundle or the data, when `error` is such a refusal
 /// (the same names `ferry verify --json` reports, plus the import's own: replay, downgrade,
-/// sequence-reused, expired).
+/// sequence-reused, expired; and a retained release's: blob-missing, blob-unreadable).
 pub fn refusal_check(error: &anyhow::Error) -> Option<&'static str> {
     error.chain().find_map(|cause| {
         if let Some(refusal) = cause.downcast_ref::<release::ImportRefusal>() {
             return Some(refusal.check());
+        }
+        if let Some(refusal) = cause.downcast_ref::<release::RollbackRefusal>() {
+            return Some(refusal.check());
+        }
+        if let Some(stored) = cause.downcast_ref::<release::StoredManifestError>() {
+            return Some(stored.check());
         }
         cause
             .downcast_ref::<ferry_manifests::VerifyError>()

@@ -20,12 +20,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use ferry_artifacts::BlobStore;
+use ferry_artifacts::{BlobStore, StoreError};
 use ferry_manifests::{
-    EntrySink, FileEntry, Kind, Limits, Manifest, Progress, SignatureFile, SignedBundle,
-    StagingDir, TrustedKeys, VerifyError,
+    EntrySink, FileEntry, Kind, Limits, Manifest, Progress, SignedBundle, StagingDir, TrustedKeys,
+    VerifyError,
 };
 use time::OffsetDateTime;
 
@@ -102,13 +103,122 @@ impl Release {
     }
 }
 
-/// One file `fsck` found damaged.
+/// One file of a retained release that fails a check now: what `fsck` lists and `rollback`
+/// refuses for. `check` is the import's name for the same failure (`untrusted-key`,
+/// `manifest-signature`, `trusted-comment`, `sha256`, `size`…), or `blob-missing` and
+/// `blob-unreadable` for a blob the store no longer has or cannot read.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Damage {
     pub release: String,
     pub path: String,
+    pub check: &'static str,
     pub problem: String,
 }
+
+/// A retained release whose stored manifest does not verify now: its key was removed from
+/// `trusted_keys`, or its manifest or signature was altered, swapped or lost.
+#[derive(Debug, thiserror::Error)]
+#[error("release {name} {sequence}: {error}")]
+pub struct StoredManifestError {
+    pub name: String,
+    pub sequence: u64,
+    pub error: VerifyError,
+}
+
+impl StoredManifestError {
+    /// The import's name for the check that failed.
+    pub fn check(&self) -> &'static str {
+        self.error.check()
+    }
+
+    /// Whether the only fault is that the signing key is no longer trusted.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self.error, VerifyError::UntrustedKey { .. })
+    }
+}
+
+/// A rollback refused because the release it would activate fails a check now, as an import of
+/// its bundle would be refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "release {name} {sequence} may not become active again: {}: {}{}",
+    .damage[0].path,
+    .damage[0].problem,
+    more(.damage.len())
+)]
+pub struct RollbackRefusal {
+    pub name: String,
+    pub sequence: u64,
+    /// Never empty.
+    pub damage: Vec<Damage>,
+}
+
+fn more(damaged: usize) -> String {
+    match damaged {
+        1 => String::new(),
+        n => format!(" (and {} more damaged files: see `ferry-appliance fsck`)", n - 1),
+    }
+}
+
+impl RollbackRefusal {
+    /// The first failed check's name, for machine output.
+    pub fn check(&self) -> &'static str {
+        self.damage[0].check
+    }
+}
+
+/// What the active pointer names, and whether it can be served: the one answer `serve`,
+/// `releases`, `status` and the admin API give, in one wording ([`Active::trouble`]).
+#[derive(Debug, Clone)]
+pub enum Active {
+    /// No release was ever activated.
+    None,
+    /// The active release, its stored manifest verified with the keys trusted now.
+    Ready(Arc<Release>),
+    /// The active pointer names a release whose stored manifest does not verify now.
+    Unusable { name: String, sequence: u64, check: &'static str, problem: String },
+}
+
+impl Active {
+    /// Loads what `pointer` (the `active` row) names from the data directory at `root`,
+    /// re-verifying its stored manifest with `keys`.
+    pub fn load(root: &Path, pointer: Option<(String, u64)>, keys: &TrustedKeys) -> Self {
+        let Some((name, sequence)) = pointer else { return Active::None };
+        match load_release_at(root, &name, sequence, keys) {
+            Ok(release) => Active::Ready(Arc::new(release)),
+            Err(e) => {
+                Active::Unusable { name, sequence, check: e.check(), problem: e.error.to_string() }
+            }
+        }
+    }
+
+    /// The active pointer's release, whether or not it can be served.
+    pub fn pointer(&self) -> Option<(&str, u64)> {
+        match self {
+            Active::None => None,
+            Active::Ready(r) => Some((&r.name, r.sequence)),
+            Active::Unusable { name, sequence, .. } => Some((name, *sequence)),
+        }
+    }
+
+    /// Why there is nothing to serve, naming the fix; `None` when the active release is ready.
+    pub fn trouble(&self) -> Option<String> {
+        match self {
+            Active::Ready(_) => None,
+            Active::None => {
+                Some(format!("no release is active: import a bundle with `{IMPORT_FIX}`"))
+            }
+            Active::Unusable { name, sequence, problem, .. } => Some(format!(
+                "the active release {name} {sequence} cannot be served: {problem}; import a newer \
+                 bundle with `{IMPORT_FIX}`, or roll back to a release that verifies (see \
+                 `ferry-appliance releases`)"
+            )),
+        }
+    }
+}
+
+/// The command that gives an appliance something to serve.
+pub const IMPORT_FIX: &str = "ferry-appliance import FILE";
 
 pub struct DataDir {
     root: PathBuf,
@@ -192,16 +302,13 @@ impl DataDir {
         name: &str,
         sequence: u64,
         keys: &TrustedKeys,
-    ) -> anyhow::Result<Release> {
+    ) -> Result<Release, StoredManifestError> {
         load_release_at(&self.root, name, sequence, keys)
     }
 
-    /// The active release, if any.
-    pub fn active_release(&self, keys: &TrustedKeys) -> anyhow::Result<Option<Release>> {
-        match self.state.active()? {
-            Some((name, sequence)) => self.load_release(&name, sequence, keys).map(Some),
-            None => Ok(None),
-        }
+    /// The active release, and whether it can be served with `keys`.
+    pub fn active_release(&self, keys: &TrustedKeys) -> anyhow::Result<Active> {
+        Ok(Active::load(&self.root, self.state.active()?, keys))
     }
 
     /// Verifies and activates a bundle. See the module documentation for the order.
@@ -346,8 +453,15 @@ impl DataDir {
     }
 
     /// Re-activates a retained release: `sequence`, or the newest retained one below the
-    /// active release of the same name. The floor is not lowered.
-    pub fn rollback(&mut self, sequence: Option<u64>) -> anyhow::Result<(String, u64)> {
+    /// active release of the same name, once it verifies as [`DataDir::check_release`] checks
+    /// it with the keys trusted now (a key removed from `trusted_keys` since its import, an
+    /// altered file: [`RollbackRefusal`], and the active release stays). The floor is not
+    /// lowered.
+    pub fn rollback(
+        &mut self,
+        sequence: Option<u64>,
+        keys: &TrustedKeys,
+    ) -> anyhow::Result<(String, u64)> {
         let (name, current) = self.state.active()?.context("no release is active")?;
         let retained: Vec<u64> = self
             .state
@@ -368,9 +482,60 @@ impl DataDir {
                 format!("no retained release of {name} is older than {current}")
             })?,
         };
+        let (_, damage) = self.check_release(&name, target, keys);
+        if !damage.is_empty() {
+            let refusal = RollbackRefusal { name: name.clone(), sequence: target, damage };
+            tracing::warn!(bundle = %name, from = current, to = target, check = refusal.check(), "refused: {refusal}");
+            return Err(refusal.into());
+        }
         self.state.activate(&name, target)?;
         tracing::warn!(bundle = %name, from = current, to = target, "rolled back");
         Ok((name, target))
+    }
+
+    /// Re-verifies a retained release with the keys trusted now, as its import did: the stored
+    /// manifest and its signature, then every blob's SHA-256 and size against its entry.
+    /// Returns the number of blobs checked and what is damaged (nothing: it may be activated).
+    pub fn check_release(
+        &self,
+        name: &str,
+        sequence: u64,
+        keys: &TrustedKeys,
+    ) -> (usize, Vec<Damage>) {
+        let damaged = |path: String, check, problem| Damage {
+            release: format!("{name} {sequence}"),
+            path,
+            check,
+            problem,
+        };
+        let release = match self.load_release(name, sequence, keys) {
+            Ok(release) => release,
+            Err(e) => {
+                return (0, vec![damaged("manifest.json".into(), e.check(), e.error.to_string())]);
+            }
+        };
+        let damage = release
+            .manifest
+            .files
+            .iter()
+            .filter_map(|file| {
+                let (check, problem) = match self.blobs.verify(&file.sha256) {
+                    Ok(size) if size == file.size => return None,
+                    Ok(size) => {
+                        ("size", format!("size is {size}, the manifest declares {}", file.size))
+                    }
+                    Err(e @ StoreError::Digest { .. }) => ("sha256", e.to_string()),
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        ("blob-missing", format!("its blob {} is gone", file.sha256.to_hex()))
+                    }
+                    Err(e) => ("blob-unreadable", e.to_string()),
+                };
+                Some(damaged(file.path.to_string(), check, problem))
+            })
+            .collect();
+        (release.manifest.files.len(), damage)
     }
 
     /// Re-hashes every blob of every retained release against its signed manifest.
@@ -378,46 +543,29 @@ impl DataDir {
         let mut damage = Vec::new();
         let mut checked = 0;
         for r in self.state.releases()? {
-            let release_name = format!("{} {}", r.name, r.sequence);
-            let release = match self.load_release(&r.name, r.sequence, keys) {
-                Ok(release) => release,
-                Err(e) => {
-                    damage.push(Damage {
-                        release: release_name,
-                        path: "manifest.json".into(),
-                        problem: format!("{e:#}"),
-                    });
-                    continue;
-                }
-            };
-            for file in &release.manifest.files {
-                checked += 1;
-                let problem = match self.blobs.verify(&file.sha256) {
-                    Ok(size) if size == file.size => continue,
-                    Ok(size) => format!("size is {size}, the manifest declares {}", file.size),
-                    Err(e) => e.to_string(),
-                };
-                damage.push(Damage {
-                    release: release_name.clone(),
-                    path: file.path.to_string(),
-                    problem,
-                });
-            }
+            let (files, found) = self.check_release(&r.name, r.sequence, keys);
+            checked += files;
+            damage.extend(found);
         }
         Ok((checked, damage))
     }
 
-    /// Keeps the active release and the `retain` most recently imported ones; removes the other
-    /// releases and every blob no kept release needs. Returns (releases removed, blobs removed).
+    /// Keeps the active release and the `retain` most recently imported ones whose signing key
+    /// is still trusted; removes the other releases and every blob no kept release needs. A
+    /// release whose key is no longer trusted is removed whatever its age: it can never be
+    /// activated again (rollback and import refuse it). Returns (releases removed, blobs
+    /// removed).
     pub fn gc(&mut self, retain: usize, keys: &TrustedKeys) -> anyhow::Result<(usize, usize)> {
         let active = self.state.active()?;
         let mut releases = self.state.releases()?;
         releases.reverse(); // newest first
         let mut kept = Vec::new();
         let mut removed = 0;
-        for (i, r) in releases.iter().enumerate() {
+        for r in &releases {
             let is_active = active.as_ref() == Some(&(r.name.clone(), r.sequence));
-            if is_active || i < retain.max(1) {
+            let untrusted =
+                || self.load_release(&r.name, r.sequence, keys).is_err_and(|e| e.is_untrusted());
+            if is_active || (kept.len() < retain.max(1) && !untrusted()) {
                 kept.push(r.clone());
             } else {
                 self.state.forget(&r.name, r.sequence)?;
@@ -443,32 +591,36 @@ impl DataDir {
     }
 }
 
-/// Loads a retained release from the data directory at `root`, re-verifying the stored
-/// manifest's signature with `keys`. Does not touch anything else in the directory.
+/// Loads a retained release from the data directory at `root`, re-verifying its stored
+/// manifest with `keys` by the import's own checks ([`ferry_manifests::verify_stored_manifest`])
+/// and that it is the manifest of this release. Does not touch anything else in the directory.
 pub fn load_release_at(
     root: &Path,
     name: &str,
     sequence: u64,
     keys: &TrustedKeys,
-) -> anyhow::Result<Release> {
+) -> Result<Release, StoredManifestError> {
+    let refused = |error| StoredManifestError { name: name.to_owned(), sequence, error };
     let dir = root.join("releases").join(release_dir_name(name, sequence));
-    let bytes = fs::read(dir.join("manifest.json"))
-        .with_context(|| format!("release {name} {sequence}: cannot read its manifest"))?;
-    let sig_text = fs::read_to_string(dir.join("manifest.json.minisig")).with_context(|| {
-        format!("release {name} {sequence}: cannot read its manifest signature")
-    })?;
-    let sig = SignatureFile::parse(&sig_text)
-        .map_err(|e| anyhow::anyhow!("release {name} {sequence}: {e}"))?;
-    let key = keys.get(sig.key_id()).with_context(|| {
-        format!(
-            "release {name} {sequence} is signed by key {}, which is no longer trusted",
-            sig.key_id()
-        )
-    })?;
-    sig.verify(key, &bytes).map_err(|e| {
-        anyhow::anyhow!("release {name} {sequence}: stored manifest signature: {e}")
-    })?;
-    let manifest = Manifest::parse(&bytes, &Limits::default())?;
+    let read = |file: &str| {
+        let path = dir.join(file);
+        fs::read(&path).map_err(|source| refused(VerifyError::Io { path, source }))
+    };
+    let bytes = read("manifest.json")?;
+    let signature = String::from_utf8_lossy(&read("manifest.json.minisig")?).into_owned();
+    let (manifest, _) =
+        ferry_manifests::verify_stored_manifest(&bytes, &signature, keys, &Limits::default())
+            .map_err(refused)?;
+    // A validly signed manifest of another release (copied over this one's) is not this one.
+    if manifest.name.as_str() != name || manifest.sequence != sequence {
+        return Err(refused(VerifyError::TrustedComment {
+            signature: "manifest",
+            reason: format!(
+                "it names {} {}, but it is kept as release {name} {sequence}",
+                manifest.name, manifest.sequence
+            ),
+        }));
+    }
     let files = manifest.files.iter().map(|f| (f.path.to_string(), f.clone())).collect();
     Ok(Release { name: name.into(), sequence, manifest, files })
 }

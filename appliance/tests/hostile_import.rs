@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ferry_manifests::forge::{self, Piece, declared, head, head_raw, tar_bytes};
 use ferry_manifests::tar::{self, RawHeader};
 use ferry_manifests::{BundleComment, Manifest, ManifestComment, Sha256Digest};
-use support::{Fixture, VERSIONS, assert_ok, stderr};
+use support::{Fixture, VERSIONS, assert_ok, snapshot, stderr};
 use time::OffsetDateTime;
 
 /// The sequence forged bundles carry: above the active release's, so only their flaw stops them.
@@ -102,32 +101,6 @@ fn lying(path: &str, mode: u32, size: u64, body: &[u8]) -> Piece {
     raw.extend_from_slice(body);
     raw.resize(raw.len() + tar::padding(body.len() as u64), 0);
     Piece::Raw(raw)
-}
-
-/// Every file under `dir` but staging's, with its content's digest.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(root: &Path, path: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        for entry in std::fs::read_dir(path).unwrap() {
-            let entry = entry.unwrap();
-            let rel = entry.path().strip_prefix(root).unwrap().to_owned();
-            if entry.file_type().unwrap().is_dir() {
-                if rel != Path::new("staging") {
-                    walk(root, &entry.path(), out);
-                }
-                continue;
-            }
-            // SQLite's side files come and go with each open; the database itself must not change.
-            let name = rel.to_string_lossy();
-            if name.ends_with("-wal") || name.ends_with("-shm") {
-                continue;
-            }
-            let digest = Sha256Digest::of(&std::fs::read(entry.path()).unwrap()).to_hex();
-            out.insert(rel, digest);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 #[allow(clippy::too_many_lines)] // one list, read top to bottom

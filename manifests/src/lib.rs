@@ -36,7 +36,7 @@ pub use progress::{NoProgress, Progress};
 pub use read::{
     Discard, EntrySink, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
     VerifiedBundle, VerifyError, check_expiry, default_signature_path, read_unverified,
-    signature_key_id,
+    signature_key_id, verify_stored_manifest,
 };
 pub use sign::{
     BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PrehashWriter, Prehasher,

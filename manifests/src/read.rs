@@ -326,33 +326,20 @@ impl SignedBundle {
                 manifest: sig.key_id(),
             });
         }
-        sig.verify(&self.key, &head.manifest_bytes)
-            .map_err(|reason| VerifyError::BadManifestSignature { reason })?;
-        let manifest = Manifest::parse(&head.manifest_bytes, &self.limits)?;
-        let inner = sig
-            .trusted_comment()
-            .parse::<ManifestComment>()
-            .map_err(|reason| VerifyError::TrustedComment { signature: "manifest", reason })?;
-        let expect = |signature, field: &str, claimed: String, actual: String| {
-            if claimed == actual {
-                Ok(())
-            } else {
-                Err(VerifyError::TrustedComment {
-                    signature,
-                    reason: format!("{field} is {claimed}, the manifest says {actual}"),
-                })
-            }
-        };
-        expect("manifest", "name", inner.name.to_string(), manifest.name.to_string())?;
-        expect("manifest", "sequence", inner.sequence.to_string(), manifest.sequence.to_string())?;
+        let manifest = check_signed_manifest(&head.manifest_bytes, &sig, &self.key, &self.limits)?;
         let outer = &self.comment;
-        expect("detached", "name", outer.name.to_string(), manifest.name.to_string())?;
-        expect("detached", "sequence", outer.sequence.to_string(), manifest.sequence.to_string())?;
+        expect("detached", "name", &outer.name.to_string(), &manifest.name.to_string())?;
+        expect(
+            "detached",
+            "sequence",
+            &outer.sequence.to_string(),
+            &manifest.sequence.to_string(),
+        )?;
         expect(
             "detached",
             "manifest-sha256",
-            outer.manifest_sha256.to_hex(),
-            Sha256Digest::of(&head.manifest_bytes).to_hex(),
+            &outer.manifest_sha256.to_hex(),
+            &Sha256Digest::of(&head.manifest_bytes).to_hex(),
         )?;
         Ok(ManifestStage {
             manifest,
@@ -362,6 +349,60 @@ impl SignedBundle {
             stream: head.stream,
         })
     }
+}
+
+/// Checks a trusted comment's claim against what the manifest says.
+fn expect(
+    signature: &'static str,
+    field: &str,
+    claimed: &str,
+    actual: &str,
+) -> Result<(), VerifyError> {
+    if claimed == actual {
+        Ok(())
+    } else {
+        Err(VerifyError::TrustedComment {
+            signature,
+            reason: format!("{field} is {claimed}, the manifest says {actual}"),
+        })
+    }
+}
+
+/// The manifest's own checks, inside a bundle (step 2a) or kept apart from it: its signature by
+/// `key`, the format's rules, and the signature's trusted comment naming the manifest's bundle
+/// and sequence.
+fn check_signed_manifest(
+    bytes: &[u8],
+    sig: &SignatureFile,
+    key: &PublicKey,
+    limits: &Limits,
+) -> Result<Manifest, VerifyError> {
+    sig.verify(key, bytes).map_err(|reason| VerifyError::BadManifestSignature { reason })?;
+    let manifest = Manifest::parse(bytes, limits)?;
+    let inner = sig
+        .trusted_comment()
+        .parse::<ManifestComment>()
+        .map_err(|reason| VerifyError::TrustedComment { signature: "manifest", reason })?;
+    expect("manifest", "name", &inner.name.to_string(), &manifest.name.to_string())?;
+    expect("manifest", "sequence", &inner.sequence.to_string(), &manifest.sequence.to_string())?;
+    Ok(manifest)
+}
+
+/// Verifies a signed manifest kept apart from its bundle (the appliance keeps one per release)
+/// with the keys trusted now, by the checks step 2a makes inside a bundle: a trusted signer, the
+/// signature, the format's rules and the trusted comment. Returns the manifest and its signer.
+pub fn verify_stored_manifest(
+    manifest_bytes: &[u8],
+    signature_text: &str,
+    keys: &TrustedKeys,
+    limits: &Limits,
+) -> Result<(Manifest, KeyId), VerifyError> {
+    let sig = SignatureFile::parse(signature_text).map_err(|reason| {
+        VerifyError::SignatureMalformed { what: MANIFEST_SIGNATURE_ENTRY.into(), reason }
+    })?;
+    let key = trusted_key(keys, sig.key_id())?;
+    let manifest = check_signed_manifest(manifest_bytes, &sig, &key, limits)?;
+    Ok((manifest, key.key_id()))
 }
 
 /// A verified manifest whose payload has not been read yet.

@@ -89,6 +89,23 @@ impl Fixture {
         self.dir.path().join(p)
     }
 
+    /// Makes `keys` (public key files in the fixture's folder) the only trusted keys.
+    pub fn trust(&self, keys: &[&str]) {
+        let config = std::fs::read_to_string(self.path("appliance.toml")).unwrap();
+        let line = config.lines().find(|l| l.starts_with("trusted_keys = ")).unwrap();
+        let list: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        let config = config.replace(line, &format!("trusted_keys = [{}]", list.join(", ")));
+        std::fs::write(self.path("appliance.toml"), config).unwrap();
+    }
+
+    /// A second signing key, its public key written to `FILE` in the fixture's folder (not yet
+    /// trusted: see [`Fixture::trust`]).
+    pub fn other_key(&self, file: &str) -> SigningKey {
+        let generated = ferry_manifests::generate_key(None).unwrap();
+        std::fs::write(self.path(file), &generated.public_key_file).unwrap();
+        SigningKey::from_text(&generated.secret_key_file, file, None).unwrap()
+    }
+
     pub fn write_config(&self, extra: &str) {
         let config = format!(
             "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n\
@@ -202,6 +219,33 @@ impl Fixture {
             list.iter().find(|r| r["active"] == true).map(|r| r["sequence"].as_u64().unwrap());
         (active, list.iter().map(|r| r["sequence"].as_u64().unwrap()).collect())
     }
+}
+
+/// Every file under `dir` but staging's, with its content's digest: what a refusal must leave
+/// as it was.
+pub fn snapshot(dir: &std::path::Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &std::path::Path, path: &std::path::Path, out: &mut BTreeMap<PathBuf, String>) {
+        for entry in std::fs::read_dir(path).unwrap() {
+            let entry = entry.unwrap();
+            let rel = entry.path().strip_prefix(root).unwrap().to_owned();
+            if entry.file_type().unwrap().is_dir() {
+                if rel != std::path::Path::new("staging") {
+                    walk(root, &entry.path(), out);
+                }
+                continue;
+            }
+            // SQLite's side files come and go with each open; the database itself must not change.
+            let name = rel.to_string_lossy();
+            if name.ends_with("-wal") || name.ends_with("-shm") {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap();
+            out.insert(rel, ferry_manifests::Sha256Digest::of(&bytes).to_hex());
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
 }
 
 /// An HTTPS client that trusts only the certificates in `pem` (none: it trusts nothing).
