@@ -123,7 +123,6 @@ fn variants(f: &Fixture, server: &Server, token: &str) -> Vec<&'static str> {
         .set("version", "9.2.0")
         .set("enrollment_token", token)
         .set("hostname", "Db-02")
-        .set("hostname_lower", "db-02")
         .set("agent_id", "5b7e0c9e-8f2d-4c1b-a3e5-0d9c8b7a6f54")
         .set("replace_token", "kept from the old cluster");
     let first = send_wire(server, &migrate.render(&vars));

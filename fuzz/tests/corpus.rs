@@ -102,7 +102,6 @@ fn stock_agent_bodies() {
     let vars = Vars::new()
         .set("version", "9.2.0")
         .set("hostname", "Web-01")
-        .set("hostname_lower", "web-01")
         .set("agent_id", "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f")
         .set("access_key", "a2V5OnNlY3JldA==")
         .set("ack_token", "5a0e8d3c-1111-4222-8333-444455556666")

@@ -252,14 +252,60 @@ impl Sample {
     /// The request with `vars` filled in. Panics on a placeholder without a value (outside an
     /// `omitempty` member): a caller's mistake, not the server's.
     pub fn render(&self, vars: &Vars) -> Request {
+        let vars = &derived(vars);
         let json = fill(self.body, vars, self.name);
-        let headers: Vec<(&'static str, String)> =
-            self.headers.iter().map(|(k, v)| (*k, fill(v, vars, self.name))).collect();
+        // A header whose optional value is absent is not sent at all.
+        let headers: Vec<(&'static str, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v, fill(v, vars, self.name)))
+            .filter(|(_, template, value)| !(value.is_empty() && template.contains("{{?")))
+            .map(|(k, _, value)| (k, value))
+            .collect();
         let gzip =
             headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-encoding") && v == "gzip");
         let body = if gzip { gzip_bytes(json.as_bytes()) } else { json.clone().into_bytes() };
         Request { method: self.method, path: fill(self.path, vars, self.name), headers, body, json }
     }
+}
+
+/// `vars` with what follows from the agent's `version` added, unless the caller set it:
+/// - `api_version`, the `Elastic-Api-Version` header, sent from 8.10.3
+///   (internal/pkg/fleetapi/client/client.go);
+/// - `agent_meta_tail`, the members `elastic.agent` of the local metadata gained after
+///   `log_level` (info/agent_metadata.go): `complete` (8.10), `unprivileged` (8.14; the
+///   `unprivileged` value, false by default), `fips` (8.19.0 and 9.0);
+/// - `host_name`, `host.name`: `hostname`, lower-cased from 8.16;
+/// - `host_memory`, `host.memory` in bytes, sent from 9.6 (pkg/ecsmeta/ecsmeta.go).
+fn derived(vars: &Vars) -> Vars {
+    let mut all = vars.clone();
+    let Some(version) = vars.get("version") else { return all };
+    let v = core_version(version);
+    let since = |major, minor, patch| v >= semver::Version::new(major, minor, patch);
+    let mut put = |name: &'static str, value: String| {
+        if vars.get(name).is_none() {
+            all.put(name, value);
+        }
+    };
+    put("api_version", if since(8, 10, 3) { "2023-06-01".into() } else { String::new() });
+    let mut tail = String::new();
+    if since(8, 10, 0) {
+        tail.push_str(r#","complete":false"#);
+    }
+    if since(8, 14, 0) {
+        let unprivileged = vars.get("unprivileged").unwrap_or("false");
+        tail.push_str(&format!(r#","unprivileged":{unprivileged}"#));
+    }
+    if since(8, 19, 0) {
+        tail.push_str(r#","fips":false"#);
+    }
+    put("agent_meta_tail", tail);
+    if let Some(hostname) = vars.get("hostname") {
+        let name = if since(8, 16, 0) { hostname.to_lowercase() } else { hostname.to_owned() };
+        put("host_name", name);
+    }
+    put("host_memory", if since(9, 6, 0) { "16505856000".into() } else { String::new() });
+    all
 }
 
 /// Several events of an acks sample in one request, as the agent batches the acks of one
@@ -317,12 +363,12 @@ fn fill(template: &str, vars: &Vars, file: &str) -> String {
         match value {
             Some(v) if quoted => out.push_str(&go_escape(v)),
             Some(v) => out.push_str(v),
+            // Outside a JSON member (a header's value), an absent value is just nothing.
+            None if optional && !out.trim_end_matches('"').ends_with("\":") => {}
             None if optional => {
                 // Take the member `"key":` back out, and one comma with it.
                 let value_start = if quoted { out.len() - 1 } else { out.len() };
-                let key_colon = out[..value_start]
-                    .strip_suffix("\":")
-                    .unwrap_or_else(|| panic!("{file}: {{{{?{name}}}}} is not a member's value"));
+                let key_colon = &out[..value_start - 2];
                 let key_start = key_colon.rfind('"').expect("a key starts with a quote");
                 out.truncate(key_start);
                 if quoted {
@@ -360,29 +406,27 @@ pub fn upgrade_details(target: &str, state: &str, action_id: &str, metadata: &st
 }
 
 /// The `download_percent` and `download_rate` members of upgrade metadata as an agent of
-/// `version` writes them. From 8.12 until 8.19.16, 9.3.5 and 9.4.2 the rate is a
-/// `details.DownloadRate`, marshalled as a string by go-units' `HumanSizeWithPrecision(rate,
-/// 2)` plus "ps" (elastic-agent-libs upgrade/details); later agents send a number.
+/// `version` writes them, each left out when 0 (`omitempty` on a float). 8.12 to 8.14 marshal
+/// the rate as a string, go-units' `HumanSizeWithPrecision(rate, 10)` plus "ps"
+/// (elastic-agent-libs v0.7.3 to v0.9.11, upgrade/details/details.go), such as "123.456kBps",
+/// or "+Inf bps"; from 8.15 (libs v0.9.15) it is a number of bytes per second.
 pub fn download_progress(version: &str, percent: f64, bytes_per_second: f64) -> String {
     let v = core_version(version);
-    let string_rate = match (v.major, v.minor) {
-        (8, 19) => v.patch < 17,
-        (8, _) => true,
-        (9, 0..=2) => true,
-        (9, 3) => v.patch < 6,
-        (9, 4) => v.patch < 3,
-        _ => false,
+    let string_rate = (v.major, v.minor) >= (8, 12) && (v.major, v.minor) < (8, 15);
+    let rate = match bytes_per_second {
+        0.0 => None,
+        r if string_rate && r == f64::INFINITY => Some("\"+Inf bps\"".to_owned()),
+        r if string_rate => Some(format!("\"{}ps\"", human_size(r))),
+        r => Some(go_float(r)),
     };
-    let rate = if string_rate {
-        format!("\"{}ps\"", human_size(bytes_per_second))
-    } else {
-        // Rust's `Display` of an f64 is Go's shortest 'f' form in the range rates take.
-        format!("{bytes_per_second}")
-    };
-    format!(r#""download_percent":{percent},"download_rate":{rate}"#)
+    let members = [
+        (percent != 0.0).then(|| format!(r#""download_percent":{}"#, go_float(percent))),
+        rate.map(|r| format!(r#""download_rate":{r}"#)),
+    ];
+    members.into_iter().flatten().collect::<Vec<_>>().join(",")
 }
 
-/// go-units' `HumanSizeWithPrecision(size, 2)`: decimal units and Go's `%.2g`.
+/// go-units' `HumanSizeWithPrecision(size, 10)`: decimal units and Go's `%.10g`.
 fn human_size(mut size: f64) -> String {
     const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut unit = 0;
@@ -390,30 +434,55 @@ fn human_size(mut size: f64) -> String {
         size /= 1000.0;
         unit += 1;
     }
-    format!("{}{}", go_g2(size), UNITS[unit])
+    format!("{}{}", go_g(size, 10), UNITS[unit])
 }
 
-/// Go's `%.2g`: two significant digits, exponent form when the exponent is below -4 or at
-/// least 2, trailing zeros dropped.
-fn go_g2(x: f64) -> String {
+/// Go's `%.{precision}g` for a finite number: that many significant digits, exponent form when
+/// the exponent is below -4 or at least the precision, trailing zeros dropped.
+fn go_g(x: f64, precision: usize) -> String {
     if x == 0.0 {
         return "0".into();
     }
-    let sci = format!("{x:.1e}"); // d.de±X, rounded to two significant digits
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "NaN"
+        } else if x > 0.0 {
+            "+Inf"
+        } else {
+            "-Inf"
+        }
+        .into();
+    }
+    let sci = format!("{x:.*e}", precision - 1); // rounded to `precision` significant digits
     let (mantissa, exp) = sci.split_once('e').expect("exponent form");
     let exp: i32 = exp.parse().expect("an exponent");
-    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-    if !(-4..2).contains(&exp) {
+    let trim = |s: &str| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    if exp < -4 || exp >= precision as i32 {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exp.abs());
+    }
+    let decimals = (precision as i32 - 1 - exp).max(0) as usize;
+    trim(&format!("{x:.decimals$}"))
+}
+
+/// A float64 as Go's `encoding/json` writes it: the shortest form, with an exponent (`1e-07`)
+/// below 1e-6 and from 1e21.
+fn go_float(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && !(1e-6..1e21).contains(&a) {
+        let sci = format!("{x:e}");
+        let (mantissa, exp) = sci.split_once('e').expect("exponent form");
+        let exp: i32 = exp.parse().expect("an exponent");
         let sign = if exp < 0 { '-' } else { '+' };
         return format!("{mantissa}e{sign}{:02}", exp.abs());
     }
-    let decimals = (1 - exp).max(0) as usize;
-    let fixed = format!("{x:.decimals$}");
-    if fixed.contains('.') {
-        fixed.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        fixed
-    }
+    format!("{x}")
 }
 
 #[cfg(test)]
@@ -424,7 +493,6 @@ mod tests {
         Vars::new()
             .set("version", "9.2.0")
             .set("hostname", "Web-01")
-            .set("hostname_lower", "web-01")
             .set("enrollment_token", "dG9rZW46c2VjcmV0")
             .set("access_key", "a2V5OnNlY3JldA==")
             .set("agent_id", "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f")
@@ -530,6 +598,28 @@ mod tests {
     }
 
     #[test]
+    fn what_follows_from_the_version() {
+        let enroll = |version: &str| {
+            for_agent(Kind::Enroll, version).render(&agent_vars().set("version", version))
+        };
+        let old = enroll("8.10.2");
+        assert_eq!(old.header("elastic-api-version"), None, "sent from 8.10.3");
+        assert!(old.json.contains(r#""log_level":"info","complete":false}"#), "{}", old.json);
+        assert!(old.json.contains(r#""hostname":"Web-01","name":"Web-01""#));
+        assert_eq!(enroll("8.10.3").header("elastic-api-version"), Some("2023-06-01"));
+        let v816 = enroll("8.16.0").json;
+        assert!(v816.contains(r#""complete":false,"unprivileged":false}"#), "{v816}");
+        assert!(v816.contains(r#""hostname":"Web-01","name":"web-01""#), "{v816}");
+        let v95 = enroll("9.5.2").json;
+        assert!(v95.contains(r#""unprivileged":false,"fips":false}"#), "{v95}");
+        assert!(!v95.contains("memory"), "{v95}");
+        assert!(enroll("9.6.0").json.contains(r#","memory":16505856000},"os""#));
+        let checkin =
+            for_agent(Kind::Checkin, "9.6.0").render(&agent_vars().set("version", "9.6.0"));
+        assert!(checkin.json.contains(r#","memory":16505856000},"os""#));
+    }
+
+    #[test]
     #[should_panic(expected = "no value for {{agent_id}}")]
     fn a_missing_value_is_the_caller_s_mistake() {
         for_agent(Kind::Checkin, "9.0.0").render(&Vars::new().set("version", "9.0.0"));
@@ -537,26 +627,33 @@ mod tests {
 
     #[test]
     fn download_rates_as_each_era_writes_them() {
-        // go-units HumanSizeWithPrecision(x, 2) + "ps", as the agent's tests show.
+        // go-units HumanSizeWithPrecision(x, 10) + "ps".
         for (rate, text) in [
             (1_500_000.0, "1.5MBps"),
             (12_000.0, "12kBps"),
-            (999.0, "1e+03Bps"),
-            (123_456.0, "1.2e+02kBps"),
+            (999.0, "999Bps"),
+            (123_456.0, "123.456kBps"),
             (0.5, "0.5Bps"),
-            (7.0, "7Bps"),
+            (1_234_567_890_123.0, "1.23456789TBps"), // ten significant digits
+            (1.0 / 3.0, "0.3333333333Bps"),
         ] {
             assert_eq!(human_size(rate) + "ps", text, "{rate}");
         }
+        assert_eq!(go_g(12_345_678_901.0, 10), "1.23456789e+10");
+        assert_eq!(go_g(0.000_012_3, 2), "1.2e-05");
         assert_eq!(
-            download_progress("9.2.0", 0.5, 1_500_000.0),
-            r#""download_percent":0.5,"download_rate":"1.5MBps""#
+            download_progress("8.14.3", 0.42, 123_456.0),
+            r#""download_percent":0.42,"download_rate":"123.456kBps""#
         );
+        assert!(download_progress("8.13.0", 0.1, f64::INFINITY).ends_with(r#""+Inf bps""#));
         assert_eq!(
-            download_progress("9.4.3", 0.5, 1_500_000.0),
-            r#""download_percent":0.5,"download_rate":1500000"#
+            download_progress("8.15.0", 0.42, 123_456.0),
+            r#""download_percent":0.42,"download_rate":123456"#
         );
-        assert!(download_progress("8.19.16", 1.0, 1.0).ends_with("\"1Bps\""));
-        assert!(download_progress("8.19.17", 1.0, 1.0).ends_with(":1"));
+        // omitempty: a 0 is left out; Go's float forms.
+        assert_eq!(download_progress("9.4.3", 0.0, 1.5e6), r#""download_rate":1500000"#);
+        assert_eq!(download_progress("9.4.3", 2e-9, 0.0), r#""download_percent":2e-09"#);
+        assert_eq!(go_float(1e21), "1e+21");
+        assert_eq!(download_progress("8.12.0", 0.0, 0.0), "");
     }
 }

@@ -117,8 +117,7 @@ pub fn enroll_request(token: &str, version: &str, hostname: &str) -> ferry_wire:
         &Vars::new()
             .set("version", version)
             .set("enrollment_token", token)
-            .set("hostname", hostname)
-            .set("hostname_lower", hostname.to_lowercase()),
+            .set("hostname", hostname),
     )
 }
 
@@ -213,7 +212,6 @@ impl<'a> Agent<'a> {
             .set("agent_id", &self.id)
             .set("access_key", &self.key)
             .set("hostname", "Web-01")
-            .set("hostname_lower", "web-01")
             .set("ack_token", self.ack_token())
     }
 

@@ -161,7 +161,6 @@ async fn enroll(fleet: &Fleet, conn: &mut Conn, n: usize) -> Result<(String, Str
         &Vars::new()
             .set("version", &fleet.version)
             .set("enrollment_token", &fleet.token)
-            .set("hostname_lower", host.to_lowercase())
             .set("hostname", host),
     );
     let v = expect_ok(&send(conn, &request, SHORT_TIMEOUT).await?)?;
@@ -231,7 +230,6 @@ impl Agent {
             .set("version", &self.version)
             .set("agent_id", &self.id)
             .set("access_key", &self.key)
-            .set("hostname_lower", host.to_lowercase())
             .set("hostname", host)
             .set("ack_token", &self.ack_token)
     }
