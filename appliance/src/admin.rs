@@ -1,7 +1,7 @@
 //! The admin API: plain HTTP on a loopback address, every request carrying the admin token
 //! (`Authorization: Bearer …`) that `serve` keeps in `data_dir/admin.token`. The CLI's
-//! `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, `diagnostics` and
-//! `actions` commands are its clients. Actions are created here, in the serving process, so a
+//! `status`, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, `diagnostics`
+//! and `actions` commands are its clients. Actions are created here, in the serving process, so a
 //! parked check-in of a targeted agent wakes at once.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +43,7 @@ pub struct Admin {
 
 pub fn router(admin: Arc<Admin>) -> Router {
     let routes = Router::new()
+        .route("/status", get(status))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
         .route("/agents", get(list_agents))
@@ -126,21 +127,76 @@ fn not_found(message: impl Into<String>) -> ApiError {
     ApiError::fleet(StatusCode::NOT_FOUND, "NotFound", message)
 }
 
-/// The policy ids the active release carries.
-fn release_policies(app: &AppState) -> Vec<String> {
-    app.current().map(|r| r.policies().map(|(id, _)| id.to_owned()).collect()).unwrap_or_default()
+/// Refuses a request that needs a release when none is served, in the words `serve` and
+/// `releases` use for it.
+fn served(app: &AppState, what: &str) -> Result<Arc<crate::release::Release>, ApiError> {
+    app.served_or_trouble().map_err(|trouble| bad(format!("{what}: {trouble}")))
 }
 
 fn require_policy(app: &AppState, policy_id: &str) -> Result<(), ApiError> {
-    let known = release_policies(app);
-    if known.iter().any(|p| p == policy_id) {
+    let release = served(app, &format!("policy {policy_id:?}"))?;
+    let known: Vec<&str> = release.policies().map(|(id, _)| id).collect();
+    if known.contains(&policy_id) {
         return Ok(());
     }
-    Err(bad(if known.is_empty() {
-        format!("policy {policy_id:?}: no release is active; import a bundle first")
-    } else {
-        format!("policy {policy_id:?} is not in the active release (it has: {})", known.join(", "))
-    }))
+    Err(bad(format!(
+        "policy {policy_id:?} is not in the active release (it has: {})",
+        known.join(", ")
+    )))
+}
+
+/// What `ferry-appliance status` reports, from the running server (`running`) or, when none
+/// runs, from the data directory: the active release, whether it verifies (`loaded`) and is
+/// served, what `/api/status` answers (`null` without a server), the trouble in the words
+/// `serve` logs, and the enrolled agents by status.
+pub fn status_report(
+    running: bool,
+    active: &crate::release::Active,
+    agents: &std::collections::BTreeMap<&str, usize>,
+) -> Value {
+    use crate::release::Active;
+    let loaded = matches!(active, Active::Ready(_));
+    json!({
+        "server": if running { "running" } else { "stopped" },
+        "status": running.then(|| crate::server::fleet_status(active)),
+        "active": active.pointer().map(|(name, sequence)| json!({ "name": name, "sequence": sequence })),
+        "loaded": loaded,
+        "served": running && loaded,
+        "check": match active {
+            Active::Unusable { check, .. } => Some(*check),
+            _ => None,
+        },
+        "message": active.trouble(),
+        "agents": {
+            "total": agents.values().sum::<usize>(),
+            "by_status": agents,
+        },
+    })
+}
+
+/// Counts enrolled agents by the status `agents list` shows.
+pub fn count_agents(
+    views: &[AgentView],
+    now: &str,
+    offline_after: Duration,
+) -> std::collections::BTreeMap<&'static str, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for view in views.iter().filter(|v| v.active) {
+        *counts.entry(agent_status(view, now, offline_after)).or_insert(0) += 1;
+    }
+    counts
+}
+
+async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    flush(&admin).await?;
+    let offline_after = admin.offline_after;
+    let agents = db(&admin, move |s| {
+        let views = s.agent_views(None).map_err(ApiError::Internal)?;
+        let now = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
+        Ok(count_agents(&views, &now, offline_after))
+    })
+    .await?;
+    Ok(axum::Json(status_report(true, &admin.app.active(), &agents)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -330,9 +386,8 @@ fn valid_version(v: &str) -> Result<(), String> {
     v.parse::<ferry_artifacts::Version>().map(drop).map_err(|e| e.to_string())
 }
 
-/// The platforms the active release has agent archives of for `version`.
-fn release_platforms(app: &AppState, version: &str) -> Vec<String> {
-    let Some(release) = app.current() else { return Vec::new() };
+/// The platforms the served release has agent archives of for `version`.
+fn release_platforms(release: &crate::release::Release, version: &str) -> Vec<String> {
     let mut platforms: Vec<String> = release
         .manifest
         .files
@@ -359,7 +414,8 @@ async fn create_actions(
     let (kind, data, effect, mut notes) = match &request.action {
         ActionRequest::Upgrade { version } => {
             valid_version(version).map_err(bad)?;
-            let platforms = release_platforms(&admin.app, version);
+            let release = served(&admin.app, &format!("upgrade to {version}"))?;
+            let platforms = release_platforms(&release, version);
             if platforms.is_empty() {
                 return Err(bad(format!(
                     "the active release has no Elastic Agent {version}: agents could not download it"

@@ -391,3 +391,84 @@ pub fn actions(config: &Config, command: ActionsCommand) -> anyhow::Result<ExitC
         }
     }
 }
+
+/// `status`: the running server's view, through the admin API; when no server answers, the data
+/// directory's (with this configuration's keys). Exits 1 unless a server runs and serves its
+/// active release (`/api/status` answers `HEALTHY`), so it can serve as a health check.
+pub fn status(
+    config: &Config,
+    keys: &ferry_manifests::TrustedKeys,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let running = match Client::new(config) {
+        Ok(client) => match client.call("GET", "/status", None) {
+            Ok(report) => Some(report),
+            // The admin.url of a server that has stopped: nothing listens there now.
+            Err(e) if e.chain().any(|cause| cause.is::<ureq::Error>()) => None,
+            Err(e) => return Err(e),
+        },
+        // No admin.url or admin.token: no server ever ran on this data directory.
+        Err(_) => None,
+    };
+    let report = match running {
+        Some(report) => report,
+        None => stopped_status(config, keys)?,
+    };
+    if as_json {
+        print_json(&report)?;
+    } else {
+        let release = |v: &Value| match v {
+            Value::Null => "none".to_owned(),
+            v => format!("{} {}", text(&v["name"]), v["sequence"]),
+        };
+        let server = match report["status"].as_str() {
+            Some(status) => format!("running; /api/status answers {status}"),
+            None => "stopped (start it with `ferry-appliance serve`)".to_owned(),
+        };
+        let active = match (&report["active"], report["loaded"] == true) {
+            (Value::Null, _) => "none".to_owned(),
+            (a, true) => format!("{}, verified", release(a)),
+            (a, false) => format!("{}, does not verify ({})", release(a), text(&report["check"])),
+        };
+        let by_status: Vec<String> = report["agents"]["by_status"]
+            .as_object()
+            .map(|m| m.iter().map(|(status, n)| format!("{status} {n}")).collect())
+            .unwrap_or_default();
+        println!("server  {server}");
+        println!("active  {active}");
+        if report["server"] == "running" {
+            let served = if report["served"] == true {
+                release(&report["active"])
+            } else {
+                "nothing".to_owned()
+            };
+            println!("served  {served}");
+        }
+        let total = &report["agents"]["total"];
+        if by_status.is_empty() {
+            println!("agents  {total}");
+        } else {
+            println!("agents  {total} ({})", by_status.join(", "));
+        }
+        if let Some(message) = report["message"].as_str() {
+            println!("{message}");
+        }
+    }
+    Ok(if report["status"] == "HEALTHY" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The report of `status` when no server runs: what `serve` would load, from the data directory.
+fn stopped_status(config: &Config, keys: &ferry_manifests::TrustedKeys) -> anyhow::Result<Value> {
+    use crate::state::StateStore as _;
+    let db = config.data_dir.join("state.db");
+    let (pointer, views) = if db.exists() {
+        let state = crate::state::SqliteState::open(&db)?;
+        (state.active()?, state.agent_views(None)?)
+    } else {
+        (None, Vec::new())
+    };
+    let active = crate::release::Active::load(&config.data_dir, pointer, keys);
+    let offline_after = std::time::Duration::from_secs(config.server.agent_offline_seconds);
+    let agents = crate::admin::count_agents(&views, &crate::state::now_rfc3339()?, offline_after);
+    Ok(crate::admin::status_report(false, &active, &agents))
+}

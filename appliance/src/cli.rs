@@ -41,7 +41,8 @@ pub enum Command {
     DefaultConfig,
     /// Verify a bundle and make it the active release (atomically; safe while serving).
     Import(ImportArgs),
-    /// List retained releases; the active one is marked.
+    /// List retained releases, the active one marked, each with its state as its stored
+    /// manifest verifies with the keys trusted now (active, retained, untrusted, damaged).
     Releases(JsonArg),
     /// Re-activate a retained earlier release once it verifies with the keys trusted now (the
     /// rollback floor stays where it is).
@@ -52,6 +53,9 @@ pub enum Command {
     Gc,
     /// Serve the active release over TLS (and follow imports and rollbacks as they happen).
     Serve(ServeArgs),
+    /// What the appliance serves: the active release, whether it verifies and is served, what
+    /// /api/status answers, and the agents. Exits 1 unless it serves its active release.
+    Status(JsonArg),
     /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
     #[command(subcommand)]
     Tokens(TokensCommand),

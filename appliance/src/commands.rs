@@ -1,7 +1,7 @@
 //! The subcommands of `ferry-appliance`.
 
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(config, keys, args.takeover),
+        Command::Status(args) => crate::admin_cli::status(&config, &keys, args.json),
         Command::Tokens(command) => crate::admin_cli::tokens(&config, command),
         Command::Agents(command) => crate::admin_cli::agents(&config, command),
         Command::Upgrade(args) => crate::admin_cli::upgrade(&config, &args),
@@ -350,12 +351,7 @@ pub async fn run_server(
     let download_ca =
         crate::tls::download_ca(config.server.download_ca.as_ref(), quick_start_ca.as_deref())?;
     let limits = crate::limits::Limits::new(&config.limits)?;
-    let state = Arc::new(crate::server::AppState {
-        blobs,
-        release: RwLock::new(None),
-        changed: tokio::sync::watch::channel(0).0,
-        crl,
-    });
+    let state = Arc::new(crate::server::AppState::new(blobs, crl));
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
     // commit meanwhile.
     let db = Arc::new(std::sync::Mutex::new(crate::state::SqliteState::open(

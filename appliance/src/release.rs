@@ -208,10 +208,16 @@ impl Active {
             Active::None => {
                 Some(format!("no release is active: import a bundle with `{IMPORT_FIX}`"))
             }
-            Active::Unusable { name, sequence, problem, .. } => Some(format!(
+            Active::Unusable { name, sequence, check, problem } => Some(format!(
                 "the active release {name} {sequence} cannot be served: {problem}; import a newer \
                  bundle with `{IMPORT_FIX}`, or roll back to a release that verifies (see \
-                 `ferry-appliance releases`)"
+                 `ferry-appliance releases`){}",
+                // A running server keeps the keys it started with.
+                if *check == "untrusted-key" {
+                    "; `serve` reads `trusted_keys` when it starts"
+                } else {
+                    ""
+                }
             )),
         }
     }

@@ -18,13 +18,26 @@ use ferry_manifests::{EntryName, TrustedKeys};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::net::TcpListener;
 
-use crate::release::Release;
+use crate::release::{Active, Release};
+
+/// What `/api/status` answers for `active`, by Fleet Server's rules for a server that is not
+/// ready (fleet-server internal/pkg/policy/self.go): `STARTING` while it waits for its policy
+/// (here: no release was ever activated), `FAILED` when what it should run cannot be read (the
+/// active release does not verify, so nothing is served), `HEALTHY` otherwise.
+pub fn fleet_status(active: &Active) -> &'static str {
+    match active {
+        Active::Ready(_) => "HEALTHY",
+        Active::None => "STARTING",
+        Active::Unusable { .. } => "FAILED",
+    }
+}
 
 /// What every handler shares.
 pub struct AppState {
     pub blobs: BlobStore,
-    /// The active release; replaced when an import or rollback changes it.
-    pub release: RwLock<Option<Arc<Release>>>,
+    /// The active release as last loaded: served when it verified, otherwise nothing is.
+    /// Replaced when an import or rollback changes it.
+    pub release: RwLock<Active>,
     /// Bumped whenever `release` changes, to wake parked check-ins.
     pub changed: tokio::sync::watch::Sender<u64>,
     /// The quick-start CA's revocation list (DER), served at [`crate::tls::CRL_PATH`].
@@ -32,8 +45,30 @@ pub struct AppState {
 }
 
 impl AppState {
+    pub fn new(blobs: BlobStore, crl: Option<Vec<u8>>) -> Self {
+        Self {
+            blobs,
+            release: RwLock::new(Active::None),
+            changed: tokio::sync::watch::channel(0).0,
+            crl,
+        }
+    }
+
+    /// The release served now: the active one, when it verified.
     pub fn current(&self) -> Option<Arc<Release>> {
+        self.served_or_trouble().ok()
+    }
+
+    pub fn active(&self) -> Active {
         self.release.read().expect("release lock").clone()
+    }
+
+    /// The release served now, or why there is none in the words `releases` and `serve` use.
+    pub fn served_or_trouble(&self) -> Result<Arc<Release>, String> {
+        match self.active() {
+            Active::Ready(release) => Ok(release),
+            other => Err(other.trouble().unwrap_or_default()),
+        }
     }
 }
 
@@ -171,8 +206,13 @@ async fn crl(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl).into_response())
 }
 
-async fn status() -> Response {
-    axum::Json(serde_json::json!({ "name": "fleet-server", "status": "HEALTHY" })).into_response()
+/// Fleet Server's status: 200 only when `HEALTHY`, 503 with the same body otherwise
+/// (fleet-server internal/pkg/api/handleStatus.go); no version without an API key, and never 401.
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let status = fleet_status(&state.active());
+    let code = if status == "HEALTHY" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(serde_json::json!({ "name": "fleet-server", "status": status })))
+        .into_response()
 }
 
 async fn pgp_key(
@@ -305,16 +345,24 @@ async fn download(
     Ok(response.body(Body::from_stream(stream)).expect("valid response"))
 }
 
-/// Loads the active release now (so nothing is answered as if there were none), then re-reads
-/// it whenever the state database says it changed, so an import or rollback takes effect for
-/// new requests without a restart.
+/// What the release watcher last made of the active pointer.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// Before the first look: whatever is there is loaded and reported.
+    Nothing,
+    Pointer(Option<(String, u64)>),
+}
+
+/// Loads the active release now (so nothing is answered as if there were none, and a server
+/// with nothing to serve says so at start), then re-reads it whenever the state database says
+/// it changed, so an import or rollback takes effect for new requests without a restart.
 pub fn watch_active(
     state: Arc<AppState>,
     db: Arc<std::sync::Mutex<crate::state::SqliteState>>,
     data_dir: PathBuf,
     keys: TrustedKeys,
 ) {
-    let shown = refresh(&state, &db, &data_dir, &keys, None);
+    let shown = refresh(&state, &db, &data_dir, &keys, Seen::Nothing);
     tokio::spawn(async move {
         let mut shown = shown;
         // One indexed SQLite read per tick: cheap enough to notice an import within 100 ms.
@@ -335,42 +383,36 @@ pub fn watch_active(
 
 /// Makes the active release the one served if it is not `shown` already; returns what is
 /// shown now. A release that fails to load (its manifest no longer verifies with the trusted
-/// keys, say) is reported once, and the previous one stays served.
+/// keys, say) is never served: the server then serves nothing, rather than a previous release
+/// that `releases` no longer calls active and the import's garbage collection may be removing,
+/// and reports it once, with the fix.
 fn refresh(
     state: &AppState,
     db: &std::sync::Mutex<crate::state::SqliteState>,
     data_dir: &std::path::Path,
     keys: &TrustedKeys,
-    shown: Option<(String, u64)>,
-) -> Option<(String, u64)> {
-    let active = match crate::state::StateStore::active(&*db.lock().expect("state lock")) {
-        Ok(active) => active,
+    shown: Seen,
+) -> Seen {
+    let pointer = match crate::state::StateStore::active(&*db.lock().expect("state lock")) {
+        Ok(pointer) => pointer,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot read the active release");
             return shown;
         }
     };
-    if active == shown {
+    let seen = Seen::Pointer(pointer.clone());
+    if seen == shown {
         return shown;
     }
-    // Loading re-verifies the stored manifest's signature.
-    let loaded = active
-        .as_ref()
-        .map(|(name, sequence)| crate::release::load_release_at(data_dir, name, *sequence, keys))
-        .transpose();
-    match loaded {
-        Ok(release) => {
-            tracing::info!(release = ?active, "serving the active release");
-            *state.release.write().expect("release lock") = release.map(Arc::new);
-            state.changed.send_modify(|generation| *generation += 1);
-        }
-        Err(e) => tracing::error!(
-            release = ?active,
-            error = %format!("{e:#}"),
-            "cannot load the active release; still serving the previous one"
-        ),
+    // Loading re-verifies the stored manifest with the keys trusted now.
+    let active = Active::load(data_dir, pointer, keys);
+    match active.trouble() {
+        None => tracing::info!(release = ?active.pointer(), "serving the active release"),
+        Some(trouble) => tracing::warn!("{trouble}"),
     }
-    active
+    *state.release.write().expect("release lock") = active;
+    state.changed.send_modify(|generation| *generation += 1);
+    seen
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is

@@ -268,6 +268,8 @@ pub struct Server {
     pub https: String,
     pub http: String,
     pub ca: PathBuf,
+    /// What the server has logged on stderr so far.
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -278,7 +280,17 @@ impl Server {
     /// Starts `ferry-appliance ARGS` (a form of `serve`) and waits until it serves.
     pub fn start_with(fixture: &Fixture, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
         let mut child =
-            fixture.appliance(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+            fixture.appliance(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = std::sync::Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut https, mut http, mut ca) = (None, None, None);
         while https.is_none() || http.is_none() || ca.is_none() {
@@ -298,7 +310,20 @@ impl Server {
             https: https.unwrap(),
             http: http.unwrap(),
             ca: ca.unwrap(),
+            logs,
         }
+    }
+
+    /// Waits (bounded) until the server has logged a line containing `text`; returns the logs.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        for _ in 0..100 {
+            let logs = self.logs.lock().unwrap().clone();
+            if logs.contains(text) {
+                return logs;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the server never logged {text:?}; it logged:\n{}", self.logs.lock().unwrap());
     }
 
     /// Asks the server to stop (SIGTERM), as systemd does, and waits until it has.
