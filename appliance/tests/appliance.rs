@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::{
     Fixture, Server, VERSIONS, archive_bytes, archive_path, assert_ok, raw_status, stderr, stdout,
 };
@@ -122,7 +120,7 @@ fn the_mirror_serves_elastic_layout_over_tls() {
         assert_eq!(status, 200, "{suffix}");
         std::fs::write(work.join(format!("{name}{suffix}")), bytes).unwrap();
     }
-    let o = Command::new("sha512sum")
+    let o = ferry_manifests::test_tools::tool("sha512sum")
         .arg("-c")
         .arg(format!("{name}.sha512"))
         .current_dir(&work)
@@ -145,7 +143,7 @@ fn the_mirror_serves_elastic_layout_over_tls() {
     std::fs::create_dir_all(&gnupg).unwrap();
     std::fs::write(work.join("key.asc"), &key).unwrap();
     let gpg = |args: &[&str]| {
-        Command::new("gpg")
+        ferry_manifests::test_tools::tool("gpg")
             .arg("--homedir")
             .arg(&gnupg)
             .arg("--batch")

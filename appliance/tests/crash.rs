@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::{Fixture, VERSIONS, assert_ok, stderr};
@@ -24,7 +24,8 @@ fn leftovers(data: &Path) -> &'static str {
 
 fn copy_dir(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let status =
+        ferry_manifests::test_tools::tool("cp").arg("-a").arg(from).arg(to).status().unwrap();
     assert!(status.success(), "cp -a {} {}", from.display(), to.display());
 }
 

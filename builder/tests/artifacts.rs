@@ -109,7 +109,7 @@ fn full_build_holds_exactly_the_mirror_paths_and_rebuilds_from_cache() {
     assert_eq!(entries(&site.bundle()), expected);
     assert_ok(&ferry(&[&"verify", &site.bundle(), &"-p", &fixture("test.pub")]));
     // The bundle carries the upstream's bytes unchanged.
-    let staged = std::process::Command::new("tar")
+    let staged = ferry_manifests::test_tools::tool("tar")
         .arg("--zstd")
         .arg("-xOf")
         .arg(site.bundle())

@@ -92,7 +92,7 @@ fn inspect_output() {
 fn stock_minisign_and_gnu_tar_read_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let (bundle, signature) = build_demo(dir.path());
-    let o = Command::new("minisign")
+    let o = ferry_manifests::test_tools::tool("minisign")
         .args(["-V", "-H", "-m"])
         .arg(&bundle)
         .arg("-x")
@@ -108,7 +108,12 @@ fn stock_minisign_and_gnu_tar_read_the_bundle() {
         stdout(&o)
     );
 
-    let o = Command::new("tar").arg("--zstd").arg("-tvf").arg(&bundle).output().unwrap();
+    let o = ferry_manifests::test_tools::tool("tar")
+        .arg("--zstd")
+        .arg("-tvf")
+        .arg(&bundle)
+        .output()
+        .unwrap();
     assert_ok(&o);
     let names: Vec<String> =
         stdout(&o).lines().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
@@ -135,7 +140,7 @@ fn stock_minisign_and_gnu_tar_read_the_bundle() {
     assert!(!o.status.success(), "keygen into a missing folder should fail");
     std::fs::create_dir(&other).unwrap();
     let other_pub = other_key(&other);
-    let o = Command::new("minisign")
+    let o = ferry_manifests::test_tools::tool("minisign")
         .arg("-Vm")
         .arg(&bundle)
         .arg("-p")
@@ -260,13 +265,13 @@ fn resign(bundle: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
 }
 
 fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
-    let o = run_with_stdin(Command::new("zstd").arg("-dc"), bytes);
+    let o = run_with_stdin(ferry_manifests::test_tools::tool("zstd").arg("-dc"), bytes);
     assert!(o.status.success());
     o.stdout
 }
 
 fn zstd_encode(bytes: &[u8]) -> Vec<u8> {
-    run_with_stdin(Command::new("zstd").arg("-c"), bytes).stdout
+    run_with_stdin(ferry_manifests::test_tools::tool("zstd").arg("-c"), bytes).stdout
 }
 
 fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
@@ -352,7 +357,7 @@ fn build_refuses_links_special_files_missing_files_and_unsafe_names() {
     std::os::unix::fs::symlink(&readme, dir.path().join("link")).unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let fifo = dir.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(ferry_manifests::test_tools::tool("mkfifo").arg(&fifo).status().unwrap().success());
     let cases = [
         ("source = \"link\"", "link", "symbolic link"),
         ("source = \"fifo\"", "fifo", "fifo"),
@@ -456,7 +461,7 @@ fn stock_minisign_signs_with_a_ferry_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data");
     std::fs::write(&file, b"hello").unwrap();
-    let o = Command::new("minisign")
+    let o = ferry_manifests::test_tools::tool("minisign")
         .arg("-S")
         .arg("-s")
         .arg(fixture("test.key"))

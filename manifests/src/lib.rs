@@ -22,6 +22,8 @@ mod read;
 mod readahead;
 mod sign;
 pub mod tar;
+#[cfg(feature = "forge")]
+pub mod test_tools;
 mod write;
 
 pub use limits::Limits;

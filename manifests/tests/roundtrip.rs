@@ -109,7 +109,8 @@ fn damage_after_signing_is_refused() {
 fn gzip_bundles_list_with_gnu_tar() {
     let dir = tempfile::tempdir().unwrap();
     let w = build(dir.path(), &key(), &spec(1, Compression::Gzip { level: 6 }));
-    let out = std::process::Command::new("tar").arg("-tzf").arg(&w.bundle_path).output().unwrap();
+    let out =
+        ferry_manifests::test_tools::tool("tar").arg("-tzf").arg(&w.bundle_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing = String::from_utf8(out.stdout).unwrap();
     assert_eq!(

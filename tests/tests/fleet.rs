@@ -30,7 +30,7 @@ fn a_site_from_bundle_to_upgraded_agents_and_back() {
     let first = site.bundle(1, &["9.1.2", "9.2.2"], None);
     // The stock minisign checks the detached signature as the carrier would.
     run_ok(
-        Command::new("minisign")
+        ferry_manifests::test_tools::tool("minisign")
             .current_dir(site.path())
             .arg("-Vm")
             .arg(&first)

@@ -54,7 +54,7 @@ fn key_build_verify_carry_verify() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK "));
     let out = run_ok(
-        std::process::Command::new("minisign")
+        ferry_manifests::test_tools::tool("minisign")
             .arg("-Vm")
             .arg(&bundle)
             .arg("-p")
@@ -65,7 +65,8 @@ fn key_build_verify_carry_verify() {
         said.contains(&format!("manifest-sha256={}", built["manifest_sha256"].as_str().unwrap())),
         "{said}"
     );
-    let out = run_ok(std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(&bundle));
+    let out =
+        run_ok(ferry_manifests::test_tools::tool("tar").arg("--zstd").arg("-tf").arg(&bundle));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
 
     // The appliance imports it, trusting only the public key that crossed the gap.

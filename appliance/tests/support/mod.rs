@@ -330,7 +330,13 @@ impl Server {
     pub fn terminate(&self) -> std::process::ExitStatus {
         let mut child = self.child.lock().unwrap();
         let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            ferry_manifests::test_tools::tool("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         child.wait().unwrap()
     }
 
