@@ -23,8 +23,7 @@ for tool in minisign zstd tar /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install minisign zstd tar time)" >&2; exit 2; }
 done
 
-cargo build --release --locked --quiet -p ferry-builder
-ferry=$PWD/target/release/ferry
+ferry=$(scripts/release-bins.sh ferry-builder)/ferry
 
 # Input: half already-compressed archives (random bytes, as incompressible as .tar.gz content),
 # half compressible binaries (shared libraries, like agent executables), plus small text files.

@@ -29,7 +29,8 @@ _spec = importlib.util.spec_from_file_location(
     "bench_fleet", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-fleet.py"))
 fleet = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fleet)
-BIN, ROOT = fleet.BIN, fleet.ROOT
+ROOT = fleet.ROOT
+BIN = None  # set in main() by fleet.build_binaries()
 
 # Each kind sized as in docs/benchmarks.md: hostile but what one client machine could do.
 FLOODS = {
@@ -121,8 +122,8 @@ def main():
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--out", default=os.path.join(ROOT, "target", "bench-faults.json"))
     args = p.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "ferry-builder", "-p", "ferry-appliance", "-p", "ferry-tests"],
-                   cwd=ROOT, check=True)
+    global BIN
+    BIN = fleet.build_binaries()
     work = tempfile.mkdtemp(prefix="ferry-bench-faults-")
     fleet.prepare(work)
     print(f"{'mode':5} {'scenario':10} {'enroll p50/p99':>15} {'ack p50/p99':>13} {'status p50/p99':>15} "

@@ -28,8 +28,17 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+BIN = None  # the release binaries' folder, set by build_binaries()
 FLEET_SERVER_KIB_PER_AGENT = 8 * 1000**3 / 20000 / 1024  # 8 GB for 20k agents
+
+
+def build_binaries():
+    """Builds the release binaries and points BIN at the folder cargo put them in."""
+    global BIN
+    BIN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "release-bins.sh"), "ferry-builder",
+                          "ferry-appliance", "ferry-tests"], check=True, stdout=subprocess.PIPE,
+                         text=True).stdout.strip()
+    return BIN
 
 
 def run(*args, **kw):
@@ -207,8 +216,7 @@ def main():
     p.add_argument("--modes", default="plain,tls")
     p.add_argument("--out", default=os.path.join(ROOT, "target", "bench-fleet.json"))
     args = p.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "ferry-builder", "-p", "ferry-appliance", "-p", "ferry-tests"],
-                   cwd=ROOT, check=True)
+    build_binaries()
     work = tempfile.mkdtemp(prefix="ferry-bench-fleet-")
     prepare(work)
     results = []

@@ -15,8 +15,7 @@ rounds=${ROUNDS:-3}
 bench=target/bench-import
 bundle=target/bench-build/out/bench-1.ferry
 [ -f "$bundle" ] || ROUNDS=1 scripts/bench-build.sh 2048 >/dev/null
-cargo build --release --locked --quiet -p ferry-appliance
-appliance=$PWD/target/release/ferry-appliance
+appliance=$(scripts/release-bins.sh ferry-appliance)/ferry-appliance
 
 rm -rf "$bench" && mkdir -p "$bench"
 measure() {

@@ -46,9 +46,9 @@ for tool in curl openssl bc ss; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install curl openssl bc iproute2)" >&2; exit 2; }
 done
 
-cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance
-ferry=$PWD/target/release/ferry
-appliance=$PWD/target/release/ferry-appliance
+bin=$(scripts/release-bins.sh ferry-builder ferry-appliance)
+ferry=$bin/ferry
+appliance=$bin/ferry-appliance
 
 pids=()
 cleanup() {

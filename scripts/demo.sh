@@ -8,15 +8,15 @@
 #   scripts/demo.sh           serve until Ctrl-C
 #   scripts/demo.sh --check   enroll five simulated agents, check they got the policy, stop (CI)
 #
-# Everything it writes goes to target/demo/.
+# Everything it writes goes to target/demo/; the binaries are cargo's release build, wherever
+# CARGO_TARGET_DIR puts it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 check=false
 [ "${1:-}" = "--check" ] && check=true
 
-cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance -p ferry-tests
-bin=$PWD/target/release
+bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-tests)
 work=$PWD/target/demo
 rm -rf "$work"
 mkdir -p "$work"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Debian package (ferry-appliance_*.deb in target/debian/) with cargo-deb: both
+# Builds the Debian package (ferry-appliance_*.deb in cargo's target folder, debian/) with
+# cargo-deb, which finds the release binaries wherever CARGO_TARGET_DIR puts them: both
 # binaries, man pages and shell completions generated from the CLI definitions, the default
 # configuration, the hardened systemd unit and the maintainer scripts that create the `ferry`
 # user and /var/lib/ferry. Then checks the package with dpkg-deb. Installs cargo-deb if missing.
@@ -7,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb --version 3.8.0
-cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance
+bin=$(scripts/release-bins.sh ferry-builder ferry-appliance)
 rm -rf appliance/packaging/generated
 cargo xtask dist-assets appliance/packaging/generated
 deb=$(cargo deb --locked --no-build -p ferry-appliance 2>/dev/null | tail -1)
@@ -34,6 +35,6 @@ grep -q "adduser --system" "$work/postinst" && grep -q "conffiles" <(ls "$work")
     echo "maintainer scripts or conffiles missing" >&2; exit 1; }
 grep -q "/etc/ferry/appliance.toml" "$work/conffiles"
 dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" ./etc/ferry/appliance.toml ./usr/lib/systemd/system/ferry-appliance.service
-cmp "$work/etc/ferry/appliance.toml" <(target/release/ferry-appliance default-config)
+cmp "$work/etc/ferry/appliance.toml" <("$bin/ferry-appliance" default-config)
 grep -q "^User=ferry" "$work/usr/lib/systemd/system/ferry-appliance.service"
 echo "package checked: $(du -h "$deb" | cut -f1)"

@@ -51,9 +51,7 @@ else
     port=${TLS_AUDIT_PORT:-18220}
     host=${TLS_AUDIT_HOST:-127.0.0.1}
     target=$host:$port
-    step "build (release)"
-    cargo build --release --locked --quiet -p ferry-builder -p ferry-appliance -p ferry-tests
-    bin=$PWD/target/release
+    bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-tests)
     work=$out/work
     mkdir -p "$work"
     cd "$work"
