@@ -14,6 +14,30 @@ use crate::cli::{
 };
 use crate::config::Config;
 
+/// The admin API refused a request as invalid input: an unknown policy, agent, action or
+/// upload, a version the active release does not carry. The CLI exits 1 for it, as for any
+/// refused input; an unreachable server or a rejected admin token is exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("the appliance refused: {0}")]
+pub struct AdminRefusal(pub String);
+
+/// The error for an admin API answer that is not a success: an [`AdminRefusal`] for a 4xx
+/// about the request itself, a plain error for authentication, overload and server trouble.
+fn answer_error(status: u16, body: &str) -> anyhow::Error {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned());
+    match status {
+        401 | 403 => anyhow::anyhow!(
+            "the admin API did not accept the admin token: {message} (HTTP {status}); run this \
+             as the user `serve` runs as, with the same configuration"
+        ),
+        400..=499 if status != 429 => AdminRefusal(format!("{message} (HTTP {status})")).into(),
+        _ => anyhow::anyhow!("the appliance could not answer: {message} (HTTP {status})"),
+    }
+}
+
 struct Client {
     base: String,
     token: String,
@@ -68,12 +92,10 @@ impl Client {
         })?;
         let status = response.status();
         let text = response.body_mut().read_to_string()?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let message = value.get("message").and_then(Value::as_str).unwrap_or("");
-            anyhow::bail!("the appliance refused: {message} (HTTP {})", status.as_u16());
+            return Err(answer_error(status.as_u16(), &text));
         }
-        Ok(value)
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 }
 
@@ -308,12 +330,14 @@ pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Resu
             table(&["UPLOAD", "AGENT", "STATUS", "SIZE", "CREATED", "FILE"], rows);
             Ok(ExitCode::SUCCESS)
         }
-        DiagnosticsCommand::Get { upload_id, output } => {
+        DiagnosticsCommand::Get { upload_id, output, json } => {
             let list = client.call("GET", "/uploads", None)?;
             let upload = list
                 .as_array()
                 .and_then(|l| l.iter().find(|u| u["id"] == upload_id.as_str()).cloned())
-                .with_context(|| format!("no upload {upload_id} (see `diagnostics list`)"))?;
+                .ok_or_else(|| {
+                    AdminRefusal(format!("no upload {upload_id} (see `diagnostics list`)"))
+                })?;
             // The agent chose the file name: keep only its last component.
             let name = text(&upload["name"]);
             let name = name
@@ -326,18 +350,18 @@ pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Resu
                 .get(&client.url(&format!("/uploads/{upload_id}/file")))
                 .header("Authorization", &format!("Bearer {}", client.token))
                 .call()?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "the appliance refused: {}",
-                response.body_mut().read_to_string().unwrap_or_default()
-            );
+            let status = response.status();
+            if !status.is_success() {
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                return Err(answer_error(status.as_u16(), &body));
+            }
             let tmp = output.with_extension("part");
             let mut file = std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot create {}", tmp.display()))?;
             let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
             let mut hasher =
                 HashingWriter { inner: &mut file, sha: <sha2::Sha256 as sha2::Digest>::new() };
-            std::io::copy(&mut reader, &mut hasher)?;
+            let bytes = std::io::copy(&mut reader, &mut hasher)?;
             let sha = hex::encode(sha2::Digest::finalize(hasher.sha));
             anyhow::ensure!(
                 Some(sha.as_str()) == upload["sha256"].as_str(),
@@ -347,7 +371,17 @@ pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Resu
             );
             file.sync_all()?;
             std::fs::rename(&tmp, &output)?;
-            println!("{} ({} bytes, sha256 {sha})", output.display(), text(&upload["size"]));
+            if json.json {
+                print_json(&json!({
+                    "upload_id": upload_id,
+                    "agent_id": upload["agent_id"],
+                    "path": output,
+                    "bytes": bytes,
+                    "sha256": sha,
+                }))?;
+            } else {
+                println!("{} ({bytes} bytes, sha256 {sha})", output.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

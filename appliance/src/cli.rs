@@ -220,6 +220,8 @@ pub enum DiagnosticsCommand {
         /// Where to write it (default: the agent's file name in the current folder).
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonArg,
     },
 }
 

@@ -194,8 +194,13 @@ impl Default for ServerConfig {
 impl Config {
     /// Reads a configuration file. Relative paths in it are resolved against its folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read configuration {} (name another with --config or \
+                 FERRY_APPLIANCE_CONFIG; `ferry-appliance default-config` prints one to start from)",
+                path.display()
+            )
+        })?;
         let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("invalid configuration {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));

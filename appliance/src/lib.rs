@@ -53,8 +53,10 @@ pub fn refusal_check(error: &anyhow::Error) -> Option<&'static str> {
     })
 }
 
-/// Maps an error to the CLI's exit code: 1 when a bundle or the data was refused as invalid,
-/// 2 for anything else.
+/// Maps an error to the CLI's exit code: 1 when an input was refused (a bundle, the data, or a
+/// request to the admin API), 2 for anything else (usage, configuration, internal errors).
 pub fn exit_code(error: &anyhow::Error) -> std::process::ExitCode {
-    std::process::ExitCode::from(if refusal_check(error).is_some() { 1 } else { 2 })
+    let refused = refusal_check(error).is_some()
+        || error.chain().any(|cause| cause.is::<admin_cli::AdminRefusal>());
+    std::process::ExitCode::from(if refused { 1 } else { 2 })
 }

@@ -341,6 +341,43 @@ fn the_admin_api_wants_its_token_and_stays_on_loopback() {
     assert!(err.contains("admin_listen 0.0.0.0:0 is not a loopback address"), "{err}");
 }
 
+/// The admin commands' exit codes: 1 when the appliance refuses the request (an unknown policy,
+/// agent, action or upload, a version the release does not carry), 2 when it cannot be asked
+/// (no server, a wrong admin token).
+#[test]
+fn admin_refusals_exit_1_and_an_unreachable_server_exits_2() {
+    let f = Fixture::new();
+    let o = f.run(&[&"agents", &"list"]);
+    assert_eq!(o.status.code(), Some(2), "no server yet: {}", support::stderr(&o));
+    let (_server, _) = site(&f, VERSIONS[1]);
+    assert_ok(&f.run(&[&"agents", &"list"]));
+    let cases: [(&[&str], &str); 12] = [
+        (&["tokens", "create", "--policy", "nosuch"], "not in the active release"),
+        (&["tokens", "revoke", "nosuch"], "nosuch"),
+        (&["agents", "show", "nosuch"], "no agent nosuch"),
+        (&["upgrade", "--version", "9.9.9", "--policy", "p"], "9.9.9"),
+        (&["unenroll", "nosuch"], "nosuch"),
+        (&["unenroll", "--revoke", "nosuch"], "nosuch"),
+        (&["reassign", "nosuch", "--to", "p"], "nosuch"),
+        (&["settings", "--log-level", "debug", "nosuch"], "nosuch"),
+        (&["diagnostics", "request", "nosuch"], "nosuch"),
+        (&["diagnostics", "get", "nosuch"], "no upload nosuch"),
+        (&["actions", "show", "nosuch"], "no action nosuch"),
+        (&["actions", "cancel", "nosuch"], "no action nosuch"),
+    ];
+    for (command, says) in cases {
+        let args: Vec<&dyn AsRef<std::ffi::OsStr>> = command.iter().map(|a| a as _).collect();
+        let o = f.run(&args);
+        let err = support::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{command:?}: {err}");
+        assert!(err.contains("the appliance refused") && err.contains(says), "{command:?}: {err}");
+    }
+    std::fs::write(f.path("data/admin.token"), "wrong").unwrap();
+    let o = f.run(&[&"agents", &"list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", support::stderr(&o));
+    assert!(support::stderr(&o).contains("admin token"), "{}", support::stderr(&o));
+}
+
 /// An Independent Agent Release carries build metadata in its version everywhere: the archive's
 /// name, the UPGRADE action, the new agent's User-Agent. The upgrade completes when the agent
 /// reports exactly that version.

@@ -86,6 +86,54 @@ fn import_serve_refuse_switch_and_roll_back() {
     );
 }
 
+/// The exit code rule for the appliance's own commands: 1 when an input was refused (a bundle
+/// missing, unsigned or expired), 2 for a configuration it cannot use. Each message says its
+/// cause once, and logs written to a pipe carry no colour codes.
+#[test]
+fn import_refusals_exit_1_and_configuration_errors_exit_2() {
+    let f = Fixture::new();
+    let bundle = f.bundle(1, VERSIONS[0], Fixture::later());
+    let signature = ferry_manifests::default_signature_path(&bundle);
+    std::fs::rename(&signature, f.path("moved.minisig")).unwrap();
+    let o = f.run(&[&"import", &bundle, &"--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(verdict["check"], "signature-missing", "{verdict}");
+    assert!(stderr(&o).contains("minisig does not exist"), "{}", stderr(&o));
+    std::fs::rename(f.path("moved.minisig"), &signature).unwrap();
+    let o = import(&f, &f.path("none.ferry"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("none.ferry does not exist"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("minisig"), "the bundle is what is missing: {}", stderr(&o));
+
+    let expired = f.bundle(2, VERSIONS[0], OffsetDateTime::now_utc() - time::Duration::days(2));
+    let o = import(&f, &expired);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // The refusal is logged (a warning) and is the error; each says the cause once.
+    for line in stderr(&o).lines() {
+        assert!(line.matches("bundle expired at").count() <= 1, "said twice: {line}");
+    }
+    let error = stderr(&o).lines().find(|l| l.starts_with("error: ")).unwrap().to_owned();
+    assert!(error.contains("bundle expired at"), "{error}");
+    // The override is logged (a warning), in plain text when stderr is a pipe.
+    let o = f.appliance(&[&"import", &expired, &"--allow-expired"]).env_remove("NO_COLOR").output();
+    let o = o.unwrap();
+    assert_ok(&o);
+    assert!(stderr(&o).contains("--allow-expired overrides"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains('\x1b'), "ANSI escape codes in a piped log: {:?}", stderr(&o));
+
+    // No configuration: exit 2, saying how to name one and where to get one.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-appliance"))
+        .arg("--config")
+        .arg(f.path("nowhere.toml"))
+        .arg("releases")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--config") && stderr(&o).contains("default-config"));
+    assert_eq!(stderr(&o).matches("No such file").count(), 1, "{}", stderr(&o));
+}
+
 #[test]
 fn the_mirror_serves_elastic_layout_over_tls() {
     let f = Fixture::new();

@@ -111,9 +111,12 @@ fn a_diagnostics_bundle_travels_from_agent_to_admin_and_bad_uploads_are_refused(
     };
     assert_eq!((status(&failed), status(&upload)), (json!("UPLOAD_ERROR"), json!("READY")));
     let out = f.path("diag.zip");
-    assert_ok(&f.run(&[&"diagnostics", &"get", &upload, &"-o", &out]));
+    let got = f.run_json(&[&"diagnostics", &"get", &upload, &"-o", &out, &"--json"]);
     assert_eq!(std::fs::read(&out).unwrap(), file);
+    assert_eq!((&got["path"], &got["bytes"]), (&json!(out), &json!(file.len())), "{got}");
+    let sha = ferry_manifests::Sha256Digest::of(&file).to_hex();
+    assert_eq!((&got["sha256"], &got["upload_id"]), (&json!(sha), &json!(upload)), "{got}");
     let o = f.run(&[&"diagnostics", &"get", &failed, &"-o", &f.path("x.zip")]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(1), "refused by the appliance: {}", support::stderr(&o));
     assert!(!f.path("data/uploads").join(&failed).exists(), "refused chunks are removed");
 }

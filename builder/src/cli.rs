@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "Build signed, reproducible Ferry bundles for air-gapped Elastic sites.\n\n\
         A bundle is NAME-SEQUENCE.ferry plus NAME-SEQUENCE.ferry.minisig. Carry both across the \
         gap; ferry-appliance verifies and imports them.\n\n\
-        Exit codes: 0 success, 1 verification or policy refusal, 2 usage or internal error.",
+        Exit codes: 0 success; 1 an input was refused (a bundle or its signature missing or \
+        failing a check, a file or artifact a build needs missing or failing its check); 2 \
+        usage, the spec itself, network or internal error.",
     after_help = "Typical use:\n  ferry keygen\n  ferry build bundle.toml --out dist/\n  ferry verify dist/site-1.ferry --public-key ferry.pub"
 )]
 pub struct Cli {

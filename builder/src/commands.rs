@@ -14,11 +14,12 @@ use crate::cli::{
     BuildArgs, CacheArgs, Cli, Command, CompressionArg, InspectArgs, KeygenArgs, PlanArgs,
     VerifyArgs,
 };
-use crate::fetch::Cache;
-use crate::intake;
+use crate::fetch::{Cache, PlannedFile};
+use crate::intake::{self, UpstreamPlan};
 use crate::keys::{self, PasswordSource};
 use crate::spec::{self, Spec};
 use ferry_manifests::TerminalBar as Bar;
+use ferry_manifests::terminal::error_line;
 
 /// Runs one command. Output for people and machines goes to stdout; logs go to stderr.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -115,45 +116,52 @@ fn spec_base(spec: &Path) -> &Path {
     }
 }
 
+/// Lists every file a build needs. A local file that is not there is marked MISSING and makes
+/// the exit code 1, as the build would refuse it.
 fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let spec_file = Spec::load(&args.spec)?;
     let base = spec_base(&args.spec);
     let ids = spec_file.artifacts()?;
-    let mut rows: Vec<crate::fetch::PlannedFile> = spec_file
-        .payload(base)?
+    let upstream = UpstreamPlan::of(&spec_file, base, &cache_dir(&args.cache))?;
+    let mut local = spec_file.payload(base)?;
+    local.extend(upstream.as_ref().map(|u| u.key_entry.clone()));
+    let mut rows: Vec<PlannedFile> = local
         .into_iter()
-        .map(|p| crate::fetch::PlannedFile {
+        .map(|p| PlannedFile {
             source: p.source.display().to_string(),
             bundle_path: p.path.to_string(),
             cached: false,
+            local: true,
+            missing: std::fs::symlink_metadata(&p.source).is_err(),
         })
         .collect();
-    if let Some((fetcher, key)) = intake::fetcher(&spec_file, base, &cache_dir(&args.cache))? {
-        rows.push(crate::fetch::PlannedFile {
-            source: key.source.display().to_string(),
-            bundle_path: key.path.to_string(),
-            cached: false,
-        });
-        rows.extend(crate::fetch::plan(&fetcher, &ids));
+    if let Some(upstream) = &upstream {
+        rows.extend(crate::fetch::plan(&upstream.upstream, &upstream.cache, &ids));
     }
     rows.sort_by(|a, b| a.bundle_path.cmp(&b.bundle_path));
+    let missing = rows.iter().filter(|r| r.missing).count();
+    let code = if missing == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json!({ "files": rows }))?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
-    let to_fetch = rows.iter().filter(|r| r.source.contains("://") && !r.cached).count();
+    let to_fetch = rows.iter().filter(|r| !r.local && !r.cached).count();
     let width = rows.iter().map(|r| r.bundle_path.len()).max().unwrap_or(4).max(11);
-    println!("{:width$}  {:6}  SOURCE", "BUNDLE PATH", "CACHED");
+    println!("{:width$}  {:7}  SOURCE", "BUNDLE PATH", "CACHED");
     for r in &rows {
-        let cached = if r.source.contains("://") || ids.is_empty() {
-            if r.cached { "yes" } else { "no" }
-        } else {
-            "local"
+        let state = match (r.missing, r.local, r.cached) {
+            (true, _, _) => "MISSING",
+            (false, true, _) => "local",
+            (false, false, true) => "yes",
+            (false, false, false) => "no",
         };
-        println!("{:width$}  {cached:6}  {}", r.bundle_path, r.source);
+        println!("{:width$}  {state:7}  {}", r.bundle_path, r.source);
     }
     println!("\n{} files, {} artifacts, {} to download", rows.len(), ids.len(), to_fetch);
-    Ok(ExitCode::SUCCESS)
+    if missing > 0 {
+        eprintln!("error: {missing} local file(s) missing: a build would refuse the spec");
+    }
+    Ok(code)
 }
 
 fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -164,18 +172,41 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if expires <= created {
         bail!("the bundle would expire ({}) before it is created ({})", rfc(expires), rfc(created));
     }
-    let mut payload = intake::local_files(&spec_file, base, expires)?;
+    if expires < OffsetDateTime::now_utc() {
+        // Rebuilding an old bundle byte for byte is legitimate; shipping one by mistake is not.
+        tracing::warn!(
+            created = %rfc(created),
+            expires = %rfc(expires),
+            "the bundle has already expired: appliances refuse it without --allow-expired \
+             (check --created or SOURCE_DATE_EPOCH)"
+        );
+    }
+    // Every local file is checked and every artifact fetched before giving up, so one failed
+    // build names everything that is missing or wrong; fetched artifacts stay cached.
+    let (mut payload, local) = intake::local_files(&spec_file, base, expires)?;
+    let mut failures = intake::FileErrors { local, fetch: None };
     let ids = spec_file.artifacts()?;
-    if let Some((mut fetcher, key_entry)) =
-        intake::fetcher(&spec_file, base, &cache_dir(&args.cache))?
-    {
-        fetcher.parallel = args.parallel.max(1);
-        fetcher.attempts = args.attempts.max(1);
-        let fetched = fetcher.fetch_all(&ids, quiet)?;
-        let downloaded = fetched.iter().filter(|f| !f.from_cache).count();
-        tracing::info!(artifacts = fetched.len(), downloaded, "artifacts verified");
-        payload.extend(intake::artifact_payload(&fetched)?);
-        payload.push(key_entry);
+    if let Some(mut upstream) = UpstreamPlan::of(&spec_file, base, &cache_dir(&args.cache))? {
+        match upstream.keyring() {
+            Err(error) => failures.local.push(error_line(error.as_ref())),
+            Ok(keyring) => {
+                let (mut fetcher, key_entry) = upstream.fetcher(keyring)?;
+                fetcher.parallel = args.parallel.max(1);
+                fetcher.attempts = args.attempts.max(1);
+                match fetcher.fetch_all(&ids, quiet) {
+                    Ok(fetched) => {
+                        let downloaded = fetched.iter().filter(|f| !f.from_cache).count();
+                        tracing::info!(artifacts = fetched.len(), downloaded, "artifacts verified");
+                        payload.extend(intake::artifact_payload(&fetched)?);
+                        payload.push(key_entry);
+                    }
+                    Err(errors) => failures.fetch = Some(errors),
+                }
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures.into());
     }
     let bundle = ferry_manifests::BundleSpec {
         name: spec_file.bundle.name.clone(),
@@ -301,7 +332,7 @@ fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
     let info = ferry_manifests::read_unverified(&args.bundle, &limits)
-        .with_context(|| format!("cannot read {}", args.bundle.display()))?;
+        .with_context(|| format!("cannot inspect {}", args.bundle.display()))?;
     let signature = args
         .signature
         .clone()

@@ -59,10 +59,19 @@ impl std::fmt::Display for FetchErrors {
 impl std::error::Error for FetchErrors {}
 
 impl FetchErrors {
-    /// Whether an artifact failed verification (its `.sha512` or `.asc` did not vouch for it),
-    /// as opposed to not being reachable.
+    /// Whether an artifact was refused: missing upstream (the spec names a file Elastic does not
+    /// publish), or not vouched for by its `.sha512` or `.asc`; as opposed to out of reach
+    /// (network, HTTP errors, the local disk).
     pub fn is_refusal(&self) -> bool {
-        self.0.iter().any(|e| matches!(e, FetchError::Sidecar(_) | FetchError::Pgp(_)))
+        self.0.iter().any(|e| {
+            matches!(
+                e,
+                FetchError::NotFound { .. }
+                    | FetchError::TooLarge { .. }
+                    | FetchError::Sidecar(_)
+                    | FetchError::Pgp(_)
+            )
+        })
     }
 }
 
@@ -203,10 +212,7 @@ impl Fetcher {
 
     /// Where a file below `downloads/` is fetched from.
     pub fn source_of(&self, mirror_path: &str) -> String {
-        match &self.upstream {
-            Upstream::Http(base) => format!("{base}{mirror_path}"),
-            Upstream::Dir(dir) => dir.join(mirror_path).display().to_string(),
-        }
+        self.upstream.source_of(mirror_path)
     }
 
     pub fn cache(&self) -> &Cache {
@@ -527,19 +533,30 @@ fn copy_counting(
 pub struct PlannedFile {
     pub source: String,
     pub bundle_path: String,
+    /// A verified copy is in the download cache (artifacts only).
     pub cached: bool,
+    /// A file of the spec (or its upstream PGP key), not an artifact.
+    pub local: bool,
+    /// A local file that is not there (artifacts are only known missing once fetched).
+    pub missing: bool,
 }
 
 /// Every file the artifacts need, in bundle order, without fetching anything.
-pub fn plan(fetcher: &Fetcher, ids: &[ArtifactId]) -> Vec<PlannedFile> {
+pub fn plan(upstream: &Upstream, cache: &Cache, ids: &[ArtifactId]) -> Vec<PlannedFile> {
     let mut files = BTreeMap::new();
     for id in ids {
-        let cached = fetcher.cache.has(id);
+        let cached = cache.has(id);
         let path = id.mirror_path();
         for p in [path.clone(), format!("{path}.sha512"), format!("{path}.asc")] {
             files.insert(
                 format!("{}/{p}", ferry_artifacts::MIRROR_ROOT),
-                PlannedFile { source: fetcher.source_of(&p), bundle_path: String::new(), cached },
+                PlannedFile {
+                    source: upstream.source_of(&p),
+                    bundle_path: String::new(),
+                    cached,
+                    local: false,
+                    missing: false,
+                },
             );
         }
     }

@@ -2,103 +2,187 @@
 //! fetched artifacts with their sidecars, each with the metadata the manifest records.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ferry_artifacts::{Keyring, Policy, Product, parse_certificates};
+use ferry_manifests::terminal::error_line;
 use ferry_manifests::{EntryName, Kind, Mode, PayloadSource};
 use time::OffsetDateTime;
 
-use crate::fetch::{Cache, Fetched, Fetcher};
-use crate::spec::Spec;
+use crate::fetch::{Cache, FetchErrors, Fetched, Fetcher};
+use crate::spec::{Spec, Upstream};
+
+/// Every file a build cannot take, local or fetched, so the operator sees all of them at once.
+#[derive(Debug, Default)]
+pub struct FileErrors {
+    /// Local files (the spec's and the upstream PGP key): missing, not regular files, or
+    /// failing their kind's check. One line each, naming the file.
+    pub local: Vec<String>,
+    /// Artifacts that could not be fetched and verified.
+    pub fetch: Option<FetchErrors>,
+}
+
+impl FileErrors {
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.fetch.is_none()
+    }
+
+    /// Whether an input was refused (a local file missing or failing its check, an artifact
+    /// missing upstream or not verifying) rather than out of reach (network, disk).
+    pub fn is_refusal(&self) -> bool {
+        !self.local.is_empty() || self.fetch.as_ref().is_some_and(FetchErrors::is_refusal)
+    }
+}
+
+impl std::fmt::Display for FileErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.local.is_empty() {
+            write!(f, "{} local file(s) cannot go into the bundle:", self.local.len())?;
+            for line in &self.local {
+                write!(f, "\n  - {line}")?;
+            }
+        }
+        if let Some(fetch) = &self.fetch {
+            if !self.local.is_empty() {
+                writeln!(f)?;
+            }
+            write!(f, "{fetch}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FileErrors {}
 
 /// The local files of the spec, each checked according to its kind: policies must be agent
-/// policies, certificates PEM certificates (never keys), PGP keys parseable keys. Policies
-/// carrying settings of the exporting site and certificates expiring before the bundle are
-/// warned about on stderr.
+/// policies, certificates PEM certificates (never keys), PGP keys parseable keys, and every
+/// one a regular file. Returns the files that passed and one line for each that did not.
+/// Policies carrying settings of the exporting site and certificates expiring before the bundle
+/// are warned about on stderr.
 pub fn local_files(
     spec: &Spec,
     base: &Path,
     expires: OffsetDateTime,
-) -> anyhow::Result<Vec<PayloadSource>> {
-    let mut payload = spec.payload(base)?;
-    for file in &mut payload {
-        let what = file.source.display().to_string();
-        let read = || std::fs::read(&file.source).with_context(|| format!("cannot read {what}"));
-        match file.kind {
-            Kind::Policy => {
-                let policy = Policy::parse(&read()?, &what)?;
-                // Settings of the exporting site are the appliance's to drop, not a reason to
-                // refuse the export; but the operator should hear what the agents won't get.
-                // These are what the appliance's delivery removes, found by the same code.
-                for setting in policy.carried_site_settings() {
-                    tracing::warn!(file = %what, field = %setting.field, "{setting}");
-                }
-                file.metadata.insert("policy_id".into(), policy.id.clone());
-                file.metadata.insert("revision".into(), policy.revision.to_string());
-                if let Some(name) = policy.name {
-                    file.metadata.insert("name".into(), name);
-                }
-            }
-            Kind::Certificate => {
-                let certs = parse_certificates(&read()?, &what)?;
-                let first = &certs[0];
-                file.metadata.insert("subject".into(), first.subject.clone());
-                file.metadata.insert("issuer".into(), first.issuer.clone());
-                file.metadata.insert("not_after".into(), ferry_manifests::rfc3339(first.not_after));
-                file.metadata.insert("sha256_fingerprint".into(), first.fingerprint.clone());
-                file.metadata.insert("certificates".into(), certs.len().to_string());
-                for cert in certs.iter().filter(|c| c.not_after < expires) {
-                    tracing::warn!(
-                        file = %what,
-                        subject = %cert.subject,
-                        not_after = %ferry_manifests::rfc3339(cert.not_after),
-                        bundle_expires = %ferry_manifests::rfc3339(expires),
-                        "certificate expires before the bundle does"
-                    );
-                }
-            }
-            Kind::PgpKey => {
-                let text =
-                    String::from_utf8(read()?).with_context(|| format!("{what} is not text"))?;
-                let ring = Keyring::from_armored(&text, &what)?;
-                file.metadata.insert("fingerprints".into(), ring.fingerprints().join(","));
-            }
-            _ => {}
+) -> anyhow::Result<(Vec<PayloadSource>, Vec<String>)> {
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for mut file in spec.payload(base)? {
+        match check_local(&mut file, expires) {
+            Ok(()) => passed.push(file),
+            Err(error) => failed.push(error_line(error.as_ref())),
         }
     }
-    Ok(payload)
+    Ok((passed, failed))
 }
 
-/// The fetcher the spec describes, or `None` when it asks for no artifacts.
-pub fn fetcher(
-    spec: &Spec,
-    base: &Path,
-    cache_dir: &Path,
-) -> anyhow::Result<Option<(Fetcher, PayloadSource)>> {
-    let Some(upstream) = spec.upstream(base)? else { return Ok(None) };
-    let section = spec.upstream.as_ref().expect("upstream() returned Some");
-    let key_path = base.join(&section.pgp_key);
-    let text = std::fs::read_to_string(&key_path)
-        .with_context(|| format!("cannot read the upstream PGP key {}", key_path.display()))?;
-    let keyring = Keyring::from_armored(&text, &key_path.display().to_string())?;
-    let name =
-        key_path.file_name().and_then(|n| n.to_str()).context("the PGP key file has no name")?;
-    let key_entry = PayloadSource {
-        path: EntryName::new(&format!("pgp/{name}"))
-            .with_context(|| format!("unusable PGP key file name {name:?}"))?,
-        source: key_path.clone(),
-        kind: Kind::PgpKey,
-        mode: Mode::Regular,
-        metadata: BTreeMap::from([
-            ("fingerprints".into(), keyring.fingerprints().join(",")),
-            ("purpose".into(), "artifact-signing".into()),
-        ]),
-    };
-    let cache = Cache::open(cache_dir)
-        .with_context(|| format!("cannot open cache {}", cache_dir.display()))?;
-    let ca = section.ca_file.as_ref().map(|p| base.join(p));
-    Ok(Some((Fetcher::new(upstream, keyring, cache, ca.as_deref())?, key_entry)))
+/// Checks one local file by its kind and records what the manifest says of it.
+fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Result<()> {
+    // What the writer requires of every input, checked now so that all failures show at once.
+    ferry_manifests::check_input(&file.source)?;
+    let what = file.source.display().to_string();
+    let read = || std::fs::read(&file.source).with_context(|| format!("cannot read {what}"));
+    match file.kind {
+        Kind::Policy => {
+            let policy = Policy::parse(&read()?, &what)?;
+            // Settings of the exporting site are the appliance's to drop, not a reason to
+            // refuse the export; but the operator should hear what the agents won't get.
+            // These are what the appliance's delivery removes, found by the same code.
+            for setting in policy.carried_site_settings() {
+                tracing::warn!(file = %what, field = %setting.field, "{setting}");
+            }
+            file.metadata.insert("policy_id".into(), policy.id.clone());
+            file.metadata.insert("revision".into(), policy.revision.to_string());
+            if let Some(name) = policy.name {
+                file.metadata.insert("name".into(), name);
+            }
+        }
+        Kind::Certificate => {
+            let certs = parse_certificates(&read()?, &what)?;
+            let first = &certs[0];
+            file.metadata.insert("subject".into(), first.subject.clone());
+            file.metadata.insert("issuer".into(), first.issuer.clone());
+            file.metadata.insert("not_after".into(), ferry_manifests::rfc3339(first.not_after));
+            file.metadata.insert("sha256_fingerprint".into(), first.fingerprint.clone());
+            file.metadata.insert("certificates".into(), certs.len().to_string());
+            for cert in certs.iter().filter(|c| c.not_after < expires) {
+                tracing::warn!(
+                    file = %what,
+                    subject = %cert.subject,
+                    not_after = %ferry_manifests::rfc3339(cert.not_after),
+                    bundle_expires = %ferry_manifests::rfc3339(expires),
+                    "certificate expires before the bundle does"
+                );
+            }
+        }
+        Kind::PgpKey => {
+            let ring = read_pgp_key(&file.source)?;
+            file.metadata.insert("fingerprints".into(), ring.fingerprints().join(","));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An armored PGP public key file as a keyring.
+fn read_pgp_key(path: &Path) -> anyhow::Result<Keyring> {
+    let what = path.display().to_string();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what}"))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{what} is not text"))?;
+    Ok(Keyring::from_armored(&text, &what)?)
+}
+
+/// What the spec's `[upstream]` names, before any file of it is read: where artifacts come
+/// from, the download cache, and the bundle entry of the PGP key they must be signed with.
+pub struct UpstreamPlan {
+    pub upstream: Upstream,
+    pub cache: Cache,
+    /// The upstream PGP key's entry (`pgp/NAME`); its fingerprints are added once it is read.
+    pub key_entry: PayloadSource,
+    ca_file: Option<PathBuf>,
+}
+
+impl UpstreamPlan {
+    /// The spec's upstream, or `None` when it asks for no artifacts.
+    pub fn of(spec: &Spec, base: &Path, cache_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let Some(upstream) = spec.upstream(base)? else { return Ok(None) };
+        let section = spec.upstream.as_ref().expect("upstream() returned Some");
+        let key_path = base.join(&section.pgp_key);
+        let name = key_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the PGP key file has no name")?;
+        let key_entry = PayloadSource {
+            path: EntryName::new(&format!("pgp/{name}"))
+                .with_context(|| format!("unusable PGP key file name {name:?}"))?,
+            source: key_path.clone(),
+            kind: Kind::PgpKey,
+            mode: Mode::Regular,
+            metadata: BTreeMap::from([("purpose".into(), "artifact-signing".into())]),
+        };
+        let cache = Cache::open(cache_dir)
+            .with_context(|| format!("cannot open cache {}", cache_dir.display()))?;
+        let ca_file = section.ca_file.as_ref().map(|p| base.join(p));
+        Ok(Some(Self { upstream, cache, key_entry, ca_file }))
+    }
+
+    /// Reads the upstream PGP key, checked like a local file (an `Err` names it); its
+    /// fingerprints go into the key's entry.
+    pub fn keyring(&mut self) -> anyhow::Result<Keyring> {
+        let path = &self.key_entry.source;
+        let ring = ferry_manifests::check_input(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| read_pgp_key(path))
+            .context("the upstream PGP key (docs/operator-guide.md says how to get Elastic's)")?;
+        self.key_entry.metadata.insert("fingerprints".into(), ring.fingerprints().join(","));
+        Ok(ring)
+    }
+
+    /// The fetcher that downloads and verifies with `keyring`, and the key's bundle entry.
+    pub fn fetcher(self, keyring: Keyring) -> anyhow::Result<(Fetcher, PayloadSource)> {
+        let fetcher = Fetcher::new(self.upstream, keyring, self.cache, self.ca_file.as_deref())?;
+        Ok((fetcher, self.key_entry))
+    }
 }
 
 /// Bundle entries for fetched artifacts: each archive under `downloads/` with its two sidecars.

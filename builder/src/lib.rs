@@ -17,16 +17,17 @@ pub fn builder_id() -> String {
     format!("ferry {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Maps an error to the exit code the CLI contract promises: 1 for a verdict about a bundle,
-/// 2 for everything else.
+/// Maps an error to the exit code the CLI contract promises: 1 when an input was refused (a
+/// bundle or its signature, a file or artifact a build needs: missing or failing its check), 2
+/// for everything else (usage, the spec itself, network, disk, internal errors).
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     let refusal = error.chain().any(|cause| {
         cause
             .downcast_ref::<ferry_manifests::VerifyError>()
             .is_some_and(ferry_manifests::VerifyError::is_refusal)
             || cause
-                .downcast_ref::<fetch::FetchErrors>()
-                .is_some_and(fetch::FetchErrors::is_refusal)
+                .downcast_ref::<intake::FileErrors>()
+                .is_some_and(intake::FileErrors::is_refusal)
     });
     if refusal { ExitCode::from(1) } else { ExitCode::from(2) }
 }

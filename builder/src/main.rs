@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match ferry_builder::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", ferry_manifests::terminal::error_line(error.as_ref()));
             ferry_builder::exit_code(&error)
         }
     }

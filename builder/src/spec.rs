@@ -68,6 +68,16 @@ pub enum Upstream {
     Dir(PathBuf),
 }
 
+impl Upstream {
+    /// Where a file below `downloads/` is fetched from.
+    pub fn source_of(&self, mirror_path: &str) -> String {
+        match self {
+            Upstream::Http(base) => format!("{base}{mirror_path}"),
+            Upstream::Dir(dir) => dir.join(mirror_path).display().to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSection {

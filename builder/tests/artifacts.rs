@@ -240,9 +240,10 @@ fn missing_files_are_all_listed() {
             site.upstream.set(&format!("{path}{suffix}"), None);
         }
     }
+    // Files the spec names but the site does not publish: refused inputs, exit 1.
     assert_build_refused(
         &site,
-        2,
+        1,
         &[
             "5 artifact file(s) could not be fetched",
             "elastic-agent-9.2.2-linux-x86_64.tar.gz.asc: not found",
@@ -255,10 +256,41 @@ fn missing_files_are_all_listed() {
 }
 
 #[test]
+fn one_build_names_missing_local_files_and_artifacts_together() {
+    let site = Site::new();
+    std::fs::remove_file(site.path("policy.yml")).unwrap();
+    site.upstream.set(&format!("{}.sha512", ARTIFACTS[0]), None);
+    assert_build_refused(
+        &site,
+        1,
+        &[
+            "1 local file(s) cannot go into the bundle",
+            "policy.yml: No such file",
+            "1 artifact file(s) could not be fetched",
+            "elastic-agent-9.1.0-linux-x86_64.tar.gz.sha512: not found",
+        ],
+    );
+    // Without the upstream PGP key nothing can be verified, so nothing is fetched; the key is
+    // named with the other local files, and where to get Elastic's is pointed at.
+    std::fs::remove_file(site.path("GPG-KEY-test")).unwrap();
+    let hits = site.upstream.hits().len();
+    assert_build_refused(
+        &site,
+        1,
+        &["2 local file(s)", "policy.yml", "the upstream PGP key", "GPG-KEY-test: No such file"],
+    );
+    assert_eq!(site.upstream.hits().len(), hits, "nothing fetched without the key");
+    let o = ferry(&[&"plan", &site.path("spec.toml"), &"--cache", &site.path("cache")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let missing = stdout(&o).lines().filter(|l| l.contains("MISSING")).count();
+    assert_eq!(missing, 2, "{}", stdout(&o));
+}
+
+#[test]
 fn bad_policies_and_certificates_are_refused_naming_the_file() {
     let site = Site::new();
     std::fs::write(site.path("policy.yml"), "id: linux\nrevision: 4\ninputs: []\n").unwrap();
-    assert_build_refused(&site, 2, &["policy.yml", "`outputs` is missing"]);
+    assert_build_refused(&site, 1, &["policy.yml", "`outputs` is missing"]);
     std::fs::write(site.path("policy.yml"), POLICY).unwrap();
 
     std::fs::write(
@@ -267,7 +299,7 @@ fn bad_policies_and_certificates_are_refused_naming_the_file() {
     )
     .unwrap();
     site.write_spec("[[file]]\nsource = \"broken.pem\"\nkind = \"certificate\"\n");
-    assert_build_refused(&site, 2, &["broken.pem", "does not parse"]);
+    assert_build_refused(&site, 1, &["broken.pem", "does not parse"]);
 
     let demo_ca =
         std::fs::read_to_string(fixture("../../../examples/demo/certificates/demo-ca.pem"))
@@ -276,7 +308,7 @@ fn bad_policies_and_certificates_are_refused_naming_the_file() {
         format!("{demo_ca}-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n");
     std::fs::write(site.path("tls.pem"), with_key).unwrap();
     site.write_spec("[[file]]\nsource = \"tls.pem\"\nkind = \"certificate\"\n");
-    assert_build_refused(&site, 2, &["tls.pem", "private key"]);
+    assert_build_refused(&site, 1, &["tls.pem", "private key"]);
 }
 
 #[test]
@@ -300,5 +332,5 @@ fn a_local_mirror_folder_works_like_the_download_site() {
     std::fs::remove_file(mirror.join(format!("{}.asc", ARTIFACTS[0]))).unwrap();
     std::fs::remove_dir_all(site.path("cache")).unwrap();
     std::fs::remove_dir_all(site.path("out")).unwrap();
-    assert_build_refused(&site, 2, &["elastic-agent-9.1.0-linux-x86_64.tar.gz.asc: not found"]);
+    assert_build_refused(&site, 1, &["elastic-agent-9.1.0-linux-x86_64.tar.gz.asc: not found"]);
 }

@@ -343,6 +343,11 @@ fn expired_bundles_are_refused_unless_allowed() {
         &"2020-01-01T00:00:00Z",
     ]);
     assert_ok(&o);
+    // Built, but the operator hears that it is dead on arrival; the log, written to a pipe here,
+    // carries no colour codes.
+    let err = stderr(&o);
+    assert!(err.contains("the bundle has already expired"), "{err}");
+    assert!(!err.contains('\x1b'), "ANSI escape codes in a piped log: {err:?}");
     let bundle = dir.path().join("old-4.ferry");
     assert_refused(&bundle, "expired");
     let o = ferry(&[&"verify", &bundle, &"-p", &fixture("test.pub"), &"--allow-expired"]);
@@ -358,33 +363,117 @@ fn build_refuses_links_special_files_missing_files_and_unsafe_names() {
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let fifo = dir.path().join("fifo");
     assert!(ferry_manifests::test_tools::tool("mkfifo").arg(&fifo).status().unwrap().success());
-    let cases = [
-        ("source = \"link\"", "link", "symbolic link"),
-        ("source = \"fifo\"", "fifo", "fifo"),
-        ("source = \"sub\"", "sub", "directory"),
-        ("source = \"absent\"", "absent", "No such file"),
-        ("source = \"link\"\npath = \"../escape\"", "../escape", "unsafe bundle path"),
-    ];
-    for (file, names, says) in cases {
+    std::fs::write(dir.path().join("bad.yml"), "id: x\nrevision: 1\n").unwrap();
+    let build = |files: &str| {
         let spec = dir.path().join("spec.toml");
-        std::fs::write(
-            &spec,
-            format!("[bundle]\nname = \"x\"\nsequence = 1\n[[file]]\n{file}\nkind = \"other\"\n"),
-        )
-        .unwrap();
-        let o = ferry(&[
-            &"build",
-            &spec,
-            &"--secret-key",
-            &fixture("test.key"),
-            &"--out",
-            &dir.path().join("out"),
-        ]);
-        assert_eq!(o.status.code(), Some(2), "{file}: {}", stderr(&o));
-        let err = stderr(&o);
-        assert!(err.contains(names) && err.contains(says), "{file}: {err}");
+        std::fs::write(&spec, format!("[bundle]\nname = \"x\"\nsequence = 1\n{files}")).unwrap();
+        let out = dir.path().join("out");
+        let o = ferry(&[&"build", &spec, &"--secret-key", &fixture("test.key"), &"--out", &out]);
         assert!(!dir.path().join("out/x-1.ferry").exists());
+        o
+    };
+    // Every unusable file is named by one build, which exits 1: its inputs were refused.
+    let cases = [
+        ("link", "other", "link is a symbolic link"),
+        ("fifo", "other", "fifo is a fifo"),
+        ("sub", "other", "sub is a directory"),
+        ("absent", "other", "absent: No such file"),
+        ("bad.yml", "policy", "`outputs` is missing"),
+        ("README.txt", "other", "README.txt"),
+    ];
+    let files: String = cases
+        .iter()
+        .map(|(source, kind, _)| format!("[[file]]\nsource = \"{source}\"\nkind = \"{kind}\"\n"))
+        .collect();
+    std::fs::copy(&readme, dir.path().join("README.txt")).unwrap();
+    let o = build(&files);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("5 local file(s) cannot go into the bundle"), "{err}");
+    for (_, _, says) in &cases[..5] {
+        assert!(err.contains(says), "{says}: {err}");
     }
+    assert_eq!(err.matches("(os error 2)").count(), 1, "each cause once: {err}");
+    // An unsafe bundle path is a mistake in the spec itself: exit 2.
+    let o = build("[[file]]\nsource = \"README.txt\"\npath = \"../escape\"\nkind = \"other\"\n");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unsafe bundle path \"../escape\""), "{}", stderr(&o));
+}
+
+/// The exit code rule, command by command: 1 when an input was refused (a bundle or its
+/// signature missing or failing a check, a file a build needs missing), 2 for usage and
+/// environment errors. Each message names the file once.
+#[test]
+fn missing_inputs_exit_1_and_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, signature) = build_demo(dir.path());
+    let public = fixture("test.pub");
+    let missing = dir.path().join("missing.ferry");
+
+    // verify: the bundle is what is missing, not its .minisig.
+    let o = ferry(&[&"verify", &missing, &"-p", &public]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stdout(&o).contains("bundle-missing check: bundle"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("minisig"), "{}", stdout(&o));
+    std::fs::rename(&signature, dir.path().join("elsewhere")).unwrap();
+    let (code, verdict) = verify_json(&bundle);
+    assert_eq!((code, &verdict["check"]), (1, &serde_json::json!("signature-missing")));
+    std::fs::rename(dir.path().join("elsewhere"), &signature).unwrap();
+    // A missing trusted key is the command line's mistake.
+    let o = ferry(&[&"verify", &bundle, &"-p", &dir.path().join("nokey.pub")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).matches("No such file").count(), 1, "{}", stderr(&o));
+
+    // inspect
+    let o = ferry(&[&"inspect", &missing]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bundle") && stderr(&o).contains("does not exist"));
+    assert_ok(&ferry(&[&"inspect", &bundle]));
+
+    // plan: a missing local file is marked and makes it fail; so does a build.
+    let spec = dir.path().join("spec.toml");
+    let readme = demo_spec().with_file_name("README.txt");
+    std::fs::write(
+        &spec,
+        format!(
+            "[bundle]\nname = \"p\"\nsequence = 1\n[[file]]\nsource = \"{}\"\nkind = \"other\"\n\
+             [[file]]\nsource = \"gone.txt\"\nkind = \"other\"\n",
+            readme.display()
+        ),
+    )
+    .unwrap();
+    let o = ferry(&[&"plan", &spec]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let table = stdout(&o);
+    let line = |name: &str| table.lines().find(|l| l.contains(name)).unwrap().to_owned();
+    assert!(line("files/gone.txt").contains("MISSING"), "{table}");
+    assert!(line("files/README.txt").contains("local"), "{table}");
+    assert!(stderr(&o).contains("1 local file(s) missing"), "{}", stderr(&o));
+    let o = ferry(&[&"plan", &spec, &"--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let missing_files: Vec<_> =
+        plan["files"].as_array().unwrap().iter().filter(|f| f["missing"] == true).collect();
+    assert_eq!(missing_files.len(), 1, "{plan}");
+    let o = ferry(&[&"build", &spec, &"--secret-key", &fixture("test.key"), &"--out", &dir.path()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_ok(&ferry(&[&"plan", &demo_spec()]));
+
+    // keygen and build: usage errors.
+    let o = ferry(&[
+        &"keygen",
+        &"--without-password",
+        &"--secret-key",
+        &fixture("test.key"),
+        &"--public-key",
+        &dir.path().join("new.pub"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = ferry(&[&"build", &demo_spec(), &"--secret-key", &dir.path().join("none.key")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("No such file").count(), 1, "{}", stderr(&o));
+    let o = ferry(&[&"build", &dir.path().join("no-spec.toml")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]

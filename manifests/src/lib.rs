@@ -47,7 +47,8 @@ pub use sign::{
 #[cfg(feature = "terminal")]
 pub use terminal::TerminalBar;
 pub use write::{
-    BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, file_type_name, write_bundle,
+    BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, check_input, file_type_name,
+    write_bundle,
 };
 
 /// Formats a time as RFC 3339 (UTC, whole seconds when they are whole).

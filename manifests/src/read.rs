@@ -27,6 +27,13 @@ const IO_BUFFER: usize = 1 << 20;
 pub enum VerifyError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("bundle {path} does not exist")]
+    NoBundle { path: PathBuf },
+    #[error(
+        "detached signature {path} does not exist: a bundle is accepted only with its .minisig \
+         (carry it along, or name it with --signature)"
+    )]
+    NoSignature { path: PathBuf },
     #[error("signature file {path} is {size} bytes, the limit is {max}")]
     SignatureTooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("{what} is not a usable minisign signature: {reason}")]
@@ -93,6 +100,8 @@ impl VerifyError {
         use VerifyError::*;
         match self {
             Io { .. } => "io",
+            NoBundle { .. } => "bundle-missing",
+            NoSignature { .. } => "signature-missing",
             SignatureTooLarge { .. } | SignatureMalformed { .. } => "signature-format",
             UntrustedKey { .. } => "untrusted-key",
             BadBundleSignature { .. } => "bundle-signature",
@@ -123,6 +132,7 @@ impl VerifyError {
     }
 
     /// Whether this is a verdict about the bundle (exit 1) rather than a local problem (exit 2).
+    /// A bundle or signature that is not there is a verdict: nothing can vouch for it.
     pub fn is_refusal(&self) -> bool {
         !matches!(self, VerifyError::Io { .. } | VerifyError::Sink { .. })
     }
@@ -240,7 +250,10 @@ pub fn default_signature_path(bundle: &Path) -> PathBuf {
 /// Reads a signature file, bounded by `limits`.
 fn read_signature(path: &Path, limits: &Limits) -> Result<(String, SignatureFile), VerifyError> {
     let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
-    let file = File::open(path).map_err(io_err)?;
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => VerifyError::NoSignature { path: path.to_owned() },
+        _ => io_err(e),
+    })?;
     let size = file.metadata().map_err(io_err)?.len();
     if size > limits.max_signature_size {
         return Err(VerifyError::SignatureTooLarge {
@@ -256,6 +269,14 @@ fn read_signature(path: &Path, limits: &Limits) -> Result<(String, SignatureFile
         reason,
     })?;
     Ok((text, parsed))
+}
+
+/// Opens a bundle file; a missing one is [`VerifyError::NoBundle`].
+fn open_bundle(path: &Path) -> Result<File, VerifyError> {
+    File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => VerifyError::NoBundle { path: path.to_owned() },
+        _ => VerifyError::Io { path: path.to_owned(), source },
+    })
 }
 
 fn trusted_key(keys: &TrustedKeys, id: KeyId) -> Result<PublicKey, VerifyError> {
@@ -275,10 +296,12 @@ impl SignedBundle {
         limits: Limits,
         progress: &dyn Progress,
     ) -> Result<Self, VerifyError> {
+        // The bundle first: when it is missing, that is what the operator must hear about, not
+        // the signature beside it.
+        let io_err = |source| VerifyError::Io { path: bundle.to_owned(), source };
+        let mut file = open_bundle(bundle)?;
         let (_, sig) = read_signature(signature, &limits)?;
         let key = trusted_key(keys, sig.key_id())?;
-        let io_err = |source| VerifyError::Io { path: bundle.to_owned(), source };
-        let mut file = File::open(bundle).map_err(io_err)?;
         let total = file.metadata().map_err(io_err)?.len();
         let bad =
             |reason: String| VerifyError::BadBundleSignature { path: bundle.to_owned(), reason };
@@ -701,7 +724,7 @@ struct TarStream {
 impl TarStream {
     fn open(path: &Path, limits: &Limits) -> Result<Self, VerifyError> {
         let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
-        let mut file = BufReader::with_capacity(IO_BUFFER, File::open(path).map_err(io_err)?);
+        let mut file = BufReader::with_capacity(IO_BUFFER, open_bundle(path)?);
         let head = file.fill_buf().map_err(io_err)?;
         let decoder = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             let mut decoder =

@@ -2,20 +2,42 @@
 //! Behind the `terminal` feature, so the format library itself stays free of UI code.
 
 /// Sets up `tracing` on stderr: `warn` by default, `info` with `-v`, `debug` with `-vv`;
-/// `RUST_LOG` overrides.
+/// `RUST_LOG` overrides. Colour only when stderr is a terminal and `NO_COLOR` is unset: logs
+/// written to a file, a pipe or journald must stay plain text.
 pub fn init_logging(verbose: u8) {
+    use std::io::IsTerminal as _;
     let default = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
+}
+
+/// An error and its causes on one line, joined by ": ", as anyhow's `{:#}` prints them, but
+/// leaving out a cause whose text the line already holds. Many errors (ours and libraries')
+/// write their cause into their own message and also return it as `source()`; printed whole,
+/// the chain would say "No such file or directory (os error 2)" twice.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = next.source();
+    }
+    line
 }
 
 /// Shows each phase as a byte-counting bar on stderr, when stderr is a terminal and not `quiet`.
@@ -90,4 +112,35 @@ pub fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Strin
         out.push_str(&line(row));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that writes its cause into its message and returns it as its source too.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Doubled {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_line_names_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let doubled = Doubled { path: "x.minisig", source: io };
+        let line = error_line(&doubled);
+        assert_eq!(line, format!("cannot read x.minisig: {}", std::io::ErrorKind::NotFound));
+        // A cause the message does not hold is still printed.
+        #[derive(Debug, thiserror::Error)]
+        #[error("import refused")]
+        struct Outer(#[source] Doubled);
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let outer = Outer(Doubled { path: "b", source: io });
+        assert_eq!(
+            error_line(&outer),
+            format!("import refused: cannot read b: {}", std::io::ErrorKind::NotFound)
+        );
+    }
 }

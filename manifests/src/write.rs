@@ -141,6 +141,13 @@ pub fn file_type_name(ft: fs::FileType) -> &'static str {
     }
 }
 
+/// Checks that `path` is a regular file, not following links: what [`write_bundle`] requires of
+/// every input (and checks again while writing). A builder calls it first to name every unusable
+/// input at once.
+pub fn check_input(path: &Path) -> Result<(), WriteError> {
+    stat_regular(path).map(drop)
+}
+
 /// Checks that `path` is a regular file (not following links) and returns its fingerprint.
 fn stat_regular(path: &Path) -> Result<Fingerprint, WriteError> {
     let meta = fs::symlink_metadata(path)

@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     match ferry_tests::sim::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry-sim: {e:#}");
+            eprintln!("ferry-sim: {}", ferry_manifests::terminal::error_line(e.as_ref()));
             std::process::ExitCode::from(2)
         }
     }
