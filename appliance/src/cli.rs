@@ -8,15 +8,25 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ferry-appliance",
     version,
-    about = "Verify, activate and serve Ferry bundles inside an isolated network",
-    long_about = "Verify, activate and serve Ferry bundles inside an isolated network.\n\n\
-        Import a bundle that crossed the gap, then serve its Elastic Agent artifacts (in Elastic's \
-        downloads/ layout) and the Fleet status and PGP-key endpoints over TLS.\n\n\
-        Exit codes: 0 success, 1 a bundle or the data was refused, 2 usage or internal error.",
-    after_help = "Typical use:\n  ferry-appliance default-config > /etc/ferry/appliance.toml\n  ferry-appliance import site-3.ferry\n  ferry-appliance serve"
+    about = "Verify, activate and serve Ferry bundles to Elastic Agents inside an isolated network",
+    long_about = "Verify, activate and serve Ferry bundles to Elastic Agents inside an isolated \
+        network.\n\n\
+        `import` verifies a bundle that crossed the gap and makes it the active release \
+        atomically; `rollback`, `releases`, `fsck` and `gc` manage the retained ones. `serve` \
+        speaks Fleet Server's agent API over TLS to stock Elastic Agents (enrollment, long-poll \
+        check-ins, the active release's policies, actions, diagnostics uploads) and serves the \
+        release's artifacts in Elastic's downloads/ layout, with the PGP key upgrades check. \
+        While it runs, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, \
+        `diagnostics` and `actions` manage the fleet through its loopback admin API.\n\n\
+        Exit codes: 0 success; 1 an input was refused (a bundle or its signature, data that \
+        fails its check, a request the appliance refuses such as an unknown policy or agent); 2 \
+        usage, configuration or internal error.",
+    after_help = "Typical use:\n  ferry-appliance default-config > /etc/ferry/appliance.toml\n  \
+        ferry-appliance import site-3.ferry\n  ferry-appliance serve\n  \
+        ferry-appliance tokens create --policy POLICY_ID"
 )]
 pub struct Cli {
-    /// The configuration file (see `default-config`).
+    /// The configuration file (`default-config` prints an example to start from).
     #[arg(
         long,
         short,
@@ -114,6 +124,7 @@ pub enum AgentsCommand {
     },
     /// Everything known about one agent, components and upgrade details included.
     Show {
+        /// The agent id, as `agents list` shows it.
         id: String,
         #[command(flatten)]
         json: JsonArg,
@@ -229,12 +240,15 @@ pub enum DiagnosticsCommand {
 pub enum ActionsCommand {
     /// Which agents acknowledged an action, and with what error.
     Show {
+        /// The action id, as `upgrade`, `unenroll`, `reassign`, `settings` and `diagnostics
+        /// request` print it.
         action_id: String,
         #[command(flatten)]
         json: JsonArg,
     },
     /// Cancel an action (agents that have not received it never will; scheduled upgrades stop).
     Cancel {
+        /// The id of the action to cancel, as the command that queued it printed it.
         action_id: String,
         #[command(flatten)]
         json: JsonArg,

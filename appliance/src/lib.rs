@@ -1,6 +1,7 @@
 //! `ferry-appliance`, the isolated side of Ferry: verified import into a release store,
-//! rollback, fsck, and the HTTPS server (Fleet status, the PGP key and Elastic's download
-//! layout). `main` only parses arguments and calls [`commands::run`].
+//! rollback, fsck, the HTTPS server (Fleet Server's agent API for stock Elastic Agents, the
+//! download mirror in Elastic's layout, the PGP key) and the loopback admin API with its CLI.
+//! `main` only parses arguments and calls [`commands::run`].
 
 pub mod admin;
 pub mod admin_cli;

@@ -31,7 +31,8 @@ use clap::{Args, Parser, Subcommand};
         `flood` runs hostile clients (slow heads and bodies, oversized requests, forged keys, \
         agents dropping parked check-ins) for a while and prints what the server answered.",
     after_help = "Example:\n  ferry-appliance tokens create --policy default-policy\n  \
-        ferry-sim run --url https://127.0.0.1:8220 --ca /var/lib/ferry/tls/ca.pem --token TOKEN --agents 1000"
+        ferry-sim run --url=https://127.0.0.1:8220 --enrollment-token=TOKEN \\\n      \
+        --certificate-authorities=/var/lib/ferry/tls/ca.pem --agents 1000"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -109,6 +110,7 @@ pub struct RunArgs {
     /// --backoff-max.
     #[arg(long, default_value_t = 60.0)]
     pub backoff: f64,
+    /// The longest wait between failed check-ins, in seconds (real agents: 600).
     #[arg(long, default_value_t = 600.0)]
     pub backoff_max: f64,
     /// Milliseconds between report lines.
