@@ -17,7 +17,8 @@ use clap::{Args, Parser, Subcommand};
         check-ins, the active release's policies, actions, diagnostics uploads) and serves the \
         release's artifacts in Elastic's downloads/ layout, with the PGP key upgrades check. \
         While it runs, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, \
-        `diagnostics` and `actions` manage the fleet through its loopback admin API.\n\n\
+        `diagnostics` and `actions` manage the fleet through its loopback admin API, and \
+        `status` says whether it serves its active release.\n\n\
         Exit codes: 0 success; 1 an input was refused (a bundle or its signature, data that \
         fails its check, a request the appliance refuses such as an unknown policy or agent); 2 \
         usage, configuration or internal error.",
