@@ -187,8 +187,7 @@ pub fn enroll_body(version: &str, hostname: &str) -> String {
             &ferry_wire::Vars::new()
                 .set("version", version)
                 .set("enrollment_token", "")
-                .set("hostname", hostname)
-                .set("hostname_lower", hostname.to_lowercase()),
+                .set("hostname", hostname),
         )
         .json
 }
