@@ -89,7 +89,8 @@ fn import(
 /// still goes to stderr.
 fn print_refusal(done: &str, error: &anyhow::Error) {
     let check = crate::refusal_check(error);
-    println!("{}", json!({ done: false, "check": check, "error": format!("{error:#}") }));
+    let message = ferry_manifests::terminal::error_line(error.as_ref());
+    println!("{}", json!({ done: false, "check": check, "error": message }));
 }
 
 /// What a retained release is now: `active` (the active one, and it verifies), `retained` (it

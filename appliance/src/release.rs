@@ -495,7 +495,10 @@ impl DataDir {
             return Err(refusal.into());
         }
         self.state.activate(&name, target)?;
-        tracing::warn!(bundle = %name, from = current, to = target, "rolled back");
+        // `rollback N` may also move forward again, to a newer retained release.
+        let moved =
+            if target < current { "rolled back" } else { "activated a newer retained release" };
+        tracing::warn!(bundle = %name, from = current, to = target, "{moved}");
         Ok((name, target))
     }
 

@@ -84,6 +84,11 @@ fn import_serve_refuse_switch_and_roll_back() {
         "{}",
         stdout(&o)
     );
+    // Forward again to a newer retained release: logged as that, not as a rollback.
+    let o = f.run(&[&"rollback", &"5"]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("activated a newer retained release"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("rolled back"), "{}", stderr(&o));
 }
 
 /// The exit code rule for the appliance's own commands: 1 when an input was refused (a bundle
@@ -115,6 +120,10 @@ fn import_refusals_exit_1_and_configuration_errors_exit_2() {
     }
     let error = stderr(&o).lines().find(|l| l.starts_with("error: ")).unwrap().to_owned();
     assert!(error.contains("bundle expired at"), "{error}");
+    let o = f.run(&[&"import", &expired, &"--json"]);
+    let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let said = verdict["error"].as_str().unwrap();
+    assert_eq!(said.matches("bundle expired at").count(), 1, "{verdict}");
     // The override is logged (a warning), in plain text when stderr is a pipe.
     let o = f.appliance(&[&"import", &expired, &"--allow-expired"]).env_remove("NO_COLOR").output();
     let o = o.unwrap();
