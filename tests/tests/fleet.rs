@@ -13,6 +13,12 @@ use ferry_tests::run_ok;
 use serde_json::Value;
 use support::{Lines, Site, count, eventually, sim};
 
+/// `agents list --json`, once every agent listed is as `all` wants.
+fn agents_if(site: &Site, all: impl Fn(&Value) -> bool) -> Option<Value> {
+    let listed: Value = serde_json::from_str(&site.admin(&["agents", "list", "--json"])).unwrap();
+    listed.as_array().unwrap().iter().all(all).then_some(listed)
+}
+
 /// `ferry-sim run` with the flags of the `elastic-agent install` line the demo prints.
 fn install(port: u16, ca: &std::path::Path, token: &str, agents: usize) -> Command {
     let mut run = sim();
@@ -57,14 +63,7 @@ fn a_site_from_bundle_to_upgraded_agents_and_back() {
         .report("5 agents on 9.2.2", |v| count(v, "versions", "9.2.2") == 5 && v["upgraded"] == 5);
     // The appliance learns it from their next check-in (new User-Agent, no more details).
     let listed = eventually("the appliance sees 9.2.2 everywhere", || {
-        let listed: Value =
-            serde_json::from_str(&site.admin(&["agents", "list", "--json"])).unwrap();
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["version"] == "9.2.2" && a["upgrade_state"] != "UPG_REQUESTED")
-            .then_some(listed)
+        agents_if(&site, |a| a["version"] == "9.2.2" && a["upgrade_state"] != "UPG_REQUESTED")
     });
 
     // A second bundle brings revision 2 and 9.3.0; parked agents get the policy at once.
@@ -137,14 +136,7 @@ fn an_upgrade_without_the_download_ca_fails_on_tls() {
     site.admin(&["upgrade", "--version", "9.2.2", "--policy", "default-policy"]);
     agents.report("2 downloads refused on TLS", |v| v["errors"]["tls"].as_u64() >= Some(2));
     eventually("the appliance shows the failed upgrades", || {
-        let listed: Value =
-            serde_json::from_str(&site.admin(&["agents", "list", "--json"])).unwrap();
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["version"] == "9.1.2" && a["upgrade_state"] == "UPG_FAILED")
-            .then_some(())
+        agents_if(&site, |a| a["version"] == "9.1.2" && a["upgrade_state"] == "UPG_FAILED")
     });
     drop(agents);
     drop(server);
