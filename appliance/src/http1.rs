@@ -76,8 +76,20 @@ enum Framing {
     Chunked,
 }
 
+/// The address a request came from, in every request's extensions when the connection has
+/// one (TCP): what per-address limits count by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// Serves HTTP/1.1 requests on `io` until the client closes, asks to close, or breaks a rule.
-pub async fn serve<I>(mut io: I, app: Router, limits: Limits) -> Result<(), ConnError>
+/// `peer` (the client's address, when the transport has one) goes into each request as a
+/// [`ClientAddr`].
+pub async fn serve<I>(
+    mut io: I,
+    app: Router,
+    limits: Limits,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), ConnError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -140,6 +152,9 @@ where
         *request.version_mut() = head.version;
         *request.headers_mut() = head.headers;
         *request.uri_mut() = uri;
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(ClientAddr(peer));
+        }
         let call = tower::ServiceExt::oneshot(app.clone(), request);
         let response = tokio::select! {
             r = call => match r { Ok(r) => r, Err(e) => match e {} },
@@ -533,7 +548,7 @@ mod tests {
     /// With `leave`, the client closes its side right after sending (it went away).
     async fn talk(input: &[u8], leave: bool) -> (String, Result<(), ConnError>) {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(serve(server, app(), limits()));
+        let task = tokio::spawn(serve(server, app(), limits(), None));
         client.write_all(input).await.unwrap();
         if leave {
             client.shutdown().await.unwrap();
@@ -647,7 +662,7 @@ mod tests {
     async fn a_stopping_server_closes_each_connection_after_its_response() {
         let (tx, closing) = tokio::sync::watch::channel(true);
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(server, app(), Limits { closing, ..limits() }));
+        let task = tokio::spawn(serve(server, app(), Limits { closing, ..limits() }, None));
         client.write_all(b"GET /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n").await.unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();

@@ -448,13 +448,19 @@ pub async fn serve(
         match acceptor.clone() {
             Some(acceptor) => tokio::spawn(async move {
                 match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => log_end(peer, crate::http1::serve(tls, app, limits).await),
+                    Ok(Ok(tls)) => log_end(
+                        peer,
+                        crate::http1::serve(tls, app, limits, Some(peer.ip().to_canonical())).await,
+                    ),
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             }),
             None => tokio::spawn(async move {
-                log_end(peer, crate::http1::serve(stream, app, limits).await);
+                log_end(
+                    peer,
+                    crate::http1::serve(stream, app, limits, Some(peer.ip().to_canonical())).await,
+                );
             }),
         };
     }
