@@ -236,6 +236,16 @@ pub enum AuditOutcome {
     Conflict,
 }
 
+/// What [`StateStore::enroll_agent`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    Stored,
+    /// An active agent has the id and the caller did not prove it may replace that one.
+    NotReplaceable,
+    /// The operator revoked the id (a tombstone).
+    Revoked,
+}
+
 /// The state operations the appliance needs. Every method is one transaction.
 pub trait StateStore {
     /// The highest sequence ever accepted for `name`.
@@ -266,14 +276,17 @@ pub trait StateStore {
     fn enrollment_policy(&self, key: &ApiKey) -> anyhow::Result<Option<String>>;
 
     /// Stores a newly enrolled agent, in one transaction with the check that decides it may:
-    /// no agent has the id, or an inactive one, or (when `replacing` names its access key) the
-    /// very agent the caller checked the replace token of. False when that check fails. The
-    /// agent starts after every existing action.
+    /// the id was never revoked, and no agent has it, or an inactive one, or (when `replacing`
+    /// names its access key) the very agent the caller checked the replace token of. The agent
+    /// starts after every existing action.
     fn enroll_agent(
         &mut self,
         agent: &AgentRecord,
         replacing: Option<&str>,
-    ) -> anyhow::Result<bool>;
+    ) -> anyhow::Result<Enrollment>;
+    /// When the operator revoked agent `id` (`unenroll --revoke`), if ever: a revoked id never
+    /// enrolls again, whatever token comes with it.
+    fn revoked_at(&self, id: &str) -> anyhow::Result<Option<String>>;
     fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>>;
     fn agent_by_access_key(&self, key_id: &str) -> anyhow::Result<Option<AgentRecord>>;
     /// The revision the agent runs (raised by policy acks and check-in reports, never lowered).
@@ -322,7 +335,8 @@ pub trait StateStore {
         &self,
         action_id: &str,
     ) -> anyhow::Result<Vec<(String, Option<Option<String>>)>>;
-    /// Deactivates an agent now (its key stops working); false when unknown or inactive.
+    /// Revokes an agent now: its key stops working and its id is tombstoned (see
+    /// [`StateStore::revoked_at`]); false when unknown or inactive.
     fn deactivate_agent(&mut self, agent_id: &str) -> anyhow::Result<bool>;
     /// Annotates an agent as unenrolled by itself (`audit/unenroll`).
     fn audit_unenroll(
@@ -480,6 +494,13 @@ impl SqliteState {
                 name TEXT NOT NULL,
                 sequence INTEGER NOT NULL,
                 FOREIGN KEY (name, sequence) REFERENCES releases (name, sequence)
+            );
+            -- Agent ids the operator revoked. A table of their own (CREATE ... IF NOT EXISTS, as
+            -- every schema change here: an older state.db gains it when opened) rather than a
+            -- column of agents, whose row an enrollment replaces whole.
+            CREATE TABLE IF NOT EXISTS revoked_agents (
+                id TEXT PRIMARY KEY,
+                revoked_at TEXT NOT NULL
             );",
         )?;
         Ok(Self { conn })
@@ -647,8 +668,15 @@ impl StateStore for SqliteState {
         }))
     }
 
-    fn enroll_agent(&mut self, a: &AgentRecord, replacing: Option<&str>) -> anyhow::Result<bool> {
+    fn enroll_agent(
+        &mut self,
+        a: &AgentRecord,
+        replacing: Option<&str>,
+    ) -> anyhow::Result<Enrollment> {
         let tx = self.conn.transaction()?;
+        if revoked_at(&tx, &a.id)?.is_some() {
+            return Ok(Enrollment::Revoked);
+        }
         let current: Option<(bool, String)> = tx
             .query_row(
                 "SELECT active, access_key_id FROM agents WHERE id = ?1",
@@ -662,7 +690,7 @@ impl StateStore for SqliteState {
             (Some((true, _)), None) => false,
         };
         if !allowed {
-            return Ok(false);
+            return Ok(Enrollment::NotReplaceable);
         }
         // Actions queued for an earlier agent with the same id are not this one's.
         tx.execute(
@@ -687,7 +715,11 @@ impl StateStore for SqliteState {
             ],
         )?;
         tx.commit()?;
-        Ok(true)
+        Ok(Enrollment::Stored)
+    }
+
+    fn revoked_at(&self, id: &str) -> anyhow::Result<Option<String>> {
+        revoked_at(&self.conn, id)
     }
 
     fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRecord>> {
@@ -1004,7 +1036,17 @@ impl StateStore for SqliteState {
     }
 
     fn deactivate_agent(&mut self, agent_id: &str) -> anyhow::Result<bool> {
-        deactivate(&self.conn, agent_id, &now_rfc3339()?)
+        let now = now_rfc3339()?;
+        let tx = self.conn.transaction()?;
+        if !deactivate(&tx, agent_id, &now)? {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO revoked_agents (id, revoked_at) VALUES (?1, ?2)",
+            params![agent_id, now],
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     fn audit_unenroll(
@@ -1181,6 +1223,12 @@ impl StateStore for SqliteState {
     }
 }
 
+fn revoked_at(conn: &Connection, id: &str) -> anyhow::Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT revoked_at FROM revoked_agents WHERE id = ?1", params![id], |r| r.get(0))
+        .optional()?)
+}
+
 /// Makes an agent inactive (its key stops working); false if it already was, or is unknown.
 fn deactivate(conn: &Connection, agent_id: &str, now: &str) -> anyhow::Result<bool> {
     Ok(conn.execute(
@@ -1354,8 +1402,8 @@ mod tests {
     fn actions_are_pending_in_order_until_the_cursor_passes_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
-        assert!(s.enroll_agent(&agent("a", "ka"), None).unwrap());
-        assert!(s.enroll_agent(&agent("b", "kb"), None).unwrap());
+        assert_eq!(s.enroll_agent(&agent("a", "ka"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(s.enroll_agent(&agent("b", "kb"), None).unwrap(), Enrollment::Stored);
         let far = "2099-01-01T00:00:00Z";
         let now = "2026-06-01T00:00:00Z";
         for i in 0..150 {
@@ -1438,9 +1486,10 @@ mod tests {
         s.record_policy_acks(&[ack(99)]).unwrap();
         assert_eq!(s.agent_policy_revision("a").unwrap(), 3);
         // An active agent is replaced only by the enrollment that checked its key.
-        assert!(!s.enroll_agent(&agent("a", "ka2"), None).unwrap());
-        assert!(!s.enroll_agent(&agent("a", "ka2"), Some("other")).unwrap());
-        assert!(s.enroll_agent(&agent("a", "ka2"), Some("ka")).unwrap());
+        let not_replaceable = Enrollment::NotReplaceable;
+        assert_eq!(s.enroll_agent(&agent("a", "ka2"), None).unwrap(), not_replaceable);
+        assert_eq!(s.enroll_agent(&agent("a", "ka2"), Some("other")).unwrap(), not_replaceable);
+        assert_eq!(s.enroll_agent(&agent("a", "ka2"), Some("ka")).unwrap(), Enrollment::Stored);
         // The replacement starts after every existing action, whatever token it shows.
         assert_eq!(s.agent_action("a", "x0").unwrap(), None);
         assert!(
@@ -1523,10 +1572,19 @@ mod tests {
     fn parked_agents_are_touched_and_inactive_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteState::open(&dir.path().join("state.db")).unwrap();
-        assert!(s.enroll_agent(&agent("a", "ka"), None).unwrap());
-        assert!(s.enroll_agent(&agent("b", "kb"), None).unwrap());
+        assert_eq!(s.enroll_agent(&agent("a", "ka"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(s.enroll_agent(&agent("b", "kb"), None).unwrap(), Enrollment::Stored);
         assert!(s.deactivate_agent("b").unwrap());
         assert!(!s.deactivate_agent("b").unwrap());
+        // A revoked id is tombstoned: it never enrolls again, even as the agent it replaces.
+        assert!(s.revoked_at("b").unwrap().is_some() && s.revoked_at("a").unwrap().is_none());
+        assert_eq!(s.enroll_agent(&agent("b", "kb2"), None).unwrap(), Enrollment::Revoked);
+        assert_eq!(s.enroll_agent(&agent("b", "kb2"), Some("kb")).unwrap(), Enrollment::Revoked);
+        // An agent unenrolled by its acknowledged UNENROLL is not: Fleet Server deletes an
+        // inactive agent's record when its id enrolls again, and so does the appliance.
+        assert_eq!(s.enroll_agent(&agent("c", "kc"), None).unwrap(), Enrollment::Stored);
+        s.record_action_results("c", &[], true).unwrap();
+        assert_eq!(s.enroll_agent(&agent("c", "kc2"), None).unwrap(), Enrollment::Stored);
         s.touch_agents(&["a".into(), "b".into()], "2026-06-01T00:00:00Z").unwrap();
         let views = s.agent_views(None).unwrap();
         assert_eq!(views[0].last_checkin.as_deref(), Some("2026-06-01T00:00:00Z"));

@@ -150,3 +150,46 @@ fn an_enrollment_flood_gets_429s_while_other_agents_are_served() {
     // Check-ins have their own limit: the enrolled agent is served meanwhile.
     assert_eq!(agent.checkin_online().status, 200);
 }
+
+#[test]
+fn a_revoked_agent_id_never_enrolls_again_and_an_unenrolled_one_does() {
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let show = |id: &str| f.run_json(&[&"agents", &"show", &id, &"--json"]);
+
+    // A host the operator revokes (lost, compromised) knows its id and its replace token.
+    let body = enroll_body("stolen", "h", "s3cret").to_string();
+    assert_eq!(enroll(&server, Some(&token), &[], &body).status, 200);
+    assert_ok(&f.run(&[&"unenroll", &"--revoke", &"stolen"]));
+    let revoked = show("stolen");
+    assert_eq!(revoked["status"], "unenrolled", "{revoked}");
+    // Neither without its replace token nor with it, nor with a fresh enrollment token.
+    let (_, fresh) = f.token("p");
+    for (token, replace) in [(&token, ""), (&token, "s3cret"), (&fresh, "s3cret"), (&fresh, "x")] {
+        let reply =
+            enroll(&server, Some(token), &[], &enroll_body("stolen", "h2", replace).to_string());
+        reply.assert_error(403, "AgentRevoked");
+        let message = reply.body["message"].as_str().unwrap();
+        assert!(message.contains("stolen") && message.contains("new id"), "{message}");
+    }
+    assert_eq!(show("stolen"), revoked, "the stored record is unchanged");
+    let logs = server.wait_for_log("enrollment of a revoked agent id refused");
+    assert!(logs.contains("stolen"), "{logs}");
+
+    // An agent that acknowledged its UNENROLL enrolls again as a new agent, as Fleet Server
+    // lets it (handleEnroll.go deletes the inactive record), with no replace token.
+    let reply = enroll(&server, Some(&token), &[], &enroll_body("retired", "h", "").to_string());
+    let agent = Agent::from_reply(&server, &reply);
+    agent.checkin_online();
+    let unenroll = f.run_json(&[&"unenroll", &"retired", &"--json"]);
+    let reply = agent.checkin_online();
+    assert_eq!(reply.body["actions"][0]["type"], "UNENROLL", "{reply:?} {unenroll}");
+    assert_eq!(agent.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+    assert_eq!(show("retired")["status"], "unenrolled");
+    let again = enroll(&server, Some(&token), &[], &enroll_body("retired", "h3", "").to_string());
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(show("retired")["status"], "enrolled", "a new agent, not yet checked in");
+}

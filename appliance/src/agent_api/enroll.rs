@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
 use crate::credentials::{ApiKey, hash_replace_token, replace_token_matches};
 use crate::server::ApiError;
-use crate::state::{AgentRecord, StateStore as _};
+use crate::state::{AgentRecord, Enrollment, StateStore as _};
 
 #[derive(Deserialize)]
 struct EnrollRequest {
@@ -50,6 +50,19 @@ fn not_replaceable(id: &str) -> ApiError {
     )
 }
 
+/// A departure from Fleet Server, whose `_checkAgent` (handleEnroll.go) deletes any inactive
+/// agent's record when its id enrolls again, revoked (Kibana's force unenroll) or not: here an
+/// id the operator revoked stays refused, so a compromised host cannot come back under the
+/// identity the operator cut off. An agent that acknowledged its UNENROLL re-enrolls as Fleet
+/// lets it, as a new agent.
+fn revoked(id: &str) -> ApiError {
+    ApiError::fleet(
+        StatusCode::FORBIDDEN,
+        "AgentRevoked",
+        format!("agent ID {id} was revoked by the operator; enroll with a new id"),
+    )
+}
+
 pub async fn enroll(
     State(api): State<Arc<AgentApi>>,
     headers: HeaderMap,
@@ -80,8 +93,14 @@ pub async fn enroll(
     }
     let response = blocking(move || -> Result<Value, ApiError> {
         let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
-        let existing =
-            api.state.lock().expect("state lock").agent(&id).map_err(ApiError::Internal)?;
+        let existing = {
+            let state = api.state.lock().expect("state lock");
+            if state.revoked_at(&id).map_err(ApiError::Internal)?.is_some() {
+                tracing::warn!(agent = %id, "enrollment of a revoked agent id refused");
+                return Err(revoked(&id));
+            }
+            state.agent(&id).map_err(ApiError::Internal)?
+        };
         // The key of the active agent this enrollment replaces, checked again when the record
         // is written: a concurrent enrollment of the same id cannot slip in between.
         let mut replacing = None;
@@ -112,7 +131,7 @@ pub async fn enroll(
         tags.dedup();
         let key = ApiKey::mint();
         let enrolled_at = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
-        let stored = api
+        let outcome = api
             .state
             .lock()
             .expect("state lock")
@@ -133,8 +152,10 @@ pub async fn enroll(
                 replacing.as_deref(),
             )
             .map_err(ApiError::Internal)?;
-        if !stored {
-            return Err(not_replaceable(&id));
+        match outcome {
+            Enrollment::Stored => {}
+            Enrollment::NotReplaceable => return Err(not_replaceable(&id)),
+            Enrollment::Revoked => return Err(revoked(&id)),
         }
         tracing::info!(agent = %id, policy = %policy_id, "agent enrolled");
         Ok(json!({
