@@ -2,8 +2,15 @@
 //! for the rate and a cap on requests in flight, each refusing at once with `429` and
 //! `Retry-After` rather than queueing. Every route has its own, so parked check-ins (which hold
 //! their request for minutes) never use up the slots of enrollments or acks.
+//!
+//! Failed authentications are not charged to the route: a client whose credentials fail gets
+//! its route token back and is charged to a bucket of its own address instead, so a flood of
+//! bogus keys from one address never starves the agents whose keys are good (issue 22, 5).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use crate::http1::ClientAddr;
 use crate::server::ApiError;
 
 /// One route's limits.
@@ -45,6 +53,24 @@ pub const DEFAULTS: &[(&str, RouteLimit)] = &[
     ("pgp_key", RouteLimit { per_second: 500.0, burst: 500, concurrent: 50 }),
 ];
 
+/// Buckets kept per key (an address, an agent id, an enrollment token), charged only for
+/// failures; `concurrent` does not apply to them.
+pub const PER_KEY_DEFAULTS: &[(&str, RouteLimit)] = &[
+    // Failed authentications per source address (an IPv6 /64), across all routes. A site
+    // behind one NAT address sends only good keys; one that sends many bad ones (every agent
+    // of a restored or revoked site retrying) is refused for a while, and retries. One address
+    // flooding bogus keys does a database lookup for each of 200, then 20 a second.
+    ("auth_failures", RouteLimit { per_second: 20.0, burst: 200, concurrent: 0 }),
+    // Wrong replace tokens per target agent id: 5, then one more every 5 minutes, so guessing
+    // a replace token online takes 12 guesses an hour.
+    ("replace_per_agent", RouteLimit { per_second: 1.0 / 300.0, burst: 5, concurrent: 0 }),
+    // Wrong replace tokens per enrollment token, across ids: 10 a minute.
+    ("replace_per_token", RouteLimit { per_second: 10.0 / 60.0, burst: 10, concurrent: 0 }),
+];
+
+/// Keys of a [`KeyedBuckets`] map at most: the oldest entries go first beyond this.
+const MAX_KEYS: usize = 65_536;
+
 /// A route's settings in the configuration file; what is left out keeps its default.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,31 +83,48 @@ pub struct LimitOverride {
 /// The effective limits of every route.
 pub struct Limits {
     routes: HashMap<&'static str, Arc<Limiter>>,
+    per_key: HashMap<&'static str, RouteLimit>,
 }
 
 impl Limits {
     /// The defaults with `overrides` applied; an unknown route name is an error.
     pub fn new(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Self> {
-        for name in overrides.keys() {
+        let known = || DEFAULTS.iter().chain(PER_KEY_DEFAULTS).map(|(n, _)| *n);
+        for (name, o) in overrides {
             anyhow::ensure!(
-                DEFAULTS.iter().any(|(n, _)| n == name),
+                known().any(|n| n == name),
                 "[limits.{name}]: unknown route (known: {})",
-                DEFAULTS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                known().collect::<Vec<_>>().join(", ")
+            );
+            anyhow::ensure!(
+                o.concurrent.is_none() || !PER_KEY_DEFAULTS.iter().any(|(n, _)| n == name),
+                "[limits.{name}]: `concurrent` does not apply here, only `per_second` and `burst`"
             );
         }
+        let effective = |(name, default): &(&'static str, RouteLimit)| {
+            let o = overrides.get(*name).copied().unwrap_or_default();
+            let limit = RouteLimit {
+                per_second: o.per_second.unwrap_or(default.per_second).max(0.0),
+                burst: o.burst.unwrap_or(default.burst).max(1),
+                concurrent: o.concurrent.unwrap_or(default.concurrent),
+            };
+            (*name, limit)
+        };
+        let per_key: HashMap<_, _> = PER_KEY_DEFAULTS.iter().map(effective).collect();
+        let failures = Arc::new(KeyedBuckets::new(per_key["auth_failures"]));
         let routes = DEFAULTS
             .iter()
-            .map(|(name, default)| {
-                let o = overrides.get(*name).copied().unwrap_or_default();
-                let limit = RouteLimit {
-                    per_second: o.per_second.unwrap_or(default.per_second).max(0.0),
-                    burst: o.burst.unwrap_or(default.burst).max(1),
-                    concurrent: o.concurrent.unwrap_or(default.concurrent),
-                };
-                (*name, Arc::new(Limiter::new(limit)))
-            })
+            .map(effective)
+            .map(|(name, limit)| (name, Arc::new(Limiter::new(limit, Arc::clone(&failures)))))
             .collect();
-        Ok(Self { routes })
+        Ok(Self { routes, per_key })
+    }
+
+    /// New buckets for the per-key limit `name` of [`PER_KEY_DEFAULTS`].
+    pub fn per_key<K: Hash + Eq + Clone>(&self, name: &str) -> KeyedBuckets<K> {
+        KeyedBuckets::new(
+            *self.per_key.get(name).unwrap_or_else(|| panic!("no per-key limit {name}")),
+        )
     }
 
     /// The limiter of a route named in [`DEFAULTS`].
@@ -90,42 +133,154 @@ impl Limits {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+impl Bucket {
+    fn full(limit: RouteLimit, now: Instant) -> Self {
+        Self { tokens: f64::from(limit.burst), last: now }
+    }
+
+    /// Adds the tokens earned since the last call, up to the burst.
+    fn refill(&mut self, limit: RouteLimit, now: Instant) {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * limit.per_second;
+        self.tokens = (self.tokens + earned).min(f64::from(limit.burst));
+        self.last = now;
+    }
+
+    /// Ok when a token is left (`take`: and takes it), or how long until one is.
+    fn check(&mut self, limit: RouteLimit, now: Instant, take: bool) -> Result<(), Duration> {
+        if limit.per_second <= 0.0 {
+            return Ok(());
+        }
+        self.refill(limit, now);
+        if self.tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - self.tokens) / limit.per_second));
+        }
+        if take {
+            self.tokens -= 1.0;
+        }
+        Ok(())
+    }
+
+    fn give_back(&mut self, limit: RouteLimit) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(limit.burst));
+    }
+}
+
+/// A token bucket per key, for failures: [`KeyedBuckets::check`] before the work, and
+/// [`KeyedBuckets::charge`] when it failed. At most [`MAX_KEYS`] keys are kept; a key whose
+/// bucket is full again is forgotten first, then the least recently charged.
+pub struct KeyedBuckets<K> {
+    limit: RouteLimit,
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
+    pub fn new(limit: RouteLimit) -> Self {
+        Self { limit, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Ok when `key` has a token left, or how long until it has.
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("buckets lock");
+        buckets.get_mut(key).map_or(Ok(()), |b| b.check(self.limit, now, false))
+    }
+
+    /// Takes a token from `key`'s bucket, or says how long until one is available.
+    pub fn charge(&self, key: K, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("buckets lock");
+        if buckets.len() >= MAX_KEYS && !buckets.contains_key(&key) {
+            self.prune(&mut buckets, now);
+        }
+        buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::full(self.limit, now))
+            .check(self.limit, now, true)
+    }
+
+    /// Gives a token back, for work that turned out not to be a failure.
+    pub fn refund(&self, key: &K) {
+        if let Some(b) = self.buckets.lock().expect("buckets lock").get_mut(key) {
+            b.give_back(self.limit);
+        }
+    }
+
+    /// Forgets keys whose bucket is full again (they remember nothing), then the least recently
+    /// charged down to 3/4 of the cap: one sort per MAX_KEYS/4 new keys at worst.
+    fn prune(&self, buckets: &mut HashMap<K, Bucket>, now: Instant) {
+        let burst = f64::from(self.limit.burst);
+        buckets.retain(|_, b| {
+            b.refill(self.limit, now);
+            b.tokens < burst
+        });
+        let keep = MAX_KEYS * 3 / 4;
+        if buckets.len() > keep {
+            let mut ages: Vec<(Instant, K)> =
+                buckets.iter().map(|(k, b)| (b.last, k.clone())).collect();
+            ages.sort_unstable_by_key(|(last, _)| std::cmp::Reverse(*last));
+            for (_, key) in ages.drain(keep..) {
+                buckets.remove(&key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.buckets.lock().expect("buckets lock").len()
+    }
+}
+
+/// Whom a failed authentication is charged to: the source address, an IPv6 one by its /64
+/// (what one host or site is given); requests without an address share one key.
+fn address_key(addr: Option<IpAddr>) -> Option<IpAddr> {
+    addr.map(|a| match a.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    })
+}
+
+tokio::task_local! {
+    /// Set while a request runs under [`limit`]: whether its credentials failed.
+    static CREDENTIALS_FAILED: Cell<bool>;
+}
+
+/// Marks the current request's credentials as failed (an unknown or malformed key or token, a
+/// key of another agent): [`limit`] gives back its route token and charges its address. A no-op
+/// outside the middleware.
+pub fn credentials_failed() {
+    let _ = CREDENTIALS_FAILED.try_with(|failed| failed.set(true));
 }
 
 pub struct Limiter {
     limit: RouteLimit,
     bucket: Mutex<Bucket>,
     in_flight: Option<Arc<Semaphore>>,
+    /// Failed authentications per address, shared by every route.
+    failures: Arc<KeyedBuckets<Option<IpAddr>>>,
 }
 
 impl Limiter {
-    fn new(limit: RouteLimit) -> Self {
+    fn new(limit: RouteLimit, failures: Arc<KeyedBuckets<Option<IpAddr>>>) -> Self {
         Self {
             limit,
-            bucket: Mutex::new(Bucket { tokens: f64::from(limit.burst), last: Instant::now() }),
+            bucket: Mutex::new(Bucket::full(limit, Instant::now())),
             in_flight: (limit.concurrent > 0)
                 .then(|| Arc::new(Semaphore::new(limit.concurrent as usize))),
+            failures,
         }
     }
 
     /// Takes a token, or says how long until one is available.
     fn take(&self, now: Instant) -> Result<(), Duration> {
-        if self.limit.per_second <= 0.0 {
-            return Ok(());
-        }
-        let mut b = self.bucket.lock().expect("bucket lock");
-        let refill = now.saturating_duration_since(b.last).as_secs_f64() * self.limit.per_second;
-        b.tokens = (b.tokens + refill).min(f64::from(self.limit.burst));
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.limit.per_second))
-        }
+        self.bucket.lock().expect("bucket lock").check(self.limit, now, true)
+    }
+
+    fn give_back(&self) {
+        self.bucket.lock().expect("bucket lock").give_back(self.limit);
     }
 }
 
@@ -138,8 +293,16 @@ fn too_many(code: &'static str, message: &str, retry_after: Duration) -> Respons
     response
 }
 
-/// The middleware: `axum::middleware::from_fn_with_state(limits.get("ack"), limit)`.
+/// The middleware: `axum::middleware::from_fn_with_state(limits.get("ack"), limit)`. An
+/// address out of failed authentications is refused before anything else; a request whose
+/// credentials fail (see [`credentials_failed`]) is charged to its address, not the route.
 pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
+    let address = address_key(request.extensions().get::<ClientAddr>().map(|a| a.0));
+    if let Err(wait) = limiter.failures.check(&address, Instant::now()) {
+        let from = address.map_or("clients without an address".to_owned(), |a| a.to_string());
+        let message = format!("too many failed authentications from {from}");
+        return too_many("AuthFailureLimit", &message, wait);
+    }
     if let Err(wait) = limiter.take(Instant::now()) {
         return too_many("RateLimit", "exceeded the rate limit", wait);
     }
@@ -152,7 +315,17 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: 
         },
         None => None,
     };
-    next.run(request).await
+    let (response, failed) = CREDENTIALS_FAILED
+        .scope(Cell::new(false), async {
+            let response = next.run(request).await;
+            (response, CREDENTIALS_FAILED.with(Cell::get))
+        })
+        .await;
+    if failed {
+        limiter.give_back();
+        let _ = limiter.failures.charge(address, Instant::now());
+    }
+    response
 }
 
 #[cfg(test)]
@@ -161,7 +334,8 @@ mod tests {
 
     #[test]
     fn buckets_refill_at_the_rate_up_to_the_burst() {
-        let l = Limiter::new(RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 });
+        let failures = Arc::new(KeyedBuckets::new(PER_KEY_DEFAULTS[0].1));
+        let l = Limiter::new(RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 }, failures);
         let t0 = Instant::now();
         assert!(l.take(t0).is_ok());
         assert!(l.take(t0).is_ok());
@@ -186,5 +360,47 @@ mod tests {
         let o = BTreeMap::from([("enrol".to_owned(), LimitOverride::default())]);
         let err = Limits::new(&o).err().unwrap().to_string();
         assert!(err.contains("enrol") && err.contains("known: enroll"), "{err}");
+        let o = BTreeMap::from([(
+            "auth_failures".to_owned(),
+            LimitOverride { concurrent: Some(3), ..Default::default() },
+        )]);
+        let err = Limits::new(&o).err().unwrap().to_string();
+        assert!(err.contains("[limits.auth_failures]: `concurrent` does not apply"), "{err}");
+        let o = BTreeMap::from([(
+            "auth_failures".to_owned(),
+            LimitOverride { burst: Some(7), ..Default::default() },
+        )]);
+        assert_eq!(Limits::new(&o).unwrap().per_key::<u8>("auth_failures").limit.burst, 7);
+    }
+
+    #[test]
+    fn keyed_buckets_charge_each_key_and_stay_bounded() {
+        let b = KeyedBuckets::new(RouteLimit { per_second: 1.0, burst: 2, concurrent: 0 });
+        let t0 = Instant::now();
+        assert!(b.check(&1u32, t0).is_ok(), "an unknown key has its whole burst");
+        assert!(b.charge(1, t0).is_ok() && b.charge(1, t0).is_ok());
+        assert!(b.check(&1, t0).is_err() && b.charge(1, t0).is_err());
+        assert!(b.check(&2, t0).is_ok(), "other keys are not charged");
+        b.refund(&1);
+        assert!(b.check(&1, t0).is_ok());
+        // Past the cap, keys with a full bucket go, then the oldest; the newest stay charged.
+        for k in 0..MAX_KEYS as u32 + 10 {
+            let _ = b.charge(k, t0 + Duration::from_millis(u64::from(k)));
+        }
+        assert!(b.len() <= MAX_KEYS, "{}", b.len());
+        let last = MAX_KEYS as u32 + 9;
+        let at = t0 + Duration::from_millis(u64::from(last));
+        assert!(b.charge(last, at).is_ok(), "its second token");
+        assert!(b.check(&last, at).is_err(), "the newest key is still remembered");
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_host_or_ipv6_slash_64() {
+        let key = |s: &str| address_key(Some(s.parse().unwrap()));
+        assert_eq!(key("127.0.0.2"), Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(key("::ffff:10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(address_key(None), None);
     }
 }

@@ -9,8 +9,78 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use serde_json::json;
-use support::agent::{Agent, request};
+use support::agent::{Agent, Reply, enroll_request, request, send_wire};
 use support::{Fixture, Server, VERSIONS, assert_ok, schema};
+
+/// One request over TLS with the agent's headers, sent from the loopback address `from` (Linux
+/// routes all of 127/8 on `lo`), so the server sees a client other than the test's others.
+fn request_from(
+    server: &Server,
+    from: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    use std::sync::Arc;
+    let addr: std::net::SocketAddr = server.https.trim_start_matches("https://").parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tcp = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(format!("{from}:0").parse().unwrap())?;
+            socket.connect(addr).await?.into_std()
+        })
+        .unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&server.ca).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let auth = key.map(|k| format!("Authorization: ApiKey {k}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path}? HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Elastic Agent v9.1.2\r\n\
+         Elastic-Api-Version: 2023-06-01\r\nContent-Type: application/json\r\n{auth}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = ureq::http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(": ").unwrap();
+        headers.append(
+            ureq::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    assert!(!headers.contains_key("transfer-encoding"), "JSON answers have a length");
+    let raw = raw[split + 4..].to_vec();
+    let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+    Reply { status, headers, body, raw }
+}
+
+/// How many replies have each status.
+fn count(replies: &[Reply], status: u16) -> usize {
+    replies.iter().filter(|r| r.status == status).count()
+}
 
 #[test]
 fn parked_check_ins_leave_control_calls_free_and_a_release_wakes_them_all() {
@@ -224,4 +294,79 @@ fn a_takeover_replaces_the_server_without_agents_noticing() {
         "{reply:?}"
     );
     assert!(!f.path("data/serve.takeover").exists());
+}
+
+#[test]
+fn failed_credentials_are_charged_to_their_address_and_never_starve_good_agents() {
+    let f = Fixture::new();
+    // Route buckets barely refill during the test, so any token a bogus request takes is gone.
+    f.append_config(
+        "checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0\n\
+         [limits.enroll]\nper_second = 0.01\nburst = 5\n\
+         [limits.ack]\nper_second = 0.01\nburst = 5\n\
+         [limits.auth_failures]\nper_second = 0.01\nburst = 20",
+    );
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+
+    // Bogus enrollment tokens from 127.0.0.2, interleaved with real enrollments from 127.0.0.1:
+    // every real one is served; the flood gets its 20 failures, then 429s for its address.
+    let body = enroll_request("x", "9.1.2", "h").json;
+    let mut flood = Vec::new();
+    let mut agents = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..10 {
+            let bogus = ferry_appliance::credentials::ApiKey::mint().encoded();
+            let path = "/api/fleet/agents/enroll";
+            flood.push(request_from(
+                &server,
+                "127.0.0.2",
+                "POST",
+                path,
+                Some(&bogus),
+                body.as_bytes(),
+            ));
+        }
+        let reply = send_wire(&server, &enroll_request(&token, "9.1.2", "Web-01"));
+        assert_eq!(reply.status, 200, "a real enrollment during the flood: {reply:?}");
+        agents.push(Agent::from_reply(&server, &reply));
+    }
+    assert_eq!((count(&flood, 401), count(&flood, 429)), (20, 20));
+    flood[..20].iter().for_each(|r| r.assert_error(401, "ErrUnauthorized"));
+    for r in &flood[20..] {
+        r.assert_error(429, "AuthFailureLimit");
+        assert!(r.body["message"].as_str().unwrap().contains("127.0.0.2"), "{r:?}");
+        assert!(r.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    }
+    // The address is refused on every route now, even with a good key.
+    let (a, b) = (&agents[0], &agents[1]);
+    let checkin = format!("/api/fleet/agents/{}/checkin", a.id);
+    let online = json!({"status": "online"}).to_string();
+    request_from(&server, "127.0.0.2", "POST", &checkin, Some(&a.key), online.as_bytes())
+        .assert_error(429, "AuthFailureLimit");
+
+    // Forged check-ins and acks, and another agent's key, from 127.0.0.3; the agents are served.
+    let reply = a.checkin_online();
+    assert_eq!(a.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+    let acks = format!("/api/fleet/agents/{}/acks", a.id);
+    let events = json!({"events": [a.ack_event("policy:p:1")]}).to_string();
+    let mut bad = Vec::new();
+    for i in 0..24 {
+        let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
+        let (path, body) = if i % 2 == 0 { (&acks, &events) } else { (&checkin, &online) };
+        bad.push(request_from(&server, "127.0.0.3", "POST", path, Some(&forged), body.as_bytes()));
+    }
+    bad.push(request_from(&server, "127.0.0.3", "POST", &acks, Some(&b.key), events.as_bytes()));
+    assert_eq!((count(&bad, 401), count(&bad, 429)), (20, 5), "{bad:?}");
+    bad.last().unwrap().assert_error(429, "AuthFailureLimit");
+    for _ in 0..3 {
+        assert_eq!(a.ack(&["policy:p:1"]).status, 200, "the ack route's tokens are the agents'");
+    }
+    assert_eq!(a.checkin_online().status, 200);
+    // Another agent's key is a credential failure too (403), charged to its address.
+    let from4 =
+        |key: &str| request_from(&server, "127.0.0.4", "POST", &acks, Some(key), events.as_bytes());
+    from4(&b.key).assert_error(403, "ErrAgentIdentity");
+    assert_eq!(a.ack(&["policy:p:1"]).status, 200, "the route token came back");
 }

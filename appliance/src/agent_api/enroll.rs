@@ -68,18 +68,19 @@ pub async fn enroll(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token = access_key(&headers)?;
+    let token = super::charged(access_key(&headers))?;
     let version = agent_version(&headers)?;
     // The token is checked before a byte of the body is read or decoded, as Fleet Server does
     // (fleet-server internal/pkg/api/handleEnroll.go): without one, any body gets 401.
-    let policy_id =
+    let policy_id = super::charged(
         super::with_state(&api, move |s| s.enrollment_policy(&token)).await?.ok_or_else(|| {
             ApiError::fleet(
                 StatusCode::UNAUTHORIZED,
                 "ErrUnauthorized",
                 "unknown or revoked enrollment token",
             )
-        })?;
+        }),
+    )?;
     let body = super::read_limited(body, ENROLL_BODY_LIMIT).await?;
     let request: EnrollRequest = super::json_body(&body, "enroll request")?;
     if !["PERMANENT", "EPHEMERAL", "TEMPORARY"].contains(&request.kind.as_str()) {

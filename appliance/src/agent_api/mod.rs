@@ -207,16 +207,19 @@ fn authenticate(
         return Err(wrong_agent());
     }
     if !agent.active {
-        return Err(ApiError::fleet(
-            StatusCode::UNAUTHORIZED,
-            "ErrAgentInactive",
-            "agent is not active",
-        ));
+        return Err(inactive());
     }
     Ok(agent)
 }
 
+/// An agent that is unenrolled or revoked (Fleet Server's ErrAgentInactive).
+fn inactive() -> ApiError {
+    ApiError::fleet(StatusCode::UNAUTHORIZED, "ErrAgentInactive", "agent is not active")
+}
+
+/// A key of another agent: a credential failure, charged to the client's address.
 fn wrong_agent() -> ApiError {
+    crate::limits::credentials_failed();
     ApiError::fleet(
         StatusCode::FORBIDDEN,
         "ErrAgentIdentity",
@@ -230,9 +233,25 @@ async fn authenticated(
     headers: &HeaderMap,
     path_id: Option<&str>,
 ) -> Result<AgentRecord, ApiError> {
-    let key = access_key(headers)?;
+    let key = charged(access_key(headers))?;
     let (api, id) = (Arc::clone(api), path_id.map(str::to_owned));
-    blocking(move || authenticate(&api, &key, id.as_deref())).await
+    charged(blocking(move || authenticate(&api, &key, id.as_deref())).await)
+}
+
+/// `result`, after telling the rate limiter when it is a credential failure (a missing,
+/// malformed, unknown or inactive key or token: 400/401; another agent's key: 403), so the
+/// client's address is charged for it rather than the route every agent shares. Checks that
+/// ran on a blocking thread are told here, where the request's task is.
+fn charged<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(
+        ApiError::Credential(_)
+        | ApiError::Fleet { status: StatusCode::UNAUTHORIZED, .. }
+        | ApiError::Fleet { code: "ErrAgentIdentity", .. },
+    ) = &result
+    {
+        crate::limits::credentials_failed();
+    }
+    result
 }
 
 /// Runs `f` with the state database, off the async threads.
