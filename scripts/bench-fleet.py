@@ -119,7 +119,7 @@ def prepare(work):
 def config(work, mode, port):
     scheme = "https" if mode == "tls" else "http"
     text = (f'data_dir = "data-{mode}"\ntrusted_keys = ["ferry.pub"]\npublic_url = "{scheme}://127.0.0.1:{port}"\n'
-            f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{port + 2}"\ntls = {str(mode == "tls").lower()}\n'
+            f'[server]\nlisten = "127.0.0.1:{port}"\ntls = {str(mode == "tls").lower()}\n'
             # Enrollment of a whole fleet at once; the defaults pace it at 100/s.
             '[limits.enroll]\nper_second = 5000\nburst = 5000\nconcurrent = 500\n')
     path = os.path.join(work, f"{mode}.toml")

@@ -85,7 +85,6 @@ trusted_keys = ["trusted.pub"]
 public_url = "https://127.0.0.1:8220"
 [server]
 listen = "127.0.0.1:8220"
-admin_listen = "127.0.0.1:8222"
 TOML
 appliance() { "$bin/ferry-appliance" --config appliance/appliance.toml "$@"; }
 appliance import dist/demo-1.ferry

@@ -8,10 +8,10 @@
 #   scripts/tls-audit.sh
 #
 # The default configuration has one TLS listener (server.listen); the mirror listener
-# (server.mirror_listen, off by default) and the admin API are plain HTTP, so there is nothing
-# else to scan. Environment:
+# (server.mirror_listen, off by default) is plain HTTP and the admin API a Unix socket in the
+# data directory, so there is nothing else to scan. Environment:
 #   TLS_AUDIT_PORT            port of the TLS listener on 127.0.0.1 (default 18220, not the
-#                             demo's 8220, so both can run at once); the admin API takes +2
+#                             demo's 8220, so both can run at once)
 #   TLS_AUDIT_CERT, _KEY, _CA serve this certificate chain and key instead of the quick-start
 #                             one, trusting _CA (as agents' --certificate-authorities would)
 #   TLS_AUDIT_HOST            the name in public_url and in the scanned URL (still connecting
@@ -91,7 +91,6 @@ TOML
         -e 's|^trusted_keys = .*|trusted_keys = ["trusted.pub"]|' \
         -e "s|^public_url = .*|public_url = \"https://$host:$port\"|" \
         -e "s|^listen = .*|listen = \"127.0.0.1:$port\"|" \
-        -e "s|^admin_listen = .*|admin_listen = \"127.0.0.1:$((port + 2))\"|" \
         > appliance/appliance.toml
     if [ -n "${TLS_AUDIT_CERT:-}" ]; then
         sed -i -e "s|^# tls_cert = .*|tls_cert = \"$(realpath "$TLS_AUDIT_CERT")\"|" \

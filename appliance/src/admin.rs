@@ -1,13 +1,15 @@
-//! The admin API: plain HTTP on a loopback address, every request carrying the admin token
-//! (`Authorization: Bearer …`) that `serve` keeps in `data_dir/admin.token`. The CLI's
-//! `status`, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, `diagnostics`
-//! and `actions` commands are its clients. Actions are created here, in the serving process, so a
-//! parked check-in of a targeted agent wakes at once.
+//! The admin API: HTTP/1.1 on a Unix socket in the private data directory
+//! (`data_dir/admin.sock`, mode 0600, peers checked with `SO_PEERCRED`), every request carrying
+//! the admin token (`Authorization: Bearer …`) that `serve` mints afresh at each start into
+//! `data_dir/admin.token`. The CLI's `status`, `tokens`, `agents`, `upgrade`, `unenroll`,
+//! `reassign`, `settings`, `diagnostics` and `actions` commands are its clients. Actions are
+//! created here, in the serving process, so a parked check-in of a targeted agent wakes at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, Request, State};
@@ -25,9 +27,9 @@ use crate::state::{ActionEffect, AgentView, NewAction, SqliteState, StateStore a
 
 /// The admin API's prefix; the CLI and the server agree on it here.
 pub const PREFIX: &str = "/admin/v1";
-/// Files in `data_dir` through which the CLI finds the running server.
+/// Files in `data_dir` through which the CLI reaches the running server.
 pub const TOKEN_FILE: &str = "admin.token";
-pub const URL_FILE: &str = "admin.url";
+pub const SOCKET_FILE: &str = "admin.sock";
 /// How long an action stays deliverable unless the admin says otherwise (Kibana: a month).
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -55,43 +57,149 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/uploads/{id}/file", get(upload_file))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
+        .layer(axum::middleware::from_fn(local_only))
         .with_state(admin);
     Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::server::nosniff))
 }
 
-/// Reads the admin token, making one (mode 0600) on first start.
-pub fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
+/// Mints this start's admin token into `data_dir/admin.token` (0600): a new one at every
+/// start, so a token seen once (a backup, a leaked log) is worthless after the next restart.
+/// Written to a temporary name opened with `O_EXCL`, then renamed over the old one, so no reader
+/// ever sees half a token and nothing planted at the temporary name is written through.
+pub fn mint_token(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = data_dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
-        Ok(_) => {}
+    let tmp = data_dir.join(format!("{TOKEN_FILE}.{}.tmp", std::process::id()));
+    // Left by a process with our pid that died between the two steps.
+    let _ = std::fs::remove_file(&tmp);
+    let token = ApiKey::mint().encoded();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+/// Binds the admin socket at `data_dir/admin.sock`, mode 0600. Called only by the process
+/// holding `serve.lock`, so a socket already there is a dead server's: it is removed, but only
+/// when it is a socket (anything else there is not ours, and is refused by name).
+pub fn bind(data_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let path = data_dir.join(SOCKET_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket: it is not the appliance's; remove it",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
+            return Err(anyhow::Error::new(e).context(format!("cannot stat {}", path.display())));
         }
     }
-    let token = ApiKey::mint().encoded();
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
+    // sun_path holds 108 bytes: a deep data_dir cannot carry the socket.
+    let listener = tokio::net::UnixListener::bind(&path).with_context(|| {
+        format!("cannot listen on {} (a socket path is at most 107 bytes long)", path.display())
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Who may talk to the admin socket: the user `serve` runs as, and root.
+fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid || peer_uid == 0
+}
+
+/// Serves the admin router on its socket until `shutdown` resolves, each connection on its own
+/// task once `SO_PEERCRED` names an allowed user; then removes the socket, so a CLI finds no
+/// server rather than a dead one.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    app: Router,
+    limits: crate::http1::Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let own_uid = rustix::process::geteuid().as_raw();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        match stream.peer_cred() {
+            Ok(cred) if peer_allowed(cred.uid(), own_uid) => {}
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "admin API: refused a connection from another user");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin API: cannot read the peer's credentials");
+                continue;
+            }
+        }
+        let (app, limits) = (app.clone(), limits.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::http1::serve(stream, app, limits, None).await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
     }
-    std::fs::rename(&tmp, &path)?;
-    Ok(token)
+    let _ = std::fs::remove_file(&path);
+    Ok(())
 }
 
 /// The largest admin request body: axum's default for JSON, which an action naming every agent
 /// of a large site stays well under.
 pub fn body_limit(_: &axum::http::Method, _: &str) -> usize {
     2 << 20
+}
+
+/// Whether a `Host` header names this host: `localhost`, `127.0.0.1` or `[::1]`, any port.
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(host, |(inside, _)| inside),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    ["localhost", "127.0.0.1", "::1"].contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// Refuses (403) what only a browser sends: an `Origin`, or a `Host` naming another host (a page
+/// reaching the socket through an SSH tunnel or DNS rebinding). The CLI sends `Host: localhost`
+/// and no `Origin`. Checked before the token, so such a request learns nothing.
+async fn local_only(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let refusal = if headers.contains_key(header::ORIGIN) {
+        Some("the admin API refuses requests with an Origin header (browsers)".to_owned())
+    } else {
+        headers.get(header::HOST).and_then(|h| match h.to_str() {
+            Ok(host) if local_host(host) => None,
+            _ => Some(format!(
+                "the admin API answers only Host localhost, 127.0.0.1 or [::1], not {h:?}"
+            )),
+        })
+    };
+    match refusal {
+        Some(message) => {
+            ApiError::fleet(StatusCode::FORBIDDEN, "Forbidden", message).into_response()
+        }
+        None => next.run(request).await,
+    }
 }
 
 async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
@@ -273,9 +381,38 @@ fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'stati
     }
 }
 
+/// `GET /agents`: a page of the list, in enrollment order (`enrolled_at`, then id).
 #[derive(Deserialize)]
 struct AgentFilter {
     policy: Option<String>,
+    /// At most this many agents (default [`PAGE`]).
+    limit: Option<usize>,
+    /// The page starts after this agent id: the last one of the previous page.
+    after: Option<String>,
+}
+
+/// Agents per page of `GET /agents` unless asked otherwise: a page stays a few MB even when
+/// each agent carries what the list keeps.
+pub const PAGE: usize = 1000;
+
+/// What the list shows of an agent: everything but the bulky fields an agent fills as it
+/// likes (`local_metadata`, `components`, `upgrade_details`), of which only the download
+/// progress the UPGRADE column shows is kept. `GET /agents/{id}` has them all.
+fn list_entry(agent: &AgentOut) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(agent).map_err(|e| ApiError::Internal(e.into()))?;
+    let percent = v.pointer("/upgrade_details/metadata/download_percent").cloned();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("local_metadata");
+        map.remove("components");
+        map.insert(
+            "upgrade_details".into(),
+            match percent {
+                Some(p) => json!({ "metadata": { "download_percent": p } }),
+                None => Value::Null,
+            },
+        );
+    }
+    Ok(v)
 }
 
 /// Agents as the admin sees them, after writing the check-in reports still queued in memory.
@@ -309,7 +446,22 @@ async fn list_agents(
     if let Some(policy) = &filter.policy {
         list.retain(|a| a.view.policy_id == *policy);
     }
-    Ok(axum::Json(list).into_response())
+    let start =
+        match &filter.after {
+            Some(after) => list.iter().position(|a| a.view.id == *after).ok_or_else(|| {
+                bad(format!(
+                    "after={after:?}: no such agent (it must be the last id of the previous page)"
+                ))
+            })? + 1,
+            None => 0,
+        };
+    let limit = filter.limit.unwrap_or(PAGE);
+    if limit == 0 {
+        return Err(bad("limit must be at least 1"));
+    }
+    let page =
+        list.iter().skip(start).take(limit).map(list_entry).collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(page).into_response())
 }
 
 async fn show_agent(
@@ -589,6 +741,20 @@ async fn upload_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_host_names_and_own_or_root_peers() {
+        for good in
+            ["localhost", "LOCALHOST:8222", "127.0.0.1", "127.0.0.1:1", "[::1]", "[::1]:8222"]
+        {
+            assert!(local_host(good), "{good}");
+        }
+        for bad in ["evil.example", "localhost.evil.example", "127.0.0.2", "[::2]:1", "", "::1x"] {
+            assert!(!local_host(bad), "{bad}");
+        }
+        assert!(peer_allowed(1000, 1000) && peer_allowed(0, 1000));
+        assert!(!peer_allowed(1001, 1000));
+    }
 
     #[test]
     fn versions() {

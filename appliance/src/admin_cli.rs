@@ -1,13 +1,17 @@
-//! The CLI's admin commands: each is one request to the running server's admin API, found
-//! through `data_dir/admin.url` and authenticated with `data_dir/admin.token`.
+//! The CLI's admin commands: each is one request to the running server's admin API, on the
+//! Unix socket `data_dir/admin.sock` (checked to be the server's before the token is sent),
+//! authenticated with `data_dir/admin.token`. The HTTP/1.1 client is here, by hand: one request
+//! per connection, the answer streamed.
 
-use std::path::PathBuf;
+use std::io::{BufReader, Read, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::admin::{PREFIX, TOKEN_FILE, URL_FILE};
+use crate::admin::{PREFIX, SOCKET_FILE, TOKEN_FILE};
 use crate::cli::{
     ActionsCommand, AgentsCommand, DiagnosticsCommand, Expiry, ReassignArgs, SettingsArgs, Targets,
     TokensCommand, UnenrollArgs, UpgradeArgs,
@@ -21,6 +25,12 @@ use crate::config::Config;
 #[error("the appliance refused: {0}")]
 pub struct AdminRefusal(pub String);
 
+/// No server runs on this data directory: no socket, or nothing listening on it (`status`
+/// then reports from the data directory).
+#[derive(Debug, thiserror::Error)]
+#[error("no `ferry-appliance serve` runs on this data directory ({0}): start it first")]
+pub struct ServerDown(String);
+
 /// The error for an admin API answer that is not a success: an [`AdminRefusal`] for a 4xx
 /// about the request itself, a plain error for authentication, overload and server trouble.
 fn answer_error(status: u16, body: &str) -> anyhow::Error {
@@ -28,74 +38,296 @@ fn answer_error(status: u16, body: &str) -> anyhow::Error {
         .ok()
         .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| body.trim().to_owned());
+    let message = ferry_manifests::terminal::escape(&message, 500);
     match status {
         401 | 403 => anyhow::anyhow!(
             "the admin API did not accept the admin token: {message} (HTTP {status}); run this \
-             as the user `serve` runs as, with the same configuration"
+             as the user `serve` runs as (or root), with the same configuration"
         ),
         400..=499 if status != 429 => AdminRefusal(format!("{message} (HTTP {status})")).into(),
         _ => anyhow::anyhow!("the appliance could not answer: {message} (HTTP {status})"),
     }
 }
 
+/// Checks that `data_dir/admin.sock` is the server's before anything is sent to it: a socket
+/// (not a symlink or a file), owned by the data directory's owner or root, in a data directory
+/// no other user can write to (so nobody else could have put it there). Returns its path.
+fn server_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let dir = match std::fs::metadata(data_dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ServerDown(format!("{} does not exist", data_dir.display())).into());
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot stat {}", data_dir.display()))
+            );
+        }
+    };
+    anyhow::ensure!(
+        dir.mode() & 0o022 == 0,
+        "the data directory {} is writable by other users (mode {:o}), so its admin socket may \
+         not be the server's: the admin token was not sent; run `chmod 700 {}`",
+        data_dir.display(),
+        dir.mode() & 0o7777,
+        data_dir.display()
+    );
+    let path = data_dir.join(SOCKET_FILE);
+    let socket = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ServerDown(format!("no {}", path.display())).into());
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot stat {}", path.display())));
+        }
+    };
+    anyhow::ensure!(
+        socket.file_type().is_socket(),
+        "{} is not a socket (a symlink or a file put there by someone): the admin token was not \
+         sent; remove it and restart `ferry-appliance serve`",
+        path.display()
+    );
+    anyhow::ensure!(
+        owner_allowed(socket.uid(), dir.uid()),
+        "{} belongs to uid {}, not to the data directory's owner (uid {}) or root: the admin \
+         token was not sent",
+        path.display(),
+        socket.uid(),
+        dir.uid()
+    );
+    Ok(path)
+}
+
+/// Who may own the admin socket and run the server: the data directory's owner, or root.
+fn owner_allowed(uid: u32, data_dir_owner: u32) -> bool {
+    uid == data_dir_owner || uid == 0
+}
+
+/// A response from the admin API: its status, headers, and its body as a reader that ends
+/// where the body does (by Content-Length, chunked framing, or the end of the connection).
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Box<dyn Read>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The answer as JSON, or the server's error message.
+    fn json(self) -> anyhow::Result<Value> {
+        let Answer { status, body, .. } = self;
+        if !(200..300).contains(&status) {
+            // An error message is short; more is not read.
+            let mut text = String::new();
+            body.take(64 << 10)
+                .read_to_string(&mut text)
+                .context("reading the admin API's answer")?;
+            return Err(answer_error(status, &text));
+        }
+        // Streamed: a large list or a bulky agent costs its size once, with no cap to exceed.
+        serde_json::from_reader(BufReader::new(body)).context("the admin API's answer is not JSON")
+    }
+}
+
+/// The body of a chunked response (RFC 9112 §7.1), trailers skipped.
+struct Chunked<R> {
+    inner: R,
+    left: u64,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            self.left = u64::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
+            if self.left == 0 {
+                // Trailers, up to the empty line.
+                loop {
+                    line.clear();
+                    if self.inner.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n as u64;
+        if self.left == 0 {
+            let mut crlf = [0u8; 2];
+            self.inner.read_exact(&mut crlf)?;
+            if &crlf != b"\r\n" {
+                return Err(bad("chunk not followed by CRLF"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A body of a declared length: ending early is an error, not a short body.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the answer ended {} bytes short", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Sends one request on `stream` (`Connection: close`) and reads the answer's head; the body is
+/// left to read from the returned [`Answer`].
+fn exchange(
+    mut stream: UnixStream,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<Answer> {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\n",
+        body.map_or(0, <[u8]>::len)
+    );
+    if body.is_some() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body.unwrap_or_default())?;
+    // Read until the head is complete; what follows it is the start of the body.
+    let mut buf = Vec::with_capacity(4096);
+    let (status, headers, head_len) = loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "the admin API closed the connection without answering");
+        buf.extend_from_slice(&chunk[..n]);
+        anyhow::ensure!(buf.len() <= 64 << 10, "the admin API's answer head is over 64 KiB");
+        let mut parsed = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut parsed);
+        if let httparse::Status::Complete(len) =
+            response.parse(&buf).context("the admin API's answer is not HTTP/1.1")?
+        {
+            let headers = response
+                .headers
+                .iter()
+                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect::<Vec<_>>();
+            break (response.code.unwrap_or(0), headers, len);
+        }
+    };
+    let rest = std::io::Cursor::new(buf.split_off(head_len)).chain(stream);
+    let mut answer = Answer { status, headers, body: Box::new(std::io::empty()) };
+    let chunked = answer
+        .header("transfer-encoding")
+        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
+    let length = answer.header("content-length").map(str::trim).map(str::parse::<u64>);
+    answer.body = match (chunked, length) {
+        (true, _) => Box::new(Chunked { inner: BufReader::new(rest), left: 0, done: false }),
+        (false, Some(Ok(len))) => Box::new(Exact { inner: rest, left: len }),
+        (false, Some(Err(_))) => anyhow::bail!("the admin API sent a bad Content-Length"),
+        (false, None) => Box::new(rest),
+    };
+    Ok(answer)
+}
+
 struct Client {
-    base: String,
+    socket: PathBuf,
     token: String,
-    agent: ureq::Agent,
 }
 
 impl Client {
     fn new(config: &Config) -> anyhow::Result<Self> {
-        let read = |name: &str| -> anyhow::Result<String> {
-            let path = config.data_dir.join(name);
-            Ok(std::fs::read_to_string(&path)
-                .with_context(|| {
-                    format!(
-                        "cannot read {}: is `ferry-appliance serve` running with this configuration?",
-                        path.display()
-                    )
-                })?
-                .trim()
-                .to_owned())
-        };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(120)))
-            .build()
-            .into();
-        Ok(Self { base: read(URL_FILE)?, token: read(TOKEN_FILE)?, agent })
+        let socket = server_socket(&config.data_dir)?;
+        let path = config.data_dir.join(TOKEN_FILE);
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| {
+                format!(
+                    "cannot read {}: run this as the user `serve` runs as, or root",
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_owned();
+        Ok(Self { socket, token })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{PREFIX}{path}", self.base)
+    /// Connects, checks that the process listening is the data directory's owner or root
+    /// (`SO_PEERCRED`, which names the listener however the socket got there), and sends one
+    /// request.
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
+        let stream = match UnixStream::connect(&self.socket) {
+            Ok(stream) => stream,
+            // A socket left by a server that died: nothing listens there now.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(
+                    ServerDown(format!("nothing listens on {}", self.socket.display())).into()
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot connect to {}", self.socket.display())));
+            }
+        };
+        let server = rustix::net::sockopt::socket_peercred(&stream)
+            .context("cannot read the admin server's credentials")?;
+        let dir = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(
+            self.socket.parent().unwrap_or(Path::new("/")),
+        )?);
+        anyhow::ensure!(
+            owner_allowed(server.uid.as_raw(), dir),
+            "the process listening on {} runs as uid {}, not as the data directory's owner (uid \
+             {dir}) or root: the admin token was not sent",
+            self.socket.display(),
+            server.uid.as_raw()
+        );
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        stream.set_write_timeout(Some(std::time::Duration::from_secs(120)))?;
+        let body = body.map(Value::to_string);
+        exchange(
+            stream,
+            method,
+            &format!("{PREFIX}{path}"),
+            &self.token,
+            body.as_deref().map(str::as_bytes),
+        )
+        .with_context(|| format!("admin API {method} {path}"))
     }
 
     /// Sends a request and returns the JSON answer, or the server's error message.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let url = self.url(path);
-        let auth = format!("Bearer {}", self.token);
-        let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            (_, Some(body)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(body.to_string()),
-            (_, None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
-        };
-        let mut response = response.with_context(|| {
-            format!(
-                "cannot reach the admin API at {}: is `ferry-appliance serve` running?",
-                self.base
-            )
-        })?;
-        let status = response.status();
-        let text = response.body_mut().read_to_string()?;
-        if !status.is_success() {
-            return Err(answer_error(status.as_u16(), &text));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        self.send(method, path, body)?.json()
     }
 }
 
@@ -113,8 +345,17 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A table on stdout; [`ferry_manifests::terminal::table`] escapes and bounds every cell.
 fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     print!("{}", ferry_manifests::terminal::table(headers, rows));
+}
+
+/// The most characters `agents show` prints of one value an agent sent.
+const SHOW_MAX: usize = 1024;
+
+/// A value an agent (or anyone but this CLI) chose, made safe to print outside a table.
+fn shown(v: &Value, max: usize) -> String {
+    ferry_manifests::terminal::escape(&text(v), max)
 }
 
 pub fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
@@ -183,12 +424,8 @@ fn upgrade_cell(a: &Value) -> String {
 pub fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
-        AgentsCommand::List { policy, json } => {
-            let path = match &policy {
-                Some(p) => format!("/agents?policy={p}"),
-                None => "/agents".into(),
-            };
-            let out = client.call("GET", &path, None)?;
+        AgentsCommand::List { policy, limit, json } => {
+            let out = Value::Array(list_agents(&client, policy.as_deref(), limit)?);
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
@@ -213,19 +450,20 @@ pub fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCod
             if json.json {
                 return print_json(&a).map(|()| ExitCode::SUCCESS);
             }
+            let show = |key: &str| shown(&a[key], SHOW_MAX);
             for (label, value) in [
-                ("id", text(&a["id"])),
-                ("hostname", text(&a["hostname"])),
-                ("status", text(&a["status"])),
-                ("reported", format!("{} {}", text(&a["last_status"]), text(&a["last_message"]))),
-                ("version", text(&a["version"])),
-                ("policy", format!("{} revision {}", text(&a["policy_id"]), a["policy_revision"])),
-                ("enrolled", text(&a["enrolled_at"])),
-                ("last check-in", text(&a["last_checkin"])),
-                ("upgrade", upgrade_cell(&a)),
-                ("upgraded at", text(&a["upgraded_at"])),
-                ("unenrolled at", text(&a["unenrolled_at"])),
-                ("tags", text(&a["tags"])),
+                ("id", show("id")),
+                ("hostname", show("hostname")),
+                ("status", show("status")),
+                ("reported", format!("{} {}", show("last_status"), show("last_message"))),
+                ("version", show("version")),
+                ("policy", format!("{} revision {}", show("policy_id"), a["policy_revision"])),
+                ("enrolled", show("enrolled_at")),
+                ("last check-in", show("last_checkin")),
+                ("upgrade", ferry_manifests::terminal::escape(&upgrade_cell(&a), SHOW_MAX)),
+                ("upgraded at", show("upgraded_at")),
+                ("unenrolled at", show("unenrolled_at")),
+                ("tags", show("tags")),
             ] {
                 println!("{label:14} {value}");
             }
@@ -240,6 +478,45 @@ pub fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every agent (or the first `limit`), a page at a time, in enrollment order.
+fn list_agents(
+    client: &Client,
+    policy: Option<&str>,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Value>> {
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let want = limit.map_or(crate::admin::PAGE, |l| (l - all.len()).min(crate::admin::PAGE));
+        let mut query = vec![format!("limit={want}")];
+        if let Some(p) = policy {
+            query.push(format!("policy={}", query_value(p)));
+        }
+        if let Some(last) = all.last() {
+            query.push(format!("after={}", query_value(&text(&last["id"]))));
+        }
+        let page = client.call("GET", &format!("/agents?{}", query.join("&")), None)?;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let full = page.len() == want;
+        all.extend(page);
+        if !full || limit.is_some_and(|l| all.len() >= l) {
+            return Ok(all);
+        }
+    }
+}
+
+/// `value` percent-encoded for a query string (everything but RFC 3986's unreserved).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Creates one action and prints what was queued.
@@ -260,9 +537,13 @@ fn act(
         return print_json(&out).map(|()| ExitCode::SUCCESS);
     }
     let agents = out["agents"].as_array().map_or(0, Vec::len);
-    println!("{} {} queued for {agents} agent(s)", text(&out["type"]), text(&out["action_id"]));
+    println!(
+        "{} {} queued for {agents} agent(s)",
+        shown(&out["type"], 64),
+        shown(&out["action_id"], 64)
+    );
     for note in out["notes"].as_array().cloned().unwrap_or_default() {
-        eprintln!("{}", text(&note));
+        eprintln!("{}", shown(&note, SHOW_MAX));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -330,61 +611,123 @@ pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Resu
             table(&["UPLOAD", "AGENT", "STATUS", "SIZE", "CREATED", "FILE"], rows);
             Ok(ExitCode::SUCCESS)
         }
-        DiagnosticsCommand::Get { upload_id, output, json } => {
+        DiagnosticsCommand::Get { upload_id, output, force, json } => {
             let list = client.call("GET", "/uploads", None)?;
             let upload = list
                 .as_array()
                 .and_then(|l| l.iter().find(|u| u["id"] == upload_id.as_str()).cloned())
                 .ok_or_else(|| {
-                    AdminRefusal(format!("no upload {upload_id} (see `diagnostics list`)"))
+                    AdminRefusal(format!(
+                        "no upload {} (see `diagnostics list`)",
+                        ferry_manifests::terminal::escape(&upload_id, 128)
+                    ))
                 })?;
-            // The agent chose the file name: keep only its last component.
-            let name = text(&upload["name"]);
-            let name = name
-                .rsplit(['/', '\\'])
-                .next()
-                .filter(|n| !n.is_empty() && *n != ".." && *n != ".");
-            let output = output.unwrap_or_else(|| PathBuf::from(name.unwrap_or("diagnostics.zip")));
-            let mut response = client
-                .agent
-                .get(&client.url(&format!("/uploads/{upload_id}/file")))
-                .header("Authorization", &format!("Bearer {}", client.token))
-                .call()?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.body_mut().read_to_string().unwrap_or_default();
-                return Err(answer_error(status.as_u16(), &body));
+            // The agent's file name is never used as a path (`../../.bashrc`); ours is.
+            let (output, replace) = match output {
+                Some(path) => (path, force),
+                None => {
+                    (PathBuf::from(default_name(&text(&upload["agent_id"]), &upload_id)), false)
+                }
+            };
+            refuse_existing(&output, replace)?;
+            let answer =
+                client.send("GET", &format!("/uploads/{}/file", query_value(&upload_id)), None)?;
+            if !(200..300).contains(&answer.status) {
+                return answer.json().map(|_| ExitCode::SUCCESS);
             }
-            let tmp = output.with_extension("part");
-            let mut file = std::fs::File::create(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-            let mut hasher =
-                HashingWriter { inner: &mut file, sha: <sha2::Sha256 as sha2::Digest>::new() };
-            let bytes = std::io::copy(&mut reader, &mut hasher)?;
-            let sha = hex::encode(sha2::Digest::finalize(hasher.sha));
-            anyhow::ensure!(
-                Some(sha.as_str()) == upload["sha256"].as_str(),
-                "the download's SHA-256 {sha} is not the upload's {}; {} removed",
-                text(&upload["sha256"]),
-                tmp.display()
-            );
-            file.sync_all()?;
-            std::fs::rename(&tmp, &output)?;
+            let (bytes, sha) = save(answer.body, &output, replace, upload["sha256"].as_str())?;
             if json.json {
                 print_json(&json!({
                     "upload_id": upload_id,
                     "agent_id": upload["agent_id"],
                     "path": output,
+                    "agent_file_name": upload["name"],
                     "bytes": bytes,
                     "sha256": sha,
                 }))?;
             } else {
-                println!("{} ({bytes} bytes, sha256 {sha})", output.display());
+                println!(
+                    "{} ({bytes} bytes, sha256 {sha}; the agent named it \"{}\")",
+                    output.display(),
+                    shown(&upload["name"], 256)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The file `diagnostics get` writes without `-o`: `diagnostics-AGENT-UPLOAD.zip`, each id
+/// reduced to `[A-Za-z0-9._-]` (64 characters at most), so it is one plain name in the current
+/// folder whatever the ids hold.
+fn default_name(agent_id: &str, upload_id: &str) -> String {
+    let part = |id: &str| -> String {
+        id.chars()
+            .take(64)
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .collect()
+    };
+    format!("diagnostics-{}-{}.zip", part(agent_id), part(upload_id))
+}
+
+/// Refuses to write over an existing file (a symlink included) unless `replace` (`--force`).
+fn refuse_existing(output: &Path, replace: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        replace || std::fs::symlink_metadata(output).is_err(),
+        "{} exists and was left as it is: name another file with -o (or add --force to replace \
+         it)",
+        output.display()
+    );
+    Ok(())
+}
+
+/// Streams `body` into `output` through a temporary file beside it (created with `O_EXCL`, so
+/// nothing already there is written through), checks its SHA-256 against `want`, then moves it
+/// into place: a hard link, which fails rather than replace a file created meanwhile, unless
+/// `replace`. Returns the size and the digest.
+fn save(
+    body: Box<dyn Read>,
+    output: &Path,
+    replace: bool,
+    want: Option<&str>,
+) -> anyhow::Result<(u64, String)> {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = output.with_file_name(format!(".{name}.{}.part", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let written = (|| -> anyhow::Result<(u64, String)> {
+        let mut hasher =
+            HashingWriter { inner: &mut file, sha: <sha2::Sha256 as sha2::Digest>::new() };
+        let bytes = std::io::copy(&mut BufReader::with_capacity(1 << 20, body), &mut hasher)
+            .context("the download broke off")?;
+        let sha = hex::encode(sha2::Digest::finalize(hasher.sha));
+        anyhow::ensure!(
+            Some(sha.as_str()) == want,
+            "the download's SHA-256 {sha} is not the upload's {}",
+            want.unwrap_or("-")
+        );
+        file.sync_all()?;
+        if replace {
+            std::fs::rename(&tmp, output)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+        } else {
+            std::fs::hard_link(&tmp, output).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                    "{} appeared during the download and was left as it is: name another file \
+                     with -o (or add --force to replace it)",
+                    output.display()
+                ),
+                _ => anyhow::Error::new(e).context(format!("cannot write {}", output.display())),
+            })?;
+        }
+        Ok((bytes, sha))
+    })();
+    // Gone whatever happened: after the link it is a second name, after a failure a leftover.
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 struct HashingWriter<'a> {
@@ -434,15 +777,11 @@ pub fn status(
     keys: &ferry_manifests::TrustedKeys,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let running = match Client::new(config) {
-        Ok(client) => match client.call("GET", "/status", None) {
-            Ok(report) => Some(report),
-            // The admin.url of a server that has stopped: nothing listens there now.
-            Err(e) if e.chain().any(|cause| cause.is::<ureq::Error>()) => None,
-            Err(e) => return Err(e),
-        },
-        // No admin.url or admin.token: no server ever ran on this data directory.
-        Err(_) => None,
+    let running = match Client::new(config).and_then(|c| c.call("GET", "/status", None)) {
+        Ok(report) => Some(report),
+        // No socket, or one nothing listens on (a server that died).
+        Err(e) if e.chain().any(|cause| cause.is::<ServerDown>()) => None,
+        Err(e) => return Err(e),
     };
     let report = match running {
         Some(report) => report,
@@ -505,4 +844,30 @@ fn stopped_status(config: &Config, keys: &ferry_manifests::TrustedKeys) -> anyho
     let offline_after = std::time::Duration::from_secs(config.server.agent_offline_seconds);
     let agents = crate::admin::count_agents(&views, &crate::state::now_rfc3339()?, offline_after);
     Ok(crate::admin::status_report(false, &active, &agents))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_name_is_one_plain_name() {
+        assert_eq!(default_name("a-1", "u.2"), "diagnostics-a-1-u.2.zip");
+        assert_eq!(default_name("../../x", "a/b\\c"), "diagnostics-.._.._x-a_b_c.zip");
+        assert_eq!(default_name(&"z".repeat(500), "\n").len(), "diagnostics--_.zip".len() + 64);
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_and_cut_ones_are_errors() {
+        let body = b"4\r\nWiki\r\n6;x=y\r\npedia \r\n0\r\nTrailer: z\r\n\r\n".to_vec();
+        let mut out = String::new();
+        Chunked { inner: &body[..], left: 0, done: false }.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "Wikipedia ");
+        let cut = b"4\r\nWi".to_vec();
+        assert!(
+            Chunked { inner: &cut[..], left: 0, done: false }.read_to_string(&mut out).is_err()
+        );
+        assert!(Exact { inner: &b"abc"[..], left: 5 }.read_to_string(&mut out).is_err());
+        assert!(owner_allowed(0, 5) && owner_allowed(5, 5) && !owner_allowed(6, 5));
+    }
 }

@@ -17,7 +17,8 @@ use clap::{Args, Parser, Subcommand};
         check-ins, the active release's policies, actions, diagnostics uploads) and serves the \
         release's artifacts in Elastic's downloads/ layout, with the PGP key upgrades check. \
         While it runs, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, \
-        `diagnostics` and `actions` manage the fleet through its loopback admin API, and \
+        `diagnostics` and `actions` manage the fleet through its admin API (the Unix socket \
+        data_dir/admin.sock, for serve's user and root), and \
         `status` says whether it serves its active release.\n\n\
         Exit codes: 0 success; 1 an input was refused (a bundle or its signature, data that \
         fails its check, a request the appliance refuses such as an unknown policy or agent); 2 \
@@ -115,11 +116,15 @@ pub enum TokensCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
-    /// One line per agent. Status is offline after `agent_offline_seconds` without a check-in.
+    /// One line per agent, in enrollment order. Status is offline after `agent_offline_seconds`
+    /// without a check-in. What agents sent is shown escaped and cut to 128 characters.
     List {
         /// Only agents of this policy.
         #[arg(long)]
         policy: Option<String>,
+        /// Only the first N agents (default: all, fetched 1000 at a time).
+        #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        limit: Option<usize>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -225,13 +230,17 @@ pub enum DiagnosticsCommand {
     },
     /// Uploaded bundles (and uploads in progress or refused).
     List(JsonArg),
-    /// Save an uploaded bundle.
+    /// Save an uploaded bundle, never over an existing file unless --force. The agent's own
+    /// file name is only shown, never used as a path.
     Get {
         /// The upload id, from `diagnostics list`.
         upload_id: String,
-        /// Where to write it (default: the agent's file name in the current folder).
+        /// Where to write it (default: diagnostics-AGENT-UPLOAD.zip in the current folder).
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+        /// Replace the -o file if it exists (without it, an existing file is an error).
+        #[arg(long, requires = "output")]
+        force: bool,
         #[command(flatten)]
         json: JsonArg,
     },

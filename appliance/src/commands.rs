@@ -18,8 +18,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{DEFAULT_CONFIG}");
         return Ok(ExitCode::SUCCESS);
     }
+    // Whatever this process creates (state.db and its WAL, tokens, releases, uploads, a
+    // downloaded diagnostics bundle) is for its user alone, whatever umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let config = Config::load(&cli.config)?;
     let keys = TrustedKeys::load(&config.trusted_keys)?;
+    if matches!(
+        cli.command,
+        Command::Import(_) | Command::Rollback(_) | Command::Gc | Command::Serve(_)
+    ) {
+        private_data_dir(&config.data_dir)?;
+    }
     match cli.command {
         Command::DefaultConfig => unreachable!("handled above"),
         Command::Import(args) => import(&config, &keys, &args, cli.quiet),
@@ -43,6 +52,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diagnostics(command) => crate::admin_cli::diagnostics(&config, command),
         Command::Actions(command) => crate::admin_cli::actions(&config, command),
     }
+}
+
+/// Creates the data directory (mode 0700) when missing, and refuses one that another local
+/// user could write to (group- or world-writable, or owned by someone other than this user or
+/// root): they could replace the releases, read the agents' keys, or plant an admin socket.
+pub fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    let own = rustix::process::geteuid().as_raw();
+    anyhow::ensure!(
+        meta.uid() == own || meta.uid() == 0 || own == 0,
+        "the data directory {} belongs to uid {}, not to this user (uid {own}) or root: run as its \
+         owner (the service user), or `chown` it",
+        dir.display(),
+        meta.uid()
+    );
+    anyhow::ensure!(
+        meta.mode() & 0o022 == 0,
+        "the data directory {} is writable by other users (mode {:o}): they could replace its \
+         releases or plant an admin socket; run `chmod 700 {}`",
+        dir.display(),
+        meta.mode() & 0o7777,
+        dir.display()
+    );
+    Ok(())
 }
 
 fn import(
@@ -241,7 +280,6 @@ async fn takeover_requested(data_dir: std::path::PathBuf) {
 }
 
 fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&config.data_dir)?;
     // One serving process per data directory; a takeover waits for the old one to leave.
     let lock_path = config.data_dir.join("serve.lock");
     let lock = std::fs::File::options()
@@ -271,7 +309,6 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
         let listeners = Listeners {
             agents: listen(config.server.listen, must_wait)?,
             mirror: config.server.mirror_listen.map(|a| listen(a, must_wait)).transpose()?,
-            admin: listen(config.server.admin_listen, must_wait)?,
         };
         let takeover_path = config.data_dir.join(TAKEOVER_FILE);
         let _lock = if must_wait {
@@ -304,25 +341,25 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// The already-bound listeners `serve` runs on.
+/// The already-bound listeners `serve` runs on. The admin socket is not among them: only the
+/// process holding `serve.lock` binds it (in [`run_server`]), after a server it takes over from
+/// has removed its own.
 pub struct Listeners {
     /// TLS: the agent API, the mirror and the PGP key.
     pub agents: tokio::net::TcpListener,
     /// Plain HTTP: the mirror only.
     pub mirror: Option<tokio::net::TcpListener>,
-    /// Plain HTTP on loopback: the admin API.
-    pub admin: tokio::net::TcpListener,
 }
 
-/// Serves the appliance on already-bound listeners until `shutdown` resolves, then writes the
-/// check-in reports still in memory.
+/// Serves the appliance on already-bound listeners and the admin socket until `shutdown`
+/// resolves, then writes the check-in reports still in memory. The caller holds `serve.lock`.
 pub async fn run_server(
     config: &Config,
     keys: TrustedKeys,
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    private_data_dir(&config.data_dir)?;
     let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
     let (mut crl, mut quick_start_ca) = (None, None);
     let tls = if config.server.tls {
@@ -381,11 +418,12 @@ pub async fn run_server(
         hub: Arc::clone(&hub),
         public_base: config.public_base().to_owned(),
         uploads_dir,
-        token: crate::admin::ensure_token(&config.data_dir)?,
+        token: crate::admin::mint_token(&config.data_dir)?,
         offline_after: Duration::from_secs(config.server.agent_offline_seconds),
     });
-    let admin_url = format!("http://{}", listeners.admin.local_addr()?);
-    std::fs::write(config.data_dir.join(crate::admin::URL_FILE), &admin_url)?;
+    // Written by versions that served the admin API on TCP; nothing reads it now.
+    let _ = std::fs::remove_file(config.data_dir.join("admin.url"));
+    let admin_socket = crate::admin::bind(&config.data_dir)?;
     let connections = crate::http1::Limits {
         header_timeout: Duration::from_secs(config.server.header_timeout_seconds),
         body_timeout: Duration::from_secs(60),
@@ -398,15 +436,20 @@ pub async fn run_server(
         listeners.agents.local_addr()?,
         config.public_base()
     );
-    println!("admin API on {admin_url}");
+    let socket_path = config.data_dir.join(crate::admin::SOCKET_FILE);
+    println!("admin API on {}", socket_path.display());
     let router = crate::server::router(Arc::clone(&state), agents, &limits, tls.is_some());
     let main = crate::server::serve(listeners.agents, tls, router, connections.clone(), shutdown);
-    let admin_server = crate::server::serve(
-        listeners.admin,
-        None,
+    // The admin side stops with the agent side, and removes its socket.
+    let (stop_admin, stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_server = crate::admin::serve(
+        admin_socket,
+        socket_path,
         crate::admin::router(admin),
         crate::http1::Limits { body_limit: crate::admin::body_limit, ..connections.clone() },
-        std::future::pending(),
+        async move {
+            let _ = stopped.await;
+        },
     );
     let mirror = async {
         match listeners.mirror {
@@ -418,7 +461,13 @@ pub async fn run_server(
             None => std::future::pending().await,
         }
     };
-    let result = tokio::select! { r = main => r, r = admin_server => r, r = mirror => r };
+    let served = async {
+        let result = tokio::select! { r = main => r, r = mirror => r };
+        let _ = stop_admin.send(());
+        result
+    };
+    let (result, admin_result) = tokio::join!(served, admin_server);
+    let result = result.and(admin_result);
     // Drain: parked check-ins answer "nothing to do" (bounded wait), then reports are written.
     hub.stop();
     let drained = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -62,9 +62,9 @@ checkin_jitter_seconds = 30
 # keep-alive connections idle for longer are closed. Heads over 8 KiB get 431.
 header_timeout_seconds = 30
 
-# The admin API (`ferry-appliance tokens|agents|upgrade|...` talk to it). Loopback only; the
-# CLI finds the address and the admin token in data_dir (admin.url, admin.token, mode 0600).
-admin_listen = "127.0.0.1:8222"
+# The admin API (`ferry-appliance tokens|agents|upgrade|...` talk to it) is on the Unix socket
+# data_dir/admin.sock (0600), for serve's own user and root; serve mints a new admin token
+# (data_dir/admin.token, 0600) at every start. There is nothing to configure.
 
 # `agents list` shows an agent as offline after this long without a check-in.
 agent_offline_seconds = 300
@@ -121,8 +121,9 @@ pub struct ServerConfig {
     pub checkin_jitter_seconds: u64,
     #[serde(default = "default_header_timeout")]
     pub header_timeout_seconds: u64,
-    #[serde(default = "default_admin_listen")]
-    pub admin_listen: SocketAddr,
+    /// Gone: the admin API is on `data_dir/admin.sock`. Read only to refuse it by name.
+    #[serde(default)]
+    admin_listen: Option<toml::Value>,
     #[serde(default = "default_offline")]
     pub agent_offline_seconds: u64,
     #[serde(default = "default_max_upload")]
@@ -146,10 +147,6 @@ fn default_tls() -> bool {
 
 fn default_header_timeout() -> u64 {
     30
-}
-
-fn default_admin_listen() -> SocketAddr {
-    "127.0.0.1:8222".parse().expect("valid address")
 }
 
 fn default_offline() -> u64 {
@@ -183,7 +180,7 @@ impl Default for ServerConfig {
             checkin_long_poll_seconds: default_long_poll(),
             checkin_jitter_seconds: default_jitter(),
             header_timeout_seconds: default_header_timeout(),
-            admin_listen: default_admin_listen(),
+            admin_listen: None,
             agent_offline_seconds: default_offline(),
             max_upload_mib: default_max_upload(),
             download_ca: None,
@@ -252,9 +249,9 @@ impl Config {
             "set both server.tls_cert and server.tls_key, or neither (quick-start)"
         );
         anyhow::ensure!(
-            self.server.admin_listen.ip().is_loopback(),
-            "server.admin_listen {} is not a loopback address: the admin API is for this host only",
-            self.server.admin_listen
+            self.server.admin_listen.is_none(),
+            "server.admin_listen is no longer read: the admin API is on the Unix socket \
+             data_dir/admin.sock now (for serve's user and root only); remove the line"
         );
         anyhow::ensure!(
             self.server.checkin_long_poll_seconds > 0
@@ -304,6 +301,15 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.server.listen.port(), 8220);
         assert_eq!(config.retain_releases, 3);
+    }
+
+    #[test]
+    fn admin_listen_is_refused_with_the_fix() {
+        let text =
+            DEFAULT_CONFIG.replace("[server]\n", "[server]\nadmin_listen = \"127.0.0.1:8222\"\n");
+        let config: Config = toml::from_str(&text).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("admin.sock") && err.contains("remove the line"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,25 @@ fn sha(bytes: &[u8]) -> String {
 }
 
 fn begin(agent: &Agent<'_>, action_id: &str, agent_id: &str, size: usize) -> Reply {
+    begin_named(
+        agent,
+        action_id,
+        agent_id,
+        size,
+        "elastic-agent-diagnostics-2026-11-29T12-29-00Z-00.zip",
+    )
+}
+
+/// An upload's start naming the file `name`, which the agent chooses freely.
+fn begin_named(
+    agent: &Agent<'_>,
+    action_id: &str,
+    agent_id: &str,
+    size: usize,
+    name: &str,
+) -> Reply {
     let body = json!({"action_id": action_id, "agent_id": agent_id, "src": "agent",
-        "file": {"name": "elastic-agent-diagnostics-2026-11-29T12-29-00Z-00.zip", "ext": "zip",
+        "file": {"name": name, "ext": "zip",
                  "mime_type": "application/zip", "size": size, "hash": {"sha256": "", "md5": ""}},
         "contents": null});
     agent.send("POST", "/api/fleet/uploads", &[], body.to_string().as_bytes())
@@ -119,4 +136,68 @@ fn a_diagnostics_bundle_travels_from_agent_to_admin_and_bad_uploads_are_refused(
     let o = f.run(&[&"diagnostics", &"get", &failed, &"-o", &f.path("x.zip")]);
     assert_eq!(o.status.code(), Some(1), "refused by the appliance: {}", support::stderr(&o));
     assert!(!f.path("data/uploads").join(&failed).exists(), "refused chunks are removed");
+}
+
+/// Finding 1 of issue 22: the agent chooses the upload's file name. `diagnostics get` without
+/// `-o` once wrote it (its last component) in the current folder, replacing what was there: an
+/// upload named `../../.bashrc` replaced the operator's `.bashrc`. Now the file is named by the
+/// appliance, created beside its target with O_EXCL and linked into place, never over a file.
+#[test]
+fn diagnostics_get_never_lets_the_agent_name_or_replace_a_file() {
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 2\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&server, &token);
+    let request = f.run_json(&[&"diagnostics", &"request", &agent.id, &"--json"]);
+    let action = request["action_id"].as_str().unwrap().to_owned();
+    agent.checkin_online();
+    let file = b"PK\x03\x04 the agent's bytes".to_vec();
+    let name = "../../x/.bashrc\x1b]0;owned\x07";
+    let reply = begin_named(&agent, &action, &agent.id, file.len(), name);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let upload = reply.body["upload_id"].as_str().unwrap().to_owned();
+    assert_eq!(chunk(&agent, &upload, 0, &file, &sha(&file)).status, 200);
+    assert_eq!(complete(&agent, &upload, &transit(&[&file])).status, 200);
+
+    // The operator's home, two levels up from where the command runs, holds files the name
+    // points at.
+    let home = f.path("home");
+    let cwd = home.join("a/b");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(home.join("x")).unwrap();
+    for dir in [&home, &home.join("x"), &home.join("a"), &cwd] {
+        std::fs::write(dir.join(".bashrc"), "the operator's").unwrap();
+    }
+    let before = support::snapshot(&home);
+    let get = |extra: &[&str]| {
+        let mut cmd = f.appliance(&[&"diagnostics", &"get", &upload]);
+        cmd.args(extra).current_dir(&cwd);
+        cmd.output().unwrap()
+    };
+    let o = get(&[]);
+    assert_ok(&o);
+    let saved = cwd.join(format!("diagnostics-{}-{upload}.zip", agent.id));
+    assert_eq!(std::fs::read(&saved).unwrap(), file);
+    // Nothing else changed, nothing was left behind; the agent's name is shown, escaped.
+    let mut after = support::snapshot(&home);
+    after.remove(saved.strip_prefix(&home).unwrap());
+    assert_eq!(after, before);
+    let out = support::stdout(&o);
+    assert!(out.contains("../../x/.bashrc\\x1b]0;owned\\x07") && !out.contains('\x1b'), "{out}");
+
+    // A second get refuses to replace the first, as -o refuses an existing file.
+    std::fs::write(&saved, "kept").unwrap();
+    for extra in [&[][..], &["-o", ".bashrc"]] {
+        let o = get(extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+        assert!(support::stderr(&o).contains("exists"), "{}", support::stderr(&o));
+    }
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), "kept");
+    assert_eq!(std::fs::read_to_string(cwd.join(".bashrc")).unwrap(), "the operator's");
+    // Unless the operator says so.
+    assert_ok(&get(&["-o", ".bashrc", "--force"]));
+    assert_eq!(std::fs::read(cwd.join(".bashrc")).unwrap(), file);
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 2, "no temporary file is left");
 }

@@ -109,8 +109,7 @@ impl Fixture {
     pub fn write_config(&self, extra: &str) {
         let config = format!(
             "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n\
-             retain_releases = 3\n{extra}[server]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.1:0\"\n\
-             admin_listen = \"127.0.0.1:0\"\n"
+             retain_releases = 3\n{extra}[server]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.1:0\"\n"
         );
         std::fs::write(self.path("appliance.toml"), config).unwrap();
     }
@@ -279,8 +278,22 @@ impl Server {
 
     /// Starts `ferry-appliance ARGS` (a form of `serve`) and waits until it serves.
     pub fn start_with(fixture: &Fixture, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
-        let mut child =
-            fixture.appliance(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        Self::start_command(fixture.appliance(args))
+    }
+
+    /// Starts `serve` as a shell started with `umask 022` would, as an operator's shell does.
+    pub fn start_at_umask_022(fixture: &Fixture) -> Self {
+        let serve = fixture.appliance(&[&"serve"]);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(serve.get_program())
+            .args(serve.get_args());
+        Self::start_command(cmd)
+    }
+
+    /// Starts `cmd` (a form of `serve`) and waits until it serves.
+    pub fn start_command(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let sink = std::sync::Arc::clone(&logs);
@@ -410,6 +423,27 @@ pub fn assert_ok(o: &Output) {
         stdout(o),
         stderr(o)
     );
+}
+
+/// Sends `head` (request line and headers, without the blank line) to the admin socket
+/// `data/admin.sock` with `Connection: close`, as any local program could; returns the status
+/// and the body.
+pub fn admin_raw(fixture: &Fixture, head: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(fixture.path("data/admin.sock")).unwrap();
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// The admin token `serve` wrote at its start.
+pub fn admin_token(fixture: &Fixture) -> String {
+    std::fs::read_to_string(fixture.path("data/admin.token")).unwrap().trim().to_owned()
 }
 
 /// Sends raw bytes as one HTTP/1.1 request and returns the status code.

@@ -92,7 +92,7 @@ impl Site {
             self.path().join("appliance.toml"),
             format!(
                 "data_dir = \"data\"\ntrusted_keys = [\"ferry.pub\"]\npublic_url = \"https://127.0.0.1:{port}\"\n\
-                 [server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n{tables}"
+                 [server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n{tables}"
             ),
         )
         .unwrap();
