@@ -154,7 +154,8 @@ fn diagnostics_get_never_lets_the_agent_name_or_replace_a_file() {
     let action = request["action_id"].as_str().unwrap().to_owned();
     agent.checkin_online();
     let file = b"PK\x03\x04 the agent's bytes".to_vec();
-    let name = "../../x/.bashrc\x1b]0;owned\x07";
+    // The old CLI kept the last component: `.bashrc`, in the current folder.
+    let name = "\x1b]0;owned\x07../../x/.bashrc";
     let reply = begin_named(&agent, &action, &agent.id, file.len(), name);
     assert_eq!(reply.status, 200, "{reply:?}");
     let upload = reply.body["upload_id"].as_str().unwrap().to_owned();
@@ -178,14 +179,14 @@ fn diagnostics_get_never_lets_the_agent_name_or_replace_a_file() {
     };
     let o = get(&[]);
     assert_ok(&o);
-    let saved = cwd.join(format!("diagnostics-{}-{upload}.zip", agent.id));
-    assert_eq!(std::fs::read(&saved).unwrap(), file);
     // Nothing else changed, nothing was left behind; the agent's name is shown, escaped.
+    let saved = cwd.join(format!("diagnostics-{}-{upload}.zip", agent.id));
     let mut after = support::snapshot(&home);
     after.remove(saved.strip_prefix(&home).unwrap());
     assert_eq!(after, before);
+    assert_eq!(std::fs::read(&saved).unwrap(), file);
     let out = support::stdout(&o);
-    assert!(out.contains("../../x/.bashrc\\x1b]0;owned\\x07") && !out.contains('\x1b'), "{out}");
+    assert!(out.contains("\\x1b]0;owned\\x07../../x/.bashrc") && !out.contains('\x1b'), "{out}");
 
     // A second get refuses to replace the first, as -o refuses an existing file.
     std::fs::write(&saved, "kept").unwrap();
