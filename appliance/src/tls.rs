@@ -34,27 +34,22 @@ impl QuickStart {
 
     /// Makes the CA, its (empty) revocation list and the server certificate unless they exist.
     /// The server certificate names `localhost`, `127.0.0.1`, `::1` and the public URL's host,
-    /// and the CRL's place below the public URL. Returns whether it made them.
+    /// and the CRL's place below the public URL; the CA may vouch for those names only (see
+    /// [`ca_params`]). Returns whether it made them.
     pub fn ensure(&self, public_url: &str) -> anyhow::Result<bool> {
         if self.ca_cert.is_file() && self.server_cert.is_file() && self.server_key.is_file() {
             return Ok(false);
         }
         use rcgen::{
-            BasicConstraints, CertificateParams, CertificateRevocationListParams,
-            CrlDistributionPoint, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
-            KeyPair, KeyUsagePurpose, SerialNumber,
+            CertificateParams, CertificateRevocationListParams, CrlDistributionPoint, DnType,
+            ExtendedKeyUsagePurpose, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
         };
         let public_host = url_host(public_url);
+        let names = server_names(public_host);
         let dir = self.ca_cert.parent().expect("tls folder");
         std::fs::create_dir_all(dir)?;
         let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "Ferry appliance quick-start CA");
-        ca_params.distinguished_name.push(DnType::OrganizationName, "Ferry");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        ca_params.not_after = ca_params.not_before + time::Duration::days(3650);
+        let ca_params = ca_params(&names)?;
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let ca_expires = ca_params.not_after;
         let issuer = Issuer::new(ca_params, ca_key);
@@ -70,10 +65,6 @@ impl QuickStart {
         }
         .signed_by(&issuer)?;
 
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        if !public_host.is_empty() && !names.iter().any(|n| n == public_host) {
-            names.push(public_host.to_owned());
-        }
         let server_key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, public_host);
@@ -93,6 +84,48 @@ impl QuickStart {
         std::fs::write(&self.ca_cert, ca_cert.pem())?;
         Ok(true)
     }
+}
+
+/// The names the quick-start server certificate carries: `localhost`, `127.0.0.1`, `::1` and
+/// the public URL's host.
+fn server_names(public_host: &str) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if !public_host.is_empty() && !names.iter().any(|n| n == public_host) {
+        names.push(public_host.to_owned());
+    }
+    names
+}
+
+/// The quick-start CA: it signs one server certificate (path length 0), and a critical
+/// NameConstraints extension (RFC 5280 §4.2.1.10) permits only `names` (each IP address as a
+/// /32 or /128, each DNS name with the names below it, as the RFC defines dNSName subtrees).
+/// An agent told to trust it (`--certificate-authorities`) then trusts it for this appliance
+/// and nothing else, whoever gets hold of its key.
+fn ca_params(names: &[String]) -> anyhow::Result<rcgen::CertificateParams> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CidrSubnet, DnType, GeneralSubtree, IsCa,
+        KeyUsagePurpose, NameConstraints,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, "Ferry appliance quick-start CA");
+    params.distinguished_name.push(DnType::OrganizationName, "Ferry");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = params.not_before + time::Duration::days(3650);
+    let permitted = names
+        .iter()
+        .map(|name| match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let bits = if ip.is_ipv4() { 32 } else { 128 };
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, bits))
+            }
+            Err(_) => GeneralSubtree::DnsName(name.clone()),
+        })
+        .collect();
+    params.name_constraints =
+        Some(NameConstraints { permitted_subtrees: permitted, excluded_subtrees: Vec::new() });
+    Ok(params)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -332,6 +365,57 @@ mod tests {
         let (_other_dir, other, _) = quick_start_config();
         let client = revocation_checking_client(&qs.ca_cert, &other.crl);
         assert!(connect(client, server_config).is_err());
+    }
+
+    /// The CA carries a critical NameConstraints extension: a certificate it signs for another
+    /// name (or address) fails verification, one for the appliance's names passes.
+    #[test]
+    fn the_quick_start_ca_vouches_only_for_the_appliance() {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let (_dir, qs, _) = quick_start_config();
+        let ca_der = CertificateDer::pem_file_iter(&qs.ca_cert).unwrap().next().unwrap().unwrap();
+        // OID 2.5.29.30 (nameConstraints), then critical = TRUE.
+        let marker = [0x06, 0x03, 0x55, 0x1d, 0x1e, 0x01, 0x01, 0xff];
+        assert!(ca_der.windows(marker.len()).any(|w| w == marker), "critical NameConstraints");
+
+        // A CA made the same way, whose key the test holds, signs a rogue certificate.
+        let names = server_names("fleet.example.internal");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_params = ca_params(&names).unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.signed_by(&key, &issuer).unwrap().der().clone()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let verify = |name: &str, cert_name: &str| {
+            verifier.verify_server_cert(
+                &leaf(cert_name),
+                &[],
+                &rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+        };
+        for good in ["fleet.example.internal", "localhost", "127.0.0.1", "::1"] {
+            assert!(verify(good, good).is_ok(), "{good}: {:?}", verify(good, good));
+        }
+        for rogue in ["login.example.com", "example.internal", "10.0.0.1", "127.0.0.2"] {
+            let err = verify(rogue, rogue).unwrap_err().to_string();
+            assert!(
+                err.to_lowercase().contains("name constraint") || err.contains("NameConstraint"),
+                "{rogue}: {err}"
+            );
+        }
     }
 
     #[test]
