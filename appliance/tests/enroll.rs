@@ -193,3 +193,41 @@ fn a_revoked_agent_id_never_enrolls_again_and_an_unenrolled_one_does() {
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(show("retired")["status"], "enrolled", "a new agent, not yet checked in");
 }
+
+#[test]
+fn wrong_replace_tokens_lock_out_their_agent_id_and_their_enrollment_token() {
+    let f = Fixture::new();
+    f.append_config("[limits.replace_per_token]\nper_second = 0.001\nburst = 7");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let body = |id: &str, replace: &str| enroll_body(id, "h", replace).to_string();
+    let first = enroll(&server, Some(&token), &[], &body("a", "s3cret"));
+    let a = Agent::from_reply(&server, &first);
+    assert_eq!(enroll(&server, Some(&token), &[], &body("b", "0ther")).status, 200);
+
+    // Five wrong guesses at agent a, then its id refuses replace attempts, the right one too.
+    for guess in ["1", "2", "3", "4", "5"] {
+        enroll(&server, Some(&token), &[], &body("a", guess))
+            .assert_error(403, "AgentNotReplaceable");
+    }
+    for guess in ["6", "s3cret"] {
+        let reply = enroll(&server, Some(&token), &[], &body("a", guess));
+        reply.assert_error(429, "AgentReplaceLocked");
+        assert!(reply.body["message"].as_str().unwrap().contains("agent a"), "{reply:?}");
+    }
+    assert_eq!(a.checkin_online().status, 200, "the enrolled agent keeps working");
+    let logs = server.wait_for_log("too many wrong replace tokens");
+    assert!(logs.contains("wrong replace token") && logs.contains("agent=a"), "{logs}");
+
+    // Seven wrong guesses with one enrollment token (burst 7), whatever the ids: the token is
+    // refused further guesses; another token replaces b with its replace token.
+    for guess in ["1", "2"] {
+        enroll(&server, Some(&token), &[], &body("b", guess))
+            .assert_error(403, "AgentNotReplaceable");
+    }
+    enroll(&server, Some(&token), &[], &body("b", "3")).assert_error(429, "ReplaceTokenRateLimit");
+    let (_, other) = f.token("p");
+    let replaced = enroll(&server, Some(&other), &[], &body("b", "0ther"));
+    assert_eq!(replaced.status, 200, "{replaced:?}");
+}

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
-use crate::credentials::{ApiKey, hash_replace_token, replace_token_matches};
+use crate::credentials::{ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches};
+use crate::limits::{KeyedBuckets, Limits};
 use crate::server::ApiError;
 use crate::state::{AgentRecord, Enrollment, StateStore as _};
 
@@ -50,6 +52,72 @@ fn not_replaceable(id: &str) -> ApiError {
     )
 }
 
+/// Limits on guessing replace tokens. Fleet Server (handleEnroll.go) checks a replace token
+/// with no limit but the enroll route's rate: every wrong one is `403 AgentNotReplaceable` and
+/// a debug log line. Here wrong ones are also counted per target agent id and per enrollment
+/// token ([limits.replace_per_agent], [limits.replace_per_token]): past either, replace attempts
+/// get `429` before any hashing, a legitimate agent retrying after the lockout.
+pub struct ReplaceLimits {
+    per_agent: KeyedBuckets<String>,
+    per_token: KeyedBuckets<String>,
+}
+
+impl ReplaceLimits {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            per_agent: limits.per_key("replace_per_agent"),
+            per_token: limits.per_key("replace_per_token"),
+        }
+    }
+
+    /// Runs `check` (whether the replace token matches) unless `id` or `token` is out of
+    /// attempts; a wrong token is charged to both, a right one charges nothing.
+    async fn checked(
+        &self,
+        id: &str,
+        token: &str,
+        check: impl Future<Output = Option<bool>>,
+    ) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        let (id, token) = (id.to_owned(), token.to_owned());
+        if let Err(wait) = self.per_agent.check(&id, now) {
+            tracing::warn!(agent = %id, "replace attempt refused: too many wrong replace tokens");
+            return Err(too_many(
+                "AgentReplaceLocked",
+                format!(
+                    "too many wrong replace tokens for agent {id}; retry in {}s",
+                    wait.as_secs() + 1
+                ),
+            ));
+        }
+        if let Err(wait) = self.per_token.check(&token, now) {
+            tracing::warn!(agent = %id, token = %token, "replace attempt refused: too many wrong replace tokens with this enrollment token");
+            return Err(too_many(
+                "ReplaceTokenRateLimit",
+                format!(
+                    "too many wrong replace tokens with enrollment token {token}; retry in {}s",
+                    wait.as_secs() + 1
+                ),
+            ));
+        }
+        if !check.await.ok_or_else(hashing_busy)? {
+            let _ = self.per_agent.charge(id.clone(), now);
+            let _ = self.per_token.charge(token, now);
+            tracing::warn!(agent = %id, "wrong replace token");
+            return Err(not_replaceable(&id));
+        }
+        Ok(())
+    }
+}
+
+fn too_many(code: &'static str, message: String) -> ApiError {
+    ApiError::fleet(StatusCode::TOO_MANY_REQUESTS, code, message)
+}
+
+fn hashing_busy() -> ApiError {
+    too_many("MaxLimit", "too many replace tokens being checked; retry later".to_owned())
+}
+
 /// A departure from Fleet Server, whose `_checkAgent` (handleEnroll.go) deletes any inactive
 /// agent's record when its id enrolls again, revoked (Kibana's force unenroll) or not: here an
 /// id the operator revoked stays refused, so a compromised host cannot come back under the
@@ -65,10 +133,12 @@ fn revoked(id: &str) -> ApiError {
 
 pub async fn enroll(
     State(api): State<Arc<AgentApi>>,
+    Extension(limits): Extension<Arc<ReplaceLimits>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let token = super::charged(access_key(&headers))?;
+    let token_id = token.id().to_string();
     let version = agent_version(&headers)?;
     // The token is checked before a byte of the body is read or decoded, as Fleet Server does
     // (fleet-server internal/pkg/api/handleEnroll.go): without one, any body gets 401.
@@ -92,35 +162,44 @@ pub async fn enroll(
     if !request.id.is_empty() && !valid_agent_id(&request.id) {
         return Err(bad_request("the requested agent id has unusable characters"));
     }
-    let response = blocking(move || -> Result<Value, ApiError> {
-        let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
-        let existing = {
-            let state = api.state.lock().expect("state lock");
-            if state.revoked_at(&id).map_err(ApiError::Internal)?.is_some() {
-                tracing::warn!(agent = %id, "enrollment of a revoked agent id refused");
-                return Err(revoked(&id));
-            }
-            state.agent(&id).map_err(ApiError::Internal)?
-        };
-        // The key of the active agent this enrollment replaces, checked again when the record
-        // is written: a concurrent enrollment of the same id cannot slip in between.
-        let mut replacing = None;
-        if let Some(existing) = existing.filter(|a| a.active) {
-            // Fleet's rule: an active agent is replaced only by someone holding its replace
-            // token, into the same policy.
-            let proven = !request.replace_token.is_empty()
-                && existing
-                    .replace_token
-                    .as_deref()
-                    .is_some_and(|stored| replace_token_matches(&request.replace_token, stored));
-            if !proven || existing.policy_id != policy_id {
-                return Err(not_replaceable(&id));
-            }
-            tracing::info!(agent = %id, "agent re-enrolled with its replace token");
-            replacing = Some(existing.access_key_id);
+    let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
+    let existing = {
+        let id = id.clone();
+        super::with_state(&api, move |s| Ok((s.revoked_at(&id)?, s.agent(&id)?))).await?
+    };
+    if existing.0.is_some() {
+        tracing::warn!(agent = %id, "enrollment of a revoked agent id refused");
+        return Err(revoked(&id));
+    }
+    // The key of the active agent this enrollment replaces, checked again when the record
+    // is written: a concurrent enrollment of the same id cannot slip in between.
+    let mut replacing = None;
+    if let Some(existing) = existing.1.filter(|a| a.active) {
+        // Fleet's rule: an active agent is replaced only by someone holding its replace
+        // token, into the same policy.
+        let stored = existing.replace_token.filter(|_| !request.replace_token.is_empty());
+        let Some(stored) = stored else { return Err(not_replaceable(&id)) };
+        let guess = request.replace_token.clone();
+        limits
+            .checked(&id, &token_id, async move {
+                REPLACE_HASHING.run(move || replace_token_matches(&guess, &stored)).await
+            })
+            .await?;
+        if existing.policy_id != policy_id {
+            return Err(not_replaceable(&id));
         }
-        let replace_token =
-            (!request.replace_token.is_empty()).then(|| hash_replace_token(&request.replace_token));
+        tracing::info!(agent = %id, "agent re-enrolled with its replace token");
+        replacing = Some(existing.access_key_id);
+    }
+    let replace_token = match request.replace_token.as_str() {
+        "" => None,
+        token => {
+            let token = token.to_owned();
+            let hashed = REPLACE_HASHING.run(move || hash_replace_token(&token)).await;
+            Some(hashed.ok_or_else(hashing_busy)?)
+        }
+    };
+    let response = blocking(move || -> Result<Value, ApiError> {
         let mut local = request.metadata.local;
         if let Some(agent) = local.pointer_mut("/elastic/agent").and_then(Value::as_object_mut)
             && agent.contains_key("id")

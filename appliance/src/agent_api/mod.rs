@@ -93,7 +93,12 @@ pub fn router(api: Arc<AgentApi>, limits: &Limits) -> Router {
     let l =
         |route: &str| axum::middleware::from_fn_with_state(limits.get(route), crate::limits::limit);
     Router::new()
-        .route("/api/fleet/agents/enroll", post(enroll::enroll).layer(l("enroll")))
+        .route(
+            "/api/fleet/agents/enroll",
+            post(enroll::enroll)
+                .layer(axum::Extension(Arc::new(enroll::ReplaceLimits::new(limits))))
+                .layer(l("enroll")),
+        )
         .route("/api/fleet/agents/{id}/checkin", post(checkin::checkin).layer(l("checkin")))
         .route("/api/fleet/agents/{id}/acks", post(acks::acks).layer(l("ack")))
         .route(
