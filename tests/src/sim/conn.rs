@@ -1,7 +1,9 @@
-//! One simulated agent's HTTP connection: HTTP/1.1 keep-alive over TCP (optionally TLS), from a
-//! chosen loopback source address, reconnecting when the server closes it.
+//! One simulated agent's HTTP connection: HTTP/1.1 keep-alive over TCP (optionally TLS) from a
+//! chosen loopback source address, reconnecting when the server closes it; or over a Unix
+//! socket, for the appliance's admin API.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The URL's path, without a trailing slash (`""` for the root).
     pub prefix: String,
+    /// A Unix socket to connect to instead of `addr` (the appliance's admin API).
+    pub unix: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -39,7 +43,19 @@ impl Endpoint {
             .ok_or_else(|| anyhow::anyhow!("{url}: {host} does not resolve"))?;
         let prefix = format!("/{}", prefix.trim_end_matches('/'));
         let prefix = if prefix == "/" { String::new() } else { prefix };
-        Ok(Self { tls, host: host.to_owned(), addr, prefix })
+        Ok(Self { tls, host: host.to_owned(), addr, prefix, unix: None })
+    }
+
+    /// Plain HTTP over the Unix socket at `path`, as `Host: localhost`.
+    pub fn unix(path: &Path) -> Self {
+        Self {
+            tls: false,
+            host: "localhost".into(),
+            // Never dialled: `unix` is.
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            prefix: String::new(),
+            unix: Some(path.to_owned()),
+        }
     }
 }
 
@@ -150,13 +166,44 @@ pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 pub type Stream = Box<dyn Io>;
 
-/// Opens a TCP connection from `source` (if given) to `endpoint`, with the TLS handshake
-/// done when the endpoint is `https://`.
+/// Opens a connection from `source` (if given) to `endpoint`, with the TLS handshake done
+/// when the endpoint is `https://`.
 pub async fn open(
     endpoint: &Endpoint,
     tls: Option<&Arc<rustls::ClientConfig>>,
     source: Option<IpAddr>,
 ) -> Result<Stream, Failure> {
+    if let Some(path) = &endpoint.unix {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| Failure::Timeout)?
+            .map_err(|_| Failure::Connect)?;
+        return Ok(Box::new(stream));
+    }
+    let stream = open_tcp(endpoint, source).await?;
+    if !endpoint.tls {
+        return Ok(Box::new(stream));
+    }
+    let config = tls.cloned().ok_or(Failure::Tls)?;
+    let name =
+        rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|_| Failure::Tls)?;
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, stream),
+    )
+    .await
+    .map_err(|_| Failure::Timeout)?
+    .map_err(|_| Failure::Tls)?;
+    Ok(Box::new(tls))
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A bare TCP connection from `source` (if given) to `endpoint`'s address, no TLS.
+pub async fn open_tcp(
+    endpoint: &Endpoint,
+    source: Option<IpAddr>,
+) -> Result<tokio::net::TcpStream, Failure> {
     let socket = match endpoint.addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -165,25 +212,12 @@ pub async fn open(
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0)).map_err(|_| Failure::Connect)?;
     }
-    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(endpoint.addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(endpoint.addr))
         .await
         .map_err(|_| Failure::Timeout)?
         .map_err(|_| Failure::Connect)?;
     let _ = stream.set_nodelay(true);
-    if !endpoint.tls {
-        return Ok(Box::new(stream));
-    }
-    let config = tls.cloned().ok_or(Failure::Tls)?;
-    let name =
-        rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|_| Failure::Tls)?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_rustls::TlsConnector::from(config).connect(name, stream),
-    )
-    .await
-    .map_err(|_| Failure::Timeout)?
-    .map_err(|_| Failure::Tls)?;
-    Ok(Box::new(tls))
+    Ok(stream)
 }
 
 async fn handshake<I>(

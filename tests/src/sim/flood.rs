@@ -7,13 +7,27 @@
 //! - `keys`: a keep-alive flood of check-ins and acks with forged or misused access keys;
 //! - `disconnect`: enrolled agents that open a check-in, let it park, and drop the connection.
 //!
+//! And a compromised agent's attacks of issue 22 (it holds an enrollment token or a key):
+//!
+//! - `replace-token`: enrollments naming the flood's own active agent with wrong
+//!   `replace_token`s, each of which costs the server a PBKDF2 check;
+//! - `bogus-token`: enrollments with enrollment tokens nobody issued, from several addresses;
+//! - `hold-fds`: bare TCP connections opened and held without a byte sent, to use up the
+//!   server's file descriptors;
+//! - `parked-per-key`: one agent's key opening many check-ins at once, each left to park;
+//! - `bulky-checkin`: gzipped check-ins of ~20 KiB whose `local_metadata`, `message` and
+//!   `components` inflate to 18 MiB, within the check-in's 20 MiB cap.
+//!
+//! Hostile clients connect from 127.2.x.y (`--sources` of them), apart from the simulated
+//! fleet's and the probe's 127.1.x.y, as an attacker's hosts are not the agents'.
+//!
 //! Nothing here retries to make numbers look better: a connection that broke before an answer
 //! is counted as an error, an answer is counted by its status.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +54,11 @@ pub enum Kind {
     Oversize,
     Keys,
     Disconnect,
+    ReplaceToken,
+    BogusToken,
+    HoldFds,
+    ParkedPerKey,
+    BulkyCheckin,
 }
 
 impl Kind {
@@ -50,6 +69,11 @@ impl Kind {
             Kind::Oversize => "oversize",
             Kind::Keys => "keys",
             Kind::Disconnect => "disconnect",
+            Kind::ReplaceToken => "replace-token",
+            Kind::BogusToken => "bogus-token",
+            Kind::HoldFds => "hold-fds",
+            Kind::ParkedPerKey => "parked-per-key",
+            Kind::BulkyCheckin => "bulky-checkin",
         }
     }
 }
@@ -66,6 +90,9 @@ struct Tally {
     /// Outcomes that are neither a status nor an error (a slowloris connection the server
     /// closed, a check-in dropped while parked).
     outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections or requests open without an answer now, and the most at once.
+    open: AtomicI64,
+    open_peak: AtomicI64,
 }
 
 impl Tally {
@@ -89,6 +116,15 @@ impl Tally {
         *self.outcomes.lock().expect("tally lock").entry(what).or_default() += 1;
     }
 
+    fn opened(&self) {
+        let now = self.open.fetch_add(1, Relaxed) + 1;
+        self.open_peak.fetch_max(now, Relaxed);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Relaxed);
+    }
+
     fn record(&self, result: Result<u16, Failure>) {
         match result {
             Ok(s) => self.status(s),
@@ -105,13 +141,18 @@ impl Tally {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        json!({
+        let mut v = json!({
             "attempts": attempts,
             "status": status,
             "errors": *self.errors.lock().expect("tally lock"),
             "outcomes": *self.outcomes.lock().expect("tally lock"),
             "rate_per_s": (attempts as f64 / seconds.max(0.001) * 10.0).round() / 10.0,
-        })
+        });
+        let peak = self.open_peak.load(Relaxed);
+        if peak > 0 {
+            v["open_peak"] = json!(peak);
+        }
+        v
     }
 }
 
@@ -191,9 +232,27 @@ async fn send(
     conn.request(method, path, &h, body, ANSWER_TIMEOUT).await
 }
 
+/// An enrollment body of host `name`, naming the agent id and replace token when given (as
+/// elastic-agent's `EnrollRequest`, internal/pkg/fleetapi/enroll_cmd.go: `id`,
+/// `replace_token`).
+fn enroll_body(name: &str, id: Option<&str>, replace_token: Option<&str>) -> String {
+    let mut body: Value =
+        serde_json::from_str(&super::enroll_body("9.1.2", name)).expect("ferry-wire renders JSON");
+    if let Some(id) = id {
+        body["id"] = json!(id);
+    }
+    if let Some(token) = replace_token {
+        body["replace_token"] = json!(token);
+    }
+    body.to_string()
+}
+
 /// Enrolls one agent, retrying (with a pause) on refusals such as 429 until `give_up`.
 async fn enroll(flood: &Flood, name: &str, give_up: Instant) -> Result<Enrolled, Failure> {
-    let body = super::enroll_body("9.1.2", name);
+    enroll_with(flood, enroll_body(name, None, None), give_up).await
+}
+
+async fn enroll_with(flood: &Flood, body: String, give_up: Instant) -> Result<Enrolled, Failure> {
     let mut conn = flood.conn();
     loop {
         let r =
@@ -221,7 +280,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     let flood = Arc::new(Flood {
         endpoint: Arc::new(Endpoint::parse(&args.target.url)?),
         tls: super::tls_for(&args.target)?,
-        sources: super::sources(args.target.sources),
+        sources: super::sources_in(2, args.target.sources),
         next_source: AtomicUsize::new(0),
         token: args.target.token.clone(),
         end: started + Duration::from_secs_f64(args.seconds),
@@ -229,12 +288,17 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     let mut kinds = args.kinds.clone();
     kinds.sort();
     kinds.dedup();
-    // Oversized check-ins and misused keys need a real agent's key: without one, the server
-    // refuses them as unknown before it looks at their size or their path.
+    // Oversized check-ins, misused keys and many check-ins of one key need a real agent's
+    // key: without one, the server refuses them as unknown before it looks at their size or
+    // their path. It enrolls with an id and a replace token of its own, as an agent installed
+    // with `--replace-token` does, so that wrong replace tokens can name it.
     let helper =
-        if kinds.iter().any(|k| matches!(k, Kind::Oversize | Kind::Keys)) {
+        if kinds.iter().any(|k| {
+            matches!(k, Kind::Oversize | Kind::Keys | Kind::ReplaceToken | Kind::ParkedPerKey)
+        }) {
             let give_up = Instant::now() + Duration::from_secs(30);
-            Some(enroll(&flood, "ferry-sim-flood", give_up).await.map_err(|f| {
+            let body = enroll_body("ferry-sim-flood", Some(&random_uuid()), Some(&random_hex(16)));
+            Some(enroll_with(&flood, body, give_up).await.map_err(|f| {
                 anyhow::anyhow!("the flood's helper agent cannot enroll: {}", f.kind())
             })?)
         } else {
@@ -291,7 +355,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
                     KEY_ABUSE.iter().map(|v| (v.name(), Arc::new(Tally::default()))).collect();
                 let shared = Arc::new(variants.clone());
                 let connections = args.key_connections.max(1);
-                let every = Duration::from_secs_f64(connections as f64 / args.key_rate.max(0.1));
+                let every = share(args.key_rate, connections);
                 for n in 0..connections {
                     tasks.spawn(keys(
                         Arc::clone(&flood),
@@ -307,6 +371,45 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
                 let after = Duration::from_millis(args.disconnect_after_ms);
                 for n in 0..args.disconnect_agents {
                     tasks.spawn(disconnect(Arc::clone(&flood), Arc::clone(&tally), after, n));
+                }
+            }
+            Kind::ReplaceToken | Kind::BogusToken => {
+                let (forgery, rate, connections) = match kind {
+                    Kind::ReplaceToken => {
+                        let id = helper.as_ref().expect("enrolled above").id.clone();
+                        (Forgery::ReplaceToken(id), args.replace_rate, args.replace_connections)
+                    }
+                    _ => (Forgery::BogusToken, args.bogus_rate, args.bogus_connections),
+                };
+                let forgery = Arc::new(forgery);
+                let every = share(rate, connections.max(1));
+                for _ in 0..connections.max(1) {
+                    tasks.spawn(enrollments(
+                        Arc::clone(&flood),
+                        Arc::clone(&tally),
+                        Arc::clone(&forgery),
+                        every,
+                    ));
+                }
+            }
+            Kind::HoldFds => {
+                for n in 0..args.hold_fds {
+                    tasks.spawn(hold_fd(Arc::clone(&flood), Arc::clone(&tally), n));
+                }
+            }
+            Kind::ParkedPerKey => {
+                let helper = helper.clone().expect("enrolled above");
+                tasks.spawn(parked_per_key(
+                    Arc::clone(&flood),
+                    Arc::clone(&tally),
+                    helper,
+                    args.parked_per_key,
+                ));
+            }
+            Kind::BulkyCheckin => {
+                let body = bulky_body();
+                for n in 0..args.bulky_agents {
+                    tasks.spawn(bulky(Arc::clone(&flood), Arc::clone(&tally), body.clone(), n));
                 }
             }
         }
@@ -722,9 +825,7 @@ async fn keys(
     let helper_key_id = key_id(&helper.key).unwrap_or_default();
     let checkin = Bytes::from(json!({"status": "online", "message": "flood"}).to_string());
     let mut conn = flood.conn();
-    let mut tick = tokio::time::interval(every);
-    // A server slower than the rate lowers the achieved rate; it is never made up in bursts.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tick = pace(every);
     let mut i = n;
     while flood.running() {
         tick.tick().await;
@@ -783,20 +884,11 @@ async fn disconnect(flood: Arc<Flood>, tally: Arc<Tally>, after: Duration, n: us
         }
     };
     tally.outcome("enrolled");
-    let path = format!("/api/fleet/agents/{}/checkin?", me.id);
     // What it runs once the first answer delivered a policy (a 9.2+ agent says so in each
     // check-in), so that later check-ins have nothing to receive and park.
     let mut running: Option<(String, u64)> = None;
     while flood.running() {
-        let mut body = json!({"status": "online", "message": "flood"});
-        if let Some((policy, revision)) = &running {
-            body["agent_policy_id"] = json!(policy);
-            body["policy_revision_idx"] = json!(revision);
-        }
-        let body = body.to_string();
-        let len = body.len().to_string();
-        let mut head = flood.head("POST", &path, &me.key, &[("Content-Length", &len)]);
-        head.extend_from_slice(body.as_bytes());
+        let request = checkin_request(&flood, &me, running.as_ref());
         tally.attempt();
         let mut stream = match flood.open().await {
             Ok(s) => s,
@@ -806,7 +898,7 @@ async fn disconnect(flood: Arc<Flood>, tally: Arc<Tally>, after: Duration, n: us
                 continue;
             }
         };
-        if stream.write_all(&head).await.and(stream.flush().await).is_err() {
+        if stream.write_all(&request).await.and(stream.flush().await).is_err() {
             tally.error(&Failure::Transport);
             continue;
         }
@@ -830,6 +922,209 @@ async fn disconnect(flood: Arc<Flood>, tally: Arc<Tally>, after: Duration, n: us
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// A whole check-in request of `me` (head and body): one that reports running `policy` (id and
+/// revision, as a 9.2+ agent says in each check-in) has nothing to receive and parks.
+fn checkin_request(flood: &Flood, me: &Enrolled, policy: Option<&(String, u64)>) -> Vec<u8> {
+    let mut body = json!({"status": "online", "message": "flood"});
+    if let Some((policy, revision)) = policy {
+        body["agent_policy_id"] = json!(policy);
+        body["policy_revision_idx"] = json!(revision);
+    }
+    let body = body.to_string();
+    let len = body.len().to_string();
+    let path = format!("/api/fleet/agents/{}/checkin?", me.id);
+    let mut request = flood.head("POST", &path, &me.key, &[("Content-Length", &len)]);
+    request.extend_from_slice(body.as_bytes());
+    request
+}
+
+/// The time between one connection's requests for its share of `rate` per second.
+fn share(rate: f64, connections: usize) -> Duration {
+    Duration::from_secs_f64(connections as f64 / rate.max(0.1))
+}
+
+/// A ticker every `every`: a server slower than the rate lowers the achieved rate; it is never
+/// made up in bursts.
+fn pace(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
+}
+
+/// What a flood of enrollments forges.
+enum Forgery {
+    /// The valid enrollment token, naming this active agent's id with a wrong replace token
+    /// (expected: 403 `AgentNotReplaceable`, or 429 once the server limits the guesses).
+    ReplaceToken(String),
+    /// An enrollment token nobody issued (expected: 401, or 429).
+    BogusToken,
+}
+
+/// A keep-alive connection sending forged enrollments at its share of the rate.
+async fn enrollments(flood: Arc<Flood>, tally: Arc<Tally>, forgery: Arc<Forgery>, every: Duration) {
+    let mut conn = flood.conn();
+    let mut tick = pace(every);
+    let plain = Bytes::from(enroll_body("ferry-sim-flood-enroll", None, None));
+    while flood.running() {
+        tick.tick().await;
+        let (token, body) = match &*forgery {
+            Forgery::ReplaceToken(id) => (
+                flood.token.clone(),
+                Bytes::from(enroll_body("ferry-sim-flood", Some(id), Some(&random_hex(16)))),
+            ),
+            Forgery::BogusToken => {
+                (base64(format!("{}:{}", random_hex(10), random_hex(21)).as_bytes()), plain.clone())
+            }
+        };
+        tally.attempt();
+        let result = send(&mut conn, "POST", "/api/fleet/agents/enroll?", &token, body).await;
+        tally.record(result.map(|r| r.status));
+    }
+}
+
+/// One bare TCP connection after another, opened and held without a byte sent until the
+/// server closes it or the flood ends; a second's pause after each close, so that a server
+/// refusing at once is not met with a busy loop.
+async fn hold_fd(flood: Arc<Flood>, tally: Arc<Tally>, n: usize) {
+    // Opened over about a second (5 000 at 0.2 ms), not all in one burst at the backlog.
+    tokio::time::sleep(Duration::from_micros(200 * n as u64)).await;
+    while flood.running() {
+        tally.attempt();
+        let mut stream = match conn::open_tcp(&flood.endpoint, flood.source()).await {
+            Ok(s) => s,
+            Err(f) => {
+                tally.error(&f);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tally.opened();
+        let mut answer = Vec::new();
+        let ended = tokio::select! {
+            _ = tokio::time::sleep_until(flood.end.into()) => "held_to_end",
+            _ = stream.read_to_end(&mut answer) => "closed_by_server",
+        };
+        tally.closed();
+        if let Some(status) = status_of(&answer) {
+            tally.status(status);
+        }
+        tally.outcome(ended);
+        if ended == "closed_by_server" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// `count` check-ins of one agent key, each on its own connection and opened 20 ms after the
+/// one before, each reporting the policy it runs so that it parks. An answered one is counted
+/// by status and opened again a second later; one still parked at the end is `held_to_end`.
+async fn parked_per_key(flood: Arc<Flood>, tally: Arc<Tally>, me: Enrolled, count: usize) {
+    // The first check-in delivers the policy; the agent then reports running it.
+    let mut conn = flood.conn();
+    let first = Bytes::from(json!({"status": "online", "message": "flood"}).to_string());
+    let path = format!("/api/fleet/agents/{}/checkin?", me.id);
+    let policy = match send(&mut conn, "POST", &path, &me.key, first).await {
+        Ok(r) if r.status == 200 => delivered_policy(&r.body),
+        Ok(r) => {
+            tally.error(&Failure::Status(r.status));
+            return;
+        }
+        Err(f) => {
+            tally.error(&f);
+            return;
+        }
+    };
+    let request = Arc::new(checkin_request(&flood, &me, policy.as_ref()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..count {
+        let (flood, tally, request) =
+            (Arc::clone(&flood), Arc::clone(&tally), Arc::clone(&request));
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20 * n as u64)).await;
+            while flood.running() {
+                tally.attempt();
+                let mut stream = match flood.open().await {
+                    Ok(s) => s,
+                    Err(f) => {
+                        tally.error(&f);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if stream.write_all(&request).await.and(stream.flush().await).is_err() {
+                    tally.error(&Failure::Transport);
+                    continue;
+                }
+                tally.opened();
+                let answer =
+                    tokio::time::timeout_at(flood.end.into(), read_response(&mut stream)).await;
+                tally.closed();
+                match answer {
+                    Err(_) => tally.outcome("held_to_end"),
+                    Ok(answer) => tally.record(answer.map(|(status, _)| status)),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Each stored field of a bulky check-in: three of them make 18 MiB, under the check-in's
+/// 20 MiB inflated cap, so only a cap on what is stored refuses them.
+const BULKY_FIELD: usize = 6 << 20;
+
+/// A check-in whose `message`, `local_metadata` and one component's `message` hold 6 MiB
+/// each, gzipped (about 18 KiB).
+fn bulky_body() -> Bytes {
+    let pad = "x".repeat(BULKY_FIELD);
+    let body = json!({
+        "status": "online",
+        "message": pad,
+        "local_metadata": {
+            "elastic": {"agent": {"version": "9.1.2", "snapshot": false}},
+            "host": {"hostname": "ferry-sim-bulky"},
+            "padding": pad,
+        },
+        "components": [{"id": "filestream-default", "type": "filestream", "status": "HEALTHY",
+            "message": pad, "units": []}],
+    });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    serde_json::to_writer(&mut gz, &body).expect("in memory");
+    gz.finish().expect("in memory").into()
+}
+
+/// An agent that enrolls, then sends a bulky check-in once a second on a keep-alive
+/// connection. It never reports a policy as running, so each check-in is answered at once (with
+/// the policy) rather than parked.
+async fn bulky(flood: Arc<Flood>, tally: Arc<Tally>, body: Bytes, n: usize) {
+    let me = match enroll(&flood, &format!("ferry-sim-bulky-{n:04}"), flood.end).await {
+        Ok(me) => me,
+        Err(f) => {
+            tally.error(&f);
+            return;
+        }
+    };
+    tally.outcome("enrolled");
+    let path = format!("/api/fleet/agents/{}/checkin?", me.id);
+    let auth = format!("ApiKey {}", me.key);
+    let headers = [
+        ("user-agent", UA),
+        ("authorization", auth.as_str()),
+        ("elastic-api-version", "2023-06-01"),
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    let mut conn = flood.conn();
+    let mut tick = pace(Duration::from_secs(1));
+    while flood.running() {
+        tick.tick().await;
+        tally.attempt();
+        let result = conn.request("POST", &path, &headers, body.clone(), ANSWER_TIMEOUT).await;
+        tally.record(result.map(|r| r.status));
     }
 }
 

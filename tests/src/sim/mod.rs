@@ -26,10 +26,13 @@ use clap::{Args, Parser, Subcommand};
         upgrades from the mirror (archive, .sha512, .asc), upload diagnostics, and unenroll when \
         told. Every --report-ms it prints one JSON line on stdout: counters, errors by kind, and \
         how many agents hold each policy revision and version.\n\n\
-        `probe` measures enroll, ack and status answer times from its own connections, for \
-        comparing an idle and a loaded appliance.\n\n\
+        `probe` measures enroll, ack and status answer times (and the admin API's status, when \
+        given its socket or URL) from its own connections, for comparing an idle and a loaded \
+        appliance.\n\n\
         `flood` runs hostile clients (slow heads and bodies, oversized requests, forged keys, \
-        agents dropping parked check-ins) for a while and prints what the server answered.",
+        agents dropping parked check-ins, and a compromised agent's attacks: wrong replace \
+        tokens, unknown enrollment tokens, held descriptors, many check-ins of one key, bulky \
+        check-ins) for a while and prints what the server answered.",
     after_help = "Example:\n  ferry-appliance tokens create --policy default-policy\n  \
         ferry-sim run --url=https://127.0.0.1:8220 --enrollment-token=TOKEN \\\n      \
         --certificate-authorities=/var/lib/ferry/tls/ca.pem --agents 1000"
@@ -43,10 +46,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a fleet of simulated agents until interrupted (or for --duration).
     Run(RunArgs),
-    /// Measure enroll, ack and status latencies, then print them as JSON.
+    /// Measure enroll, ack and status latencies (and the admin API's status), then print them
+    /// as JSON.
     Probe(ProbeArgs),
     /// Run hostile clients (slow heads and bodies, oversized requests, forged keys, agents
-    /// that drop their check-ins) for --seconds, then print what the server answered as JSON.
+    /// that drop their check-ins, wrong replace tokens, unknown enrollment tokens, held
+    /// descriptors, many check-ins of one key, bulky check-ins) for --seconds, then print what
+    /// the server answered as JSON.
     Flood(FloodArgs),
     /// Write a synthetic Elastic download site (fake agent archives with real .sha512 and
     /// PGP .asc, and the PGP key) for demos and benchmarks.
@@ -128,9 +134,28 @@ pub struct ProbeArgs {
     /// Seconds to measure.
     #[arg(long, default_value_t = 20.0)]
     pub duration: f64,
-    /// Rounds per second (each round: one status, one ack, one enroll).
+    /// Rounds per second (each round: one status, one ack, one enroll, and one admin status
+    /// when --admin-socket or --admin-url is given).
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
+    /// Seconds to wait after the probe's own enrollment (it says `ferry-sim probe: enrolled` on
+    /// stderr then) before measuring.
+    #[arg(long, default_value_t = 0.0)]
+    pub delay: f64,
+    /// Enroll on a new connection each round, as a new agent does (default: the probe's
+    /// keep-alive connection), so that a server no longer accepting connections shows.
+    #[arg(long)]
+    pub fresh_enroll: bool,
+    /// The appliance's admin API socket (`DATA_DIR/admin.sock`): each round also times
+    /// `GET /admin/v1/status` over it, on a new connection as the CLI makes.
+    #[arg(long, value_name = "PATH", conflicts_with = "admin_url", requires = "admin_token_file")]
+    pub admin_socket: Option<PathBuf>,
+    /// The same over loopback TCP (`DATA_DIR/admin.url`, appliances before the socket).
+    #[arg(long, value_name = "URL", requires = "admin_token_file")]
+    pub admin_url: Option<String>,
+    /// The admin token (`DATA_DIR/admin.token`), sent as `Authorization: Bearer`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +196,30 @@ pub struct FloodArgs {
     /// Keep-alive connections the forged keys are spread over.
     #[arg(long, default_value_t = 8)]
     pub key_connections: usize,
+    /// Wrong-replace-token enrollments per second, in total (naming the flood's own agent).
+    #[arg(long, default_value_t = 20.0)]
+    pub replace_rate: f64,
+    /// Keep-alive connections they are spread over: each waits for its answer, so more than
+    /// the server's 16 blocking threads keep all of them busy when it is slower than the rate.
+    #[arg(long, default_value_t = 32)]
+    pub replace_connections: usize,
+    /// Unknown-enrollment-token enrollments per second, in total.
+    #[arg(long, default_value_t = 640.0)]
+    pub bogus_rate: f64,
+    /// Keep-alive connections they are spread over (each from the next source address).
+    #[arg(long, default_value_t = 8)]
+    pub bogus_connections: usize,
+    /// Bare TCP connections opened and held, never sending a byte (the flood needs that many
+    /// open files of its own).
+    #[arg(long, default_value_t = 5000)]
+    pub hold_fds: usize,
+    /// Check-ins one agent key opens at once, each on its own connection.
+    #[arg(long, default_value_t = 50)]
+    pub parked_per_key: usize,
+    /// Agents sending gzipped check-ins of ~20 KiB that inflate to 18 MiB of stored fields,
+    /// one a second each.
+    #[arg(long, default_value_t = 4)]
+    pub bulky_agents: usize,
     /// Agents that enroll, then open check-ins and drop them while parked.
     #[arg(long, default_value_t = 20)]
     pub disconnect_agents: usize,
@@ -192,9 +241,14 @@ pub fn enroll_body(version: &str, hostname: &str) -> String {
         .json
 }
 
-/// Loopback source addresses 127.1.x.y, `n` of them.
+/// Loopback source addresses 127.1.x.y, `n` of them: the simulated fleet's and the probe's.
 fn sources(n: usize) -> Vec<IpAddr> {
-    (0..n).map(|i| IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
+    sources_in(1, n)
+}
+
+/// Loopback source addresses 127.`net`.x.y, `n` of them.
+fn sources_in(net: u8, n: usize) -> Vec<IpAddr> {
+    (0..n).map(|i| IpAddr::from([127, net, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
 }
 
 fn tls_for(target: &Target) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
