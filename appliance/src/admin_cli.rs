@@ -118,19 +118,25 @@ impl Answer {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    /// The answer if it is a success, otherwise the server's error message.
+    fn success(self) -> anyhow::Result<Self> {
+        if (200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        // An error message is short; more is not read.
+        let mut text = String::new();
+        self.body
+            .take(64 << 10)
+            .read_to_string(&mut text)
+            .context("reading the admin API's answer")?;
+        Err(answer_error(self.status, &text))
+    }
+
     /// The answer as JSON, or the server's error message.
     fn json(self) -> anyhow::Result<Value> {
-        let Answer { status, body, .. } = self;
-        if !(200..300).contains(&status) {
-            // An error message is short; more is not read.
-            let mut text = String::new();
-            body.take(64 << 10)
-                .read_to_string(&mut text)
-                .context("reading the admin API's answer")?;
-            return Err(answer_error(status, &text));
-        }
         // Streamed: a large list or a bulky agent costs its size once, with no cap to exceed.
-        serde_json::from_reader(BufReader::new(body)).context("the admin API's answer is not JSON")
+        serde_json::from_reader(BufReader::new(self.success()?.body))
+            .context("the admin API's answer is not JSON")
     }
 }
 
@@ -630,11 +636,9 @@ pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Resu
                 }
             };
             refuse_existing(&output, replace)?;
-            let answer =
-                client.send("GET", &format!("/uploads/{}/file", query_value(&upload_id)), None)?;
-            if !(200..300).contains(&answer.status) {
-                return answer.json().map(|_| ExitCode::SUCCESS);
-            }
+            let answer = client
+                .send("GET", &format!("/uploads/{}/file", query_value(&upload_id)), None)?
+                .success()?;
             let (bytes, sha) = save(answer.body, &output, replace, upload["sha256"].as_str())?;
             if json.json {
                 print_json(&json!({
