@@ -1161,6 +1161,28 @@ mod tests {
         assert_eq!(delivered_policy(body), Some(("default-policy".into(), 3)));
     }
 
+    #[test]
+    fn bulky_check_ins_are_small_on_the_wire_and_under_the_inflated_cap() {
+        use std::io::Read as _;
+        let body = bulky_body();
+        assert!(body.len() < 64 << 10, "{} bytes gzipped", body.len());
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut inflated).unwrap();
+        assert!(inflated.len() > 3 * BULKY_FIELD && inflated.len() < CHECKIN_INFLATED_CAP);
+        let v: Value = serde_json::from_slice(&inflated).unwrap();
+        assert_eq!(v["components"][0]["message"].as_str().unwrap().len(), BULKY_FIELD);
+    }
+
+    #[test]
+    fn enrollments_name_an_id_and_a_replace_token_as_elastic_agent_does() {
+        let v: Value = serde_json::from_str(&enroll_body("h", Some("id-1"), Some("t"))).unwrap();
+        assert_eq!((v["id"].as_str(), v["replace_token"].as_str()), (Some("id-1"), Some("t")));
+        assert_eq!(v["type"], "PERMANENT");
+        let v: Value = serde_json::from_str(&enroll_body("h", None, None)).unwrap();
+        // elastic-agent's field has no `omitempty`: an agent without one sends "".
+        assert_eq!(v["replace_token"].as_str().unwrap_or_default(), "");
+    }
+
     #[tokio::test]
     async fn responses_by_length_and_chunked() {
         let mut input: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1";
