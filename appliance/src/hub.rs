@@ -20,6 +20,10 @@ pub const TOUCH_EVERY: Duration = Duration::from_secs(30);
 
 struct Slot {
     wake: watch::Sender<u64>,
+    /// The ticket of the newest check-in parked for this agent; older ones see it change and
+    /// answer at once (an agent has one check-in in flight, so an older one is a connection it
+    /// gave up on, or a key holder multiplying its parked requests).
+    newest: watch::Sender<u64>,
     parked: usize,
 }
 
@@ -31,14 +35,37 @@ pub struct Hub {
     reports: Mutex<HashMap<String, CheckinUpdate>>,
     /// Acknowledged policy revisions not written yet, by agent.
     policy_acks: Mutex<HashMap<String, PolicyAck>>,
+    /// Check-in reports with fields over their caps, and the agents that sent them (each is
+    /// logged once; bounded, the count goes on).
+    trimmed: Mutex<(u64, std::collections::HashSet<String>)>,
 }
+
+/// The most agents remembered as having sent oversized reports.
+const TRIMMED_AGENTS: usize = 10_000;
 
 /// A parked check-in. Dropping it un-parks the agent.
 pub struct Parked<'a> {
     hub: &'a Hub,
     id: String,
-    /// Changes when an action is queued for this agent.
+    /// Changes when an action is queued for this agent, or it is revoked.
     pub woken: watch::Receiver<u64>,
+    pub newer: Newer,
+}
+
+/// Which check-in of an agent is its newest.
+pub struct Newer {
+    ticket: u64,
+    newest: watch::Receiver<u64>,
+}
+
+impl Newer {
+    /// Resolves once a newer check-in of the same agent has parked: this one should answer.
+    pub async fn parked(&mut self) {
+        let ticket = self.ticket;
+        // The sender lives in the slot as long as any check-in of the agent is parked (this
+        // one included), so `wait_for` only ends when the newest ticket is another one.
+        let _ = self.newest.wait_for(|newest| *newest != ticket).await;
+    }
 }
 
 impl Drop for Parked<'_> {
@@ -54,15 +81,26 @@ impl Drop for Parked<'_> {
 }
 
 impl Hub {
-    /// Registers a check-in of `id` as waiting. Park before looking for pending actions: an
-    /// action queued after that look is then seen as a wake-up.
+    /// Registers a check-in of `id` as waiting, and tells an older parked check-in of the same
+    /// agent to answer ([`Newer::parked`]): one parked check-in per agent, so one key
+    /// cannot hold hundreds of connections. Park before looking for pending actions: an action
+    /// queued after that look is then seen as a wake-up.
     pub fn park(&self, id: &str) -> Parked<'_> {
         let mut slots = self.slots.lock().expect("hub lock");
-        let slot = slots
-            .entry(id.to_owned())
-            .or_insert_with(|| Slot { wake: watch::channel(0).0, parked: 0 });
+        let slot = slots.entry(id.to_owned()).or_insert_with(|| Slot {
+            wake: watch::channel(0).0,
+            newest: watch::channel(0).0,
+            parked: 0,
+        });
         slot.parked += 1;
-        Parked { hub: self, id: id.to_owned(), woken: slot.wake.subscribe() }
+        slot.newest.send_modify(|n| *n += 1);
+        let ticket = *slot.newest.borrow();
+        Parked {
+            hub: self,
+            id: id.to_owned(),
+            woken: slot.wake.subscribe(),
+            newer: Newer { ticket, newest: slot.newest.subscribe() },
+        }
     }
 
     /// Wakes the parked check-ins of these agents (those not parked find their actions on
@@ -91,6 +129,19 @@ impl Hub {
     /// The number of agents with a parked check-in.
     pub fn parked_count(&self) -> usize {
         self.slots.lock().expect("hub lock").len()
+    }
+
+    /// Counts a report whose fields were cut to their caps; true the first time for `agent_id`
+    /// (so a key holder sending them in a loop cannot flood the log).
+    pub fn trimmed(&self, agent_id: &str) -> bool {
+        let mut trimmed = self.trimmed.lock().expect("hub lock");
+        trimmed.0 += 1;
+        trimmed.1.len() < TRIMMED_AGENTS && trimmed.1.insert(agent_id.to_owned())
+    }
+
+    /// How many check-in reports had fields over their caps since the server started.
+    pub fn trimmed_reports(&self) -> u64 {
+        self.trimmed.lock().expect("hub lock").0
     }
 
     /// Queues a check-in report; a later report of the same agent replaces it, but never
@@ -212,16 +263,33 @@ mod tests {
     async fn a_wake_after_parking_is_seen_and_slots_go_away() {
         let hub = Hub::default();
         let mut parked = hub.park("a");
-        let mut second = hub.park("a");
         hub.wake([&"b".to_owned()]);
         assert!(!parked.woken.has_changed().unwrap());
         hub.wake([&"a".to_owned()]);
-        // Both parked check-ins of the agent wake.
         parked.woken.changed().await.unwrap();
-        second.woken.changed().await.unwrap();
         assert_eq!(hub.parked_count(), 1);
         drop(parked);
-        drop(second);
         assert_eq!(hub.parked_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_newer_check_in_supersedes_the_older_one_of_the_same_agent() {
+        use std::pin::pin;
+        use std::task::{Context, Waker};
+        let pending = |f: std::pin::Pin<&mut dyn std::future::Future<Output = ()>>| {
+            f.poll(&mut Context::from_waker(Waker::noop())).is_pending()
+        };
+        let hub = Hub::default();
+        let mut first = hub.park("a");
+        let mut other = hub.park("b");
+        assert!(pending(pin!(first.newer.parked())), "alone, it is not superseded");
+        let mut second = hub.park("a");
+        first.newer.parked().await;
+        assert!(pending(pin!(second.newer.parked())), "the newest is not superseded");
+        assert!(pending(pin!(other.newer.parked())), "another agent's is not");
+        // The older one leaving does not disturb the newer.
+        drop(first);
+        assert!(pending(pin!(second.newer.parked())));
+        assert_eq!(hub.parked_count(), 2);
     }
 }

@@ -9,6 +9,7 @@ pub mod agent_api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod http1;
 pub mod hub;

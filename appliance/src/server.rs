@@ -427,19 +427,36 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let header_timeout = limits.header_timeout;
+    let connections = crate::connections::process();
+    let mut last_warning: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        // A place first: at the cap, new connections wait in the backlog, not in a descriptor.
+        let place = tokio::select! {
+            place = connections.place() => place,
+            () = &mut shutdown => return Ok(()),
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: pause instead of spinning, and say
+                    // so once a minute rather than 20 times a second.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "accept failed (repeats are not logged for a minute)");
+                        last_warning = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => return Ok(()),
+        };
+        let peer_ip = peer.ip().to_canonical();
+        let Some(admitted) = connections.admit(peer_ip, place) else {
+            // Closed at once: this address holds its share of the connections already.
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let (app, limits) = (app.clone(), limits.clone());
@@ -447,20 +464,18 @@ pub async fn serve(
         // the room a TLS session needs.
         match acceptor.clone() {
             Some(acceptor) => tokio::spawn(async move {
+                let _admitted = admitted;
                 match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => log_end(
-                        peer,
-                        crate::http1::serve(tls, app, limits, Some(peer.ip().to_canonical())).await,
-                    ),
+                    Ok(Ok(tls)) => {
+                        log_end(peer, crate::http1::serve(tls, app, limits, Some(peer_ip)).await);
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             }),
             None => tokio::spawn(async move {
-                log_end(
-                    peer,
-                    crate::http1::serve(stream, app, limits, Some(peer.ip().to_canonical())).await,
-                );
+                let _admitted = admitted;
+                log_end(peer, crate::http1::serve(stream, app, limits, Some(peer_ip)).await);
             }),
         };
     }

@@ -143,6 +143,92 @@ pub(super) fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<CheckinR
     Ok(request)
 }
 
+/// What one agent's report may store, per field. A check-in body may inflate to 20 MiB (Fleet
+/// Server's cap, which an Elasticsearch document also bears); stored whole, 20 agents sending
+/// 20 KB of gzip each grew `state.db` by 400 MB and made `agents list` too large to answer. An
+/// Elastic Agent's real reports are far below these: `local_metadata` is 1–3 KB (a host with
+/// 200 interfaces about 15 KB), `components` a few hundred bytes per unit (some 30 units with 20
+/// integrations), `message` one line, `status` one word.
+pub(super) mod caps {
+    pub const STATUS: usize = 64;
+    pub const MESSAGE: usize = 1 << 10;
+    pub const LOCAL_METADATA: usize = 64 << 10;
+    pub const COMPONENTS: usize = 256 << 10;
+    pub const UPGRADE_DETAILS: usize = 16 << 10;
+    /// A string kept from oversized upgrade details.
+    pub const DETAIL: usize = 256;
+}
+
+/// `s` cut to at most `limit` bytes on a character boundary, marked with `…` when cut.
+fn cut(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_owned();
+    }
+    let mut end = limit.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A report's fields within [`caps`]: the status and message cut, an oversized
+/// `local_metadata` or `components` not stored (the agent's previous one stays), oversized
+/// upgrade details reduced to what the upgrade state and `agents list` read. Returns the
+/// stored fields and whether anything was cut or dropped.
+struct Trimmed {
+    status: String,
+    message: String,
+    local_metadata: Option<String>,
+    components: Option<String>,
+    upgrade_details: Option<String>,
+    trimmed: bool,
+}
+
+fn trim(request: &CheckinRequest) -> Trimmed {
+    let mut trimmed = false;
+    let mut within = |text: String, limit: usize| {
+        let fits = text.len() <= limit;
+        trimmed |= !fits;
+        fits.then_some(text)
+    };
+    let local_metadata = request
+        .local_metadata
+        .as_ref()
+        .filter(|v| v.is_object())
+        .and_then(|v| within(v.to_string(), caps::LOCAL_METADATA));
+    let components = request
+        .components
+        .as_ref()
+        .filter(|v| v.is_array())
+        .and_then(|v| within(v.to_string(), caps::COMPONENTS));
+    let upgrade_details = request.upgrade_details.as_ref().filter(|v| v.is_object()).map(|v| {
+        let text = v.to_string();
+        if text.len() <= caps::UPGRADE_DETAILS {
+            return text;
+        }
+        trimmed = true;
+        // What the upgrade state (`state`) and the UPGRADE column (`download_percent`) read.
+        let short = |v: &Value| v.as_str().map(|s| cut(s, caps::DETAIL));
+        json!({
+            "target_version": short(&v["target_version"]),
+            "action_id": short(&v["action_id"]),
+            "state": short(&v["state"]),
+            "metadata": { "download_percent": v["metadata"]["download_percent"].as_f64() },
+        })
+        .to_string()
+    });
+    let message = request.message.as_deref().unwrap_or_default();
+    trimmed |= request.status.len() > caps::STATUS || message.len() > caps::MESSAGE;
+    Trimmed {
+        status: cut(&request.status, caps::STATUS),
+        message: cut(message, caps::MESSAGE),
+        local_metadata,
+        components,
+        upgrade_details,
+        trimmed,
+    }
+}
+
 /// An action as the agent receives it (§4.2): every field with its exact type.
 fn envelope(action: &ActionRecord, agent_id: &str) -> Value {
     let data = action.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
@@ -178,6 +264,9 @@ pub async fn checkin(
 /// What a parked check-in keeps.
 struct Parking {
     agent_id: String,
+    /// The key the check-in came with: re-checked whenever the agent is woken, so a revoked or
+    /// re-enrolled agent's parked check-in is refused rather than handed an action or policy.
+    access_key_id: String,
     policy_id: String,
     cursor: i64,
     running: u64,
@@ -242,16 +331,23 @@ async fn prepare(
         }
         Some(_) => 0,
     };
+    let fields = trim(&request);
+    if fields.trimmed && api.hub.trimmed(&agent.id) {
+        tracing::warn!(
+            agent = %agent.id,
+            "check-in fields over their caps were cut or not stored (logged once per agent)"
+        );
+    }
     api.hub.report(CheckinUpdate {
         agent_id: agent.id.clone(),
         access_key_id: agent.access_key_id.clone(),
         at: crate::state::now_rfc3339().map_err(ApiError::Internal)?,
-        status: request.status,
-        message: request.message.unwrap_or_default(),
+        status: fields.status,
+        message: fields.message,
         version,
-        local_metadata: request.local_metadata.filter(Value::is_object).map(|v| v.to_string()),
-        components: request.components.filter(Value::is_array).map(|v| v.to_string()),
-        upgrade_details: request.upgrade_details.filter(Value::is_object).map(|v| v.to_string()),
+        local_metadata: fields.local_metadata,
+        components: fields.components,
+        upgrade_details: fields.upgrade_details,
         running: reported.filter(|(p, _)| *p == agent.policy_id),
         cursor: token_seq,
     });
@@ -259,6 +355,7 @@ async fn prepare(
     let hold = api.long_poll.checked_sub(jitter).filter(|h| !h.is_zero()).unwrap_or(api.long_poll);
     Ok(Parking {
         agent_id: agent.id,
+        access_key_id: agent.access_key_id,
         policy_id: agent.policy_id,
         cursor,
         running,
@@ -275,7 +372,16 @@ fn quoted(s: &str) -> String {
 
 /// Waits for an action or a newer policy revision, or for the hold to run out.
 async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
-    let Parking { agent_id, policy_id, cursor, running, mut latest, mut release, deadline } = p;
+    let Parking {
+        agent_id,
+        access_key_id,
+        policy_id,
+        cursor,
+        running,
+        mut latest,
+        mut release,
+        deadline,
+    } = p;
     // Parked before the first look, so an action queued after the look wakes this poll.
     let mut parked = api.hub.park(&agent_id);
     let mut stopping = api.hub.stopping();
@@ -283,14 +389,31 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
     let deadline = if *stopping.borrow() { tokio::time::Instant::now() } else { deadline };
     // Actions are looked up first and after each wake-up of this agent; a new release only
     // changes the policy, so waking every parked agent costs no database work.
-    let mut look = true;
+    // After a wake-up the agent's record is read again with its actions: the wake may be its
+    // revocation (admin `unenroll --revoke`), which must end this check-in with the 401 any
+    // new request of the agent gets, not with an action or a policy.
+    let (mut look, mut recheck) = (true, false);
     loop {
         let pending = if look {
-            with_state(api, {
-                let id = agent_id.clone();
-                move |s| s.pending_actions(&id, cursor, &crate::state::now_rfc3339()?, MAX_ACTIONS)
+            let (id, key) = (agent_id.clone(), access_key_id.clone());
+            let (current, pending) = with_state(api, move |s| {
+                let current =
+                    !recheck || s.agent(&id)?.is_some_and(|a| a.active && a.access_key_id == key);
+                let now = crate::state::now_rfc3339()?;
+                Ok((
+                    current,
+                    if current {
+                        s.pending_actions(&id, cursor, &now, MAX_ACTIONS)?
+                    } else {
+                        Vec::new()
+                    },
+                ))
             })
-            .await?
+            .await?;
+            if !current {
+                return Err(super::inactive());
+            }
+            pending
         } else {
             Vec::new()
         };
@@ -316,11 +439,16 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
             );
             return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
+        // Biased: an agent's own wake-up (perhaps its revocation) is handled before a release
+        // change that arrived at the same moment could deliver it a policy.
         tokio::select! {
+            biased;
             woke = parked.woken.changed() => {
                 if woke.is_err() { break }
-                look = true;
+                (look, recheck) = (true, true);
             },
+            // A newer check-in of this agent parked: it holds the agent's place now.
+            () = parked.newer.parked() => break,
             woke = release.changed() => {
                 if woke.is_err() { break }
                 let (api, policy_id) = (Arc::clone(api), policy_id.clone());
@@ -334,4 +462,59 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
         }
     }
     Ok(axum::Json(json!({ "action": "checkin", "ack_token": "" })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> CheckinRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn reports_within_their_caps_are_stored_as_sent() {
+        let r = request(json!({
+            "status": "online", "message": "Running",
+            "local_metadata": { "host": { "hostname": "web-01" } },
+            "components": [{ "id": "log-default", "status": "HEALTHY" }],
+            "upgrade_details": { "state": "UPG_DOWNLOADING", "metadata": { "download_percent": 40 } },
+        }));
+        let t = trim(&r);
+        assert!(!t.trimmed);
+        assert_eq!((t.status.as_str(), t.message.as_str()), ("online", "Running"));
+        assert_eq!(t.local_metadata.unwrap(), r.local_metadata.unwrap().to_string());
+        assert_eq!(t.components.unwrap(), r.components.unwrap().to_string());
+        assert_eq!(t.upgrade_details.unwrap(), r.upgrade_details.unwrap().to_string());
+    }
+
+    #[test]
+    fn oversized_fields_are_cut_or_not_stored() {
+        let big = "é".repeat(caps::COMPONENTS);
+        let r = request(json!({
+            "status": big, "message": big,
+            "local_metadata": { "host": { "hostname": big } },
+            "components": [{ "id": big }],
+            "upgrade_details": { "state": "UPG_DOWNLOADING", "target_version": big,
+                                 "metadata": { "download_percent": 40.5, "error_msg": big } },
+        }));
+        let t = trim(&r);
+        assert!(t.trimmed);
+        assert!(t.status.len() <= caps::STATUS && t.status.ends_with('…'));
+        assert!(t.message.len() <= caps::MESSAGE && t.message.ends_with('…'));
+        // Not stored: the agent's previous metadata and components stay.
+        assert_eq!((t.local_metadata, t.components), (None, None));
+        let details: Value = serde_json::from_str(&t.upgrade_details.unwrap()).unwrap();
+        assert_eq!(details["state"], "UPG_DOWNLOADING");
+        assert_eq!(details["metadata"]["download_percent"], 40.5);
+        assert!(details.to_string().len() < caps::UPGRADE_DETAILS);
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcdef", 4), "a…");
+        assert_eq!(cut("ééé", 5), "é…");
+        assert!(cut(&"é".repeat(100), 64).len() <= 64);
+    }
 }

@@ -1,0 +1,103 @@
+//! A compromised agent's check-ins (issue 22): it holds a valid access key and uses it to store
+//! what it likes, to hold many parked requests, and to keep a parked request after the operator
+//! revoked it. Each test reproduces the attack as it was reported against the server before the
+//! fix.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::agent::Agent;
+use support::{Fixture, Server, VERSIONS, assert_ok};
+
+/// A site with the policy delivered to one agent and acknowledged, check-ins held for 300 s, so
+/// anything that ends a check-in sooner is the server's doing.
+fn parked_site(f: &Fixture) -> (Server, String) {
+    f.append_config("checkin_long_poll_seconds = 300\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(f);
+    let (_, token) = f.token("p");
+    (server, token)
+}
+
+fn settle(agent: &Agent<'_>) {
+    let reply = agent.checkin_online();
+    let policy = reply.body["actions"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(agent.ack(&[&policy]).status, 200);
+}
+
+/// Waits (up to a bound far above what the server needs) for a thread to finish.
+fn finishes<T>(handle: &std::thread::ScopedJoinHandle<'_, T>) -> bool {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !handle.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle.is_finished()
+}
+
+#[test]
+fn one_parked_check_in_per_agent_and_a_revoked_agent_is_refused_when_woken() {
+    let f = Fixture::new();
+    let (server, token) = parked_site(&f);
+    let agent = Agent::enroll(&server, &token);
+    settle(&agent);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| agent.checkin_online());
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!first.is_finished(), "the first check-in should be parked");
+        // The same key parks a second check-in: the first answers, with nothing to do.
+        let second = scope.spawn(|| agent.checkin_online());
+        assert!(finishes(&first), "a newer check-in of the agent must answer the older one");
+        let first = first.join().unwrap();
+        assert_eq!(first.status, 200, "{first:?}");
+        assert_eq!(first.body["actions"], Value::Null, "{first:?}");
+        assert!(!second.is_finished(), "the newer check-in stays parked");
+
+        // The operator revokes the agent while its check-in is parked: the check-in ends with
+        // the refusal its next request would get, not with an action or a policy.
+        assert_ok(&f.run(&[&"unenroll", &"--revoke", &agent.id]));
+        assert!(finishes(&second), "a revoked agent's parked check-in must be answered");
+        second.join().unwrap().assert_error(401, "ErrAgentInactive");
+    });
+}
+
+#[test]
+fn oversized_report_fields_are_cut_or_not_stored() {
+    let f = Fixture::new();
+    let (server, token) = parked_site(&f);
+    let agent = Agent::enroll(&server, &token);
+    settle(&agent);
+    let show = || f.run_json(&[&"agents", &"show", &agent.id, &"--json"]);
+    let before = show();
+    assert!(before["local_metadata"].is_object() && before["components"].is_array(), "{before}");
+    // 8 MiB of metadata, components and message in a gzipped body of a few KiB (within the
+    // check-in's 20 MiB cap after gunzip): before the caps, each was stored whole.
+    let mib = "a".repeat(2 << 20);
+    let body = json!({
+        "status": "online",
+        "message": mib,
+        "local_metadata": { "host": { "hostname": mib } },
+        "components": [{ "id": "log-default", "status": "HEALTHY", "message": mib }],
+        "upgrade_details": { "state": "UPG_DOWNLOADING", "target_version": mib,
+                             "metadata": { "download_percent": 12.5 } },
+    });
+    std::thread::scope(|scope| {
+        let parked = scope.spawn(|| agent.checkin(body));
+        std::thread::sleep(Duration::from_millis(500));
+        let a = show();
+        // Not stored: what the agent reported before stays.
+        assert_eq!(a["local_metadata"], before["local_metadata"], "oversized metadata");
+        assert_eq!(a["components"], before["components"], "oversized components");
+        let message = a["last_message"].as_str().unwrap();
+        assert!(message.len() <= 1024 && message.ends_with('…'), "{}", message.len());
+        assert_eq!(a["upgrade_details"]["state"], "UPG_DOWNLOADING");
+        assert_eq!(a["upgrade_details"]["metadata"]["download_percent"], 12.5);
+        assert!(a.to_string().len() < 16 << 10, "the agent's whole record stays small");
+        // The list still answers and shows the agent.
+        let list = f.run_json(&[&"agents", &"list", &"--json"]);
+        assert!(list.to_string().contains(&agent.id));
+        assert_ok(&f.run(&[&"unenroll", &"--revoke", &agent.id]));
+        assert!(finishes(&parked));
+    });
+}
