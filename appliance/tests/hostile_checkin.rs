@@ -101,3 +101,46 @@ fn oversized_report_fields_are_cut_or_not_stored() {
         assert!(finishes(&parked));
     });
 }
+
+/// Bare connections from one address, held past what the process may open: before the caps the
+/// accept loop ran out of descriptors (`Too many open files`), and with it the admin API and
+/// every agent. `serve` runs with 300 open files (a reserve of 128, 172 connections in all, 86
+/// per address).
+#[test]
+fn held_connections_from_one_address_leave_agents_and_the_operator_served() {
+    let f = Fixture::new();
+    f.append_config("header_timeout_seconds = 300");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let serve = f.appliance(&[&"serve"]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -n 300 && exec \"$0\" \"$@\""])
+        .arg(serve.get_program())
+        .args(serve.get_args());
+    let server = Server::start_command(cmd);
+    let addr: std::net::SocketAddr = server.https.trim_start_matches("https://").parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // 400 connections from 127.0.0.2 (Linux routes all of 127/8 on lo), never a byte sent.
+    let held: Vec<std::net::TcpStream> = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..400 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            held.push(socket.connect(addr).await.unwrap().into_std().unwrap());
+        }
+        held
+    });
+    // The operator's commands and a new agent (from 127.0.0.1) are served meanwhile.
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&server, &token);
+    settle(&agent);
+    assert!(f.run_json(&[&"agents", &"list", &"--json"]).to_string().contains(&agent.id));
+    // The server closed what it would not hold: the rest of the 400 read end-of-file.
+    let closed = held
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            matches!(std::io::Read::read(&mut &**s, &mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert!(closed >= 400 - 86, "only {closed} of 400 were closed");
+}
