@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -285,12 +284,7 @@ impl Limiter {
 }
 
 fn too_many(code: &'static str, message: &str, retry_after: Duration) -> Response {
-    let mut response =
-        ApiError::fleet(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
-    // Whole seconds, at least one: what HTTP clients and agents' backoff understand.
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    response
+    ApiError::TooMany { code, message: message.to_owned(), retry_after }.into_response()
 }
 
 /// The middleware: `axum::middleware::from_fn_with_state(limits.get("ack"), limit)`. An

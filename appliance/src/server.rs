@@ -98,6 +98,13 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// `429` with Fleet's error shape and a `Retry-After` (whole seconds, at least one: what
+    /// HTTP clients and agents' backoff understand).
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
     /// A refused `Authorization` header.
     Credential(crate::credentials::CredentialError),
     NotFound,
@@ -118,6 +125,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error, message) = match self {
             ApiError::Fleet { status, code, message } => (status, code, message),
+            ApiError::TooMany { code, message, retry_after } => {
+                let mut response =
+                    ApiError::fleet(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return response;
+            }
             ApiError::Credential(e) => {
                 let (status, code) = e.status_and_code();
                 (StatusCode::from_u16(status).expect("valid status"), code, e.to_string())

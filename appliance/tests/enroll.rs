@@ -215,6 +215,8 @@ fn wrong_replace_tokens_lock_out_their_agent_id_and_their_enrollment_token() {
         let reply = enroll(&server, Some(&token), &[], &body("a", guess));
         reply.assert_error(429, "AgentReplaceLocked");
         assert!(reply.body["message"].as_str().unwrap().contains("agent a"), "{reply:?}");
+        let retry: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=300).contains(&retry), "Retry-After {retry}");
     }
     assert_eq!(a.checkin_online().status, 200, "the enrolled agent keeps working");
     let logs = server.wait_for_log("too many wrong replace tokens");
@@ -226,7 +228,9 @@ fn wrong_replace_tokens_lock_out_their_agent_id_and_their_enrollment_token() {
         enroll(&server, Some(&token), &[], &body("b", guess))
             .assert_error(403, "AgentNotReplaceable");
     }
-    enroll(&server, Some(&token), &[], &body("b", "3")).assert_error(429, "ReplaceTokenRateLimit");
+    let reply = enroll(&server, Some(&token), &[], &body("b", "3"));
+    reply.assert_error(429, "ReplaceTokenRateLimit");
+    assert!(reply.headers.contains_key("retry-after"), "{reply:?}");
     let (_, other) = f.token("p");
     let replaced = enroll(&server, Some(&other), &[], &body("b", "0ther"));
     assert_eq!(replaced.status, 200, "{replaced:?}");

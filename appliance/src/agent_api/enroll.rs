@@ -88,6 +88,7 @@ impl ReplaceLimits {
                     "too many wrong replace tokens for agent {id}; retry in {}s",
                     wait.as_secs() + 1
                 ),
+                wait,
             ));
         }
         if let Err(wait) = self.per_token.check(&token, now) {
@@ -98,6 +99,7 @@ impl ReplaceLimits {
                     "too many wrong replace tokens with enrollment token {token}; retry in {}s",
                     wait.as_secs() + 1
                 ),
+                wait,
             ));
         }
         if !check.await.ok_or_else(hashing_busy)? {
@@ -110,12 +112,14 @@ impl ReplaceLimits {
     }
 }
 
-fn too_many(code: &'static str, message: String) -> ApiError {
-    ApiError::fleet(StatusCode::TOO_MANY_REQUESTS, code, message)
+fn too_many(code: &'static str, message: String, retry_after: std::time::Duration) -> ApiError {
+    ApiError::TooMany { code, message, retry_after }
 }
 
 fn hashing_busy() -> ApiError {
-    too_many("MaxLimit", "too many replace tokens being checked; retry later".to_owned())
+    let message = "too many replace tokens being checked; retry later".to_owned();
+    // The queue holds 8 hashes of about 0.1 s each in a release build: a second clears it.
+    too_many("MaxLimit", message, std::time::Duration::from_secs(1))
 }
 
 /// A departure from Fleet Server, whose `_checkAgent` (handleEnroll.go) deletes any inactive
