@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -57,15 +56,20 @@ FLOODS["all"] = ["--kinds", ",".join(FLOODS), "--slowloris", "1000", "--slow-bod
 # A compromised agent's attacks (issue 22), sized as the review found them: ~16-20 wrong replace
 # tokens a second stalled the appliance, 640 unknown enrollment tokens a second starved real
 # enrollments, thousands of held connections used up the descriptors (the appliance runs with
-# --server-nofile of them here), one key held 50 parked check-ins, and 20 bulky agents grew the
+# --server-nofile of them here; hold-fds from the one address of a compromised host,
+# hold-fds-spread from 64), one key held 50 parked check-ins, and 20 bulky agents grew the
 # database by 400 MB (4 agents here, once a second each).
 FLOODS.update({
     "replace-token": ["--kinds", "replace-token", "--replace-rate", "20", "--replace-connections", "32"],
     "bogus-token": ["--kinds", "bogus-token", "--bogus-rate", "640", "--bogus-connections", "16"],
     "hold-fds": ["--kinds", "hold-fds", "--hold-fds", "5000"],
+    "hold-fds-spread": ["--kinds", "hold-fds", "--hold-fds", "5000"],
     "parked-per-key": ["--kinds", "parked-per-key", "--parked-per-key", "50"],
     "bulky-checkin": ["--kinds", "bulky-checkin", "--bulky-agents", "4"],
 })
+# A compromised agent is one host: these floods come from one address (the others from the
+# 64 that every scenario's clients are spread over).
+FLOOD_SOURCES = {"replace-token": 1, "hold-fds": 1, "parked-per-key": 1, "bulky-checkin": 1}
 # The goal under the floods that issue 22 says must not stall the control calls.
 GOAL_RATIO = 5
 # Enrollment commits with an fsync (synchronous=FULL): its p99 is the disk's, 6-443 ms between
@@ -75,7 +79,7 @@ GOALS = {"replace-token": ("ack", "status", "admin"), "bogus-token": ("ack", "st
 CALLS = ("enroll", "ack", "status", "admin")
 
 
-def scenario(server, target, admin, data, flood_args, seconds):
+def scenario(server, target, admin, data, name, seconds):
     """Probes for `seconds` (with the flood running, if any); returns the probe's summary, the
     server's CPU and largest RSS over the probe, the database's size, and the flood's report."""
     # The probe enrolls its own agent first, then waits 3 s while the flood starts (opens its
@@ -88,8 +92,11 @@ def scenario(server, target, admin, data, flood_args, seconds):
     if "enrolled" not in ready:
         raise RuntimeError(f"the probe did not start: {ready}{probe.stderr.read()}")
     flood = None
+    flood_args = FLOODS.get(name)
     if flood_args is not None:
-        flood = subprocess.Popen([f"{BIN}/ferry-sim", "flood", *target, "--seconds", str(seconds + 6), *flood_args],
+        sources = FLOOD_SOURCES.get(name)
+        flood_target = with_sources(target, sources) if sources else target
+        flood = subprocess.Popen([f"{BIN}/ferry-sim", "flood", *flood_target, "--seconds", str(seconds + 6), *flood_args],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(3)
     rss_max = [fleet.rss_kib(server.pid)]
@@ -135,14 +142,27 @@ def flood_summary(report):
     return "; ".join(parts)
 
 
-def start(work, cfg, nofile):
-    """`serve` with at most `nofile` open files (its children inherit this process's limit)."""
-    old = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, old[1]), old[1]))
-    try:
-        return fleet.start(work, cfg)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+def overlay_bins(work, appliance, nofile):
+    """A folder of this tree's binaries in which `ferry-appliance` runs `appliance` with at most
+    `nofile` open files, soft and hard (as a systemd unit's LimitNOFILE sets both; an appliance
+    may raise its soft limit to the hard one), so that bench-fleet's helpers start it so too."""
+    overlay = os.path.join(work, "bin")
+    os.mkdir(overlay)
+    for name in os.listdir(BIN):
+        path = os.path.join(BIN, name)
+        if name != "ferry-appliance" and os.path.isfile(path) and os.access(path, os.X_OK):
+            os.symlink(path, os.path.join(overlay, name))
+    wrapper = os.path.join(overlay, "ferry-appliance")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nulimit -n {int(nofile)} || exit 2\nexec "{os.path.abspath(appliance)}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+    return overlay
+
+
+def with_sources(target, n):
+    """`target` with its --sources replaced by `n`."""
+    i = target.index("--sources")
+    return [*target[:i + 1], str(n), *target[i + 2:]]
 
 
 def admin_args(data):
@@ -175,13 +195,13 @@ def default_limits(cfg):
 ENROLL_RAMP = 80
 
 
-def one(work, mode, n, port, seconds, scenarios, nofile):
+def one(work, mode, n, port, seconds, scenarios):
     cfg, url = fleet.config(work, mode, port)
     default_limits(cfg)
     data = os.path.join(work, f"data-{mode}")
     shutil.rmtree(data, ignore_errors=True)
     fleet.run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-1.ferry", "-q", cwd=work)
-    server = start(work, cfg, nofile)
+    server = fleet.start(work, cfg)
     admin = admin_args(data)
     token = fleet.run(f"{BIN}/ferry-appliance", "-c", cfg, "tokens", "create", "--policy", "default-policy", cwd=work).stdout.strip()
     ca = ["--ca", os.path.join(data, "tls", "ca.pem")] if mode == "tls" else []
@@ -192,7 +212,7 @@ def one(work, mode, n, port, seconds, scenarios, nofile):
     time.sleep(5)
     results = []
     for name in ["quiet", *scenarios, "quiet"]:
-        r = scenario(server, target, admin, data, FLOODS.get(name), seconds)
+        r = scenario(server, target, admin, data, name, seconds)
         r.update({"mode": mode, "agents": n, "scenario": name,
                   "parked_after": sim.last().get("in_checkin"), "sim_errors": sim.last().get("errors")})
         results.append(r)
@@ -229,17 +249,7 @@ def main():
     else:
         BIN = fleet.build_binaries()
     work = tempfile.mkdtemp(prefix="ferry-bench-faults-")
-    if args.appliance:
-        # This tree's binaries with another ferry-appliance in their place, for bench-fleet's
-        # helpers too.
-        overlay = os.path.join(work, "bin")
-        os.mkdir(overlay)
-        for name in os.listdir(BIN):
-            if os.access(os.path.join(BIN, name), os.X_OK) and not os.path.isdir(os.path.join(BIN, name)):
-                os.symlink(os.path.join(BIN, name), os.path.join(overlay, name))
-        os.remove(os.path.join(overlay, "ferry-appliance"))
-        os.symlink(os.path.abspath(args.appliance), os.path.join(overlay, "ferry-appliance"))
-        BIN = fleet.BIN = overlay
+    BIN = fleet.BIN = overlay_bins(work, args.appliance or os.path.join(BIN, "ferry-appliance"), args.server_nofile)
     fleet.prepare(work)
     print(f"{'mode':5} {'scenario':14} {'enroll p50/p99':>15} {'ack p50/p99':>13} {'status p50/p99':>15} "
           f"{'admin p50/p99':>14} {'rounds':>6} {'p99 ×quiet e/a/s/adm':>21} {'CPU':>6} {'RSS MiB':>8} {'DB MiB':>7} {'parked':>6}  flood",
@@ -247,8 +257,7 @@ def main():
     misses = []
     for mode in args.modes.split(","):
         results = []
-        for r in one(work, mode, args.agents, 18500 if mode == "plain" else 18600, args.seconds, scenarios,
-                     args.server_nofile):
+        for r in one(work, mode, args.agents, 18500 if mode == "plain" else 18600, args.seconds, scenarios):
             pr = r["probe"]
             quiet = results[0]["probe"] if results else pr
             lat = lambda k: f"{pr[k]['p50_ms']:.1f}/{pr[k]['p99_ms']:.1f}" if k in pr else "-"
