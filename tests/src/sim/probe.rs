@@ -2,7 +2,8 @@
 //! listens) made one at a time from the probe's own connections, timed from outside whatever
 //! load the appliance carries.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Bytes;
@@ -58,54 +59,94 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         "action_id": "policy:probe:0", "message": "probe", "timestamp": "2026-01-01T00:00:00Z"}]})
         .to_string();
 
-    let (mut enroll, mut acks, mut status, mut admin_status) =
-        (Latencies::default(), Latencies::default(), Latencies::default(), Latencies::default());
-    let mut errors = std::collections::BTreeMap::<String, u64>::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.1)));
+    let every = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
     let end = Instant::now() + Duration::from_secs_f64(args.duration);
-    while Instant::now() < end {
-        tick.tick().await;
-        let mut calls = vec![("status", &mut status), ("ack", &mut acks), ("enroll", &mut enroll)];
-        if admin.is_some() {
-            calls.push(("admin", &mut admin_status));
-        }
-        if args.fresh_enroll {
-            enroll_conn.reset();
-        }
-        for (kind, lat) in calls {
-            let started = Instant::now();
-            let result = match kind {
-                "status" => send(&mut conn, "GET", "/api/status?", &key_auth, "").await,
-                "ack" => {
-                    send(
-                        &mut conn,
-                        "POST",
-                        &format!("/api/fleet/agents/{id}/acks?"),
-                        &key_auth,
-                        &ack,
-                    )
-                    .await
+    let errors = Mutex::new(BTreeMap::<String, u64>::new());
+    let ack_path = format!("/api/fleet/agents/{id}/acks?");
+    let mut status_conn = Conn::new(Arc::clone(&endpoint), tls.clone(), source);
+    // Each kind of call in its own loop on its own connection: one that stalls (an enrollment
+    // waiting for a server that no longer accepts) holds up only its own kind.
+    let (mut status, mut acks, mut enroll, admin_status) = tokio::join!(
+        timed(
+            "status",
+            async || send(&mut status_conn, "GET", "/api/status?", &key_auth, "").await,
+            every,
+            end,
+            &errors
+        ),
+        timed(
+            "ack",
+            async || send(&mut conn, "POST", &ack_path, &key_auth, &ack).await,
+            every,
+            end,
+            &errors
+        ),
+        timed(
+            "enroll",
+            async || {
+                if args.fresh_enroll {
+                    enroll_conn.reset();
                 }
-                "enroll" => {
-                    let conn = if args.fresh_enroll { &mut enroll_conn } else { &mut conn };
-                    send(conn, "POST", "/api/fleet/agents/enroll?", &enroll_auth, &enroll_body)
-                        .await
-                }
-                _ => admin_call(admin.as_ref().expect("pushed only when set")).await,
-            };
-            match result {
-                Ok(_) => lat.record(started),
-                Err(f) => *errors.entry(format!("{kind}:{}", f.kind())).or_default() += 1,
+                send(
+                    &mut enroll_conn,
+                    "POST",
+                    "/api/fleet/agents/enroll?",
+                    &enroll_auth,
+                    &enroll_body,
+                )
+                .await
+            },
+            every,
+            end,
+            &errors
+        ),
+        async {
+            match &admin {
+                Some(admin) => Some(
+                    timed("admin", async || admin_call(admin).await, every, end, &errors).await,
+                ),
+                None => None,
             }
-        }
-    }
+        },
+    );
+    let errors = errors.into_inner().expect("errors lock");
     let mut report = json!({ "status": status.summary(), "ack": acks.summary(),
         "enroll": enroll.summary(), "errors": errors });
-    if admin.is_some() {
+    if let Some(mut admin_status) = admin_status {
         report["admin"] = admin_status.summary();
     }
     println!("{report}");
     Ok(())
+}
+
+/// Makes `call` every `every` until `end`, one at a time, and times the ones that succeed; a
+/// failed one is counted in `errors` as `kind:failure`. Ticks missed while a call stalled are
+/// skipped, not made up in a burst of calls that would dilute the stall.
+async fn timed(
+    kind: &str,
+    mut call: impl AsyncFnMut() -> Result<serde_json::Value, Failure>,
+    every: Duration,
+    end: Instant,
+    errors: &Mutex<BTreeMap<String, u64>>,
+) -> Latencies {
+    let mut latencies = Latencies::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while Instant::now() < end {
+        tick.tick().await;
+        let started = Instant::now();
+        match call().await {
+            Ok(_) => latencies.record(started),
+            Err(f) => {
+                *errors
+                    .lock()
+                    .expect("errors lock")
+                    .entry(format!("{kind}:{}", f.kind()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    latencies
 }
 
 /// Where the admin API listens and the `Authorization` value it takes.
