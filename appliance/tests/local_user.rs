@@ -130,7 +130,8 @@ fn the_data_directory_stays_private_whatever_the_umask() {
     let data = f.path("data");
     std::fs::create_dir_all(&data).unwrap();
     chmod(&data, 0o777);
-    for command in [&"serve" as &dyn AsRef<std::ffi::OsStr>, &"gc"] {
+    // gc first: a serve that wrongly accepted the folder would not return.
+    for command in [&"gc" as &dyn AsRef<std::ffi::OsStr>, &"serve"] {
         let o = f.run(&[command]);
         let err = support::stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{err}");
