@@ -49,15 +49,25 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Kind {
+    /// Request heads sent a byte at a time, never finished.
     Slowloris,
+    /// Whole check-in heads declaring 1 MiB, then the body a byte at a time.
     SlowBody,
+    /// Heads and bodies over their caps (declared, chunked, gzip bombs).
     Oversize,
+    /// Check-ins and acks with forged or misused access keys.
     Keys,
+    /// Enrolled agents dropping parked check-ins.
     Disconnect,
+    /// Enrollments naming an active agent with wrong replace tokens.
     ReplaceToken,
+    /// Enrollments with enrollment tokens nobody issued.
     BogusToken,
+    /// Bare TCP connections held without a byte sent.
     HoldFds,
+    /// Many parked check-ins of one agent key.
     ParkedPerKey,
+    /// Gzipped check-ins of ~20 KiB inflating to 18 MiB of stored fields.
     BulkyCheckin,
 }
 
