@@ -1,6 +1,7 @@
 //! `ferry-appliance`, the isolated side of Ferry: verified import into a release store,
 //! rollback, fsck, the HTTPS server (Fleet Server's agent API for stock Elastic Agents, the
-//! download mirror in Elastic's layout, the PGP key) and the loopback admin API with its CLI.
+//! download mirror in Elastic's layout, the PGP key) and the admin API (a Unix socket) with its
+//! CLI.
 //! `main` only parses arguments and calls [`commands::run`].
 
 pub mod admin;
