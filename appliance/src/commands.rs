@@ -436,6 +436,11 @@ pub async fn run_server(
         listeners.agents.local_addr()?,
         config.public_base()
     );
+    let caps = crate::connections::configure(config.server.max_connections_per_address);
+    println!(
+        "connections: at most {} ({} per client address; {} open files)",
+        caps.cap, caps.per_address, caps.open_files
+    );
     let socket_path = config.data_dir.join(crate::admin::SOCKET_FILE);
     println!("admin API on {}", socket_path.display());
     let router = crate::server::router(Arc::clone(&state), agents, &limits, tls.is_some());

@@ -62,6 +62,11 @@ checkin_jitter_seconds = 30
 # keep-alive connections idle for longer are closed. Heads over 8 KiB get 431.
 header_timeout_seconds = 30
 
+# Connections are capped at the open-file limit (raised to its hard limit at start) less a
+# reserve for the database, blobs and the admin socket; one client address may hold half of
+# them. A site with more agents behind one NAT address than that raises this:
+# max_connections_per_address = 10000
+
 # The admin API (`ferry-appliance tokens|agents|upgrade|...` talk to it) is on the Unix socket
 # data_dir/admin.sock (0600), for serve's own user and root; serve mints a new admin token
 # (data_dir/admin.token, 0600) at every start. There is nothing to configure.
@@ -121,6 +126,8 @@ pub struct ServerConfig {
     pub checkin_jitter_seconds: u64,
     #[serde(default = "default_header_timeout")]
     pub header_timeout_seconds: u64,
+    /// Connections one client address may hold on the agent listeners (default: half of all).
+    pub max_connections_per_address: Option<usize>,
     /// Gone: the admin API is on `data_dir/admin.sock`. Read only to refuse it by name.
     #[serde(default)]
     admin_listen: Option<toml::Value>,
@@ -180,6 +187,7 @@ impl Default for ServerConfig {
             checkin_long_poll_seconds: default_long_poll(),
             checkin_jitter_seconds: default_jitter(),
             header_timeout_seconds: default_header_timeout(),
+            max_connections_per_address: None,
             admin_listen: None,
             agent_offline_seconds: default_offline(),
             max_upload_mib: default_max_upload(),

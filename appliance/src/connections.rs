@@ -25,7 +25,10 @@ fn reserve(limit: usize) -> usize {
 /// The connection caps and counts.
 pub struct Connections {
     total: Arc<Semaphore>,
-    per_address: usize,
+    /// The caps in all and per client address, and the open-file limit they come from.
+    pub cap: usize,
+    pub per_address: usize,
+    pub open_files: u64,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -53,16 +56,20 @@ impl Connections {
     pub fn new(total: usize, per_address: usize) -> Arc<Self> {
         Arc::new(Self {
             total: Arc::new(Semaphore::new(total.max(1))),
+            cap: total.max(1),
             per_address: per_address.max(1),
+            open_files: 0,
             open: Mutex::new(HashMap::new()),
         })
     }
 
     /// Caps derived from an open-file limit (see the module's notes).
     pub fn for_file_limit(limit: u64, per_address: Option<usize>) -> Arc<Self> {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(1 << 24);
-        let total = limit.saturating_sub(reserve(limit)).max(1);
-        Self::new(total, per_address.unwrap_or(total / 2))
+        let files = usize::try_from(limit).unwrap_or(usize::MAX).min(1 << 24);
+        let total = files.saturating_sub(reserve(files)).max(1);
+        let mut connections = Self::new(total, per_address.unwrap_or(total / 2));
+        Arc::get_mut(&mut connections).expect("just made").open_files = limit;
+        connections
     }
 
     /// Waits for a place in the total (the connections waiting meanwhile stay in the listener's
@@ -93,11 +100,18 @@ impl Connections {
     }
 }
 
-/// The process's caps, made on first use from its open-file limit, which is first raised to its
-/// hard limit: systemd starts services with a soft limit of 1,024 and a hard one of 524,288,
-/// and 1,024 descriptors would hold 900 agents.
+static CONNECTIONS: OnceLock<Arc<Connections>> = OnceLock::new();
+
+/// The process's caps: those [`configure`] made, or the defaults.
 pub fn process() -> &'static Arc<Connections> {
-    static CONNECTIONS: OnceLock<Arc<Connections>> = OnceLock::new();
+    configure(None)
+}
+
+/// Makes the process's caps, once, from its open-file limit (first raised to its hard limit:
+/// systemd starts services with a soft limit of 1,024 and a hard one of 524,288, and 1,024
+/// descriptors would hold 900 agents) and `per_address` (default: half the total). Later calls
+/// return what the first made.
+pub fn configure(per_address: Option<usize>) -> &'static Arc<Connections> {
     CONNECTIONS.get_or_init(|| {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let limit = getrlimit(Resource::Nofile);
@@ -108,14 +122,7 @@ pub fn process() -> &'static Arc<Connections> {
             }
         }
         let limit = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20);
-        let connections = Connections::for_file_limit(limit, None);
-        tracing::info!(
-            open_files = limit,
-            connections = connections.available(),
-            per_address = connections.per_address,
-            "connection caps"
-        );
-        connections
+        Connections::for_file_limit(limit, per_address)
     })
 }
 
