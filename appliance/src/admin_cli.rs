@@ -827,6 +827,11 @@ pub fn status(
         } else {
             println!("agents  {total} ({})", by_status.join(", "));
         }
+        if let Some(n) = report["agents"]["reports_trimmed"].as_u64().filter(|n| *n > 0) {
+            println!(
+                "        {n} check-in report(s) had fields over their caps (see the server's log)"
+            );
+        }
         if let Some(message) = report["message"].as_str() {
             println!("{message}");
         }

@@ -94,6 +94,10 @@ fn oversized_report_fields_are_cut_or_not_stored() {
         assert_eq!(a["upgrade_details"]["state"], "UPG_DOWNLOADING");
         assert_eq!(a["upgrade_details"]["metadata"]["download_percent"], 12.5);
         assert!(a.to_string().len() < 16 << 10, "the agent's whole record stays small");
+        let status = f.run_json(&[&"status", &"--json"]);
+        assert_eq!(status["agents"]["reports_trimmed"], 1, "{status}");
+        let logs = server.wait_for_log("over their caps");
+        assert!(logs.contains(&agent.id), "{logs}");
         // The list still answers and shows the agent.
         let list = f.run_json(&[&"agents", &"list", &"--json"]);
         assert!(list.to_string().contains(&agent.id));
