@@ -5,7 +5,9 @@
 //!
 //! Failed authentications are not charged to the route: a client whose credentials fail gets
 //! its route token back and is charged to a bucket of its own address instead, so a flood of
-//! bogus keys from one address never starves the agents whose keys are good (issue 22, 5).
+//! bogus keys from one address never starves the agents whose keys are good (issue 22, 5). An
+//! address out of failures is refused before anything runs, except for credentials that were
+//! proven recently: agents behind the same NAT address as the flood keep being served.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -111,10 +113,14 @@ impl Limits {
         };
         let per_key: HashMap<_, _> = PER_KEY_DEFAULTS.iter().map(effective).collect();
         let failures = Arc::new(KeyedBuckets::new(per_key["auth_failures"]));
+        let proven = Arc::new(Proven::default());
         let routes = DEFAULTS
             .iter()
             .map(effective)
-            .map(|(name, limit)| (name, Arc::new(Limiter::new(limit, Arc::clone(&failures)))))
+            .map(|(name, limit)| {
+                let limiter = Limiter::new(limit, Arc::clone(&failures), Arc::clone(&proven));
+                (name, Arc::new(limiter))
+            })
             .collect();
         Ok(Self { routes, per_key })
     }
@@ -254,22 +260,71 @@ pub fn credentials_failed() {
     let _ = CREDENTIALS_FAILED.try_with(|failed| failed.set(true));
 }
 
+/// Credential ids (access keys, enrollment tokens) that passed authentication recently, in two
+/// generations of at most [`Proven::GENERATION`] each: an id used within the last generation or
+/// two is remembered, the rest forgotten in one swap, so the set stays bounded (a fleet of
+/// 20,000 agents checking in every 5 minutes keeps every id, in about 3 MiB at most).
+#[derive(Default)]
+pub struct Proven {
+    generations: Mutex<[std::collections::HashSet<String>; 2]>,
+}
+
+impl Proven {
+    const GENERATION: usize = 32_768;
+
+    fn contains(&self, id: &str) -> bool {
+        self.generations.lock().expect("proven lock").iter().any(|g| g.contains(id))
+    }
+
+    fn insert(&self, id: &str) {
+        let mut g = self.generations.lock().expect("proven lock");
+        if g[0].contains(id) {
+            return;
+        }
+        if g[0].len() >= Self::GENERATION {
+            g.swap(0, 1);
+            g[0].clear();
+        }
+        g[0].insert(id.to_owned());
+    }
+
+    fn forget(&self, id: &str) {
+        for g in self.generations.lock().expect("proven lock").iter_mut() {
+            g.remove(id);
+        }
+    }
+}
+
+/// The id of the credential a request shows (`Authorization: ApiKey base64(id:secret)`).
+fn credential_id(request: &Request) -> Option<String> {
+    let headers = request.headers().get_all(axum::http::header::AUTHORIZATION);
+    let key = crate::credentials::ApiKey::from_headers(headers.iter().map(|v| v.as_bytes()));
+    key.ok().map(|k| k.id().to_string())
+}
+
 pub struct Limiter {
     limit: RouteLimit,
     bucket: Mutex<Bucket>,
     in_flight: Option<Arc<Semaphore>>,
-    /// Failed authentications per address, shared by every route.
+    /// Failed authentications per address, and credentials proven recently, shared by every
+    /// route.
     failures: Arc<KeyedBuckets<Option<IpAddr>>>,
+    proven: Arc<Proven>,
 }
 
 impl Limiter {
-    fn new(limit: RouteLimit, failures: Arc<KeyedBuckets<Option<IpAddr>>>) -> Self {
+    fn new(
+        limit: RouteLimit,
+        failures: Arc<KeyedBuckets<Option<IpAddr>>>,
+        proven: Arc<Proven>,
+    ) -> Self {
         Self {
             limit,
             bucket: Mutex::new(Bucket::full(limit, Instant::now())),
             in_flight: (limit.concurrent > 0)
                 .then(|| Arc::new(Semaphore::new(limit.concurrent as usize))),
             failures,
+            proven,
         }
     }
 
@@ -292,7 +347,10 @@ fn too_many(code: &'static str, message: &str, retry_after: Duration) -> Respons
 /// credentials fail (see [`credentials_failed`]) is charged to its address, not the route.
 pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
     let address = address_key(request.extensions().get::<ClientAddr>().map(|a| a.0));
-    if let Err(wait) = limiter.failures.check(&address, Instant::now()) {
+    let credential = credential_id(&request);
+    if let Err(wait) = limiter.failures.check(&address, Instant::now())
+        && !credential.as_deref().is_some_and(|id| limiter.proven.contains(id))
+    {
         let from = address.map_or("clients without an address".to_owned(), |a| a.to_string());
         let message = format!("too many failed authentications from {from}");
         return too_many("AuthFailureLimit", &message, wait);
@@ -315,6 +373,12 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: 
             (response, CREDENTIALS_FAILED.with(Cell::get))
         })
         .await;
+    match credential {
+        // A proven id that fails (a good key id with a wrong secret) is proven no longer.
+        Some(id) if failed => limiter.proven.forget(&id),
+        Some(id) if response.status().is_success() => limiter.proven.insert(&id),
+        _ => {}
+    }
     if failed {
         limiter.give_back();
         let _ = limiter.failures.charge(address, Instant::now());
@@ -327,9 +391,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn proven_ids_stay_bounded_and_recent_ones_are_kept() {
+        let p = Proven::default();
+        p.insert("a");
+        for i in 0..Proven::GENERATION {
+            p.insert(&i.to_string());
+        }
+        // One swap: "a" is in the older generation, still proven.
+        assert!(p.contains("a") && p.contains("0"));
+        for i in 0..Proven::GENERATION {
+            p.insert(&format!("x{i}"));
+        }
+        assert!(!p.contains("a"), "two generations later");
+        let g = p.generations.lock().unwrap();
+        assert!(g.iter().map(|g| g.len()).sum::<usize>() <= 2 * Proven::GENERATION);
+        drop(g);
+        p.forget("x0");
+        assert!(!p.contains("x0"));
+    }
+
+    #[test]
     fn buckets_refill_at_the_rate_up_to_the_burst() {
         let failures = Arc::new(KeyedBuckets::new(PER_KEY_DEFAULTS[0].1));
-        let l = Limiter::new(RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 }, failures);
+        let l = Limiter::new(
+            RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 },
+            failures,
+            Arc::default(),
+        );
         let t0 = Instant::now();
         assert!(l.take(t0).is_ok());
         assert!(l.take(t0).is_ok());
