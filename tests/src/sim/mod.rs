@@ -134,19 +134,19 @@ pub struct ProbeArgs {
     /// Seconds to measure.
     #[arg(long, default_value_t = 20.0)]
     pub duration: f64,
-    /// Rounds per second (each round: one status, one ack, one enroll, and one admin status
-    /// when --admin-socket or --admin-url is given).
+    /// Calls per second of each kind (status, ack, enroll, and admin status when
+    /// --admin-socket or --admin-url is given), each kind in its own loop.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
     /// Seconds to wait after the probe's own enrollment (it says `ferry-sim probe: enrolled` on
     /// stderr then) before measuring.
     #[arg(long, default_value_t = 0.0)]
     pub delay: f64,
-    /// Enroll on a new connection each round, as a new agent does (default: the probe's
+    /// Enroll on a new connection each time, as a new agent does (default: the probe's
     /// keep-alive connection), so that a server no longer accepting connections shows.
     #[arg(long)]
     pub fresh_enroll: bool,
-    /// The appliance's admin API socket (`DATA_DIR/admin.sock`): each round also times
+    /// The appliance's admin API socket (`DATA_DIR/admin.sock`): also times
     /// `GET /admin/v1/status` over it, on a new connection as the CLI makes.
     #[arg(long, value_name = "PATH", conflicts_with = "admin_url", requires = "admin_token_file")]
     pub admin_socket: Option<PathBuf>,
