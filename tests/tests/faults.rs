@@ -9,10 +9,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Output;
 
 use serde_json::Value;
-use support::{Lines, Site, sim};
+use support::{Lines, Site, json_of, sim};
 
 const AGENTS: u64 = 300;
 const FLOOD_SECONDS: &str = "18";
@@ -25,19 +24,6 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-/// The one JSON line a finished `ferry-sim flood` or `probe` printed.
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{:?}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
-    })
 }
 
 /// A report's status counts as numbers.

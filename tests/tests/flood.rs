@@ -8,28 +8,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Output;
 
 use serde_json::Value;
-use support::{Lines, Site, sim};
+use support::{Lines, Site, json_of, sim};
 
 const FLOOD_SECONDS: &str = "8";
 const PARKED_PER_KEY: u64 = 10;
 const HELD: u64 = 200;
 const BULKY_AGENTS: u64 = 2;
-
-/// The one JSON line a finished `ferry-sim flood` or `probe` printed.
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{:?}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
-    })
-}
 
 fn counts(v: &Value, field: &str) -> BTreeMap<String, u64> {
     v[field].as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap())).collect()
