@@ -395,6 +395,8 @@ pub async fn run_server(
     let db = Arc::new(std::sync::Mutex::new(crate::state::SqliteState::open(
         &config.data_dir.join("state.db"),
     )?));
+    let credentials = crate::state::StateStore::credential_ids(&*db.lock().expect("state lock"))?;
+    limits.prove(credentials.iter().map(String::as_str));
     crate::server::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
     let hub = Arc::new(crate::hub::Hub::default());
     crate::hub::spawn_flusher(Arc::clone(&hub), Arc::clone(&db));

@@ -85,6 +85,7 @@ pub struct LimitOverride {
 pub struct Limits {
     routes: HashMap<&'static str, Arc<Limiter>>,
     per_key: HashMap<&'static str, RouteLimit>,
+    proven: Arc<Proven>,
 }
 
 impl Limits {
@@ -122,7 +123,16 @@ impl Limits {
                 (name, Arc::new(limiter))
             })
             .collect();
-        Ok(Self { routes, per_key })
+        Ok(Self { routes, per_key, proven })
+    }
+
+    /// Counts these credential ids as proven: `serve` starts with every one the database
+    /// holds, so that after a restart agents behind an address that floods bogus keys (agents
+    /// restored from an old backup, say, all reconnecting at once) are not refused with it.
+    pub fn prove<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.proven.insert(id);
+        }
     }
 
     /// New buckets for the per-key limit `name` of [`PER_KEY_DEFAULTS`].

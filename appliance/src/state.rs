@@ -349,6 +349,9 @@ pub trait StateStore {
     fn agent_views(&self, id: Option<&str>) -> anyhow::Result<Vec<AgentView>>;
     /// The ids of the active agents in a policy.
     fn agents_in_policy(&self, policy_id: &str) -> anyhow::Result<Vec<String>>;
+    /// The ids of every credential that may authenticate: active agents' access keys and
+    /// enrollment tokens not revoked.
+    fn credential_ids(&self) -> anyhow::Result<Vec<String>>;
 
     fn create_upload(&mut self, upload: &UploadRecord) -> anyhow::Result<()>;
     fn upload(&self, id: &str) -> anyhow::Result<Option<UploadRecord>>;
@@ -1118,6 +1121,15 @@ impl StateStore for SqliteState {
             .conn
             .prepare("SELECT id FROM agents WHERE policy_id = ?1 AND active ORDER BY id")?;
         let rows = stmt.query_map(params![policy_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn credential_ids(&self) -> anyhow::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT access_key_id FROM agents WHERE active
+             UNION ALL SELECT id FROM enrollment_tokens WHERE NOT revoked",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -374,3 +374,33 @@ fn failed_credentials_are_charged_to_their_address_and_never_starve_good_agents(
     from4(&b.key).assert_error(403, "ErrAgentIdentity");
     assert_eq!(a.ack(&["policy:p:1"]).status, 200, "the route token came back");
 }
+
+/// After a restart nothing has authenticated yet: the credentials in the database count as
+/// proven from the start, so an agent behind an address that floods bogus keys (hosts restored
+/// from an old backup, all reconnecting after the restart) is still served from it.
+#[test]
+fn after_a_restart_the_stored_credentials_are_proven() {
+    let f = Fixture::new();
+    f.append_config(
+        "checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0\n\
+         [limits.auth_failures]\nper_second = 0.01\nburst = 5",
+    );
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let reply = send_wire(&server, &enroll_request(&token, "9.1.2", "Web-01"));
+    let id = Agent::from_reply(&server, &reply).id;
+    let key = reply.body["item"]["access_api_key"].as_str().unwrap().to_owned();
+    drop(server);
+
+    let server = Server::start(&f);
+    let checkin = format!("/api/fleet/agents/{id}/checkin");
+    let online = json!({"status": "online"}).to_string();
+    let from2 = |key: &str| {
+        request_from(&server, "127.0.0.2", "POST", &checkin, Some(key), online.as_bytes())
+    };
+    let bogus: Vec<Reply> =
+        (0..6).map(|_| from2(&ferry_appliance::credentials::ApiKey::mint().encoded())).collect();
+    assert_eq!((count(&bogus, 401), count(&bogus, 429)), (5, 1), "{bogus:?}");
+    assert_eq!(from2(&key).status, 200, "the agent's stored key is proven since the start");
+}
