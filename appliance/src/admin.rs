@@ -305,9 +305,10 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     })
     .await?;
     let mut report = status_report(true, &admin.app.active(), &agents);
-    // Check-in reports with fields over their caps since start: agents sending what no real
-    // agent sends (the server logs each such agent once).
-    report["agents"]["reports_trimmed"] = json!(admin.hub.trimmed_reports());
+    // Since start, what no honest agent does (the server logs each such agent once): reports
+    // with fields over their caps, and check-ins superseded by a newer one of the same agent.
+    report["agents"]["reports_trimmed"] = json!(admin.hub.trimmed.count());
+    report["agents"]["checkins_superseded"] = json!(admin.hub.superseded.count());
     Ok(axum::Json(report).into_response())
 }
 

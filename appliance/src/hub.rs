@@ -35,13 +35,30 @@ pub struct Hub {
     reports: Mutex<HashMap<String, CheckinUpdate>>,
     /// Acknowledged policy revisions not written yet, by agent.
     policy_acks: Mutex<HashMap<String, PolicyAck>>,
-    /// Check-in reports with fields over their caps, and the agents that sent them (each is
-    /// logged once; bounded, the count goes on).
-    trimmed: Mutex<(u64, std::collections::HashSet<String>)>,
+    /// Check-in reports with fields over their caps.
+    pub trimmed: Noted,
+    /// Parked check-ins answered because a newer one of the same agent parked.
+    pub superseded: Noted,
 }
 
-/// The most agents remembered as having sent oversized reports.
-const TRIMMED_AGENTS: usize = 10_000;
+/// How often something an honest agent does not do happened, and which agents did it: each is
+/// logged once (a key holder doing it in a loop cannot flood the log), the first 10,000 agents
+/// remembered, the count going on.
+#[derive(Default)]
+pub struct Noted(Mutex<(u64, std::collections::HashSet<String>)>);
+
+impl Noted {
+    /// Counts one more; true the first time for `agent_id`.
+    pub fn note(&self, agent_id: &str) -> bool {
+        let mut noted = self.0.lock().expect("noted lock");
+        noted.0 += 1;
+        noted.1.len() < 10_000 && noted.1.insert(agent_id.to_owned())
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.lock().expect("noted lock").0
+    }
+}
 
 /// A parked check-in. Dropping it un-parks the agent.
 pub struct Parked<'a> {
@@ -129,19 +146,6 @@ impl Hub {
     /// The number of agents with a parked check-in.
     pub fn parked_count(&self) -> usize {
         self.slots.lock().expect("hub lock").len()
-    }
-
-    /// Counts a report whose fields were cut to their caps; true the first time for `agent_id`
-    /// (so a key holder sending them in a loop cannot flood the log).
-    pub fn trimmed(&self, agent_id: &str) -> bool {
-        let mut trimmed = self.trimmed.lock().expect("hub lock");
-        trimmed.0 += 1;
-        trimmed.1.len() < TRIMMED_AGENTS && trimmed.1.insert(agent_id.to_owned())
-    }
-
-    /// How many check-in reports had fields over their caps since the server started.
-    pub fn trimmed_reports(&self) -> u64 {
-        self.trimmed.lock().expect("hub lock").0
     }
 
     /// Queues a check-in report; a later report of the same agent replaces it, but never

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::agent::Agent;
 use support::{Fixture, Server, VERSIONS, assert_ok};
 
@@ -46,13 +46,17 @@ fn one_parked_check_in_per_agent_and_a_revoked_agent_is_refused_when_woken() {
         let first = scope.spawn(|| agent.checkin_online());
         std::thread::sleep(Duration::from_millis(500));
         assert!(!first.is_finished(), "the first check-in should be parked");
-        // The same key parks a second check-in: the first answers, with nothing to do.
+        // The same key parks a second check-in: the first is answered 429, which sends a second
+        // host with the same identity into the agent's backoff.
         let second = scope.spawn(|| agent.checkin_online());
         assert!(finishes(&first), "a newer check-in of the agent must answer the older one");
         let first = first.join().unwrap();
-        assert_eq!(first.status, 200, "{first:?}");
-        assert_eq!(first.body["actions"], Value::Null, "{first:?}");
+        first.assert_error(429, "CheckinSuperseded");
+        assert!(first.headers.contains_key("retry-after"), "{first:?}");
         assert!(!second.is_finished(), "the newer check-in stays parked");
+        let status = f.run_json(&[&"status", &"--json"]);
+        assert_eq!(status["agents"]["checkins_superseded"], 1, "{status}");
+        assert!(server.wait_for_log("two check-ins of one agent at once").contains(&agent.id));
 
         // The operator revokes the agent while its check-in is parked: the check-in ends with
         // the refusal its next request would get, not with an action or a policy.

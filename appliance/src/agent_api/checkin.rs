@@ -332,7 +332,7 @@ async fn prepare(
         Some(_) => 0,
     };
     let fields = trim(&request);
-    if fields.trimmed && api.hub.trimmed(&agent.id) {
+    if fields.trimmed && api.hub.trimmed.note(&agent.id) {
         tracing::warn!(
             agent = %agent.id,
             "check-in fields over their caps were cut or not stored (logged once per agent)"
@@ -447,8 +447,26 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
                 if woke.is_err() { break }
                 (look, recheck) = (true, true);
             },
-            // A newer check-in of this agent parked: it holds the agent's place now.
-            () = parked.newer.parked() => break,
+            // A newer check-in of this agent parked: it holds the agent's place now. An honest
+            // agent has one check-in at a time (its gateway loop waits for each answer, and
+            // 9.2's fast check-in cancels the old request first: elastic-agent
+            // internal/pkg/agent/application/gateway/fleet/fleet_gateway.go), so this one is
+            // a connection it gave up on, or a second host with the same identity (a cloned
+            // image): a 429 sends that one into the agent's 1-10 min backoff instead of a
+            // check-in a second, back and forth between the two.
+            () = parked.newer.parked() => {
+                if api.hub.superseded.note(&agent_id) {
+                    tracing::warn!(
+                        agent = %agent_id,
+                        "two check-ins of one agent at once: a cloned host? (logged once per agent)"
+                    );
+                }
+                return Err(ApiError::TooMany {
+                    code: "CheckinSuperseded",
+                    message: "a newer check-in of this agent is waiting".to_owned(),
+                    retry_after: std::time::Duration::from_secs(60),
+                });
+            }
             woke = release.changed() => {
                 if woke.is_err() { break }
                 let (api, policy_id) = (Arc::clone(api), policy_id.clone());
