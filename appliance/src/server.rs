@@ -443,6 +443,7 @@ pub async fn serve(
     let header_timeout = limits.header_timeout;
     let connections = crate::connections::process();
     let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut last_refusal: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         // A place first: at the cap, new connections wait in the backlog, not in a descriptor.
@@ -468,8 +469,17 @@ pub async fn serve(
         };
         let peer_ip = peer.ip().to_canonical();
         let Some(admitted) = connections.admit(peer_ip, place) else {
-            // Closed at once: this address holds its share of the connections already.
-            tracing::debug!(%peer, "connection refused: too many from this address");
+            // Closed at once: this address holds its share of the connections already. Said
+            // once a minute: agents behind a NAT address that reaches its share need
+            // `server.max_connections_per_address` raised (an agent refused so cannot enroll).
+            if last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::warn!(
+                    address = %peer_ip,
+                    per_address = connections.per_address,
+                    "connections refused: this address holds its share (server.max_connections_per_address); repeats are not logged for a minute"
+                );
+                last_refusal = Some(tokio::time::Instant::now());
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

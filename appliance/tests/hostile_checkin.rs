@@ -151,4 +151,6 @@ fn held_connections_from_one_address_leave_agents_and_the_operator_served() {
         })
         .count();
     assert!(closed >= 400 - 40, "only {closed} of 400 were closed");
+    let logs = server.wait_for_log("connections refused: this address holds its share");
+    assert!(logs.contains("127.0.0.2"), "{logs}");
 }
