@@ -157,6 +157,8 @@ pub(super) mod caps {
     pub const UPGRADE_DETAILS: usize = 16 << 10;
     /// A string kept from oversized upgrade details.
     pub const DETAIL: usize = 256;
+    /// Addresses kept of `host.ip` and `host.mac` in oversized metadata.
+    pub const ADDRESSES: usize = 64;
 }
 
 /// `s` cut to at most `limit` bytes on a character boundary, marked with `…` when cut.
@@ -171,10 +173,47 @@ fn cut(s: &str, limit: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// A report's fields within [`caps`]: the status and message cut, an oversized
-/// `local_metadata` or `components` not stored (the agent's previous one stays), oversized
-/// upgrade details reduced to what the upgrade state and `agents list` read. Returns the
-/// stored fields and whether anything was cut or dropped.
+/// Oversized metadata made smaller the way a real agent's grows: a host with a thousand
+/// interfaces (a Kubernetes node's veths, a hypervisor's taps) lists every address in
+/// `host.ip` and `host.mac`; the first [`caps::ADDRESSES`] of each are kept.
+fn shrink_metadata(metadata: &Value) -> Value {
+    let mut metadata = metadata.clone();
+    for list in ["/host/ip", "/host/mac"] {
+        if let Some(Value::Array(items)) = metadata.pointer_mut(list) {
+            items.truncate(caps::ADDRESSES);
+        }
+    }
+    metadata
+}
+
+/// Oversized components made smaller the way a real agent's grow: many units failing with long
+/// errors, and units' payloads. Every message is cut to [`caps::MESSAGE`] and payloads dropped,
+/// so the states, which `agents show` reads, stay.
+fn shrink_components(components: &Value) -> Value {
+    let mut components = components.clone();
+    let cut_message = |item: &mut Value| {
+        if let Some(Value::String(message)) = item.get_mut("message") {
+            *message = cut(message, caps::MESSAGE);
+        }
+    };
+    for component in components.as_array_mut().into_iter().flatten() {
+        cut_message(component);
+        let units = component.get_mut("units").and_then(Value::as_array_mut);
+        for unit in units.into_iter().flatten() {
+            cut_message(unit);
+            if let Some(unit) = unit.as_object_mut() {
+                unit.remove("payload");
+            }
+        }
+    }
+    components
+}
+
+/// A report's fields within [`caps`]: the status and message cut; an oversized
+/// `local_metadata` or `components` made smaller as real ones grow, and not stored when that is
+/// not enough (the agent's previous one stays); oversized upgrade details reduced to what the
+/// upgrade state and `agents list` read. Returns the stored fields and whether anything was cut
+/// or dropped.
 struct Trimmed {
     status: String,
     message: String,
@@ -186,21 +225,24 @@ struct Trimmed {
 
 fn trim(request: &CheckinRequest) -> Trimmed {
     let mut trimmed = false;
-    let mut within = |text: String, limit: usize| {
-        let fits = text.len() <= limit;
-        trimmed |= !fits;
-        fits.then_some(text)
+    let mut within = |value: &Value, shrink: fn(&Value) -> Value, limit: usize| {
+        let text = value.to_string();
+        if text.len() <= limit {
+            return Some(text);
+        }
+        trimmed = true;
+        Some(shrink(value).to_string()).filter(|text| text.len() <= limit)
     };
     let local_metadata = request
         .local_metadata
         .as_ref()
         .filter(|v| v.is_object())
-        .and_then(|v| within(v.to_string(), caps::LOCAL_METADATA));
+        .and_then(|v| within(v, shrink_metadata, caps::LOCAL_METADATA));
     let components = request
         .components
         .as_ref()
         .filter(|v| v.is_array())
-        .and_then(|v| within(v.to_string(), caps::COMPONENTS));
+        .and_then(|v| within(v, shrink_components, caps::COMPONENTS));
     let upgrade_details = request.upgrade_details.as_ref().filter(|v| v.is_object()).map(|v| {
         let text = v.to_string();
         if text.len() <= caps::UPGRADE_DETAILS {
@@ -526,6 +568,33 @@ mod tests {
         assert_eq!(details["state"], "UPG_DOWNLOADING");
         assert_eq!(details["metadata"]["download_percent"], 40.5);
         assert!(details.to_string().len() < caps::UPGRADE_DETAILS);
+    }
+
+    #[test]
+    fn large_real_shapes_are_made_smaller_rather_than_dropped() {
+        // A node with 3,000 interfaces, and 200 units failing with 2 KiB errors and payloads.
+        let ips: Vec<String> = (0..3000).map(|i| format!("fe80::{i:x}:1:2:3:4")).collect();
+        let units: Vec<Value> = (0..200)
+            .map(|i| json!({ "id": format!("unit-{i}"), "type": "input", "status": "FAILED",
+                             "message": "e".repeat(2048), "payload": { "osquery": "x".repeat(512) } }))
+            .collect();
+        let r = request(json!({
+            "status": "error",
+            "local_metadata": { "host": { "hostname": "node-7", "ip": ips, "mac": ips } },
+            "components": [{ "id": "filestream-default", "status": "FAILED",
+                             "message": "m".repeat(4096), "units": units }],
+        }));
+        let t = trim(&r);
+        assert!(t.trimmed);
+        let metadata: Value = serde_json::from_str(&t.local_metadata.unwrap()).unwrap();
+        assert_eq!(metadata["host"]["hostname"], "node-7");
+        assert_eq!(metadata["host"]["ip"].as_array().unwrap().len(), caps::ADDRESSES);
+        let components: Value = serde_json::from_str(&t.components.unwrap()).unwrap();
+        let units = components[0]["units"].as_array().unwrap();
+        assert_eq!(units.len(), 200, "every unit's state stays");
+        assert_eq!(units[199]["status"], "FAILED");
+        assert!(units[0].get("payload").is_none());
+        assert!(units[0]["message"].as_str().unwrap().len() <= caps::MESSAGE);
     }
 
     #[test]
