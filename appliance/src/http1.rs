@@ -59,6 +59,11 @@ pub enum ConnError {
     BadRequest(&'static str),
     #[error("too large: {0}")]
     TooLarge(&'static str),
+    /// A handler's streamed body did not match the `Content-Length` it declared: the response
+    /// is cut at what was declared, or short, and the connection closed, so the client sees a
+    /// broken response rather than a wrong one or the next response's bytes as this one's.
+    #[error("response body of {sent} bytes where {declared} were declared")]
+    BodyLength { declared: u64, sent: u64 },
 }
 
 /// A parsed request head: what the router needs, owned (no reference into the read buffer,
@@ -147,6 +152,7 @@ where
         pending = buf;
         pending.shrink_to_fit();
         let is_head = head.method == Method::HEAD;
+        let http10 = head.version == Version::HTTP_10;
         let mut request = Request::new(Body::from(body));
         *request.method_mut() = head.method;
         *request.version_mut() = head.version;
@@ -165,8 +171,7 @@ where
             }
         };
         let close = close || *limits.closing.borrow();
-        write_response(&mut io, response, is_head, close).await?;
-        if close {
+        if write_response(&mut io, response, is_head, close, http10).await? {
             io.shutdown().await?;
             return Ok(());
         }
@@ -392,7 +397,7 @@ async fn refuse<I: AsyncWrite + Unpin>(
     let status = match &error {
         ConnError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ConnError::TooLarge(_) => too_large,
-        ConnError::Io(_) | ConnError::Timeout => return error,
+        ConnError::Io(_) | ConnError::Timeout | ConnError::BodyLength { .. } => return error,
     };
     match write_simple(io, status).await {
         Ok(()) => error,
@@ -452,12 +457,16 @@ async fn write_simple<I: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes a response (its body as declared: `Content-Length`, chunked, or for an HTTP/1.0 client
+/// of a body of unknown length, up to the end of the connection); returns whether the
+/// connection closes after it.
 async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     response: Response<Body>,
     is_head: bool,
     close: bool,
-) -> Result<(), ConnError> {
+    http10: bool,
+) -> Result<bool, ConnError> {
     use std::fmt::Write as _;
     let (parts, mut body) = response.into_parts();
     let length = match parts.headers.get(header::CONTENT_LENGTH) {
@@ -470,31 +479,39 @@ async fn write_response<I: AsyncWrite + Unpin>(
         || parts.status == StatusCode::NOT_MODIFIED;
     let mut head = String::with_capacity(256);
     let _ = write!(head, "HTTP/1.1 {} {}\r\n", parts.status.as_u16(), reason(parts.status));
+    let mut head = head.into_bytes();
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
-        head.push_str(name.as_str());
-        head.push_str(": ");
-        head.push_str(value.to_str().unwrap_or(""));
-        head.push_str("\r\n");
+        // Values are written as their bytes: one that is not ASCII (obs-text) is the
+        // handler's to send, not ours to blank.
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
-    let chunked = length.is_none() && !no_body;
+    // An HTTP/1.0 client cannot read chunked encoding: a body of unknown length goes to it
+    // delimited by the end of the connection instead.
+    let close_delimited = length.is_none() && !no_body && http10;
+    let close = close || close_delimited;
+    let chunked = length.is_none() && !no_body && !http10;
     if let (Some(n), None) = (length, parts.headers.get(header::CONTENT_LENGTH))
         && !(no_body && n == 0 && parts.status == StatusCode::NOT_MODIFIED)
     {
-        let _ = write!(head, "content-length: {n}\r\n");
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     }
     if chunked {
-        head.push_str("transfer-encoding: chunked\r\n");
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if close {
-        head.push_str("connection: close\r\n");
+        head.extend_from_slice(b"connection: close\r\n");
     }
-    head.push_str("\r\n");
-    io.write_all(head.as_bytes()).await?;
+    head.extend_from_slice(b"\r\n");
+    io.write_all(&head).await?;
     drop(head);
     if !no_body {
+        let mut sent: u64 = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| std::io::Error::other(e.to_string()))?;
             let Ok(data) = frame.into_data() else { continue };
@@ -505,16 +522,29 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 io.write_all(format!("{:x}\r\n", data.len()).as_bytes()).await?;
                 io.write_all(&data).await?;
                 io.write_all(b"\r\n").await?;
-            } else {
-                io.write_all(&data).await?;
+                continue;
+            }
+            let room = length.map_or(u64::MAX, |n| n - sent);
+            let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            io.write_all(&data[..take]).await?;
+            sent += take as u64;
+            if take < data.len() {
+                io.flush().await?;
+                return Err(ConnError::BodyLength {
+                    declared: length.unwrap_or_default(),
+                    sent: sent + (data.len() - take) as u64,
+                });
             }
         }
         if chunked {
             io.write_all(b"0\r\n\r\n").await?;
+        } else if let Some(declared) = length.filter(|n| *n != sent) {
+            io.flush().await?;
+            return Err(ConnError::BodyLength { declared, sent });
         }
     }
     io.flush().await?;
-    Ok(())
+    Ok(close)
 }
 
 #[cfg(test)]
@@ -526,6 +556,16 @@ mod tests {
         Router::new()
             .route("/echo", post(|body: Bytes| async move { body }))
             .route("/hello", get(|| async { "hello" }))
+            .route("/stream", get(|| async { streamed(b"streamed", None) }))
+            .route("/short", get(|| async { streamed(b"short", Some(10)) }))
+            .route("/long", get(|| async { streamed(b"too long", Some(2)) }))
+            .route(
+                "/latin1",
+                get(|| async {
+                    let value = axum::http::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+                    ([(header::HeaderName::from_static("x-name"), value)], "ok")
+                }),
+            )
             .route(
                 "/slow",
                 get(|| async {
@@ -533,6 +573,16 @@ mod tests {
                     "late"
                 }),
             )
+    }
+
+    /// A body whose length the server learns only by reading it, with a declared length.
+    fn streamed(bytes: &'static [u8], declared: Option<u64>) -> axum::response::Response {
+        let stream = tokio_util::io::ReaderStream::new(std::io::Cursor::new(bytes));
+        let mut response = axum::response::IntoResponse::into_response(Body::from_stream(stream));
+        if let Some(n) = declared {
+            response.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+        }
+        response
     }
 
     fn limits() -> Limits {
@@ -683,5 +733,57 @@ mod tests {
         .await;
         assert_eq!(out.matches("200 OK").count(), 1, "{out}");
         assert!(out.contains("connection: close"));
+    }
+
+    #[tokio::test]
+    async fn an_http_1_0_client_never_gets_chunked_encoding() {
+        // Keep-alive asked for, but a body of unknown length can only end with the connection.
+        let (out, end) = exchange(
+            b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /hello HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        assert!(end.is_ok(), "{end:?}");
+        assert!(!out.contains("chunked"), "{out}");
+        assert!(out.contains("connection: close\r\n\r\nstreamed"), "{out}");
+        assert_eq!(out.matches("200 OK").count(), 1, "the connection ended with the body: {out}");
+        // HTTP/1.1 still gets it chunked, and keeps the connection.
+        let (out, _) = exchange(
+            b"GET /stream HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.contains("transfer-encoding: chunked"), "{out}");
+        assert_eq!(out.matches("200 OK").count(), 2, "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_content_length_ends_the_connection() {
+        for (path, declared, sent, body) in [("/short", 10, 5, "short"), ("/long", 2, 8, "to")] {
+            let request = format!("GET {path} HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n");
+            let (out, end) = exchange(request.as_bytes()).await;
+            assert!(
+                matches!(end, Err(ConnError::BodyLength { declared: d, sent: s }) if d == declared && s == sent),
+                "{path}: {end:?}"
+            );
+            assert!(
+                out.ends_with(&format!("content-length: {declared}\r\n\r\n{body}")),
+                "{path}: {out}"
+            );
+            assert_eq!(out.matches("200 OK").count(), 1, "{path}: nothing after it: {out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn header_values_are_sent_as_their_bytes() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(serve(server, app(), limits(), None));
+        client.write_all(b"GET /latin1 HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        task.await.unwrap().unwrap();
+        assert!(
+            out.windows(14).any(|w| w == b"x-name: caf\xe9\r\n"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 }
