@@ -505,9 +505,15 @@ pub async fn serve(
     }
 }
 
+/// Clients end connections in every way (debug); a response that broke its own framing is
+/// this server's bug (warn).
 fn log_end(peer: std::net::SocketAddr, result: Result<(), crate::http1::ConnError>) {
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended");
+    match result {
+        Ok(()) => {}
+        Err(e @ crate::http1::ConnError::BodyLength { .. }) => {
+            tracing::warn!(%peer, error = %e, "connection ended: a response broke its framing");
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
     }
 }
 
