@@ -149,13 +149,6 @@ fn the_server_stays_up_and_keeps_its_agents_under_hostile_clients() {
     assert!(rss_after < rss_before + (256 << 10), "RSS grew from {rss_before} to {rss_after} KiB");
 
     // A new agent enrolls and checks in.
-    let mut newcomer = sim();
-    newcomer.arg("run");
-    target(&mut newcomer);
-    newcomer.args(["--agents", "1", "--report-ms", "200"]);
-    let newcomer = Lines::spawn(newcomer);
-    newcomer.report("a new agent checked in and parked", |v| {
-        v["enrolled"] == 1 && v["checkins"].as_u64().unwrap_or(0) >= 1 && v["in_checkin"] == 1
-    });
+    support::a_new_agent_checks_in(&target);
     assert!(server.alive());
 }

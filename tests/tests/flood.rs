@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use support::{Lines, Site, json_of, sim};
+use support::{Site, json_of, sim};
 
 const FLOOD_SECONDS: &str = "8";
 const PARKED_PER_KEY: u64 = 10;
@@ -127,13 +127,6 @@ fn a_compromised_agents_floods_are_answered_and_control_calls_still_succeed() {
     );
 
     // A new agent enrolls and checks in.
-    let mut newcomer = sim();
-    newcomer.arg("run");
-    target(&mut newcomer);
-    newcomer.args(["--agents", "1", "--report-ms", "200"]);
-    let newcomer = Lines::spawn(newcomer);
-    newcomer.report("a new agent checked in and parked", |v| {
-        v["enrolled"] == 1 && v["checkins"].as_u64().unwrap_or(0) >= 1 && v["in_checkin"] == 1
-    });
+    support::a_new_agent_checks_in(&target);
     assert!(server.alive());
 }

@@ -186,6 +186,26 @@ impl Flood {
         conn::open(&self.endpoint, self.tls.as_ref(), self.source()).await
     }
 
+    /// One attempt: `request` sent whole on a new connection, which is returned to read the
+    /// answer from. A connection that cannot be opened is counted (and the next attempt waits a
+    /// second), one that breaks while sending is counted as a transport failure.
+    async fn send_on_new(&self, tally: &Tally, request: &[u8]) -> Option<Stream> {
+        tally.attempt();
+        let mut stream = match self.open().await {
+            Ok(s) => s,
+            Err(f) => {
+                tally.error(&f);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return None;
+            }
+        };
+        if stream.write_all(request).await.and(stream.flush().await).is_err() {
+            tally.error(&Failure::Transport);
+            return None;
+        }
+        Some(stream)
+    }
+
     fn conn(&self) -> Conn {
         Conn::new(Arc::clone(&self.endpoint), self.tls.clone(), self.source())
     }
@@ -899,19 +919,7 @@ async fn disconnect(flood: Arc<Flood>, tally: Arc<Tally>, after: Duration, n: us
     let mut running: Option<(String, u64)> = None;
     while flood.running() {
         let request = checkin_request(&flood, &me, running.as_ref());
-        tally.attempt();
-        let mut stream = match flood.open().await {
-            Ok(s) => s,
-            Err(f) => {
-                tally.error(&f);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if stream.write_all(&request).await.and(stream.flush().await).is_err() {
-            tally.error(&Failure::Transport);
-            continue;
-        }
+        let Some(mut stream) = flood.send_on_new(&tally, &request).await else { continue };
         let hold = after.mul_f64(0.5 + rand::random::<f64>());
         match tokio::time::timeout(hold, read_response(&mut stream)).await {
             // Parked: the point of this kind is to leave now.
@@ -1055,19 +1063,9 @@ async fn parked_per_key(flood: Arc<Flood>, tally: Arc<Tally>, me: Enrolled, coun
         tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(20 * n as u64)).await;
             while flood.running() {
-                tally.attempt();
-                let mut stream = match flood.open().await {
-                    Ok(s) => s,
-                    Err(f) => {
-                        tally.error(&f);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                if stream.write_all(&request).await.and(stream.flush().await).is_err() {
-                    tally.error(&Failure::Transport);
+                let Some(mut stream) = flood.send_on_new(&tally, &request).await else {
                     continue;
-                }
+                };
                 tally.opened();
                 let answer =
                     tokio::time::timeout_at(flood.end.into(), read_response(&mut stream)).await;

@@ -27,6 +27,19 @@ pub fn json_of(out: &Output) -> Value {
     })
 }
 
+/// A new simulated agent (`ferry-sim run` pointed at the server by `target`) enrolls, checks
+/// in and parks: what floods must leave working.
+pub fn a_new_agent_checks_in(target: &dyn Fn(&mut Command)) {
+    let mut newcomer = sim();
+    newcomer.arg("run");
+    target(&mut newcomer);
+    newcomer.args(["--agents", "1", "--report-ms", "200"]);
+    let newcomer = Lines::spawn(newcomer);
+    newcomer.report("a new agent checked in and parked", |v| {
+        v["enrolled"] == 1 && v["checkins"].as_u64().unwrap_or(0) >= 1 && v["in_checkin"] == 1
+    });
+}
+
 pub fn sim() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry-sim"))
 }
