@@ -42,15 +42,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(config, keys, args.takeover),
-        Command::Status(args) => crate::admin_cli::status(&config, &keys, args.json),
-        Command::Tokens(command) => crate::admin_cli::tokens(&config, command),
-        Command::Agents(command) => crate::admin_cli::agents(&config, command),
-        Command::Upgrade(args) => crate::admin_cli::upgrade(&config, &args),
-        Command::Unenroll(args) => crate::admin_cli::unenroll(&config, &args),
-        Command::Reassign(args) => crate::admin_cli::reassign(&config, &args),
-        Command::Settings(args) => crate::admin_cli::settings(&config, &args),
-        Command::Diagnostics(command) => crate::admin_cli::diagnostics(&config, command),
-        Command::Actions(command) => crate::admin_cli::actions(&config, command),
+        Command::Status(args) => crate::admin::client::status(&config, &keys, args.json),
+        Command::Tokens(command) => crate::admin::client::tokens(&config, command),
+        Command::Agents(command) => crate::admin::client::agents(&config, command),
+        Command::Upgrade(args) => crate::admin::client::upgrade(&config, &args),
+        Command::Unenroll(args) => crate::admin::client::unenroll(&config, &args),
+        Command::Reassign(args) => crate::admin::client::reassign(&config, &args),
+        Command::Settings(args) => crate::admin::client::settings(&config, &args),
+        Command::Diagnostics(command) => crate::admin::client::diagnostics(&config, command),
+        Command::Actions(command) => crate::admin::client::actions(&config, command),
     }
 }
 
@@ -366,7 +366,7 @@ pub async fn run_server(
         let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => {
-                let qs = crate::tls::QuickStart::paths(&config.data_dir);
+                let qs = crate::net::tls::QuickStart::paths(&config.data_dir);
                 if qs.ensure(&config.public_url)? {
                     tracing::warn!(ca = %qs.ca_cert.display(), "quick-start: made a local CA and server certificate");
                 }
@@ -381,15 +381,15 @@ pub async fn run_server(
                 (qs.server_cert, qs.server_key)
             }
         };
-        Some(crate::tls::server_config(&cert, &key)?)
+        Some(crate::net::tls::server_config(&cert, &key)?)
     } else {
         tracing::warn!("server.tls = false: agents are served over plain HTTP");
         None
     };
     let download_ca =
-        crate::tls::download_ca(config.server.download_ca.as_ref(), quick_start_ca.as_deref())?;
-    let limits = crate::limits::Limits::new(&config.limits)?;
-    let state = Arc::new(crate::server::AppState::new(blobs, crl));
+        crate::config::download_ca(config.server.download_ca.as_ref(), quick_start_ca.as_deref())?;
+    let limits = crate::routes::limits(&config.limits)?;
+    let state = Arc::new(crate::app::AppState::new(blobs, crl));
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
     // commit meanwhile.
     let db = Arc::new(std::sync::Mutex::new(crate::state::SqliteState::open(
@@ -397,12 +397,12 @@ pub async fn run_server(
     )?));
     let credentials = crate::state::StateStore::credential_ids(&*db.lock().expect("state lock"))?;
     limits.prove(credentials.iter().map(String::as_str));
-    crate::server::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
-    let hub = Arc::new(crate::hub::Hub::default());
-    crate::hub::spawn_flusher(Arc::clone(&hub), Arc::clone(&db));
+    crate::app::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
+    let hub = Arc::new(crate::fleet::hub::Hub::default());
+    crate::fleet::hub::spawn_flusher(Arc::clone(&hub), Arc::clone(&db));
     let uploads_dir = config.data_dir.join("uploads");
     std::fs::create_dir_all(&uploads_dir)?;
-    let agents = Arc::new(crate::agent_api::AgentApi {
+    let agents = Arc::new(crate::fleet::AgentApi {
         state: Arc::clone(&db),
         app: Arc::clone(&state),
         hub: Arc::clone(&hub),
@@ -411,7 +411,7 @@ pub async fn run_server(
         jitter: Duration::from_secs(config.server.checkin_jitter_seconds),
         uploads_dir: uploads_dir.clone(),
         max_upload_bytes: config.server.max_upload_mib.saturating_mul(1 << 20),
-        policies: crate::agent_api::PolicyCache::default(),
+        policies: crate::fleet::PolicyCache::default(),
         download_ca,
     });
     let admin = Arc::new(crate::admin::Admin {
@@ -426,10 +426,10 @@ pub async fn run_server(
     // Written by versions that served the admin API on TCP; nothing reads it now.
     let _ = std::fs::remove_file(config.data_dir.join("admin.url"));
     let admin_socket = crate::admin::bind(&config.data_dir)?;
-    let connections = crate::http1::Limits {
+    let connections = crate::net::http1::Limits {
         header_timeout: Duration::from_secs(config.server.header_timeout_seconds),
         body_timeout: Duration::from_secs(60),
-        body_limit: crate::agent_api::body_limit,
+        body_limit: crate::routes::body_limit,
         closing: hub.stopping(),
     };
     println!(
@@ -438,22 +438,22 @@ pub async fn run_server(
         listeners.agents.local_addr()?,
         config.public_base()
     );
-    let caps = crate::connections::configure(config.server.max_connections_per_address);
+    let caps = crate::net::connections::configure(config.server.max_connections_per_address);
     println!(
         "connections: at most {} ({} per client address; {} open files)",
         caps.cap, caps.per_address, caps.open_files
     );
     let socket_path = config.data_dir.join(crate::admin::SOCKET_FILE);
     println!("admin API on {}", socket_path.display());
-    let router = crate::server::router(Arc::clone(&state), agents, &limits, tls.is_some());
-    let main = crate::server::serve(listeners.agents, tls, router, connections.clone(), shutdown);
+    let router = crate::routes::router(Arc::clone(&state), agents, &limits, tls.is_some());
+    let main = crate::net::serve(listeners.agents, tls, router, connections.clone(), shutdown);
     // The admin side stops with the agent side, and removes its socket.
     let (stop_admin, stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_server = crate::admin::serve(
         admin_socket,
         socket_path,
         crate::admin::router(admin),
-        crate::http1::Limits { body_limit: crate::admin::body_limit, ..connections.clone() },
+        crate::net::http1::Limits { body_limit: crate::admin::body_limit, ..connections.clone() },
         async move {
             let _ = stopped.await;
         },
@@ -462,8 +462,8 @@ pub async fn run_server(
         match listeners.mirror {
             Some(m) => {
                 println!("serving the mirror on http://{}", m.local_addr()?);
-                let router = crate::server::plain_router(state);
-                crate::server::serve(m, None, router, connections, std::future::pending()).await
+                let router = crate::routes::plain_router(state);
+                crate::net::serve(m, None, router, connections, std::future::pending()).await
             }
             None => std::future::pending().await,
         }

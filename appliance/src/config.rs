@@ -99,9 +99,9 @@ pub struct Config {
     pub retain_releases: usize,
     #[serde(default)]
     pub server: ServerConfig,
-    /// Per-route overrides of [`crate::limits::DEFAULTS`].
+    /// Overrides of the route table's limits ([`crate::routes::Class`]).
     #[serde(default)]
-    pub limits: std::collections::BTreeMap<String, crate::limits::LimitOverride>,
+    pub limits: std::collections::BTreeMap<String, crate::net::limits::LimitOverride>,
 }
 
 fn default_retain() -> usize {
@@ -270,7 +270,7 @@ impl Config {
             self.server.header_timeout_seconds > 0,
             "server.header_timeout_seconds must be at least 1"
         );
-        crate::limits::Limits::new(&self.limits)?;
+        crate::routes::limits(&self.limits)?;
         Ok(())
     }
 
@@ -278,6 +278,44 @@ impl Config {
     pub fn public_base(&self) -> &str {
         self.public_url.trim_end_matches('/')
     }
+}
+
+/// The PEM text delivered to agents as `agent.download.ssl.certificate_authorities`, after
+/// `server.download_ca` and quick-start mode (`quick_start_ca`: its CA file when on). Only
+/// certificates go out: a file holding anything else is refused rather than sent to every
+/// agent.
+pub fn download_ca(
+    setting: Option<&DownloadCa>,
+    quick_start_ca: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    let path = match (setting, quick_start_ca) {
+        (Some(DownloadCa::Enabled(false)), _) | (None, None) => return Ok(None),
+        (Some(DownloadCa::File(path)), _) => path,
+        (None | Some(DownloadCa::Enabled(true)), Some(ca)) => ca,
+        (Some(DownloadCa::Enabled(true)), None) => {
+            anyhow::bail!("server.download_ca = true needs quick-start mode")
+        }
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("server.download_ca: cannot read {}", path.display()))?;
+    let mut certificates = 0;
+    type Section = (rustls::pki_types::pem::SectionKind, Vec<u8>);
+    for item in <Section as rustls::pki_types::pem::PemObject>::pem_slice_iter(text.as_bytes()) {
+        let (kind, _) =
+            item.with_context(|| format!("server.download_ca: {} is not PEM", path.display()))?;
+        anyhow::ensure!(
+            kind == rustls::pki_types::pem::SectionKind::Certificate,
+            "server.download_ca: {} holds a {kind:?}, not only certificates",
+            path.display()
+        );
+        certificates += 1;
+    }
+    anyhow::ensure!(
+        certificates > 0,
+        "server.download_ca: {} holds no certificate",
+        path.display()
+    );
+    Ok(Some(text))
 }
 
 #[cfg(test)]
@@ -326,5 +364,31 @@ mod tests {
             .replace("retain_releases = 3", "retain_releases = 3\nretain_relaeses = 4");
         let err = toml::from_str::<Config>(&text).unwrap_err().to_string();
         assert!(err.contains("retain_relaeses"), "{err}");
+    }
+
+    #[test]
+    fn the_download_ca_is_the_quick_start_one_or_the_operator_s_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let qs = crate::net::tls::QuickStart::paths(dir.path());
+        qs.ensure("https://ferry.site:8220").unwrap();
+        let ca = std::fs::read_to_string(&qs.ca_cert).unwrap();
+        let quick = Some(qs.ca_cert.as_path());
+        assert_eq!(download_ca(None, quick).unwrap().as_deref(), Some(ca.as_str()));
+        assert_eq!(download_ca(Some(&DownloadCa::Enabled(true)), quick).unwrap(), Some(ca.clone()));
+        assert_eq!(download_ca(Some(&DownloadCa::Enabled(false)), quick).unwrap(), None);
+        assert_eq!(download_ca(None, None).unwrap(), None, "an operator certificate: nothing");
+        let file = Some(DownloadCa::File(qs.ca_cert.clone()));
+        assert_eq!(download_ca(file.as_ref(), None).unwrap(), Some(ca));
+        // Never a private key, never nothing, never a missing file.
+        for (name, text) in [
+            ("key.pem", std::fs::read_to_string(&qs.server_key).unwrap()),
+            ("empty.pem", String::new()),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let refused = download_ca(Some(&DownloadCa::File(path)), None).unwrap_err();
+            assert!(format!("{refused:#}").contains(name), "{refused:#}");
+        }
+        assert!(download_ca(Some(&DownloadCa::File(dir.path().join("gone.pem"))), None).is_err());
     }
 }

@@ -5,20 +5,17 @@
 //! `main` only parses arguments and calls [`commands::run`].
 
 pub mod admin;
-pub mod admin_cli;
-pub mod agent_api;
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod connections;
-pub mod credentials;
-pub mod http1;
-pub mod hub;
-pub mod limits;
+pub mod error;
+pub mod fleet;
+pub mod mirror;
+pub mod net;
 pub mod release;
-pub mod server;
+pub mod routes;
 pub mod state;
-pub mod tls;
 
 /// The appliance's version string.
 pub fn version() -> &'static str {
@@ -60,6 +57,6 @@ pub fn refusal_check(error: &anyhow::Error) -> Option<&'static str> {
 /// request to the admin API), 2 for anything else (usage, configuration, internal errors).
 pub fn exit_code(error: &anyhow::Error) -> std::process::ExitCode {
     let refused = refusal_check(error).is_some()
-        || error.chain().any(|cause| cause.is::<admin_cli::AdminRefusal>());
+        || error.chain().any(|cause| cause.is::<admin::client::AdminRefusal>());
     std::process::ExitCode::from(if refused { 1 } else { 2 })
 }

@@ -12,9 +12,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
-use crate::credentials::{ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches};
-use crate::limits::{KeyedBuckets, Limits};
-use crate::server::ApiError;
+use crate::error::ApiError;
+use crate::fleet::credentials::{
+    ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches,
+};
+use crate::net::limits::{KeyedBuckets, Limits};
 use crate::state::{AgentRecord, Enrollment, StateStore as _};
 
 #[derive(Deserialize)]

@@ -2,27 +2,28 @@
 //! the API's state, the header rules every route applies (API version, User-Agent, access
 //! keys), and request bodies with their caps. Each endpoint family has its own module.
 
-mod acks;
-mod checkin;
-mod enroll;
-mod uploads;
+pub mod acks;
+pub mod checkin;
+pub mod credentials;
+pub mod enroll;
+pub mod hub;
+pub mod status;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
 
-use crate::credentials::{ApiKey, SecretHash};
-use crate::hub::Hub;
-use crate::limits::Limits;
-use crate::server::{ApiError, AppState, blocking};
+use crate::app::{AppState, blocking};
+use crate::error::ApiError;
+use crate::fleet::credentials::{ApiKey, SecretHash};
+use crate::fleet::hub::Hub;
 use crate::state::{AgentRecord, SqliteState, StateStore as _};
 
 pub use checkin::PolicyCache;
@@ -33,7 +34,8 @@ pub const API_VERSION: &str = "2023-06-01";
 /// The oldest agent the API accepts (fleet-protocol.md §2.6); newer ones are never refused.
 const MIN_AGENT: (u32, u32) = (7, 13);
 
-/// Body caps per route, as Fleet Server's defaults (§6.3). Check-in bodies are capped on the
+/// Body caps per route, as Fleet Server's defaults (§6.3), in the route table
+/// ([`crate::routes`]). Check-in bodies are capped on the
 /// wire and again after gunzip.
 pub const ENROLL_BODY_LIMIT: usize = 512 << 10;
 pub const CHECKIN_WIRE_LIMIT: usize = 1 << 20;
@@ -44,27 +46,6 @@ pub const UPLOAD_BEGIN_LIMIT: usize = 5 << 20;
 pub const UPLOAD_END_LIMIT: usize = 1 << 10;
 /// The chunk size handed to agents, and so the largest chunk accepted.
 pub const UPLOAD_CHUNK_SIZE: usize = 4 << 20;
-
-/// The largest body the HTTP loop reads for a request to `path` (query removed), so that an
-/// oversized one is refused from its head, before its bytes are read. The handlers check the
-/// same caps again (and the per-upload chunk size), with the same error.
-pub fn body_limit(method: &axum::http::Method, path: &str) -> usize {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method.as_str(), segments.as_slice()) {
-        ("POST", ["api", "fleet", "agents", "enroll"]) => ENROLL_BODY_LIMIT,
-        ("POST", ["api", "fleet", "agents", _, "checkin"]) => CHECKIN_WIRE_LIMIT,
-        ("POST", ["api", "fleet", "agents", _, "acks"]) => ACK_BODY_LIMIT,
-        ("POST", ["api", "fleet", "agents", _, "audit", "unenroll"]) => AUDIT_BODY_LIMIT,
-        ("POST", ["api", "fleet", "uploads"]) => UPLOAD_BEGIN_LIMIT,
-        ("POST", ["api", "fleet", "uploads", _]) => UPLOAD_END_LIMIT,
-        ("PUT", ["api", "fleet", "uploads", _, _]) => UPLOAD_CHUNK_SIZE,
-        // Nothing else takes a body; a little is tolerated, as from clients that send `{}`.
-        _ => OTHER_BODY_LIMIT,
-    }
-}
-
-/// What a request to any other route may carry.
-pub const OTHER_BODY_LIMIT: usize = 64 << 10;
 
 /// The agent API's shared state.
 pub struct AgentApi {
@@ -86,34 +67,6 @@ pub struct AgentApi {
     pub policies: PolicyCache,
     /// CA certificates (PEM) delivered as `agent.download.ssl.certificate_authorities`.
     pub download_ca: Option<String>,
-}
-
-/// The agent routes, each behind its own rate and concurrency limit.
-pub fn router(api: Arc<AgentApi>, limits: &Limits) -> Router {
-    let l =
-        |route: &str| axum::middleware::from_fn_with_state(limits.get(route), crate::limits::limit);
-    Router::new()
-        .route(
-            "/api/fleet/agents/enroll",
-            post(enroll::enroll)
-                .layer(axum::Extension(Arc::new(enroll::ReplaceLimits::new(limits))))
-                .layer(l("enroll")),
-        )
-        .route("/api/fleet/agents/{id}/checkin", post(checkin::checkin).layer(l("checkin")))
-        .route("/api/fleet/agents/{id}/acks", post(acks::acks).layer(l("ack")))
-        .route(
-            "/api/fleet/agents/{id}/audit/unenroll",
-            post(acks::audit_unenroll).layer(l("audit_unenroll")),
-        )
-        .route("/api/fleet/uploads", post(uploads::begin).layer(l("upload_begin")))
-        .route("/api/fleet/uploads/{upload_id}", post(uploads::complete).layer(l("upload_end")))
-        .route(
-            "/api/fleet/uploads/{upload_id}/{chunk}",
-            put(uploads::chunk).layer(l("upload_chunk")),
-        )
-        // Bodies are read with their own caps, so the refusal is Fleet's JSON error.
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(api)
 }
 
 /// Applies Fleet Server's `Elastic-Api-Version` rule to every agent route (§2.4): absent → the
@@ -191,7 +144,20 @@ pub fn uuid_v4() -> String {
 
 fn access_key(headers: &HeaderMap) -> Result<ApiKey, ApiError> {
     ApiKey::from_headers(headers.get_all(header::AUTHORIZATION).iter().map(HeaderValue::as_bytes))
-        .map_err(ApiError::Credential)
+        .map_err(|e| {
+            let (status, code) = e.status_and_code();
+            ApiError::fleet(
+                StatusCode::from_u16(status).expect("a valid status"),
+                code,
+                e.to_string(),
+            )
+        })
+}
+
+/// The id of the credential a request shows (`Authorization: ApiKey base64(id:secret)`): the
+/// rate limiter remembers the ones proven lately ([`crate::net::limits`]).
+pub fn credential_id(headers: &HeaderMap) -> Option<String> {
+    access_key(headers).ok().map(|k| k.id().to_string())
 }
 
 /// Authenticates an access key (§2.5): unknown key or wrong secret → 401. When the route names
@@ -224,7 +190,7 @@ fn inactive() -> ApiError {
 
 /// A key of another agent: a credential failure, charged to the client's address.
 fn wrong_agent() -> ApiError {
-    crate::limits::credentials_failed();
+    crate::net::limits::credentials_failed();
     ApiError::fleet(
         StatusCode::FORBIDDEN,
         "ErrAgentIdentity",
@@ -249,12 +215,14 @@ async fn authenticated(
 /// ran on a blocking thread are told here, where the request's task is.
 fn charged<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(
-        ApiError::Credential(_)
-        | ApiError::Fleet { status: StatusCode::UNAUTHORIZED, .. }
-        | ApiError::Fleet { code: "ErrAgentIdentity", .. },
+        ApiError::Fleet { status: StatusCode::UNAUTHORIZED, .. }
+        | ApiError::Fleet {
+            code: "ErrAgentIdentity" | "ErrMalformedHeader" | "ErrMalformedToken",
+            ..
+        },
     ) = &result
     {
-        crate::limits::credentials_failed();
+        crate::net::limits::credentials_failed();
     }
     result
 }
@@ -264,7 +232,7 @@ async fn with_state<T: Send + 'static>(
     api: &Arc<AgentApi>,
     f: impl FnOnce(&mut SqliteState) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    crate::server::with_db(&api.state, move |s| f(s).map_err(ApiError::Internal)).await
+    crate::app::with_db(&api.state, move |s| f(s).map_err(ApiError::Internal)).await
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -358,7 +326,7 @@ pub mod fuzzing {
     use axum::body::Bytes;
     use axum::http::HeaderMap;
 
-    use crate::server::ApiError;
+    use crate::error::ApiError;
 
     /// Parses a check-in body (already within the wire cap) as the route does; returns its status.
     pub fn checkin(headers: &HeaderMap, body: Bytes) -> Result<String, ApiError> {
@@ -389,22 +357,6 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn body_caps_follow_the_routes() {
-        use axum::http::Method;
-        let id = "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f";
-        assert_eq!(body_limit(&Method::POST, &format!("/api/fleet/agents/{id}/checkin")), 1 << 20);
-        assert_eq!(body_limit(&Method::POST, &format!("/api/fleet/agents/{id}/acks")), 2 << 20);
-        assert_eq!(body_limit(&Method::PUT, "/api/fleet/uploads/u/3"), UPLOAD_CHUNK_SIZE);
-        assert_eq!(body_limit(&Method::POST, "/api/fleet/agents/enroll"), ENROLL_BODY_LIMIT);
-        // Near misses are not the route: another method, one segment more.
-        assert_eq!(
-            body_limit(&Method::GET, &format!("/api/fleet/agents/{id}/checkin")),
-            OTHER_BODY_LIMIT
-        );
-        assert_eq!(body_limit(&Method::POST, "/api/fleet/uploads/u/3/x"), OTHER_BODY_LIMIT);
-    }
-
     use super::*;
 
     fn ua(value: &str) -> Result<String, ApiError> {

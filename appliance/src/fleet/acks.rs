@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_request, with_state};
-use crate::server::ApiError;
+use crate::error::ApiError;
 use crate::state::{ActionResult, AuditOutcome, PolicyAck, StateStore as _};
 
 /// elastic-agent's `fleetapi.AckRequest` (internal/pkg/fleetapi/ack_cmd.go; pkg/fleetapi/ack.go

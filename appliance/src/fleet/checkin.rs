@@ -16,8 +16,8 @@ use super::{
     AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, bad_request,
     blocking, with_state,
 };
+use crate::error::ApiError;
 use crate::release::Release;
-use crate::server::ApiError;
 use crate::state::{ActionRecord, CheckinUpdate, StateStore as _};
 
 /// The most actions one check-in response carries (Fleet Server's fetch size).

@@ -5,6 +5,8 @@
 //! `reassign`, `settings`, `diagnostics` and `actions` commands are its clients. Actions are
 //! created here, in the serving process, so a parked check-in of a targeted agent wakes at once.
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,9 +22,10 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::credentials::ApiKey;
-use crate::hub::Hub;
-use crate::server::{ApiError, AppState};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::fleet::credentials::ApiKey;
+use crate::fleet::hub::Hub;
 use crate::state::{ActionEffect, AgentView, NewAction, SqliteState, StateStore as _};
 
 /// The admin API's prefix; the CLI and the server agree on it here.
@@ -59,7 +62,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .layer(axum::middleware::from_fn(local_only))
         .with_state(admin);
-    Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::server::nosniff))
+    Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::routes::nosniff))
 }
 
 /// Mints this start's admin token into `data_dir/admin.token` (0600): a new one at every
@@ -124,7 +127,7 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     path: PathBuf,
     app: Router,
-    limits: crate::http1::Limits,
+    limits: crate::net::http1::Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let own_uid = rustix::process::geteuid().as_raw();
@@ -155,7 +158,7 @@ pub async fn serve(
         }
         let (app, limits) = (app.clone(), limits.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::http1::serve(stream, app, limits, None).await {
+            if let Err(e) = crate::net::http1::serve(stream, app, limits, None).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
@@ -209,7 +212,7 @@ async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !crate::credentials::same_secret(given.as_bytes(), admin.token.as_bytes()) {
+    if !crate::fleet::credentials::same_secret(given.as_bytes(), admin.token.as_bytes()) {
         return ApiError::fleet(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -224,7 +227,7 @@ async fn db<T: Send + 'static>(
     admin: &Arc<Admin>,
     f: impl FnOnce(&mut SqliteState) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    crate::server::with_db(&admin.state, f).await
+    crate::app::with_db(&admin.state, f).await
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -266,7 +269,7 @@ pub fn status_report(
     let loaded = matches!(active, Active::Ready(_));
     json!({
         "server": if running { "running" } else { "stopped" },
-        "status": running.then(|| crate::server::fleet_status(active)),
+        "status": running.then(|| crate::fleet::status::fleet_status(active)),
         "active": active.pointer().map(|(name, sequence)| json!({ "name": name, "sequence": sequence })),
         "loaded": loaded,
         "served": running && loaded,
@@ -622,7 +625,7 @@ async fn create_actions(
     // A scheduled action lives its full span from its start, or agents would drop it unrun.
     let expires_in = request.expires_in_seconds.map_or(DEFAULT_EXPIRY, Duration::from_secs);
     let expiration = ferry_manifests::rfc3339(start.map_or(now, |s| s.max(now)) + expires_in);
-    let action_id = crate::agent_api::uuid_v4();
+    let action_id = crate::fleet::uuid_v4();
     let cancel_target = match &request.action {
         ActionRequest::Cancel { target_id } => Some(target_id.clone()),
         _ => None,
@@ -726,7 +729,7 @@ async fn upload_file(
     if upload.status != "READY" {
         return Err(bad(format!("upload {} is {}, not READY", upload.id, upload.status)));
     }
-    let path = crate::agent_api::upload_file(&admin.uploads_dir, &upload);
+    let path = crate::fleet::upload_file(&admin.uploads_dir, &upload);
     let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.into()))?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
     Ok((

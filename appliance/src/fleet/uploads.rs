@@ -18,7 +18,7 @@ use super::{
     AgentApi, UPLOAD_BEGIN_LIMIT, UPLOAD_CHUNK_SIZE, UPLOAD_END_LIMIT, authenticated, bad_request,
     blocking, wrong_agent,
 };
-use crate::server::ApiError;
+use crate::error::ApiError;
 use crate::state::{ChunkRecord, StateStore as _, UploadRecord};
 
 const AWAITING: &str = "AWAITING_UPLOAD";

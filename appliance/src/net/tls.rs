@@ -1,5 +1,5 @@
-//! TLS for the appliance: rustls server configuration, and quick-start mode, which makes a
-//! local CA and a server certificate when none is configured.
+//! TLS for the appliance's listeners: the rustls server configuration, and quick-start mode,
+//! which makes a local CA and a server certificate when none is configured.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -153,45 +153,6 @@ pub fn url_host(url: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
-/// The PEM text delivered to agents as `agent.download.ssl.certificate_authorities`, after
-/// `server.download_ca` and quick-start mode (`quick_start_ca`: its CA file when on). Only
-/// certificates go out: a file holding anything else is refused rather than sent to every
-/// agent.
-pub fn download_ca(
-    setting: Option<&crate::config::DownloadCa>,
-    quick_start_ca: Option<&Path>,
-) -> anyhow::Result<Option<String>> {
-    use crate::config::DownloadCa;
-    let path = match (setting, quick_start_ca) {
-        (Some(DownloadCa::Enabled(false)), _) | (None, None) => return Ok(None),
-        (Some(DownloadCa::File(path)), _) => path,
-        (None | Some(DownloadCa::Enabled(true)), Some(ca)) => ca,
-        (Some(DownloadCa::Enabled(true)), None) => {
-            anyhow::bail!("server.download_ca = true needs quick-start mode")
-        }
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("server.download_ca: cannot read {}", path.display()))?;
-    let mut certificates = 0;
-    type Section = (rustls::pki_types::pem::SectionKind, Vec<u8>);
-    for item in <Section as rustls::pki_types::pem::PemObject>::pem_slice_iter(text.as_bytes()) {
-        let (kind, _) =
-            item.with_context(|| format!("server.download_ca: {} is not PEM", path.display()))?;
-        anyhow::ensure!(
-            kind == rustls::pki_types::pem::SectionKind::Certificate,
-            "server.download_ca: {} holds a {kind:?}, not only certificates",
-            path.display()
-        );
-        certificates += 1;
-    }
-    anyhow::ensure!(
-        certificates > 0,
-        "server.download_ca: {} holds no certificate",
-        path.display()
-    );
-    Ok(Some(text))
-}
-
 /// A rustls server configuration from PEM files: TLS 1.2 and 1.3 only, rustls' forward-secret
 /// AEAD suites chosen in the server's order, HTTP/1.1 by ALPN. `scripts/tls-audit.sh` checks
 /// what a scanner sees (docs/tls-audit.md).
@@ -213,7 +174,7 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
     // order is not ours to audit: testssl.sh rates a server without an order HIGH.
     config.ignore_client_order = true;
     // HTTP/1.1 only: agents speak it as well as HTTP/2, and one lean HTTP implementation
-    // (crate::http1) keeps a parked check-in cheap.
+    // (crate::net::http1) keeps a parked check-in cheap.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -227,33 +188,6 @@ mod tests {
         assert_eq!(url_host("https://ferry.site:8220"), "ferry.site");
         assert_eq!(url_host("https://10.0.0.5/"), "10.0.0.5");
         assert_eq!(url_host("https://[fd00::1]:8220/x"), "fd00::1");
-    }
-
-    #[test]
-    fn the_download_ca_is_the_quick_start_one_or_the_operator_s_file() {
-        use crate::config::DownloadCa;
-        let dir = tempfile::tempdir().unwrap();
-        let qs = QuickStart::paths(dir.path());
-        qs.ensure("https://ferry.site:8220").unwrap();
-        let ca = std::fs::read_to_string(&qs.ca_cert).unwrap();
-        let quick = Some(qs.ca_cert.as_path());
-        assert_eq!(download_ca(None, quick).unwrap().as_deref(), Some(ca.as_str()));
-        assert_eq!(download_ca(Some(&DownloadCa::Enabled(true)), quick).unwrap(), Some(ca.clone()));
-        assert_eq!(download_ca(Some(&DownloadCa::Enabled(false)), quick).unwrap(), None);
-        assert_eq!(download_ca(None, None).unwrap(), None, "an operator certificate: nothing");
-        let file = Some(DownloadCa::File(qs.ca_cert.clone()));
-        assert_eq!(download_ca(file.as_ref(), None).unwrap(), Some(ca));
-        // Never a private key, never nothing, never a missing file.
-        for (name, text) in [
-            ("key.pem", std::fs::read_to_string(&qs.server_key).unwrap()),
-            ("empty.pem", String::new()),
-        ] {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            let refused = download_ca(Some(&DownloadCa::File(path)), None).unwrap_err();
-            assert!(format!("{refused:#}").contains(name), "{refused:#}");
-        }
-        assert!(download_ca(Some(&DownloadCa::File(dir.path().join("gone.pem"))), None).is_err());
     }
 
     #[test]

@@ -17,13 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::http1::ClientAddr;
-use crate::server::ApiError;
+use crate::error::ApiError;
+use crate::net::http1::ClientAddr;
 
 /// One route's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,24 +36,6 @@ pub struct RouteLimit {
     /// Requests in flight at once (0: no cap).
     pub concurrent: u32,
 }
-
-/// The built-in limits, sized for one appliance and a fleet of about 20 000 agents: acks and
-/// status probes arrive from every agent at once after a policy change, enrollment is slow on
-/// purpose, uploads are rare and large.
-pub const DEFAULTS: &[(&str, RouteLimit)] = &[
-    ("enroll", RouteLimit { per_second: 100.0, burst: 100, concurrent: 50 }),
-    // After a restart every agent checks in again within a couple of seconds.
-    ("checkin", RouteLimit { per_second: 5000.0, burst: 20000, concurrent: 0 }),
-    // A new policy revision makes every agent ack (and, when fleet.hosts changes, probe
-    // /api/status) within a second or two.
-    ("ack", RouteLimit { per_second: 5000.0, burst: 20000, concurrent: 5000 }),
-    ("status", RouteLimit { per_second: 5000.0, burst: 20000, concurrent: 2000 }),
-    ("audit_unenroll", RouteLimit { per_second: 100.0, burst: 50, concurrent: 100 }),
-    ("upload_begin", RouteLimit { per_second: 0.5, burst: 5, concurrent: 10 }),
-    ("upload_chunk", RouteLimit { per_second: 300.0, burst: 5, concurrent: 10 }),
-    ("upload_end", RouteLimit { per_second: 0.5, burst: 5, concurrent: 10 }),
-    ("pgp_key", RouteLimit { per_second: 500.0, burst: 500, concurrent: 50 }),
-];
 
 /// Buckets kept per key (an address, an agent id, an enrollment token), charged only for
 /// failures; `concurrent` does not apply to them.
@@ -89,9 +72,16 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The defaults with `overrides` applied; an unknown route name is an error.
-    pub fn new(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Self> {
-        let known = || DEFAULTS.iter().chain(PER_KEY_DEFAULTS).map(|(n, _)| *n);
+    /// `classes` (a name and its default each) and [`PER_KEY_DEFAULTS`], with `overrides`
+    /// applied; an unknown name is an error. `credential_id` names the credential a request
+    /// shows, for the proven set.
+    pub fn new(
+        classes: impl IntoIterator<Item = (&'static str, RouteLimit)>,
+        overrides: &BTreeMap<String, LimitOverride>,
+        credential_id: fn(&HeaderMap) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let classes: Vec<_> = classes.into_iter().collect();
+        let known = || classes.iter().chain(PER_KEY_DEFAULTS).map(|(n, _)| *n);
         for (name, o) in overrides {
             anyhow::ensure!(
                 known().any(|n| n == name),
@@ -115,12 +105,12 @@ impl Limits {
         let per_key: HashMap<_, _> = PER_KEY_DEFAULTS.iter().map(effective).collect();
         let failures = Arc::new(KeyedBuckets::new(per_key["auth_failures"]));
         let proven = Arc::new(Proven::default());
-        let routes = DEFAULTS
+        let routes = classes
             .iter()
             .map(effective)
             .map(|(name, limit)| {
-                let limiter = Limiter::new(limit, Arc::clone(&failures), Arc::clone(&proven));
-                (name, Arc::new(limiter))
+                let shared = (Arc::clone(&failures), Arc::clone(&proven), credential_id);
+                (name, Arc::new(Limiter::new(limit, shared)))
             })
             .collect();
         Ok(Self { routes, per_key, proven })
@@ -142,9 +132,9 @@ impl Limits {
         )
     }
 
-    /// The limiter of a route named in [`DEFAULTS`].
-    pub fn get(&self, route: &str) -> Arc<Limiter> {
-        Arc::clone(self.routes.get(route).unwrap_or_else(|| panic!("no limits for route {route}")))
+    /// The limiter of the class `name` given to [`Limits::new`].
+    pub fn get(&self, name: &str) -> Arc<Limiter> {
+        Arc::clone(self.routes.get(name).unwrap_or_else(|| panic!("no limits for {name}")))
     }
 }
 
@@ -305,13 +295,6 @@ impl Proven {
     }
 }
 
-/// The id of the credential a request shows (`Authorization: ApiKey base64(id:secret)`).
-fn credential_id(request: &Request) -> Option<String> {
-    let headers = request.headers().get_all(axum::http::header::AUTHORIZATION);
-    let key = crate::credentials::ApiKey::from_headers(headers.iter().map(|v| v.as_bytes()));
-    key.ok().map(|k| k.id().to_string())
-}
-
 pub struct Limiter {
     limit: RouteLimit,
     bucket: Mutex<Bucket>,
@@ -320,14 +303,15 @@ pub struct Limiter {
     /// route.
     failures: Arc<KeyedBuckets<Option<IpAddr>>>,
     proven: Arc<Proven>,
+    credential_id: fn(&HeaderMap) -> Option<String>,
 }
 
+/// What every route's limiter shares: failures per address, the proven credentials, and how a
+/// request names its credential.
+type Shared = (Arc<KeyedBuckets<Option<IpAddr>>>, Arc<Proven>, fn(&HeaderMap) -> Option<String>);
+
 impl Limiter {
-    fn new(
-        limit: RouteLimit,
-        failures: Arc<KeyedBuckets<Option<IpAddr>>>,
-        proven: Arc<Proven>,
-    ) -> Self {
+    fn new(limit: RouteLimit, (failures, proven, credential_id): Shared) -> Self {
         Self {
             limit,
             bucket: Mutex::new(Bucket::full(limit, Instant::now())),
@@ -335,6 +319,7 @@ impl Limiter {
                 .then(|| Arc::new(Semaphore::new(limit.concurrent as usize))),
             failures,
             proven,
+            credential_id,
         }
     }
 
@@ -357,7 +342,7 @@ fn too_many(code: &'static str, message: &str, retry_after: Duration) -> Respons
 /// credentials fail (see [`credentials_failed`]) is charged to its address, not the route.
 pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
     let address = address_key(request.extensions().get::<ClientAddr>().map(|a| a.0));
-    let credential = credential_id(&request);
+    let credential = (limiter.credential_id)(request.headers());
     if let Err(wait) = limiter.failures.check(&address, Instant::now())
         && !credential.as_deref().is_some_and(|id| limiter.proven.contains(id))
     {
@@ -425,8 +410,7 @@ mod tests {
         let failures = Arc::new(KeyedBuckets::new(PER_KEY_DEFAULTS[0].1));
         let l = Limiter::new(
             RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 },
-            failures,
-            Arc::default(),
+            (failures, Arc::default(), |_| None),
         );
         let t0 = Instant::now();
         assert!(l.take(t0).is_ok());
@@ -446,23 +430,26 @@ mod tests {
             "enroll".to_owned(),
             LimitOverride { burst: Some(3), ..Default::default() },
         )]);
-        let limits = Limits::new(&o).unwrap();
+        let limits = crate::routes::limits(&o).unwrap();
         let enroll = limits.get("enroll").limit;
         assert_eq!((enroll.burst, enroll.per_second, enroll.concurrent), (3, 100.0, 50));
         let o = BTreeMap::from([("enrol".to_owned(), LimitOverride::default())]);
-        let err = Limits::new(&o).err().unwrap().to_string();
+        let err = crate::routes::limits(&o).err().unwrap().to_string();
         assert!(err.contains("enrol") && err.contains("known: enroll"), "{err}");
         let o = BTreeMap::from([(
             "auth_failures".to_owned(),
             LimitOverride { concurrent: Some(3), ..Default::default() },
         )]);
-        let err = Limits::new(&o).err().unwrap().to_string();
+        let err = crate::routes::limits(&o).err().unwrap().to_string();
         assert!(err.contains("[limits.auth_failures]: `concurrent` does not apply"), "{err}");
         let o = BTreeMap::from([(
             "auth_failures".to_owned(),
             LimitOverride { burst: Some(7), ..Default::default() },
         )]);
-        assert_eq!(Limits::new(&o).unwrap().per_key::<u8>("auth_failures").limit.burst, 7);
+        assert_eq!(
+            crate::routes::limits(&o).unwrap().per_key::<u8>("auth_failures").limit.burst,
+            7
+        );
     }
 
     #[test]

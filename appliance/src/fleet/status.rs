@@ -1,0 +1,31 @@
+//! Fleet Server's `/api/status`: what a load balancer and an agent probing `fleet.hosts` see.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::release::Active;
+
+/// What `/api/status` answers for `active`, by Fleet Server's rules for a server that is not
+/// ready (fleet-server internal/pkg/policy/self.go): `STARTING` while it waits for its policy
+/// (here: no release was ever activated), `FAILED` when what it should run cannot be read (the
+/// active release does not verify, so nothing is served), `HEALTHY` otherwise.
+pub fn fleet_status(active: &Active) -> &'static str {
+    match active {
+        Active::Ready(_) => "HEALTHY",
+        Active::None => "STARTING",
+        Active::Unusable { .. } => "FAILED",
+    }
+}
+
+/// Fleet Server's status: 200 only when `HEALTHY`, 503 with the same body otherwise
+/// (fleet-server internal/pkg/api/handleStatus.go); no version without an API key, and never 401.
+pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let status = fleet_status(&state.active());
+    let code = if status == "HEALTHY" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(serde_json::json!({ "name": "fleet-server", "status": status })))
+        .into_response()
+}

@@ -1,0 +1,372 @@
+//! The route table: every route of the agent-facing listeners, once, with the largest body the
+//! HTTP loop reads for it and the rate-limit class it runs under. The router, the HTTP loop's
+//! body caps and the limits (`[limits.NAME]`) are all built from it, so a route cannot have a
+//! handler without a cap or a limit without a route: [`Route::spec`] and [`Class::default`]
+//! are exhaustive matches, and a route left out of [`Route::ALL`] fails to compile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method};
+use axum::response::Response;
+use axum::routing::{MethodFilter, get, on};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::fleet::{self, AgentApi};
+use crate::mirror;
+use crate::net::limits::{LimitOverride, Limits, RouteLimit, limit};
+
+/// A route of the agent-facing listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Enroll,
+    Checkin,
+    Ack,
+    AuditUnenroll,
+    UploadBegin,
+    UploadEnd,
+    UploadChunk,
+    Status,
+    PgpKey,
+    Crl,
+    Download,
+}
+
+/// What the table says of a route.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub method: Method,
+    /// The path as axum matches it: `{name}` is one segment, `{*name}` the rest.
+    pub path: &'static str,
+    /// The largest body read for it; the handlers check theirs again, with Fleet's error.
+    pub body_limit: usize,
+    /// The rate and concurrency limit it runs under (several routes may share one).
+    pub class: Option<Class>,
+}
+
+impl Route {
+    /// Every route, in declaration order (checked below at compile time).
+    pub const ALL: [Route; 11] = [
+        Route::Enroll,
+        Route::Checkin,
+        Route::Ack,
+        Route::AuditUnenroll,
+        Route::UploadBegin,
+        Route::UploadEnd,
+        Route::UploadChunk,
+        Route::Status,
+        Route::PgpKey,
+        Route::Crl,
+        Route::Download,
+    ];
+
+    pub fn spec(self) -> Spec {
+        let spec = |method, path, body_limit, class| Spec { method, path, body_limit, class };
+        match self {
+            Route::Enroll => spec(
+                Method::POST,
+                "/api/fleet/agents/enroll",
+                fleet::ENROLL_BODY_LIMIT,
+                Some(Class::Enroll),
+            ),
+            Route::Checkin => spec(
+                Method::POST,
+                "/api/fleet/agents/{id}/checkin",
+                fleet::CHECKIN_WIRE_LIMIT,
+                Some(Class::Checkin),
+            ),
+            Route::Ack => spec(
+                Method::POST,
+                "/api/fleet/agents/{id}/acks",
+                fleet::ACK_BODY_LIMIT,
+                Some(Class::Ack),
+            ),
+            Route::AuditUnenroll => spec(
+                Method::POST,
+                "/api/fleet/agents/{id}/audit/unenroll",
+                fleet::AUDIT_BODY_LIMIT,
+                Some(Class::AuditUnenroll),
+            ),
+            Route::UploadBegin => spec(
+                Method::POST,
+                "/api/fleet/uploads",
+                fleet::UPLOAD_BEGIN_LIMIT,
+                Some(Class::UploadBegin),
+            ),
+            Route::UploadEnd => spec(
+                Method::POST,
+                "/api/fleet/uploads/{upload_id}",
+                fleet::UPLOAD_END_LIMIT,
+                Some(Class::UploadEnd),
+            ),
+            Route::UploadChunk => spec(
+                Method::PUT,
+                "/api/fleet/uploads/{upload_id}/{chunk}",
+                fleet::UPLOAD_CHUNK_SIZE,
+                Some(Class::UploadChunk),
+            ),
+            Route::Status => {
+                spec(Method::GET, "/api/status", OTHER_BODY_LIMIT, Some(Class::Status))
+            }
+            Route::PgpKey => spec(
+                Method::GET,
+                "/api/agents/upgrades/{version}/pgp-public-key",
+                OTHER_BODY_LIMIT,
+                Some(Class::PgpKey),
+            ),
+            // The CRL is fetched as rarely as the status, and by the same kind of client.
+            Route::Crl => {
+                spec(Method::GET, crate::net::tls::CRL_PATH, OTHER_BODY_LIMIT, Some(Class::Status))
+            }
+            // Downloads are bounded by connections, not by a rate: an upgrade wave is one
+            // download per agent, and a slow one must not be refused halfway.
+            Route::Download => spec(Method::GET, "/downloads/{*path}", OTHER_BODY_LIMIT, None),
+        }
+    }
+}
+
+// A route missing from `Route::ALL`, or listed out of order, is a compile error.
+const _: () = {
+    let mut i = 0;
+    while i < Route::ALL.len() {
+        assert!(Route::ALL[i] as usize == i, "Route::ALL must list every route in order");
+        i += 1;
+    }
+    assert!(Route::ALL.len() == Route::Download as usize + 1, "Route::ALL misses a route");
+};
+
+/// What a request to a route outside the table may carry: nothing takes a body there, but a
+/// little is tolerated, as from clients that send `{}`.
+pub const OTHER_BODY_LIMIT: usize = 64 << 10;
+
+/// The largest body the HTTP loop reads for a request (query removed), so that an oversized
+/// one is refused from its head, before its bytes are read. `HEAD` is served as `GET`.
+pub fn body_limit(method: &Method, path: &str) -> usize {
+    let method = if method == Method::HEAD { &Method::GET } else { method };
+    Route::ALL
+        .iter()
+        .map(|r| r.spec())
+        .find(|s| s.method == method && matches(s.path, path))
+        .map_or(OTHER_BODY_LIMIT, |s| s.body_limit)
+}
+
+/// Whether `path` is one axum would route to `pattern`.
+fn matches(pattern: &str, path: &str) -> bool {
+    let mut pattern = pattern.trim_start_matches('/').split('/');
+    let mut path = path.trim_start_matches('/').split('/');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.starts_with("{*") => return !s.is_empty(),
+            (Some(p), Some(s)) if p.starts_with('{') => {
+                if s.is_empty() {
+                    return false;
+                }
+            }
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+}
+
+/// A rate-limit class: `[limits.NAME]` in the configuration sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Enroll,
+    Checkin,
+    Ack,
+    Status,
+    AuditUnenroll,
+    UploadBegin,
+    UploadChunk,
+    UploadEnd,
+    PgpKey,
+}
+
+impl Class {
+    pub const ALL: [Class; 9] = [
+        Class::Enroll,
+        Class::Checkin,
+        Class::Ack,
+        Class::Status,
+        Class::AuditUnenroll,
+        Class::UploadBegin,
+        Class::UploadChunk,
+        Class::UploadEnd,
+        Class::PgpKey,
+    ];
+
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Enroll => "enroll",
+            Class::Checkin => "checkin",
+            Class::Ack => "ack",
+            Class::Status => "status",
+            Class::AuditUnenroll => "audit_unenroll",
+            Class::UploadBegin => "upload_begin",
+            Class::UploadChunk => "upload_chunk",
+            Class::UploadEnd => "upload_end",
+            Class::PgpKey => "pgp_key",
+        }
+    }
+
+    /// The built-in limits, sized for one appliance and a fleet of about 20 000 agents: acks
+    /// and status probes arrive from every agent at once after a policy change, enrollment is
+    /// slow on purpose, uploads are rare and large.
+    pub fn default(self) -> RouteLimit {
+        let limit = |per_second, burst, concurrent| RouteLimit { per_second, burst, concurrent };
+        match self {
+            Class::Enroll => limit(100.0, 100, 50),
+            // After a restart every agent checks in again within a couple of seconds.
+            Class::Checkin => limit(5000.0, 20000, 0),
+            // A new policy revision makes every agent ack (and, when fleet.hosts changes,
+            // probe /api/status) within a second or two.
+            Class::Ack => limit(5000.0, 20000, 5000),
+            Class::Status => limit(5000.0, 20000, 2000),
+            Class::AuditUnenroll => limit(100.0, 50, 100),
+            Class::UploadBegin => limit(0.5, 5, 10),
+            Class::UploadChunk => limit(300.0, 5, 10),
+            Class::UploadEnd => limit(0.5, 5, 10),
+            Class::PgpKey => limit(500.0, 500, 50),
+        }
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Class::ALL.len() {
+        assert!(Class::ALL[i] as usize == i, "Class::ALL must list every class in order");
+        i += 1;
+    }
+    assert!(Class::ALL.len() == Class::PgpKey as usize + 1, "Class::ALL misses a class");
+};
+
+/// The limits of every class, with the configuration's overrides; an unknown name is refused
+/// (at start, and by `ferry-appliance check`).
+pub fn limits(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Limits> {
+    Limits::new(Class::ALL.iter().map(|c| (c.name(), c.default())), overrides, fleet::credential_id)
+}
+
+/// Tells browsers not to guess content types, on every response (a scanner's rule; agents are
+/// not browsers, but operators may open the mirror in one).
+pub async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// `handler` at `route`'s path and method (a `GET` also answers `HEAD`), behind its class's
+/// limit.
+fn at<H, T, S>(router: Router<S>, route: Route, handler: H, limits: &Limits) -> Router<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    let spec = route.spec();
+    let method = MethodFilter::try_from(spec.method).expect("the table's methods are routable");
+    let mut handler = on(method, handler);
+    if let Some(class) = spec.class {
+        let limiter = limits.get(class.name());
+        handler = handler.layer(axum::middleware::from_fn_with_state(limiter, limit));
+    }
+    router.route(spec.path, handler)
+}
+
+/// The routes of the agent-facing listener: the agent API and the mirror. Without TLS, the PGP
+/// key route answers 501, as Fleet Server does.
+pub fn router(state: Arc<AppState>, agents: Arc<AgentApi>, limits: &Limits, tls: bool) -> Router {
+    let served = at(Router::new(), Route::Status, fleet::status::status, limits);
+    let served = if tls {
+        at(served, Route::PgpKey, mirror::pgp_key, limits)
+    } else {
+        at(served, Route::PgpKey, tls_required, limits)
+    };
+    let served = at(served, Route::Crl, mirror::crl, limits);
+    let served = at(served, Route::Download, mirror::download, limits);
+    let api = at(Router::new(), Route::Enroll, fleet::enroll::enroll, limits);
+    let api = at(api, Route::Checkin, fleet::checkin::checkin, limits);
+    let api = at(api, Route::Ack, fleet::acks::acks, limits);
+    let api = at(api, Route::AuditUnenroll, fleet::acks::audit_unenroll, limits);
+    let api = at(api, Route::UploadBegin, fleet::uploads::begin, limits);
+    let api = at(api, Route::UploadEnd, fleet::uploads::complete, limits);
+    let api = at(api, Route::UploadChunk, fleet::uploads::chunk, limits)
+        .layer(axum::Extension(Arc::new(fleet::enroll::ReplaceLimits::new(limits))))
+        // Bodies are read with their own caps, so the refusal is Fleet's JSON error.
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    served
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .merge(api.with_state(agents))
+        .layer(axum::middleware::from_fn(fleet::api_version))
+        .layer(axum::middleware::map_response(nosniff))
+}
+
+/// The plain-HTTP mirror listener's routes: the mirror, and the PGP key route answering 501,
+/// as Fleet Server does without TLS. No limits: this listener serves only files.
+pub fn plain_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(Route::PgpKey.spec().path, get(tls_required))
+        .route(Route::Download.spec().path, get(mirror::download))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .layer(axum::middleware::map_response(nosniff))
+}
+
+async fn tls_required() -> ApiError {
+    ApiError::TlsRequired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_caps_follow_the_routes() {
+        let id = "0b7a4e0c-1f5d-4c3b-9e0a-2b1f0c9d8e7f";
+        assert_eq!(body_limit(&Method::POST, &format!("/api/fleet/agents/{id}/checkin")), 1 << 20);
+        assert_eq!(body_limit(&Method::POST, &format!("/api/fleet/agents/{id}/acks")), 2 << 20);
+        assert_eq!(body_limit(&Method::PUT, "/api/fleet/uploads/u/3"), fleet::UPLOAD_CHUNK_SIZE);
+        assert_eq!(body_limit(&Method::POST, "/api/fleet/agents/enroll"), fleet::ENROLL_BODY_LIMIT);
+        // Near misses are not the route: another method, one segment more or fewer, an empty
+        // segment where an id goes.
+        assert_eq!(
+            body_limit(&Method::GET, &format!("/api/fleet/agents/{id}/checkin")),
+            OTHER_BODY_LIMIT
+        );
+        assert_eq!(body_limit(&Method::POST, "/api/fleet/uploads/u/3/x"), OTHER_BODY_LIMIT);
+        assert_eq!(body_limit(&Method::PUT, "/api/fleet/uploads/u"), OTHER_BODY_LIMIT);
+        assert_eq!(body_limit(&Method::POST, "/api/fleet/agents//checkin"), OTHER_BODY_LIMIT);
+    }
+
+    #[test]
+    fn paths_match_as_axum_routes_them() {
+        assert!(matches("/downloads/{*path}", "/downloads/beats/a.tar.gz"));
+        assert!(!matches("/downloads/{*path}", "/downloads"));
+        assert!(!matches("/downloads/{*path}", "/downloads/"));
+        assert!(matches("/api/status", "/api/status"));
+        assert!(!matches("/api/status", "/api/status/x"));
+        assert!(!matches("/api/status", "/api"));
+    }
+
+    #[test]
+    fn every_class_has_a_route_and_a_distinct_name() {
+        for class in Class::ALL {
+            assert!(Route::ALL.iter().any(|r| r.spec().class == Some(class)), "{class:?}");
+            assert_eq!(Class::ALL.iter().filter(|c| c.name() == class.name()).count(), 1);
+        }
+    }
+
+    #[test]
+    fn every_route_has_one_path_per_method() {
+        for (i, a) in Route::ALL.iter().enumerate() {
+            for b in &Route::ALL[i + 1..] {
+                let (a, b) = (a.spec(), b.spec());
+                assert!(a.method != b.method || a.path != b.path, "{} twice", a.path);
+            }
+        }
+    }
+}
