@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod fleet;
 pub mod mirror;

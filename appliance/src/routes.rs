@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::http::{HeaderValue, Method};
-use axum::response::Response;
+use axum::http::Method;
 use axum::routing::{MethodFilter, get, on};
 
 use crate::app::AppState;
@@ -251,13 +250,6 @@ pub fn limits(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Lim
     Limits::new(Class::ALL.iter().map(|c| (c.name(), c.default())), overrides, fleet::credential_id)
 }
 
-/// Tells browsers not to guess content types, on every response (a scanner's rule; agents are
-/// not browsers, but operators may open the mirror in one).
-pub async fn nosniff(mut response: Response) -> Response {
-    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    response
-}
-
 /// `handler` at `route`'s path and method (a `GET` also answers `HEAD`), behind its class's
 /// limit.
 fn at<H, T, S>(router: Router<S>, route: Route, handler: H, limits: &Limits) -> Router<S>
@@ -302,7 +294,7 @@ pub fn router(state: Arc<AppState>, agents: Arc<AgentApi>, limits: &Limits, tls:
         .with_state(state)
         .merge(api.with_state(agents))
         .layer(axum::middleware::from_fn(fleet::api_version))
-        .layer(axum::middleware::map_response(nosniff))
+        .layer(axum::middleware::map_response(crate::net::nosniff))
 }
 
 /// The plain-HTTP mirror listener's routes: the mirror, and the PGP key route answering 501,
@@ -313,7 +305,7 @@ pub fn plain_router(state: Arc<AppState>) -> Router {
         .route(Route::Download.spec().path, get(mirror::download))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
-        .layer(axum::middleware::map_response(nosniff))
+        .layer(axum::middleware::map_response(crate::net::nosniff))
 }
 
 async fn tls_required() -> ApiError {

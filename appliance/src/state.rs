@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::fleet::credentials::{ApiKey, SecretHash};
+use crate::credentials::{ApiKey, SecretHash};
 
 /// One imported release, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

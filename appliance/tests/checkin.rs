@@ -76,7 +76,7 @@ fn policy_reaches_the_agent_and_a_new_revision_wakes_its_long_poll() {
     post(None, body.as_bytes()).assert_error(401, "ErrNoAuthHeader");
     let other = Agent::enroll(&server, &token);
     post(Some(&other.key), body.as_bytes()).assert_error(403, "ErrAgentIdentity");
-    let forged = ferry_appliance::fleet::credentials::ApiKey::mint().encoded();
+    let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
     post(Some(&forged), body.as_bytes()).assert_error(401, "ErrUnauthorized");
     post(Some("bm9jb2xvbg=="), body.as_bytes()).assert_error(400, "ErrMalformedToken");
     agent.checkin(json!({"status": ""})).assert_error(400, "BadRequest");

@@ -37,10 +37,9 @@ fn an_agent_enrolls_and_every_bad_request_gets_fleets_answer() {
         "the agent id is written into local metadata"
     );
     assert_eq!(item["tags"], json!(["dmz", "linux"]));
-    let access = ferry_appliance::fleet::credentials::ApiKey::decode(
-        item["access_api_key"].as_str().unwrap(),
-    )
-    .unwrap();
+    let access =
+        ferry_appliance::credentials::ApiKey::decode(item["access_api_key"].as_str().unwrap())
+            .unwrap();
     assert_eq!(access.id().as_str(), item["access_api_key_id"].as_str().unwrap());
 
     // A requested id is kept; asking again for an active agent's id is refused.
@@ -54,7 +53,7 @@ fn an_agent_enrolls_and_every_bad_request_gets_fleets_answer() {
     enroll(&server, Some("!!!"), &[], &good).assert_error(401, "ErrInvalidToken");
     let no_colon = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "nocolon");
     enroll(&server, Some(&no_colon), &[], &good).assert_error(400, "ErrMalformedToken");
-    let unknown = ferry_appliance::fleet::credentials::ApiKey::mint().encoded();
+    let unknown = ferry_appliance::credentials::ApiKey::mint().encoded();
     enroll(&server, Some(&unknown), &[], &good).assert_error(401, "ErrUnauthorized");
     // The credential is checked before the body is read: without one, any body is 401.
     for body in ["", "{not json", r#"{"type":"PERMANENT","metadata":null}"#] {

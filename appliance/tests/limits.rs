@@ -160,13 +160,13 @@ fn slow_and_oversized_heads_are_cut_off_and_bad_keys_never_crowd_out_good_agents
     let path = format!("/api/fleet/agents/{}/checkin", agent.id);
     let body = json!({"status": "online"}).to_string();
     for _ in 0..200 {
-        let forged = ferry_appliance::fleet::credentials::ApiKey::mint().encoded();
+        let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
         request(&server, "POST", &path, Some(&forged), &[], body.as_bytes())
             .assert_error(401, "ErrUnauthorized");
     }
     assert_eq!(agent.checkin_online().status, 200);
     // /api/status never answers 401, whatever key comes with it.
-    let forged = ferry_appliance::fleet::credentials::ApiKey::mint().encoded();
+    let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
     assert_eq!(request(&server, "POST", "/api/status", Some(&forged), &[], b"").status, 405);
     let reply = support::agent::get(&server, "/api/status", Some(&forged));
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -317,7 +317,7 @@ fn failed_credentials_are_charged_to_their_address_and_never_starve_good_agents(
     let mut agents = Vec::new();
     for _ in 0..4 {
         for _ in 0..10 {
-            let bogus = ferry_appliance::fleet::credentials::ApiKey::mint().encoded();
+            let bogus = ferry_appliance::credentials::ApiKey::mint().encoded();
             let path = "/api/fleet/agents/enroll";
             flood.push(request_from(
                 &server,
@@ -357,7 +357,7 @@ fn failed_credentials_are_charged_to_their_address_and_never_starve_good_agents(
     let events = json!({"events": [a.ack_event("policy:p:1")]}).to_string();
     let mut bad = Vec::new();
     for i in 0..24 {
-        let forged = ferry_appliance::fleet::credentials::ApiKey::mint().encoded();
+        let forged = ferry_appliance::credentials::ApiKey::mint().encoded();
         let (path, body) = if i % 2 == 0 { (&acks, &events) } else { (&checkin, &online) };
         bad.push(request_from(&server, "127.0.0.3", "POST", path, Some(&forged), body.as_bytes()));
     }
@@ -399,9 +399,8 @@ fn after_a_restart_the_stored_credentials_are_proven() {
     let from2 = |key: &str| {
         request_from(&server, "127.0.0.2", "POST", &checkin, Some(key), online.as_bytes())
     };
-    let bogus: Vec<Reply> = (0..6)
-        .map(|_| from2(&ferry_appliance::fleet::credentials::ApiKey::mint().encoded()))
-        .collect();
+    let bogus: Vec<Reply> =
+        (0..6).map(|_| from2(&ferry_appliance::credentials::ApiKey::mint().encoded())).collect();
     assert_eq!((count(&bogus, 401), count(&bogus, 429)), (5, 1), "{bogus:?}");
     assert_eq!(from2(&key).status, 200, "the agent's stored key is proven since the start");
 }

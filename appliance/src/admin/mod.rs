@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
+use crate::credentials::ApiKey;
 use crate::error::ApiError;
-use crate::fleet::credentials::ApiKey;
 use crate::fleet::hub::Hub;
 use crate::state::{ActionEffect, AgentView, NewAction, SqliteState, StateStore as _};
 
@@ -62,7 +62,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .layer(axum::middleware::from_fn(local_only))
         .with_state(admin);
-    Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::routes::nosniff))
+    Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::net::nosniff))
 }
 
 /// Mints this start's admin token into `data_dir/admin.token` (0600): a new one at every
@@ -212,7 +212,7 @@ async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !crate::fleet::credentials::same_secret(given.as_bytes(), admin.token.as_bytes()) {
+    if !crate::credentials::same_secret(given.as_bytes(), admin.token.as_bytes()) {
         return ApiError::fleet(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",

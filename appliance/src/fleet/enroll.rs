@@ -12,10 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
+use crate::credentials::{ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches};
 use crate::error::ApiError;
-use crate::fleet::credentials::{
-    ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches,
-};
 use crate::net::limits::{KeyedBuckets, Limits};
 use crate::state::{AgentRecord, Enrollment, StateStore as _};
 

@@ -4,7 +4,6 @@
 
 pub mod acks;
 pub mod checkin;
-pub mod credentials;
 pub mod enroll;
 pub mod hub;
 pub mod status;
@@ -21,8 +20,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::{AppState, blocking};
+use crate::credentials::{ApiKey, SecretHash};
 use crate::error::ApiError;
-use crate::fleet::credentials::{ApiKey, SecretHash};
 use crate::fleet::hub::Hub;
 use crate::state::{AgentRecord, SqliteState, StateStore as _};
 

@@ -424,32 +424,35 @@ mod tests {
         assert!(l.take(later).is_err());
     }
 
+    /// Limits with one class, `enroll`, as the route table gives it.
+    fn with_enroll(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Limits> {
+        let enroll = RouteLimit { per_second: 100.0, burst: 100, concurrent: 50 };
+        Limits::new([("enroll", enroll)], overrides, |_| None)
+    }
+
     #[test]
     fn overrides_keep_unset_defaults_and_unknown_routes_are_errors() {
         let o = BTreeMap::from([(
             "enroll".to_owned(),
             LimitOverride { burst: Some(3), ..Default::default() },
         )]);
-        let limits = crate::routes::limits(&o).unwrap();
+        let limits = with_enroll(&o).unwrap();
         let enroll = limits.get("enroll").limit;
         assert_eq!((enroll.burst, enroll.per_second, enroll.concurrent), (3, 100.0, 50));
         let o = BTreeMap::from([("enrol".to_owned(), LimitOverride::default())]);
-        let err = crate::routes::limits(&o).err().unwrap().to_string();
+        let err = with_enroll(&o).err().unwrap().to_string();
         assert!(err.contains("enrol") && err.contains("known: enroll"), "{err}");
         let o = BTreeMap::from([(
             "auth_failures".to_owned(),
             LimitOverride { concurrent: Some(3), ..Default::default() },
         )]);
-        let err = crate::routes::limits(&o).err().unwrap().to_string();
+        let err = with_enroll(&o).err().unwrap().to_string();
         assert!(err.contains("[limits.auth_failures]: `concurrent` does not apply"), "{err}");
         let o = BTreeMap::from([(
             "auth_failures".to_owned(),
             LimitOverride { burst: Some(7), ..Default::default() },
         )]);
-        assert_eq!(
-            crate::routes::limits(&o).unwrap().per_key::<u8>("auth_failures").limit.burst,
-            7
-        );
+        assert_eq!(with_enroll(&o).unwrap().per_key::<u8>("auth_failures").limit.burst, 7);
     }
 
     #[test]

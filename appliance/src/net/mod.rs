@@ -13,6 +13,15 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 
+/// Tells browsers not to guess content types, on every response (a scanner's rule; agents are
+/// not browsers, but operators may open the mirror in one).
+pub async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
+    response
+        .headers_mut()
+        .insert("x-content-type-options", axum::http::HeaderValue::from_static("nosniff"));
+    response
+}
+
 /// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is
 /// given, with our own lean HTTP/1.1 loop ([`crate::net::http1`]). Each connection runs on its own
 /// task. The header timeout also bounds the TLS handshake.
