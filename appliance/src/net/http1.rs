@@ -29,6 +29,10 @@ pub const MAX_HEAD: usize = 8 << 10;
 /// clients read the answer while writing, other clients do not.)
 const DRAIN_AFTER_413: usize = 8 << 20;
 const MAX_HEADERS: usize = 64;
+/// How long a request whose client closed its sending side is still answered (see `serve`):
+/// longer than any request but a parked check-in takes under load, far shorter than the five
+/// minutes of a long poll.
+const HALF_CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// The most a body buffer grows by before more of the body has arrived.
 const BODY_STEP: usize = 64 << 10;
 
@@ -162,15 +166,28 @@ where
             request.extensions_mut().insert(ClientAddr(peer));
         }
         let call = tower::ServiceExt::oneshot(app.clone(), request);
+        tokio::pin!(call);
+        let mut half_closed = false;
         let response = tokio::select! {
-            r = call => match r { Ok(r) => r, Err(e) => match e {} },
+            r = &mut call => match r { Ok(r) => r, Err(e) => match e {} },
             gone = watch_client(&mut io, &mut pending) => {
-                // The client went away (or broke the connection): drop the request, which
-                // un-parks a check-in.
-                return gone;
+                // The client broke the connection: drop the request, which un-parks a
+                // check-in.
+                gone?;
+                // The client closed its side. Either it went away, or it only half-closed
+                // after sending its request (`nc -N`, some scripts) and still reads: a read
+                // cannot tell which. The answer is waited for a while and written, then the
+                // connection closes; a request still running then (a parked check-in) is
+                // dropped, so the departed do not hold their place for a whole long poll.
+                half_closed = true;
+                match tokio::time::timeout(HALF_CLOSE_GRACE, &mut call).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => match e {},
+                    Err(_) => return Ok(()),
+                }
             }
         };
-        let close = close || *limits.closing.borrow();
+        let close = close || half_closed || *limits.closing.borrow();
         if write_response(&mut io, response, is_head, close, http10).await? {
             io.shutdown().await?;
             return Ok(());
@@ -701,11 +718,30 @@ mod tests {
         assert_eq!(out, b"abcdeNEXT");
     }
 
-    #[tokio::test]
+    // Paused time: the grace passes as soon as every task waits.
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_leaves_drops_its_request() {
-        // /slow never answers; closing the client must end the connection anyway.
+        // /slow never answers; closing the client must end the connection anyway, after the
+        // grace a half-closed client is given.
+        let started = tokio::time::Instant::now();
         let (out, end) = talk(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n", true).await;
         assert!(end.is_ok() && out.is_empty(), "{out} {end:?}");
+        assert_eq!(started.elapsed().as_secs(), HALF_CLOSE_GRACE.as_secs());
+    }
+
+    #[tokio::test]
+    async fn a_half_closed_client_still_gets_its_answer() {
+        // Sent, then the sending side closed (as `nc -N` does): the answer comes, then the
+        // connection closes, even though the request asked to keep it open.
+        let (out, end) = talk(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", true).await;
+        assert!(end.is_ok(), "{end:?}");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.to_ascii_lowercase().contains("connection: close\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhello"), "{out}");
+        // And with a body: the answer to a complete request is written.
+        let (out, end) =
+            talk(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", true).await;
+        assert!(end.is_ok() && out.ends_with("\r\n\r\nabc"), "{out} {end:?}");
     }
 
     #[tokio::test]
