@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
 use crate::credentials::{ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches};
 use crate::error::ApiError;
-use crate::net::limits::{KeyedBuckets, Limits};
+use crate::net::limits::{KeyedBuckets, Limits, PerKey};
 use crate::state::{AgentRecord, Enrollment, StateStore as _};
 
 #[derive(Deserialize)]
@@ -65,8 +65,8 @@ pub struct ReplaceLimits {
 impl ReplaceLimits {
     pub fn new(limits: &Limits) -> Self {
         Self {
-            per_agent: limits.per_key("replace_per_agent"),
-            per_token: limits.per_key("replace_per_token"),
+            per_agent: limits.per_key(PerKey::ReplacePerAgent),
+            per_token: limits.per_key(PerKey::ReplacePerToken),
         }
     }
 

@@ -39,18 +39,45 @@ pub struct RouteLimit {
 
 /// Buckets kept per key (an address, an agent id, an enrollment token), charged only for
 /// failures; `concurrent` does not apply to them.
-pub const PER_KEY_DEFAULTS: &[(&str, RouteLimit)] = &[
-    // Failed authentications per source address (an IPv6 /64), across all routes. A site
-    // behind one NAT address sends only good keys; one that sends many bad ones (every agent
-    // of a restored or revoked site retrying) is refused for a while, and retries. One address
-    // flooding bogus keys does a database lookup for each of 200, then 20 a second.
-    ("auth_failures", RouteLimit { per_second: 20.0, burst: 200, concurrent: 0 }),
-    // Wrong replace tokens per target agent id: 5, then one more every 5 minutes, so guessing
-    // a replace token online takes 12 guesses an hour.
-    ("replace_per_agent", RouteLimit { per_second: 1.0 / 300.0, burst: 5, concurrent: 0 }),
-    // Wrong replace tokens per enrollment token, across ids: 10 a minute.
-    ("replace_per_token", RouteLimit { per_second: 10.0 / 60.0, burst: 10, concurrent: 0 }),
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerKey {
+    /// Failed authentications per source address (an IPv6 /64), across all routes.
+    AuthFailures,
+    /// Wrong replace tokens per target agent id.
+    ReplacePerAgent,
+    /// Wrong replace tokens per enrollment token, across ids.
+    ReplacePerToken,
+}
+
+impl PerKey {
+    pub const ALL: [PerKey; 3] =
+        [PerKey::AuthFailures, PerKey::ReplacePerAgent, PerKey::ReplacePerToken];
+
+    /// Its name in the configuration (`[limits.NAME]`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PerKey::AuthFailures => "auth_failures",
+            PerKey::ReplacePerAgent => "replace_per_agent",
+            PerKey::ReplacePerToken => "replace_per_token",
+        }
+    }
+
+    pub fn default(self) -> RouteLimit {
+        let limit = |per_second, burst| RouteLimit { per_second, burst, concurrent: 0 };
+        match self {
+            // A site behind one NAT address sends only good keys; one that sends many bad
+            // ones (every agent of a restored or revoked site retrying) is refused for a
+            // while, and retries. One address flooding bogus keys does a database lookup for
+            // each of 200, then 20 a second.
+            PerKey::AuthFailures => limit(20.0, 200),
+            // 5, then one more every 5 minutes, so guessing a replace token online takes 12
+            // guesses an hour.
+            PerKey::ReplacePerAgent => limit(1.0 / 300.0, 5),
+            // 10 a minute.
+            PerKey::ReplacePerToken => limit(10.0 / 60.0, 10),
+        }
+    }
+}
 
 /// Keys of a [`KeyedBuckets`] map at most: the oldest entries go first beyond this.
 const MAX_KEYS: usize = 65_536;
@@ -67,12 +94,13 @@ pub struct LimitOverride {
 /// The effective limits of every route.
 pub struct Limits {
     routes: HashMap<&'static str, Arc<Limiter>>,
-    per_key: HashMap<&'static str, RouteLimit>,
+    /// Indexed by [`PerKey`].
+    per_key: [RouteLimit; PerKey::ALL.len()],
     proven: Arc<Proven>,
 }
 
 impl Limits {
-    /// `classes` (a name and its default each) and [`PER_KEY_DEFAULTS`], with `overrides`
+    /// `classes` (a name and its default each) and the [`PerKey`] limits, with `overrides`
     /// applied; an unknown name is an error. `credential_id` names the credential a request
     /// shows, for the proven set.
     pub fn new(
@@ -81,7 +109,8 @@ impl Limits {
         credential_id: fn(&HeaderMap) -> Option<String>,
     ) -> anyhow::Result<Self> {
         let classes: Vec<_> = classes.into_iter().collect();
-        let known = || classes.iter().chain(PER_KEY_DEFAULTS).map(|(n, _)| *n);
+        let per_key_names = PerKey::ALL.map(PerKey::name);
+        let known = || classes.iter().map(|(n, _)| *n).chain(per_key_names);
         for (name, o) in overrides {
             anyhow::ensure!(
                 known().any(|n| n == name),
@@ -89,7 +118,7 @@ impl Limits {
                 known().collect::<Vec<_>>().join(", ")
             );
             anyhow::ensure!(
-                o.concurrent.is_none() || !PER_KEY_DEFAULTS.iter().any(|(n, _)| n == name),
+                o.concurrent.is_none() || !per_key_names.contains(&name.as_str()),
                 "[limits.{name}]: `concurrent` does not apply here, only `per_second` and `burst`"
             );
         }
@@ -102,8 +131,8 @@ impl Limits {
             };
             (*name, limit)
         };
-        let per_key: HashMap<_, _> = PER_KEY_DEFAULTS.iter().map(effective).collect();
-        let failures = Arc::new(KeyedBuckets::new(per_key["auth_failures"]));
+        let per_key = PerKey::ALL.map(|k| effective(&(k.name(), k.default())).1);
+        let failures = Arc::new(KeyedBuckets::new(per_key[PerKey::AuthFailures as usize]));
         let proven = Arc::new(Proven::default());
         let routes = classes
             .iter()
@@ -125,11 +154,9 @@ impl Limits {
         }
     }
 
-    /// New buckets for the per-key limit `name` of [`PER_KEY_DEFAULTS`].
-    pub fn per_key<K: Hash + Eq + Clone>(&self, name: &str) -> KeyedBuckets<K> {
-        KeyedBuckets::new(
-            *self.per_key.get(name).unwrap_or_else(|| panic!("no per-key limit {name}")),
-        )
+    /// New buckets for the per-key limit `which`.
+    pub fn per_key<K: Hash + Eq + Clone>(&self, which: PerKey) -> KeyedBuckets<K> {
+        KeyedBuckets::new(self.per_key[which as usize])
     }
 
     /// The limiter of the class `name` given to [`Limits::new`].
@@ -407,7 +434,7 @@ mod tests {
 
     #[test]
     fn buckets_refill_at_the_rate_up_to_the_burst() {
-        let failures = Arc::new(KeyedBuckets::new(PER_KEY_DEFAULTS[0].1));
+        let failures = Arc::new(KeyedBuckets::new(PerKey::AuthFailures.default()));
         let l = Limiter::new(
             RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 },
             (failures, Arc::default(), |_| None),
@@ -452,7 +479,7 @@ mod tests {
             "auth_failures".to_owned(),
             LimitOverride { burst: Some(7), ..Default::default() },
         )]);
-        assert_eq!(with_enroll(&o).unwrap().per_key::<u8>("auth_failures").limit.burst, 7);
+        assert_eq!(with_enroll(&o).unwrap().per_key::<u8>(PerKey::AuthFailures).limit.burst, 7);
     }
 
     #[test]
