@@ -59,13 +59,20 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.into()))?
 }
 
-/// Runs `f` with the state database, off the async threads.
-pub async fn with_db<T: Send + 'static>(
-    db: &Arc<std::sync::Mutex<crate::state::SqliteState>>,
-    f: impl FnOnce(&mut crate::state::SqliteState) -> Result<T, ApiError> + Send + 'static,
+/// Runs `f` with the store, off the async threads.
+pub(crate) async fn with_db<T: Send + 'static>(
+    db: &crate::store::Db,
+    f: impl FnOnce(&mut dyn crate::store::Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let db = Arc::clone(db);
-    blocking(move || f(&mut db.lock().expect("state lock"))).await
+    blocking(move || f(&mut **db.lock().expect("state lock"))).await
+}
+
+/// A store failure is internal trouble: logged, answered with `500`.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.into())
+    }
 }
 
 /// What the release watcher last made of the active pointer.
@@ -79,9 +86,9 @@ enum Seen {
 /// Loads the active release now (so nothing is answered as if there were none, and a server
 /// with nothing to serve says so at start), then re-reads it whenever the state database says
 /// it changed, so an import or rollback takes effect for new requests without a restart.
-pub fn watch_active(
+pub(crate) fn watch_active(
     state: Arc<AppState>,
-    db: Arc<std::sync::Mutex<crate::state::SqliteState>>,
+    db: crate::store::Db,
     data_dir: PathBuf,
     keys: TrustedKeys,
 ) {
@@ -111,12 +118,12 @@ pub fn watch_active(
 /// and reports it once, with the fix.
 fn refresh(
     state: &AppState,
-    db: &std::sync::Mutex<crate::state::SqliteState>,
+    db: &crate::store::Db,
     data_dir: &std::path::Path,
     keys: &TrustedKeys,
     shown: Seen,
 ) -> Seen {
-    let pointer = match crate::state::StateStore::active(&*db.lock().expect("state lock")) {
+    let pointer = match db.lock().expect("state lock").active() {
         Ok(pointer) => pointer,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot read the active release");

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::release::{DataDir, ImportOptions};
-use crate::state::ReleaseRecord;
+use crate::store::ReleaseRecord;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::DefaultConfig = cli.command {
@@ -392,10 +392,9 @@ pub async fn run_server(
     let state = Arc::new(crate::app::AppState::new(blobs, crl));
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
     // commit meanwhile.
-    let db = Arc::new(std::sync::Mutex::new(crate::state::SqliteState::open(
-        &config.data_dir.join("state.db"),
-    )?));
-    let credentials = crate::state::StateStore::credential_ids(&*db.lock().expect("state lock"))?;
+    let db: crate::store::Db =
+        Arc::new(std::sync::Mutex::new(crate::store::open(&config.data_dir)?));
+    let credentials = db.lock().expect("state lock").credential_ids()?;
     limits.prove(credentials.iter().map(String::as_str));
     crate::app::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
     let hub = Arc::new(crate::fleet::hub::Hub::default());

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+mod clock;
 pub mod commands;
 pub mod config;
 pub mod credentials;
@@ -16,7 +17,8 @@ pub mod mirror;
 pub mod net;
 pub mod release;
 pub mod routes;
-pub mod state;
+mod store;
+mod upgrade;
 
 /// The appliance's version string.
 pub fn version() -> &'static str {

@@ -4,7 +4,7 @@
 //! ```text
 //! DATA/blobs/sha256/ab/cdef…          content store, read-only files
 //! DATA/releases/NAME-SEQUENCE/        manifest.json + manifest.json.minisig of each release
-//! DATA/state.db                       releases, active pointer, floors (SQLite, WAL)
+//! DATA/state.db                       the store: releases, active pointer, floors, agents… (SQLite, WAL)
 //! DATA/staging/                       private, emptied at every start
 //! ```
 //!
@@ -30,7 +30,7 @@ use ferry_manifests::{
 };
 use time::OffsetDateTime;
 
-use crate::state::{ReleaseRecord, SqliteState, StateStore};
+use crate::store::{ReleaseRecord, Store};
 
 /// Refusals of a bundle that verified but must not become active.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +229,7 @@ pub const IMPORT_FIX: &str = "ferry-appliance import FILE";
 pub struct DataDir {
     root: PathBuf,
     pub blobs: BlobStore,
-    state: SqliteState,
+    state: Box<dyn Store>,
     /// Held while this value lives: one command at a time changes the data directory.
     _lock: fs::File,
 }
@@ -255,7 +255,7 @@ impl DataDir {
             )
         })?;
         let blobs = BlobStore::open(&root.join("blobs"))?;
-        let state = SqliteState::open(&root.join("state.db"))?;
+        let state = crate::store::open(root)?;
         let data = Self { root: root.to_owned(), blobs, state, _lock: lock };
         data.clean_leftovers()?;
         Ok(data)
@@ -294,12 +294,12 @@ impl DataDir {
         Ok(())
     }
 
-    pub fn releases(&self) -> anyhow::Result<Vec<ReleaseRecord>> {
-        self.state.releases()
+    pub(crate) fn releases(&self) -> anyhow::Result<Vec<ReleaseRecord>> {
+        Ok(self.state.releases()?)
     }
 
     pub fn active(&self) -> anyhow::Result<Option<(String, u64)>> {
-        self.state.active()
+        Ok(self.state.active()?)
     }
 
     /// Loads a retained release's manifest, re-verifying its signature with `keys`.
@@ -318,7 +318,7 @@ impl DataDir {
     }
 
     /// Verifies and activates a bundle. See the module documentation for the order.
-    pub fn import(
+    pub(crate) fn import(
         &mut self,
         bundle: &Path,
         signature: &Path,

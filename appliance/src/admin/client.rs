@@ -841,17 +841,13 @@ pub fn status(
 
 /// The report of `status` when no server runs: what `serve` would load, from the data directory.
 fn stopped_status(config: &Config, keys: &ferry_manifests::TrustedKeys) -> anyhow::Result<Value> {
-    use crate::state::StateStore as _;
-    let db = config.data_dir.join("state.db");
-    let (pointer, views) = if db.exists() {
-        let state = crate::state::SqliteState::open(&db)?;
-        (state.active()?, state.agent_views(None)?)
-    } else {
-        (None, Vec::new())
+    let (pointer, views) = match crate::store::open_existing(&config.data_dir)? {
+        Some(store) => (store.active()?, store.agent_views(&crate::store::AgentPage::default())?),
+        None => (None, Vec::new()),
     };
     let active = crate::release::Active::load(&config.data_dir, pointer, keys);
     let offline_after = std::time::Duration::from_secs(config.server.agent_offline_seconds);
-    let agents = crate::admin::count_agents(&views, &crate::state::now_rfc3339()?, offline_after);
+    let agents = crate::admin::count_agents(&views, &crate::clock::now_rfc3339(), offline_after);
     Ok(crate::admin::status_report(false, &active, &agents))
 }
 

@@ -8,7 +8,7 @@
 pub mod client;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,7 +26,10 @@ use crate::app::AppState;
 use crate::credentials::ApiKey;
 use crate::error::ApiError;
 use crate::fleet::hub::Hub;
-use crate::state::{ActionEffect, AgentView, NewAction, SqliteState, StateStore as _};
+use crate::store::{
+    ActionEffect, AgentPage, AgentView, Db, NewAction, NewEnrollmentToken, Store, StoreError,
+    UploadStatus,
+};
 
 /// The admin API's prefix; the CLI and the server agree on it here.
 pub const PREFIX: &str = "/admin/v1";
@@ -37,7 +40,7 @@ pub const SOCKET_FILE: &str = "admin.sock";
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct Admin {
-    pub state: Arc<Mutex<SqliteState>>,
+    pub(crate) state: Db,
     pub app: Arc<AppState>,
     pub hub: Arc<Hub>,
     pub public_base: String,
@@ -225,7 +228,7 @@ async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: 
 
 async fn db<T: Send + 'static>(
     admin: &Arc<Admin>,
-    f: impl FnOnce(&mut SqliteState) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&mut dyn Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     crate::app::with_db(&admin.state, f).await
 }
@@ -286,7 +289,7 @@ pub fn status_report(
 }
 
 /// Counts enrolled agents by the status `agents list` shows.
-pub fn count_agents(
+pub(crate) fn count_agents(
     views: &[AgentView],
     now: &str,
     offline_after: Duration,
@@ -302,9 +305,8 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     flush(&admin).await?;
     let offline_after = admin.offline_after;
     let agents = db(&admin, move |s| {
-        let views = s.agent_views(None).map_err(ApiError::Internal)?;
-        let now = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
-        Ok(count_agents(&views, &now, offline_after))
+        let views = s.agent_views(&AgentPage::default())?;
+        Ok(count_agents(&views, &crate::clock::now_rfc3339(), offline_after))
     })
     .await?;
     let mut report = status_report(true, &admin.app.active(), &agents);
@@ -329,16 +331,19 @@ async fn create_token(
     require_policy(&admin.app, &request.policy_id)?;
     let key = ApiKey::mint();
     let out = json!({ "id": key.id().as_str(), "token": key.encoded(), "policy_id": request.policy_id, "name": request.name });
-    db(&admin, move |s| {
-        s.create_enrollment_token(&key, &request.policy_id, request.name.as_deref())
-            .map_err(ApiError::Internal)
-    })
-    .await?;
+    let token = NewEnrollmentToken {
+        id: key.id().to_string(),
+        secret_sha256: key.secret_hash().to_hex(),
+        policy_id: request.policy_id,
+        name: request.name,
+        created: crate::clock::now_rfc3339(),
+    };
+    db(&admin, move |s| Ok(s.create_enrollment_token(&token)?)).await?;
     Ok(axum::Json(out).into_response())
 }
 
 async fn list_tokens(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
-    let tokens = db(&admin, |s| s.enrollment_tokens().map_err(ApiError::Internal)).await?;
+    let tokens = db(&admin, |s| Ok(s.enrollment_tokens()?)).await?;
     Ok(axum::Json(tokens).into_response())
 }
 
@@ -347,7 +352,7 @@ async fn revoke_token(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let msg = format!("no enrollment token {id}");
-    if !db(&admin, move |s| s.revoke_enrollment_token(&id).map_err(ApiError::Internal)).await? {
+    if !db(&admin, move |s| Ok(s.revoke_enrollment_token(&id)?)).await? {
         return Err(not_found(msg));
     }
     Ok(axum::Json(json!({ "revoked": true })).into_response())
@@ -374,10 +379,7 @@ fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'stati
     if cutoff.is_some_and(|c| *last < c) {
         return "offline";
     }
-    if view.upgrade_state.as_deref().is_some_and(|s| {
-        !["UPG_COMPLETED", "UPG_FAILED", "UPG_ROLLBACK", crate::state::UPGRADE_CANCELLED]
-            .contains(&s)
-    }) {
+    if view.upgrade_state.as_deref().is_some_and(|s| !crate::upgrade::finished(s)) {
         return "updating";
     }
     match view.last_status.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -423,13 +425,17 @@ fn list_entry(agent: &AgentOut) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// Agents as the admin sees them, after writing the check-in reports still queued in memory.
-async fn agents(admin: &Arc<Admin>, id: Option<String>) -> Result<Vec<AgentOut>, ApiError> {
+/// Agents as the admin sees them, with their status, after writing the check-in reports still
+/// queued in memory; `read` picks them from the store.
+async fn agents(
+    admin: &Arc<Admin>,
+    read: impl FnOnce(&mut dyn Store) -> Result<Vec<AgentView>, ApiError> + Send + 'static,
+) -> Result<Vec<AgentOut>, ApiError> {
     flush(admin).await?;
     let offline_after = admin.offline_after;
     db(admin, move |s| {
-        let views = s.agent_views(id.as_deref()).map_err(ApiError::Internal)?;
-        let now = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
+        let views = read(s)?;
+        let now = crate::clock::now_rfc3339();
         Ok(views
             .into_iter()
             .map(|view| AgentOut { status: agent_status(&view, &now, offline_after), view })
@@ -440,35 +446,28 @@ async fn agents(admin: &Arc<Admin>, id: Option<String>) -> Result<Vec<AgentOut>,
 
 async fn flush(admin: &Arc<Admin>) -> Result<(), ApiError> {
     let (hub, state) = (Arc::clone(&admin.hub), Arc::clone(&admin.state));
-    tokio::task::spawn_blocking(move || hub.flush(&state, false))
+    Ok(tokio::task::spawn_blocking(move || hub.flush(&state, false))
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(ApiError::Internal)
+        .map_err(|e| ApiError::Internal(e.into()))??)
 }
 
 async fn list_agents(
     State(admin): State<Arc<Admin>>,
     Query(filter): Query<AgentFilter>,
 ) -> Result<Response, ApiError> {
-    let mut list = agents(&admin, None).await?;
-    if let Some(policy) = &filter.policy {
-        list.retain(|a| a.view.policy_id == *policy);
-    }
-    let start =
-        match &filter.after {
-            Some(after) => list.iter().position(|a| a.view.id == *after).ok_or_else(|| {
-                bad(format!(
-                    "after={after:?}: no such agent (it must be the last id of the previous page)"
-                ))
-            })? + 1,
-            None => 0,
-        };
     let limit = filter.limit.unwrap_or(PAGE);
+    let page = AgentPage { policy: filter.policy, after: filter.after, limit: Some(limit) };
+    let list = agents(&admin, move |s| match s.agent_views(&page) {
+        Err(StoreError::NotFound { key: after, .. }) => Err(bad(format!(
+            "after={after:?}: no such agent (it must be the last id of the previous page)"
+        ))),
+        views => Ok(views?),
+    })
+    .await?;
     if limit == 0 {
         return Err(bad("limit must be at least 1"));
     }
-    let page =
-        list.iter().skip(start).take(limit).map(list_entry).collect::<Result<Vec<_>, _>>()?;
+    let page = list.iter().map(list_entry).collect::<Result<Vec<_>, _>>()?;
     Ok(axum::Json(page).into_response())
 }
 
@@ -476,7 +475,8 @@ async fn show_agent(
     State(admin): State<Arc<Admin>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let agent = agents(&admin, Some(id.clone()))
+    let target = id.clone();
+    let agent = agents(&admin, move |s| Ok(s.agent_view(&target)?.into_iter().collect()))
         .await?
         .into_iter()
         .next()
@@ -492,7 +492,8 @@ async fn revoke_agent(
 ) -> Result<Response, ApiError> {
     let msg = format!("no active agent {id}");
     let target = id.clone();
-    if !db(&admin, move |s| s.deactivate_agent(&target).map_err(ApiError::Internal)).await? {
+    let now = crate::clock::now_rfc3339();
+    if !db(&admin, move |s| Ok(s.deactivate_agent(&target, &now)?)).await? {
         return Err(not_found(msg));
     }
     admin.hub.wake([&id]);
@@ -582,7 +583,8 @@ async fn create_actions(
                 )));
             }
             let data = json!({ "version": version, "source_uri": format!("{}/downloads/", admin.public_base) });
-            let effect = ActionEffect::Upgrade { version: version.clone() };
+            let state = crate::upgrade::REQUESTED.to_owned();
+            let effect = ActionEffect::Upgrade { version: version.clone(), state };
             ("UPGRADE", Some(data), effect, vec![format!("archives for: {}", platforms.join(", "))])
         }
         ActionRequest::Unenroll => ("UNENROLL", None, ActionEffect::None, vec![]),
@@ -609,14 +611,15 @@ async fn create_actions(
             ("REQUEST_DIAGNOSTICS", Some(data), ActionEffect::None, vec![])
         }
         ActionRequest::Cancel { target_id } => {
-            let effect = ActionEffect::Cancel { target_id: target_id.clone() };
+            // Whether it cancels an upgrade is known once the target is read, below.
+            let effect = ActionEffect::Cancel { target_id: target_id.clone(), upgrade_state: None };
             ("CANCEL", Some(json!({ "target_id": target_id })), effect, vec![])
         }
     };
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
     let start = match &request.start_time {
         Some(t) => Some(
-            crate::state::utc_time(t)
+            crate::clock::utc_time(t)
                 .ok_or_else(|| bad(format!("start_time {t:?} is not RFC 3339")))?,
         ),
         None => None,
@@ -635,12 +638,8 @@ async fn create_actions(
         // A cancel goes to the agents the cancelled action was for (or some of them).
         let cancel_targets = match &cancel_target {
             Some(target) => {
-                let targets: Vec<String> = s
-                    .action_results(target)
-                    .map_err(ApiError::Internal)?
-                    .into_iter()
-                    .map(|(agent, _)| agent)
-                    .collect();
+                let targets: Vec<String> =
+                    s.action_targets(target)?.into_iter().map(|t| t.agent_id).collect();
                 if targets.is_empty() {
                     return Err(not_found(format!("no action {target}")));
                 }
@@ -650,10 +649,10 @@ async fn create_actions(
         };
         let agents = match (&request.policy, request.agents.is_empty(), cancel_targets) {
             (Some(_), false, _) => return Err(bad("name agents or a policy, not both")),
-            (Some(policy), true, _) => s.agents_in_policy(policy).map_err(ApiError::Internal)?,
+            (Some(policy), true, _) => s.agents_in_policy(policy)?,
             (None, false, _) => {
                 for id in &request.agents {
-                    let active = s.agent(id).map_err(ApiError::Internal)?.is_some_and(|a| a.active);
+                    let active = s.agent(id)?.is_some_and(|a| a.active);
                     if !active {
                         return Err(not_found(format!("no active agent {id}")));
                     }
@@ -666,6 +665,15 @@ async fn create_actions(
         if agents.is_empty() {
             return Err(bad("no active agents match"));
         }
+        // Cancelling an upgrade also ends the upgrade state of the agents it is for.
+        let effect = match effect {
+            ActionEffect::Cancel { target_id, .. } => {
+                let upgrade = s.action(&target_id)?.is_some_and(|a| a.kind == "UPGRADE");
+                let upgrade_state = upgrade.then(|| crate::upgrade::CANCELLED.to_owned());
+                ActionEffect::Cancel { target_id, upgrade_state }
+            }
+            other => other,
+        };
         let created = ferry_manifests::rfc3339(now);
         s.create_action(&NewAction {
             id,
@@ -676,8 +684,7 @@ async fn create_actions(
             expiration,
             agents: agents.clone(),
             effect,
-        })
-        .map_err(ApiError::Internal)?;
+        })?;
         Ok((agents, created))
     })
     .await?;
@@ -701,20 +708,19 @@ async fn show_action(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let target = id.clone();
-    let results =
-        db(&admin, move |s| s.action_results(&target).map_err(ApiError::Internal)).await?;
-    if results.is_empty() {
+    let targets = db(&admin, move |s| Ok(s.action_targets(&target)?)).await?;
+    if targets.is_empty() {
         return Err(not_found(format!("no action {id}")));
     }
-    let agents: Vec<Value> = results
+    let agents: Vec<Value> = targets
         .into_iter()
-        .map(|(agent, ack)| json!({ "agent_id": agent, "acknowledged": ack.is_some(), "error": ack.flatten() }))
+        .map(|t| json!({ "agent_id": t.agent_id, "acknowledged": t.ack.is_some(), "error": t.ack.flatten() }))
         .collect();
     Ok(axum::Json(json!({ "action_id": id, "agents": agents })).into_response())
 }
 
 async fn list_uploads(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
-    let uploads = db(&admin, |s| s.uploads().map_err(ApiError::Internal)).await?;
+    let uploads = db(&admin, |s| Ok(s.uploads()?)).await?;
     Ok(axum::Json(uploads).into_response())
 }
 
@@ -723,10 +729,8 @@ async fn upload_file(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let msg = format!("no upload {id}");
-    let upload = db(&admin, move |s| s.upload(&id).map_err(ApiError::Internal))
-        .await?
-        .ok_or_else(|| not_found(msg))?;
-    if upload.status != "READY" {
+    let upload = db(&admin, move |s| Ok(s.upload(&id)?)).await?.ok_or_else(|| not_found(msg))?;
+    if upload.status != UploadStatus::Ready {
         return Err(bad(format!("upload {} is {}, not READY", upload.id, upload.status)));
     }
     let path = crate::fleet::upload_file(&admin.uploads_dir, &upload);

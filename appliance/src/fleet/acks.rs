@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_request, with_state};
 use crate::error::ApiError;
-use crate::state::{ActionResult, AuditOutcome, PolicyAck, StateStore as _};
+use crate::store::{ActionResult, AuditOutcome, PolicyAck};
 
 /// elastic-agent's `fleetapi.AckRequest` (internal/pkg/fleetapi/ack_cmd.go; pkg/fleetapi/ack.go
 /// on main): `events` has no `omitempty`, so a nil batch is `null`.
@@ -104,7 +104,8 @@ pub async fn acks(
                 found.push(i);
             }
             if !results.is_empty() {
-                s.record_action_results(&agent_id, &results, unenroll)?;
+                let at = crate::clock::now_rfc3339();
+                s.record_action_results(&agent_id, &results, unenroll, &at)?;
             }
             if unenroll {
                 tracing::info!(agent = %agent_id, "agent acknowledged its unenrollment; key revoked");
@@ -149,18 +150,19 @@ pub async fn audit_unenroll(
         return Err(bad_request(format!("unknown unenroll reason {:?}", request.reason)));
     }
     let at = match request.timestamp.as_deref() {
-        Some(t) => crate::state::utc_rfc3339(t)
+        Some(t) => crate::clock::utc_rfc3339(t)
             .ok_or_else(|| bad_request(format!("timestamp {t:?} is not RFC 3339")))?,
-        None => crate::state::now_rfc3339().map_err(ApiError::Internal)?,
+        None => crate::clock::now_rfc3339(),
     };
     // A check-in report still queued predates this and would clear the annotation: written
     // first, taken while holding the database as the batch writer does.
     let hub = Arc::clone(&api.hub);
     let outcome = with_state(&api, move |s| {
         if let Some(report) = hub.take_report(&agent.id) {
-            s.record_checkins(&[report])?;
+            s.record_checkins(&[report], &crate::upgrade::after_checkin)?;
         }
-        s.audit_unenroll(&agent.id, &request.reason, &at)
+        // An agent recorded as orphaned stays so until it checks in (Fleet Server: 409).
+        s.audit_unenroll(&agent.id, &request.reason, &at, "orphaned")
     })
     .await?;
     match outcome {

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::release::Release;
-use crate::state::{ActionRecord, CheckinUpdate, StateStore as _};
+use crate::store::{ActionRecord, CheckinUpdate};
 
 /// The most actions one check-in response carries (Fleet Server's fetch size).
 const MAX_ACTIONS: usize = 100;
@@ -101,12 +101,9 @@ fn deliver(
     ferry_artifacts::policy::deliver_for_site(&mut doc, &site);
     // serde_json's maps are sorted, so equal content gives equal text.
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.to_string().as_bytes()));
-    let (revision, created) = api
-        .state
-        .lock()
-        .expect("state lock")
-        .policy_revision(policy_id, &sha)
-        .map_err(ApiError::Internal)?;
+    let now = crate::clock::now_rfc3339();
+    let (revision, created) =
+        api.state.lock().expect("state lock").policy_revision(policy_id, &sha, &now)?;
     doc["revision"] = json!(revision);
     Ok(Some(Delivered { revision, created, json: doc.to_string() }))
 }
@@ -383,7 +380,7 @@ async fn prepare(
     api.hub.report(CheckinUpdate {
         agent_id: agent.id.clone(),
         access_key_id: agent.access_key_id.clone(),
-        at: crate::state::now_rfc3339().map_err(ApiError::Internal)?,
+        at: crate::clock::now_rfc3339(),
         status: fields.status,
         message: fields.message,
         version,
@@ -441,7 +438,7 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
             let (current, pending) = with_state(api, move |s| {
                 let current =
                     !recheck || s.agent(&id)?.is_some_and(|a| a.active && a.access_key_id == key);
-                let now = crate::state::now_rfc3339()?;
+                let now = crate::clock::now_rfc3339();
                 Ok((
                     current,
                     if current {

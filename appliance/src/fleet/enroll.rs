@@ -12,10 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
-use crate::credentials::{ApiKey, REPLACE_HASHING, hash_replace_token, replace_token_matches};
+use crate::credentials::{
+    ApiKey, REPLACE_HASHING, SecretHash, hash_replace_token, replace_token_matches,
+};
 use crate::error::ApiError;
 use crate::net::limits::{KeyedBuckets, Limits, PerKey};
-use crate::state::{AgentRecord, Enrollment, StateStore as _};
+use crate::store::{AgentRecord, Enrollment};
 
 #[derive(Deserialize)]
 struct EnrollRequest {
@@ -146,14 +148,21 @@ pub async fn enroll(
     let version = agent_version(&headers)?;
     // The token is checked before a byte of the body is read or decoded, as Fleet Server does
     // (fleet-server internal/pkg/api/handleEnroll.go): without one, any body gets 401.
+    // The store keeps the secret's hash; the token is checked against it here, as access keys
+    // are (`authenticate`).
+    let lookup = token_id.clone();
     let policy_id = super::charged(
-        super::with_state(&api, move |s| s.enrollment_policy(&token)).await?.ok_or_else(|| {
-            ApiError::fleet(
-                StatusCode::UNAUTHORIZED,
-                "ErrUnauthorized",
-                "unknown or revoked enrollment token",
-            )
-        }),
+        super::with_state(&api, move |s| s.enrollment_secret(&lookup))
+            .await?
+            .filter(|t| SecretHash::from_hex(&t.secret_sha256).is_some_and(|h| token.matches(&h)))
+            .map(|t| t.policy_id)
+            .ok_or_else(|| {
+                ApiError::fleet(
+                    StatusCode::UNAUTHORIZED,
+                    "ErrUnauthorized",
+                    "unknown or revoked enrollment token",
+                )
+            }),
     )?;
     let body = super::read_limited(body, ENROLL_BODY_LIMIT).await?;
     let request: EnrollRequest = super::json_body(&body, "enroll request")?;
@@ -214,28 +223,23 @@ pub async fn enroll(
         tags.sort();
         tags.dedup();
         let key = ApiKey::mint();
-        let enrolled_at = crate::state::now_rfc3339().map_err(ApiError::Internal)?;
-        let outcome = api
-            .state
-            .lock()
-            .expect("state lock")
-            .enroll_agent(
-                &AgentRecord {
-                    id: id.clone(),
-                    access_key_id: key.id().to_string(),
-                    access_secret_sha256: key.secret_hash().to_hex(),
-                    policy_id: policy_id.clone(),
-                    kind: request.kind.clone(),
-                    enrolled_at: enrolled_at.clone(),
-                    active: true,
-                    version,
-                    local_metadata: local.to_string(),
-                    tags: json!(tags).to_string(),
-                    replace_token,
-                },
-                replacing.as_deref(),
-            )
-            .map_err(ApiError::Internal)?;
+        let enrolled_at = crate::clock::now_rfc3339();
+        let outcome = api.state.lock().expect("state lock").enroll_agent(
+            &AgentRecord {
+                id: id.clone(),
+                access_key_id: key.id().to_string(),
+                access_secret_sha256: key.secret_hash().to_hex(),
+                policy_id: policy_id.clone(),
+                kind: request.kind.clone(),
+                enrolled_at: enrolled_at.clone(),
+                active: true,
+                version,
+                local_metadata: local.to_string(),
+                tags: json!(tags).to_string(),
+                replace_token,
+            },
+            replacing.as_deref(),
+        )?;
         match outcome {
             Enrollment::Stored => {}
             Enrollment::NotReplaceable => return Err(not_replaceable(&id)),

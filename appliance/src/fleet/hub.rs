@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::state::{CheckinUpdate, PolicyAck, SqliteState, StateStore as _};
+use crate::store::{AgentRecord, CheckinUpdate, Db, PolicyAck, StoreError};
 
 /// How often queued check-in reports are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -150,7 +150,7 @@ impl Hub {
 
     /// Queues a check-in report; a later report of the same agent replaces it, but never
     /// moves its action cursor back.
-    pub fn report(&self, mut update: CheckinUpdate) {
+    pub(crate) fn report(&self, mut update: CheckinUpdate) {
         let mut reports = self.reports.lock().expect("hub lock");
         if let Some(old) = reports.get(&update.agent_id) {
             update.cursor = update.cursor.max(old.cursor);
@@ -159,14 +159,14 @@ impl Hub {
     }
 
     /// Takes an agent's queued report, to be written before something that must follow it.
-    pub fn take_report(&self, agent_id: &str) -> Option<CheckinUpdate> {
+    pub(crate) fn take_report(&self, agent_id: &str) -> Option<CheckinUpdate> {
         self.reports.lock().expect("hub lock").remove(agent_id)
     }
 
     /// Queues an acknowledged policy revision. Losing it in a crash only means the agent gets
     /// the same revision again, which it applies idempotently, so it is written in a batch
     /// rather than one disk sync per ack.
-    pub fn policy_acked(&self, ack: PolicyAck) {
+    pub(crate) fn policy_acked(&self, ack: PolicyAck) {
         let mut acks = self.policy_acks.lock().expect("hub lock");
         match acks.get_mut(&ack.agent_id) {
             Some(queued)
@@ -182,7 +182,7 @@ impl Hub {
     }
 
     /// The revision of its current policy an agent acknowledged that is not written yet.
-    pub fn queued_policy_ack(&self, agent: &crate::state::AgentRecord) -> Option<u64> {
+    pub(crate) fn queued_policy_ack(&self, agent: &AgentRecord) -> Option<u64> {
         let acks = self.policy_acks.lock().expect("hub lock");
         acks.get(&agent.id)
             .filter(|a| a.policy_id == agent.policy_id && a.access_key_id == agent.access_key_id)
@@ -203,7 +203,7 @@ impl Hub {
     /// report first (this, or [`Hub::take_report`] under the same lock) writes it before
     /// anything that must follow it. What fails to be written is queued again unless newer
     /// news arrived meanwhile.
-    pub fn flush(&self, db: &Mutex<SqliteState>, touch: bool) -> anyhow::Result<()> {
+    pub(crate) fn flush(&self, db: &Db, touch: bool) -> Result<(), StoreError> {
         let mut db = db.lock().expect("state lock");
         let reports: Vec<CheckinUpdate> =
             std::mem::take(&mut *self.reports.lock().expect("hub lock")).into_values().collect();
@@ -211,15 +211,15 @@ impl Hub {
             .into_values()
             .collect();
         let parked = if touch { self.parked_ids() } else { Vec::new() };
-        let written = (|| -> anyhow::Result<()> {
+        let written = (|| -> Result<(), StoreError> {
             if !reports.is_empty() {
-                db.record_checkins(&reports)?;
+                db.record_checkins(&reports, &crate::upgrade::after_checkin)?;
             }
             if !acks.is_empty() {
                 db.record_policy_acks(&acks)?;
             }
             if !parked.is_empty() {
-                db.touch_agents(&parked, &crate::state::now_rfc3339()?)?;
+                db.touch_agents(&parked, &crate::clock::now_rfc3339())?;
             }
             Ok(())
         })();
@@ -239,7 +239,7 @@ impl Hub {
 
 /// Writes reports every [`FLUSH_EVERY`] and touches parked agents every [`TOUCH_EVERY`], on a
 /// blocking thread, until the runtime stops.
-pub fn spawn_flusher(hub: Arc<Hub>, db: Arc<Mutex<SqliteState>>) {
+pub(crate) fn spawn_flusher(hub: Arc<Hub>, db: Db) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

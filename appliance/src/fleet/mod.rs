@@ -10,7 +10,7 @@ pub mod status;
 pub mod uploads;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -23,10 +23,10 @@ use crate::app::{AppState, blocking};
 use crate::credentials::{ApiKey, SecretHash};
 use crate::error::ApiError;
 use crate::fleet::hub::Hub;
-use crate::state::{AgentRecord, SqliteState, StateStore as _};
+use crate::store::{AgentRecord, Db, Store, StoreError};
 
 pub use checkin::PolicyCache;
-pub use uploads::upload_file;
+pub(crate) use uploads::upload_file;
 
 /// The only `Elastic-Api-Version` Fleet Server supports.
 pub const API_VERSION: &str = "2023-06-01";
@@ -49,7 +49,7 @@ pub const UPLOAD_CHUNK_SIZE: usize = 4 << 20;
 /// The agent API's shared state.
 pub struct AgentApi {
     /// The state database, used from blocking tasks (shared with the release watcher).
-    pub state: Arc<Mutex<SqliteState>>,
+    pub(crate) state: Db,
     /// The active release and its change signal.
     pub app: Arc<AppState>,
     /// Parked check-ins and queued check-in reports.
@@ -166,8 +166,7 @@ fn authenticate(
     key: &ApiKey,
     path_id: Option<&str>,
 ) -> Result<AgentRecord, ApiError> {
-    let state = api.state.lock().expect("state lock");
-    let agent = state.agent_by_access_key(key.id().as_str()).map_err(ApiError::Internal)?;
+    let agent = api.state.lock().expect("state lock").agent_by_access_key(key.id().as_str())?;
     let agent = agent
         .filter(|a| SecretHash::from_hex(&a.access_secret_sha256).is_some_and(|h| key.matches(&h)))
         .ok_or_else(|| {
@@ -226,12 +225,12 @@ fn charged<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
     result
 }
 
-/// Runs `f` with the state database, off the async threads.
+/// Runs `f` with the store, off the async threads.
 async fn with_state<T: Send + 'static>(
     api: &Arc<AgentApi>,
-    f: impl FnOnce(&mut SqliteState) -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    crate::app::with_db(&api.state, move |s| f(s).map_err(ApiError::Internal)).await
+    crate::app::with_db(&api.state, move |s| Ok(f(s)?)).await
 }
 
 fn too_large(limit: usize) -> ApiError {

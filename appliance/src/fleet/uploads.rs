@@ -19,11 +19,7 @@ use super::{
     blocking, wrong_agent,
 };
 use crate::error::ApiError;
-use crate::state::{ChunkRecord, StateStore as _, UploadRecord};
-
-const AWAITING: &str = "AWAITING_UPLOAD";
-const READY: &str = "READY";
-const FAILED: &str = "UPLOAD_ERROR";
+use crate::store::{ChunkRecord, UploadRecord, UploadStatus};
 
 #[derive(Deserialize)]
 struct BeginRequest {
@@ -45,12 +41,12 @@ fn upload_error(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// The folder of an upload. Ids come from the database, never from a request path.
-pub fn upload_dir(root: &FsPath, upload: &UploadRecord) -> PathBuf {
+pub(crate) fn upload_dir(root: &FsPath, upload: &UploadRecord) -> PathBuf {
     root.join(&upload.id)
 }
 
 /// The finished file of an upload.
-pub fn upload_file(root: &FsPath, upload: &UploadRecord) -> PathBuf {
+pub(crate) fn upload_file(root: &FsPath, upload: &UploadRecord) -> PathBuf {
     upload_dir(root, upload).join("file")
 }
 
@@ -102,23 +98,23 @@ pub async fn begin(
         mime_type: request.file.mime_type.chars().take(255).collect(),
         size: request.file.size,
         chunk_size: UPLOAD_CHUNK_SIZE as u64,
-        status: AWAITING.into(),
-        created: crate::state::now_rfc3339().map_err(ApiError::Internal)?,
+        status: UploadStatus::Awaiting,
+        created: crate::clock::now_rfc3339(),
         completed: None,
         sha256: None,
     };
     let api2 = Arc::clone(&api);
     let upload = blocking(move || {
         let mut state = api2.state.lock().expect("state lock");
-        let internal = |e: anyhow::Error| ApiError::Internal(e);
         // Uploads left open for a day are abandoned (Fleet Server's rule).
         let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        for stale in state.expire_uploads(&ferry_manifests::rfc3339(day_ago)).map_err(internal)? {
+        let now = crate::clock::now_rfc3339();
+        for stale in state.expire_uploads(&ferry_manifests::rfc3339(day_ago), &now)? {
             let _ = std::fs::remove_dir_all(upload_dir(&api2.uploads_dir, &stale));
         }
         // Only what an admin asked for, while the request is live, once: an agent cannot fill
         // the disk on its own accord.
-        let action = state.agent_action(&upload.agent_id, &upload.action_id).map_err(internal)?;
+        let action = state.agent_action(&upload.agent_id, &upload.action_id)?;
         if action.is_none_or(|a| a.kind != "REQUEST_DIAGNOSTICS" || a.expiration <= upload.created)
         {
             return Err(bad_request(format!(
@@ -126,23 +122,23 @@ pub async fn begin(
                 upload.action_id
             )));
         }
-        match state.upload_for_action(&upload.action_id, &upload.agent_id).map_err(internal)? {
-            Some(done) if done.status == READY => {
+        match state.upload_for_action(&upload.action_id, &upload.agent_id)? {
+            Some(done) if done.status == UploadStatus::Ready => {
                 return Err(bad_request(format!(
                     "diagnostics for {} were uploaded already ({})",
                     upload.action_id, done.id
                 )));
             }
             // A new attempt replaces one left open.
-            Some(open) if open.status == AWAITING => {
-                state.finish_upload(&open.id, FAILED, None).map_err(internal)?;
+            Some(open) if open.status == UploadStatus::Awaiting => {
+                state.finish_upload(&open.id, UploadStatus::Failed, None, &now)?;
                 let _ = std::fs::remove_dir_all(upload_dir(&api2.uploads_dir, &open));
             }
             _ => {}
         }
         std::fs::create_dir_all(upload_dir(&api2.uploads_dir, &upload))
             .map_err(|e| ApiError::Internal(e.into()))?;
-        state.create_upload(&upload).map_err(internal)?;
+        state.create_upload(&upload)?;
         Ok(upload)
     })
     .await?;
@@ -165,7 +161,7 @@ async fn open_upload(
     if upload.agent_id != agent.id {
         return Err(wrong_agent());
     }
-    if upload.status != AWAITING {
+    if upload.status != UploadStatus::Awaiting {
         return Err(upload_error("ErrStatusNoUploads", format!("upload is {}", upload.status)));
     }
     Ok(upload)
@@ -209,11 +205,7 @@ pub async fn chunk(
             .map_err(|e| ApiError::Internal(e.into()))?;
         std::fs::rename(&part, &path).map_err(|e| ApiError::Internal(e.into()))?;
         let record = ChunkRecord { num, size: bytes.len() as u64, sha256: actual };
-        api.state
-            .lock()
-            .expect("state lock")
-            .put_chunk(&upload.id, &record)
-            .map_err(ApiError::Internal)
+        Ok(api.state.lock().expect("state lock").put_chunk(&upload.id, &record)?)
     })
     .await?;
     Ok(StatusCode::OK.into_response())
@@ -241,7 +233,7 @@ pub async fn complete(
     let body = super::read_limited(body, UPLOAD_END_LIMIT).await?;
     let request: CompleteRequest = super::json_body(&body, "upload completion")?;
     blocking(move || {
-        let chunks = api.state.lock().expect("state lock").chunks(&upload.id).map_err(ApiError::Internal)?;
+        let chunks = api.state.lock().expect("state lock").chunks(&upload.id)?;
         let n = chunk_count(&upload);
         if chunks.len() as u64 != n || chunks.iter().enumerate().any(|(i, c)| c.num != i as u64) {
             return Err(upload_error(
@@ -252,17 +244,23 @@ pub async fn complete(
         // A refused upload is closed and its chunks dropped; the agent starts a new one.
         let fail = |message: String| -> ApiError {
             let _ = std::fs::remove_dir_all(upload_dir(&api.uploads_dir, &upload));
-            if let Err(e) =
-                api.state.lock().expect("state lock").finish_upload(&upload.id, FAILED, None)
-            {
-                tracing::error!(upload = %upload.id, error = %format!("{e:#}"), "cannot close upload");
+            let now = crate::clock::now_rfc3339();
+            let closed = api.state.lock().expect("state lock").finish_upload(
+                &upload.id,
+                UploadStatus::Failed,
+                None,
+                &now,
+            );
+            if let Err(e) = closed {
+                tracing::error!(upload = %upload.id, error = %e, "cannot close upload");
             }
             tracing::warn!(upload = %upload.id, %message, "upload refused");
             upload_error("ErrFailValidation", message)
         };
         for c in &chunks {
             let last = c.num + 1 == n;
-            let want = if last { upload.size - upload.chunk_size * (n - 1) } else { upload.chunk_size };
+            let want =
+                if last { upload.size - upload.chunk_size * (n - 1) } else { upload.chunk_size };
             if c.size != want {
                 return Err(fail(format!("chunk {} is {} bytes, expected {want}", c.num, c.size)));
             }
@@ -281,7 +279,13 @@ pub async fn complete(
             )));
         }
         let sha256 = join_chunks(&api.uploads_dir, &upload, &chunks).map_err(ApiError::Internal)?;
-        api.state.lock().expect("state lock").finish_upload(&upload.id, READY, Some(&sha256)).map_err(ApiError::Internal)?;
+        let now = crate::clock::now_rfc3339();
+        api.state.lock().expect("state lock").finish_upload(
+            &upload.id,
+            UploadStatus::Ready,
+            Some(&sha256),
+            &now,
+        )?;
         tracing::info!(upload = %upload.id, agent = %upload.agent_id, %sha256, "upload complete");
         Ok(())
     })

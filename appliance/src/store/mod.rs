@@ -1,0 +1,589 @@
+//! The store boundary: [`Store`], the durable state the appliance keeps, its records and its
+//! typed [`StoreError`]; [`open`] picks the backend. Only `store/sqlite/` is one today (one file,
+//! `DATA/state.db`); a server database for several appliances behind one load balancer is one
+//! more folder here implementing the same traits and passing the same `conformance` suite.
+//!
+//! # What is kept
+//!
+//! Grouped as the traits are (each group is one file of a backend):
+//!
+//! - **Releases** ([`ReleaseStore`]): `releases`, one row per imported release (the summary of
+//!   its verified manifest: name, sequence, created, expires, key, entry count, payload bytes,
+//!   manifest digest, import time); `floors`, per bundle name the highest sequence ever
+//!   accepted; `active`, the one row naming the active release.
+//! - **Enrollment tokens** ([`TokenStore`]): `enrollment_tokens`, the key id, the SHA-256 of the
+//!   secret (never the secret), the policy it enrolls into, an optional name, whether revoked.
+//! - **Agents** ([`AgentStore`]): `agents`, one row per agent id (its access key id and secret's
+//!   SHA-256, policy, kind, tags, metadata, the last check-in report, the upgrade fields, the
+//!   unenrollment and audit annotations, plus the cursors of the other groups: the policy
+//!   revision it runs and its action cursor); `revoked_agents`, the ids an operator revoked.
+//! - **Policies** ([`PolicyStore`]): `policy_revisions`, per policy the appliance's revisions,
+//!   each with the SHA-256 of the content delivered under it.
+//! - **Actions** ([`ActionStore`]): `actions`, in creation order (`seq`, which `ack_token`s
+//!   resolve to); `action_targets`, which agents each action is for and whether it was
+//!   cancelled for them; `action_results`, what agents acknowledged.
+//! - **Uploads** ([`UploadStore`]): `uploads`, the diagnostics uploads agents made;
+//!   `upload_chunks`, the chunks of an open one (their bytes are files, see
+//!   `agent_api::uploads`).
+//!
+//! Times are RFC 3339 text in UTC to the second, given by the caller (`crate::clock`), so that a
+//! backend compares times by comparing text and a test can choose them.
+//!
+//! # Invariants every backend keeps (the `conformance` suite states them as tests)
+//!
+//! - Every method is one transaction: all of its writes happen, or none.
+//! - The active pointer always names a stored release: only a stored release is activated, and
+//!   the active one cannot be forgotten. A new release is recorded, made active and its floor
+//!   raised in one transaction.
+//! - A floor never goes down: not by a rollback, not by an import under `--allow-downgrade`.
+//! - An enrollment is decided and written in one transaction: a revoked id never enrolls, an
+//!   active agent is replaced only by the caller that proved it holds the access key named in
+//!   `replacing`, and the new agent starts after every existing action. Replacing an agent
+//!   replaces its credential: the old access key finds nothing any more.
+//! - An agent's action cursor and the policy revision it runs never go back, and a revision
+//!   is never above what the appliance issued for the agent's current policy.
+//! - A policy's revision only goes up: new content (also older content again) is a new one.
+//! - Actions are returned in creation order, after the agent's cursor and its enrollment,
+//!   unexpired and not cancelled for it, at most as many as asked.
+//! - A check-in report is written only if the agent still holds the access key it came with.
+//! - An upload is `AWAITING_UPLOAD` until it is finished as `READY` (with its SHA-256) or
+//!   `UPLOAD_ERROR`, which forgets its chunks; uploads left open too long are closed as
+//!   `UPLOAD_ERROR`, all in one transaction.
+//! - Only hashes of secrets are stored.
+//!
+//! # Sync, on blocking threads
+//!
+//! The traits are synchronous and called from blocking threads (`server::with_db`), as the
+//! release commands call them from plain threads. An async trait would buy nothing here: a
+//! parked check-in does no database work (check-in reports are written in batches, one
+//! transaction per batch), so the calls that remain are few and short, and the import,
+//! rollback and status commands have no runtime. A backend speaking to a server uses a
+//! blocking client on the same threads.
+
+pub(crate) mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// What every store method returns.
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The store as the server shares it between the agent API, the admin API, the check-in writer
+/// and the release watcher: one handle, one caller at a time, used from blocking threads. SQLite
+/// writes one transaction at a time anyway, and a caller that needs several calls to see each
+/// other (begin an upload: expire, check, create) holds the lock across them.
+pub(crate) type Db = Arc<Mutex<Box<dyn Store>>>;
+
+/// The store of the data directory `data_dir`, created if there is none, migrated to the
+/// schema this binary writes.
+pub(crate) fn open(data_dir: &Path) -> Result<Box<dyn Store>> {
+    Ok(Box::new(sqlite::SqliteStore::open(&data_dir.join(sqlite::FILE))?))
+}
+
+/// [`open`], but `None` where no store was ever created (`status` of a fresh data directory
+/// creates nothing).
+pub(crate) fn open_existing(data_dir: &Path) -> Result<Option<Box<dyn Store>>> {
+    let path = data_dir.join(sqlite::FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(sqlite::SqliteStore::open(&path)?)))
+}
+
+/// Why a store operation failed, in the terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// A record with this key is stored already (an id used twice); nothing was written.
+    #[error("{what} {key} exists already")]
+    Conflict { what: &'static str, key: String },
+    /// The record the operation needs is not stored.
+    #[error("no {what} {key} is stored")]
+    NotFound { what: &'static str, key: String },
+    /// Forgetting the active release would leave the active pointer naming nothing.
+    #[error("release {name} {sequence} is active and cannot be removed")]
+    ActiveRelease { name: String, sequence: u64 },
+    /// A number larger than every backend stores (their integers are signed 64-bit).
+    #[error("{what} {value} is larger than this appliance stores (2^63 - 1)")]
+    OutOfRange { what: &'static str, value: u64 },
+    /// The store was written by a newer release, whose schema this binary does not know; it is
+    /// left untouched.
+    #[error(
+        "the state database has schema version {found}, newer than {known}, the newest this \
+         ferry-appliance knows: it was written by a newer release; run that release, or restore \
+         the backup taken before upgrading"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    /// Stored data this code never writes (a negative count, an unknown upload status, a
+    /// damaged file).
+    #[error("the state database holds what this appliance never writes: {0}")]
+    Corrupt(String),
+    /// Anything else the backend reports: I/O, a lock held too long, the database server.
+    #[error("state database: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Every operation the appliance needs from durable state, by group. Object-safe: callers hold
+/// a `Box<dyn Store>` (see [`Db`]).
+pub(crate) trait Store:
+    ReleaseStore + TokenStore + AgentStore + PolicyStore + ActionStore + UploadStore + Send
+{
+}
+
+impl<T> Store for T where
+    T: ReleaseStore + TokenStore + AgentStore + PolicyStore + ActionStore + UploadStore + Send
+{
+}
+
+/// Releases, the active pointer and the floors (`release::DataDir`, the release watcher).
+pub(crate) trait ReleaseStore {
+    /// The highest sequence ever accepted for `name`.
+    fn floor(&self, name: &str) -> Result<Option<u64>>;
+    /// Records `release`, makes it active and raises its floor to its sequence (never lowers
+    /// it), in one transaction. The crash tests stop an import around its commit: a backend
+    /// calls `crate::crash_point("before-commit")` and `crash_point("after-commit")` there.
+    fn activate_new(&mut self, release: &ReleaseRecord) -> Result<()>;
+    /// Makes a stored release active again (a rollback); floors are untouched.
+    /// [`StoreError::NotFound`] when it is not stored.
+    fn activate(&mut self, name: &str, sequence: u64) -> Result<()>;
+    /// The active release's name and sequence.
+    fn active(&self) -> Result<Option<(String, u64)>>;
+    /// Every stored release, oldest import first.
+    fn releases(&self) -> Result<Vec<ReleaseRecord>>;
+    /// Forgets a release; [`StoreError::ActiveRelease`] when it is the active one.
+    fn forget(&mut self, name: &str, sequence: u64) -> Result<()>;
+}
+
+/// Enrollment tokens (the admin API creates and revokes them, enrollment checks them).
+pub(crate) trait TokenStore {
+    /// Stores a new token; [`StoreError::Conflict`] when its id is taken.
+    fn create_enrollment_token(&mut self, token: &NewEnrollmentToken) -> Result<()>;
+    /// Every token, oldest first.
+    fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>>;
+    /// Revokes a token; false when there is no token with that id.
+    fn revoke_enrollment_token(&mut self, id: &str) -> Result<bool>;
+    /// What checks a presented token: its secret's hash and policy, if `id` is a token not
+    /// revoked. The caller checks the presented secret against the hash.
+    fn enrollment_secret(&self, id: &str) -> Result<Option<TokenSecret>>;
+    /// The ids of every credential that may authenticate: active agents' access keys and
+    /// enrollment tokens not revoked.
+    fn credential_ids(&self) -> Result<Vec<String>>;
+}
+
+/// Agents: enrollment, authentication, check-in reports, revocation, the admin's views.
+pub(crate) trait AgentStore {
+    /// Stores a newly enrolled agent, in one transaction with the check that decides it may:
+    /// the id was never revoked ([`Enrollment::Revoked`]), and no agent has it, or an inactive
+    /// one, or (when `replacing` names its access key) the very agent whose replace token the
+    /// caller checked ([`Enrollment::NotReplaceable`] otherwise, and nothing changes). The
+    /// agent starts after every existing action, with none of its policy's revisions.
+    fn enroll_agent(&mut self, agent: &AgentRecord, replacing: Option<&str>) -> Result<Enrollment>;
+    /// When the operator revoked agent `id` (`unenroll --revoke`), if ever: a revoked id never
+    /// enrolls again, whatever token comes with it.
+    fn revoked_at(&self, id: &str) -> Result<Option<String>>;
+    fn agent(&self, id: &str) -> Result<Option<AgentRecord>>;
+    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentRecord>>;
+    /// Writes a batch of check-in reports in one transaction. A report is dropped when its
+    /// agent is gone or holds another access key now. Each agent's upgrade fields become what
+    /// `upgrade` (Fleet's rule, `crate::upgrade`) makes of the stored ones and the report.
+    fn record_checkins(
+        &mut self,
+        updates: &[CheckinUpdate],
+        upgrade: &UpgradeRule<'_>,
+    ) -> Result<()>;
+    /// Marks active agents whose check-ins are parked as seen at `at`, in one transaction.
+    fn touch_agents(&mut self, ids: &[String], at: &str) -> Result<()>;
+    /// Revokes an active agent at `at`: its key stops working and its id is tombstoned (see
+    /// [`AgentStore::revoked_at`]); false when unknown or inactive.
+    fn deactivate_agent(&mut self, id: &str, at: &str) -> Result<bool>;
+    /// Annotates an agent as unenrolled by itself (`audit/unenroll`), until its next check-in
+    /// report, unless its stored reason is `final_reason` already ([`AuditOutcome::Conflict`]).
+    fn audit_unenroll(
+        &mut self,
+        id: &str,
+        reason: &str,
+        at: &str,
+        final_reason: &str,
+    ) -> Result<AuditOutcome>;
+    /// One agent as the admin sees it.
+    fn agent_view(&self, id: &str) -> Result<Option<AgentView>>;
+    /// A page of agents as the admin sees them (see [`AgentPage`]); [`StoreError::NotFound`]
+    /// when `after` is not among the agents the page lists.
+    fn agent_views(&self, page: &AgentPage) -> Result<Vec<AgentView>>;
+    /// The ids of the active agents in a policy.
+    fn agents_in_policy(&self, policy_id: &str) -> Result<Vec<String>>;
+}
+
+/// Policy revisions and the revision each agent runs.
+pub(crate) trait PolicyStore {
+    /// The appliance revision of a policy's content: the latest one if the content is
+    /// unchanged, else a new one above every earlier revision, created `now` (so rolling back
+    /// to older content is a new revision too). Returns (revision, created).
+    fn policy_revision(
+        &mut self,
+        policy_id: &str,
+        content_sha256: &str,
+        now: &str,
+    ) -> Result<(u64, String)>;
+    /// The revision the agent runs (raised by policy acks and check-in reports, never lowered).
+    fn agent_policy_revision(&self, id: &str) -> Result<u64>;
+    /// Records acknowledged policy revisions in one transaction; a revision is raised only
+    /// while the agent holds that key and is still in that policy, never lowered, and never
+    /// above the policy's latest revision.
+    fn record_policy_acks(&mut self, acks: &[PolicyAck]) -> Result<()>;
+}
+
+/// Actions: queueing with their effects, delivery, acknowledgements.
+pub(crate) trait ActionStore {
+    /// Queues an action and applies its effect, in one transaction; returns its sequence.
+    /// [`StoreError::Conflict`] when its id is taken.
+    fn create_action(&mut self, action: &NewAction) -> Result<i64>;
+    /// An action, by id.
+    fn action(&self, id: &str) -> Result<Option<ActionRecord>>;
+    /// Up to `limit` actions for the agent after `after` (and after its enrollment), unexpired
+    /// at `now`, not cancelled for it, in creation order.
+    fn pending_actions(
+        &self,
+        agent_id: &str,
+        after: i64,
+        now: &str,
+        limit: usize,
+    ) -> Result<Vec<ActionRecord>>;
+    /// An action for this agent (queued since it enrolled), by id; also resolves `ack_token`s.
+    fn agent_action(&self, agent_id: &str, action_id: &str) -> Result<Option<ActionRecord>>;
+    /// The stored action cursor of an agent (raised by check-in reports, never lowered).
+    fn action_cursor(&self, agent_id: &str) -> Result<i64>;
+    /// Records acknowledgements at `at`; when `unenroll`, the agent is deactivated in the same
+    /// transaction (without a tombstone: it may enroll again).
+    fn record_action_results(
+        &mut self,
+        agent_id: &str,
+        results: &[ActionResult],
+        unenroll: bool,
+        at: &str,
+    ) -> Result<()>;
+    /// Every agent an action is for, with its acknowledgement, by agent id; empty when there
+    /// is no such action.
+    fn action_targets(&self, action_id: &str) -> Result<Vec<ActionTarget>>;
+}
+
+/// Diagnostics uploads and their chunks.
+pub(crate) trait UploadStore {
+    /// Stores a new upload; [`StoreError::Conflict`] when its id is taken.
+    fn create_upload(&mut self, upload: &UploadRecord) -> Result<()>;
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
+    /// Every upload, oldest first.
+    fn uploads(&self) -> Result<Vec<UploadRecord>>;
+    /// The latest upload an agent made for an action.
+    fn upload_for_action(&self, action_id: &str, agent_id: &str) -> Result<Option<UploadRecord>>;
+    /// Closes as `UPLOAD_ERROR` at `at`, in one transaction, every upload still open that began
+    /// before `before`, returning them as they were (their files are the caller's to remove).
+    fn expire_uploads(&mut self, before: &str, at: &str) -> Result<Vec<UploadRecord>>;
+    /// Records a chunk (again: the newer one counts).
+    fn put_chunk(&mut self, upload_id: &str, chunk: &ChunkRecord) -> Result<()>;
+    /// An upload's chunks, by number.
+    fn chunks(&self, upload_id: &str) -> Result<Vec<ChunkRecord>>;
+    /// Closes an upload at `at` as `status` (`sha256` is the file's, for `READY`) and forgets
+    /// its chunks.
+    fn finish_upload(
+        &mut self,
+        id: &str,
+        status: UploadStatus,
+        sha256: Option<&str>,
+        at: &str,
+    ) -> Result<()>;
+}
+
+/// One imported release, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ReleaseRecord {
+    pub(crate) name: String,
+    pub(crate) sequence: u64,
+    pub(crate) created: String,
+    pub(crate) expires: String,
+    pub(crate) key_id: String,
+    pub(crate) entries: u64,
+    pub(crate) payload_bytes: u64,
+    pub(crate) manifest_sha256: String,
+    pub(crate) imported_at: String,
+}
+
+/// A new enrollment token: its key id and the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEnrollmentToken {
+    pub(crate) id: String,
+    /// Hex.
+    pub(crate) secret_sha256: String,
+    pub(crate) policy_id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) created: String,
+}
+
+/// An enrollment token as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct EnrollmentToken {
+    pub(crate) id: String,
+    pub(crate) policy_id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) created: String,
+    pub(crate) revoked: bool,
+}
+
+/// What checks a presented enrollment token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenSecret {
+    /// Hex.
+    pub(crate) secret_sha256: String,
+    pub(crate) policy_id: String,
+}
+
+/// An enrolled agent as stored. The access key's secret is kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentRecord {
+    pub(crate) id: String,
+    pub(crate) access_key_id: String,
+    /// Hex.
+    pub(crate) access_secret_sha256: String,
+    pub(crate) policy_id: String,
+    pub(crate) kind: String,
+    pub(crate) enrolled_at: String,
+    pub(crate) active: bool,
+    pub(crate) version: String,
+    /// JSON object.
+    pub(crate) local_metadata: String,
+    /// JSON array of strings.
+    pub(crate) tags: String,
+    /// The PBKDF2 hash of the agent's replace token, if it gave one.
+    pub(crate) replace_token: Option<String>,
+}
+
+/// What [`AgentStore::enroll_agent`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enrollment {
+    Stored,
+    /// An active agent has the id and the caller did not prove it may replace that one.
+    NotReplaceable,
+    /// The operator revoked the id (a tombstone).
+    Revoked,
+}
+
+/// What [`AgentStore::audit_unenroll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuditOutcome {
+    Recorded,
+    /// The agent's stored reason is final already.
+    Conflict,
+}
+
+/// What one check-in reported, written later in a batch with others.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CheckinUpdate {
+    pub(crate) agent_id: String,
+    /// The key the check-in came with: a report of an agent since re-enrolled is dropped.
+    pub(crate) access_key_id: String,
+    pub(crate) at: String,
+    pub(crate) status: String,
+    pub(crate) message: String,
+    /// From the User-Agent.
+    pub(crate) version: String,
+    /// JSON, when the agent sent it.
+    pub(crate) local_metadata: Option<String>,
+    /// JSON, when the agent sent it.
+    pub(crate) components: Option<String>,
+    /// JSON; absent while no upgrade is in flight.
+    pub(crate) upgrade_details: Option<String>,
+    /// `(policy_id, revision)` the agent says it runs (agents >= 9.2).
+    pub(crate) running: Option<(String, u64)>,
+    /// The action cursor the agent's `ack_token` resolved to.
+    pub(crate) cursor: Option<i64>,
+}
+
+/// An agent's upgrade fields as stored before a check-in report is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredUpgrade {
+    /// Whether upgrade details from an earlier report are stored.
+    pub(crate) details: bool,
+    pub(crate) state: Option<String>,
+    pub(crate) target: Option<String>,
+}
+
+/// What a check-in report makes of an agent's upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UpgradeStep {
+    /// The upgrade state stored from now on.
+    pub(crate) state: Option<String>,
+    /// The upgrade completes with this report: its time is stored as `upgraded_at`.
+    pub(crate) completed: bool,
+}
+
+/// The rule [`AgentStore::record_checkins`] applies to each report inside its transaction:
+/// Fleet's (`crate::upgrade::after_checkin`), handed in so the store keeps no Fleet semantics.
+pub(crate) type UpgradeRule<'a> = dyn Fn(&StoredUpgrade, &CheckinUpdate) -> UpgradeStep + 'a;
+
+/// Which agents [`AgentStore::agent_views`] lists: in enrollment order (`enrolled_at`, then
+/// id), those in `policy` if given, starting after agent `after` (the last of the previous
+/// page), at most `limit` (all when `None`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AgentPage {
+    pub(crate) policy: Option<String>,
+    pub(crate) after: Option<String>,
+    pub(crate) limit: Option<usize>,
+}
+
+/// An agent as the admin sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct AgentView {
+    pub(crate) id: String,
+    pub(crate) active: bool,
+    pub(crate) policy_id: String,
+    pub(crate) policy_revision: u64,
+    pub(crate) version: String,
+    pub(crate) hostname: String,
+    pub(crate) enrolled_at: String,
+    pub(crate) last_checkin: Option<String>,
+    pub(crate) last_status: Option<String>,
+    pub(crate) last_message: Option<String>,
+    pub(crate) tags: serde_json::Value,
+    pub(crate) local_metadata: serde_json::Value,
+    pub(crate) components: serde_json::Value,
+    pub(crate) upgrade_state: Option<String>,
+    pub(crate) upgrade_target: Option<String>,
+    pub(crate) upgrade_details: serde_json::Value,
+    pub(crate) upgraded_at: Option<String>,
+    pub(crate) unenrolled_at: Option<String>,
+    pub(crate) audit_unenroll_reason: Option<String>,
+}
+
+/// An acknowledged policy revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PolicyAck {
+    pub(crate) agent_id: String,
+    pub(crate) access_key_id: String,
+    pub(crate) policy_id: String,
+    pub(crate) revision: u64,
+}
+
+/// An action as stored. `seq` orders actions and is what an `ack_token` resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ActionRecord {
+    pub(crate) seq: i64,
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    /// JSON, or `None` for actions without data (UNENROLL).
+    pub(crate) data: Option<String>,
+    pub(crate) created_at: String,
+    pub(crate) start_time: Option<String>,
+    pub(crate) expiration: String,
+}
+
+/// A new action for some agents.
+#[derive(Debug, Clone)]
+pub(crate) struct NewAction {
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) data: Option<String>,
+    pub(crate) created_at: String,
+    pub(crate) start_time: Option<String>,
+    pub(crate) expiration: String,
+    pub(crate) agents: Vec<String>,
+    pub(crate) effect: ActionEffect,
+}
+
+/// What creating an action changes besides queueing it, in the same transaction, for each of
+/// its agents. The upgrade states written are the caller's (`crate::upgrade`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ActionEffect {
+    None,
+    /// The agents now belong to this policy and run none of its revisions yet.
+    Reassign {
+        policy_id: String,
+    },
+    /// The agents' upgrade is now `state` towards `version`.
+    Upgrade {
+        version: String,
+        state: String,
+    },
+    /// The target action is no longer delivered to the agents that have not received it. With
+    /// `upgrade_state` (the target was an upgrade), agents with an upgrade target take that
+    /// state and lose their target and upgrade details.
+    Cancel {
+        target_id: String,
+        upgrade_state: Option<String>,
+    },
+}
+
+/// One acknowledged action, as an agent reported it.
+#[derive(Debug, Clone)]
+pub(crate) struct ActionResult {
+    pub(crate) action_id: String,
+    pub(crate) error: Option<String>,
+    /// JSON.
+    pub(crate) data: Option<String>,
+}
+
+/// An agent an action is for, and its acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ActionTarget {
+    pub(crate) agent_id: String,
+    /// `None` while not acknowledged; then the error the agent reported, if any.
+    pub(crate) ack: Option<Option<String>>,
+}
+
+/// Where an upload is in its life, under Fleet's names (which are also what is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) enum UploadStatus {
+    #[serde(rename = "AWAITING_UPLOAD")]
+    Awaiting,
+    #[serde(rename = "READY")]
+    Ready,
+    #[serde(rename = "UPLOAD_ERROR")]
+    Failed,
+}
+
+impl UploadStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Awaiting => "AWAITING_UPLOAD",
+            Self::Ready => "READY",
+            Self::Failed => "UPLOAD_ERROR",
+        }
+    }
+
+    /// The status stored as `text`, if it is one.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        [Self::Awaiting, Self::Ready, Self::Failed].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for UploadStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A chunked upload (diagnostics bundles).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct UploadRecord {
+    pub(crate) id: String,
+    pub(crate) action_id: String,
+    pub(crate) agent_id: String,
+    pub(crate) name: String,
+    pub(crate) mime_type: String,
+    pub(crate) size: u64,
+    pub(crate) chunk_size: u64,
+    pub(crate) status: UploadStatus,
+    pub(crate) created: String,
+    pub(crate) completed: Option<String>,
+    /// SHA-256 of the whole file, once complete.
+    pub(crate) sha256: Option<String>,
+}
+
+/// One stored chunk of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChunkRecord {
+    pub(crate) num: u64,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
+}
