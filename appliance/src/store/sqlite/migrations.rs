@@ -199,3 +199,187 @@ fn refuse_newer(found: i64) -> Result<i64> {
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{FILE, SqliteStore};
+    use crate::store::{
+        ActionStore as _, AgentStore as _, PolicyStore as _, ReleaseStore as _, TokenStore as _,
+        UploadStatus, UploadStore as _,
+    };
+
+    /// The schema as the release before versioning created it (frozen; see the file).
+    const UNVERSIONED: &str = include_str!("testdata/unversioned.sql");
+
+    /// Rows in every table, as the release before versioning wrote them.
+    const UNVERSIONED_DATA: &str = r#"
+        INSERT INTO releases VALUES ('site', 3, '2026-01-01T00:00:00Z', '2027-01-01T00:00:00Z',
+            'RWQKEY', 12, 3456, 'aa', '2026-01-02T00:00:00Z');
+        INSERT INTO releases VALUES ('site', 5, '2026-02-01T00:00:00Z', '2027-02-01T00:00:00Z',
+            'RWQKEY', 14, 7890, 'bb', '2026-02-02T00:00:00Z');
+        INSERT INTO floors VALUES ('site', 5);
+        INSERT INTO active VALUES (1, 'site', 5);
+        INSERT INTO enrollment_tokens VALUES ('tok1', 'feed', 'linux', 'web servers',
+            '2026-01-03T00:00:00Z', 0);
+        INSERT INTO agents (id, access_key_id, access_secret_sha256, policy_id, kind,
+            enrolled_at, active, version, local_metadata, tags, policy_revision, action_seq,
+            enroll_seq, last_checkin, last_status, upgrade_state, upgrade_target)
+            VALUES ('a1', 'ka1', 'beef', 'linux', 'PERMANENT', '2026-01-04T00:00:00Z', 1,
+            '9.1.2', '{"host":{"hostname":"web-01"}}', '["web"]', 2, 1, 0,
+            '2026-01-05T00:00:00Z', 'online', 'UPG_REQUESTED', '9.2.2');
+        INSERT INTO revoked_agents VALUES ('gone', '2026-01-06T00:00:00Z');
+        INSERT INTO policy_revisions VALUES ('linux', 1, 'c1', '2026-01-03T00:00:00Z');
+        INSERT INTO policy_revisions VALUES ('linux', 2, 'c2', '2026-01-04T00:00:00Z');
+        INSERT INTO actions VALUES (1, 'act1', 'SETTINGS', '{"log_level":"debug"}',
+            '2026-01-04T00:00:00Z', NULL, '2099-01-01T00:00:00Z');
+        INSERT INTO actions VALUES (2, 'act2', 'REQUEST_DIAGNOSTICS', '{}',
+            '2026-01-05T00:00:00Z', NULL, '2099-01-01T00:00:00Z');
+        INSERT INTO action_targets (agent_id, seq) VALUES ('a1', 1), ('a1', 2);
+        INSERT INTO action_results VALUES ('act1', 'a1', '2026-01-05T00:00:00Z', NULL, NULL);
+        INSERT INTO uploads (id, action_id, agent_id, name, mime_type, size, chunk_size, status,
+            created) VALUES ('up1', 'act2', 'a1', 'diag.zip', 'application/zip', 10, 4194304,
+            'AWAITING_UPLOAD', '2026-01-06T00:00:00Z');
+        INSERT INTO upload_chunks VALUES ('up1', 0, 10, 'abcd');
+    "#;
+
+    /// Every table and index as `sqlite_master` holds it, whitespace collapsed.
+    fn schema(path: &std::path::Path) -> Vec<(String, String)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| {
+            let sql: String = r.get(1)?;
+            Ok((r.get(0)?, sql.split_whitespace().collect::<Vec<_>>().join(" ")))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn versions(path: &std::path::Path) -> Vec<(i64, String)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt =
+            conn.prepare("SELECT version, appliance FROM schema_version ORDER BY version").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn unversioned(dir: &tempfile::TempDir, without_revoked_agents: bool) -> std::path::PathBuf {
+        let path = dir.path().join(FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(UNVERSIONED).unwrap();
+        if without_revoked_agents {
+            conn.execute_batch("DROP TABLE revoked_agents").unwrap();
+        } else {
+            conn.execute_batch(UNVERSIONED_DATA).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn a_database_from_before_versioning_is_adopted_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = unversioned(&dir, false);
+        let mut s = SqliteStore::open(&path).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(&fresh.path().join(FILE)).unwrap());
+        assert_eq!(schema(&path), schema(&fresh.path().join(FILE)), "the schema a new one has");
+        let all: Vec<i64> = versions(&path).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(all, (1..=LATEST).collect::<Vec<_>>());
+
+        assert_eq!(s.active().unwrap(), Some(("site".into(), 5)));
+        assert_eq!(s.floor("site").unwrap(), Some(5));
+        let releases = s.releases().unwrap();
+        assert_eq!(releases.len(), 2);
+        assert_eq!(
+            (releases[0].sequence, releases[0].entries, releases[0].payload_bytes),
+            (3, 12, 3456)
+        );
+        let token = s.enrollment_secret("tok1").unwrap().unwrap();
+        assert_eq!((token.secret_sha256.as_str(), token.policy_id.as_str()), ("feed", "linux"));
+        let agent = s.agent_by_access_key("ka1").unwrap().unwrap();
+        assert_eq!((agent.id.as_str(), agent.access_secret_sha256.as_str()), ("a1", "beef"));
+        let view = s.agent_view("a1").unwrap().unwrap();
+        assert_eq!((view.hostname.as_str(), view.policy_revision), ("web-01", 2));
+        assert_eq!(view.upgrade_state.as_deref(), Some("UPG_REQUESTED"));
+        assert_eq!(s.agent_policy_revision("a1").unwrap(), 2);
+        assert_eq!(s.revoked_at("gone").unwrap().as_deref(), Some("2026-01-06T00:00:00Z"));
+        assert_eq!(s.action_cursor("a1").unwrap(), 1);
+        let pending = s.pending_actions("a1", 1, "2026-06-01T00:00:00Z", 100).unwrap();
+        assert_eq!(pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["act2"]);
+        assert_eq!(s.action_targets("act1").unwrap()[0].ack, Some(None));
+        let upload = s.upload("up1").unwrap().unwrap();
+        assert_eq!((upload.status, upload.size), (UploadStatus::Awaiting, 10));
+        assert_eq!(s.chunks("up1").unwrap().len(), 1);
+        assert_eq!(
+            s.policy_revision("linux", "c2", "2026-06-01T00:00:00Z").unwrap(),
+            (2, "2026-01-04T00:00:00Z".to_owned())
+        );
+        // And it is written to as any other.
+        s.create_action(&crate::store::NewAction {
+            id: "act3".into(),
+            kind: "SETTINGS".into(),
+            data: None,
+            created_at: "2026-06-01T00:00:00Z".into(),
+            start_time: None,
+            expiration: "2099-01-01T00:00:00Z".into(),
+            agents: vec!["a1".into()],
+            effect: crate::store::ActionEffect::None,
+        })
+        .unwrap();
+        assert_eq!(s.agent_action("a1", "act3").unwrap().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn an_older_database_gains_the_tables_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = unversioned(&dir, true);
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert!(!s.deactivate_agent("a", "2026-06-01T00:00:00Z").unwrap());
+        assert_eq!(s.revoked_at("a").unwrap(), None);
+        assert!(schema(&path).iter().any(|(name, _)| name == "revoked_agents"));
+    }
+
+    #[test]
+    fn a_database_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        drop(SqliteStore::open(&path).unwrap());
+        drop(SqliteStore::open(&path).unwrap());
+        let rows = versions(&path);
+        assert_eq!(rows.len(), usize::try_from(LATEST).unwrap());
+        assert!(rows.iter().all(|(_, by)| by == crate::version()), "{rows:?}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        drop(SqliteStore::open(&path).unwrap());
+        let newer = LATEST + 1;
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO schema_version VALUES (?1, '2030-01-01T00:00:00Z', '9.0.0')",
+                params![newer],
+            )
+            .unwrap();
+        let before = schema(&path);
+        let Err(e) = SqliteStore::open(&path) else { panic!("a newer schema was opened") };
+        assert!(
+            matches!(e, StoreError::NewerSchema { found, known } if found == newer && known == LATEST)
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains(&format!("version {newer}"))
+                && message.contains(&format!("than {LATEST}")),
+            "{message}"
+        );
+        assert_eq!(schema(&path), before, "left untouched");
+        assert_eq!(versions(&path).len(), usize::try_from(newer).unwrap());
+    }
+}
