@@ -24,7 +24,7 @@
 //!   cancelled for them; `action_results`, what agents acknowledged.
 //! - **Uploads** ([`UploadStore`]): `uploads`, the diagnostics uploads agents made;
 //!   `upload_chunks`, the chunks of an open one (their bytes are files, see
-//!   `agent_api::uploads`).
+//!   `fleet::uploads`).
 //!
 //! Times are RFC 3339 text in UTC to the second, given by the caller (`crate::clock`), so that a
 //! backend compares times by comparing text and a test can choose them.
@@ -53,7 +53,7 @@
 //!
 //! # Sync, on blocking threads
 //!
-//! The traits are synchronous and called from blocking threads (`server::with_db`), as the
+//! The traits are synchronous and called from blocking threads (`app::with_db`), as the
 //! release commands call them from plain threads. An async trait would buy nothing here: a
 //! parked check-in does no database work (check-in reports are written in batches, one
 //! transaction per batch), so the calls that remain are few and short, and the import,
