@@ -86,11 +86,10 @@ pub(crate) fn open(data_dir: &Path) -> Result<Box<dyn Store>> {
 /// [`open`], but `None` where no store was ever created (`status` of a fresh data directory
 /// creates nothing).
 pub(crate) fn open_existing(data_dir: &Path) -> Result<Option<Box<dyn Store>>> {
-    let path = data_dir.join(sqlite::FILE);
-    if !path.exists() {
+    if !data_dir.join(sqlite::FILE).exists() {
         return Ok(None);
     }
-    Ok(Some(Box::new(sqlite::SqliteStore::open(&path)?)))
+    open(data_dir).map(Some)
 }
 
 /// Why a store operation failed, in the terms a caller can act on.
