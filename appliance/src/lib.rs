@@ -18,7 +18,6 @@ pub mod net;
 pub mod release;
 pub mod routes;
 mod store;
-mod upgrade;
 
 /// The appliance's version string.
 pub fn version() -> &'static str {

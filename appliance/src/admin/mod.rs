@@ -379,7 +379,7 @@ fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'stati
     if cutoff.is_some_and(|c| *last < c) {
         return "offline";
     }
-    if view.upgrade_state.as_deref().is_some_and(|s| !crate::upgrade::finished(s)) {
+    if view.upgrade_state.as_deref().is_some_and(|s| !crate::fleet::upgrade::finished(s)) {
         return "updating";
     }
     match view.last_status.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -583,7 +583,7 @@ async fn create_actions(
                 )));
             }
             let data = json!({ "version": version, "source_uri": format!("{}/downloads/", admin.public_base) });
-            let state = crate::upgrade::REQUESTED.to_owned();
+            let state = crate::fleet::upgrade::REQUESTED.to_owned();
             let effect = ActionEffect::Upgrade { version: version.clone(), state };
             ("UPGRADE", Some(data), effect, vec![format!("archives for: {}", platforms.join(", "))])
         }
@@ -669,7 +669,7 @@ async fn create_actions(
         let effect = match effect {
             ActionEffect::Cancel { target_id, .. } => {
                 let upgrade = s.action(&target_id)?.is_some_and(|a| a.kind == "UPGRADE");
-                let upgrade_state = upgrade.then(|| crate::upgrade::CANCELLED.to_owned());
+                let upgrade_state = upgrade.then(|| crate::fleet::upgrade::CANCELLED.to_owned());
                 ActionEffect::Cancel { target_id, upgrade_state }
             }
             other => other,

@@ -159,7 +159,7 @@ pub async fn audit_unenroll(
     let hub = Arc::clone(&api.hub);
     let outcome = with_state(&api, move |s| {
         if let Some(report) = hub.take_report(&agent.id) {
-            s.record_checkins(&[report], &crate::upgrade::after_checkin)?;
+            s.record_checkins(&[report], &crate::fleet::upgrade::after_checkin)?;
         }
         // An agent recorded as orphaned stays so until it checks in (Fleet Server: 409).
         s.audit_unenroll(&agent.id, &request.reason, &at, "orphaned")

@@ -213,7 +213,7 @@ impl Hub {
         let parked = if touch { self.parked_ids() } else { Vec::new() };
         let written = (|| -> Result<(), StoreError> {
             if !reports.is_empty() {
-                db.record_checkins(&reports, &crate::upgrade::after_checkin)?;
+                db.record_checkins(&reports, &crate::fleet::upgrade::after_checkin)?;
             }
             if !acks.is_empty() {
                 db.record_policy_acks(&acks)?;

@@ -7,6 +7,7 @@ pub mod checkin;
 pub mod enroll;
 pub mod hub;
 pub mod status;
+pub(crate) mod upgrade;
 pub mod uploads;
 
 use std::path::PathBuf;

@@ -186,7 +186,7 @@ pub(crate) trait AgentStore {
     fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentRecord>>;
     /// Writes a batch of check-in reports in one transaction. A report is dropped when its
     /// agent is gone or holds another access key now. Each agent's upgrade fields become what
-    /// `upgrade` (Fleet's rule, `crate::upgrade`) makes of the stored ones and the report.
+    /// `upgrade` (Fleet's rule, `crate::fleet::upgrade`) makes of the stored ones and the report.
     fn record_checkins(
         &mut self,
         updates: &[CheckinUpdate],
@@ -418,7 +418,7 @@ pub(crate) struct UpgradeStep {
 }
 
 /// The rule [`AgentStore::record_checkins`] applies to each report inside its transaction:
-/// Fleet's (`crate::upgrade::after_checkin`), handed in so the store keeps no Fleet semantics.
+/// Fleet's (`crate::fleet::upgrade::after_checkin`), handed in so the store keeps no Fleet semantics.
 pub(crate) type UpgradeRule<'a> = dyn Fn(&StoredUpgrade, &CheckinUpdate) -> UpgradeStep + 'a;
 
 /// Which agents [`AgentStore::agent_views`] lists: in enrollment order (`enrolled_at`, then
@@ -491,7 +491,7 @@ pub(crate) struct NewAction {
 }
 
 /// What creating an action changes besides queueing it, in the same transaction, for each of
-/// its agents. The upgrade states written are the caller's (`crate::upgrade`).
+/// its agents. The upgrade states written are the caller's (`crate::fleet::upgrade`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ActionEffect {
     None,
