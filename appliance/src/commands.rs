@@ -425,7 +425,7 @@ pub async fn run_server(
     // Written by versions that served the admin API on TCP; nothing reads it now.
     let _ = std::fs::remove_file(config.data_dir.join("admin.url"));
     let admin_socket = crate::admin::bind(&config.data_dir)?;
-    let connections = crate::net::http1::Limits {
+    let connections = crate::net::http1::ConnLimits {
         header_timeout: Duration::from_secs(config.server.header_timeout_seconds),
         body_timeout: Duration::from_secs(60),
         body_limit: crate::routes::body_limit,
@@ -452,7 +452,10 @@ pub async fn run_server(
         admin_socket,
         socket_path,
         crate::admin::router(admin),
-        crate::net::http1::Limits { body_limit: crate::admin::body_limit, ..connections.clone() },
+        crate::net::http1::ConnLimits {
+            body_limit: crate::admin::body_limit,
+            ..connections.clone()
+        },
         async move {
             let _ = stopped.await;
         },

@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::fleet::{self, AgentApi};
 use crate::mirror;
-use crate::net::limits::{LimitOverride, Limits, RouteLimit, limit};
+use crate::net::limits::{LimitOverride, RateLimits, RouteLimit, limit};
 
 /// A route of the agent-facing listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,13 +246,17 @@ const _: () = {
 
 /// The limits of every class, with the configuration's overrides; an unknown name is refused
 /// (at start, and by `ferry-appliance check`).
-pub fn limits(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Limits> {
-    Limits::new(Class::ALL.iter().map(|c| (c.name(), c.default())), overrides, fleet::credential_id)
+pub fn limits(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<RateLimits> {
+    RateLimits::new(
+        Class::ALL.iter().map(|c| (c.name(), c.default())),
+        overrides,
+        fleet::credential_id,
+    )
 }
 
 /// `handler` at `route`'s path and method (a `GET` also answers `HEAD`), behind its class's
 /// limit.
-fn at<H, T, S>(router: Router<S>, route: Route, handler: H, limits: &Limits) -> Router<S>
+fn at<H, T, S>(router: Router<S>, route: Route, handler: H, limits: &RateLimits) -> Router<S>
 where
     H: Handler<T, S>,
     T: 'static,
@@ -270,7 +274,12 @@ where
 
 /// The routes of the agent-facing listener: the agent API and the mirror. Without TLS, the PGP
 /// key route answers 501, as Fleet Server does.
-pub fn router(state: Arc<AppState>, agents: Arc<AgentApi>, limits: &Limits, tls: bool) -> Router {
+pub fn router(
+    state: Arc<AppState>,
+    agents: Arc<AgentApi>,
+    limits: &RateLimits,
+    tls: bool,
+) -> Router {
     let served = at(Router::new(), Route::Status, fleet::status::status, limits);
     let served = if tls {
         at(served, Route::PgpKey, mirror::pgp_key, limits)

@@ -130,7 +130,7 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     path: PathBuf,
     app: Router,
-    limits: crate::net::http1::Limits,
+    limits: crate::net::http1::ConnLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let own_uid = rustix::process::geteuid().as_raw();

@@ -16,7 +16,7 @@ use crate::credentials::{
     ApiKey, REPLACE_HASHING, SecretHash, hash_replace_token, replace_token_matches,
 };
 use crate::error::ApiError;
-use crate::net::limits::{KeyedBuckets, Limits, PerKey};
+use crate::net::limits::{KeyedBuckets, PerKey, RateLimits};
 use crate::store::{AgentRecord, Enrollment};
 
 #[derive(Deserialize)]
@@ -65,7 +65,7 @@ pub struct ReplaceLimits {
 }
 
 impl ReplaceLimits {
-    pub fn new(limits: &Limits) -> Self {
+    pub fn new(limits: &RateLimits) -> Self {
         Self {
             per_agent: limits.per_key(PerKey::ReplacePerAgent),
             per_token: limits.per_key(PerKey::ReplacePerToken),

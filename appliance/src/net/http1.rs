@@ -38,7 +38,7 @@ const BODY_STEP: usize = 64 << 10;
 
 /// How one connection is served.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub struct ConnLimits {
     /// Time allowed for a request head to arrive, idle time between requests included.
     pub header_timeout: Duration,
     /// Time allowed for a declared body to arrive.
@@ -96,7 +96,7 @@ pub struct ClientAddr(pub std::net::IpAddr);
 pub async fn serve<I>(
     mut io: I,
     app: Router,
-    limits: Limits,
+    limits: ConnLimits,
     peer: Option<std::net::IpAddr>,
 ) -> Result<(), ConnError>
 where
@@ -602,8 +602,8 @@ mod tests {
         response
     }
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> ConnLimits {
+        ConnLimits {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             body_limit: |_, path| if path == "/echo" { 16 } else { 0 },
@@ -748,7 +748,7 @@ mod tests {
     async fn a_stopping_server_closes_each_connection_after_its_response() {
         let (tx, closing) = tokio::sync::watch::channel(true);
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(server, app(), Limits { closing, ..limits() }, None));
+        let task = tokio::spawn(serve(server, app(), ConnLimits { closing, ..limits() }, None));
         client.write_all(b"GET /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n").await.unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();

@@ -92,14 +92,14 @@ pub struct LimitOverride {
 }
 
 /// The effective limits of every route.
-pub struct Limits {
+pub struct RateLimits {
     routes: HashMap<&'static str, Arc<Limiter>>,
     /// Indexed by [`PerKey`].
     per_key: [RouteLimit; PerKey::ALL.len()],
     proven: Arc<Proven>,
 }
 
-impl Limits {
+impl RateLimits {
     /// `classes` (a name and its default each) and the [`PerKey`] limits, with `overrides`
     /// applied; an unknown name is an error. `credential_id` names the credential a request
     /// shows, for the proven set.
@@ -159,7 +159,7 @@ impl Limits {
         KeyedBuckets::new(self.per_key[which as usize])
     }
 
-    /// The limiter of the class `name` given to [`Limits::new`].
+    /// The limiter of the class `name` given to [`RateLimits::new`].
     pub fn get(&self, name: &str) -> Arc<Limiter> {
         Arc::clone(self.routes.get(name).unwrap_or_else(|| panic!("no limits for {name}")))
     }
@@ -452,9 +452,9 @@ mod tests {
     }
 
     /// Limits with one class, `enroll`, as the route table gives it.
-    fn with_enroll(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<Limits> {
+    fn with_enroll(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<RateLimits> {
         let enroll = RouteLimit { per_second: 100.0, burst: 100, concurrent: 50 };
-        Limits::new([("enroll", enroll)], overrides, |_| None)
+        RateLimits::new([("enroll", enroll)], overrides, |_| None)
     }
 
     #[test]
