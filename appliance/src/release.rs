@@ -92,14 +92,16 @@ impl Release {
             .files
             .iter()
             .filter(|f| f.kind == Kind::Policy)
-            .filter_map(|f| f.metadata.get("policy_id").map(|id| (id.as_str(), f)))
+            .filter_map(|f| f.metadata.policy_id().map(|id| (id, f)))
     }
 
     /// The armored PGP key artifacts were checked with, if the bundle carries one.
     pub fn pgp_key(&self) -> Option<&FileEntry> {
-        self.manifest.files.iter().filter(|f| f.kind == Kind::PgpKey).max_by_key(|f| {
-            f.metadata.get("purpose").map(String::as_str) == Some("artifact-signing")
-        })
+        self.manifest
+            .files
+            .iter()
+            .filter(|f| f.kind == Kind::PgpKey)
+            .max_by_key(|f| f.metadata.signs_artifacts())
     }
 }
 

@@ -371,9 +371,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     );
     println!("manifest   sha256 {}", info.manifest_sha256);
     println!("entries    {} files, {} bytes", manifest.files.len(), manifest.total_size());
-    let meta = |f: &ferry_manifests::FileEntry, k: &str| {
-        f.metadata.get(k).cloned().unwrap_or_else(|| "-".into())
-    };
+    let shown = |value: Option<&str>| value.unwrap_or("-").to_owned();
     let of_kind = |kinds: &[Kind]| {
         manifest.files.iter().filter(|f| kinds.contains(&f.kind)).collect::<Vec<_>>()
     };
@@ -383,12 +381,13 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             "artifacts",
             &["PRODUCT", "VERSION", "PLATFORM", "PACKAGE", "SIZE"],
             artifacts.iter().map(|f| {
-                let fips = if meta(f, "fips") == "true" { "-fips" } else { "" };
+                let m = &f.metadata;
+                let fips = if m.fips() { "-fips" } else { "" };
                 vec![
-                    format!("{}{fips}", meta(f, "product")),
-                    meta(f, "version"),
-                    meta(f, "platform"),
-                    meta(f, "package"),
+                    format!("{}{fips}", shown(m.product())),
+                    shown(m.version()),
+                    shown(m.platform()),
+                    shown(m.package()),
                     f.size.to_string(),
                 ]
             }),
@@ -400,7 +399,13 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             "policies",
             &["ID", "REVISION", "NAME", "PATH"],
             policies.iter().map(|f| {
-                vec![meta(f, "policy_id"), meta(f, "revision"), meta(f, "name"), f.path.to_string()]
+                let m = &f.metadata;
+                vec![
+                    shown(m.policy_id()),
+                    shown(m.policy_revision()),
+                    shown(m.policy_name()),
+                    f.path.to_string(),
+                ]
             }),
         );
     }
@@ -409,9 +414,14 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         print_table(
             "certificates",
             &["SUBJECT", "EXPIRES", "PATH"],
-            certificates
-                .iter()
-                .map(|f| vec![meta(f, "subject"), meta(f, "not_after"), f.path.to_string()]),
+            certificates.iter().map(|f| {
+                let m = &f.metadata;
+                vec![
+                    shown(m.certificate_subject()),
+                    shown(m.certificate_not_after()),
+                    f.path.to_string(),
+                ]
+            }),
         );
     }
     if !manifest.files.is_empty() {

@@ -1,13 +1,15 @@
 //! What goes into a bundle besides the writer's own entries: local files checked by kind, and
 //! fetched artifacts with their sidecars, each with the metadata the manifest records.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ferry_artifacts::{Keyring, Policy, Product, parse_certificates};
 use ferry_manifests::terminal::error_line;
-use ferry_manifests::{EntryName, Kind, Mode, PayloadSource};
+use ferry_manifests::{
+    ArtifactFacts, CertificateFacts, EntryName, Kind, Metadata, Mode, PayloadSource, PgpKeyFacts,
+    PolicyFacts, SidecarFormat,
+};
 use time::OffsetDateTime;
 
 use crate::fetch::{Cache, FetchErrors, Fetched, Fetcher};
@@ -91,20 +93,22 @@ fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Res
             for setting in policy.carried_site_settings() {
                 tracing::warn!(file = %what, field = %setting.field, "{setting}");
             }
-            file.metadata.insert("policy_id".into(), policy.id.clone());
-            file.metadata.insert("revision".into(), policy.revision.to_string());
-            if let Some(name) = policy.name {
-                file.metadata.insert("name".into(), name);
-            }
+            file.metadata.set_policy(PolicyFacts {
+                id: policy.id,
+                revision: policy.revision,
+                name: policy.name,
+            });
         }
         Kind::Certificate => {
             let certs = parse_certificates(&read()?, &what)?;
             let first = &certs[0];
-            file.metadata.insert("subject".into(), first.subject.clone());
-            file.metadata.insert("issuer".into(), first.issuer.clone());
-            file.metadata.insert("not_after".into(), ferry_manifests::rfc3339(first.not_after));
-            file.metadata.insert("sha256_fingerprint".into(), first.fingerprint.clone());
-            file.metadata.insert("certificates".into(), certs.len().to_string());
+            file.metadata.set_certificate(CertificateFacts {
+                subject: first.subject.clone(),
+                issuer: first.issuer.clone(),
+                not_after: first.not_after,
+                sha256_fingerprint: first.fingerprint.clone(),
+                certificates: certs.len(),
+            });
             for cert in certs.iter().filter(|c| c.not_after < expires) {
                 tracing::warn!(
                     file = %what,
@@ -117,7 +121,10 @@ fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Res
         }
         Kind::PgpKey => {
             let ring = read_pgp_key(&file.source)?;
-            file.metadata.insert("fingerprints".into(), ring.fingerprints().join(","));
+            file.metadata.set_pgp_key(&PgpKeyFacts {
+                fingerprints: ring.fingerprints(),
+                signs_artifacts: false,
+            });
         }
         _ => {}
     }
@@ -137,7 +144,7 @@ fn read_pgp_key(path: &Path) -> anyhow::Result<Keyring> {
 pub struct UpstreamPlan {
     pub upstream: Upstream,
     pub cache: Cache,
-    /// The upstream PGP key's entry (`pgp/NAME`); its fingerprints are added once it is read.
+    /// The upstream PGP key's entry (`pgp/NAME`); its metadata is recorded once it is read.
     pub key_entry: PayloadSource,
     ca_file: Option<PathBuf>,
 }
@@ -158,7 +165,7 @@ impl UpstreamPlan {
             source: key_path.clone(),
             kind: Kind::PgpKey,
             mode: Mode::Regular,
-            metadata: BTreeMap::from([("purpose".into(), "artifact-signing".into())]),
+            metadata: Metadata::default(),
         };
         let cache = Cache::open(cache_dir)
             .with_context(|| format!("cannot open cache {}", cache_dir.display()))?;
@@ -167,14 +174,16 @@ impl UpstreamPlan {
     }
 
     /// Reads the upstream PGP key, checked like a local file (an `Err` names it); its
-    /// fingerprints go into the key's entry.
+    /// fingerprints, and that artifacts are checked with it, go into the key's entry.
     pub fn keyring(&mut self) -> anyhow::Result<Keyring> {
         let path = &self.key_entry.source;
         let ring = ferry_manifests::check_input(path)
             .map_err(anyhow::Error::from)
             .and_then(|()| read_pgp_key(path))
             .context("the upstream PGP key (docs/operator-guide.md says how to get Elastic's)")?;
-        self.key_entry.metadata.insert("fingerprints".into(), ring.fingerprints().join(","));
+        self.key_entry
+            .metadata
+            .set_pgp_key(&PgpKeyFacts { fingerprints: ring.fingerprints(), signs_artifacts: true });
         Ok(ring)
     }
 
@@ -203,28 +212,26 @@ pub fn artifact_payload(fetched: &[Fetched]) -> anyhow::Result<Vec<PayloadSource
             source: f.archive.clone(),
             kind,
             mode: Mode::Regular,
-            metadata: BTreeMap::from([
-                ("product".into(), f.id.product().to_string()),
-                ("version".into(), f.id.version().to_string()),
-                ("platform".into(), f.id.platform().to_string()),
-                ("package".into(), f.id.package().to_string()),
-                ("fips".into(), f.id.fips().to_string()),
-                ("sha512".into(), f.sha512.to_hex()),
-                ("pgp_signer".into(), f.signer.clone()),
-            ]),
+            metadata: Metadata::artifact(ArtifactFacts {
+                product: f.id.product().to_string(),
+                version: f.id.version().to_string(),
+                platform: f.id.platform().to_string(),
+                package: f.id.package().to_string(),
+                fips: f.id.fips(),
+                sha512: f.sha512.to_hex(),
+                pgp_signer: f.signer.clone(),
+            }),
         });
-        for (suffix, source, format) in
-            [("sha512", &f.sha512_file, "sha512"), ("asc", &f.asc_file, "pgp-signature")]
-        {
+        for (suffix, source, format) in [
+            ("sha512", &f.sha512_file, SidecarFormat::Sha512),
+            ("asc", &f.asc_file, SidecarFormat::PgpSignature),
+        ] {
             payload.push(PayloadSource {
                 path: entry(&format!("{path}.{suffix}"))?,
                 source: source.clone(),
                 kind: Kind::ArtifactSidecar,
                 mode: Mode::Regular,
-                metadata: BTreeMap::from([
-                    ("artifact".into(), path.clone()),
-                    ("format".into(), format.into()),
-                ]),
+                metadata: Metadata::sidecar(&path, format),
             });
         }
     }

@@ -254,7 +254,7 @@ impl Spec {
                     source,
                     kind: f.kind.kind(),
                     mode: if f.executable { Mode::Executable } else { Mode::Regular },
-                    metadata: f.metadata.clone(),
+                    metadata: f.metadata.clone().into(),
                 })
             })
             .collect()

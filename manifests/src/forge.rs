@@ -1,7 +1,6 @@
 //! Forging bundles a correct builder never writes (feature `forge`, for tests and fuzzing): byte
 //! by byte, signed with whatever key it is given, the way a leaked key or a buggy builder would.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -42,7 +41,7 @@ pub fn declared(path: &str, body: &[u8]) -> FileEntry {
         sha256: Sha256Digest::of(body),
         mode: Mode::Regular,
         kind: Kind::Other,
-        metadata: BTreeMap::new(),
+        metadata: crate::Metadata::default(),
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod forge;
 mod limits;
 mod manifest;
+mod metadata;
 mod name;
 mod progress;
 mod read;
@@ -28,6 +29,9 @@ mod write;
 
 pub use limits::Limits;
 pub use manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+pub use metadata::{
+    ArtifactFacts, CertificateFacts, Metadata, PgpKeyFacts, PolicyFacts, SidecarFormat,
+};
 pub use name::{
     BundleName, CollisionError, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY,
     MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, NameError, check_collisions,

@@ -1,12 +1,12 @@
 //! The signed manifest (format 1): what a bundle holds, byte for byte.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use crate::limits::Limits;
+use crate::metadata::Metadata;
 use crate::name::{BundleName, CollisionError, EntryName, check_collisions};
 
 /// The only manifest format this crate reads and writes.
@@ -166,36 +166,8 @@ pub struct FileEntry {
     pub mode: Mode,
     pub kind: Kind,
     /// Kind-specific facts (product, version, platform, policy id, certificate subject …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
-    pub metadata: BTreeMap<String, String>,
-}
-
-/// A JSON object of strings that refuses a repeated key, where serde would keep the last one
-/// (and another reader might keep the first).
-fn unique_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    struct Unique;
-    impl<'de> serde::de::Visitor<'de> for Unique {
-        type Value = BTreeMap<String, String>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object whose values are strings")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some((key, value)) = map.next_entry::<String, String>()? {
-                if out.contains_key(&key) {
-                    return Err(serde::de::Error::custom(format!(
-                        "metadata key {key:?} appears twice"
-                    )));
-                }
-                out.insert(key, value);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_map(Unique)
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
 }
 
 /// The manifest of one bundle. See `docs/bundle-format.md`.
@@ -341,7 +313,10 @@ mod tests {
                     sha256: Sha256Digest::of(b"1"),
                     mode: Mode::Regular,
                     kind: Kind::Policy,
-                    metadata: BTreeMap::from([("policy_id".into(), "p".into())]),
+                    metadata: Metadata::from(std::collections::BTreeMap::from([(
+                        "policy_id".into(),
+                        "p".into(),
+                    )])),
                 },
                 FileEntry {
                     path: EntryName::new("b").unwrap(),
@@ -349,7 +324,7 @@ mod tests {
                     sha256: Sha256Digest::of(b""),
                     mode: Mode::Executable,
                     kind: Kind::Other,
-                    metadata: BTreeMap::new(),
+                    metadata: Metadata::default(),
                 },
             ],
         }

@@ -1,7 +1,6 @@
 //! The streaming bundle writer: hash inputs, sign the manifest, then write the tar stream through
 //! the compressor and the detached signature's hash in a single pass.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::limits::Limits;
 use crate::manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+use crate::metadata::Metadata;
 use crate::name::{BundleName, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY};
 use crate::progress::Progress;
 use crate::sign::{BundleComment, ManifestComment, PrehashWriter, Prehasher, SigningKey};
@@ -54,7 +54,7 @@ pub struct PayloadSource {
     pub source: PathBuf,
     pub kind: Kind,
     pub mode: Mode,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
 }
 
 /// Everything about a bundle that is not its payload.

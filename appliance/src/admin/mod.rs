@@ -554,13 +554,13 @@ fn release_platforms(release: &crate::release::Release, version: &str) -> Vec<St
         .files
         .iter()
         .filter(|f| {
-            f.kind == ferry_manifests::Kind::AgentArtifact
-                && f.metadata.get("version").map(String::as_str) == Some(version)
+            f.kind == ferry_manifests::Kind::AgentArtifact && f.metadata.version() == Some(version)
         })
         .map(|f| {
-            f.metadata.get("platform").cloned().unwrap_or_else(|| {
-                f.path.as_str().rsplit('/').next().unwrap_or_default().to_owned()
-            })
+            f.metadata.platform().map_or_else(
+                || f.path.as_str().rsplit('/').next().unwrap_or_default().to_owned(),
+                str::to_owned,
+            )
         })
         .collect();
     platforms.sort();

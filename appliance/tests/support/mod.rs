@@ -14,8 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use ferry_artifacts::{Sha512Digest, write_sidecar};
 use ferry_manifests::{
-    BundleName, BundleSpec, Compression, EntryName, Kind, Mode, NoProgress, PayloadSource,
-    SigningKey,
+    ArtifactFacts, BundleName, BundleSpec, Compression, EntryName, Kind, Metadata, Mode,
+    NoProgress, PayloadSource, PgpKeyFacts, PolicyFacts, SidecarFormat, SigningKey,
 };
 use time::OffsetDateTime;
 
@@ -149,33 +149,48 @@ impl Fixture {
             p
         };
         let digest = Sha512Digest::of_reader(&archive[..]).unwrap();
-        let entry =
-            |p: &str, source: PathBuf, kind: Kind, metadata: &[(&str, &str)]| PayloadSource {
-                path: EntryName::new(p).unwrap(),
-                source,
-                kind,
-                mode: Mode::Regular,
-                metadata: metadata
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<BTreeMap<_, _>>(),
-            };
+        let entry = |p: &str, source: PathBuf, kind: Kind, metadata: Metadata| PayloadSource {
+            path: EntryName::new(p).unwrap(),
+            source,
+            kind,
+            mode: Mode::Regular,
+            metadata,
+        };
+        let signer = ferry_artifacts::Keyring::from_armored(&self.pgp.public_armored(), "test key")
+            .unwrap()
+            .fingerprints();
+        let artifact = Metadata::artifact(ArtifactFacts {
+            product: "elastic-agent".into(),
+            version: version.into(),
+            platform: "linux-x86_64".into(),
+            package: "archive".into(),
+            fips: false,
+            sha512: digest.to_hex(),
+            pgp_signer: signer[0].clone(),
+        });
+        let mut pgp_key = Metadata::default();
+        pgp_key.set_pgp_key(&PgpKeyFacts { fingerprints: signer, signs_artifacts: true });
+        let policy = |id: &str, revision| {
+            let mut m = Metadata::default();
+            m.set_policy(PolicyFacts { id: id.into(), revision, name: None });
+            m
+        };
         let files = vec![
-            entry(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, &[("version", version)]),
-            entry(&format!("downloads/{path}.sha512"), write("sha512", write_sidecar(&digest, name).as_bytes()), Kind::ArtifactSidecar, &[]),
-            entry(&format!("downloads/{path}.asc"), write("asc", self.pgp.sign(&archive[..]).unwrap().as_bytes()), Kind::ArtifactSidecar, &[]),
-            entry("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, &[("purpose", "artifact-signing")]),
+            entry(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, artifact),
+            entry(&format!("downloads/{path}.sha512"), write("sha512", write_sidecar(&digest, name).as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::Sha512)),
+            entry(&format!("downloads/{path}.asc"), write("asc", self.pgp.sign(&archive[..]).unwrap().as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::PgpSignature)),
+            entry("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, pgp_key),
             entry(
                 "policies/p.yml",
                 write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()),
                 Kind::Policy,
-                &[("policy_id", "p")],
+                policy("p", sequence),
             ),
             entry(
                 "policies/q.yml",
                 write("q.yml", b"id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n"),
                 Kind::Policy,
-                &[("policy_id", "q")],
+                policy("q", 1),
             ),
         ];
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);

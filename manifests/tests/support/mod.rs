@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ferry_manifests::{
@@ -63,7 +62,7 @@ pub fn sample_inputs(dir: &Path) -> Vec<PayloadSource> {
                 source,
                 kind,
                 mode: Mode::Regular,
-                metadata: BTreeMap::new(),
+                metadata: ferry_manifests::Metadata::default(),
             }
         })
         .collect()
