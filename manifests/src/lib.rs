@@ -10,7 +10,8 @@
 //! [`SignedBundle::verify`] checks the detached signature over the raw file (step 1),
 //! [`SignedBundle::read_manifest`] reads and verifies the signed manifest (step 2a), and
 //! [`ManifestStage::extract`] streams each entry through a size cap and a hash into an
-//! [`EntrySink`] (step 2b).
+//! [`EntrySink`] (step 2b). Steps 2a and 2b read the file step 1 opened and verified, never its
+//! path again.
 
 #[cfg(feature = "forge")]
 pub mod forge;

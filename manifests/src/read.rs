@@ -2,7 +2,7 @@
 //! once, trusting nothing that the signed manifest does not vouch for.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -232,9 +232,21 @@ impl EntrySink for StagingDir {
 }
 
 /// A bundle whose detached signature has been verified against a trusted key (step 1).
+///
+/// It holds the open file it verified, and the later steps read that handle again from its
+/// start, never the path, and no further than the length the signature covered: a bundle
+/// renamed over the path after step 1 is never read (the handle keeps the verified file), and
+/// bytes appended to the file are not either. A handle cannot stop a writer from changing the
+/// same file in place, though. Such bytes are decompressed (within the same limits) and then
+/// meet the checks every bundle meets: the manifest must be the one the verified trusted
+/// comment names (`manifest-sha256`) with its own valid signature, each entry must hash to
+/// what that manifest declares before the next is read, and the archive must end where it
+/// says. So the reader hands on exactly the verified manifest's files, or refuses.
 #[derive(Debug)]
 pub struct SignedBundle {
     path: PathBuf,
+    file: File,
+    verified_len: u64,
     key: PublicKey,
     comment: BundleComment,
     limits: Limits,
@@ -308,12 +320,14 @@ impl SignedBundle {
         let mut verifier = sig.verifier(&key).map_err(bad)?;
         progress.start("checking signature", total);
         let mut buf = vec![0u8; IO_BUFFER];
+        let mut verified_len = 0;
         loop {
             let n = file.read(&mut buf).map_err(io_err)?;
             if n == 0 {
                 break;
             }
             verifier.update(&buf[..n]);
+            verified_len += n as u64;
             progress.advance(n as u64);
         }
         progress.finish();
@@ -322,7 +336,7 @@ impl SignedBundle {
             .trusted_comment()
             .parse::<BundleComment>()
             .map_err(|reason| VerifyError::TrustedComment { signature: "detached", reason })?;
-        Ok(Self { path: bundle.to_owned(), key, comment, limits })
+        Ok(Self { path: bundle.to_owned(), file, verified_len, key, comment, limits })
     }
 
     pub fn key_id(&self) -> KeyId {
@@ -337,9 +351,12 @@ impl SignedBundle {
     /// Step 2, first half: decompresses just far enough to read `manifest.json` and its
     /// signature, verifies them with the same key, and checks they match the detached
     /// signature's trusted comment. The caller checks floor and expiry on the result before
-    /// extracting.
-    pub fn read_manifest(&self) -> Result<ManifestStage, VerifyError> {
-        let head = read_head(&self.path, &self.limits)?;
+    /// extracting. Reads the file verified in step 1, from its start.
+    pub fn read_manifest(self) -> Result<ManifestStage, VerifyError> {
+        let mut file = self.file;
+        file.rewind().map_err(|source| VerifyError::Io { path: self.path.clone(), source })?;
+        let verified = file.take(self.verified_len);
+        let head = read_head(TarStream::open(verified, &self.path, &self.limits)?, &self.limits)?;
         let sig = SignatureFile::parse(&head.signature_text).map_err(|reason| {
             VerifyError::SignatureMalformed { what: MANIFEST_SIGNATURE_ENTRY.into(), reason }
         })?;
@@ -571,7 +588,8 @@ pub struct UnverifiedManifest {
 /// Reads the manifest of `bundle` without checking any signature, within `limits`. For display
 /// only: never act on what this returns.
 pub fn read_unverified(bundle: &Path, limits: &Limits) -> Result<UnverifiedManifest, VerifyError> {
-    let head = read_head(bundle, limits)?;
+    let whole = open_bundle(bundle)?.take(u64::MAX);
+    let head = read_head(TarStream::open(whole, bundle, limits)?, limits)?;
     let manifest = Manifest::parse(&head.manifest_bytes, limits)?;
     Ok(UnverifiedManifest {
         manifest_sha256: Sha256Digest::of(&head.manifest_bytes),
@@ -591,9 +609,8 @@ struct Head {
     stream: TarStream,
 }
 
-/// Opens the decompressed stream and reads the two metadata entries, within `limits`.
-fn read_head(path: &Path, limits: &Limits) -> Result<Head, VerifyError> {
-    let mut stream = TarStream::open(path, limits)?;
+/// Reads the two metadata entries from the start of `stream`, within `limits`.
+fn read_head(mut stream: TarStream, limits: &Limits) -> Result<Head, VerifyError> {
     let mut metadata_entry = |index, expected: &'static str, max: u64| {
         let Some((offset, header)) = stream.next_header()? else {
             return Err(VerifyError::MissingManifest {
@@ -670,10 +687,13 @@ fn entry_name(offset: u64, header: &RawHeader) -> Result<EntryName, VerifyError>
     EntryName::new(&header.path).map_err(|reason| VerifyError::UnsafeName { name: path, reason })
 }
 
+/// The compressed bytes a [`TarStream`] decodes: a bundle file, up to a length.
+type Compressed = io::Take<File>;
+
 /// The two decompressors format 1 allows, each reading exactly one zstd frame or gzip member.
 enum Decoder {
-    Zstd(zstd::stream::read::Decoder<'static, BufReader<File>>),
-    Gzip(Box<flate2::bufread::GzDecoder<BufReader<File>>>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<Compressed>>),
+    Gzip(Box<flate2::bufread::GzDecoder<BufReader<Compressed>>>),
 }
 
 /// Marks the error for compressed bytes after the one frame or member: further frames (even
@@ -722,9 +742,10 @@ struct TarStream {
 }
 
 impl TarStream {
-    fn open(path: &Path, limits: &Limits) -> Result<Self, VerifyError> {
+    /// Starts decoding `compressed`, the bundle at `path` (for messages).
+    fn open(compressed: Compressed, path: &Path, limits: &Limits) -> Result<Self, VerifyError> {
         let io_err = |source| VerifyError::Io { path: path.to_owned(), source };
-        let mut file = BufReader::with_capacity(IO_BUFFER, open_bundle(path)?);
+        let mut file = BufReader::with_capacity(IO_BUFFER, compressed);
         let head = file.fill_buf().map_err(io_err)?;
         let decoder = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             let mut decoder =
