@@ -9,12 +9,13 @@
 //! ```
 //!
 //! Import order (a crash at any point leaves the previous release active and intact):
-//! verify the detached signature → verify the manifest, floor and expiry → stream every entry
-//! into staging while hashing → move the verified files into the blob store → write the
-//! release's manifest folder → one SQLite transaction records the release, moves the active
-//! pointer and raises the floor → remove releases beyond the retained count and unreferenced
-//! blobs. Leftovers of an interrupted import (staging, a release folder not in the database,
-//! blobs no release needs) are removed at the next start or import.
+//! verify the detached signature → verify the manifest and its expiry (reading the file the
+//! signature was checked over) → floor → stream every entry into staging while hashing → move
+//! the verified files into the blob store → write the release's manifest folder → one SQLite
+//! transaction records the release, moves the active pointer and raises the floor → remove
+//! releases beyond the retained count and unreferenced blobs. Leftovers of an interrupted
+//! import (staging, a release folder not in the database, blobs no release needs) are removed
+//! at the next start or import.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -25,8 +26,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use ferry_artifacts::{BlobStore, StoreError};
 use ferry_manifests::{
-    EntrySink, FileEntry, Kind, Limits, Manifest, Progress, SignedBundle, StagingDir, TrustedKeys,
-    VerifyError,
+    EntrySink, Expired, Expiry, FileEntry, Kind, Limits, Manifest, Progress, SignedBundle,
+    StagingDir, TrustedKeys, VerifyError,
 };
 use time::OffsetDateTime;
 
@@ -51,7 +52,7 @@ pub enum ImportRefusal {
     #[error(
         "bundle {name} sequence {sequence} (signed by {key_id}): {source} (use --allow-expired to accept it)"
     )]
-    Expired { name: String, sequence: u64, key_id: String, source: VerifyError },
+    Expired { name: String, sequence: u64, key_id: String, source: Expired },
 }
 
 impl ImportRefusal {
@@ -334,9 +335,35 @@ impl DataDir {
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "detached signature verified");
         let key_id = signed.key_id().to_string();
         crate::crash_point("after-signature");
-        let stage = signed.read_manifest()?;
+        // The detached signature's trusted comment names the bundle; reading checks that the
+        // manifest says the same before it looks at expiry.
+        let (name, sequence) = (signed.comment().name.to_string(), signed.comment().sequence);
+        let expired = |source| ImportRefusal::Expired {
+            name: name.clone(),
+            sequence,
+            key_id: key_id.clone(),
+            source,
+        };
+        // Reading applies expiry, so an expired bundle is refused before the floors are looked at.
+        let (now, grace) = (OffsetDateTime::now_utc(), options.expiry_tolerance);
+        let expiry = if options.allow_expired {
+            Expiry::AllowExpired { now, grace }
+        } else {
+            Expiry::Enforce { now, grace }
+        };
+        let stage = match signed.read_manifest(expiry) {
+            Err(VerifyError::Expired(source)) => {
+                let refusal = expired(source);
+                tracing::warn!(bundle = %name, sequence, key_id = %key_id, "refused: {refusal}");
+                return Err(refusal.into());
+            }
+            stage => stage?,
+        };
+        if let Some(source) = stage.expired() {
+            let refusal = expired(source.clone());
+            tracing::warn!(bundle = %name, sequence, key_id = %key_id, "--allow-expired overrides: {refusal}");
+        }
         let manifest = stage.manifest().clone();
-        let (name, sequence) = (manifest.name.to_string(), manifest.sequence);
 
         if i64::try_from(sequence).is_err() {
             anyhow::bail!(
@@ -390,23 +417,6 @@ impl DataDir {
                 }
                 tracing::warn!(bundle = %name, sequence, floor, key_id = %key_id, "--allow-downgrade overrides: {refusal}");
             }
-        }
-        if let Err(source) = ferry_manifests::check_expiry(
-            &manifest,
-            OffsetDateTime::now_utc(),
-            options.expiry_tolerance,
-        ) {
-            let refusal = ImportRefusal::Expired {
-                name: name.clone(),
-                sequence,
-                key_id: key_id.clone(),
-                source,
-            };
-            if !options.allow_expired {
-                tracing::warn!(bundle = %name, sequence, key_id = %key_id, "refused: {refusal}");
-                return Err(refusal.into());
-            }
-            tracing::warn!(bundle = %name, sequence, key_id = %key_id, "--allow-expired overrides: {refusal}");
         }
 
         let staging_root = self.root.join("staging").join(format!("import-{}", std::process::id()));

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use ferry_manifests::{
-    Compression, Discard, Kind, Limits, Manifest, SignedBundle, VerifyError, check_expiry,
+    Compression, Discard, Expiry, Kind, Limits, Manifest, SignedBundle, VerifyError,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -266,20 +266,24 @@ fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
     let progress = Bar::new(quiet || args.json);
-    let outcome = (|| -> Result<(Manifest, ferry_manifests::KeyId), VerifyError> {
+    let outcome = (|| -> Result<(Manifest, ferry_manifests::KeyId, bool), VerifyError> {
         let signed =
             SignedBundle::verify(&args.bundle, &signature, &keys, Limits::default(), &progress)?;
-        let stage = signed.read_manifest()?;
-        if !args.allow_expired {
-            check_expiry(stage.manifest(), OffsetDateTime::now_utc(), time::Duration::ZERO)?;
-        }
+        // No grace: `ferry verify` answers whether the bundle is still valid now.
+        let (now, grace) = (OffsetDateTime::now_utc(), time::Duration::ZERO);
+        let expiry = if args.allow_expired {
+            Expiry::AllowExpired { now, grace }
+        } else {
+            Expiry::Enforce { now, grace }
+        };
+        let stage = signed.read_manifest(expiry)?;
+        let expired = stage.expired().is_some();
         let verified = stage.extract(&mut Discard, &progress)?;
-        Ok((verified.manifest, verified.key_id))
+        Ok((verified.manifest, verified.key_id, expired))
     })();
     let bundle = args.bundle.display();
     match outcome {
-        Ok((manifest, key_id)) => {
-            let expired = manifest.expires < OffsetDateTime::now_utc();
+        Ok((manifest, key_id, expired)) => {
             if args.json {
                 println!(
                     "{}",

@@ -16,10 +16,10 @@ use ferry_artifacts::{ArtifactId, PackageKind, Platform, Product, Sha512Digest, 
 use ferry_manifests::forge::{self, Piece};
 use ferry_manifests::tar::RawHeader;
 use ferry_manifests::{
-    BundleComment, BundleName, EntryName, FORMAT, Limits, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY,
-    MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, Manifest, ManifestComment, Mode,
-    NoProgress, Sha256Digest, SignedBundle, SigningKey, StagingDir, TrustedKeys, VerifiedBundle,
-    VerifyError, check_collisions,
+    BundleComment, BundleName, EntryName, Expiry, FORMAT, Limits, MANIFEST_ENTRY,
+    MANIFEST_SIGNATURE_ENTRY, MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, Manifest,
+    ManifestComment, Mode, NoProgress, Sha256Digest, SignedBundle, SigningKey, StagingDir,
+    TrustedKeys, VerifiedBundle, VerifyError, check_collisions,
 };
 use time::macros::datetime;
 
@@ -66,7 +66,7 @@ pub fn manifest(data: &[u8]) {
     };
     assert_eq!(comment.to_string().parse::<BundleComment>(), Ok(comment));
     for tolerance in tolerances() {
-        let expired = ferry_manifests::check_expiry(&manifest, NOW, tolerance).is_err();
+        let expired = manifest.expired(NOW, tolerance).is_some();
         if tolerance.is_zero() {
             assert_eq!(expired, manifest.expires < NOW);
         }
@@ -460,8 +460,10 @@ pub fn bundle(data: &[u8]) {
         .expect("writing the signature");
     let staging_root = dir.path().join("staging");
     let trusted = TrustedKeys::from(test_key().public_key());
+    // Expiry is reported, not enforced, so that an expired manifest's payload is still read.
+    let expiry = Expiry::AllowExpired { now: NOW, grace: time::Duration::ZERO };
     let result = SignedBundle::verify(&path, &signature, &trusted, Limits::default(), &NoProgress)
-        .and_then(|signed| signed.read_manifest())
+        .and_then(|signed| signed.read_manifest(expiry))
         .and_then(|stage| {
             let mut staging = StagingDir::create(&staging_root).expect("creating staging");
             stage.extract(&mut staging, &NoProgress)
@@ -561,6 +563,9 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 mod tests {
     use super::*;
 
+    /// Expiry as `ferry verify` enforces it, at the harnesses' fixed time.
+    const ENFORCE: Expiry = Expiry::Enforce { now: NOW, grace: time::Duration::ZERO };
+
     #[test]
     fn the_fixed_bundle_is_accepted_and_staged() {
         let dir = tempfile::tempdir().unwrap();
@@ -573,7 +578,8 @@ mod tests {
             SignedBundle::verify(&path, &signature, &trusted, Limits::default(), &NoProgress)
                 .unwrap();
         let mut staging = StagingDir::create(&dir.path().join("s")).unwrap();
-        let verified = signed.read_manifest().unwrap().extract(&mut staging, &NoProgress).unwrap();
+        let verified =
+            signed.read_manifest(ENFORCE).unwrap().extract(&mut staging, &NoProgress).unwrap();
         assert_eq!(&verified.manifest, manifest);
         let written = files_below(dir.path());
         assert_staged(&verified, &dir.path().join("s"), &written);
@@ -595,7 +601,7 @@ mod tests {
             let trusted = TrustedKeys::from(test_key().public_key());
             let result =
                 SignedBundle::verify(&path, &signature, &trusted, Limits::default(), &NoProgress)
-                    .and_then(|s| s.read_manifest())
+                    .and_then(|s| s.read_manifest(ENFORCE))
                     .and_then(|s| s.extract(&mut ferry_manifests::Discard, &NoProgress));
             assert!(result.is_ok(), "{name}: {:?}", result.err());
         }

@@ -8,7 +8,8 @@
 //!
 //! Reading happens in the order the format's security rests on:
 //! [`SignedBundle::verify`] checks the detached signature over the raw file (step 1),
-//! [`SignedBundle::read_manifest`] reads and verifies the signed manifest (step 2a), and
+//! [`SignedBundle::read_manifest`] reads and verifies the signed manifest and applies an
+//! [`Expiry`] (step 2a), and
 //! [`ManifestStage::extract`] streams each entry through a size cap and a hash into an
 //! [`EntrySink`] (step 2b). Steps 2a and 2b read the file step 1 opened and verified, never its
 //! path again.
@@ -29,7 +30,7 @@ pub mod test_tools;
 mod write;
 
 pub use limits::Limits;
-pub use manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+pub use manifest::{Expired, FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
 pub use metadata::{
     ArtifactFacts, CertificateFacts, Metadata, PgpKeyFacts, PolicyFacts, SidecarFormat,
 };
@@ -41,9 +42,9 @@ pub use name::{
 pub mod terminal;
 pub use progress::{NoProgress, Progress};
 pub use read::{
-    Discard, EntrySink, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
-    VerifiedBundle, VerifyError, check_expiry, default_signature_path, read_unverified,
-    signature_key_id, verify_stored_manifest,
+    Discard, EntrySink, Expiry, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
+    VerifiedBundle, VerifyError, default_signature_path, read_unverified, signature_key_id,
+    verify_stored_manifest,
 };
 pub use sign::{
     BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PrehashWriter, Prehasher,

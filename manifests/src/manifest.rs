@@ -187,6 +187,23 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
+/// A manifest read after its `expires` (and any grace): what refuses it, or what an override
+/// let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub expires: OffsetDateTime,
+    pub now: OffsetDateTime,
+}
+
+impl fmt::Display for Expired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (expires, now) = (crate::rfc3339(self.expires), crate::rfc3339(self.now));
+        write!(f, "bundle expired at {expires} (now {now})")
+    }
+}
+
+impl std::error::Error for Expired {}
+
 /// Why manifest bytes are not an acceptable format-1 manifest.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -283,6 +300,18 @@ impl Manifest {
         Ok(())
     }
 
+    /// Whether `expires` lies more than `grace` before `now`. Reading a bundle applies this (see
+    /// `Expiry`); it is here so that a manifest kept apart from its bundle can be asked too.
+    pub fn expired(&self, now: OffsetDateTime, grace: time::Duration) -> Option<Expired> {
+        // A deadline past the last representable time (year 9999, or a grace as large as the
+        // appliance's configuration allows) has not passed; plain `+` would panic there.
+        let expired = match self.expires.checked_add(grace) {
+            Some(deadline) => deadline < now,
+            None => grace.is_negative(),
+        };
+        expired.then_some(Expired { expires: self.expires, now })
+    }
+
     /// Sum of all payload sizes.
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
@@ -338,6 +367,27 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("\"created\": \"2026-11-01T00:00:00Z\""), "{text}");
         assert!(text.contains("\"mode\": \"0755\""), "{text}");
+    }
+
+    #[test]
+    fn expiry_near_the_end_of_time_does_not_overflow() {
+        let mut manifest = sample();
+        let now = time::macros::datetime!(2026-11-15 00:00 UTC);
+        let day = time::Duration::days(1);
+        let largest = time::Duration::days(i64::from(u32::MAX));
+        manifest.expires = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+        assert_eq!(manifest.expired(now, day), None);
+        assert_eq!(manifest.expired(now, largest), None);
+        manifest.expires = time::macros::datetime!(2026-11-01 00:00 UTC);
+        assert_eq!(manifest.expired(now, largest), None);
+        assert_eq!(
+            manifest.expired(now, time::Duration::ZERO),
+            Some(Expired { expires: manifest.expires, now })
+        );
+        assert_eq!(manifest.expired(now, time::Duration::days(14)), None);
+        assert!(manifest.expired(now, -largest).is_some());
+        let said = manifest.expired(now, time::Duration::ZERO).unwrap().to_string();
+        assert_eq!(said, "bundle expired at 2026-11-01T00:00:00Z (now 2026-11-15T00:00:00Z)");
     }
 
     fn reparse(edit: impl FnOnce(&mut serde_json::Value)) -> ManifestError {

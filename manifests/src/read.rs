@@ -11,7 +11,7 @@ use sha2::Digest as _;
 use time::OffsetDateTime;
 
 use crate::limits::Limits;
-use crate::manifest::{FileEntry, Manifest, ManifestError, Sha256Digest};
+use crate::manifest::{Expired, FileEntry, Manifest, ManifestError, Sha256Digest};
 use crate::name::{EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY, NameError};
 use crate::progress::Progress;
 use crate::sign::{BundleComment, KeyId, ManifestComment, PublicKey, SignatureFile, TrustedKeys};
@@ -88,8 +88,8 @@ pub enum VerifyError {
     DigestMismatch { path: EntryName, expected: Sha256Digest, actual: Sha256Digest },
     #[error("data follows the end of the archive at uncompressed offset {offset}")]
     TrailingData { offset: u64 },
-    #[error("bundle expired at {expires} (now {now})")]
-    Expired { expires: String, now: String },
+    #[error(transparent)]
+    Expired(#[from] Expired),
     #[error("cannot store entry {path}: {source}")]
     Sink { path: EntryName, source: io::Error },
 }
@@ -126,7 +126,7 @@ impl VerifyError {
             ModeMismatch { .. } => "mode",
             DigestMismatch { .. } => "sha256",
             TrailingData { .. } => "trailing-data",
-            Expired { .. } => "expired",
+            Expired(_) => "expired",
             Sink { .. } => "store",
         }
     }
@@ -349,10 +349,11 @@ impl SignedBundle {
     }
 
     /// Step 2, first half: decompresses just far enough to read `manifest.json` and its
-    /// signature, verifies them with the same key, and checks they match the detached
-    /// signature's trusted comment. The caller checks floor and expiry on the result before
-    /// extracting. Reads the file verified in step 1, from its start.
-    pub fn read_manifest(self) -> Result<ManifestStage, VerifyError> {
+    /// signature, verifies them with the same key, checks they match the detached signature's
+    /// trusted comment, and then applies `expiry`. The caller checks what else it must (the
+    /// appliance: its floors) on the result before extracting. Reads the file verified in
+    /// step 1, from its start.
+    pub fn read_manifest(self, expiry: Expiry) -> Result<ManifestStage, VerifyError> {
         let mut file = self.file;
         file.rewind().map_err(|source| VerifyError::Io { path: self.path.clone(), source })?;
         let verified = file.take(self.verified_len);
@@ -381,14 +382,36 @@ impl SignedBundle {
             &outer.manifest_sha256.to_hex(),
             &Sha256Digest::of(&head.manifest_bytes).to_hex(),
         )?;
+        // Only now: the bundle's name and sequence are the signed ones, for whoever reports it.
+        let expired = match expiry {
+            Expiry::Enforce { now, grace } => match manifest.expired(now, grace) {
+                Some(expired) => return Err(expired.into()),
+                None => None,
+            },
+            Expiry::AllowExpired { now, grace } => manifest.expired(now, grace),
+        };
         Ok(ManifestStage {
             manifest,
+            expired,
             manifest_bytes: head.manifest_bytes,
             manifest_signature: head.signature_text,
             key_id: self.key.key_id(),
             stream: head.stream,
         })
     }
+}
+
+/// How reading a manifest treats its `expires`. It is an argument of
+/// [`SignedBundle::read_manifest`], so that no reader can forget expiry and an override is
+/// spelled out where it is made.
+#[derive(Debug, Clone, Copy)]
+pub enum Expiry {
+    /// Refuse ([`VerifyError::Expired`]) a manifest whose `expires` lies more than `grace`
+    /// before `now`.
+    Enforce { now: OffsetDateTime, grace: time::Duration },
+    /// Read it even so: an operator's explicit override (`--allow-expired`). Whether it had
+    /// expired by the same rule is kept ([`ManifestStage::expired`]), to be reported.
+    AllowExpired { now: OffsetDateTime, grace: time::Duration },
 }
 
 /// Checks a trusted comment's claim against what the manifest says.
@@ -431,6 +454,8 @@ fn check_signed_manifest(
 /// Verifies a signed manifest kept apart from its bundle (the appliance keeps one per release)
 /// with the keys trusted now, by the checks step 2a makes inside a bundle: a trusted signer, the
 /// signature, the format's rules and the trusted comment. Returns the manifest and its signer.
+/// Expiry is not among them: it decides whether a bundle may come in, and a release already in
+/// keeps being served after its `expires` (a site must keep working; `docs/security.md`).
 pub fn verify_stored_manifest(
     manifest_bytes: &[u8],
     signature_text: &str,
@@ -448,6 +473,7 @@ pub fn verify_stored_manifest(
 /// A verified manifest whose payload has not been read yet.
 pub struct ManifestStage {
     manifest: Manifest,
+    expired: Option<Expired>,
     manifest_bytes: Vec<u8>,
     manifest_signature: String,
     key_id: KeyId,
@@ -468,6 +494,12 @@ pub struct VerifiedBundle {
 impl ManifestStage {
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// How the manifest had expired, when [`Expiry::AllowExpired`] let it through; `None`
+    /// when it had not (under [`Expiry::Enforce`] it would have been refused).
+    pub fn expired(&self) -> Option<&Expired> {
+        self.expired.as_ref()
     }
 
     /// Step 2, second half: streams every payload entry through a reader capped at its declared
@@ -553,27 +585,6 @@ impl ManifestStage {
             key_id: self.key_id,
         })
     }
-}
-
-/// Refuses a bundle whose `expires` lies more than `tolerance` before `now`.
-pub fn check_expiry(
-    manifest: &Manifest,
-    now: OffsetDateTime,
-    tolerance: time::Duration,
-) -> Result<(), VerifyError> {
-    // A deadline past the last representable time (year 9999, or a tolerance as large as the
-    // appliance's configuration allows) has not passed; plain `+` would panic there.
-    let expired = match manifest.expires.checked_add(tolerance) {
-        Some(deadline) => deadline < now,
-        None => tolerance.is_negative(),
-    };
-    if expired {
-        return Err(VerifyError::Expired {
-            expires: crate::rfc3339(manifest.expires),
-            now: crate::rfc3339(now),
-        });
-    }
-    Ok(())
 }
 
 /// What `inspect` can tell without a trusted key. Nothing here is verified.
@@ -873,35 +884,5 @@ impl Read for EntryBody<'_> {
         self.hasher.update(&buf[..n]);
         self.progress.advance(n as u64);
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn expiry_near_the_end_of_time_does_not_overflow() {
-        let mut manifest = Manifest {
-            format: crate::FORMAT,
-            name: crate::BundleName::new("site").unwrap(),
-            sequence: 1,
-            created: datetime!(2026-11-01 00:00 UTC),
-            expires: datetime!(2026-11-01 00:00 UTC),
-            builder: "test".into(),
-            files: Vec::new(),
-        };
-        let now = datetime!(2026-11-15 00:00 UTC);
-        let day = time::Duration::days(1);
-        let largest = time::Duration::days(i64::from(u32::MAX));
-        manifest.expires = datetime!(9999-12-31 23:59:59 UTC);
-        assert!(check_expiry(&manifest, now, day).is_ok());
-        assert!(check_expiry(&manifest, now, largest).is_ok());
-        manifest.expires = datetime!(2026-11-01 00:00 UTC);
-        assert!(check_expiry(&manifest, now, largest).is_ok());
-        assert!(check_expiry(&manifest, now, time::Duration::ZERO).is_err());
-        assert!(check_expiry(&manifest, now, time::Duration::days(14)).is_ok());
-        assert!(check_expiry(&manifest, now, -largest).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use ferry_manifests::forge::{Piece, declared, head, tar_bytes, zstd};
 use ferry_manifests::tar::{self, RawHeader};
 use ferry_manifests::{Limits, Manifest, NoProgress, SignedBundle, StagingDir, VerifyError};
-use support::{key, manifest, sign_file, trusted};
+use support::{enforce_expiry, key, manifest, sign_file, trusted};
 
 /// Everything a forged case needs.
 struct Case {
@@ -58,7 +58,7 @@ impl Case {
         let staging_root = dir.path().join("staging");
         let result =
             SignedBundle::verify(&bundle, &signature, &trusted(&key), self.limits, &NoProgress)
-                .and_then(|signed| signed.read_manifest())
+                .and_then(|signed| signed.read_manifest(enforce_expiry()))
                 .and_then(|stage| {
                     let mut staging = StagingDir::create(&staging_root).unwrap();
                     stage.extract(&mut staging, &NoProgress)
@@ -344,7 +344,7 @@ fn zstd_window_over_the_cap_is_refused() {
     let signed =
         SignedBundle::verify(&bundle, &signature, &trusted(&key), Limits::default(), &NoProgress)
             .unwrap();
-    let err = signed.read_manifest().err().expect("window over the cap accepted");
+    let err = signed.read_manifest(enforce_expiry()).err().expect("window over the cap accepted");
     assert!(matches!(err, VerifyError::Decompress { .. }), "{err}");
     assert!(
         err.to_string().contains("memory"),

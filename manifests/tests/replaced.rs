@@ -13,7 +13,7 @@ use ferry_manifests::forge::{self, Piece, declared, head, tar_bytes, zstd};
 use ferry_manifests::{
     Limits, Manifest, NoProgress, SignedBundle, SigningKey, StagingDir, VerifiedBundle, VerifyError,
 };
-use support::{key, trusted};
+use support::{enforce_expiry, key, trusted};
 
 /// The verified bundle's one body: 4 KiB that zstd cannot shrink, so that a replacement with a
 /// body that compresses (as many zeros, or a few bytes) is never longer than the verified file.
@@ -59,7 +59,7 @@ fn verify(path: &Path, key: &SigningKey) -> SignedBundle {
 /// Step 2 into a staging folder in `dir`: the verified bundle and what was staged as `a`.
 fn read(signed: SignedBundle, dir: &Path) -> Result<(VerifiedBundle, Vec<u8>), VerifyError> {
     let mut staging = StagingDir::create(&dir.join("staging")).unwrap();
-    let verified = signed.read_manifest()?.extract(&mut staging, &NoProgress)?;
+    let verified = signed.read_manifest(enforce_expiry())?.extract(&mut staging, &NoProgress)?;
     let staged = fs::read(staging.root().join("a")).unwrap();
     Ok((verified, staged))
 }

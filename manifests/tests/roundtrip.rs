@@ -6,9 +6,9 @@ mod support;
 use std::path::Path;
 
 use ferry_manifests::{
-    Compression, Discard, Limits, NoProgress, SignedBundle, StagingDir, VerifyError,
+    Compression, Discard, Expiry, Limits, NoProgress, SignedBundle, StagingDir, VerifyError,
 };
-use support::{build, key, spec, trusted};
+use support::{build, enforce_expiry, key, spec, trusted};
 
 fn verify(
     bundle: &Path,
@@ -16,7 +16,7 @@ fn verify(
     keys: &ferry_manifests::TrustedKeys,
 ) -> Result<(), VerifyError> {
     let signed = SignedBundle::verify(bundle, sig, keys, Limits::default(), &NoProgress)?;
-    signed.read_manifest()?.extract(&mut Discard, &NoProgress).map(drop)
+    signed.read_manifest(enforce_expiry())?.extract(&mut Discard, &NoProgress).map(drop)
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn round_trip_into_staging() {
         .unwrap();
         assert_eq!(signed.key_id(), key.key_id());
         assert_eq!(signed.comment().manifest_sha256, written.manifest_sha256);
-        let stage = signed.read_manifest().unwrap();
+        let stage = signed.read_manifest(enforce_expiry()).unwrap();
         assert_eq!(stage.manifest(), &written.manifest);
         let mut staging = StagingDir::create(&dir.path().join("staging")).unwrap();
         let verified = stage.extract(&mut staging, &NoProgress).unwrap();
@@ -103,6 +103,44 @@ fn damage_after_signing_is_refused() {
     let err = verify(&w.bundle_path, &w.signature_path, &trusted(&other)).unwrap_err();
     assert!(matches!(err, VerifyError::UntrustedKey { .. }), "{err}");
     assert!(err.to_string().contains(&key.key_id().to_string()), "{err}");
+}
+
+/// Reading a manifest applies expiry: there is no way to read one without saying how.
+#[test]
+fn reading_refuses_an_expired_bundle_unless_told_to_allow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let w = build(dir.path(), &key, &spec(1, Compression::default_zstd()));
+    let read = |expiry| {
+        SignedBundle::verify(
+            &w.bundle_path,
+            &w.signature_path,
+            &trusted(&key),
+            Limits::default(),
+            &NoProgress,
+        )
+        .unwrap()
+        .read_manifest(expiry)
+    };
+    let expires = w.manifest.expires;
+    let day = time::Duration::days(1);
+    let later = expires + 2 * day;
+
+    let err = read(Expiry::Enforce { now: later, grace: day }).err().expect("expired, accepted");
+    assert_eq!(err.check(), "expired");
+    assert!(matches!(&err, VerifyError::Expired(e) if e.expires == expires && e.now == later));
+    assert!(err.to_string().starts_with("bundle expired at 2099-01-01T00:00:00Z (now "), "{err}");
+    // Within the grace, and before `expires`, it reads, and nothing is reported.
+    let stage = read(Expiry::Enforce { now: later, grace: 3 * day }).unwrap();
+    assert_eq!(stage.expired(), None);
+    assert_eq!(
+        read(Expiry::Enforce { now: expires, grace: time::Duration::ZERO }).unwrap().expired(),
+        None
+    );
+    // The override reads it, says what it let through, and the payload still verifies.
+    let stage = read(Expiry::AllowExpired { now: later, grace: day }).unwrap();
+    assert_eq!(stage.expired().map(|e| (e.expires, e.now)), Some((expires, later)));
+    stage.extract(&mut Discard, &NoProgress).unwrap();
 }
 
 #[test]

@@ -19,6 +19,14 @@ pub fn trusted(key: &SigningKey) -> TrustedKeys {
     TrustedKeys::from(key.public_key())
 }
 
+/// Expiry as `ferry verify` enforces it, now (the test bundles expire in 2099).
+pub fn enforce_expiry() -> ferry_manifests::Expiry {
+    ferry_manifests::Expiry::Enforce {
+        now: time::OffsetDateTime::now_utc(),
+        grace: time::Duration::ZERO,
+    }
+}
+
 pub fn spec(sequence: u64, compression: Compression) -> BundleSpec {
     BundleSpec {
         name: BundleName::new("site").unwrap(),
