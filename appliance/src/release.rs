@@ -692,3 +692,147 @@ fn remove_any(path: &Path) -> anyhow::Result<()> {
     }
     .with_context(|| format!("cannot remove {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use ferry_manifests::forge::{self, Piece};
+    use ferry_manifests::{Sha256Digest, SigningKey};
+
+    use super::*;
+
+    /// The verified bundle's one body: 4 KiB that zstd cannot shrink, so that a replacement with a
+    /// body that compresses (as many zeros, or a few bytes) is never longer than the verified file.
+    fn verified_body() -> Vec<u8> {
+        let mut x: u32 = 0x9e37_79b9;
+        (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Other content of the verified body's length.
+    fn replaced_body() -> Vec<u8> {
+        vec![0; 4096]
+    }
+
+    /// Runs its action once, when the detached signature check (step 1) reports that it is
+    /// done: between verifying a bundle and reading it again, where a replacement would have to
+    /// happen to be imported.
+    struct AfterSignature(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+    impl AfterSignature {
+        fn new(action: impl FnOnce() + Send + 'static) -> Self {
+            Self(Mutex::new(Some(Box::new(action))))
+        }
+    }
+
+    impl Progress for AfterSignature {
+        fn finish(&self) {
+            if let Some(action) = self.0.lock().unwrap().take() {
+                action();
+            }
+        }
+    }
+
+    struct Site {
+        dir: tempfile::TempDir,
+        key: SigningKey,
+    }
+
+    impl Site {
+        fn new() -> Self {
+            let generated = ferry_manifests::generate_key(None).unwrap();
+            let key = SigningKey::from_text(&generated.secret_key_file, "test", None).unwrap();
+            Self { dir: tempfile::tempdir().unwrap(), key }
+        }
+
+        /// The compressed bytes of a validly signed bundle whose one entry, `a`, holds `body`,
+        /// after `head` (the metadata entries of `manifest`).
+        fn compressed(&self, manifest: &Manifest, body: &[u8]) -> Vec<u8> {
+            let mut pieces = forge::head(&self.key, manifest);
+            pieces.push(Piece::file("a", body));
+            forge::zstd(&forge::tar_bytes(&pieces, true))
+        }
+
+        /// Writes bundle `sequence` of one entry holding `body`, with its signature.
+        fn bundle(&self, sequence: u64, body: &[u8]) -> (PathBuf, Manifest) {
+            let manifest = forge::manifest(sequence, vec![forge::declared("a", body)]);
+            let path = self.dir.path().join(format!("site-{sequence}.ferry"));
+            forge::sign_file(&path, &self.key, &manifest, &self.compressed(&manifest, body))
+                .unwrap();
+            (path, manifest)
+        }
+
+        /// Imports `bundle`, running `replace` between its verification and its reading.
+        fn import(
+            &self,
+            bundle: &Path,
+            replace: impl FnOnce() + Send + 'static,
+        ) -> (DataDir, anyhow::Result<ReleaseRecord>) {
+            let mut data = DataDir::open(&self.dir.path().join("data")).unwrap();
+            let keys = TrustedKeys::from(self.key.public_key());
+            let options = ImportOptions { retain: 3, ..ImportOptions::default() };
+            let signature = ferry_manifests::default_signature_path(bundle);
+            let imported =
+                data.import(bundle, &signature, &keys, options, &AfterSignature::new(replace));
+            (data, imported)
+        }
+    }
+
+    fn refused_as(result: anyhow::Result<ReleaseRecord>) -> Option<&'static str> {
+        crate::refusal_check(&result.expect_err("the import went through"))
+    }
+
+    #[test]
+    fn a_bundle_renamed_over_the_verified_one_is_not_imported() {
+        let site = Site::new();
+        let (path, manifest) = site.bundle(1, &verified_body());
+        let (other, _) = site.bundle(2, &replaced_body());
+        let target = path.clone();
+        let (data, imported) = site.import(&path, move || {
+            std::fs::rename(&other, &target).unwrap();
+            let signature = ferry_manifests::default_signature_path(&target);
+            std::fs::rename(ferry_manifests::default_signature_path(&other), signature).unwrap();
+        });
+        let record = imported.unwrap();
+        assert_eq!((record.name.as_str(), record.sequence), ("site", 1));
+        assert_eq!(record.manifest_sha256, Sha256Digest::of(&manifest.to_bytes()).to_hex());
+        assert_eq!(data.active().unwrap(), Some(("site".to_owned(), 1)));
+        let blob = data.blobs.path(&Sha256Digest::of(&verified_body()));
+        assert_eq!(std::fs::read(blob).unwrap(), verified_body());
+        assert!(!data.blobs.contains(&Sha256Digest::of(&replaced_body())));
+    }
+
+    #[test]
+    fn a_bundle_written_in_place_is_refused_and_nothing_changes() {
+        let site = Site::new();
+        let (path, manifest) = site.bundle(1, &verified_body());
+        // Another bundle of the same key, no longer than the verified one (a longer one is cut
+        // at the verified length and refused as truncated).
+        let other = forge::manifest(2, vec![forge::declared("a", b"short\n")]);
+        let other = site.compressed(&other, b"short\n");
+        assert!(other.len() < std::fs::metadata(&path).unwrap().len() as usize);
+        let target = path.clone();
+        let (data, imported) = site.import(&path, move || std::fs::write(target, other).unwrap());
+        assert_eq!(refused_as(imported), Some("trusted-comment"));
+        assert_eq!(data.active().unwrap(), None);
+
+        // The verified manifest and signature, byte for byte, and another body for `a`.
+        drop(data);
+        let (path, _) = site.bundle(1, &verified_body());
+        let altered = site.compressed(&manifest, &replaced_body());
+        assert!(altered.len() < std::fs::metadata(&path).unwrap().len() as usize);
+        let target = path.clone();
+        let (data, imported) = site.import(&path, move || std::fs::write(target, altered).unwrap());
+        assert_eq!(refused_as(imported), Some("sha256"));
+        assert_eq!(data.active().unwrap(), None);
+        assert!(data.releases().unwrap().is_empty());
+        assert!(!data.blobs.contains(&Sha256Digest::of(&replaced_body())));
+    }
+}
