@@ -7,34 +7,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
+use super::wire::{AckRequest, AckResponse, AckResponseItem, ActionKind, AuditUnenrollRequest};
 use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_request, with_state};
 use crate::error::ApiError;
 use crate::store::{ActionResult, AuditOutcome, PolicyAck};
-
-/// elastic-agent's `fleetapi.AckRequest` (internal/pkg/fleetapi/ack_cmd.go; pkg/fleetapi/ack.go
-/// on main): `events` has no `omitempty`, so a nil batch is `null`.
-#[derive(Deserialize)]
-pub(super) struct AckRequest {
-    #[serde(deserialize_with = "super::nullable")]
-    pub(super) events: Vec<AckEvent>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct AckEvent {
-    #[serde(default)]
-    pub(super) action_id: String,
-    #[serde(default)]
-    agent_id: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Option<Value>,
-    #[serde(default)]
-    payload: Option<Value>,
-}
 
 /// An acks body, decoded.
 pub(super) fn parse_request(body: &[u8]) -> Result<AckRequest, ApiError> {
@@ -95,7 +72,7 @@ pub async fn acks(
             let mut unenroll = false;
             for (i, event, failed) in lookups {
                 let Some(action) = s.agent_action(&agent_id, &event.action_id)? else { continue };
-                unenroll |= action.kind == "UNENROLL" && !failed;
+                unenroll |= action.kind == ActionKind::Unenroll.as_str() && !failed;
                 results.push(ActionResult {
                     action_id: event.action_id,
                     error: event.error.filter(|e| !e.is_empty()),
@@ -118,21 +95,14 @@ pub async fn acks(
         }
     }
     let worst = items.iter().copied().max().unwrap_or(StatusCode::OK);
-    let mut body = json!({
-        "action": "acks",
-        "items": items.iter().map(|s| json!({ "status": s.as_u16(), "message": s.canonical_reason().unwrap_or("") })).collect::<Vec<_>>(),
-    });
-    if worst != StatusCode::OK {
-        body["errors"] = json!(true);
-    }
-    Ok((worst, axum::Json(body)).into_response())
-}
-
-#[derive(Deserialize)]
-struct AuditRequest {
-    reason: String,
-    #[serde(default)]
-    timestamp: Option<String>,
+    let items = items
+        .iter()
+        .map(|s| AckResponseItem {
+            status: s.as_u16(),
+            message: s.canonical_reason().unwrap_or(""),
+        })
+        .collect();
+    Ok((worst, axum::Json(AckResponse::new(items))).into_response())
 }
 
 /// The agent says it was uninstalled (or orphaned, or migrated): recorded on its record until
@@ -145,7 +115,7 @@ pub async fn audit_unenroll(
 ) -> Result<Response, ApiError> {
     let agent = authenticated(&api, &headers, Some(&id)).await?;
     let body = super::read_limited(body, AUDIT_BODY_LIMIT).await?;
-    let request: AuditRequest = super::json_body(&body, "audit request")?;
+    let request: AuditUnenrollRequest = super::json_body(&body, "audit request")?;
     if !["uninstall", "orphaned", "key_revoked", "migrated"].contains(&request.reason.as_str()) {
         return Err(bad_request(format!("unknown unenroll reason {:?}", request.reason)));
     }

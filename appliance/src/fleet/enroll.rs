@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::wire::{EnrollRequest, EnrollResponse, EnrollResponseItem};
 use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
 use crate::credentials::{
     ApiKey, REPLACE_HASHING, SecretHash, hash_replace_token, replace_token_matches,
@@ -18,27 +18,6 @@ use crate::credentials::{
 use crate::error::ApiError;
 use crate::net::limits::{KeyedBuckets, PerKey, RateLimits};
 use crate::store::{AgentRecord, Enrollment};
-
-#[derive(Deserialize)]
-struct EnrollRequest {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    replace_token: String,
-    metadata: EnrollMetadata,
-}
-
-/// elastic-agent's `fleetapi.Metadata` (internal/pkg/fleetapi/enroll_cmd.go): `tags` and
-/// `user_provided` have no `omitempty`, and an agent installed without `--tag` (or re-enrolled
-/// by a migration) sends nil as `null`. `user_provided` is ignored, as Fleet Server does.
-#[derive(Deserialize)]
-struct EnrollMetadata {
-    local: Value,
-    #[serde(default, deserialize_with = "super::nullable")]
-    tags: Vec<String>,
-}
 
 fn valid_agent_id(id: &str) -> bool {
     !id.is_empty()
@@ -212,7 +191,7 @@ pub async fn enroll(
             Some(hashed.ok_or_else(hashing_busy)?)
         }
     };
-    let response = blocking(move || -> Result<Value, ApiError> {
+    blocking(move || -> Result<Response, ApiError> {
         let mut local = request.metadata.local;
         if let Some(agent) = local.pointer_mut("/elastic/agent").and_then(Value::as_object_mut)
             && agent.contains_key("id")
@@ -246,25 +225,23 @@ pub async fn enroll(
             Enrollment::Revoked => return Err(revoked(&id)),
         }
         tracing::info!(agent = %id, policy = %policy_id, "agent enrolled");
-        Ok(json!({
-            "action": "created",
-            "item": {
-                "id": id,
-                "active": true,
-                "policy_id": policy_id,
-                "type": request.kind,
-                "enrolled_at": enrolled_at,
-                "user_provided_metadata": null,
-                "local_metadata": local,
-                "access_api_key_id": key.id().as_str(),
-                "access_api_key": key.encoded(),
-                "status": "online",
-                "tags": tags,
-            }
-        }))
+        let access_api_key = key.encoded();
+        let response = EnrollResponse::created(EnrollResponseItem {
+            id: &id,
+            active: true,
+            policy_id: &policy_id,
+            kind: &request.kind,
+            enrolled_at: &enrolled_at,
+            user_provided_metadata: (),
+            local_metadata: &local,
+            access_api_key_id: key.id().as_str(),
+            access_api_key: &access_api_key,
+            status: "online",
+            tags: &tags,
+        });
+        Ok(axum::Json(response).into_response())
     })
-    .await?;
-    Ok(axum::Json(response).into_response())
+    .await
 }
 
 #[cfg(test)]

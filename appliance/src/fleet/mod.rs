@@ -9,6 +9,7 @@ pub mod hub;
 pub mod status;
 pub(crate) mod upgrade;
 pub mod uploads;
+pub(crate) mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -261,16 +262,6 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         return Err(too_large(limit));
     }
     Ok(bytes)
-}
-
-/// For fields Go can send as `null`: a slice or map without `omitempty` that was nil. Such a
-/// field reads as its empty value, wherever an empty one is accepted.
-pub(super) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + serde::Deserialize<'de>,
-{
-    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Decodes a JSON request body; `what` names it in the error.

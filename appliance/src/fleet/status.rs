@@ -26,6 +26,5 @@ pub fn fleet_status(active: &Active) -> &'static str {
 pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Response {
     let status = fleet_status(&state.active());
     let code = if status == "HEALTHY" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, axum::Json(serde_json::json!({ "name": "fleet-server", "status": status })))
-        .into_response()
+    (code, axum::Json(super::wire::StatusResponse::new(status))).into_response()
 }

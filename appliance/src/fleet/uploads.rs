@@ -10,31 +10,18 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
 use sha2::Digest as _;
 
+use super::wire::{
+    ActionKind, UploadBeginRequest, UploadBeginResponse, UploadCompleteRequest,
+    UploadCompleteResponse,
+};
 use super::{
     AgentApi, UPLOAD_BEGIN_LIMIT, UPLOAD_CHUNK_SIZE, UPLOAD_END_LIMIT, authenticated, bad_request,
     blocking, wrong_agent,
 };
 use crate::error::ApiError;
 use crate::store::{ChunkRecord, UploadRecord, UploadStatus};
-
-#[derive(Deserialize)]
-struct BeginRequest {
-    action_id: String,
-    agent_id: String,
-    src: String,
-    file: FileInfo,
-}
-
-#[derive(Deserialize)]
-struct FileInfo {
-    name: String,
-    mime_type: String,
-    size: u64,
-}
 
 fn upload_error(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::fleet(StatusCode::BAD_REQUEST, code, message)
@@ -66,7 +53,7 @@ pub async fn begin(
 ) -> Result<Response, ApiError> {
     let agent = authenticated(&api, &headers, None).await?;
     let body = super::read_limited(body, UPLOAD_BEGIN_LIMIT).await?;
-    let request: BeginRequest = super::json_body(&body, "upload request")?;
+    let request: UploadBeginRequest = super::json_body(&body, "upload request")?;
     for (field, value) in [
         ("action_id", &request.action_id),
         ("agent_id", &request.agent_id),
@@ -115,8 +102,9 @@ pub async fn begin(
         // Only what an admin asked for, while the request is live, once: an agent cannot fill
         // the disk on its own accord.
         let action = state.agent_action(&upload.agent_id, &upload.action_id)?;
-        if action.is_none_or(|a| a.kind != "REQUEST_DIAGNOSTICS" || a.expiration <= upload.created)
-        {
+        if action.is_none_or(|a| {
+            a.kind != ActionKind::RequestDiagnostics.as_str() || a.expiration <= upload.created
+        }) {
             return Err(bad_request(format!(
                 "{} is not a live diagnostics request for this agent",
                 upload.action_id
@@ -143,8 +131,8 @@ pub async fn begin(
     })
     .await?;
     tracing::info!(upload = %upload.id, agent = %upload.agent_id, size = upload.size, "upload started");
-    Ok(axum::Json(json!({ "upload_id": upload.id, "chunk_size": upload.chunk_size }))
-        .into_response())
+    let response = UploadBeginResponse { upload_id: &upload.id, chunk_size: upload.chunk_size };
+    Ok(axum::Json(response).into_response())
 }
 
 /// The upload named in the path, if it belongs to the authenticated agent and is still open.
@@ -211,16 +199,6 @@ pub async fn chunk(
     Ok(StatusCode::OK.into_response())
 }
 
-#[derive(Deserialize)]
-struct CompleteRequest {
-    transithash: TransitHash,
-}
-
-#[derive(Deserialize)]
-struct TransitHash {
-    sha256: String,
-}
-
 /// `POST /api/fleet/uploads/{upload_id}`: checks every chunk is there with the right size and
 /// that the transit hash (SHA-256 over the chunk digests in order) matches, then joins them.
 pub async fn complete(
@@ -231,7 +209,7 @@ pub async fn complete(
 ) -> Result<Response, ApiError> {
     let upload = open_upload(&api, &headers, &upload_id).await?;
     let body = super::read_limited(body, UPLOAD_END_LIMIT).await?;
-    let request: CompleteRequest = super::json_body(&body, "upload completion")?;
+    let request: UploadCompleteRequest = super::json_body(&body, "upload completion")?;
     blocking(move || {
         let chunks = api.state.lock().expect("state lock").chunks(&upload.id)?;
         let n = chunk_count(&upload);
@@ -290,7 +268,7 @@ pub async fn complete(
         Ok(())
     })
     .await?;
-    Ok(axum::Json(json!({ "status": "ok" })).into_response())
+    Ok(axum::Json(UploadCompleteResponse::OK).into_response())
 }
 
 /// Joins the chunk files into the upload's file, re-checking each chunk's digest on the way
