@@ -9,8 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::admin::api::{
+    ActionRequest, ActionStatus, ActionsCreated, ActiveRelease, Agent, AgentsQuery, CreateActions,
+    NewToken, Server, StatusReport, Token, TokenCreated, Upload,
+};
 use crate::admin::{PREFIX, SOCKET_FILE, TOKEN_FILE};
 use crate::cli::{
     ActionsCommand, AgentsCommand, DiagnosticsCommand, Expiry, ReassignArgs, SettingsArgs, Targets,
@@ -292,7 +298,7 @@ impl Client {
     /// Connects, checks that the process listening is the data directory's owner or root
     /// (`SO_PEERCRED`, which names the listener however the socket got there), and sends one
     /// request.
-    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
+    fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Answer> {
         let stream = match UnixStream::connect(&self.socket) {
             Ok(stream) => stream,
             // A socket left by a server that died: nothing listens there now.
@@ -320,21 +326,27 @@ impl Client {
         );
         stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
         stream.set_write_timeout(Some(std::time::Duration::from_secs(120)))?;
-        let body = body.map(Value::to_string);
-        exchange(
-            stream,
-            method,
-            &format!("{PREFIX}{path}"),
-            &self.token,
-            body.as_deref().map(str::as_bytes),
-        )
-        .with_context(|| format!("admin API {method} {path}"))
+        exchange(stream, method, &format!("{PREFIX}{path}"), &self.token, body)
+            .with_context(|| format!("admin API {method} {path}"))
     }
 
-    /// Sends a request and returns the JSON answer, or the server's error message.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        self.send(method, path, body)?.json()
+    /// Sends a request without a body and returns the JSON answer, or the server's error
+    /// message.
+    fn call(&self, method: &str, path: &str) -> anyhow::Result<Value> {
+        self.send(method, path, None)?.json()
     }
+
+    /// Sends `request` as JSON and returns the JSON answer, or the server's error message.
+    fn call_with(&self, path: &str, request: &impl Serialize) -> anyhow::Result<Value> {
+        let body = serde_json::to_vec(request)?;
+        self.send("POST", path, Some(&body))?.json()
+    }
+}
+
+/// An answer read as its type in [`crate::admin::api`]. `--json` prints the answer as received
+/// instead, so what it shows is the server's, whatever this CLI reads of it.
+fn typed<T: DeserializeOwned>(answer: &Value) -> anyhow::Result<T> {
+    T::deserialize(answer).context("the admin API's answer is not what this CLI reads")
 }
 
 fn print_json(value: &Value) -> anyhow::Result<()> {
@@ -345,9 +357,16 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => dash(Some(s)),
         other => other.to_string(),
+    }
+}
+
+/// A string as a cell shows it: `-` when absent or empty.
+fn dash(s: Option<&str>) -> String {
+    match s {
+        None | Some("") => "-".into(),
+        Some(s) => s.to_owned(),
     }
 }
 
@@ -364,44 +383,47 @@ fn shown(v: &Value, max: usize) -> String {
     ferry_manifests::terminal::escape(&text(v), max)
 }
 
+/// [`shown`], for a string.
+fn shown_str(s: Option<&str>, max: usize) -> String {
+    ferry_manifests::terminal::escape(&dash(s), max)
+}
+
 pub fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
         TokensCommand::Create { policy, name, json } => {
-            let out = client.call(
-                "POST",
-                "/tokens",
-                Some(&json!({ "policy_id": policy, "name": name })),
-            )?;
+            let request = NewToken { policy_id: policy.clone(), name };
+            let out = client.call_with("/tokens", &request)?;
             if json.json {
                 print_json(&out)?;
             } else {
-                println!("{}", text(&out["token"]));
+                let out: TokenCreated = typed(&out)?;
+                println!("{}", dash(Some(&out.token)));
                 eprintln!(
                     "token {} enrolls agents into policy {policy}; it is shown only now",
-                    text(&out["id"])
+                    dash(Some(&out.id))
                 );
             }
         }
         TokensCommand::List(json) => {
-            let out = client.call("GET", "/tokens", None)?;
+            let out = client.call("GET", "/tokens")?;
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
-            let rows = out.as_array().cloned().unwrap_or_default().into_iter().map(|t| {
-                let state = if t["revoked"] == true { "revoked" } else { "active" };
+            let rows = typed::<Vec<Token>>(&out)?.into_iter().map(|t| {
+                let state = if t.revoked { "revoked" } else { "active" };
                 vec![
-                    text(&t["id"]),
-                    text(&t["policy_id"]),
-                    text(&t["created"]),
+                    dash(Some(&t.id)),
+                    dash(Some(&t.policy_id)),
+                    dash(Some(&t.created)),
                     state.to_owned(),
-                    text(&t["name"]),
+                    dash(t.name.as_deref()),
                 ]
             });
             table(&["ID", "POLICY", "CREATED", "STATE", "NAME"], rows);
         }
         TokensCommand::Revoke { id, json } => {
-            let out = client.call("POST", &format!("/tokens/{id}/revoke"), None)?;
+            let out = client.call("POST", &format!("/tokens/{id}/revoke"))?;
             if json.json {
                 print_json(&out)?;
             } else {
@@ -413,14 +435,14 @@ pub fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCod
 }
 
 /// What `agents list` shows of an upgrade: the state, and the target while it is not reached.
-fn upgrade_cell(a: &Value) -> String {
-    let state = a["upgrade_state"].as_str().unwrap_or("");
+fn upgrade_cell(a: &Agent) -> String {
+    let state = a.upgrade_state.as_deref().unwrap_or("");
     if state.is_empty() {
         return "-".into();
     }
     let state = state.strip_prefix("UPG_").unwrap_or(state).to_ascii_lowercase();
-    let percent = a["upgrade_details"]["metadata"]["download_percent"].as_f64();
-    match (a["upgrade_target"].as_str(), percent) {
+    let percent = a.upgrade_details["metadata"]["download_percent"].as_f64();
+    match (a.upgrade_target.as_deref(), percent) {
         (Some(t), Some(p)) if state == "downloading" => format!("{state} {t} {p:.0}%"),
         (Some(t), _) => format!("{state} {t}"),
         (None, _) => state,
@@ -435,14 +457,14 @@ pub fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCod
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
-            let rows = out.as_array().cloned().unwrap_or_default().into_iter().map(|a| {
+            let rows = typed::<Vec<Agent>>(&out)?.into_iter().map(|a| {
                 vec![
-                    text(&a["id"]),
-                    text(&a["hostname"]),
-                    text(&a["status"]),
-                    text(&a["version"]),
-                    format!("{} rev {}", text(&a["policy_id"]), a["policy_revision"]),
-                    text(&a["last_checkin"]),
+                    dash(Some(&a.id)),
+                    dash(Some(&a.hostname)),
+                    dash(Some(&a.status)),
+                    dash(Some(&a.version)),
+                    format!("{} rev {}", dash(Some(&a.policy_id)), a.policy_revision),
+                    dash(a.last_checkin.as_deref()),
                     upgrade_cell(&a),
                 ]
             });
@@ -452,28 +474,37 @@ pub fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCod
             );
         }
         AgentsCommand::Show { id, json } => {
-            let a = client.call("GET", &format!("/agents/{id}"), None)?;
+            let a = client.call("GET", &format!("/agents/{id}"))?;
             if json.json {
                 return print_json(&a).map(|()| ExitCode::SUCCESS);
             }
-            let show = |key: &str| shown(&a[key], SHOW_MAX);
+            let a: Agent = typed(&a)?;
+            let show = |s: Option<&str>| shown_str(s, SHOW_MAX);
             for (label, value) in [
-                ("id", show("id")),
-                ("hostname", show("hostname")),
-                ("status", show("status")),
-                ("reported", format!("{} {}", show("last_status"), show("last_message"))),
-                ("version", show("version")),
-                ("policy", format!("{} revision {}", show("policy_id"), a["policy_revision"])),
-                ("enrolled", show("enrolled_at")),
-                ("last check-in", show("last_checkin")),
+                ("id", show(Some(&a.id))),
+                ("hostname", show(Some(&a.hostname))),
+                ("status", show(Some(&a.status))),
+                (
+                    "reported",
+                    format!(
+                        "{} {}",
+                        show(a.last_status.as_deref()),
+                        show(a.last_message.as_deref())
+                    ),
+                ),
+                ("version", show(Some(&a.version))),
+                ("policy", format!("{} revision {}", show(Some(&a.policy_id)), a.policy_revision)),
+                ("enrolled", show(Some(&a.enrolled_at))),
+                ("last check-in", show(a.last_checkin.as_deref())),
                 ("upgrade", ferry_manifests::terminal::escape(&upgrade_cell(&a), SHOW_MAX)),
-                ("upgraded at", show("upgraded_at")),
-                ("unenrolled at", show("unenrolled_at")),
-                ("tags", show("tags")),
+                ("upgraded at", show(a.upgraded_at.as_deref())),
+                ("unenrolled at", show(a.unenrolled_at.as_deref())),
+                ("tags", shown(&a.tags, SHOW_MAX)),
             ] {
                 println!("{label:14} {value}");
             }
-            let components = a["components"].as_array().cloned().unwrap_or_default();
+            let components =
+                a.components.as_ref().and_then(Value::as_array).cloned().unwrap_or_default();
             if !components.is_empty() {
                 println!();
                 let rows = components.iter().map(|c| {
@@ -495,14 +526,12 @@ fn list_agents(
     let mut all: Vec<Value> = Vec::new();
     loop {
         let want = limit.map_or(crate::admin::PAGE, |l| (l - all.len()).min(crate::admin::PAGE));
-        let mut query = vec![format!("limit={want}")];
-        if let Some(p) = policy {
-            query.push(format!("policy={}", query_value(p)));
-        }
-        if let Some(last) = all.last() {
-            query.push(format!("after={}", query_value(&text(&last["id"]))));
-        }
-        let page = client.call("GET", &format!("/agents?{}", query.join("&")), None)?;
+        let query = AgentsQuery {
+            policy: policy.map(str::to_owned),
+            limit: Some(want),
+            after: all.last().map(typed::<Agent>).transpose()?.map(|last| last.id),
+        };
+        let page = client.call("GET", &format!("/agents?{}", query_string(&query)?))?;
         let page = page.as_array().cloned().unwrap_or_default();
         let full = page.len() == want;
         all.extend(page);
@@ -510,6 +539,21 @@ fn list_agents(
             return Ok(all);
         }
     }
+}
+
+/// `query`'s members as a query string, named as the server reads them; absent ones left out.
+fn query_string(query: &impl Serialize) -> anyhow::Result<String> {
+    let Value::Object(members) = serde_json::to_value(query)? else {
+        anyhow::bail!("a query is a struct");
+    };
+    Ok(members
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(name, v)| {
+            format!("{name}={}", query_value(&v.as_str().map_or(v.to_string(), str::to_owned)))
+        })
+        .collect::<Vec<_>>()
+        .join("&"))
 }
 
 /// `value` percent-encoded for a query string (everything but RFC 3986's unreserved).
@@ -525,47 +569,50 @@ fn query_value(value: &str) -> String {
         .collect()
 }
 
-/// Creates one action and prints what was queued.
-fn act(
-    client: &Client,
-    mut request: Value,
-    targets: Option<&Targets>,
-    expiry: &Expiry,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    if let Some(t) = targets {
-        request["agents"] = json!(t.agents);
-        request["policy"] = json!(t.policy);
+/// `action` for `targets` (none: a cancel's go to the cancelled action's agents), delivered
+/// until `expiry`.
+fn create(action: ActionRequest, targets: Option<&Targets>, expiry: &Expiry) -> CreateActions {
+    CreateActions {
+        action,
+        agents: targets.map(|t| t.agents.clone()).unwrap_or_default(),
+        policy: targets.and_then(|t| t.policy.clone()),
+        expires_in_seconds: Some(expiry.expires_in_days.saturating_mul(86_400)),
+        start_time: None,
     }
-    request["expires_in_seconds"] = json!(expiry.expires_in_days.saturating_mul(86_400));
-    let out = client.call("POST", "/actions", Some(&request))?;
+}
+
+/// Creates one action and prints what was queued.
+fn act(client: &Client, request: &CreateActions, json: bool) -> anyhow::Result<ExitCode> {
+    let out = client.call_with("/actions", request)?;
     if json {
         return print_json(&out).map(|()| ExitCode::SUCCESS);
     }
-    let agents = out["agents"].as_array().map_or(0, Vec::len);
+    let out: ActionsCreated = typed(&out)?;
     println!(
-        "{} {} queued for {agents} agent(s)",
-        shown(&out["type"], 64),
-        shown(&out["action_id"], 64)
+        "{} {} queued for {} agent(s)",
+        out.kind,
+        shown_str(Some(&out.action_id), 64),
+        out.agents.len()
     );
-    for note in out["notes"].as_array().cloned().unwrap_or_default() {
-        eprintln!("{}", shown(&note, SHOW_MAX));
+    for note in &out.notes {
+        eprintln!("{}", shown_str(Some(note), SHOW_MAX));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn upgrade(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
-    let request =
-        json!({ "type": "UPGRADE", "version": args.version, "start_time": args.start_time });
-    act(&client, request, Some(&args.targets), &args.expiry, args.json.json)
+    let action = ActionRequest::Upgrade { version: args.version.clone() };
+    let mut request = create(action, Some(&args.targets), &args.expiry);
+    request.start_time.clone_from(&args.start_time);
+    act(&client, &request, args.json.json)
 }
 
 pub fn unenroll(config: &Config, args: &UnenrollArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     if args.revoke {
         for id in &args.agents {
-            client.call("POST", &format!("/agents/{id}/revoke"), None)?;
+            client.call("POST", &format!("/agents/{id}/revoke"))?;
             if !args.json.json {
                 println!("revoked {id}: its key no longer works");
             }
@@ -576,76 +623,74 @@ pub fn unenroll(config: &Config, args: &UnenrollArgs) -> anyhow::Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let targets = Targets { agents: args.agents.clone(), policy: None };
-    act(&client, json!({ "type": "UNENROLL" }), Some(&targets), &args.expiry, args.json.json)
+    let request = create(ActionRequest::Unenroll, Some(&targets), &args.expiry);
+    act(&client, &request, args.json.json)
 }
 
 pub fn reassign(config: &Config, args: &ReassignArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     let targets = Targets { agents: args.agents.clone(), policy: None };
-    let request = json!({ "type": "POLICY_REASSIGN", "policy_id": args.policy });
-    act(&client, request, Some(&targets), &args.expiry, args.json.json)
+    let action = ActionRequest::PolicyReassign { policy_id: args.policy.clone() };
+    act(&client, &create(action, Some(&targets), &args.expiry), args.json.json)
 }
 
 pub fn settings(config: &Config, args: &SettingsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
-    let request = json!({ "type": "SETTINGS", "log_level": args.log_level });
-    act(&client, request, Some(&args.targets), &args.expiry, args.json.json)
+    let action = ActionRequest::Settings { log_level: args.log_level.clone() };
+    act(&client, &create(action, Some(&args.targets), &args.expiry), args.json.json)
 }
 
 pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
         DiagnosticsCommand::Request { targets, metrics, expiry, json } => {
-            let request = json!({ "type": "REQUEST_DIAGNOSTICS", "additional_metrics": metrics });
-            act(&client, request, Some(&targets), &expiry, json.json)
+            let action = ActionRequest::RequestDiagnostics { additional_metrics: metrics };
+            act(&client, &create(action, Some(&targets), &expiry), json.json)
         }
         DiagnosticsCommand::List(json) => {
-            let out = client.call("GET", "/uploads", None)?;
+            let out = client.call("GET", "/uploads")?;
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
-            let rows = out.as_array().cloned().unwrap_or_default().into_iter().map(|u| {
+            let rows = typed::<Vec<Upload>>(&out)?.into_iter().map(|u| {
                 vec![
-                    text(&u["id"]),
-                    text(&u["agent_id"]),
-                    text(&u["status"]),
-                    text(&u["size"]),
-                    text(&u["created"]),
-                    text(&u["name"]),
+                    dash(Some(&u.id)),
+                    dash(Some(&u.agent_id)),
+                    dash(Some(&u.status)),
+                    u.size.to_string(),
+                    dash(Some(&u.created)),
+                    dash(Some(&u.name)),
                 ]
             });
             table(&["UPLOAD", "AGENT", "STATUS", "SIZE", "CREATED", "FILE"], rows);
             Ok(ExitCode::SUCCESS)
         }
         DiagnosticsCommand::Get { upload_id, output, force, json } => {
-            let list = client.call("GET", "/uploads", None)?;
-            let upload = list
-                .as_array()
-                .and_then(|l| l.iter().find(|u| u["id"] == upload_id.as_str()).cloned())
-                .ok_or_else(|| {
-                    AdminRefusal(format!(
-                        "no upload {} (see `diagnostics list`)",
-                        ferry_manifests::terminal::escape(&upload_id, 128)
-                    ))
-                })?;
+            let list: Vec<Upload> = typed(&client.call("GET", "/uploads")?)?;
+            let upload = list.into_iter().find(|u| u.id == upload_id).ok_or_else(|| {
+                AdminRefusal(format!(
+                    "no upload {} (see `diagnostics list`)",
+                    ferry_manifests::terminal::escape(&upload_id, 128)
+                ))
+            })?;
             // The agent's file name is never used as a path (`../../.bashrc`); ours is.
             let (output, replace) = match output {
                 Some(path) => (path, force),
                 None => {
-                    (PathBuf::from(default_name(&text(&upload["agent_id"]), &upload_id)), false)
+                    (PathBuf::from(default_name(&dash(Some(&upload.agent_id)), &upload_id)), false)
                 }
             };
             refuse_existing(&output, replace)?;
             let answer = client
                 .send("GET", &format!("/uploads/{}/file", query_value(&upload_id)), None)?
                 .success()?;
-            let (bytes, sha) = save(answer.body, &output, replace, upload["sha256"].as_str())?;
+            let (bytes, sha) = save(answer.body, &output, replace, upload.sha256.as_deref())?;
             if json.json {
                 print_json(&json!({
                     "upload_id": upload_id,
-                    "agent_id": upload["agent_id"],
+                    "agent_id": upload.agent_id,
                     "path": output,
-                    "agent_file_name": upload["name"],
+                    "agent_file_name": upload.name,
                     "bytes": bytes,
                     "sha256": sha,
                 }))?;
@@ -653,7 +698,7 @@ pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Resu
                 println!(
                     "{} ({bytes} bytes, sha256 {sha}; the agent named it \"{}\")",
                     output.display(),
-                    shown(&upload["name"], 256)
+                    shown_str(Some(&upload.name), 256)
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -755,20 +800,20 @@ pub fn actions(config: &Config, command: ActionsCommand) -> anyhow::Result<ExitC
     let client = Client::new(config)?;
     match command {
         ActionsCommand::Show { action_id, json } => {
-            let out = client.call("GET", &format!("/actions/{action_id}"), None)?;
+            let out = client.call("GET", &format!("/actions/{action_id}"))?;
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
-            let rows = out["agents"].as_array().cloned().unwrap_or_default().into_iter().map(|a| {
-                let state = if a["acknowledged"] == true { "acknowledged" } else { "pending" };
-                vec![text(&a["agent_id"]), state.to_owned(), text(&a["error"])]
+            let rows = typed::<ActionStatus>(&out)?.agents.into_iter().map(|a| {
+                let state = if a.acknowledged { "acknowledged" } else { "pending" };
+                vec![dash(Some(&a.agent_id)), state.to_owned(), dash(a.error.as_deref())]
             });
             table(&["AGENT", "STATE", "ERROR"], rows);
             Ok(ExitCode::SUCCESS)
         }
         ActionsCommand::Cancel { action_id, json } => {
-            let request = json!({ "type": "CANCEL", "target_id": action_id });
-            act(&client, request, None, &Expiry { expires_in_days: 30 }, json.json)
+            let action = ActionRequest::Cancel { target_id: action_id };
+            act(&client, &create(action, None, &Expiry { expires_in_days: 30 }), json.json)
         }
     }
 }
@@ -781,66 +826,65 @@ pub fn status(
     keys: &ferry_manifests::TrustedKeys,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let running = match Client::new(config).and_then(|c| c.call("GET", "/status", None)) {
+    let running = match Client::new(config).and_then(|c| c.call("GET", "/status")) {
         Ok(report) => Some(report),
         // No socket, or one nothing listens on (a server that died).
         Err(e) if e.chain().any(|cause| cause.is::<ServerDown>()) => None,
         Err(e) => return Err(e),
     };
-    let report = match running {
+    let answer = match running {
         Some(report) => report,
-        None => stopped_status(config, keys)?,
+        None => serde_json::to_value(stopped_status(config, keys)?)?,
     };
+    let report: StatusReport = typed(&answer)?;
     if as_json {
-        print_json(&report)?;
+        print_json(&answer)?;
     } else {
-        let release = |v: &Value| match v {
-            Value::Null => "none".to_owned(),
-            v => format!("{} {}", text(&v["name"]), v["sequence"]),
-        };
-        let server = match report["status"].as_str() {
+        let release = |a: &ActiveRelease| format!("{} {}", dash(Some(&a.name)), a.sequence);
+        let server = match &report.status {
             Some(status) => format!("running; /api/status answers {status}"),
             None => "stopped (start it with `ferry-appliance serve`)".to_owned(),
         };
-        let active = match (&report["active"], report["loaded"] == true) {
-            (Value::Null, _) => "none".to_owned(),
-            (a, true) => format!("{}, verified", release(a)),
-            (a, false) => format!("{}, does not verify ({})", release(a), text(&report["check"])),
+        let active = match (&report.active, report.loaded) {
+            (None, _) => "none".to_owned(),
+            (Some(a), true) => format!("{}, verified", release(a)),
+            (Some(a), false) => {
+                format!("{}, does not verify ({})", release(a), dash(report.check.as_deref()))
+            }
         };
-        let by_status: Vec<String> = report["agents"]["by_status"]
-            .as_object()
-            .map(|m| m.iter().map(|(status, n)| format!("{status} {n}")).collect())
-            .unwrap_or_default();
+        let by_status: Vec<String> =
+            report.agents.by_status.iter().map(|(status, n)| format!("{status} {n}")).collect();
         println!("server  {server}");
         println!("active  {active}");
-        if report["server"] == "running" {
-            let served = if report["served"] == true {
-                release(&report["active"])
-            } else {
-                "nothing".to_owned()
-            };
+        if report.server == Server::Running {
+            let served = report.active.as_ref().filter(|_| report.served);
+            let served = served.map_or_else(|| "nothing".to_owned(), release);
             println!("served  {served}");
         }
-        let total = &report["agents"]["total"];
+        let total = report.agents.total;
         if by_status.is_empty() {
             println!("agents  {total}");
         } else {
             println!("agents  {total} ({})", by_status.join(", "));
         }
-        if let Some(n) = report["agents"]["reports_trimmed"].as_u64().filter(|n| *n > 0) {
+        if let Some(n) = report.agents.reports_trimmed.filter(|n| *n > 0) {
             println!(
                 "        {n} check-in report(s) had fields over their caps (see the server's log)"
             );
         }
-        if let Some(message) = report["message"].as_str() {
+        if let Some(message) = &report.message {
             println!("{message}");
         }
     }
-    Ok(if report["status"] == "HEALTHY" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let healthy = report.status.as_deref() == Some(crate::fleet::status::HEALTHY);
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// The report of `status` when no server runs: what `serve` would load, from the data directory.
-fn stopped_status(config: &Config, keys: &ferry_manifests::TrustedKeys) -> anyhow::Result<Value> {
+fn stopped_status(
+    config: &Config,
+    keys: &ferry_manifests::TrustedKeys,
+) -> anyhow::Result<StatusReport> {
     let (pointer, views) = match crate::store::open_existing(&config.data_dir)? {
         Some(store) => (store.active()?, store.agent_views(&crate::store::AgentPage::default())?),
         None => (None, Vec::new()),

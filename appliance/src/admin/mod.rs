@@ -5,6 +5,7 @@
 //! `reassign`, `settings`, `diagnostics` and `actions` commands are its clients. Actions are
 //! created here, in the serving process, so a parked check-in of a targeted agent wakes at once.
 
+pub(crate) mod api;
 pub mod client;
 
 use std::path::{Path, PathBuf};
@@ -19,13 +20,20 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use self::api::{
+    ActionRequest, ActionStatus, ActionTarget, ActionsCreated, ActiveRelease, Agent, AgentCounts,
+    AgentsQuery, CreateActions, NewToken, Revoked, Server, StatusReport, Token, TokenCreated,
+    Upload,
+};
 use crate::app::AppState;
 use crate::credentials::ApiKey;
 use crate::error::ApiError;
 use crate::fleet::hub::Hub;
+use crate::fleet::wire::{
+    ActionKind, CancelData, PolicyReassignData, RequestDiagnosticsData, SettingsData, UpgradeData,
+};
 use crate::store::{
     ActionEffect, AgentPage, AgentView, Db, NewAction, NewEnrollmentToken, Store, StoreError,
     UploadStatus,
@@ -263,29 +271,33 @@ fn require_policy(app: &AppState, policy_id: &str) -> Result<(), ApiError> {
 /// runs, from the data directory: the active release, whether it verifies (`loaded`) and is
 /// served, what `/api/status` answers (`null` without a server), the trouble in the words
 /// `serve` logs, and the enrolled agents by status.
-pub fn status_report(
+pub(crate) fn status_report(
     running: bool,
     active: &crate::release::Active,
     agents: &std::collections::BTreeMap<&str, usize>,
-) -> Value {
+) -> StatusReport {
     use crate::release::Active;
     let loaded = matches!(active, Active::Ready(_));
-    json!({
-        "server": if running { "running" } else { "stopped" },
-        "status": running.then(|| crate::fleet::status::fleet_status(active)),
-        "active": active.pointer().map(|(name, sequence)| json!({ "name": name, "sequence": sequence })),
-        "loaded": loaded,
-        "served": running && loaded,
-        "check": match active {
-            Active::Unusable { check, .. } => Some(*check),
+    StatusReport {
+        server: if running { Server::Running } else { Server::Stopped },
+        status: running.then(|| crate::fleet::status::fleet_status(active).to_owned()),
+        active: active
+            .pointer()
+            .map(|(name, sequence)| ActiveRelease { name: name.to_owned(), sequence }),
+        loaded,
+        served: running && loaded,
+        check: match active {
+            Active::Unusable { check, .. } => Some((*check).to_owned()),
             _ => None,
         },
-        "message": active.trouble(),
-        "agents": {
-            "total": agents.values().sum::<usize>(),
-            "by_status": agents,
+        message: active.trouble(),
+        agents: AgentCounts {
+            total: agents.values().sum(),
+            by_status: agents.iter().map(|(status, n)| ((*status).to_owned(), *n)).collect(),
+            reports_trimmed: None,
+            checkins_superseded: None,
         },
-    })
+    }
 }
 
 /// Counts enrolled agents by the status `agents list` shows.
@@ -312,16 +324,9 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     let mut report = status_report(true, &admin.app.active(), &agents);
     // Since start, what no honest agent does (the server logs each such agent once): reports
     // with fields over their caps, and check-ins superseded by a newer one of the same agent.
-    report["agents"]["reports_trimmed"] = json!(admin.hub.trimmed.count());
-    report["agents"]["checkins_superseded"] = json!(admin.hub.superseded.count());
+    report.agents.reports_trimmed = Some(admin.hub.trimmed.count());
+    report.agents.checkins_superseded = Some(admin.hub.superseded.count());
     Ok(axum::Json(report).into_response())
-}
-
-#[derive(Deserialize)]
-struct NewToken {
-    policy_id: String,
-    #[serde(default)]
-    name: Option<String>,
 }
 
 async fn create_token(
@@ -330,7 +335,12 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     require_policy(&admin.app, &request.policy_id)?;
     let key = ApiKey::mint();
-    let out = json!({ "id": key.id().as_str(), "token": key.encoded(), "policy_id": request.policy_id, "name": request.name });
+    let out = TokenCreated {
+        id: key.id().to_string(),
+        token: key.encoded(),
+        policy_id: request.policy_id.clone(),
+        name: request.name.clone(),
+    };
     let token = NewEnrollmentToken {
         id: key.id().to_string(),
         secret_sha256: key.secret_hash().to_hex(),
@@ -344,6 +354,16 @@ async fn create_token(
 
 async fn list_tokens(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     let tokens = db(&admin, |s| Ok(s.enrollment_tokens()?)).await?;
+    let tokens: Vec<Token> = tokens
+        .into_iter()
+        .map(|t| Token {
+            id: t.id,
+            policy_id: t.policy_id,
+            name: t.name,
+            created: t.created,
+            revoked: t.revoked,
+        })
+        .collect();
     Ok(axum::Json(tokens).into_response())
 }
 
@@ -355,15 +375,55 @@ async fn revoke_token(
     if !db(&admin, move |s| Ok(s.revoke_enrollment_token(&id)?)).await? {
         return Err(not_found(msg));
     }
-    Ok(axum::Json(json!({ "revoked": true })).into_response())
+    Ok(axum::Json(Revoked { revoked: true }).into_response())
 }
 
-/// An agent with the status the admin sees.
-#[derive(Serialize)]
-struct AgentOut {
-    status: &'static str,
-    #[serde(flatten)]
-    view: AgentView,
+/// Everything known about an agent, with the status the admin sees.
+fn agent_out(view: AgentView, status: &str) -> Agent {
+    // Taken apart member by member: a new one in the store is a decision here, to show or not.
+    let AgentView {
+        id,
+        active,
+        policy_id,
+        policy_revision,
+        version,
+        hostname,
+        enrolled_at,
+        last_checkin,
+        last_status,
+        last_message,
+        tags,
+        local_metadata,
+        components,
+        upgrade_state,
+        upgrade_target,
+        upgrade_details,
+        upgraded_at,
+        unenrolled_at,
+        audit_unenroll_reason,
+    } = view;
+    Agent {
+        status: status.to_owned(),
+        id,
+        active,
+        policy_id,
+        policy_revision,
+        version,
+        hostname,
+        enrolled_at,
+        last_checkin,
+        last_status,
+        last_message,
+        tags,
+        local_metadata: Some(local_metadata),
+        components: Some(components),
+        upgrade_state,
+        upgrade_target,
+        upgrade_details,
+        upgraded_at,
+        unenrolled_at,
+        audit_unenroll_reason,
+    }
 }
 
 /// `unenrolled`, `enrolled` (never checked in), `offline`, `updating`, or what the agent
@@ -391,16 +451,6 @@ fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'stati
     }
 }
 
-/// `GET /agents`: a page of the list, in enrollment order (`enrolled_at`, then id).
-#[derive(Deserialize)]
-struct AgentFilter {
-    policy: Option<String>,
-    /// At most this many agents (default [`PAGE`]).
-    limit: Option<usize>,
-    /// The page starts after this agent id: the last one of the previous page.
-    after: Option<String>,
-}
-
 /// Agents per page of `GET /agents` unless asked otherwise: a page stays a few MB even when
 /// each agent carries what the list keeps.
 pub const PAGE: usize = 1000;
@@ -408,21 +458,14 @@ pub const PAGE: usize = 1000;
 /// What the list shows of an agent: everything but the bulky fields an agent fills as it
 /// likes (`local_metadata`, `components`, `upgrade_details`), of which only the download
 /// progress the UPGRADE column shows is kept. `GET /agents/{id}` has them all.
-fn list_entry(agent: &AgentOut) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(agent).map_err(|e| ApiError::Internal(e.into()))?;
-    let percent = v.pointer("/upgrade_details/metadata/download_percent").cloned();
-    if let Some(map) = v.as_object_mut() {
-        map.remove("local_metadata");
-        map.remove("components");
-        map.insert(
-            "upgrade_details".into(),
-            match percent {
-                Some(p) => json!({ "metadata": { "download_percent": p } }),
-                None => Value::Null,
-            },
-        );
-    }
-    Ok(v)
+fn list_entry(mut agent: Agent) -> Agent {
+    let percent = agent.upgrade_details.pointer("/metadata/download_percent").cloned();
+    (agent.local_metadata, agent.components) = (None, None);
+    agent.upgrade_details = match percent {
+        Some(p) => json!({ "metadata": { "download_percent": p } }),
+        None => Value::Null,
+    };
+    agent
 }
 
 /// Agents as the admin sees them, with their status, after writing the check-in reports still
@@ -430,7 +473,7 @@ fn list_entry(agent: &AgentOut) -> Result<Value, ApiError> {
 async fn agents(
     admin: &Arc<Admin>,
     read: impl FnOnce(&mut dyn Store) -> Result<Vec<AgentView>, ApiError> + Send + 'static,
-) -> Result<Vec<AgentOut>, ApiError> {
+) -> Result<Vec<Agent>, ApiError> {
     flush(admin).await?;
     let offline_after = admin.offline_after;
     db(admin, move |s| {
@@ -438,7 +481,10 @@ async fn agents(
         let now = crate::clock::now_rfc3339();
         Ok(views
             .into_iter()
-            .map(|view| AgentOut { status: agent_status(&view, &now, offline_after), view })
+            .map(|view| {
+                let status = agent_status(&view, &now, offline_after);
+                agent_out(view, status)
+            })
             .collect())
     })
     .await
@@ -453,7 +499,7 @@ async fn flush(admin: &Arc<Admin>) -> Result<(), ApiError> {
 
 async fn list_agents(
     State(admin): State<Arc<Admin>>,
-    Query(filter): Query<AgentFilter>,
+    Query(filter): Query<AgentsQuery>,
 ) -> Result<Response, ApiError> {
     let limit = filter.limit.unwrap_or(PAGE);
     let page = AgentPage { policy: filter.policy, after: filter.after, limit: Some(limit) };
@@ -467,7 +513,7 @@ async fn list_agents(
     if limit == 0 {
         return Err(bad("limit must be at least 1"));
     }
-    let page = list.iter().map(list_entry).collect::<Result<Vec<_>, _>>()?;
+    let page: Vec<Agent> = list.into_iter().map(list_entry).collect();
     Ok(axum::Json(page).into_response())
 }
 
@@ -498,46 +544,7 @@ async fn revoke_agent(
     }
     admin.hub.wake([&id]);
     tracing::warn!(agent = %id, "agent revoked by the admin");
-    Ok(axum::Json(json!({ "revoked": true })).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
-enum ActionRequest {
-    Upgrade {
-        version: String,
-    },
-    Unenroll,
-    PolicyReassign {
-        policy_id: String,
-    },
-    Settings {
-        log_level: String,
-    },
-    RequestDiagnostics {
-        #[serde(default)]
-        additional_metrics: Vec<String>,
-    },
-    Cancel {
-        target_id: String,
-    },
-}
-
-#[derive(Deserialize)]
-struct CreateActions {
-    #[serde(flatten)]
-    action: ActionRequest,
-    /// Target agents by id…
-    #[serde(default)]
-    agents: Vec<String>,
-    /// …or every active agent of a policy.
-    #[serde(default)]
-    policy: Option<String>,
-    #[serde(default)]
-    expires_in_seconds: Option<u64>,
-    /// RFC 3339; only upgrades are scheduled by agents.
-    #[serde(default)]
-    start_time: Option<String>,
+    Ok(axum::Json(Revoked { revoked: true }).into_response())
 }
 
 /// An UPGRADE target: a version as Elastic names releases (`9.2.2`, `9.3.0-SNAPSHOT`,
@@ -568,11 +575,17 @@ fn release_platforms(release: &crate::release::Release, version: &str) -> Vec<St
     platforms
 }
 
+/// An action's data as agents receive it: stored as this text, delivered as it is.
+fn action_data(data: &impl serde::Serialize) -> Result<String, ApiError> {
+    serde_json::to_string(data).map_err(|e| ApiError::Internal(e.into()))
+}
+
 async fn create_actions(
     State(admin): State<Arc<Admin>>,
     axum::Json(request): axum::Json<CreateActions>,
 ) -> Result<Response, ApiError> {
-    let (kind, data, effect, mut notes) = match &request.action {
+    let kind = request.action.kind();
+    let (data, effect, mut notes) = match &request.action {
         ActionRequest::Upgrade { version } => {
             valid_version(version).map_err(bad)?;
             let release = served(&admin.app, &format!("upgrade to {version}"))?;
@@ -582,16 +595,17 @@ async fn create_actions(
                     "the active release has no Elastic Agent {version}: agents could not download it"
                 )));
             }
-            let data = json!({ "version": version, "source_uri": format!("{}/downloads/", admin.public_base) });
+            let source_uri = format!("{}/downloads/", admin.public_base);
+            let data = action_data(&UpgradeData { version, source_uri: &source_uri })?;
             let state = crate::fleet::upgrade::REQUESTED.to_owned();
             let effect = ActionEffect::Upgrade { version: version.clone(), state };
-            ("UPGRADE", Some(data), effect, vec![format!("archives for: {}", platforms.join(", "))])
+            (Some(data), effect, vec![format!("archives for: {}", platforms.join(", "))])
         }
-        ActionRequest::Unenroll => ("UNENROLL", None, ActionEffect::None, vec![]),
+        ActionRequest::Unenroll => (None, ActionEffect::None, vec![]),
         ActionRequest::PolicyReassign { policy_id } => {
             require_policy(&admin.app, policy_id)?;
             let effect = ActionEffect::Reassign { policy_id: policy_id.clone() };
-            ("POLICY_REASSIGN", Some(json!({ "policy_id": policy_id })), effect, vec![])
+            (Some(action_data(&PolicyReassignData { policy_id })?), effect, vec![])
         }
         ActionRequest::Settings { log_level } => {
             if !["trace", "debug", "info", "warning", "error", ""].contains(&log_level.as_str()) {
@@ -599,7 +613,7 @@ async fn create_actions(
                     "log level {log_level:?} is not one of trace, debug, info, warning, error (or empty to clear)"
                 )));
             }
-            ("SETTINGS", Some(json!({ "log_level": log_level })), ActionEffect::None, vec![])
+            (Some(action_data(&SettingsData { log_level })?), ActionEffect::None, vec![])
         }
         ActionRequest::RequestDiagnostics { additional_metrics } => {
             if let Some(m) =
@@ -607,13 +621,13 @@ async fn create_actions(
             {
                 return Err(bad(format!("additional metric {m:?} is not CPU or CONN")));
             }
-            let data = json!({ "additional_metrics": additional_metrics });
-            ("REQUEST_DIAGNOSTICS", Some(data), ActionEffect::None, vec![])
+            let data = action_data(&RequestDiagnosticsData { additional_metrics })?;
+            (Some(data), ActionEffect::None, vec![])
         }
         ActionRequest::Cancel { target_id } => {
             // Whether it cancels an upgrade is known once the target is read, below.
             let effect = ActionEffect::Cancel { target_id: target_id.clone(), upgrade_state: None };
-            ("CANCEL", Some(json!({ "target_id": target_id })), effect, vec![])
+            (Some(action_data(&CancelData { target_id })?), effect, vec![])
         }
     };
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
@@ -668,7 +682,8 @@ async fn create_actions(
         // Cancelling an upgrade also ends the upgrade state of the agents it is for.
         let effect = match effect {
             ActionEffect::Cancel { target_id, .. } => {
-                let upgrade = s.action(&target_id)?.is_some_and(|a| a.kind == "UPGRADE");
+                let upgrade =
+                    s.action(&target_id)?.is_some_and(|a| a.kind == ActionKind::Upgrade.as_str());
                 let upgrade_state = upgrade.then(|| crate::fleet::upgrade::CANCELLED.to_owned());
                 ActionEffect::Cancel { target_id, upgrade_state }
             }
@@ -677,8 +692,8 @@ async fn create_actions(
         let created = ferry_manifests::rfc3339(now);
         s.create_action(&NewAction {
             id,
-            kind: kind.to_owned(),
-            data: data.map(|d| d.to_string()),
+            kind: kind.as_str().to_owned(),
+            data,
             created_at: created.clone(),
             start_time,
             expiration,
@@ -689,18 +704,12 @@ async fn create_actions(
     })
     .await?;
     admin.hub.wake(&agents);
-    tracing::info!(action = %action_id, kind, agents = agents.len(), "action queued");
-    if kind == "UPGRADE" {
+    tracing::info!(action = %action_id, %kind, agents = agents.len(), "action queued");
+    if kind == ActionKind::Upgrade {
         notes.push("progress: `ferry-appliance agents list` (UPGRADE column)".into());
     }
-    Ok(axum::Json(json!({
-        "action_id": action_id,
-        "type": kind,
-        "created_at": created,
-        "agents": agents,
-        "notes": notes,
-    }))
-    .into_response())
+    Ok(axum::Json(ActionsCreated { action_id, kind, created_at: created, agents, notes })
+        .into_response())
 }
 
 async fn show_action(
@@ -712,15 +721,35 @@ async fn show_action(
     if targets.is_empty() {
         return Err(not_found(format!("no action {id}")));
     }
-    let agents: Vec<Value> = targets
+    let agents = targets
         .into_iter()
-        .map(|t| json!({ "agent_id": t.agent_id, "acknowledged": t.ack.is_some(), "error": t.ack.flatten() }))
+        .map(|t| ActionTarget {
+            agent_id: t.agent_id,
+            acknowledged: t.ack.is_some(),
+            error: t.ack.flatten(),
+        })
         .collect();
-    Ok(axum::Json(json!({ "action_id": id, "agents": agents })).into_response())
+    Ok(axum::Json(ActionStatus { action_id: id, agents }).into_response())
 }
 
 async fn list_uploads(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     let uploads = db(&admin, |s| Ok(s.uploads()?)).await?;
+    let uploads: Vec<Upload> = uploads
+        .into_iter()
+        .map(|u| Upload {
+            id: u.id,
+            action_id: u.action_id,
+            agent_id: u.agent_id,
+            name: u.name,
+            mime_type: u.mime_type,
+            size: u.size,
+            chunk_size: u.chunk_size,
+            status: u.status.to_string(),
+            created: u.created,
+            completed: u.completed,
+            sha256: u.sha256,
+        })
+        .collect();
     Ok(axum::Json(uploads).into_response())
 }
 

@@ -9,13 +9,16 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 use crate::release::Active;
 
+/// The status of a Fleet Server that serves: the only one answered with 200.
+pub(crate) const HEALTHY: &str = "HEALTHY";
+
 /// What `/api/status` answers for `active`, by Fleet Server's rules for a server that is not
 /// ready (fleet-server internal/pkg/policy/self.go): `STARTING` while it waits for its policy
 /// (here: no release was ever activated), `FAILED` when what it should run cannot be read (the
 /// active release does not verify, so nothing is served), `HEALTHY` otherwise.
 pub fn fleet_status(active: &Active) -> &'static str {
     match active {
-        Active::Ready(_) => "HEALTHY",
+        Active::Ready(_) => HEALTHY,
         Active::None => "STARTING",
         Active::Unusable { .. } => "FAILED",
     }
@@ -25,6 +28,6 @@ pub fn fleet_status(active: &Active) -> &'static str {
 /// (fleet-server internal/pkg/api/handleStatus.go); no version without an API key, and never 401.
 pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Response {
     let status = fleet_status(&state.active());
-    let code = if status == "HEALTHY" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if status == HEALTHY { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(super::wire::StatusResponse::new(status))).into_response()
 }

@@ -43,19 +43,19 @@ macro_rules! action_kinds {
 }
 
 action_kinds! {
-    /// Carries the version and where to download it.
+    /// Carries [`UpgradeData`].
     Upgrade = "UPGRADE",
     /// No data: the agent stops, acknowledges, and its key is revoked on the ack.
     Unenroll = "UNENROLL",
     /// Never stored: made at check-in from the policy the agent should run (§4.3).
     PolicyChange = "POLICY_CHANGE",
-    /// Carries the new policy id.
+    /// Carries [`PolicyReassignData`].
     PolicyReassign = "POLICY_REASSIGN",
-    /// Carries a log level.
+    /// Carries [`SettingsData`].
     Settings = "SETTINGS",
-    /// Carries the extra metrics to collect; the one kind that opens an upload.
+    /// Carries [`RequestDiagnosticsData`]; the one kind that opens an upload.
     RequestDiagnostics = "REQUEST_DIAGNOSTICS",
-    /// Carries the id of the action cancelled; agents never acknowledge it.
+    /// Carries [`CancelData`]; agents never acknowledge it.
     Cancel = "CANCEL",
 }
 
@@ -231,11 +231,44 @@ impl<'a> Action<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 pub(crate) enum ActionData<'a> {
-    /// As stored when the action was created, copied as it is; `None` (UNENROLL) is `null`.
+    /// As stored when the action was created (one of the `*Data` types below), copied as it
+    /// is; `None` (UNENROLL) is `null`.
     Stored(Option<&'a RawValue>),
     /// `actionPolicyChange`: the policy, serialised once per release and copied into each
     /// response rather than encoded again for each of the agents a new release wakes at once.
     PolicyChange { policy: &'a RawValue },
+}
+
+/// `actionUpgrade`.
+#[derive(Serialize)]
+pub(crate) struct UpgradeData<'a> {
+    pub(crate) version: &'a str,
+    /// Where the agent downloads from: this appliance's mirror (`…/downloads/`).
+    pub(crate) source_uri: &'a str,
+}
+
+/// `actionPolicyReassign`.
+#[derive(Serialize)]
+pub(crate) struct PolicyReassignData<'a> {
+    pub(crate) policy_id: &'a str,
+}
+
+/// `actionSettings`.
+#[derive(Serialize)]
+pub(crate) struct SettingsData<'a> {
+    pub(crate) log_level: &'a str,
+}
+
+/// `actionRequestDiagnostics`.
+#[derive(Serialize)]
+pub(crate) struct RequestDiagnosticsData<'a> {
+    pub(crate) additional_metrics: &'a [String],
+}
+
+/// `actionCancel`.
+#[derive(Serialize)]
+pub(crate) struct CancelData<'a> {
+    pub(crate) target_id: &'a str,
 }
 
 /// `ackRequest` (elastic-agent pkg/fleetapi/ack_cmd.go `AckRequest`): `events` has no
@@ -530,6 +563,37 @@ mod tests {
         conforms(&v["actions"][0], ACTION.0, ACTION.1);
         // `actionPolicyChange`: `policy` is required.
         conforms(&v["actions"][0]["data"], &[("policy", Type::Object)], &[]);
+    }
+
+    #[test]
+    fn action_data_are_their_schemas() {
+        use Type::*;
+        let metrics = ["CPU".to_owned()];
+        for (data, required, optional) in [
+            (
+                serde_json::to_value(UpgradeData { version: "9.2.2", source_uri: "u" }),
+                &[("version", String)][..],
+                &[("source_uri", String), ("rollback", Boolean)][..],
+            ),
+            (
+                serde_json::to_value(PolicyReassignData { policy_id: "p" }),
+                &[("policy_id", String)],
+                &[],
+            ),
+            (
+                serde_json::to_value(SettingsData { log_level: "debug" }),
+                &[],
+                &[("log_level", String)],
+            ),
+            (
+                serde_json::to_value(RequestDiagnosticsData { additional_metrics: &metrics }),
+                &[],
+                &[("additional_metrics", Array), ("exclude_events_log", Boolean)],
+            ),
+            (serde_json::to_value(CancelData { target_id: "a" }), &[("target_id", String)], &[]),
+        ] {
+            conforms(&data.unwrap(), required, optional);
+        }
     }
 
     #[test]
