@@ -1,6 +1,7 @@
 //! The Fleet agent API: what a stock Elastic Agent calls (fleet-protocol.md §3). Shared here:
 //! the API's state, the header rules every route applies (API version, User-Agent, access
-//! keys), and request bodies with their caps. Each endpoint family has its own module.
+//! keys), and request bodies with their caps. Each endpoint family has its own module; the
+//! bodies agents send and read are typed in `wire`.
 
 pub mod acks;
 pub mod checkin;
