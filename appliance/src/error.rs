@@ -38,6 +38,17 @@ impl ApiError {
     }
 }
 
+/// Fleet Server's error body (fleet-server internal/pkg/api/error.go, `HTTPErrResp`): agents log
+/// `error` and `message`.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+    error: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error, message) = match self {
@@ -67,7 +78,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "BadRequest", "internal error".to_owned())
             }
         };
-        let body = serde_json::json!({ "statusCode": status.as_u16(), "error": error, "message": message });
+        let body = ErrorBody { status_code: status.as_u16(), error, message: &message };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(
