@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::release::{Active, Release};
 
 /// What every handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     pub blobs: BlobStore,
     /// The active release as last loaded: served when it verified, otherwise nothing is.
     /// Replaced when an import or rollback changes it.
@@ -25,7 +25,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(blobs: BlobStore, crl: Option<Vec<u8>>) -> Self {
+    pub(crate) fn new(blobs: BlobStore, crl: Option<Vec<u8>>) -> Self {
         Self {
             blobs,
             release: RwLock::new(Active::None),
@@ -35,16 +35,16 @@ impl AppState {
     }
 
     /// The release served now: the active one, when it verified.
-    pub fn current(&self) -> Option<Arc<Release>> {
+    pub(crate) fn current(&self) -> Option<Arc<Release>> {
         self.served_or_trouble().ok()
     }
 
-    pub fn active(&self) -> Active {
+    pub(crate) fn active(&self) -> Active {
         self.release.read().expect("release lock").clone()
     }
 
     /// The release served now, or why there is none in the words `releases` and `serve` use.
-    pub fn served_or_trouble(&self) -> Result<Arc<Release>, String> {
+    pub(crate) fn served_or_trouble(&self) -> Result<Arc<Release>, String> {
         match self.active() {
             Active::Ready(release) => Ok(release),
             other => Err(other.trouble().unwrap_or_default()),
@@ -53,7 +53,7 @@ impl AppState {
 }
 
 /// Runs blocking work (SQLite, files) off the async threads.
-pub async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.into()))?

@@ -57,7 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Creates the data directory (mode 0700) when missing, and refuses one that another local
 /// user could write to (group- or world-writable, or owned by someone other than this user or
 /// root): they could replace the releases, read the agents' keys, or plant an admin socket.
-pub fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -344,7 +344,7 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
 /// The already-bound listeners `serve` runs on. The admin socket is not among them: only the
 /// process holding `serve.lock` binds it (in [`run_server`]), after a server it takes over from
 /// has removed its own.
-pub struct Listeners {
+pub(crate) struct Listeners {
     /// TLS: the agent API, the mirror and the PGP key.
     pub agents: tokio::net::TcpListener,
     /// Plain HTTP: the mirror only.
@@ -353,7 +353,7 @@ pub struct Listeners {
 
 /// Serves the appliance on already-bound listeners and the admin socket until `shutdown`
 /// resolves, then writes the check-in reports still in memory. The caller holds `serve.lock`.
-pub async fn run_server(
+pub(crate) async fn run_server(
     config: &Config,
     keys: TrustedKeys,
     listeners: Listeners,

@@ -89,7 +89,7 @@ max_upload_mib = 1024
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     pub data_dir: PathBuf,
     pub trusted_keys: Vec<PathBuf>,
     pub public_url: String,
@@ -110,7 +110,7 @@ fn default_retain() -> usize {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     #[serde(default = "default_tls")]
@@ -143,7 +143,7 @@ pub struct ServerConfig {
 /// `server.download_ca`: on or off, or a PEM file of CA certificates.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum DownloadCa {
+pub(crate) enum DownloadCa {
     Enabled(bool),
     File(PathBuf),
 }
@@ -198,7 +198,7 @@ impl Default for ServerConfig {
 
 impl Config {
     /// Reads a configuration file. Relative paths in it are resolved against its folder.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read configuration {} (name another with --config or \
@@ -275,7 +275,7 @@ impl Config {
     }
 
     /// The public URL without a trailing slash.
-    pub fn public_base(&self) -> &str {
+    pub(crate) fn public_base(&self) -> &str {
         self.public_url.trim_end_matches('/')
     }
 }
@@ -284,7 +284,7 @@ impl Config {
 /// `server.download_ca` and quick-start mode (`quick_start_ca`: its CA file when on). Only
 /// certificates go out: a file holding anything else is refused rather than sent to every
 /// agent.
-pub fn download_ca(
+pub(crate) fn download_ca(
     setting: Option<&DownloadCa>,
     quick_start_ca: Option<&Path>,
 ) -> anyhow::Result<Option<String>> {

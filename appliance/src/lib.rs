@@ -2,22 +2,35 @@
 //! rollback, fsck, the HTTPS server (Fleet Server's agent API for stock Elastic Agents, the
 //! download mirror in Elastic's layout, the PGP key) and the admin API (a Unix socket) with its
 //! CLI.
-//! `main` only parses arguments and calls [`commands::run`].
+//! `main` only parses arguments and calls [`run`].
 
-pub mod admin;
-pub mod app;
+// Private modules: what another crate may use is re-exported below, or public for a reason
+// given with it; `unreachable_pub` keeps everything else `pub(crate)`, so an item no one uses
+// is dead code the compiler reports.
+#![warn(unreachable_pub)]
+
+mod admin;
+mod app;
+/// The CLI's definitions, public for the man pages and completions `xtask` generates.
 pub mod cli;
 mod clock;
-pub mod commands;
-pub mod config;
+mod commands;
+mod config;
+/// Fleet's credentials, public so the tests can mint and decode keys as Fleet does.
 pub mod credentials;
-pub mod error;
-pub mod fleet;
-pub mod mirror;
-pub mod net;
-pub mod release;
-pub mod routes;
+mod error;
+mod fleet;
+mod mirror;
+mod net;
+mod release;
+mod routes;
 mod store;
+
+pub use commands::run;
+pub use config::DEFAULT_CONFIG;
+pub use error::ApiError;
+#[doc(hidden)]
+pub use fleet::fuzzing;
 
 /// The appliance's version string.
 pub fn version() -> &'static str {

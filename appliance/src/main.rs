@@ -8,7 +8,7 @@ use ferry_appliance::cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ferry_manifests::terminal::init_logging(cli.verbose);
-    match ferry_appliance::commands::run(cli) {
+    match ferry_appliance::run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", ferry_manifests::terminal::error_line(error.as_ref()));

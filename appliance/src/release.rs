@@ -36,7 +36,7 @@ use crate::store::{ReleaseRecord, Store};
 /// Refusals of a bundle that verified but must not become active.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ImportRefusal {
+pub(crate) enum ImportRefusal {
     #[error(
         "bundle {name} sequence {sequence} (signed by {key_id}) is a replay: sequence {floor} was already imported (use --allow-downgrade to re-import)"
     )]
@@ -57,7 +57,7 @@ pub enum ImportRefusal {
 
 impl ImportRefusal {
     /// A stable name for the check that refused, for machine output.
-    pub fn check(&self) -> &'static str {
+    pub(crate) fn check(&self) -> &'static str {
         match self {
             ImportRefusal::Replay { .. } => "replay",
             ImportRefusal::Downgrade { .. } => "downgrade",
@@ -69,7 +69,7 @@ impl ImportRefusal {
 
 /// What an import may override.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ImportOptions {
+pub(crate) struct ImportOptions {
     pub allow_downgrade: bool,
     pub allow_expired: bool,
     pub expiry_tolerance: time::Duration,
@@ -78,7 +78,7 @@ pub struct ImportOptions {
 
 /// A release as the server uses it: its manifest and the mirror's files.
 #[derive(Debug, Clone)]
-pub struct Release {
+pub(crate) struct Release {
     pub name: String,
     pub sequence: u64,
     pub manifest: Manifest,
@@ -88,7 +88,7 @@ pub struct Release {
 
 impl Release {
     /// The release's agent policies, by policy id.
-    pub fn policies(&self) -> impl Iterator<Item = (&str, &FileEntry)> {
+    pub(crate) fn policies(&self) -> impl Iterator<Item = (&str, &FileEntry)> {
         self.manifest
             .files
             .iter()
@@ -97,7 +97,7 @@ impl Release {
     }
 
     /// The armored PGP key artifacts were checked with, if the bundle carries one.
-    pub fn pgp_key(&self) -> Option<&FileEntry> {
+    pub(crate) fn pgp_key(&self) -> Option<&FileEntry> {
         self.manifest
             .files
             .iter()
@@ -111,7 +111,7 @@ impl Release {
 /// `manifest-signature`, `trusted-comment`, `sha256`, `size`…), or `blob-missing` and
 /// `blob-unreadable` for a blob the store no longer has or cannot read.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Damage {
+pub(crate) struct Damage {
     pub release: String,
     pub path: String,
     pub check: &'static str,
@@ -122,7 +122,7 @@ pub struct Damage {
 /// `trusted_keys`, or its manifest or signature was altered, swapped or lost.
 #[derive(Debug, thiserror::Error)]
 #[error("release {name} {sequence}: {error}")]
-pub struct StoredManifestError {
+pub(crate) struct StoredManifestError {
     pub name: String,
     pub sequence: u64,
     pub error: VerifyError,
@@ -130,12 +130,12 @@ pub struct StoredManifestError {
 
 impl StoredManifestError {
     /// The import's name for the check that failed.
-    pub fn check(&self) -> &'static str {
+    pub(crate) fn check(&self) -> &'static str {
         self.error.check()
     }
 
     /// Whether the only fault is that the signing key is no longer trusted.
-    pub fn is_untrusted(&self) -> bool {
+    pub(crate) fn is_untrusted(&self) -> bool {
         matches!(self.error, VerifyError::UntrustedKey { .. })
     }
 }
@@ -149,7 +149,7 @@ impl StoredManifestError {
     .damage[0].problem,
     more(.damage.len())
 )]
-pub struct RollbackRefusal {
+pub(crate) struct RollbackRefusal {
     pub name: String,
     pub sequence: u64,
     /// Never empty.
@@ -165,7 +165,7 @@ fn more(damaged: usize) -> String {
 
 impl RollbackRefusal {
     /// The first failed check's name, for machine output.
-    pub fn check(&self) -> &'static str {
+    pub(crate) fn check(&self) -> &'static str {
         self.damage[0].check
     }
 }
@@ -173,7 +173,7 @@ impl RollbackRefusal {
 /// What the active pointer names, and whether it can be served: the one answer `serve`,
 /// `releases`, `status` and the admin API give, in one wording ([`Active::trouble`]).
 #[derive(Debug, Clone)]
-pub enum Active {
+pub(crate) enum Active {
     /// No release was ever activated.
     None,
     /// The active release, its stored manifest verified with the keys trusted now.
@@ -185,7 +185,7 @@ pub enum Active {
 impl Active {
     /// Loads what `pointer` (the `active` row) names from the data directory at `root`,
     /// re-verifying its stored manifest with `keys`.
-    pub fn load(root: &Path, pointer: Option<(String, u64)>, keys: &TrustedKeys) -> Self {
+    pub(crate) fn load(root: &Path, pointer: Option<(String, u64)>, keys: &TrustedKeys) -> Self {
         let Some((name, sequence)) = pointer else { return Active::None };
         match load_release_at(root, &name, sequence, keys) {
             Ok(release) => Active::Ready(Arc::new(release)),
@@ -196,7 +196,7 @@ impl Active {
     }
 
     /// The active pointer's release, whether or not it can be served.
-    pub fn pointer(&self) -> Option<(&str, u64)> {
+    pub(crate) fn pointer(&self) -> Option<(&str, u64)> {
         match self {
             Active::None => None,
             Active::Ready(r) => Some((&r.name, r.sequence)),
@@ -205,7 +205,7 @@ impl Active {
     }
 
     /// Why there is nothing to serve, naming the fix; `None` when the active release is ready.
-    pub fn trouble(&self) -> Option<String> {
+    pub(crate) fn trouble(&self) -> Option<String> {
         match self {
             Active::Ready(_) => None,
             Active::None => {
@@ -227,9 +227,9 @@ impl Active {
 }
 
 /// The command that gives an appliance something to serve.
-pub const IMPORT_FIX: &str = "ferry-appliance import FILE";
+pub(crate) const IMPORT_FIX: &str = "ferry-appliance import FILE";
 
-pub struct DataDir {
+pub(crate) struct DataDir {
     root: PathBuf,
     pub blobs: BlobStore,
     state: Box<dyn Store>,
@@ -243,7 +243,7 @@ fn release_dir_name(name: &str, sequence: u64) -> String {
 
 impl DataDir {
     /// Opens (creating) the data directory and removes what an interrupted import left.
-    pub fn open(root: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(root: &Path) -> anyhow::Result<Self> {
         for dir in ["releases", "staging"] {
             fs::create_dir_all(root.join(dir))
                 .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
@@ -262,10 +262,6 @@ impl DataDir {
         let data = Self { root: root.to_owned(), blobs, state, _lock: lock };
         data.clean_leftovers()?;
         Ok(data)
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn release_dir(&self, name: &str, sequence: u64) -> PathBuf {
@@ -301,12 +297,13 @@ impl DataDir {
         Ok(self.state.releases()?)
     }
 
-    pub fn active(&self) -> anyhow::Result<Option<(String, u64)>> {
+    #[cfg(test)]
+    pub(crate) fn active(&self) -> anyhow::Result<Option<(String, u64)>> {
         Ok(self.state.active()?)
     }
 
     /// Loads a retained release's manifest, re-verifying its signature with `keys`.
-    pub fn load_release(
+    pub(crate) fn load_release(
         &self,
         name: &str,
         sequence: u64,
@@ -316,7 +313,7 @@ impl DataDir {
     }
 
     /// The active release, and whether it can be served with `keys`.
-    pub fn active_release(&self, keys: &TrustedKeys) -> anyhow::Result<Active> {
+    pub(crate) fn active_release(&self, keys: &TrustedKeys) -> anyhow::Result<Active> {
         Ok(Active::load(&self.root, self.state.active()?, keys))
     }
 
@@ -475,7 +472,7 @@ impl DataDir {
     /// it with the keys trusted now (a key removed from `trusted_keys` since its import, an
     /// altered file: [`RollbackRefusal`], and the active release stays). The floor is not
     /// lowered.
-    pub fn rollback(
+    pub(crate) fn rollback(
         &mut self,
         sequence: Option<u64>,
         keys: &TrustedKeys,
@@ -517,7 +514,7 @@ impl DataDir {
     /// Re-verifies a retained release with the keys trusted now, as its import did: the stored
     /// manifest and its signature, then every blob's SHA-256 and size against its entry.
     /// Returns the number of blobs checked and what is damaged (nothing: it may be activated).
-    pub fn check_release(
+    pub(crate) fn check_release(
         &self,
         name: &str,
         sequence: u64,
@@ -560,7 +557,7 @@ impl DataDir {
     }
 
     /// Re-hashes every blob of every retained release against its signed manifest.
-    pub fn fsck(&self, keys: &TrustedKeys) -> anyhow::Result<(usize, Vec<Damage>)> {
+    pub(crate) fn fsck(&self, keys: &TrustedKeys) -> anyhow::Result<(usize, Vec<Damage>)> {
         let mut damage = Vec::new();
         let mut checked = 0;
         for r in self.state.releases()? {
@@ -576,7 +573,11 @@ impl DataDir {
     /// release whose key is no longer trusted is removed whatever its age: it can never be
     /// activated again (rollback and import refuse it). Returns (releases removed, blobs
     /// removed).
-    pub fn gc(&mut self, retain: usize, keys: &TrustedKeys) -> anyhow::Result<(usize, usize)> {
+    pub(crate) fn gc(
+        &mut self,
+        retain: usize,
+        keys: &TrustedKeys,
+    ) -> anyhow::Result<(usize, usize)> {
         let active = self.state.active()?;
         let mut releases = self.state.releases()?;
         releases.reverse(); // newest first
@@ -615,7 +616,7 @@ impl DataDir {
 /// Loads a retained release from the data directory at `root`, re-verifying its stored
 /// manifest with `keys` by the import's own checks ([`ferry_manifests::verify_stored_manifest`])
 /// and that it is the manifest of this release. Does not touch anything else in the directory.
-pub fn load_release_at(
+pub(crate) fn load_release_at(
     root: &Path,
     name: &str,
     sequence: u64,

@@ -20,7 +20,7 @@ use crate::net::limits::{LimitOverride, RateLimits, RouteLimit, limit};
 
 /// A route of the agent-facing listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Enroll,
     Checkin,
     Ack,
@@ -36,7 +36,7 @@ pub enum Route {
 
 /// What the table says of a route.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub(crate) struct Spec {
     pub method: Method,
     /// The path as axum matches it: `{name}` is one segment, `{*name}` the rest.
     pub path: &'static str,
@@ -48,7 +48,7 @@ pub struct Spec {
 
 impl Route {
     /// Every route, in declaration order (checked below at compile time).
-    pub const ALL: [Route; 11] = [
+    pub(crate) const ALL: [Route; 11] = [
         Route::Enroll,
         Route::Checkin,
         Route::Ack,
@@ -62,7 +62,7 @@ impl Route {
         Route::Download,
     ];
 
-    pub fn spec(self) -> Spec {
+    pub(crate) fn spec(self) -> Spec {
         let spec = |method, path, body_limit, class| Spec { method, path, body_limit, class };
         match self {
             Route::Enroll => spec(
@@ -139,11 +139,11 @@ const _: () = {
 
 /// What a request to a route outside the table may carry: nothing takes a body there, but a
 /// little is tolerated, as from clients that send `{}`.
-pub const OTHER_BODY_LIMIT: usize = 64 << 10;
+pub(crate) const OTHER_BODY_LIMIT: usize = 64 << 10;
 
 /// The largest body the HTTP loop reads for a request (query removed), so that an oversized
 /// one is refused from its head, before its bytes are read. `HEAD` is served as `GET`.
-pub fn body_limit(method: &Method, path: &str) -> usize {
+pub(crate) fn body_limit(method: &Method, path: &str) -> usize {
     let method = if method == Method::HEAD { &Method::GET } else { method };
     Route::ALL
         .iter()
@@ -173,7 +173,7 @@ fn matches(pattern: &str, path: &str) -> bool {
 
 /// A rate-limit class: `[limits.NAME]` in the configuration sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     Enroll,
     Checkin,
     Ack,
@@ -186,7 +186,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 9] = [
+    pub(crate) const ALL: [Class; 9] = [
         Class::Enroll,
         Class::Checkin,
         Class::Ack,
@@ -199,7 +199,7 @@ impl Class {
     ];
 
     /// Its name in the configuration.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Class::Enroll => "enroll",
             Class::Checkin => "checkin",
@@ -216,7 +216,7 @@ impl Class {
     /// The built-in limits, sized for one appliance and a fleet of about 20 000 agents: acks
     /// and status probes arrive from every agent at once after a policy change, enrollment is
     /// slow on purpose, uploads are rare and large.
-    pub fn default(self) -> RouteLimit {
+    pub(crate) fn default(self) -> RouteLimit {
         let limit = |per_second, burst, concurrent| RouteLimit { per_second, burst, concurrent };
         match self {
             Class::Enroll => limit(100.0, 100, 50),
@@ -246,7 +246,7 @@ const _: () = {
 
 /// The limits of every class, with the configuration's overrides; an unknown name is refused
 /// (at start, and by `ferry-appliance check`).
-pub fn limits(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<RateLimits> {
+pub(crate) fn limits(overrides: &BTreeMap<String, LimitOverride>) -> anyhow::Result<RateLimits> {
     RateLimits::new(
         Class::ALL.iter().map(|c| (c.name(), c.default())),
         overrides,
@@ -274,7 +274,7 @@ where
 
 /// The routes of the agent-facing listener: the agent API and the mirror. Without TLS, the PGP
 /// key route answers 501, as Fleet Server does.
-pub fn router(
+pub(crate) fn router(
     state: Arc<AppState>,
     agents: Arc<AgentApi>,
     limits: &RateLimits,
@@ -308,7 +308,7 @@ pub fn router(
 
 /// The plain-HTTP mirror listener's routes: the mirror, and the PGP key route answering 501,
 /// as Fleet Server does without TLS. No limits: this listener serves only files.
-pub fn plain_router(state: Arc<AppState>) -> Router {
+pub(crate) fn plain_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(Route::PgpKey.spec().path, get(tls_required))
         .route(Route::Download.spec().path, get(mirror::download))

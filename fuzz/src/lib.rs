@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use ferry_appliance::error::ApiError;
-use ferry_appliance::fleet::fuzzing;
+use ferry_appliance::ApiError;
+use ferry_appliance::fuzzing;
 use ferry_artifacts::{ArtifactId, PackageKind, Platform, Product, Sha512Digest, Version};
 use ferry_manifests::forge::{self, Piece};
 use ferry_manifests::tar::RawHeader;

@@ -117,12 +117,12 @@ fn stock_agent_bodies() {
             Kind::Checkin => {
                 ferry_fuzz::checkin(json.as_bytes());
                 let headers = axum::http::HeaderMap::new();
-                let parsed = ferry_appliance::fleet::fuzzing::checkin(&headers, json.into());
+                let parsed = ferry_appliance::fuzzing::checkin(&headers, json.into());
                 assert!(parsed.is_ok(), "{}: {parsed:?}", sample.name);
             }
             Kind::Ack => {
                 ferry_fuzz::ack(json.as_bytes());
-                let events = ferry_appliance::fleet::fuzzing::acks(json.as_bytes());
+                let events = ferry_appliance::fuzzing::acks(json.as_bytes());
                 let events = events.unwrap_or_else(|e| panic!("{}: {e:?}", sample.name));
                 assert_eq!(events[0].1, Some(("p".to_owned(), 3)), "{}", sample.name);
             }

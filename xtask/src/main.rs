@@ -33,7 +33,7 @@ fn dist_assets(out: &Path) -> anyhow::Result<()> {
             clap_complete::generate_to(shell, &mut command, name, &completions)?;
         }
     }
-    std::fs::write(out.join("appliance.toml"), ferry_appliance::config::DEFAULT_CONFIG)?;
+    std::fs::write(out.join("appliance.toml"), ferry_appliance::DEFAULT_CONFIG)?;
     println!("wrote man pages, completions and appliance.toml to {}", out.display());
     Ok(())
 }

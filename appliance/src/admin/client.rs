@@ -29,13 +29,13 @@ use crate::config::Config;
 /// refused input; an unreachable server or a rejected admin token is exit 2.
 #[derive(Debug, thiserror::Error)]
 #[error("the appliance refused: {0}")]
-pub struct AdminRefusal(pub String);
+pub(crate) struct AdminRefusal(pub String);
 
 /// No server runs on this data directory: no socket, or nothing listening on it (`status`
 /// then reports from the data directory).
 #[derive(Debug, thiserror::Error)]
 #[error("no `ferry-appliance serve` runs on this data directory ({0}): start it first")]
-pub struct ServerDown(String);
+pub(crate) struct ServerDown(String);
 
 /// The error for an admin API answer that is not a success: an [`AdminRefusal`] for a 4xx
 /// about the request itself, a plain error for authentication, overload and server trouble.
@@ -388,7 +388,7 @@ fn shown_str(s: Option<&str>, max: usize) -> String {
     ferry_manifests::terminal::escape(&dash(s), max)
 }
 
-pub fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
         TokensCommand::Create { policy, name, json } => {
@@ -449,7 +449,7 @@ fn upgrade_cell(a: &Agent) -> String {
     }
 }
 
-pub fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
         AgentsCommand::List { policy, limit, json } => {
@@ -600,7 +600,7 @@ fn act(client: &Client, request: &CreateActions, json: bool) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn upgrade(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn upgrade(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     let action = ActionRequest::Upgrade { version: args.version.clone() };
     let mut request = create(action, Some(&args.targets), &args.expiry);
@@ -608,7 +608,7 @@ pub fn upgrade(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode> 
     act(&client, &request, args.json.json)
 }
 
-pub fn unenroll(config: &Config, args: &UnenrollArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn unenroll(config: &Config, args: &UnenrollArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     if args.revoke {
         for id in &args.agents {
@@ -627,20 +627,23 @@ pub fn unenroll(config: &Config, args: &UnenrollArgs) -> anyhow::Result<ExitCode
     act(&client, &request, args.json.json)
 }
 
-pub fn reassign(config: &Config, args: &ReassignArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn reassign(config: &Config, args: &ReassignArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     let targets = Targets { agents: args.agents.clone(), policy: None };
     let action = ActionRequest::PolicyReassign { policy_id: args.policy.clone() };
     act(&client, &create(action, Some(&targets), &args.expiry), args.json.json)
 }
 
-pub fn settings(config: &Config, args: &SettingsArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn settings(config: &Config, args: &SettingsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     let action = ActionRequest::Settings { log_level: args.log_level.clone() };
     act(&client, &create(action, Some(&args.targets), &args.expiry), args.json.json)
 }
 
-pub fn diagnostics(config: &Config, command: DiagnosticsCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn diagnostics(
+    config: &Config,
+    command: DiagnosticsCommand,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
         DiagnosticsCommand::Request { targets, metrics, expiry, json } => {
@@ -796,7 +799,7 @@ impl std::io::Write for HashingWriter<'_> {
     }
 }
 
-pub fn actions(config: &Config, command: ActionsCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn actions(config: &Config, command: ActionsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(config)?;
     match command {
         ActionsCommand::Show { action_id, json } => {
@@ -821,7 +824,7 @@ pub fn actions(config: &Config, command: ActionsCommand) -> anyhow::Result<ExitC
 /// `status`: the running server's view, through the admin API; when no server answers, the data
 /// directory's (with this configuration's keys). Exits 1 unless a server runs and serves its
 /// active release (`/api/status` answers `HEALTHY`), so it can serve as a health check.
-pub fn status(
+pub(crate) fn status(
     config: &Config,
     keys: &ferry_manifests::TrustedKeys,
     as_json: bool,

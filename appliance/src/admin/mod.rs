@@ -6,7 +6,7 @@
 //! created here, in the serving process, so a parked check-in of a targeted agent wakes at once.
 
 pub(crate) mod api;
-pub mod client;
+pub(crate) mod client;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,14 +40,14 @@ use crate::store::{
 };
 
 /// The admin API's prefix; the CLI and the server agree on it here.
-pub const PREFIX: &str = "/admin/v1";
+pub(crate) const PREFIX: &str = "/admin/v1";
 /// Files in `data_dir` through which the CLI reaches the running server.
-pub const TOKEN_FILE: &str = "admin.token";
-pub const SOCKET_FILE: &str = "admin.sock";
+pub(crate) const TOKEN_FILE: &str = "admin.token";
+pub(crate) const SOCKET_FILE: &str = "admin.sock";
 /// How long an action stays deliverable unless the admin says otherwise (Kibana: a month).
-pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
-pub struct Admin {
+pub(crate) struct Admin {
     pub(crate) state: Db,
     pub app: Arc<AppState>,
     pub hub: Arc<Hub>,
@@ -57,7 +57,7 @@ pub struct Admin {
     pub offline_after: Duration,
 }
 
-pub fn router(admin: Arc<Admin>) -> Router {
+pub(crate) fn router(admin: Arc<Admin>) -> Router {
     let routes = Router::new()
         .route("/status", get(status))
         .route("/tokens", get(list_tokens).post(create_token))
@@ -80,7 +80,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
 /// start, so a token seen once (a backup, a leaked log) is worthless after the next restart.
 /// Written to a temporary name opened with `O_EXCL`, then renamed over the old one, so no reader
 /// ever sees half a token and nothing planted at the temporary name is written through.
-pub fn mint_token(data_dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn mint_token(data_dir: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = data_dir.join(TOKEN_FILE);
@@ -103,7 +103,7 @@ pub fn mint_token(data_dir: &Path) -> anyhow::Result<String> {
 /// Binds the admin socket at `data_dir/admin.sock`, mode 0600. Called only by the process
 /// holding `serve.lock`, so a socket already there is a dead server's: it is removed, but only
 /// when it is a socket (anything else there is not ours, and is refused by name).
-pub fn bind(data_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+pub(crate) fn bind(data_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     let path = data_dir.join(SOCKET_FILE);
     match std::fs::symlink_metadata(&path) {
@@ -134,7 +134,7 @@ fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
 /// Serves the admin router on its socket until `shutdown` resolves, each connection on its own
 /// task once `SO_PEERCRED` names an allowed user; then removes the socket, so a CLI finds no
 /// server rather than a dead one.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::UnixListener,
     path: PathBuf,
     app: Router,
@@ -180,7 +180,7 @@ pub async fn serve(
 
 /// The largest admin request body: axum's default for JSON, which an action naming every agent
 /// of a large site stays well under.
-pub fn body_limit(_: &axum::http::Method, _: &str) -> usize {
+pub(crate) fn body_limit(_: &axum::http::Method, _: &str) -> usize {
     2 << 20
 }
 
@@ -453,7 +453,7 @@ fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'stati
 
 /// Agents per page of `GET /agents` unless asked otherwise: a page stays a few MB even when
 /// each agent carries what the list keeps.
-pub const PAGE: usize = 1000;
+pub(crate) const PAGE: usize = 1000;
 
 /// What the list shows of an agent: everything but the bulky fields an agent fills as it
 /// likes (`local_metadata`, `components`, `upgrade_details`), of which only the download

@@ -29,7 +29,7 @@ pub(super) fn policy_ack(rest: &str) -> Option<(&str, u64)> {
 }
 
 /// The response status is the highest item status; items keep the request's order.
-pub async fn acks(
+pub(crate) async fn acks(
     State(api): State<Arc<AgentApi>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -107,7 +107,7 @@ pub async fn acks(
 
 /// The agent says it was uninstalled (or orphaned, or migrated): recorded on its record until
 /// its next check-in; its key is not revoked (Fleet Server's behaviour).
-pub async fn audit_unenroll(
+pub(crate) async fn audit_unenroll(
     State(api): State<Arc<AgentApi>>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -25,7 +25,7 @@ use crate::store::{ActionRecord, CheckinUpdate};
 const MAX_ACTIONS: usize = 100;
 
 /// A policy as this appliance delivers it.
-pub struct Delivered {
+pub(crate) struct Delivered {
     pub revision: u64,
     pub created: String,
     /// The policy document, serialised once: each POLICY_CHANGE copies this text.
@@ -35,7 +35,7 @@ pub struct Delivered {
 /// Delivered policies of the active release, computed once per release change rather than
 /// once per check-in: a new release wakes every parked agent at the same moment.
 #[derive(Default)]
-pub struct PolicyCache {
+pub(crate) struct PolicyCache {
     inner: Mutex<Generation>,
 }
 
@@ -49,14 +49,18 @@ struct Generation {
 impl PolicyCache {
     /// The policy if this release's copy is computed already: no thread hop for the thousands
     /// of parked check-ins a new release wakes at once.
-    pub fn cached(&self, api: &AgentApi, policy_id: &str) -> Option<Option<Arc<Delivered>>> {
+    pub(crate) fn cached(&self, api: &AgentApi, policy_id: &str) -> Option<Option<Arc<Delivered>>> {
         let generation = *api.app.changed.borrow();
         let inner = self.inner.lock().expect("policy cache lock");
         (inner.number == generation).then(|| inner.policies.get(policy_id).cloned()).flatten()
     }
 
     /// The policy `policy_id` of the active release, if it has one. Blocking.
-    pub fn get(&self, api: &AgentApi, policy_id: &str) -> Result<Option<Arc<Delivered>>, ApiError> {
+    pub(crate) fn get(
+        &self,
+        api: &AgentApi,
+        policy_id: &str,
+    ) -> Result<Option<Arc<Delivered>>, ApiError> {
         let generation = *api.app.changed.borrow();
         let mut inner = self.inner.lock().expect("policy cache lock");
         if inner.number != generation {
@@ -128,15 +132,15 @@ pub(super) fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<CheckinR
 /// 200 interfaces about 15 KB), `components` a few hundred bytes per unit (some 30 units with 20
 /// integrations), `message` one line, `status` one word.
 pub(super) mod caps {
-    pub const STATUS: usize = 64;
-    pub const MESSAGE: usize = 1 << 10;
-    pub const LOCAL_METADATA: usize = 64 << 10;
-    pub const COMPONENTS: usize = 256 << 10;
-    pub const UPGRADE_DETAILS: usize = 16 << 10;
+    pub(crate) const STATUS: usize = 64;
+    pub(crate) const MESSAGE: usize = 1 << 10;
+    pub(crate) const LOCAL_METADATA: usize = 64 << 10;
+    pub(crate) const COMPONENTS: usize = 256 << 10;
+    pub(crate) const UPGRADE_DETAILS: usize = 16 << 10;
     /// A string kept from oversized upgrade details.
-    pub const DETAIL: usize = 256;
+    pub(crate) const DETAIL: usize = 256;
     /// Addresses kept of `host.ip` and `host.mac` in oversized metadata.
-    pub const ADDRESSES: usize = 64;
+    pub(crate) const ADDRESSES: usize = 64;
 }
 
 /// `s` cut to at most `limit` bytes on a character boundary, marked with `…` when cut.
@@ -283,7 +287,7 @@ fn policy_change(policy_id: &str, agent_id: &str, policy: &Delivered) -> Vec<u8>
     body
 }
 
-pub async fn checkin(
+pub(crate) async fn checkin(
     State(api): State<Arc<AgentApi>>,
     Path(id): Path<String>,
     headers: HeaderMap,

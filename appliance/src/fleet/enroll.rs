@@ -38,13 +38,13 @@ fn not_replaceable(id: &str) -> ApiError {
 /// a debug log line. Here wrong ones are also counted per target agent id and per enrollment
 /// token ([limits.replace_per_agent], [limits.replace_per_token]): past either, replace attempts
 /// get `429` before any hashing, a legitimate agent retrying after the lockout.
-pub struct ReplaceLimits {
+pub(crate) struct ReplaceLimits {
     per_agent: KeyedBuckets<String>,
     per_token: KeyedBuckets<String>,
 }
 
 impl ReplaceLimits {
-    pub fn new(limits: &RateLimits) -> Self {
+    pub(crate) fn new(limits: &RateLimits) -> Self {
         Self {
             per_agent: limits.per_key(PerKey::ReplacePerAgent),
             per_token: limits.per_key(PerKey::ReplacePerToken),
@@ -116,7 +116,7 @@ fn revoked(id: &str) -> ApiError {
     )
 }
 
-pub async fn enroll(
+pub(crate) async fn enroll(
     State(api): State<Arc<AgentApi>>,
     Extension(limits): Extension<Arc<ReplaceLimits>>,
     headers: HeaderMap,

@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use crate::store::{AgentRecord, CheckinUpdate, Db, PolicyAck, StoreError};
 
 /// How often queued check-in reports are written.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// How often agents with a parked check-in are marked as seen (Fleet Server: 30 s).
-pub const TOUCH_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const TOUCH_EVERY: Duration = Duration::from_secs(30);
 
 struct Slot {
     wake: watch::Sender<u64>,
@@ -28,7 +28,7 @@ struct Slot {
 }
 
 #[derive(Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     /// True once the server is stopping: parked check-ins answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
     slots: Mutex<HashMap<String, Slot>>,
@@ -45,23 +45,23 @@ pub struct Hub {
 /// logged once (a key holder doing it in a loop cannot flood the log), the first 10,000 agents
 /// remembered, the count going on.
 #[derive(Default)]
-pub struct Noted(Mutex<(u64, std::collections::HashSet<String>)>);
+pub(crate) struct Noted(Mutex<(u64, std::collections::HashSet<String>)>);
 
 impl Noted {
     /// Counts one more; true the first time for `agent_id`.
-    pub fn note(&self, agent_id: &str) -> bool {
+    pub(crate) fn note(&self, agent_id: &str) -> bool {
         let mut noted = self.0.lock().expect("noted lock");
         noted.0 += 1;
         noted.1.len() < 10_000 && noted.1.insert(agent_id.to_owned())
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.0.lock().expect("noted lock").0
     }
 }
 
 /// A parked check-in. Dropping it un-parks the agent.
-pub struct Parked<'a> {
+pub(crate) struct Parked<'a> {
     hub: &'a Hub,
     id: String,
     /// Changes when an action is queued for this agent, or it is revoked.
@@ -70,14 +70,14 @@ pub struct Parked<'a> {
 }
 
 /// Which check-in of an agent is its newest.
-pub struct Newer {
+pub(crate) struct Newer {
     ticket: u64,
     newest: watch::Receiver<u64>,
 }
 
 impl Newer {
     /// Resolves once a newer check-in of the same agent has parked: this one should answer.
-    pub async fn parked(&mut self) {
+    pub(crate) async fn parked(&mut self) {
         let ticket = self.ticket;
         // The sender lives in the slot as long as any check-in of the agent is parked (this
         // one included), so `wait_for` only ends when the newest ticket is another one.
@@ -102,7 +102,7 @@ impl Hub {
     /// agent to answer ([`Newer::parked`]): one parked check-in per agent, so one key
     /// cannot hold hundreds of connections. Park before looking for pending actions: an action
     /// queued after that look is then seen as a wake-up.
-    pub fn park(&self, id: &str) -> Parked<'_> {
+    pub(crate) fn park(&self, id: &str) -> Parked<'_> {
         let mut slots = self.slots.lock().expect("hub lock");
         let slot = slots.entry(id.to_owned()).or_insert_with(|| Slot {
             wake: watch::channel(0).0,
@@ -122,7 +122,7 @@ impl Hub {
 
     /// Wakes the parked check-ins of these agents (those not parked find their actions on
     /// their next check-in).
-    pub fn wake<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+    pub(crate) fn wake<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
         let slots = self.slots.lock().expect("hub lock");
         for id in ids {
             if let Some(slot) = slots.get(id) {
@@ -134,17 +134,17 @@ impl Hub {
     /// Answers every parked check-in (and every new one) with "nothing to do", as Fleet
     /// Server drains: agents check in again a second later instead of backing off for a
     /// minute after a broken connection.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.send_replace(true);
     }
 
     /// Changes to true when the server starts stopping.
-    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
     }
 
     /// The number of agents with a parked check-in.
-    pub fn parked_count(&self) -> usize {
+    pub(crate) fn parked_count(&self) -> usize {
         self.slots.lock().expect("hub lock").len()
     }
 
@@ -190,7 +190,7 @@ impl Hub {
     }
 
     /// The action cursor of a report not written yet: newer than the stored one.
-    pub fn queued_cursor(&self, agent_id: &str) -> Option<i64> {
+    pub(crate) fn queued_cursor(&self, agent_id: &str) -> Option<i64> {
         self.reports.lock().expect("hub lock").get(agent_id).and_then(|u| u.cursor)
     }
 

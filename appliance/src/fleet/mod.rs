@@ -3,13 +3,13 @@
 //! keys), and request bodies with their caps. Each endpoint family has its own module; the
 //! bodies agents send and read are typed in `wire`.
 
-pub mod acks;
-pub mod checkin;
-pub mod enroll;
-pub mod hub;
-pub mod status;
+pub(crate) mod acks;
+pub(crate) mod checkin;
+pub(crate) mod enroll;
+pub(crate) mod hub;
+pub(crate) mod status;
 pub(crate) mod upgrade;
-pub mod uploads;
+pub(crate) mod uploads;
 pub(crate) mod wire;
 
 use std::path::PathBuf;
@@ -28,29 +28,29 @@ use crate::error::ApiError;
 use crate::fleet::hub::Hub;
 use crate::store::{AgentRecord, Db, Store, StoreError};
 
-pub use checkin::PolicyCache;
+pub(crate) use checkin::PolicyCache;
 pub(crate) use uploads::upload_file;
 
 /// The only `Elastic-Api-Version` Fleet Server supports.
-pub const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 /// The oldest agent the API accepts (fleet-protocol.md §2.6); newer ones are never refused.
 const MIN_AGENT: (u32, u32) = (7, 13);
 
 /// Body caps per route, as Fleet Server's defaults (§6.3), in the route table
 /// ([`crate::routes`]). Check-in bodies are capped on the
 /// wire and again after gunzip.
-pub const ENROLL_BODY_LIMIT: usize = 512 << 10;
-pub const CHECKIN_WIRE_LIMIT: usize = 1 << 20;
-pub const CHECKIN_BODY_LIMIT: u64 = 20 << 20;
-pub const ACK_BODY_LIMIT: usize = 2 << 20;
-pub const AUDIT_BODY_LIMIT: usize = 1 << 10;
-pub const UPLOAD_BEGIN_LIMIT: usize = 5 << 20;
-pub const UPLOAD_END_LIMIT: usize = 1 << 10;
+pub(crate) const ENROLL_BODY_LIMIT: usize = 512 << 10;
+pub(crate) const CHECKIN_WIRE_LIMIT: usize = 1 << 20;
+pub(crate) const CHECKIN_BODY_LIMIT: u64 = 20 << 20;
+pub(crate) const ACK_BODY_LIMIT: usize = 2 << 20;
+pub(crate) const AUDIT_BODY_LIMIT: usize = 1 << 10;
+pub(crate) const UPLOAD_BEGIN_LIMIT: usize = 5 << 20;
+pub(crate) const UPLOAD_END_LIMIT: usize = 1 << 10;
 /// The chunk size handed to agents, and so the largest chunk accepted.
-pub const UPLOAD_CHUNK_SIZE: usize = 4 << 20;
+pub(crate) const UPLOAD_CHUNK_SIZE: usize = 4 << 20;
 
 /// The agent API's shared state.
-pub struct AgentApi {
+pub(crate) struct AgentApi {
     /// The state database, used from blocking tasks (shared with the release watcher).
     pub(crate) state: Db,
     /// The active release and its change signal.
@@ -73,7 +73,7 @@ pub struct AgentApi {
 
 /// Applies Fleet Server's `Elastic-Api-Version` rule to every agent route (§2.4): absent → the
 /// response names the default; present → it must be a supported date.
-pub async fn api_version(request: Request, next: Next) -> Response {
+pub(crate) async fn api_version(request: Request, next: Next) -> Response {
     let version =
         request.headers().get("elastic-api-version").map(|v| v.to_str().unwrap_or("").to_owned());
     let mut response = match version.as_deref() {
@@ -101,7 +101,7 @@ pub async fn api_version(request: Request, next: Next) -> Response {
 /// The agent version a `User-Agent: Elastic Agent vX.Y.Z[-PRE][+BUILD]` header names, checked
 /// against the minimum (§2.6). The version is returned as the agent spelled it (semver prints
 /// what it parsed), build metadata included, so it matches an upgrade target's spelling.
-pub fn agent_version(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn agent_version(headers: &HeaderMap) -> Result<String, ApiError> {
     const PREFIX: &str = "elastic agent ";
     let invalid = || {
         ApiError::fleet(
@@ -134,7 +134,7 @@ pub fn agent_version(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// A random version-4 UUID, as Fleet Server uses for agent, action and upload ids.
-pub fn uuid_v4() -> String {
+pub(crate) fn uuid_v4() -> String {
     use rand::RngCore as _;
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -158,7 +158,7 @@ fn access_key(headers: &HeaderMap) -> Result<ApiKey, ApiError> {
 
 /// The id of the credential a request shows (`Authorization: ApiKey base64(id:secret)`): the
 /// rate limiter remembers the ones proven lately ([`crate::net::limits`]).
-pub fn credential_id(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn credential_id(headers: &HeaderMap) -> Option<String> {
     access_key(headers).ok().map(|k| k.id().to_string())
 }
 

@@ -16,7 +16,7 @@ pub(crate) const HEALTHY: &str = "HEALTHY";
 /// ready (fleet-server internal/pkg/policy/self.go): `STARTING` while it waits for its policy
 /// (here: no release was ever activated), `FAILED` when what it should run cannot be read (the
 /// active release does not verify, so nothing is served), `HEALTHY` otherwise.
-pub fn fleet_status(active: &Active) -> &'static str {
+pub(crate) fn fleet_status(active: &Active) -> &'static str {
     match active {
         Active::Ready(_) => HEALTHY,
         Active::None => "STARTING",

@@ -46,7 +46,7 @@ fn chunk_count(upload: &UploadRecord) -> u64 {
 }
 
 /// `POST /api/fleet/uploads`.
-pub async fn begin(
+pub(crate) async fn begin(
     State(api): State<Arc<AgentApi>>,
     headers: HeaderMap,
     body: Body,
@@ -156,7 +156,7 @@ async fn open_upload(
 }
 
 /// `PUT /api/fleet/uploads/{upload_id}/{chunk}`: raw bytes with `X-Chunk-SHA2`.
-pub async fn chunk(
+pub(crate) async fn chunk(
     State(api): State<Arc<AgentApi>>,
     Path((upload_id, num)): Path<(String, String)>,
     headers: HeaderMap,
@@ -201,7 +201,7 @@ pub async fn chunk(
 
 /// `POST /api/fleet/uploads/{upload_id}`: checks every chunk is there with the right size and
 /// that the transit hash (SHA-256 over the chunk digests in order) matches, then joins them.
-pub async fn complete(
+pub(crate) async fn complete(
     State(api): State<Arc<AgentApi>>,
     Path(upload_id): Path<String>,
     headers: HeaderMap,

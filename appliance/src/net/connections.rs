@@ -23,7 +23,7 @@ fn reserve(limit: usize) -> usize {
 }
 
 /// The connection caps and counts.
-pub struct Connections {
+pub(crate) struct Connections {
     total: Arc<Semaphore>,
     /// The caps in all and per client address, and the open-file limit they come from.
     pub cap: usize,
@@ -33,7 +33,7 @@ pub struct Connections {
 }
 
 /// An admitted connection; dropping it frees its place.
-pub struct Admitted {
+pub(crate) struct Admitted {
     connections: Arc<Connections>,
     address: IpAddr,
     _total: OwnedSemaphorePermit,
@@ -53,7 +53,7 @@ impl Drop for Admitted {
 
 impl Connections {
     /// Caps of `total` connections in all and `per_address` from one address.
-    pub fn new(total: usize, per_address: usize) -> Arc<Self> {
+    pub(crate) fn new(total: usize, per_address: usize) -> Arc<Self> {
         Arc::new(Self {
             total: Arc::new(Semaphore::new(total.max(1))),
             cap: total.max(1),
@@ -64,7 +64,7 @@ impl Connections {
     }
 
     /// Caps derived from an open-file limit (see the module's notes).
-    pub fn for_file_limit(limit: u64, per_address: Option<usize>) -> Arc<Self> {
+    pub(crate) fn for_file_limit(limit: u64, per_address: Option<usize>) -> Arc<Self> {
         let files = usize::try_from(limit).unwrap_or(usize::MAX).min(1 << 24);
         let total = files.saturating_sub(reserve(files)).max(1);
         let mut connections = Self::new(total, per_address.unwrap_or(total / 2));
@@ -74,13 +74,13 @@ impl Connections {
 
     /// Waits for a place in the total (the connections waiting meanwhile stay in the listener's
     /// backlog, which is what a full server should do), before the next accept.
-    pub async fn place(self: &Arc<Self>) -> OwnedSemaphorePermit {
+    pub(crate) async fn place(self: &Arc<Self>) -> OwnedSemaphorePermit {
         Arc::clone(&self.total).acquire_owned().await.expect("the semaphore is never closed")
     }
 
     /// Admits an accepted connection from `address` with its place, or refuses it when that
     /// address holds its share already.
-    pub fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         address: IpAddr,
         place: OwnedSemaphorePermit,
@@ -95,7 +95,8 @@ impl Connections {
     }
 
     /// Free places in the total.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
         self.total.available_permits()
     }
 }
@@ -103,7 +104,7 @@ impl Connections {
 static CONNECTIONS: OnceLock<Arc<Connections>> = OnceLock::new();
 
 /// The process's caps: those [`configure`] made, or the defaults.
-pub fn process() -> &'static Arc<Connections> {
+pub(crate) fn process() -> &'static Arc<Connections> {
     configure(None)
 }
 
@@ -111,7 +112,7 @@ pub fn process() -> &'static Arc<Connections> {
 /// systemd starts services with a soft limit of 1,024 and a hard one of 524,288, and 1,024
 /// descriptors would hold 900 agents) and `per_address` (default: half the total). Later calls
 /// return what the first made.
-pub fn configure(per_address: Option<usize>) -> &'static Arc<Connections> {
+pub(crate) fn configure(per_address: Option<usize>) -> &'static Arc<Connections> {
     CONNECTIONS.get_or_init(|| {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let limit = getrlimit(Resource::Nofile);

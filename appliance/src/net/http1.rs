@@ -22,7 +22,7 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// The largest request head (Fleet Server's `max_header_byte_size`).
-pub const MAX_HEAD: usize = 8 << 10;
+pub(crate) const MAX_HEAD: usize = 8 << 10;
 /// After refusing a body declared too large, up to this much of it is read and dropped (into a
 /// small scratch buffer) so that a client which writes its whole body before reading, as many
 /// do, still gets to read the 413. Larger bodies are cut off. (Go's server drains 256 KiB; Go
@@ -38,7 +38,7 @@ const BODY_STEP: usize = 64 << 10;
 
 /// How one connection is served.
 #[derive(Clone, Debug)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// Time allowed for a request head to arrive, idle time between requests included.
     pub header_timeout: Duration,
     /// Time allowed for a declared body to arrive.
@@ -54,7 +54,7 @@ pub struct ConnLimits {
 
 /// Why a connection ended early; only logged.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnError {
+pub(crate) enum ConnError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("timed out")]
@@ -88,12 +88,12 @@ enum Framing {
 /// The address a request came from, in every request's extensions when the connection has
 /// one (TCP): what per-address limits count by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub std::net::IpAddr);
+pub(crate) struct ClientAddr(pub std::net::IpAddr);
 
 /// Serves HTTP/1.1 requests on `io` until the client closes, asks to close, or breaks a rule.
 /// `peer` (the client's address, when the transport has one) goes into each request as a
 /// [`ClientAddr`].
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     mut io: I,
     app: Router,
     limits: ConnLimits,

@@ -28,7 +28,7 @@ use crate::net::http1::ClientAddr;
 
 /// One route's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RouteLimit {
+pub(crate) struct RouteLimit {
     /// Sustained requests per second (0: no rate limit).
     pub per_second: f64,
     /// Requests accepted at once above the sustained rate.
@@ -40,7 +40,7 @@ pub struct RouteLimit {
 /// Buckets kept per key (an address, an agent id, an enrollment token), charged only for
 /// failures; `concurrent` does not apply to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PerKey {
+pub(crate) enum PerKey {
     /// Failed authentications per source address (an IPv6 /64), across all routes.
     AuthFailures,
     /// Wrong replace tokens per target agent id.
@@ -50,11 +50,11 @@ pub enum PerKey {
 }
 
 impl PerKey {
-    pub const ALL: [PerKey; 3] =
+    pub(crate) const ALL: [PerKey; 3] =
         [PerKey::AuthFailures, PerKey::ReplacePerAgent, PerKey::ReplacePerToken];
 
     /// Its name in the configuration (`[limits.NAME]`).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             PerKey::AuthFailures => "auth_failures",
             PerKey::ReplacePerAgent => "replace_per_agent",
@@ -62,7 +62,7 @@ impl PerKey {
         }
     }
 
-    pub fn default(self) -> RouteLimit {
+    pub(crate) fn default(self) -> RouteLimit {
         let limit = |per_second, burst| RouteLimit { per_second, burst, concurrent: 0 };
         match self {
             // A site behind one NAT address sends only good keys; one that sends many bad
@@ -85,14 +85,14 @@ const MAX_KEYS: usize = 65_536;
 /// A route's settings in the configuration file; what is left out keeps its default.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitOverride {
+pub(crate) struct LimitOverride {
     pub per_second: Option<f64>,
     pub burst: Option<u32>,
     pub concurrent: Option<u32>,
 }
 
 /// The effective limits of every route.
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     routes: HashMap<&'static str, Arc<Limiter>>,
     /// Indexed by [`PerKey`].
     per_key: [RouteLimit; PerKey::ALL.len()],
@@ -103,7 +103,7 @@ impl RateLimits {
     /// `classes` (a name and its default each) and the [`PerKey`] limits, with `overrides`
     /// applied; an unknown name is an error. `credential_id` names the credential a request
     /// shows, for the proven set.
-    pub fn new(
+    pub(crate) fn new(
         classes: impl IntoIterator<Item = (&'static str, RouteLimit)>,
         overrides: &BTreeMap<String, LimitOverride>,
         credential_id: fn(&HeaderMap) -> Option<String>,
@@ -148,19 +148,19 @@ impl RateLimits {
     /// Counts these credential ids as proven: `serve` starts with every one the database
     /// holds, so that after a restart agents behind an address that floods bogus keys (agents
     /// restored from an old backup, say, all reconnecting at once) are not refused with it.
-    pub fn prove<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn prove<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         for id in ids {
             self.proven.insert(id);
         }
     }
 
     /// New buckets for the per-key limit `which`.
-    pub fn per_key<K: Hash + Eq + Clone>(&self, which: PerKey) -> KeyedBuckets<K> {
+    pub(crate) fn per_key<K: Hash + Eq + Clone>(&self, which: PerKey) -> KeyedBuckets<K> {
         KeyedBuckets::new(self.per_key[which as usize])
     }
 
     /// The limiter of the class `name` given to [`RateLimits::new`].
-    pub fn get(&self, name: &str) -> Arc<Limiter> {
+    pub(crate) fn get(&self, name: &str) -> Arc<Limiter> {
         Arc::clone(self.routes.get(name).unwrap_or_else(|| panic!("no limits for {name}")))
     }
 }
@@ -206,24 +206,24 @@ impl Bucket {
 /// A token bucket per key, for failures: [`KeyedBuckets::check`] before the work, and
 /// [`KeyedBuckets::charge`] when it failed. At most [`MAX_KEYS`] keys are kept; a key whose
 /// bucket is full again is forgotten first, then the least recently charged.
-pub struct KeyedBuckets<K> {
+pub(crate) struct KeyedBuckets<K> {
     limit: RouteLimit,
     buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
-    pub fn new(limit: RouteLimit) -> Self {
+    pub(crate) fn new(limit: RouteLimit) -> Self {
         Self { limit, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Ok when `key` has a token left, or how long until it has.
-    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("buckets lock");
         buckets.get_mut(key).map_or(Ok(()), |b| b.check(self.limit, now, false))
     }
 
     /// Takes a token from `key`'s bucket, or says how long until one is available.
-    pub fn charge(&self, key: K, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn charge(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("buckets lock");
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(&key) {
             self.prune(&mut buckets, now);
@@ -232,13 +232,6 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
             .entry(key)
             .or_insert_with(|| Bucket::full(self.limit, now))
             .check(self.limit, now, true)
-    }
-
-    /// Gives a token back, for work that turned out not to be a failure.
-    pub fn refund(&self, key: &K) {
-        if let Some(b) = self.buckets.lock().expect("buckets lock").get_mut(key) {
-            b.give_back(self.limit);
-        }
     }
 
     /// Forgets keys whose bucket is full again (they remember nothing), then the least recently
@@ -283,7 +276,7 @@ tokio::task_local! {
 /// Marks the current request's credentials as failed (an unknown or malformed key or token, a
 /// key of another agent): [`limit`] gives back its route token and charges its address. A no-op
 /// outside the middleware.
-pub fn credentials_failed() {
+pub(crate) fn credentials_failed() {
     let _ = CREDENTIALS_FAILED.try_with(|failed| failed.set(true));
 }
 
@@ -292,7 +285,7 @@ pub fn credentials_failed() {
 /// two is remembered, the rest forgotten in one swap, so the set stays bounded (a fleet of
 /// 20,000 agents checking in every 5 minutes keeps every id, in about 3 MiB at most).
 #[derive(Default)]
-pub struct Proven {
+pub(crate) struct Proven {
     generations: Mutex<[std::collections::HashSet<String>; 2]>,
 }
 
@@ -322,7 +315,7 @@ impl Proven {
     }
 }
 
-pub struct Limiter {
+pub(crate) struct Limiter {
     limit: RouteLimit,
     bucket: Mutex<Bucket>,
     in_flight: Option<Arc<Semaphore>>,
@@ -367,7 +360,11 @@ fn too_many(code: &'static str, message: &str, retry_after: Duration) -> Respons
 /// The middleware: `axum::middleware::from_fn_with_state(limits.get("ack"), limit)`. An
 /// address out of failed authentications is refused before anything else; a request whose
 /// credentials fail (see [`credentials_failed`]) is charged to its address, not the route.
-pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit(
+    State(limiter): State<Arc<Limiter>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let address = address_key(request.extensions().get::<ClientAddr>().map(|a| a.0));
     let credential = (limiter.credential_id)(request.headers());
     if let Err(wait) = limiter.failures.check(&address, Instant::now())
@@ -490,8 +487,6 @@ mod tests {
         assert!(b.charge(1, t0).is_ok() && b.charge(1, t0).is_ok());
         assert!(b.check(&1, t0).is_err() && b.charge(1, t0).is_err());
         assert!(b.check(&2, t0).is_ok(), "other keys are not charged");
-        b.refund(&1);
-        assert!(b.check(&1, t0).is_ok());
         // Past the cap, keys with a full bucket go, then the oldest; the newest stay charged.
         for k in 0..MAX_KEYS as u32 + 10 {
             let _ = b.charge(k, t0 + Duration::from_millis(u64::from(k)));

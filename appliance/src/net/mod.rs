@@ -1,10 +1,10 @@
 //! The network layer: the accept loop (connection caps, the TLS handshake under the header
 //! timeout), the lean HTTP/1.1 loop, TLS configuration, and per-route request limits.
 
-pub mod connections;
-pub mod http1;
-pub mod limits;
-pub mod tls;
+pub(crate) mod connections;
+pub(crate) mod http1;
+pub(crate) mod limits;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 /// Tells browsers not to guess content types, on every response (a scanner's rule; agents are
 /// not browsers, but operators may open the mirror in one).
-pub async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
+pub(crate) async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
     response
         .headers_mut()
         .insert("x-content-type-options", axum::http::HeaderValue::from_static("nosniff"));
@@ -25,7 +25,7 @@ pub async fn nosniff(mut response: axum::response::Response) -> axum::response::
 /// Serves `app` on an already-bound listener until `shutdown` resolves, over TLS when `tls` is
 /// given, with our own lean HTTP/1.1 loop ([`crate::net::http1`]). Each connection runs on its own
 /// task. The header timeout also bounds the TLS handshake.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,

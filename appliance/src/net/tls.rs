@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Where quick-start mode keeps its files, below the data directory.
-pub struct QuickStart {
+pub(crate) struct QuickStart {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -19,10 +19,10 @@ pub struct QuickStart {
 
 /// Where `serve` publishes the quick-start CA's revocation list; the server certificate names
 /// it as its CRL distribution point, so a client that checks revocation can.
-pub const CRL_PATH: &str = "/tls/ca.crl";
+pub(crate) const CRL_PATH: &str = "/tls/ca.crl";
 
 impl QuickStart {
-    pub fn paths(data_dir: &Path) -> Self {
+    pub(crate) fn paths(data_dir: &Path) -> Self {
         let dir = data_dir.join("tls");
         Self {
             ca_cert: dir.join("ca.pem"),
@@ -36,7 +36,7 @@ impl QuickStart {
     /// The server certificate names `localhost`, `127.0.0.1`, `::1` and the public URL's host,
     /// and the CRL's place below the public URL; the CA may vouch for those names only (see
     /// [`ca_params`]). Returns whether it made them.
-    pub fn ensure(&self, public_url: &str) -> anyhow::Result<bool> {
+    pub(crate) fn ensure(&self, public_url: &str) -> anyhow::Result<bool> {
         if self.ca_cert.is_file() && self.server_cert.is_file() && self.server_key.is_file() {
             return Ok(false);
         }
@@ -144,7 +144,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The host part of an `https://host[:port]/…` URL.
-pub fn url_host(url: &str) -> &str {
+pub(crate) fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or(rest);
     if let Some(v6) = authority.strip_prefix('[') {
@@ -156,7 +156,7 @@ pub fn url_host(url: &str) -> &str {
 /// A rustls server configuration from PEM files: TLS 1.2 and 1.3 only, rustls' forward-secret
 /// AEAD suites chosen in the server's order, HTTP/1.1 by ALPN. `scripts/tls-audit.sh` checks
 /// what a scanner sees (docs/tls-audit.md).
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("cannot read certificate {}", cert.display()))?
         .collect::<Result<_, _>>()
