@@ -96,7 +96,7 @@ fn server_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
         path.display()
     );
     anyhow::ensure!(
-        owner_allowed(socket.uid(), dir.uid()),
+        super::trusted(socket.uid(), dir.uid()),
         "{} belongs to uid {}, not to the data directory's owner (uid {}) or root: the admin \
          token was not sent",
         path.display(),
@@ -104,11 +104,6 @@ fn server_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
         dir.uid()
     );
     Ok(path)
-}
-
-/// Who may own the admin socket and run the server: the data directory's owner, or root.
-fn owner_allowed(uid: u32, data_dir_owner: u32) -> bool {
-    uid == data_dir_owner || uid == 0
 }
 
 /// A response from the admin API: its status, headers, and its body as a reader that ends
@@ -318,7 +313,7 @@ impl Client {
             self.socket.parent().unwrap_or(Path::new("/")),
         )?);
         anyhow::ensure!(
-            owner_allowed(server.uid.as_raw(), dir),
+            super::trusted(server.uid.as_raw(), dir),
             "the process listening on {} runs as uid {}, not as the data directory's owner (uid \
              {dir}) or root: the admin token was not sent",
             self.socket.display(),
@@ -920,6 +915,5 @@ mod tests {
             Chunked { inner: &cut[..], left: 0, done: false }.read_to_string(&mut out).is_err()
         );
         assert!(Exact { inner: &b"abc"[..], left: 5 }.read_to_string(&mut out).is_err());
-        assert!(owner_allowed(0, 5) && owner_allowed(5, 5) && !owner_allowed(6, 5));
     }
 }

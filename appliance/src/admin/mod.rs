@@ -126,9 +126,12 @@ pub(crate) fn bind(data_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> 
     Ok(listener)
 }
 
-/// Who may talk to the admin socket: the user `serve` runs as, and root.
-fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
-    peer_uid == own_uid || peer_uid == 0
+/// The one rule of trust on both ends of the admin socket: only `owner` (the user `serve` runs
+/// as, whom the data directory belongs to) and root. The server applies it to the peer of each
+/// connection; the client to the socket's owner and the serving process before it sends the
+/// token.
+pub(super) fn trusted(uid: u32, owner: u32) -> bool {
+    uid == owner || uid == 0
 }
 
 /// Serves the admin router on its socket until `shutdown` resolves, each connection on its own
@@ -157,7 +160,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         match stream.peer_cred() {
-            Ok(cred) if peer_allowed(cred.uid(), own_uid) => {}
+            Ok(cred) if trusted(cred.uid(), own_uid) => {}
             Ok(cred) => {
                 tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "admin API: refused a connection from another user");
                 continue;
@@ -793,8 +796,8 @@ mod tests {
         for bad in ["evil.example", "localhost.evil.example", "127.0.0.2", "[::2]:1", "", "::1x"] {
             assert!(!local_host(bad), "{bad}");
         }
-        assert!(peer_allowed(1000, 1000) && peer_allowed(0, 1000));
-        assert!(!peer_allowed(1001, 1000));
+        assert!(trusted(1000, 1000) && trusted(0, 1000));
+        assert!(!trusted(1001, 1000));
     }
 
     #[test]
