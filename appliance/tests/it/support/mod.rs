@@ -1,0 +1,473 @@
+//! Test support: bundles with Elastic-style artifacts (signed with a throwaway minisign key and a
+//! throwaway PGP key), an appliance configuration, helpers to run the real binary, and a client
+//! that speaks to the agent API as a stock Elastic Agent does.
+
+pub mod agent;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use ferry_artifacts::{Sha512Digest, write_sidecar};
+use ferry_manifests::{
+    ArtifactFacts, BundleName, BundleSpec, Compression, EntryName, Kind, Metadata, Mode,
+    NoProgress, PayloadSource, PgpKeyFacts, PolicyFacts, SidecarFormat, SigningKey,
+};
+use time::OffsetDateTime;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+    pub pgp: ferry_artifacts::pgp::SigningKey,
+}
+
+pub const VERSIONS: [&str; 3] = ["9.1.0", "9.2.2", "9.3.0"];
+
+pub fn archive_path(version: &str) -> String {
+    format!("beats/elastic-agent/elastic-agent-{version}-linux-x86_64.tar.gz")
+}
+
+/// Bytes standing in for an agent archive.
+pub fn archive_bytes(version: &str) -> Vec<u8> {
+    sized_archive(version, 200_000)
+}
+
+/// Like [`archive_bytes`], `len` bytes long.
+pub fn sized_archive(version: &str, len: usize) -> Vec<u8> {
+    let mut x: u64 = version.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = ferry_manifests::generate_key(None).unwrap();
+        let key = SigningKey::from_text(&generated.secret_key_file, "test", None).unwrap();
+        std::fs::write(dir.path().join("trusted.pub"), &generated.public_key_file).unwrap();
+        let pgp =
+            ferry_artifacts::pgp::SigningKey::generate("Elastic test <t@example.invalid>").unwrap();
+        std::fs::write(dir.path().join("GPG-KEY-test"), pgp.public_armored()).unwrap();
+        let fixture = Self { dir, key, pgp };
+        fixture.write_config("");
+        fixture
+    }
+
+    /// Appends lines to the configuration file (they land in its `[server]` table unless they
+    /// open another).
+    pub fn append_config(&self, text: &str) {
+        let config = std::fs::read_to_string(self.path("appliance.toml")).unwrap();
+        std::fs::write(self.path("appliance.toml"), format!("{config}{text}\n")).unwrap();
+    }
+
+    /// `tokens create --policy POLICY --json` (the server must be running): (id, token).
+    pub fn token(&self, policy: &str) -> (String, String) {
+        let v = self.run_json(&[&"tokens", &"create", &"--policy", &policy, &"--json"]);
+        (v["id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Runs a command that must succeed and parses its JSON output.
+    #[track_caller]
+    pub fn run_json(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
+        let o = self.run(args);
+        assert_ok(&o);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Makes `keys` (public key files in the fixture's folder) the only trusted keys.
+    pub fn trust(&self, keys: &[&str]) {
+        let config = std::fs::read_to_string(self.path("appliance.toml")).unwrap();
+        let line = config.lines().find(|l| l.starts_with("trusted_keys = ")).unwrap();
+        let list: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        let config = config.replace(line, &format!("trusted_keys = [{}]", list.join(", ")));
+        std::fs::write(self.path("appliance.toml"), config).unwrap();
+    }
+
+    /// A second signing key, its public key written to `FILE` in the fixture's folder (not yet
+    /// trusted: see [`Fixture::trust`]).
+    pub fn other_key(&self, file: &str) -> SigningKey {
+        let generated = ferry_manifests::generate_key(None).unwrap();
+        std::fs::write(self.path(file), &generated.public_key_file).unwrap();
+        SigningKey::from_text(&generated.secret_key_file, file, None).unwrap()
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let config = format!(
+            "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n\
+             retain_releases = 3\n{extra}[server]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.1:0\"\n"
+        );
+        std::fs::write(self.path("appliance.toml"), config).unwrap();
+    }
+
+    /// Builds `site-SEQUENCE.ferry` carrying agent `version` (archive, .sha512, .asc), the PGP key
+    /// and a policy. Returns the bundle path.
+    pub fn bundle(&self, sequence: u64, version: &str, expires: OffsetDateTime) -> PathBuf {
+        self.bundle_with_key(sequence, version, expires, &self.key)
+    }
+
+    pub fn bundle_with_key(
+        &self,
+        sequence: u64,
+        version: &str,
+        expires: OffsetDateTime,
+        key: &SigningKey,
+    ) -> PathBuf {
+        self.bundle_full(sequence, version, expires, key, 200_000)
+    }
+
+    pub fn bundle_full(
+        &self,
+        sequence: u64,
+        version: &str,
+        expires: OffsetDateTime,
+        key: &SigningKey,
+        archive_len: usize,
+    ) -> PathBuf {
+        let src = self.path(&format!("src-{sequence}-{version}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let archive = sized_archive(version, archive_len);
+        let path = archive_path(version);
+        let name = path.rsplit('/').next().unwrap();
+        let write = |file: &str, bytes: &[u8]| {
+            let p = src.join(file);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let digest = Sha512Digest::of_reader(&archive[..]).unwrap();
+        let entry = |p: &str, source: PathBuf, kind: Kind, metadata: Metadata| PayloadSource {
+            path: EntryName::new(p).unwrap(),
+            source,
+            kind,
+            mode: Mode::Regular,
+            metadata,
+        };
+        let signer = ferry_artifacts::Keyring::from_armored(&self.pgp.public_armored(), "test key")
+            .unwrap()
+            .fingerprints();
+        let artifact = Metadata::artifact(ArtifactFacts {
+            product: "elastic-agent".into(),
+            version: version.into(),
+            platform: "linux-x86_64".into(),
+            package: "archive".into(),
+            fips: false,
+            sha512: digest.to_hex(),
+            pgp_signer: signer[0].clone(),
+        });
+        let mut pgp_key = Metadata::default();
+        pgp_key.set_pgp_key(&PgpKeyFacts { fingerprints: signer, signs_artifacts: true });
+        let policy = |id: &str, revision| {
+            let mut m = Metadata::default();
+            m.set_policy(PolicyFacts { id: id.into(), revision, name: None });
+            m
+        };
+        let files = vec![
+            entry(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, artifact),
+            entry(&format!("downloads/{path}.sha512"), write("sha512", write_sidecar(&digest, name).as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::Sha512)),
+            entry(&format!("downloads/{path}.asc"), write("asc", self.pgp.sign(&archive[..]).unwrap().as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::PgpSignature)),
+            entry("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, pgp_key),
+            entry(
+                "policies/p.yml",
+                write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()),
+                Kind::Policy,
+                policy("p", sequence),
+            ),
+            entry(
+                "policies/q.yml",
+                write("q.yml", b"id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n"),
+                Kind::Policy,
+                policy("q", 1),
+            ),
+        ];
+        let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
+        let spec = BundleSpec {
+            name: BundleName::new("site").unwrap(),
+            sequence,
+            created: created - time::Duration::days(1),
+            expires,
+            builder: "ferry-tests".into(),
+            compression: Compression::Zstd { level: 3, workers: 1 },
+        };
+        let out = self.path("bundles");
+        std::fs::create_dir_all(&out).unwrap();
+        ferry_manifests::write_bundle(&spec, files, key, &out, &NoProgress).unwrap().bundle_path
+    }
+
+    pub fn later() -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::days(30)
+    }
+
+    pub fn appliance(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-appliance"));
+        cmd.arg("--config").arg(self.path("appliance.toml")).env_remove("FERRY_CRASH_AT");
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+        self.appliance(args).output().unwrap()
+    }
+
+    /// `releases --json`: (active sequence, all sequences).
+    pub fn releases(&self) -> (Option<u64>, Vec<u64>) {
+        let o = self.run(&[&"releases", &"--json"]);
+        assert_ok(&o);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let active =
+            list.iter().find(|r| r["active"] == true).map(|r| r["sequence"].as_u64().unwrap());
+        (active, list.iter().map(|r| r["sequence"].as_u64().unwrap()).collect())
+    }
+}
+
+/// Every file under `dir` but staging's, with its content's digest: what a refusal must leave
+/// as it was.
+pub fn snapshot(dir: &std::path::Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &std::path::Path, path: &std::path::Path, out: &mut BTreeMap<PathBuf, String>) {
+        for entry in std::fs::read_dir(path).unwrap() {
+            let entry = entry.unwrap();
+            let rel = entry.path().strip_prefix(root).unwrap().to_owned();
+            if entry.file_type().unwrap().is_dir() {
+                if rel != std::path::Path::new("staging") {
+                    walk(root, &entry.path(), out);
+                }
+                continue;
+            }
+            // SQLite's side files come and go with each open; the database itself must not change.
+            let name = rel.to_string_lossy();
+            if name.ends_with("-wal") || name.ends_with("-shm") {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap();
+            out.insert(rel, ferry_manifests::Sha256Digest::of(&bytes).to_hex());
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// An HTTPS client that trusts only the certificates in `pem` (none: it trusts nothing).
+pub fn client_trusting(pem: &[u8]) -> ureq::Agent {
+    let certs: Vec<_> = ureq::tls::parse_pem(pem)
+        .filter_map(|i| match i.unwrap() {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build();
+    ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into()
+}
+
+/// A running `ferry-appliance serve`, killed on drop.
+pub struct Server {
+    child: std::sync::Mutex<Child>,
+    pub https: String,
+    pub http: String,
+    pub ca: PathBuf,
+    /// What the server has logged on stderr so far.
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(fixture: &Fixture) -> Self {
+        Self::start_with(fixture, &[&"serve"])
+    }
+
+    /// Starts `ferry-appliance ARGS` (a form of `serve`) and waits until it serves.
+    pub fn start_with(fixture: &Fixture, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
+        Self::start_command(fixture.appliance(args))
+    }
+
+    /// Starts `serve` as a shell started with `umask 022` would, as an operator's shell does.
+    pub fn start_at_umask_022(fixture: &Fixture) -> Self {
+        let serve = fixture.appliance(&[&"serve"]);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(serve.get_program())
+            .args(serve.get_args());
+        Self::start_command(cmd)
+    }
+
+    /// Starts `cmd` (a form of `serve`) and waits until it serves.
+    pub fn start_command(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = std::sync::Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut https, mut http, mut ca) = (None, None, None);
+        while https.is_none() || http.is_none() || ca.is_none() {
+            let line = lines.next().expect("serve printed its addresses").unwrap();
+            if let Some(rest) = line.strip_prefix("serving https://") {
+                https = Some(format!("https://{}", rest.split_whitespace().next().unwrap()));
+            } else if let Some(rest) = line.strip_prefix("serving the mirror on ") {
+                http = Some(rest.trim().to_owned());
+            } else if let Some(rest) = line.split("--certificate-authorities=").nth(1) {
+                ca = Some(PathBuf::from(rest.trim()));
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child: std::sync::Mutex::new(child),
+            https: https.unwrap(),
+            http: http.unwrap(),
+            ca: ca.unwrap(),
+            logs,
+        }
+    }
+
+    /// Waits (bounded) until the server has logged a line containing `text`; returns the logs.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        for _ in 0..100 {
+            let logs = self.logs.lock().unwrap().clone();
+            if logs.contains(text) {
+                return logs;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the server never logged {text:?}; it logged:\n{}", self.logs.lock().unwrap());
+    }
+
+    /// Asks the server to stop (SIGTERM), as systemd does, and waits until it has.
+    pub fn terminate(&self) -> std::process::ExitStatus {
+        let mut child = self.child.lock().unwrap();
+        let pid = child.id().to_string();
+        assert!(
+            ferry_manifests::test_tools::tool("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        child.wait().unwrap()
+    }
+
+    /// Waits until the server exits by itself (after a takeover).
+    pub fn wait_exit(&self) -> std::process::ExitStatus {
+        self.child.lock().unwrap().wait().unwrap()
+    }
+
+    /// Kills the server as a power cut would (SIGKILL), and waits until it is gone.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// An HTTPS client that trusts only the appliance's quick-start CA.
+    pub fn client(&self) -> ureq::Agent {
+        client_trusting(&std::fs::read(&self.ca).unwrap())
+    }
+
+    /// GET over TLS: status, headers, body.
+    pub fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+        let url = format!("{}{path}", self.https.replace("127.0.0.1", "localhost"));
+        let mut req = self.client().get(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.call().unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap();
+        (status, headers, body)
+    }
+
+    /// Waits (bounded) until `path` serves `want`; the server follows imports by polling.
+    pub fn wait_for(&self, path: &str, want: &[u8]) {
+        for _ in 0..100 {
+            if self.get(path, &[]).2 == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{path} never served the expected bytes");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Sends `head` (request line and headers, without the blank line) to the admin socket
+/// `data/admin.sock` with `Connection: close`, as any local program could; returns the status
+/// and the body.
+pub fn admin_raw(fixture: &Fixture, head: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(fixture.path("data/admin.sock")).unwrap();
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// The admin token `serve` wrote at its start.
+pub fn admin_token(fixture: &Fixture) -> String {
+    std::fs::read_to_string(fixture.path("data/admin.token")).unwrap().trim().to_owned()
+}
+
+/// Sends raw bytes as one HTTP/1.1 request and returns the status code.
+pub fn raw_status(base: &str, request_target: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {request_target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}

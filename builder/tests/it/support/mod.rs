@@ -1,0 +1,197 @@
+//! Test support: an in-process upstream (real HTTP on 127.0.0.1:0) serving a synthetic copy of
+//! Elastic's download site, with `.sha512` files and `.asc` signatures by a PGP key made here.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use ferry_artifacts::pgp::SigningKey;
+use ferry_artifacts::{Sha512Digest, write_sidecar};
+
+/// One request the upstream saw: path and `Range` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub path: String,
+    pub range: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<String, Vec<u8>>,
+    hits: Vec<Hit>,
+    /// Paths whose next response is cut after this many body bytes.
+    cut: HashMap<String, usize>,
+}
+
+/// A tiny HTTP/1.1 file server on loopback.
+pub struct Upstream {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Upstream {
+    pub fn start(files: HashMap<String, Vec<u8>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/downloads/", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State { files, ..State::default() }));
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = Arc::clone(&shared);
+                std::thread::spawn(move || serve(stream, &state));
+            }
+        });
+        Self { url, state }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.lock().unwrap().hits.clone()
+    }
+
+    /// Replaces (or with `None` removes) the file at `path` below `downloads/`.
+    pub fn set(&self, path: &str, bytes: Option<Vec<u8>>) {
+        let mut state = self.state.lock().unwrap();
+        let key = format!("/downloads/{path}");
+        match bytes {
+            Some(b) => state.files.insert(key, b),
+            None => state.files.remove(&key),
+        };
+    }
+
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        self.state.lock().unwrap().files[&format!("/downloads/{path}")].clone()
+    }
+
+    /// Drops the connection after `bytes` of the body, once, for `path` below `downloads/`.
+    pub fn cut_once(&self, path: &str, bytes: usize) {
+        self.state.lock().unwrap().cut.insert(format!("/downloads/{path}"), bytes);
+    }
+}
+
+fn serve(stream: TcpStream, state: &Mutex<State>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_owned());
+        }
+    }
+    let (body, cut) = {
+        let mut state = state.lock().unwrap();
+        state.hits.push(Hit { path: path.clone(), range: range.clone() });
+        let body = state.files.get(&path).cloned();
+        let cut = state.cut.remove(&path);
+        (body, cut)
+    };
+    let mut out = stream;
+    let Some(body) = body else {
+        let _ = out.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+        );
+        return;
+    };
+    let start: usize = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let head = if start > 0 {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+            body.len() - start,
+            body.len() - 1,
+            body.len()
+        )
+    } else {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+    };
+    let _ = out.write_all(head.as_bytes());
+    let part = &body[start..];
+    let _ = out.write_all(&part[..cut.unwrap_or(part.len()).min(part.len())]);
+    let _ = out.flush();
+    let _ = out.shutdown(std::net::Shutdown::Both);
+}
+
+/// Pseudo-random bytes, different for every `seed`, like a compressed archive.
+pub fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut x: u64 = seed
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A synthetic Elastic download site: for each mirror path, the archive, its `.sha512` and its
+/// `.asc` by `key`. Keys of the map are request paths (`/downloads/...`).
+pub fn site(key: &SigningKey, mirror_paths: &[&str], size: usize) -> HashMap<String, Vec<u8>> {
+    let mut files = HashMap::new();
+    for path in mirror_paths {
+        let archive = noise(path, size);
+        let name = path.rsplit('/').next().unwrap();
+        let digest = Sha512Digest::of_reader(&archive[..]).unwrap();
+        files
+            .insert(format!("/downloads/{path}.sha512"), write_sidecar(&digest, name).into_bytes());
+        files
+            .insert(format!("/downloads/{path}.asc"), key.sign(&archive[..]).unwrap().into_bytes());
+        files.insert(format!("/downloads/{path}"), archive);
+    }
+    files
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn ferry(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env_remove("FERRY_KEY_PASSWORD").env_remove("SOURCE_DATE_EPOCH");
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+    {
+        cmd.env_remove(var);
+    }
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
