@@ -246,7 +246,7 @@ def main():
     if args.appliance:
         # This tree's appliance is not built (it may be mid-change), only what drives it.
         BIN = fleet.BIN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "release-bins.sh"), "ferry-builder",
-                                          "ferry-tests"], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+                                          "ferry-sim"], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     else:
         BIN = fleet.build_binaries()
     work = tempfile.mkdtemp(prefix="ferry-bench-faults-")

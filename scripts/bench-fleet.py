@@ -36,7 +36,7 @@ def build_binaries():
     """Builds the release binaries and points BIN at the folder cargo put them in."""
     global BIN
     BIN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "release-bins.sh"), "ferry-builder",
-                          "ferry-appliance", "ferry-tests"], check=True, stdout=subprocess.PIPE,
+                          "ferry-appliance", "ferry-sim"], check=True, stdout=subprocess.PIPE,
                          text=True).stdout.strip()
     return BIN
 

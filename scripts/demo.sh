@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 check=false
 [ "${1:-}" = "--check" ] && check=true
 
-bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-tests)
+bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-sim)
 work=$PWD/target/demo
 rm -rf "$work"
 mkdir -p "$work"

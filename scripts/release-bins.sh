@@ -4,7 +4,7 @@
 # build.target-dir or build.target all work. What is being built, and that the first build takes
 # minutes, goes to stderr; so does cargo's own progress on a terminal.
 #
-#   bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-tests)
+#   bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-sim)
 #   "$bin/ferry" --version
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -51,7 +51,7 @@ else
     port=${TLS_AUDIT_PORT:-18220}
     host=${TLS_AUDIT_HOST:-127.0.0.1}
     target=$host:$port
-    bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-tests)
+    bin=$(scripts/release-bins.sh ferry-builder ferry-appliance ferry-sim)
     work=$out/work
     mkdir -p "$work"
     cd "$work"

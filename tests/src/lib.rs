@@ -1,7 +1,4 @@
-//! Shared helpers for Ferry's end-to-end journeys (finding the built binaries and running them),
-//! and `ferry-sim`, the fleet simulator.
-
-pub mod sim;
+//! Shared helpers for Ferry's end-to-end journeys: finding the built binaries and running them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,7 +11,7 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("profile folder").to_owned()
 }
 
-/// A command for one of the workspace's binaries (`ferry`, `ferry-appliance`). Fails loudly if
+/// A command for one of the workspace's binaries (`ferry`, `ferry-appliance`, `ferry-sim`). Fails loudly if
 /// it has not been built: run the tests with `cargo test --workspace`, which builds them.
 pub fn binary(name: &str) -> Command {
     let path = bin_dir().join(name);

@@ -34,7 +34,7 @@ fn every_subcommand_and_argument_has_help() {
     let binaries = [
         ("ferry", ferry_builder::cli::Cli::command()),
         ("ferry-appliance", ferry_appliance::cli::Cli::command()),
-        ("ferry-sim", ferry_tests::sim::Cli::command()),
+        ("ferry-sim", ferry_sim::Cli::command()),
     ];
     let mut gaps = Vec::new();
     for (name, mut command) in binaries {

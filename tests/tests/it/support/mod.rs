@@ -38,7 +38,7 @@ pub fn a_new_agent_checks_in(target: &dyn Fn(&mut Command)) {
 }
 
 pub fn sim() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry-sim"))
+    binary("ferry-sim")
 }
 
 /// A site: a fake Elastic mirror, a signing key, and bundle specs.

@@ -2,11 +2,11 @@
 //! that measures the appliance's answer times from outside the loaded loop.
 
 mod agent;
-pub mod conn;
+mod conn;
 mod flood;
 mod mirror;
 mod probe;
-pub mod stats;
+mod stats;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = ferry_tests::sim::Cli::parse();
-    match ferry_tests::sim::main(cli) {
+    let cli = ferry_sim::Cli::parse();
+    match ferry_sim::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-sim: {}", ferry_manifests::terminal::error_line(e.as_ref()));

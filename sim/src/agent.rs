@@ -474,7 +474,7 @@ async fn download_and_verify(
     source: Option<IpAddr>,
     download: &DownloadTls,
 ) -> Result<(), Failure> {
-    let tls = crate::sim::conn::client_tls_pem(download.ca.as_bytes())
+    let tls = crate::conn::client_tls_pem(download.ca.as_bytes())
         .map_err(|e| Failure::Protocol(format!("agent.download.ssl: {e}")))?;
     let endpoint = Endpoint::parse(source_uri).map_err(|e| Failure::Protocol(e.to_string()))?;
     let mut conn = Conn::new(Arc::new(endpoint), Some(Arc::clone(&tls)), source);
