@@ -30,9 +30,7 @@ fn import_serve_refuse_switch_and_roll_back() {
     assert_eq!(server.get(&v1, &[]).0, 404, "the old release's files are gone from the mirror");
 
     // Each refusal: exit 1, a message naming the check, and the active release unchanged.
-    let other = ferry_manifests::generate_key(None).unwrap();
-    let other =
-        ferry_manifests::SigningKey::from_text(&other.secret_key_file, "other", None).unwrap();
+    let (other, _) = ferry_testkit::key_pair("other");
     let expired = OffsetDateTime::now_utc() - time::Duration::days(2);
     let tampered = {
         let b = f.bundle(7, VERSIONS[2], Fixture::later());

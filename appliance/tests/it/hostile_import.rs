@@ -298,10 +298,7 @@ fn corpus(f: &Fixture, root: &Path) -> Vec<Case> {
     let file = forge::zstd(&tar_bytes(&all, true));
     let sig = forge::sign_file_with(&bundle, key, &detached, &file).unwrap();
     c.push("manifest nested 100 000 deep", "manifest", "", bundle, sig);
-    let other_key = {
-        let generated = ferry_manifests::generate_key(None).unwrap();
-        ferry_manifests::SigningKey::from_text(&generated.secret_key_file, "other", None).unwrap()
-    };
+    let (other_key, _) = ferry_testkit::key_pair("other");
     let mut all = head(&other_key, &m);
     all.push(a());
     c.add(

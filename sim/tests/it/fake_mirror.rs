@@ -3,19 +3,17 @@
 //! `GPG-KEY-ferry-demo` it wrote verifies, as `ferry build` and agents check them.
 
 use std::fs;
-use std::process::Command;
 
 use ferry_artifacts::{Keyring, Sha512Digest, check_sidecar};
+use ferry_testkit::{command, run_ok, stdout};
 
 #[test]
 fn every_archive_listed_has_a_matching_sha512_and_a_verified_asc() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_ferry-sim"));
+    let mut sim = command(env!("CARGO_BIN_EXE_ferry-sim"));
     sim.args(["fake-mirror", "--out"]).arg(dir.path());
     sim.args(["--versions", "9.1.2,9.2.2", "--platforms", "linux-x86_64,windows-x86_64"]);
-    let out = sim.args(["--size", "1000"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed = String::from_utf8(out.stdout).unwrap();
+    let listed = stdout(&run_ok(sim.args(["--size", "1000"])));
     let key = fs::read_to_string(dir.path().join("GPG-KEY-ferry-demo")).unwrap();
     let keyring = Keyring::from_armored(&key, "GPG-KEY-ferry-demo").unwrap();
 

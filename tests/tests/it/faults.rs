@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::support;
-use crate::support::{Lines, Site, json_of, sim};
+use crate::support::{Lines, PATIENCE, Site, json_stdout, sim};
 use serde_json::Value;
 
 const AGENTS: u64 = 300;
@@ -57,7 +57,7 @@ fn the_server_stays_up_and_keeps_its_agents_under_hostile_clients() {
         "[limits.enroll]\nper_second = 1000\nburst = 1000\nconcurrent = 200\n",
     );
     site.admin(&["import", bundle.to_str().unwrap()]);
-    let mut server = site.serve();
+    let server = site.serve();
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
     let url = format!("https://127.0.0.1:{port}");
     let ca = site.path().join("data/tls/ca.pem");
@@ -69,7 +69,7 @@ fn the_server_stays_up_and_keeps_its_agents_under_hostile_clients() {
     run.arg("run");
     target(&mut run);
     run.args(["--agents", &AGENTS.to_string(), "--ramp", "500", "--report-ms", "200"]);
-    let agents = Lines::spawn(run);
+    let agents = Lines::spawn(run, PATIENCE);
     let parked = agents
         .report("all agents parked", |v| v["enrolled"] == AGENTS && v["in_checkin"] == AGENTS);
     let errors_before = parked["errors"].clone();
@@ -87,7 +87,7 @@ fn the_server_stays_up_and_keeps_its_agents_under_hostile_clients() {
     let (flood, probe) = std::thread::scope(|s| {
         let flood = s.spawn(|| flood.output().unwrap());
         let probe = s.spawn(|| probe.output().unwrap());
-        (json_of(&flood.join().unwrap()), json_of(&probe.join().unwrap()))
+        (json_stdout(&flood.join().unwrap()), json_stdout(&probe.join().unwrap()))
     });
     let rss_after = rss_kib(server.pid());
     eprintln!("flood: {flood}\nprobe: {probe}\nRSS {rss_before} -> {rss_after} KiB");

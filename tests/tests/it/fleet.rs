@@ -7,8 +7,7 @@
 
 use std::process::Command;
 
-use crate::support::{Lines, Site, count, eventually, sim};
-use ferry_tests::run_ok;
+use crate::support::{Lines, PATIENCE, Site, count, eventually, run_ok, sim};
 use serde_json::Value;
 
 /// `agents list --json`, once every agent listed is as `all` wants.
@@ -49,7 +48,7 @@ fn a_site_from_bundle_to_upgraded_agents_and_back() {
 
     // Five agents enroll with the flags `elastic-agent install` takes (as the demo prints
     // them), speaking the corpus shapes of 9.1.2, and take revision 1.
-    let agents = Lines::spawn(install(port, &ca, &token, 5));
+    let agents = Lines::spawn(install(port, &ca, &token, 5), PATIENCE);
     agents.report("5 agents on revision 1", |v| {
         count(v, "revisions", "1") == 5 && v["in_checkin"] == 5
     });
@@ -129,7 +128,8 @@ fn an_upgrade_without_the_download_ca_fails_on_tls() {
     site.admin(&["import", bundle.to_str().unwrap()]);
     let server = site.serve();
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
-    let agents = Lines::spawn(install(port, &site.path().join("data/tls/ca.pem"), &token, 2));
+    let agents =
+        Lines::spawn(install(port, &site.path().join("data/tls/ca.pem"), &token, 2), PATIENCE);
     agents.report("2 agents on revision 1", |v| count(v, "revisions", "1") == 2);
     site.admin(&["upgrade", "--version", "9.2.2", "--policy", "default-policy"]);
     agents.report("2 downloads refused on TLS", |v| v["errors"]["tls"].as_u64() >= Some(2));

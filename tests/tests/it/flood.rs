@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::support;
-use crate::support::{Site, json_of, sim};
+use crate::support::{Site, json_stdout, sim};
 use serde_json::Value;
 
 const FLOOD_SECONDS: &str = "8";
@@ -41,7 +41,7 @@ fn a_compromised_agents_floods_are_answered_and_control_calls_still_succeed() {
     // The limits are the defaults: the bogus-token flood is about what they let through.
     let port = site.configure("checkin_long_poll_seconds = 60", "");
     site.admin(&["import", bundle.to_str().unwrap()]);
-    let mut server = site.serve();
+    let server = site.serve();
     let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
     let url = format!("https://127.0.0.1:{port}");
     let data = site.path().join("data");
@@ -78,7 +78,7 @@ fn a_compromised_agents_floods_are_answered_and_control_calls_still_succeed() {
     let (flood, probe) = std::thread::scope(|s| {
         let flood = s.spawn(|| flood.output().unwrap());
         let probe = s.spawn(|| probe.output().unwrap());
-        (json_of(&flood.join().unwrap()), json_of(&probe.join().unwrap()))
+        (json_stdout(&flood.join().unwrap()), json_stdout(&probe.join().unwrap()))
     });
     eprintln!("flood: {flood}\nprobe: {probe}");
     assert!(server.alive(), "the server died under the floods");

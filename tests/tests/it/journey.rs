@@ -3,7 +3,7 @@
 //! carried (copied) elsewhere, checked again with only the public key, and imported by the
 //! appliance; a damaged copy is refused on both sides.
 
-use ferry_tests::{binary, repo_root, run_ok};
+use crate::support::{binary, repo_root, run_ok};
 
 #[test]
 fn key_build_verify_carry_verify() {

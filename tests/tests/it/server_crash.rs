@@ -3,7 +3,7 @@
 //! action is still acknowledged, none is delivered again past an agent's `ack_token`, the action
 //! cut off by the crash reaches everyone, and the data directory is whole.
 
-use crate::support::{Lines, Site, count, eventually, sim};
+use crate::support::{Lines, PATIENCE, Site, count, eventually, sim};
 use serde_json::Value;
 
 const AGENTS: u64 = 2000;
@@ -49,7 +49,7 @@ fn a_server_killed_under_two_thousand_agents_loses_nothing() {
         .arg(site.path().join("data/tls/ca.pem"))
         .args(["--token", &token, "--agents", &AGENTS.to_string(), "--ramp", "500"])
         .args(["--report-ms", "250", "--backoff", "1", "--backoff-max", "2"]);
-    let agents = Lines::spawn(run);
+    let agents = Lines::spawn(run, PATIENCE);
     agents.report("every agent parked on revision 1", |v| {
         count(v, "revisions", "1") == AGENTS && v["in_checkin"] == AGENTS
     });

@@ -6,15 +6,15 @@ pub mod agent;
 pub mod schema;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use ferry_artifacts::{Sha512Digest, write_sidecar};
 use ferry_manifests::{
-    ArtifactFacts, BundleName, BundleSpec, Compression, EntryName, Kind, Metadata, Mode,
-    NoProgress, PayloadSource, PgpKeyFacts, PolicyFacts, SidecarFormat, SigningKey,
+    ArtifactFacts, Compression, Kind, Metadata, PgpKeyFacts, PolicyFacts, SidecarFormat, SigningKey,
 };
+use ferry_testkit::{Lines, eventually, json_stdout, key_pair, payload, sidecars};
+pub use ferry_testkit::{assert_ok, stderr, stdout};
 use time::OffsetDateTime;
 
 pub struct Fixture {
@@ -36,23 +36,18 @@ pub fn archive_bytes(version: &str) -> Vec<u8> {
 
 /// Like [`archive_bytes`], `len` bytes long.
 pub fn sized_archive(version: &str, len: usize) -> Vec<u8> {
-    let mut x: u64 = version.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    ferry_testkit::noise(version, len)
 }
+
+/// How long the server may take to start, follow an import or log what a test waits for: each
+/// takes well under a second on an idle machine.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let generated = ferry_manifests::generate_key(None).unwrap();
-        let key = SigningKey::from_text(&generated.secret_key_file, "test", None).unwrap();
-        std::fs::write(dir.path().join("trusted.pub"), &generated.public_key_file).unwrap();
+        let (key, public_key_file) = key_pair("test");
+        std::fs::write(dir.path().join("trusted.pub"), public_key_file).unwrap();
         let pgp =
             ferry_artifacts::pgp::SigningKey::generate("Elastic test <t@example.invalid>").unwrap();
         std::fs::write(dir.path().join("GPG-KEY-test"), pgp.public_armored()).unwrap();
@@ -77,10 +72,7 @@ impl Fixture {
     /// Runs a command that must succeed and parses its JSON output.
     #[track_caller]
     pub fn run_json(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
-        let o = self.run(args);
-        assert_ok(&o);
-        serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+        json_stdout(&self.run(args))
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -99,9 +91,9 @@ impl Fixture {
     /// A second signing key, its public key written to `FILE` in the fixture's folder (not yet
     /// trusted: see [`Fixture::trust`]).
     pub fn other_key(&self, file: &str) -> SigningKey {
-        let generated = ferry_manifests::generate_key(None).unwrap();
-        std::fs::write(self.path(file), &generated.public_key_file).unwrap();
-        SigningKey::from_text(&generated.secret_key_file, file, None).unwrap()
+        let (key, public_key_file) = key_pair(file);
+        std::fs::write(self.path(file), public_key_file).unwrap();
+        key
     }
 
     pub fn write_config(&self, extra: &str) {
@@ -146,14 +138,7 @@ impl Fixture {
             std::fs::write(&p, bytes).unwrap();
             p
         };
-        let digest = Sha512Digest::of_reader(&archive[..]).unwrap();
-        let entry = |p: &str, source: PathBuf, kind: Kind, metadata: Metadata| PayloadSource {
-            path: EntryName::new(p).unwrap(),
-            source,
-            kind,
-            mode: Mode::Regular,
-            metadata,
-        };
+        let sidecars = sidecars(&self.pgp, name, &archive);
         let signer = ferry_artifacts::Keyring::from_armored(&self.pgp.public_armored(), "test key")
             .unwrap()
             .fingerprints();
@@ -163,7 +148,7 @@ impl Fixture {
             platform: "linux-x86_64".into(),
             package: "archive".into(),
             fips: false,
-            sha512: digest.to_hex(),
+            sha512: sidecars.digest.to_hex(),
             pgp_signer: signer[0].clone(),
         });
         let mut pgp_key = Metadata::default();
@@ -174,17 +159,17 @@ impl Fixture {
             m
         };
         let files = vec![
-            entry(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, artifact),
-            entry(&format!("downloads/{path}.sha512"), write("sha512", write_sidecar(&digest, name).as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::Sha512)),
-            entry(&format!("downloads/{path}.asc"), write("asc", self.pgp.sign(&archive[..]).unwrap().as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::PgpSignature)),
-            entry("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, pgp_key),
-            entry(
+            payload(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, artifact),
+            payload(&format!("downloads/{path}.sha512"), write("sha512", sidecars.sha512.as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::Sha512)),
+            payload(&format!("downloads/{path}.asc"), write("asc", sidecars.asc.as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::PgpSignature)),
+            payload("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, pgp_key),
+            payload(
                 "policies/p.yml",
                 write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()),
                 Kind::Policy,
                 policy("p", sequence),
             ),
-            entry(
+            payload(
                 "policies/q.yml",
                 write("q.yml", b"id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n"),
                 Kind::Policy,
@@ -192,17 +177,10 @@ impl Fixture {
             ),
         ];
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
-        let spec = BundleSpec {
-            name: BundleName::new("site").unwrap(),
-            sequence,
-            created: created - time::Duration::days(1),
-            expires,
-            builder: "ferry-tests".into(),
-            compression: Compression::Zstd { level: 3, workers: 1 },
-        };
-        let out = self.path("bundles");
-        std::fs::create_dir_all(&out).unwrap();
-        ferry_manifests::write_bundle(&spec, files, key, &out, &NoProgress).unwrap().bundle_path
+        let compression = Compression::Zstd { level: 3, workers: 1 };
+        let spec =
+            ferry_testkit::spec(sequence, created - time::Duration::days(1), expires, compression);
+        ferry_testkit::write_bundle(&self.path("bundles"), &spec, files, key).bundle_path
     }
 
     pub fn later() -> OffsetDateTime {
@@ -210,8 +188,8 @@ impl Fixture {
     }
 
     pub fn appliance(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-appliance"));
-        cmd.arg("--config").arg(self.path("appliance.toml")).env_remove("FERRY_CRASH_AT");
+        let mut cmd = ferry_testkit::command(env!("CARGO_BIN_EXE_ferry-appliance"));
+        cmd.arg("--config").arg(self.path("appliance.toml"));
         for a in args {
             cmd.arg(a);
         }
@@ -224,9 +202,8 @@ impl Fixture {
 
     /// `releases --json`: (active sequence, all sequences).
     pub fn releases(&self) -> (Option<u64>, Vec<u64>) {
-        let o = self.run(&[&"releases", &"--json"]);
-        assert_ok(&o);
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let list = self.run_json(&[&"releases", &"--json"]);
+        let list = list.as_array().unwrap();
         let active =
             list.iter().find(|r| r["active"] == true).map(|r| r["sequence"].as_u64().unwrap());
         (active, list.iter().map(|r| r["sequence"].as_u64().unwrap()).collect())
@@ -276,12 +253,10 @@ pub fn client_trusting(pem: &[u8]) -> ureq::Agent {
 
 /// A running `ferry-appliance serve`, killed on drop.
 pub struct Server {
-    child: std::sync::Mutex<Child>,
+    process: Lines,
     pub https: String,
     pub http: String,
     pub ca: PathBuf,
-    /// What the server has logged on stderr so far.
-    logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -304,78 +279,40 @@ impl Server {
         Self::start_command(cmd)
     }
 
-    /// Starts `cmd` (a form of `serve`) and waits until it serves.
-    pub fn start_command(mut cmd: Command) -> Self {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let sink = std::sync::Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut https, mut http, mut ca) = (None, None, None);
-        while https.is_none() || http.is_none() || ca.is_none() {
-            let line = lines.next().expect("serve printed its addresses").unwrap();
-            if let Some(rest) = line.strip_prefix("serving https://") {
-                https = Some(format!("https://{}", rest.split_whitespace().next().unwrap()));
-            } else if let Some(rest) = line.strip_prefix("serving the mirror on ") {
-                http = Some(rest.trim().to_owned());
-            } else if let Some(rest) = line.split("--certificate-authorities=").nth(1) {
-                ca = Some(PathBuf::from(rest.trim()));
-            }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+    /// Starts `cmd` (a form of `serve`) and waits until it has printed where it serves.
+    pub fn start_command(cmd: Command) -> Self {
+        let process = Lines::spawn(cmd, PATIENCE);
+        let https = process.wait("the agent API's address", |l| l.starts_with("serving https://"));
+        let https = https.strip_prefix("serving ").unwrap().split_whitespace().next().unwrap();
+        let http =
+            process.wait("the mirror's address", |l| l.starts_with("serving the mirror on "));
+        let ca = process.wait("the CA", |l| l.contains("--certificate-authorities="));
         Self {
-            child: std::sync::Mutex::new(child),
-            https: https.unwrap(),
-            http: http.unwrap(),
-            ca: ca.unwrap(),
-            logs,
+            https: https.to_owned(),
+            http: http.strip_prefix("serving the mirror on ").unwrap().trim().to_owned(),
+            ca: PathBuf::from(ca.split("--certificate-authorities=").nth(1).unwrap().trim()),
+            process,
         }
     }
 
     /// Waits (bounded) until the server has logged a line containing `text`; returns the logs.
     pub fn wait_for_log(&self, text: &str) -> String {
-        for _ in 0..100 {
-            let logs = self.logs.lock().unwrap().clone();
-            if logs.contains(text) {
-                return logs;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("the server never logged {text:?}; it logged:\n{}", self.logs.lock().unwrap());
+        self.process.wait_stderr(text)
     }
 
     /// Asks the server to stop (SIGTERM), as systemd does, and waits until it has.
     pub fn terminate(&self) -> std::process::ExitStatus {
-        let mut child = self.child.lock().unwrap();
-        let pid = child.id().to_string();
-        assert!(
-            ferry_manifests::test_tools::tool("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        child.wait().unwrap()
+        self.process.terminate()
     }
 
     /// Waits until the server exits by itself (after a takeover).
     pub fn wait_exit(&self) -> std::process::ExitStatus {
-        self.child.lock().unwrap().wait().unwrap()
+        self.process.wait_exit()
     }
 
     /// Kills the server as a power cut would (SIGKILL), and waits until it is gone.
     pub fn kill(&self) {
-        let mut child = self.child.lock().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
+        self.process.kill();
     }
 
     /// An HTTPS client that trusts only the appliance's quick-start CA.
@@ -403,39 +340,9 @@ impl Server {
 
     /// Waits (bounded) until `path` serves `want`; the server follows imports by polling.
     pub fn wait_for(&self, path: &str, want: &[u8]) {
-        for _ in 0..100 {
-            if self.get(path, &[]).2 == want {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("{path} never served the expected bytes");
+        let what = format!("{path} serving the expected bytes");
+        eventually(&what, PATIENCE, || (self.get(path, &[]).2 == want).then_some(()));
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-pub fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
 }
 
 /// Sends `head` (request line and headers, without the blank line) to the admin socket

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use ferry_artifacts::pgp::SigningKey;
-use ferry_artifacts::{Sha512Digest, write_sidecar};
+pub use ferry_testkit::{assert_ok, stderr, stdout};
+use ferry_testkit::{command, noise, sidecars};
 
 /// One request the upstream saw: path and `Range` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,34 +128,15 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let _ = out.shutdown(std::net::Shutdown::Both);
 }
 
-/// Pseudo-random bytes, different for every `seed`, like a compressed archive.
-pub fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut x: u64 = seed
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A synthetic Elastic download site: for each mirror path, the archive, its `.sha512` and its
 /// `.asc` by `key`. Keys of the map are request paths (`/downloads/...`).
 pub fn site(key: &SigningKey, mirror_paths: &[&str], size: usize) -> HashMap<String, Vec<u8>> {
     let mut files = HashMap::new();
     for path in mirror_paths {
         let archive = noise(path, size);
-        let name = path.rsplit('/').next().unwrap();
-        let digest = Sha512Digest::of_reader(&archive[..]).unwrap();
-        files
-            .insert(format!("/downloads/{path}.sha512"), write_sidecar(&digest, name).into_bytes());
-        files
-            .insert(format!("/downloads/{path}.asc"), key.sign(&archive[..]).unwrap().into_bytes());
+        let sidecars = sidecars(key, path.rsplit('/').next().unwrap(), &archive);
+        files.insert(format!("/downloads/{path}.sha512"), sidecars.sha512.into_bytes());
+        files.insert(format!("/downloads/{path}.asc"), sidecars.asc.into_bytes());
         files.insert(format!("/downloads/{path}"), archive);
     }
     files
@@ -165,33 +147,9 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn ferry(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env_remove("FERRY_KEY_PASSWORD").env_remove("SOURCE_DATE_EPOCH");
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
-    {
-        cmd.env_remove(var);
-    }
+    let mut cmd = command(env!("CARGO_BIN_EXE_ferry"));
     for a in args {
         cmd.arg(a);
     }
     cmd.output().unwrap()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-pub fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
 }

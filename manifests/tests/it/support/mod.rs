@@ -1,17 +1,16 @@
 //! Test helpers: a throwaway signing key, sample inputs, and the byte-level bundle forger (which
 //! signs whatever it is given, the way a leaked key or a buggy builder would).
 
-
 use std::path::{Path, PathBuf};
 
 use ferry_manifests::{
-    BundleName, BundleSpec, Compression, EntryName, FileEntry, Kind, Manifest, Mode, NoProgress,
-    PayloadSource, SigningKey, TrustedKeys, WrittenBundle,
+    BundleSpec, Compression, FileEntry, Kind, Manifest, Metadata, PayloadSource, SigningKey,
+    TrustedKeys, WrittenBundle,
 };
+use ferry_testkit::{noise, payload};
 
 pub fn key() -> SigningKey {
-    let generated = ferry_manifests::generate_key(None).unwrap();
-    SigningKey::from_text(&generated.secret_key_file, "test key", None).unwrap()
+    ferry_testkit::key_pair("test key").0
 }
 
 pub fn trusted(key: &SigningKey) -> TrustedKeys {
@@ -27,28 +26,18 @@ pub fn enforce_expiry() -> ferry_manifests::Expiry {
 }
 
 pub fn spec(sequence: u64, compression: Compression) -> BundleSpec {
-    BundleSpec {
-        name: BundleName::new("site").unwrap(),
+    ferry_testkit::spec(
         sequence,
-        created: time::macros::datetime!(2026-11-01 00:00 UTC),
-        expires: time::macros::datetime!(2099-01-01 00:00 UTC),
-        builder: "ferry-tests".into(),
+        time::macros::datetime!(2026-11-01 00:00 UTC),
+        time::macros::datetime!(2099-01-01 00:00 UTC),
         compression,
-    }
+    )
 }
 
 /// Writes a few sample inputs (one compressible, one not, one empty) and describes them.
 pub fn sample_inputs(dir: &Path) -> Vec<PayloadSource> {
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let mut noise = Vec::with_capacity(300_000);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while noise.len() < 300_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        noise.extend_from_slice(&x.to_le_bytes());
-    }
     let files: [(&str, &str, Vec<u8>, Kind); 3] = [
         (
             "policy.yml",
@@ -56,7 +45,12 @@ pub fn sample_inputs(dir: &Path) -> Vec<PayloadSource> {
             b"id: default\nrevision: 1\n".repeat(500),
             Kind::Policy,
         ),
-        ("agent.tar.gz", "downloads/beats/elastic-agent/agent.tar.gz", noise, Kind::AgentArtifact),
+        (
+            "agent.tar.gz",
+            "downloads/beats/elastic-agent/agent.tar.gz",
+            noise("agent.tar.gz", 300_000),
+            Kind::AgentArtifact,
+        ),
         ("empty", "files/empty", Vec::new(), Kind::Other),
     ];
     files
@@ -64,21 +58,13 @@ pub fn sample_inputs(dir: &Path) -> Vec<PayloadSource> {
         .map(|(local, path, bytes, kind)| {
             let source = src.join(local);
             std::fs::write(&source, bytes).unwrap();
-            PayloadSource {
-                path: EntryName::new(path).unwrap(),
-                source,
-                kind,
-                mode: Mode::Regular,
-                metadata: ferry_manifests::Metadata::default(),
-            }
+            payload(path, source, kind, Metadata::default())
         })
         .collect()
 }
 
 pub fn build(dir: &Path, key: &SigningKey, spec: &BundleSpec) -> WrittenBundle {
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    ferry_manifests::write_bundle(spec, sample_inputs(dir), key, &out, &NoProgress).unwrap()
+    ferry_testkit::write_bundle(&dir.join("out"), spec, sample_inputs(dir), key)
 }
 
 pub fn manifest(files: Vec<FileEntry>) -> Manifest {

@@ -1,27 +1,24 @@
 //! Helpers shared by the end-to-end tests that drive the real binaries with simulated agents:
-//! a site (fake Elastic mirror, signing key, bundles, appliance configuration), processes whose
-//! output lines are collected as they come, and bounded waits.
+//! a site (fake Elastic mirror, signing key, bundles, appliance configuration), and how long a
+//! journey waits for its processes.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use ferry_tests::{binary, run_ok};
+pub use ferry_testkit::{Lines, binary, json_stdout, run_ok};
 use serde_json::Value;
 
-/// The one JSON line a finished `ferry-sim flood` or `probe` printed.
-pub fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{:?}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
-    })
+/// How long a journey waits for a process to print what it expects: two thousand simulated
+/// agents enrolling at 500 a second, parking and acknowledging take tens of seconds on 2 cores.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long a journey polls the appliance for a state its agents have already reported.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
 /// A new simulated agent (`ferry-sim run` pointed at the server by `target`) enrolls, checks
@@ -31,7 +28,7 @@ pub fn a_new_agent_checks_in(target: &dyn Fn(&mut Command)) {
     newcomer.arg("run");
     target(&mut newcomer);
     newcomer.args(["--agents", "1", "--report-ms", "200"]);
-    let newcomer = Lines::spawn(newcomer);
+    let newcomer = Lines::spawn(newcomer, PATIENCE);
     newcomer.report("a new agent checked in and parked", |v| {
         v["enrolled"] == 1 && v["checkins"].as_u64().unwrap_or(0) >= 1 && v["in_checkin"] == 1
     });
@@ -126,7 +123,7 @@ impl Site {
     pub fn serve(&self) -> Lines {
         let mut serve = self.appliance();
         serve.arg("serve");
-        let server = Lines::spawn(serve);
+        let server = Lines::spawn(serve, PATIENCE);
         server.wait("the admin API", |l| l.starts_with("admin API on"));
         server
     }
@@ -143,80 +140,9 @@ impl Site {
     }
 }
 
-/// A process whose stdout lines are collected as they come.
-pub struct Lines {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Lines {
-    pub fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The process id, for reading its /proc entries.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits (bounded) for a line satisfying `pred`; returns it.
-    pub fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < end {
-            if let Some(l) = self.lines.lock().unwrap().iter().rev().find(|l| pred(l)) {
-                return l.clone();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("never saw {what}; last: {:?}", self.lines.lock().unwrap().last());
-    }
-
-    /// Waits until the simulator's latest report satisfies `pred`.
-    pub fn report(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let end = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < end {
-            let last = self.lines.lock().unwrap().last().cloned();
-            if let Some(v) = last.and_then(|l| serde_json::from_str::<Value>(&l).ok())
-                && pred(&v)
-            {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("agents never reached: {what}; last: {:?}", self.lines.lock().unwrap().last());
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Polls `f` (bounded) until it gives a value.
 pub fn eventually<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = f() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("never: {what}");
+    ferry_testkit::eventually(what, SETTLE, f)
 }
 
 pub fn count(v: &Value, histogram: &str, key: &str) -> u64 {

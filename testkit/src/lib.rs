@@ -1,0 +1,13 @@
+//! Helpers the integration tests of several crates share (a dev-dependency only, never in a
+//! shipped binary): running the workspace's binaries and checking what they printed, processes
+//! whose output is collected as it comes, bounded waits, deterministic bytes, throwaway keys,
+//! and signed bundles written in a test. What only one crate's tests need stays in that crate's
+//! `tests/it/support`.
+
+mod bundle;
+mod lines;
+mod process;
+
+pub use bundle::{Sidecars, key_pair, noise, payload, sidecars, spec, write_bundle};
+pub use lines::Lines;
+pub use process::{assert_ok, binary, command, eventually, json_stdout, run_ok, stderr, stdout};
