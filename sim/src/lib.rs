@@ -331,3 +331,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("{}", fleet.stats.line(start));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap's own checks of the command tree (duplicate names, conflicts naming missing
+    /// arguments, bad defaults...), which a debug build otherwise makes only for the subcommand
+    /// it parses.
+    #[test]
+    fn the_command_tree_passes_clap_checks() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -6,6 +6,7 @@
 mod actions;
 mod appliance;
 mod checkin;
+mod cli;
 mod crash;
 mod enroll;
 mod hostile_agent;

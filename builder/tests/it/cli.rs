@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use clap::CommandFactory as _;
 use ferry_manifests::{BundleComment, SigningKey};
 
 use crate::support::{assert_ok, ferry, fixture, stderr, stdout};
@@ -47,6 +48,14 @@ fn verify_json(bundle: &Path) -> (i32, serde_json::Value) {
     let o = ferry(&[&"verify", &bundle, &"--public-key", &fixture("test.pub"), &"--json"]);
     let json = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
     (o.status.code().unwrap(), json)
+}
+
+/// clap's own checks of `ferry`'s command tree (duplicate names, conflicts naming missing
+/// arguments, bad defaults...), which a debug build otherwise makes only for the subcommand it
+/// parses.
+#[test]
+fn the_command_tree_passes_clap_checks() {
+    ferry_builder::cli::Cli::command().debug_assert();
 }
 
 #[test]
