@@ -105,7 +105,7 @@ fn unsafe_char(c: char) -> bool {
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `text` made safe to print: each character of [`unsafe_char`] replaced by a visible escape
+/// `text` made safe to print: each character of `unsafe_char` replaced by a visible escape
 /// (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`), and the result cut to `max` characters, the last
 /// being `…` when anything was cut. For text that someone else chose (an agent, a bundle);
 /// `--json` output needs none of this, JSON escapes it already.

@@ -19,8 +19,8 @@ const ENVIRONMENT: [&str; 9] = [
     "all_proxy",
 ];
 
-/// A command for `program` (one of the workspace's binaries) without the variables of
-/// [`ENVIRONMENT`].
+/// A command for `program` (one of the workspace's binaries) without the variables that change
+/// what it does.
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     for var in ENVIRONMENT {
