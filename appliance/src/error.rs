@@ -33,6 +33,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// `400` with Fleet's `BadRequest` code: a request the agent or the CLI got wrong.
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
     pub fn fleet(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Fleet { status, code, message: message.into() }
     }

@@ -32,11 +32,9 @@ pub(crate) async fn pgp_key(
     if parts.len() != 3
         || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(ApiError::fleet(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("{version:?} is not a version MAJOR.MINOR.PATCH"),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "{version:?} is not a version MAJOR.MINOR.PATCH"
+        )));
     }
     let release = state.current().ok_or(ApiError::NotFound)?;
     let key = release.pgp_key().ok_or(ApiError::NotFound)?;

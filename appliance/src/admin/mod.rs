@@ -244,10 +244,6 @@ async fn db<T: Send + 'static>(
     crate::app::with_db(&admin.state, f).await
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", message)
-}
-
 fn not_found(message: impl Into<String>) -> ApiError {
     ApiError::fleet(StatusCode::NOT_FOUND, "NotFound", message)
 }
@@ -255,7 +251,7 @@ fn not_found(message: impl Into<String>) -> ApiError {
 /// Refuses a request that needs a release when none is served, in the words `serve` and
 /// `releases` use for it.
 fn served(app: &AppState, what: &str) -> Result<Arc<crate::release::Release>, ApiError> {
-    app.served_or_trouble().map_err(|trouble| bad(format!("{what}: {trouble}")))
+    app.served_or_trouble().map_err(|trouble| ApiError::bad_request(format!("{what}: {trouble}")))
 }
 
 fn require_policy(app: &AppState, policy_id: &str) -> Result<(), ApiError> {
@@ -264,7 +260,7 @@ fn require_policy(app: &AppState, policy_id: &str) -> Result<(), ApiError> {
     if known.contains(&policy_id) {
         return Ok(());
     }
-    Err(bad(format!(
+    Err(ApiError::bad_request(format!(
         "policy {policy_id:?} is not in the active release (it has: {})",
         known.join(", ")
     )))
@@ -507,14 +503,14 @@ async fn list_agents(
     let limit = filter.limit.unwrap_or(PAGE);
     let page = AgentPage { policy: filter.policy, after: filter.after, limit: Some(limit) };
     let list = agents(&admin, move |s| match s.agent_views(&page) {
-        Err(StoreError::NotFound { key: after, .. }) => Err(bad(format!(
+        Err(StoreError::NotFound { key: after, .. }) => Err(ApiError::bad_request(format!(
             "after={after:?}: no such agent (it must be the last id of the previous page)"
         ))),
         views => Ok(views?),
     })
     .await?;
     if limit == 0 {
-        return Err(bad("limit must be at least 1"));
+        return Err(ApiError::bad_request("limit must be at least 1"));
     }
     let page: Vec<Agent> = list.into_iter().map(list_entry).collect();
     Ok(axum::Json(page).into_response())
@@ -590,11 +586,11 @@ async fn create_actions(
     let kind = request.action.kind();
     let (data, effect, mut notes) = match &request.action {
         ActionRequest::Upgrade { version } => {
-            valid_version(version).map_err(bad)?;
+            valid_version(version).map_err(ApiError::bad_request)?;
             let release = served(&admin.app, &format!("upgrade to {version}"))?;
             let platforms = release_platforms(&release, version);
             if platforms.is_empty() {
-                return Err(bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "the active release has no Elastic Agent {version}: agents could not download it"
                 )));
             }
@@ -612,7 +608,7 @@ async fn create_actions(
         }
         ActionRequest::Settings { log_level } => {
             if !["trace", "debug", "info", "warning", "error", ""].contains(&log_level.as_str()) {
-                return Err(bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "log level {log_level:?} is not one of trace, debug, info, warning, error (or empty to clear)"
                 )));
             }
@@ -622,7 +618,9 @@ async fn create_actions(
             if let Some(m) =
                 additional_metrics.iter().find(|m| !["CPU", "CONN"].contains(&m.as_str()))
             {
-                return Err(bad(format!("additional metric {m:?} is not CPU or CONN")));
+                return Err(ApiError::bad_request(format!(
+                    "additional metric {m:?} is not CPU or CONN"
+                )));
             }
             let data = action_data(&RequestDiagnosticsData { additional_metrics })?;
             (Some(data), ActionEffect::None, vec![])
@@ -634,13 +632,13 @@ async fn create_actions(
         }
     };
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns");
-    let start = match &request.start_time {
-        Some(t) => Some(
-            crate::clock::utc_time(t)
-                .ok_or_else(|| bad(format!("start_time {t:?} is not RFC 3339")))?,
-        ),
-        None => None,
-    };
+    let start =
+        match &request.start_time {
+            Some(t) => Some(crate::clock::utc_time(t).ok_or_else(|| {
+                ApiError::bad_request(format!("start_time {t:?} is not RFC 3339"))
+            })?),
+            None => None,
+        };
     let start_time = start.map(ferry_manifests::rfc3339);
     // A scheduled action lives its full span from its start, or agents would drop it unrun.
     let expires_in = request.expires_in_seconds.map_or(DEFAULT_EXPIRY, Duration::from_secs);
@@ -665,7 +663,9 @@ async fn create_actions(
             None => None,
         };
         let agents = match (&request.policy, request.agents.is_empty(), cancel_targets) {
-            (Some(_), false, _) => return Err(bad("name agents or a policy, not both")),
+            (Some(_), false, _) => {
+                return Err(ApiError::bad_request("name agents or a policy, not both"));
+            }
             (Some(policy), true, _) => s.agents_in_policy(policy)?,
             (None, false, _) => {
                 for id in &request.agents {
@@ -677,10 +677,12 @@ async fn create_actions(
                 request.agents.clone()
             }
             (None, true, Some(targets)) => targets,
-            (None, true, None) => return Err(bad("name the agents (or a policy) to act on")),
+            (None, true, None) => {
+                return Err(ApiError::bad_request("name the agents (or a policy) to act on"));
+            }
         };
         if agents.is_empty() {
-            return Err(bad("no active agents match"));
+            return Err(ApiError::bad_request("no active agents match"));
         }
         // Cancelling an upgrade also ends the upgrade state of the agents it is for.
         let effect = match effect {
@@ -763,7 +765,10 @@ async fn upload_file(
     let msg = format!("no upload {id}");
     let upload = db(&admin, move |s| Ok(s.upload(&id)?)).await?.ok_or_else(|| not_found(msg))?;
     if upload.status != UploadStatus::Ready {
-        return Err(bad(format!("upload {} is {}, not READY", upload.id, upload.status)));
+        return Err(ApiError::bad_request(format!(
+            "upload {} is {}, not READY",
+            upload.id, upload.status
+        )));
     }
     let path = crate::fleet::upload_file(&admin.uploads_dir, &upload);
     let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.into()))?;

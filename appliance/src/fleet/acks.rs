@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::wire::{AckRequest, AckResponse, AckResponseItem, ActionKind, AuditUnenrollRequest};
-use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, bad_request, with_state};
+use super::{ACK_BODY_LIMIT, AUDIT_BODY_LIMIT, AgentApi, authenticated, with_state};
 use crate::error::ApiError;
 use crate::store::{ActionResult, AuditOutcome, PolicyAck};
 
@@ -117,11 +117,11 @@ pub(crate) async fn audit_unenroll(
     let body = super::read_limited(body, AUDIT_BODY_LIMIT).await?;
     let request: AuditUnenrollRequest = super::json_body(&body, "audit request")?;
     if !["uninstall", "orphaned", "key_revoked", "migrated"].contains(&request.reason.as_str()) {
-        return Err(bad_request(format!("unknown unenroll reason {:?}", request.reason)));
+        return Err(ApiError::bad_request(format!("unknown unenroll reason {:?}", request.reason)));
     }
     let at = match request.timestamp.as_deref() {
         Some(t) => crate::clock::utc_rfc3339(t)
-            .ok_or_else(|| bad_request(format!("timestamp {t:?} is not RFC 3339")))?,
+            .ok_or_else(|| ApiError::bad_request(format!("timestamp {t:?} is not RFC 3339")))?,
         None => crate::clock::now_rfc3339(),
     };
     // A check-in report still queued predates this and would clear the annotation: written

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::wire::{Action, ActionData, ActionKind, CheckinRequest, CheckinResponse};
 use super::{
-    AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, bad_request,
-    blocking, with_state,
+    AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, blocking,
+    with_state,
 };
 use crate::error::ApiError;
 use crate::release::Release;
@@ -120,7 +120,7 @@ pub(super) fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<CheckinR
     let body = super::decompress(headers, body, CHECKIN_BODY_LIMIT)?;
     let request: CheckinRequest = super::json_body(&body, "check-in")?;
     if request.status.is_empty() {
-        return Err(bad_request("status is required"));
+        return Err(ApiError::bad_request("status is required"));
     }
     Ok(request)
 }

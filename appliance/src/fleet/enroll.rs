@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::wire::{EnrollRequest, EnrollResponse, EnrollResponseItem};
-use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, bad_request, blocking};
+use super::{AgentApi, ENROLL_BODY_LIMIT, access_key, agent_version, blocking};
 use crate::credentials::{
     ApiKey, REPLACE_HASHING, SecretHash, hash_replace_token, replace_token_matches,
 };
@@ -146,13 +146,13 @@ pub(crate) async fn enroll(
     let body = super::read_limited(body, ENROLL_BODY_LIMIT).await?;
     let request: EnrollRequest = super::json_body(&body, "enroll request")?;
     if !["PERMANENT", "EPHEMERAL", "TEMPORARY"].contains(&request.kind.as_str()) {
-        return Err(bad_request(format!("unknown enrollment type {:?}", request.kind)));
+        return Err(ApiError::bad_request(format!("unknown enrollment type {:?}", request.kind)));
     }
     if !request.metadata.local.is_object() {
-        return Err(bad_request("metadata.local must be an object"));
+        return Err(ApiError::bad_request("metadata.local must be an object"));
     }
     if !request.id.is_empty() && !valid_agent_id(&request.id) {
-        return Err(bad_request("the requested agent id has unusable characters"));
+        return Err(ApiError::bad_request("the requested agent id has unusable characters"));
     }
     let id = if request.id.is_empty() { super::uuid_v4() } else { request.id.clone() };
     let existing = {

@@ -244,10 +244,6 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::fleet(StatusCode::BAD_REQUEST, "BadRequest", message)
-}
-
 /// Reads a request body of at most `limit` bytes; a larger one is refused with 413. The HTTP
 /// loop has already refused bodies over the route's cap (`body_limit`) and read the rest whole,
 /// so there is nothing to drain; this is the check for caps known only here (an upload's chunk
@@ -257,7 +253,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let bytes = body
         .collect()
         .await
-        .map_err(|e| bad_request(format!("cannot read the request body: {e}")))?
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
         .to_bytes();
     if bytes.len() > limit {
         return Err(too_large(limit));
@@ -267,7 +263,8 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// Decodes a JSON request body; `what` names it in the error.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("cannot decode the {what}: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("cannot decode the {what}: {e}")))
 }
 
 /// At most this many bodies are inflated at once. Each holds a thread (of the blocking pool's
@@ -295,7 +292,7 @@ fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, Api
         flate2::read::GzDecoder::new(&body[..])
             .take(limit + 1)
             .read_to_end(&mut out)
-            .map_err(|e| bad_request(format!("cannot gunzip the body: {e}")))?;
+            .map_err(|e| ApiError::bad_request(format!("cannot gunzip the body: {e}")))?;
         if out.len() as u64 > limit {
             return Err(too_large(limit as usize));
         }

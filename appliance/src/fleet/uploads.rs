@@ -17,8 +17,8 @@ use super::wire::{
     UploadCompleteResponse,
 };
 use super::{
-    AgentApi, UPLOAD_BEGIN_LIMIT, UPLOAD_CHUNK_SIZE, UPLOAD_END_LIMIT, authenticated, bad_request,
-    blocking, wrong_agent,
+    AgentApi, UPLOAD_BEGIN_LIMIT, UPLOAD_CHUNK_SIZE, UPLOAD_END_LIMIT, authenticated, blocking,
+    wrong_agent,
 };
 use crate::error::ApiError;
 use crate::store::{ChunkRecord, UploadRecord, UploadStatus};
@@ -62,17 +62,17 @@ pub(crate) async fn begin(
         ("file.mime_type", &request.file.mime_type),
     ] {
         if value.trim().is_empty() {
-            return Err(bad_request(format!("{field} is required")));
+            return Err(ApiError::bad_request(format!("{field} is required")));
         }
     }
     if request.agent_id != agent.id {
         return Err(wrong_agent());
     }
     if !["agent", "endpoint"].contains(&request.src.as_str()) {
-        return Err(bad_request(format!("unknown upload source {:?}", request.src)));
+        return Err(ApiError::bad_request(format!("unknown upload source {:?}", request.src)));
     }
     if request.file.size == 0 || request.file.size > api.max_upload_bytes {
-        return Err(bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "file.size {} is outside 1..={} bytes",
             request.file.size, api.max_upload_bytes
         )));
@@ -105,14 +105,14 @@ pub(crate) async fn begin(
         if action.is_none_or(|a| {
             a.kind != ActionKind::RequestDiagnostics.as_str() || a.expiration <= upload.created
         }) {
-            return Err(bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "{} is not a live diagnostics request for this agent",
                 upload.action_id
             )));
         }
         match state.upload_for_action(&upload.action_id, &upload.agent_id)? {
             Some(done) if done.status == UploadStatus::Ready => {
-                return Err(bad_request(format!(
+                return Err(ApiError::bad_request(format!(
                     "diagnostics for {} were uploaded already ({})",
                     upload.action_id, done.id
                 )));
@@ -168,12 +168,12 @@ pub(crate) async fn chunk(
         .parse()
         .ok()
         .filter(|n| *n < count)
-        .ok_or_else(|| bad_request(format!("chunk {num:?} is not in 0..{count}")))?;
+        .ok_or_else(|| ApiError::bad_request(format!("chunk {num:?} is not in 0..{count}")))?;
     let claimed = headers
         .get("x-chunk-sha2")
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| bad_request("X-Chunk-SHA2 must be the chunk's SHA-256 in hex"))?
+        .ok_or_else(|| ApiError::bad_request("X-Chunk-SHA2 must be the chunk's SHA-256 in hex"))?
         .to_ascii_lowercase();
     // The Content-Type agents send here (application/json) is meaningless and ignored.
     let bytes = super::read_limited(body, upload.chunk_size as usize).await?;
