@@ -16,15 +16,7 @@ use ferry_manifests::{
 /// The verified bundle's one body: 4 KiB that zstd cannot shrink, so that a replacement with a
 /// body that compresses (as many zeros, or a few bytes) is never longer than the verified file.
 fn verified_body() -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    ferry_testkit::noise("the verified body", 4096)
 }
 
 /// Other content of the verified body's length.
