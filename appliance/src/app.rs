@@ -22,6 +22,8 @@ pub(crate) struct AppState {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// The quick-start CA's revocation list (DER), served at [`crate::net::tls::CRL_PATH`].
     pub crl: Option<Vec<u8>>,
+    /// The site's Elasticsearch, when `[elasticsearch]` is configured (set once, at start).
+    pub elastic: std::sync::OnceLock<Arc<crate::elastic::Elastic>>,
 }
 
 impl AppState {
@@ -31,6 +33,7 @@ impl AppState {
             release: RwLock::new(Active::None),
             changed: tokio::sync::watch::channel(0).0,
             crl,
+            elastic: std::sync::OnceLock::new(),
         }
     }
 

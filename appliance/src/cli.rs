@@ -66,7 +66,9 @@ pub enum Command {
     /// Serve the active release over TLS (and follow imports and rollbacks as they happen).
     Serve(ServeArgs),
     /// What the appliance serves: the active release, whether it verifies and is served, what
-    /// /api/status answers, and the agents. Exits 1 unless it serves its active release.
+    /// /api/status answers, the agents, the site's Elasticsearch and policies not delivered.
+    /// Exits 1 unless it serves its active release and Elasticsearch (when configured) is well.
+    #[command(visible_alias = "health")]
     Status(JsonArg),
     /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
     #[command(subcommand)]

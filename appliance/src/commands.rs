@@ -399,6 +399,15 @@ pub(crate) async fn run_server(
     crate::app::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
     let hub = Arc::new(crate::fleet::hub::Hub::default());
     crate::fleet::hub::spawn_flusher(Arc::clone(&hub), Arc::clone(&db));
+    if let Some(es) = &config.elasticsearch {
+        let elastic = crate::elastic::Elastic::start(es, Arc::clone(&db), Arc::clone(&hub)).await?;
+        let health = elastic.health();
+        match health.state.as_str() {
+            "ok" => println!("elasticsearch: ok ({})", health.principal.unwrap_or_default()),
+            state => println!("elasticsearch: {state}: {}", health.message),
+        }
+        let _ = state.elastic.set(elastic);
+    }
     let uploads_dir = config.data_dir.join("uploads");
     std::fs::create_dir_all(&uploads_dir)?;
     let agents = Arc::new(crate::fleet::AgentApi {
@@ -415,6 +424,7 @@ pub(crate) async fn run_server(
     });
     let admin = Arc::new(crate::admin::Admin {
         state: Arc::clone(&db),
+        agents: Arc::clone(&agents),
         app: Arc::clone(&state),
         hub: Arc::clone(&hub),
         public_base: config.public_base().to_owned(),

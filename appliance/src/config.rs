@@ -85,6 +85,21 @@ max_upload_mib = 1024
 # per_second = 100
 # burst = 100
 # concurrent = 50
+
+# The site's Elasticsearch, where agents send their data. With this section the appliance does
+# what Fleet Server does: it creates one API key per agent and Elasticsearch output, with the
+# policy's output_permissions, and delivers it in the agent's policy. The credential is a
+# service token of the elastic/fleet-server service account (service_token_file) or an API key
+# allowed to manage its own API keys (api_key_file, "id:key" or its base64); exactly one.
+# Without this section policies are delivered as they are in the bundle.
+# [elasticsearch]
+# hosts = ["https://elasticsearch.site.internal:9200"]
+# ca_file = "/etc/ferry/elasticsearch-ca.pem"
+# service_token_file = "/etc/ferry/elasticsearch-service-token"
+# # How often the connection and the credential's privileges are checked.
+# check_interval_seconds = 30
+# # One request to Elasticsearch may take this long.
+# request_timeout_seconds = 10
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +117,52 @@ pub(crate) struct Config {
     /// Overrides of the route table's limits ([`crate::routes::Class`]).
     #[serde(default)]
     pub limits: std::collections::BTreeMap<String, crate::net::limits::LimitOverride>,
+    /// The site's Elasticsearch, for per-agent output keys.
+    pub elasticsearch: Option<ElasticsearchConfig>,
+}
+
+/// `[elasticsearch]`: where agents' data goes, and the credential the appliance manages their
+/// output keys with. Never in a bundle: it belongs to the site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ElasticsearchConfig {
+    pub hosts: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+    pub service_token_file: Option<PathBuf>,
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default = "default_es_check")]
+    pub check_interval_seconds: u64,
+    #[serde(default = "default_es_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+fn default_es_check() -> u64 {
+    30
+}
+
+fn default_es_timeout() -> u64 {
+    10
+}
+
+impl ElasticsearchConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.hosts.is_empty(), "elasticsearch.hosts is empty");
+        for host in &self.hosts {
+            anyhow::ensure!(
+                host.starts_with("https://") || host.starts_with("http://"),
+                "elasticsearch.hosts: {host:?} must be a URL (https://host:9200)"
+            );
+        }
+        anyhow::ensure!(
+            self.service_token_file.is_some() != self.api_key_file.is_some(),
+            "elasticsearch: set exactly one of service_token_file and api_key_file"
+        );
+        anyhow::ensure!(
+            self.check_interval_seconds > 0 && self.request_timeout_seconds > 0,
+            "elasticsearch.check_interval_seconds and request_timeout_seconds must be at least 1"
+        );
+        Ok(())
+    }
 }
 
 fn default_retain() -> usize {
@@ -219,6 +280,14 @@ impl Config {
         if let Some(DownloadCa::File(p)) = &mut config.server.download_ca {
             *p = base.join(&*p);
         }
+        if let Some(es) = &mut config.elasticsearch {
+            for p in [&mut es.ca_file, &mut es.service_token_file, &mut es.api_key_file]
+                .into_iter()
+                .flatten()
+            {
+                *p = base.join(&*p);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -271,6 +340,9 @@ impl Config {
             "server.header_timeout_seconds must be at least 1"
         );
         crate::routes::limits(&self.limits)?;
+        if let Some(es) = &self.elasticsearch {
+            es.validate()?;
+        }
         Ok(())
     }
 

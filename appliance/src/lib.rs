@@ -18,6 +18,7 @@ mod commands;
 mod config;
 /// Fleet's credentials, public so the tests can mint and decode keys as Fleet does.
 pub mod credentials;
+mod elastic;
 mod error;
 mod fleet;
 mod mirror;

@@ -214,6 +214,14 @@ pub(crate) struct StatusReport {
     /// Why nothing is served, naming the fix.
     pub(crate) message: Option<String>,
     pub(crate) agents: AgentCounts,
+    /// The site's Elasticsearch as the server last saw it; absent without `[elasticsearch]`
+    /// or without a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) elasticsearch: Option<crate::elastic::Health>,
+    /// Policies of the active release that are not delivered, and why (agents keep the one
+    /// they run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) policies_held: BTreeMap<String, String>,
 }
 
 /// Whether a server runs on the data directory.

@@ -870,11 +870,35 @@ pub(crate) fn status(
                 "        {n} check-in report(s) had fields over their caps (see the server's log)"
             );
         }
+        if let Some(es) = &report.elasticsearch {
+            let who = es.principal.as_deref().map(|p| format!(" as {p}")).unwrap_or_default();
+            match es.state.as_str() {
+                "ok" => println!("elasticsearch  ok{who}"),
+                state => println!(
+                    "elasticsearch  {state}: {}",
+                    ferry_manifests::terminal::escape(&es.message, 500)
+                ),
+            }
+            if es.agents_waiting_for_keys > 0 {
+                println!(
+                    "               {} agent(s) wait for output keys",
+                    es.agents_waiting_for_keys
+                );
+            }
+        }
+        for (policy, why) in &report.policies_held {
+            let (policy, why) = (
+                ferry_manifests::terminal::escape(policy, 100),
+                ferry_manifests::terminal::escape(why, 500),
+            );
+            println!("policy {policy} not delivered: {why}");
+        }
         if let Some(message) = &report.message {
             println!("{message}");
         }
     }
-    let healthy = report.status.as_deref() == Some(crate::fleet::status::HEALTHY);
+    let healthy = report.status.as_deref() == Some(crate::fleet::status::HEALTHY)
+        && report.policies_held.is_empty();
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

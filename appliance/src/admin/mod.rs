@@ -49,6 +49,8 @@ pub(crate) const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub(crate) struct Admin {
     pub(crate) state: Db,
+    /// The agent API, whose delivered policies `status` reports on.
+    pub agents: Arc<crate::fleet::AgentApi>,
     pub app: Arc<AppState>,
     pub hub: Arc<Hub>,
     pub public_base: String,
@@ -296,6 +298,8 @@ pub(crate) fn status_report(
             reports_trimmed: None,
             checkins_superseded: None,
         },
+        elasticsearch: None,
+        policies_held: Default::default(),
     }
 }
 
@@ -325,6 +329,24 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     // with fields over their caps, and check-ins superseded by a newer one of the same agent.
     report.agents.reports_trimmed = Some(admin.hub.trimmed.count());
     report.agents.checkins_superseded = Some(admin.hub.superseded.count());
+    if let Some(es) = admin.app.elastic.get() {
+        report.elasticsearch = Some(es.health());
+        if es.degraded() && report.status.as_deref() == Some(crate::fleet::status::HEALTHY) {
+            report.status = Some("DEGRADED".to_owned());
+        }
+    }
+    // Every policy of the release is prepared (as a check-in would), so a policy no agent
+    // asked for yet is reported too.
+    let agents = Arc::clone(&admin.agents);
+    report.policies_held = crate::app::blocking(move || {
+        if let Some(release) = agents.app.current() {
+            for (id, _) in release.policies() {
+                agents.policies.get(&agents, id)?;
+            }
+        }
+        Ok(agents.policies.held(&agents))
+    })
+    .await?;
     Ok(axum::Json(report).into_response())
 }
 
@@ -542,6 +564,9 @@ async fn revoke_agent(
         return Err(not_found(msg));
     }
     admin.hub.wake([&id]);
+    if let Some(es) = admin.app.elastic.get() {
+        es.sweep();
+    }
     tracing::warn!(agent = %id, "agent revoked by the admin");
     Ok(axum::Json(Revoked { revoked: true }).into_response())
 }

@@ -52,6 +52,9 @@ pub(crate) async fn acks(
                 && policy == agent.policy_id
                 && !failed
             {
+                if let Some(es) = api.app.elastic.get() {
+                    es.policy_acked(&agent.id, revision);
+                }
                 api.hub.policy_acked(PolicyAck {
                     agent_id: agent.id.clone(),
                     access_key_id: agent.access_key_id.clone(),
@@ -87,9 +90,14 @@ pub(crate) async fn acks(
             if unenroll {
                 tracing::info!(agent = %agent_id, "agent acknowledged its unenrollment; key revoked");
             }
-            Ok(found)
+            Ok((found, unenroll))
         })
         .await?;
+        let (found, unenroll) = found;
+        // Its output keys were marked with the unenrollment: invalidated now.
+        if let Some(es) = api.app.elastic.get().filter(|_| unenroll) {
+            es.sweep();
+        }
         for i in looked_up.into_iter().filter(|i| !found.contains(i)) {
             items[i] = StatusCode::NOT_FOUND;
         }

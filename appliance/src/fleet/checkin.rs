@@ -17,6 +17,7 @@ use super::{
     AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, blocking,
     with_state,
 };
+use crate::elastic::slots::KeySlot;
 use crate::error::ApiError;
 use crate::release::Release;
 use crate::store::{ActionRecord, CheckinUpdate};
@@ -30,6 +31,9 @@ pub(crate) struct Delivered {
     pub created: String,
     /// The policy document, serialised once: each POLICY_CHANGE copies this text.
     pub policy: Box<RawValue>,
+    /// Outputs whose `api_key` is each agent's own (`[elasticsearch]`): placeholders in
+    /// `policy`, filled per agent.
+    pub slots: Vec<KeySlot>,
 }
 
 /// Delivered policies of the active release, computed once per release change rather than
@@ -39,11 +43,15 @@ pub(crate) struct PolicyCache {
     inner: Mutex<Generation>,
 }
 
+/// Why a policy of the active release is not delivered (agents keep the one they run).
+pub(crate) type Held = std::collections::BTreeMap<String, String>;
+
 /// The policies delivered from one active release (`None`: the release has no such policy).
 #[derive(Default)]
 struct Generation {
     number: u64,
     policies: HashMap<String, Option<Arc<Delivered>>>,
+    held: Held,
 }
 
 impl PolicyCache {
@@ -64,29 +72,44 @@ impl PolicyCache {
         let generation = *api.app.changed.borrow();
         let mut inner = self.inner.lock().expect("policy cache lock");
         if inner.number != generation {
-            *inner = Generation { number: generation, policies: HashMap::new() };
+            *inner = Generation { number: generation, ..Generation::default() };
         }
         if let Some(hit) = inner.policies.get(policy_id) {
             return Ok(hit.clone());
         }
         let delivered = match api.app.current() {
-            Some(release) => deliver(api, &release, policy_id)?.map(Arc::new),
+            Some(release) => match deliver(api, &release, policy_id)? {
+                Ok(delivered) => delivered.map(Arc::new),
+                Err(why) => {
+                    tracing::warn!(policy = policy_id, "policy not delivered: {why}");
+                    inner.held.insert(policy_id.to_owned(), why);
+                    None
+                }
+            },
             None => None,
         };
         inner.policies.insert(policy_id.to_owned(), delivered.clone());
         Ok(delivered)
     }
+
+    /// The policies of the active release not delivered, and why, among those looked at.
+    pub(crate) fn held(&self, api: &AgentApi) -> Held {
+        let generation = *api.app.changed.borrow();
+        let inner = self.inner.lock().expect("policy cache lock");
+        if inner.number == generation { inner.held.clone() } else { Held::new() }
+    }
 }
 
 /// Builds the delivered form of a policy: `fleet.hosts` and the download source point here, and
-/// the revision is the appliance's own, which only goes up.
+/// the revision is the appliance's own, which only goes up. `Err` says why the policy cannot
+/// be delivered at all.
 fn deliver(
     api: &AgentApi,
     release: &Release,
     policy_id: &str,
-) -> Result<Option<Delivered>, ApiError> {
+) -> Result<Result<Option<Delivered>, String>, ApiError> {
     let Some((_, entry)) = release.policies().find(|(id, _)| *id == policy_id) else {
-        return Ok(None);
+        return Ok(Ok(None));
     };
     let bytes = std::fs::read(api.app.blobs.path(&entry.sha256))
         .map_err(|e| ApiError::Internal(e.into()))?;
@@ -106,12 +129,21 @@ fn deliver(
     ferry_artifacts::policy::deliver_for_site(&mut doc, &site);
     // serde_json's maps are sorted, so equal content gives equal text.
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.to_string().as_bytes()));
+    // Per-agent keys only where the site's Elasticsearch is configured: without it the policy
+    // goes as the bundle carries it.
+    let slots = match api.app.elastic.get() {
+        Some(_) => match crate::elastic::slots::prepare(&mut doc) {
+            Ok(slots) => slots,
+            Err(why) => return Ok(Err(why)),
+        },
+        None => Vec::new(),
+    };
     let now = crate::clock::now_rfc3339();
     let (revision, created) =
         api.state.lock().expect("state lock").policy_revision(policy_id, &sha, &now)?;
     doc["revision"] = json!(revision);
     let policy = serde_json::value::to_raw_value(&doc).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Some(Delivered { revision, created, policy }))
+    Ok(Ok(Some(Delivered { revision, created, policy, slots })))
 }
 
 /// The check-in report in a body read within the wire cap: gunzipped (when the headers say so)
@@ -275,7 +307,7 @@ fn envelope<'a>(action: &'a ActionRecord, agent_id: &'a str) -> Option<Action<'a
 /// stored one (no expiry, §4.3). Written around the policy's text, serialised once per release:
 /// a new release reaches every parked agent at once, and each of their responses copies the
 /// text rather than encoding the policy again (`policy_change_fan_out` measures it).
-fn policy_change(policy_id: &str, agent_id: &str, policy: &Delivered) -> Vec<u8> {
+fn policy_change(policy_id: &str, agent_id: &str, policy: &Delivered, keys: &[&str]) -> Vec<u8> {
     let id = format!("policy:{policy_id}:{}", policy.revision);
     let data = ActionData::PolicyChange { policy: &policy.policy };
     let action = [Action::new(&id, ActionKind::PolicyChange, agent_id, &policy.created, data)];
@@ -284,7 +316,10 @@ fn policy_change(policy_id: &str, agent_id: &str, policy: &Delivered) -> Vec<u8>
     let mut body = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut body, &CheckinResponse::new("", &action))
         .expect("a check-in response serialises");
-    body
+    match policy.slots.is_empty() {
+        true => body,
+        false => crate::elastic::slots::fill(body, &policy.slots, keys),
+    }
 }
 
 pub(crate) async fn checkin(
@@ -426,8 +461,14 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
     // revocation (admin `unenroll --revoke`), which must end this check-in with the 401 any
     // new request of the agent gets, not with an action or a policy.
     let (mut look, mut recheck) = (true, false);
+    // The agent's output keys, when the site's Elasticsearch is configured: read when a
+    // policy is to be delivered, and again after each wake-up of the agent's own (a key it
+    // waited for exists now).
+    let elastic = api.app.elastic.get();
+    let mut keys = None;
     loop {
         let pending = if look {
+            keys = None;
             let (id, key) = (agent_id.clone(), access_key_id.clone());
             let (current, pending) = with_state(api, move |s| {
                 let current =
@@ -458,8 +499,23 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
             return Ok(axum::Json(CheckinResponse::new(&last.id, &actions)).into_response());
         }
         if let Some(policy) = latest.as_ref().filter(|p| p.revision > running) {
-            let body = policy_change(&policy_id, &agent_id, policy);
-            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+            // Without its keys the policy waits (the agent keeps the one it runs); the worker
+            // wakes this check-in when they exist.
+            let ready = match elastic {
+                Some(es) => {
+                    if keys.is_none() {
+                        let id = agent_id.clone();
+                        keys = Some(with_state(api, move |s| s.output_keys(&id)).await?);
+                    }
+                    let keys = keys.as_deref().unwrap_or_default();
+                    es.keys_for(&agent_id, &policy.slots, keys, policy.revision)
+                }
+                None => Some(Vec::new()),
+            };
+            if let Some(ready) = ready {
+                let body = policy_change(&policy_id, &agent_id, policy, &ready);
+                return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+            }
         }
         // Biased: an agent's own wake-up (perhaps its revocation) is handled before a release
         // change that arrived at the same moment could deliver it a policy.
@@ -606,6 +662,7 @@ mod tests {
             revision: 7,
             created: "2026-01-02T03:04:05Z".into(),
             policy: serde_json::value::to_raw_value(&doc).unwrap(),
+            slots: Vec::new(),
         }
     }
 
@@ -628,7 +685,7 @@ mod tests {
         for (policy_id, agent_id) in
             [("default-policy", "0f7c1a52-3e1b-4c2d-9a8e-5b6c7d8e9f01"), ("p\"1", "é\n<&>")]
         {
-            let typed = policy_change(policy_id, agent_id, &policy);
+            let typed = policy_change(policy_id, agent_id, &policy, &[]);
             assert_eq!(
                 String::from_utf8(typed).unwrap(),
                 hand_formatted(policy_id, agent_id, &policy)
@@ -653,7 +710,7 @@ mod tests {
             for _ in 0..7 {
                 let start = Instant::now();
                 for id in &agent_ids {
-                    black_box(policy_change(black_box("default-policy"), id, &policy));
+                    black_box(policy_change(black_box("default-policy"), id, &policy, &[]));
                 }
                 typed = typed.min(start.elapsed().as_nanos() as f64 / agent_ids.len() as f64);
                 let start = Instant::now();

@@ -225,6 +225,10 @@ pub(crate) async fn enroll(
             Enrollment::Revoked => return Err(revoked(&id)),
         }
         tracing::info!(agent = %id, policy = %policy_id, "agent enrolled");
+        // A record replaced had its output keys marked with it: invalidated now.
+        if let Some(es) = api.app.elastic.get().filter(|_| replacing.is_some()) {
+            es.sweep();
+        }
         let access_api_key = key.encoded();
         let response = EnrollResponse::created(EnrollResponseItem {
             id: &id,

@@ -27,7 +27,12 @@ pub(crate) fn fleet_status(active: &Active) -> &'static str {
 /// Fleet Server's status: 200 only when `HEALTHY`, 503 with the same body otherwise
 /// (fleet-server internal/pkg/api/handleStatus.go); no version without an API key, and never 401.
 pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Response {
-    let status = fleet_status(&state.active());
+    let status = match fleet_status(&state.active()) {
+        // Fleet Server is DEGRADED while its Elasticsearch is in trouble (self.go); agents keep
+        // checking in here meanwhile, but a load balancer should know.
+        HEALTHY if state.elastic.get().is_some_and(|es| es.degraded()) => "DEGRADED",
+        status => status,
+    };
     let code = if status == HEALTHY { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(super::wire::StatusResponse::new(status))).into_response()
 }

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use super::{
     ActionEffect, ActionResult, ActionTarget, AgentPage, AgentRecord, AuditOutcome, CheckinUpdate,
-    ChunkRecord, Enrollment, NewAction, NewEnrollmentToken, PolicyAck, ReleaseRecord, Store,
-    StoreError, StoredUpgrade, TokenSecret, UpgradeStep, UploadRecord, UploadStatus,
+    ChunkRecord, Enrollment, KeyState, NewAction, NewEnrollmentToken, PolicyAck, ReleaseRecord,
+    Store, StoreError, StoredUpgrade, TokenSecret, UpgradeStep, UploadRecord, UploadStatus,
 };
 
 /// One `#[test]` per function of the suite, each on a fresh store from `$fresh`. A function
@@ -38,6 +38,8 @@ macro_rules! suite {
             action_ids_are_unique,
             acknowledgements_are_recorded_per_agent,
             uploads_go_from_awaiting_to_ready_or_error,
+            an_output_key_goes_from_intent_to_active_and_replaces_the_old_one,
+            output_keys_die_with_their_agent,
         );
     };
     (@each $fresh:path; $($name:ident),* $(,)?) => {
@@ -689,4 +691,67 @@ pub(crate) fn uploads_go_from_awaiting_to_ready_or_error(s: &mut dyn Store) {
     let all: Vec<String> = s.uploads().unwrap().into_iter().map(|u| u.id).collect();
     assert_eq!(all, ["u1", "u2", "u3", "u4"], "oldest first");
     assert_eq!(s.upload("nope").unwrap(), None);
+}
+
+pub(crate) fn an_output_key_goes_from_intent_to_active_and_replaces_the_old_one(s: &mut dyn Store) {
+    assert!(matches!(
+        s.begin_output_key("a1", "default", "h1", 1, T1),
+        Err(StoreError::NotFound { .. })
+    ));
+    enroll(s, "a1", "k1");
+    let first = s.begin_output_key("a1", "default", "h1", 1, T1).unwrap();
+    // One creation at a time per output: a second must reconcile the first.
+    assert!(matches!(
+        s.begin_output_key("a1", "default", "h1", 1, T1),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(s.finish_output_key(first, "id1", "id1:secret1").unwrap());
+    let keys = s.output_keys("a1").unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        (keys[0].state, keys[0].api_key.as_deref()),
+        (KeyState::Active, Some("id1:secret1"))
+    );
+    // New permissions: the old key retires at the revision that brings the new one.
+    let second = s.begin_output_key("a1", "default", "h2", 4, T2).unwrap();
+    assert!(s.finish_output_key(second, "id2", "id2:secret2").unwrap());
+    let keys = s.output_keys("a1").unwrap();
+    let states: Vec<_> = keys.iter().map(|k| (k.key_id.as_deref(), k.state, k.retire_at)).collect();
+    assert_eq!(
+        states,
+        [(Some("id1"), KeyState::Retiring, Some(4)), (Some("id2"), KeyState::Active, None)]
+    );
+    // An output the policy no longer has retires too; one it keeps does not.
+    assert_eq!(s.retire_output_keys("a1", &["default".into()], 5).unwrap(), 0);
+    assert_eq!(s.retire_output_keys("a1", &[], 5).unwrap(), 1);
+    assert_eq!(s.output_keys_in(&[KeyState::Retiring]).unwrap().len(), 2);
+    s.drop_output_keys(&[keys[0].row]).unwrap();
+    s.forget_output_key(keys[0].row).unwrap();
+    assert_eq!(s.output_keys("a1").unwrap().len(), 1);
+}
+
+pub(crate) fn output_keys_die_with_their_agent(s: &mut dyn Store) {
+    enroll(s, "a1", "k1");
+    let made = s.begin_output_key("a1", "default", "h", 1, T1).unwrap();
+    assert!(s.finish_output_key(made, "id1", "id1:s").unwrap());
+    let pending = s.begin_output_key("a1", "other", "h", 1, T1).unwrap();
+    assert!(s.deactivate_agent("a1", T2).unwrap());
+    let states: Vec<_> = s.output_keys("a1").unwrap().iter().map(|k| k.state).collect();
+    assert_eq!(states, [KeyState::Invalidating, KeyState::Invalidating]);
+    // A key finished after its agent went stays marked, its id kept for the invalidation.
+    assert!(!s.finish_output_key(pending, "id2", "id2:s").unwrap());
+    let keys = s.output_keys("a1").unwrap();
+    assert_eq!((keys[1].state, keys[1].key_id.as_deref()), (KeyState::Invalidating, Some("id2")));
+    // A replacing enrollment drops the keys of the agent it replaces.
+    enroll(s, "b1", "k2");
+    let b = s.begin_output_key("b1", "default", "h", 1, T1).unwrap();
+    assert!(s.finish_output_key(b, "id3", "id3:s").unwrap());
+    assert_eq!(s.enroll_agent(&agent("b1", "k3"), Some("k2")).unwrap(), Enrollment::Stored);
+    assert_eq!(s.output_keys("b1").unwrap()[0].state, KeyState::Invalidating);
+    // So does an acknowledged UNENROLL.
+    enroll(s, "c1", "k4");
+    let c = s.begin_output_key("c1", "default", "h", 1, T1).unwrap();
+    assert!(s.finish_output_key(c, "id4", "id4:s").unwrap());
+    s.record_action_results("c1", &[], true, T3).unwrap();
+    assert_eq!(s.output_keys("c1").unwrap()[0].state, KeyState::Invalidating);
 }

@@ -22,6 +22,9 @@
 //! - **Actions** ([`ActionStore`]): `actions`, in creation order (`seq`, which `ack_token`s
 //!   resolve to); `action_targets`, which agents each action is for and whether it was
 //!   cancelled for them; `action_results`, what agents acknowledged.
+//! - **Output keys** ([`OutputKeyStore`]): `output_keys`, each agent's API keys on the site's
+//!   Elasticsearch, one row per key from the intent to create it to its invalidation (the
+//!   key's secret is kept: agents need it in every policy they are sent).
 //! - **Uploads** ([`UploadStore`]): `uploads`, the diagnostics uploads agents made;
 //!   `upload_chunks`, the chunks of an open one (their bytes are files, see
 //!   `fleet::uploads`).
@@ -49,7 +52,10 @@
 //! - An upload is `AWAITING_UPLOAD` until it is finished as `READY` (with its SHA-256) or
 //!   `UPLOAD_ERROR`, which forgets its chunks; uploads left open too long are closed as
 //!   `UPLOAD_ERROR`, all in one transaction.
-//! - Only hashes of secrets are stored.
+//! - Only hashes of agents' and tokens' secrets are stored.
+//! - An agent has at most one output key being created per output. Deactivating an agent
+//!   (unenrollment, revocation) or replacing it by a new enrollment marks all its output keys
+//!   for invalidation in the same transaction; a key finished after that stays marked.
 //!
 //! # Sync, on blocking threads
 //!
@@ -127,12 +133,26 @@ pub(crate) enum StoreError {
 /// Every operation the appliance needs from durable state, by group. Object-safe: callers hold
 /// a `Box<dyn Store>` (see [`Db`]).
 pub(crate) trait Store:
-    ReleaseStore + TokenStore + AgentStore + PolicyStore + ActionStore + UploadStore + Send
+    ReleaseStore
+    + TokenStore
+    + AgentStore
+    + PolicyStore
+    + ActionStore
+    + UploadStore
+    + OutputKeyStore
+    + Send
 {
 }
 
 impl<T> Store for T where
-    T: ReleaseStore + TokenStore + AgentStore + PolicyStore + ActionStore + UploadStore + Send
+    T: ReleaseStore
+        + TokenStore
+        + AgentStore
+        + PolicyStore
+        + ActionStore
+        + UploadStore
+        + OutputKeyStore
+        + Send
 {
 }
 
@@ -213,6 +233,93 @@ pub(crate) trait AgentStore {
     fn agent_views(&self, page: &AgentPage) -> Result<Vec<AgentView>>;
     /// The ids of the active agents in a policy.
     fn agents_in_policy(&self, policy_id: &str) -> Result<Vec<String>>;
+}
+
+/// Agents' API keys on the site's Elasticsearch, one per agent and output (`crate::elastic`).
+/// A key's life: `creating` (recorded before Elasticsearch is asked, so a crash leaves a trace
+/// to reconcile) → `active` (delivered in the agent's policy) → `retiring` (replaced or its
+/// output removed; invalidated once the agent acknowledges the policy revision `retire_at`)
+/// → `invalidating` (to be invalidated now) → forgotten.
+pub(crate) trait OutputKeyStore {
+    /// Every key row of agent `agent_id`, oldest first.
+    fn output_keys(&self, agent_id: &str) -> Result<Vec<OutputKeyRecord>>;
+    /// Every key row in one of `states`, oldest first.
+    fn output_keys_in(&self, states: &[KeyState]) -> Result<Vec<OutputKeyRecord>>;
+    /// Records the intent to create agent `agent_id`'s key for `output`, in one transaction
+    /// with retiring its active key for that output (at revision `retire_at`); returns the
+    /// row. [`StoreError::NotFound`] when the agent is not active, [`StoreError::Conflict`]
+    /// when a creation is recorded already (it must be reconciled first).
+    fn begin_output_key(
+        &mut self,
+        agent_id: &str,
+        output: &str,
+        permissions_sha256: &str,
+        retire_at: u64,
+        at: &str,
+    ) -> Result<i64>;
+    /// The key of a `creating` row exists: it becomes `active`. False when the row was dropped
+    /// meanwhile (the agent was unenrolled): the key id is kept on it, to be invalidated.
+    fn finish_output_key(&mut self, row: i64, key_id: &str, api_key: &str) -> Result<bool>;
+    /// Retires agent `agent_id`'s active keys of outputs not in `keep`, at revision
+    /// `retire_at`; returns how many.
+    fn retire_output_keys(
+        &mut self,
+        agent_id: &str,
+        keep: &[String],
+        retire_at: u64,
+    ) -> Result<usize>;
+    /// Marks rows for invalidation now.
+    fn drop_output_keys(&mut self, rows: &[i64]) -> Result<()>;
+    /// Forgets a row whose key is invalidated (or was never made).
+    fn forget_output_key(&mut self, row: i64) -> Result<()>;
+}
+
+/// One row of [`OutputKeyStore`]. `api_key` is the key's secret: never logged, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct OutputKeyRecord {
+    pub row: i64,
+    pub agent_id: String,
+    pub output: String,
+    pub key_id: Option<String>,
+    pub api_key: Option<String>,
+    pub permissions_sha256: String,
+    pub state: KeyState,
+    pub retire_at: Option<u64>,
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for OutputKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputKeyRecord")
+            .field("row", &self.row)
+            .field("agent_id", &self.agent_id)
+            .field("output", &self.output)
+            .field("key_id", &self.key_id)
+            .field("state", &self.state)
+            .field("retire_at", &self.retire_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an output key is in its life (see [`OutputKeyStore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyState {
+    Creating,
+    Active,
+    Retiring,
+    Invalidating,
+}
+
+impl KeyState {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "creating" => Self::Creating,
+            "active" => Self::Active,
+            "retiring" => Self::Retiring,
+            "invalidating" => Self::Invalidating,
+            _ => return None,
+        })
+    }
 }
 
 /// Policy revisions and the revision each agent runs.

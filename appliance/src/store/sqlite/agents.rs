@@ -86,6 +86,10 @@ impl AgentStore for SqliteStore {
         if !allowed {
             return Ok(Enrollment::NotReplaceable);
         }
+        // The output keys of the agent this one replaces were that host's: none is handed on.
+        if current.is_some() {
+            super::output_keys::drop_all(&tx, &a.id)?;
+        }
         // Actions queued for an earlier agent with the same id are not this one's.
         tx.execute(
             "INSERT OR REPLACE INTO agents
@@ -295,9 +299,15 @@ fn revoked_at(conn: &Connection, id: &str) -> Result<Option<String>> {
 
 /// Makes an agent inactive at `at` (its key stops working); false if it already was, or is
 /// unknown.
+/// Deactivates agent `id`, and marks its output keys for invalidation (an unenrolled or
+/// revoked agent's data credentials die with it, as Fleet Server's handleUnenroll does).
 pub(super) fn deactivate(conn: &Connection, id: &str, at: &str) -> Result<bool> {
-    Ok(conn.execute(
+    let done = conn.execute(
         "UPDATE agents SET active = 0, unenrolled_at = ?2 WHERE id = ?1 AND active",
         params![id, at],
-    )? > 0)
+    )? > 0;
+    if done {
+        super::output_keys::drop_all(conn, id)?;
+    }
+    Ok(done)
 }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use crate::store::{Result, StoreError};
 
 /// Migration n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this binary writes.
 pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -142,6 +142,21 @@ const V1: &str = "CREATE TABLE IF NOT EXISTS releases (
 /// page is a seek and a short walk, not a sort of every agent. Check-in writes never change
 /// these columns, so they do not pay for it.
 const V2: &str = "CREATE INDEX agents_by_enrollment ON agents (enrolled_at, id);";
+
+/// Agents' output keys on the site's Elasticsearch (`crate::elastic`). `api_key` is the key's
+/// secret, which agents need in their policy and Elasticsearch never shows again.
+const V3: &str = "CREATE TABLE output_keys (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    output TEXT NOT NULL,
+    key_id TEXT,
+    api_key TEXT,
+    permissions_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    retire_at INTEGER,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX output_keys_by_agent ON output_keys (agent_id, output);";
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,

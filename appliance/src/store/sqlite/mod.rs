@@ -5,6 +5,7 @@
 mod actions;
 mod agents;
 mod migrations;
+mod output_keys;
 mod policies;
 mod releases;
 mod tokens;

@@ -1,0 +1,426 @@
+//! The five calls the appliance makes to the site's Elasticsearch, as plain REST over `ureq`,
+//! with request and response types written after Elastic's specification
+//! (elastic/elasticsearch-specification, `specification/security/<endpoint>/`). Blocking: the
+//! key worker runs them on blocking threads, a few at a time.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::ElasticsearchConfig;
+
+/// The most a response body may be: a page of 100 keys with role descriptors fits many times.
+const BODY_LIMIT: u64 = 4 << 20;
+
+/// Why a call failed, in the words `health` and the logs use.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EsError {
+    #[error("cannot reach Elasticsearch at {host}: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error(
+        "TLS with Elasticsearch at {host} failed: {detail} (is elasticsearch.ca_file the CA \
+         that signed its certificate?)"
+    )]
+    Tls { host: String, detail: String },
+    #[error("Elasticsearch refused the appliance's credential (401): {reason}")]
+    Unauthorized { reason: String },
+    #[error("the appliance's credential lacks a privilege (403): {reason}")]
+    Forbidden { reason: String },
+    #[error("Elasticsearch answered {status}: {reason}")]
+    Status { status: u16, reason: String },
+    #[error("Elasticsearch answered what its specification does not allow: {0}")]
+    Malformed(String),
+}
+
+/// The credential the appliance authenticates with, as an `Authorization` header value.
+#[derive(Clone)]
+struct Credential(String);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(..)")
+    }
+}
+
+impl Credential {
+    /// A service token is sent as a bearer token; an API key as `ApiKey base64(id:key)`,
+    /// accepted in the file either encoded or as the `id:key` Elasticsearch's create answer
+    /// shows next to it.
+    fn read(config: &ElasticsearchConfig) -> anyhow::Result<Self> {
+        let (path, bearer) = match (&config.service_token_file, &config.api_key_file) {
+            (Some(path), _) => (path, true),
+            (None, Some(path)) => (path, false),
+            (None, None) => anyhow::bail!("elasticsearch: no credential file is configured"),
+        };
+        let text = read_secret_file(path)?;
+        if bearer {
+            return Ok(Self(format!("Bearer {text}")));
+        }
+        let encoded = if text.contains(':') {
+            base64::engine::general_purpose::STANDARD.encode(&text)
+        } else {
+            text
+        };
+        Ok(Self(format!("ApiKey {encoded}")))
+    }
+}
+
+/// A credential file: one line, not readable by others (it opens the site's Elasticsearch).
+fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("elasticsearch: cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        meta.permissions().mode() & 0o007 == 0,
+        "elasticsearch: {} is readable by other users; chmod o-rwx it (it holds a credential)",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("elasticsearch: cannot read {}", path.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(
+        !text.is_empty() && !text.contains(char::is_whitespace),
+        "elasticsearch: {} must hold one credential on one line",
+        path.display()
+    );
+    Ok(text.to_owned())
+}
+
+/// `ApiKey` metadata as Fleet Server writes it (fleet-server internal/pkg/apikey/metadata.go),
+/// so that Kibana and an operator's queries see the same keys a Fleet Server would make.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub(crate) struct KeyMetadata {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_id: String,
+    #[serde(default)]
+    pub managed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub managed_by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty", rename = "type")]
+    pub kind: String,
+}
+
+impl KeyMetadata {
+    pub(crate) fn output(agent_id: &str, output: &str) -> Self {
+        Self {
+            agent_id: agent_id.to_owned(),
+            managed: true,
+            managed_by: "fleet-server".to_owned(),
+            output_name: output.to_owned(),
+            kind: "output".to_owned(),
+        }
+    }
+}
+
+/// `security/create_api_key` request body.
+#[derive(Serialize)]
+struct CreateRequest<'a> {
+    name: &'a str,
+    role_descriptors: &'a RawValue,
+    metadata: &'a KeyMetadata,
+}
+
+/// `security/create_api_key` response body.
+#[derive(Deserialize)]
+pub(crate) struct CreatedKey {
+    pub id: String,
+    pub api_key: String,
+}
+
+/// `security/invalidate_api_key` request body: by ids, among the keys the credential owns.
+#[derive(Serialize)]
+struct InvalidateRequest<'a> {
+    ids: &'a [String],
+    owner: bool,
+}
+
+/// `security/invalidate_api_key` response body.
+#[derive(Deserialize)]
+pub(crate) struct Invalidated {
+    pub invalidated_api_keys: Vec<String>,
+    pub previously_invalidated_api_keys: Vec<String>,
+    pub error_count: u32,
+}
+
+/// `security/query_api_keys` response body, the fields read.
+#[derive(Deserialize)]
+struct QueryResponse {
+    api_keys: Vec<KeyInfo>,
+}
+
+/// `security/_types/ApiKey.ts`, the fields read.
+#[derive(Deserialize)]
+pub(crate) struct KeyInfo {
+    pub id: String,
+    #[serde(default)]
+    pub invalidated: bool,
+}
+
+/// `security/authenticate` response body, the fields read.
+#[derive(Deserialize)]
+pub(crate) struct Authenticated {
+    pub username: String,
+}
+
+/// `security/has_privileges` response body, the fields read.
+#[derive(Deserialize)]
+pub(crate) struct Privileges {
+    pub has_all_requested: bool,
+    #[serde(default)]
+    pub cluster: std::collections::BTreeMap<String, bool>,
+}
+
+/// Elasticsearch's error body (`_types/Base.ts`, `ErrorResponseBase`), the reason read.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorCause,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorCause {
+    Cause {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Text(String),
+}
+
+/// One client for the configured hosts: each call goes to the host that answered last and
+/// moves on to the next when one cannot be reached.
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    hosts: Vec<String>,
+    credential: Credential,
+    current: AtomicUsize,
+}
+
+impl Client {
+    pub(crate) fn new(config: &ElasticsearchConfig) -> anyhow::Result<Self> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("elasticsearch.ca_file: cannot read {}", ca.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("elasticsearch.ca_file: {} is not PEM", ca.display()))?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "elasticsearch.ca_file: {} holds no certificate",
+                ca.display()
+            );
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let config_ = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(config.request_timeout_seconds)))
+            .user_agent(format!("ferry-appliance/{}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Self {
+            agent: config_.into(),
+            hosts: config.hosts.iter().map(|h| h.trim_end_matches('/').to_owned()).collect(),
+            credential: Credential::read(config)?,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// `GET /_security/_authenticate`: whom the credential names.
+    pub(crate) fn authenticate(&self) -> Result<Authenticated, EsError> {
+        self.call("GET", "/_security/_authenticate", None)
+    }
+
+    /// `POST /_security/user/_has_privileges` for cluster privileges.
+    pub(crate) fn has_privileges(&self, cluster: &[&str]) -> Result<Privileges, EsError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "cluster": cluster }))
+            .expect("a privilege list serialises");
+        self.call("POST", "/_security/user/_has_privileges", Some(&body))
+    }
+
+    /// `POST /_security/api_key?refresh=wait_for`: the key is visible to a query (the
+    /// reconciliation after a lost answer) by the time the answer comes.
+    pub(crate) fn create_api_key(
+        &self,
+        name: &str,
+        role_descriptors: &RawValue,
+        metadata: &KeyMetadata,
+    ) -> Result<CreatedKey, EsError> {
+        let body = serde_json::to_vec(&CreateRequest { name, role_descriptors, metadata })
+            .expect("a create request serialises");
+        self.call("POST", "/_security/api_key?refresh=wait_for", Some(&body))
+    }
+
+    /// `DELETE /_security/api_key` with `ids` among the credential's own keys. Keys already
+    /// invalidated are reported as such, not as errors.
+    pub(crate) fn invalidate(&self, ids: &[String]) -> Result<Invalidated, EsError> {
+        let body = serde_json::to_vec(&InvalidateRequest { ids, owner: true })
+            .expect("an invalidate request serialises");
+        self.call("DELETE", "/_security/api_key", Some(&body))
+    }
+
+    /// `POST /_security/_query/api_key`: the valid keys this credential made for one agent's
+    /// output, found by the metadata written at creation.
+    pub(crate) fn output_keys(
+        &self,
+        agent_id: &str,
+        output: &str,
+    ) -> Result<Vec<KeyInfo>, EsError> {
+        let query = serde_json::json!({
+            "size": 100,
+            "query": { "bool": { "filter": [
+                { "term": { "metadata.agent_id": agent_id } },
+                { "term": { "metadata.output_name": output } },
+                { "term": { "metadata.type": "output" } },
+                { "term": { "invalidated": false } },
+            ] } },
+        });
+        let body = serde_json::to_vec(&query).expect("a query serialises");
+        let found: QueryResponse = self.call("POST", "/_security/_query/api_key", Some(&body))?;
+        Ok(found.api_keys.into_iter().filter(|k| !k.invalidated).collect())
+    }
+
+    fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<T, EsError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..self.hosts.len() {
+            let index = (start + step) % self.hosts.len();
+            let host = &self.hosts[index];
+            match self.send(host, method, path, body) {
+                Ok((status, bytes)) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return answer(status, &bytes);
+                }
+                Err(e @ EsError::Unreachable { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one host is configured"))
+    }
+
+    fn send(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), EsError> {
+        let url = format!("{host}{path}");
+        let auth = self.credential.0.as_str();
+        let json = "application/json";
+        let sent = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", auth).call(),
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", auth)
+                .header("Content-Type", json)
+                .send(b),
+            ("DELETE", Some(b)) => self
+                .agent
+                .delete(&url)
+                .force_send_body()
+                .header("Authorization", auth)
+                .header("Content-Type", json)
+                .send(b),
+            _ => unreachable!("only the calls above are made"),
+        };
+        let mut response = sent.map_err(|e| transport(host, e))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(BODY_LIMIT)
+            .read_to_vec()
+            .map_err(|e| transport(host, e))?;
+        Ok((status, bytes))
+    }
+}
+
+/// A transport failure, told apart as TLS trouble (a configuration fix) or not reaching the
+/// host (the network, or Elasticsearch down).
+fn transport(host: &str, e: ureq::Error) -> EsError {
+    let host = host.to_owned();
+    match e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => {
+            EsError::Tls { host, detail: e.to_string() }
+        }
+        ureq::Error::Io(ref io) if io.to_string().contains("certificate") => {
+            EsError::Tls { host, detail: e.to_string() }
+        }
+        ureq::Error::Timeout(_) => {
+            EsError::Unreachable { host, detail: format!("{e} (timed out)") }
+        }
+        other => EsError::Unreachable { host, detail: other.to_string() },
+    }
+}
+
+/// The typed answer of a 2xx, or the error Elasticsearch's status and body describe.
+fn answer<T: for<'de> Deserialize<'de>>(status: u16, bytes: &[u8]) -> Result<T, EsError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(bytes).map_err(|e| EsError::Malformed(e.to_string()));
+    }
+    let reason = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(ErrorBody { error: ErrorCause::Cause { kind, reason } }) => match reason {
+            Some(reason) => format!("{kind}: {reason}"),
+            None => kind,
+        },
+        Ok(ErrorBody { error: ErrorCause::Text(text) }) => text,
+        Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+    };
+    Err(match status {
+        401 => EsError::Unauthorized { reason },
+        403 => EsError::Forbidden { reason },
+        status => EsError::Status { status, reason },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_read_as_elasticsearch_writes_them() {
+        let body = br#"{"error":{"root_cause":[],"type":"security_exception","reason":"missing authentication credentials"},"status":401}"#;
+        let err = answer::<Authenticated>(401, body).err().unwrap();
+        assert!(
+            matches!(&err, EsError::Unauthorized { reason } if reason.contains("security_exception: missing")),
+            "{err}"
+        );
+        let err = answer::<Authenticated>(503, b"<html>gateway</html>").err().unwrap();
+        assert!(
+            matches!(&err, EsError::Status { status: 503, reason } if reason.contains("gateway")),
+            "{err}"
+        );
+        let err = answer::<Authenticated>(200, b"{}").err().unwrap();
+        assert!(matches!(err, EsError::Malformed(_)), "a 200 without the required username");
+    }
+
+    #[test]
+    fn metadata_is_fleet_servers() {
+        let m = serde_json::to_value(KeyMetadata::output("a1", "default")).unwrap();
+        assert_eq!(
+            m,
+            serde_json::json!({"agent_id": "a1", "managed": true, "managed_by": "fleet-server",
+                               "output_name": "default", "type": "output"})
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! The site's Elasticsearch (`[elasticsearch]`): its health, checked at start and then
+//! periodically, and agents' output keys, made, delivered and invalidated there as Fleet Server
+//! does (fleet-server internal/pkg/policy/policy_output.go makes them at policy delivery,
+//! internal/pkg/api/handleAck.go invalidates retired ones on the policy's ack and all of an
+//! agent's on its unenrollment).
+//!
+//! Keys are made by a worker, a few calls at a time, never by the check-in that needs one: a
+//! check-in whose policy waits for a key stays parked (the agent keeps running its current
+//! policy, and never sees an error for it) and is woken when the key exists. Each creation is
+//! recorded before Elasticsearch is asked; a row left `creating` by a crash or a lost answer is
+//! reconciled before anything else is made for that output: the keys Elasticsearch holds for
+//! it (found by their metadata) are invalidated, so an agent never has two.
+
+mod client;
+pub(crate) mod slots;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+pub(crate) use client::EsError;
+use client::{Client, KeyMetadata};
+use slots::KeySlot;
+
+use crate::config::ElasticsearchConfig;
+use crate::fleet::hub::Hub;
+use crate::store::{Db, KeyState, OutputKeyRecord, StoreError};
+
+/// Calls to Elasticsearch in flight at once: enough to make 500 keys in a few seconds at
+/// 50 ms a call, few enough not to flood a small cluster after an outage.
+const CONCURRENT_CALLS: usize = 8;
+/// The longest wait before calls are tried again after a failure: "all keys within 10 s of
+/// recovery" needs the next try within 5 s of it.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How the site's Elasticsearch looks from here, as `status` and `health` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Health {
+    /// `ok`, `starting` (not checked yet), `unreachable`, `tls`, `unauthorized`,
+    /// `missing_privilege` or `error`.
+    pub state: String,
+    /// What is wrong, and what to do; empty when `ok`.
+    pub message: String,
+    /// Whom the credential authenticates as.
+    pub principal: Option<String>,
+    pub checked_at: Option<String>,
+    /// Agents whose policy waits for an output key.
+    pub agents_waiting_for_keys: usize,
+}
+
+#[derive(Clone)]
+enum Job {
+    Create { agent: String, output: String, roles: Arc<RawValue>, sha256: String, revision: u64 },
+    Retire { agent: String, keep: Vec<String>, revision: u64 },
+    Acked { agent: String, revision: u64 },
+    Sweep,
+}
+
+struct Inner {
+    health: Health,
+    /// (agent, output) pairs whose key is asked for and not made yet.
+    waiting: HashSet<(String, String)>,
+    /// Agents with retiring keys: only their policy acks need a look at the store.
+    retiring: HashSet<String>,
+    failures: u32,
+    paused_until: Option<Instant>,
+}
+
+/// The appliance's side of the site's Elasticsearch.
+pub(crate) struct Elastic {
+    client: Client,
+    db: Db,
+    hub: Arc<Hub>,
+    interval: Duration,
+    inner: Mutex<Inner>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Elastic {
+    /// Reads the credential and the CA (errors here stop `serve`: the configuration is wrong),
+    /// checks the connection once (its trouble is reported, not fatal: agents keep checking
+    /// in), reconciles what a previous run left, and starts the worker and the health checks.
+    pub(crate) async fn start(
+        config: &ElasticsearchConfig,
+        db: Db,
+        hub: Arc<Hub>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = Client::new(config)?;
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let retiring = {
+            let db = Arc::clone(&db);
+            tokio::task::spawn_blocking(move || {
+                let rows = db.lock().expect("state lock").output_keys_in(&[KeyState::Retiring])?;
+                Ok::<_, StoreError>(rows.into_iter().map(|k| k.agent_id).collect())
+            })
+            .await??
+        };
+        let me = Arc::new(Self {
+            client,
+            db,
+            hub,
+            interval: Duration::from_secs(config.check_interval_seconds),
+            inner: Mutex::new(Inner {
+                health: Health {
+                    state: "starting".into(),
+                    message: "not checked yet".into(),
+                    principal: None,
+                    checked_at: None,
+                    agents_waiting_for_keys: 0,
+                },
+                waiting: HashSet::new(),
+                retiring,
+                failures: 0,
+                paused_until: None,
+            }),
+            jobs,
+        });
+        let first = Arc::clone(&me);
+        tokio::task::spawn_blocking(move || first.check()).await?;
+        me.reconcile_leftovers().await;
+        Arc::clone(&me).run_worker(rx);
+        Arc::clone(&me).run_checks();
+        Ok(me)
+    }
+
+    /// True when Elasticsearch was checked and is in trouble.
+    pub(crate) fn degraded(&self) -> bool {
+        !matches!(self.inner.lock().expect("elastic lock").health.state.as_str(), "ok" | "starting")
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        let inner = self.inner.lock().expect("elastic lock");
+        let mut health = inner.health.clone();
+        health.agents_waiting_for_keys =
+            inner.waiting.iter().map(|(a, _)| a).collect::<HashSet<_>>().len();
+        health
+    }
+
+    /// The keys agent `agent` needs for `slots`, given its stored key rows, in slot order; or
+    /// `None` when one is missing or made for other permissions, after asking the worker for
+    /// it (the agent's parked check-in is woken once it exists). `revision` is the policy
+    /// revision the keys are for: a key it replaces retires once the agent acknowledges it.
+    pub(crate) fn keys_for<'k>(
+        &self,
+        agent: &str,
+        slots: &[KeySlot],
+        keys: &'k [OutputKeyRecord],
+        revision: u64,
+    ) -> Option<Vec<&'k str>> {
+        let mut found = Vec::with_capacity(slots.len());
+        let mut missing = false;
+        for slot in slots {
+            let current = keys.iter().find(|k| {
+                k.state == KeyState::Active
+                    && k.output == slot.output
+                    && k.permissions_sha256 == slot.sha256
+            });
+            match current.and_then(|k| k.api_key.as_deref()) {
+                Some(key) => found.push(key),
+                None => {
+                    missing = true;
+                    self.ask(Job::Create {
+                        agent: agent.to_owned(),
+                        output: slot.output.clone(),
+                        roles: Arc::clone(&slot.roles),
+                        sha256: slot.sha256.clone(),
+                        revision,
+                    });
+                }
+            }
+        }
+        // Keys of outputs the policy no longer has (or no longer needs a key for) retire once
+        // the agent runs the revision without them.
+        let stale = keys
+            .iter()
+            .any(|k| k.state == KeyState::Active && !slots.iter().any(|s| s.output == k.output));
+        if stale && !missing {
+            let keep = slots.iter().map(|s| s.output.clone()).collect();
+            self.ask(Job::Retire { agent: agent.to_owned(), keep, revision });
+        }
+        (!missing).then_some(found)
+    }
+
+    /// An agent acknowledged policy revision `revision`: keys retired at or below it go.
+    pub(crate) fn policy_acked(&self, agent: &str, revision: u64) {
+        if self.inner.lock().expect("elastic lock").retiring.contains(agent) {
+            self.ask(Job::Acked { agent: agent.to_owned(), revision });
+        }
+    }
+
+    /// Invalidates what is marked for it (an agent was unenrolled, revoked or replaced).
+    pub(crate) fn sweep(&self) {
+        self.ask(Job::Sweep);
+    }
+
+    fn ask(&self, job: Job) {
+        if let Job::Create { agent, output, .. } = &job {
+            let mut inner = self.inner.lock().expect("elastic lock");
+            if !inner.waiting.insert((agent.clone(), output.clone())) {
+                return;
+            }
+        }
+        // The receiver lives as long as the server.
+        let _ = self.jobs.send(job);
+    }
+
+    /// Runs jobs, [`CONCURRENT_CALLS`] at a time; a failed one is tried again after a backoff
+    /// that every job waits out (Elasticsearch down is down for all of them).
+    fn run_worker(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS));
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                loop {
+                    let until = self.inner.lock().expect("elastic lock").paused_until;
+                    match until {
+                        Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                        _ => break,
+                    }
+                }
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
+                let me = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let (worker, retry) = (Arc::clone(&me), job.clone());
+                    let done = tokio::task::spawn_blocking(move || worker.run(&job)).await;
+                    drop(permit);
+                    match done {
+                        Ok(Ok(())) => me.succeeded(),
+                        Ok(Err(e)) => {
+                            me.failed(&e);
+                            // Tried again once the pause is over (the loop above waits it).
+                            let _ = me.jobs.send(retry);
+                        }
+                        Err(e) => tracing::error!(error = %e, "output key worker failed"),
+                    }
+                });
+            }
+        });
+    }
+
+    /// Checks the connection every `interval`, and sweeps what waits for invalidation.
+    fn run_checks(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(self.interval).await;
+                let me = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || me.check()).await;
+                self.sweep();
+            }
+        });
+    }
+
+    /// Rows a previous run left: keys being made when it stopped are reconciled, and what
+    /// waited for invalidation is swept, before any new key is made.
+    async fn reconcile_leftovers(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        let done = tokio::task::spawn_blocking(move || -> Result<(), Failure> {
+            let rows = me.store(|s| s.output_keys_in(&[KeyState::Creating]))?;
+            for row in rows {
+                me.reconcile(&row)?;
+            }
+            me.invalidate_due()
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.failed(&e);
+                self.sweep();
+                // Creating rows left are reconciled by the next creation for their output.
+            }
+            Err(e) => tracing::error!(error = %e, "output key reconciliation failed"),
+        }
+    }
+
+    fn store<T>(
+        &self,
+        f: impl FnOnce(&mut dyn crate::store::Store) -> Result<T, StoreError>,
+    ) -> Result<T, Failure> {
+        Ok(f(&mut **self.db.lock().expect("state lock"))?)
+    }
+
+    fn run(&self, job: &Job) -> Result<(), Failure> {
+        match job {
+            Job::Create { agent, output, roles, sha256, revision } => {
+                let made = self.create(agent, output, roles, sha256, *revision);
+                if made.is_ok() {
+                    self.inner
+                        .lock()
+                        .expect("elastic lock")
+                        .waiting
+                        .remove(&(agent.clone(), output.clone()));
+                    self.hub.wake([agent]);
+                }
+                made
+            }
+            Job::Retire { agent, keep, revision } => {
+                let retired = self.store(|s| s.retire_output_keys(agent, keep, *revision))?;
+                if retired > 0 {
+                    self.inner.lock().expect("elastic lock").retiring.insert(agent.clone());
+                }
+                Ok(())
+            }
+            Job::Acked { agent, revision } => {
+                let rows = self.store(|s| s.output_keys(agent))?;
+                let due: Vec<i64> = rows
+                    .iter()
+                    .filter(|k| k.state == KeyState::Retiring)
+                    .filter(|k| k.retire_at.is_some_and(|r| r <= *revision))
+                    .map(|k| k.row)
+                    .collect();
+                if !due.is_empty() {
+                    self.store(|s| s.drop_output_keys(&due))?;
+                }
+                if !rows.iter().any(|k| k.state == KeyState::Retiring && !due.contains(&k.row)) {
+                    self.inner.lock().expect("elastic lock").retiring.remove(agent);
+                }
+                self.invalidate_due()
+            }
+            Job::Sweep => self.invalidate_due(),
+        }
+    }
+
+    /// Makes agent `agent`'s key for `output` unless it exists; a creation left unfinished
+    /// for it is reconciled first.
+    fn create(
+        &self,
+        agent: &str,
+        output: &str,
+        roles: &RawValue,
+        sha256: &str,
+        revision: u64,
+    ) -> Result<(), Failure> {
+        let rows = self.store(|s| s.output_keys(agent))?;
+        let exists = rows.iter().any(|k| {
+            k.state == KeyState::Active && k.output == output && k.permissions_sha256 == sha256
+        });
+        if exists {
+            return Ok(());
+        }
+        if let Some(left) =
+            rows.iter().find(|k| k.state == KeyState::Creating && k.output == output)
+        {
+            self.reconcile(left)?;
+        }
+        let at = crate::clock::now_rfc3339();
+        let row = match self.store(|s| s.begin_output_key(agent, output, sha256, revision, &at)) {
+            Ok(row) => row,
+            // Unenrolled or revoked meanwhile: nothing to make.
+            Err(Failure::Store(StoreError::NotFound { .. })) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let name = format!("{agent}:{output}");
+        let created =
+            self.client.create_api_key(&name, roles, &KeyMetadata::output(agent, output))?;
+        let key = format!("{}:{}", created.id, created.api_key);
+        if self.store(|s| s.finish_output_key(row, &created.id, &key))? {
+            tracing::info!(agent, output, key_id = %created.id, "output key created");
+        } else {
+            // The agent went while the key was made: the row is marked for invalidation.
+            self.invalidate_due()?;
+        }
+        Ok(())
+    }
+
+    /// A `creating` row whose outcome is unknown: every valid key Elasticsearch holds for its
+    /// agent and output that the store does not know is invalidated, then the row goes.
+    fn reconcile(&self, left: &OutputKeyRecord) -> Result<(), Failure> {
+        let rows = self.store(|s| s.output_keys(&left.agent_id))?;
+        let known: HashSet<&str> = rows
+            .iter()
+            .filter(|k| matches!(k.state, KeyState::Active | KeyState::Retiring))
+            .filter_map(|k| k.key_id.as_deref())
+            .collect();
+        let found = self.client.output_keys(&left.agent_id, &left.output)?;
+        let strays: Vec<String> =
+            found.into_iter().map(|k| k.id).filter(|id| !known.contains(id.as_str())).collect();
+        if !strays.is_empty() {
+            self.client.invalidate(&strays)?;
+            tracing::warn!(
+                agent = %left.agent_id, output = %left.output, keys = ?strays,
+                "invalidated output keys made before a crash or a lost answer"
+            );
+        }
+        self.store(|s| s.forget_output_key(left.row))
+    }
+
+    /// Invalidates what is marked for it, and retiring keys whose agent runs (or has gone
+    /// past) the revision they retire at.
+    fn invalidate_due(&self) -> Result<(), Failure> {
+        let rows = self.store(|s| {
+            let mut rows = s.output_keys_in(&[KeyState::Invalidating])?;
+            for k in s.output_keys_in(&[KeyState::Retiring])? {
+                if k.retire_at
+                    .is_some_and(|r| r <= s.agent_policy_revision(&k.agent_id).unwrap_or(0))
+                {
+                    rows.push(k);
+                }
+            }
+            Ok(rows)
+        })?;
+        let mut by_id: HashMap<String, i64> = HashMap::new();
+        for row in rows {
+            match &row.key_id {
+                Some(id) => {
+                    by_id.insert(id.clone(), row.row);
+                }
+                // Dropped while being made, before its answer: found by its metadata.
+                None => self.reconcile(&row)?,
+            }
+        }
+        let ids: Vec<String> = by_id.keys().cloned().collect();
+        for chunk in ids.chunks(100) {
+            let done = self.client.invalidate(chunk)?;
+            // An id Elasticsearch lists neither way was never made or is gone already.
+            for id in chunk {
+                let row = by_id[id];
+                self.store(|s| s.forget_output_key(row))?;
+            }
+            tracing::info!(
+                invalidated = done.invalidated_api_keys.len(),
+                before = done.previously_invalidated_api_keys.len(),
+                errors = done.error_count,
+                "output keys invalidated"
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that Elasticsearch answers, takes the credential, and lets it manage its own
+    /// API keys; the verdict becomes `health`, logged when it changes.
+    fn check(&self) {
+        let verdict = self.client.authenticate().and_then(|who| {
+            let privileges = self.client.has_privileges(&["manage_own_api_key"])?;
+            Ok((who.username, privileges))
+        });
+        let now = crate::clock::now_rfc3339();
+        let mut inner = self.inner.lock().expect("elastic lock");
+        let before = inner.health.state.clone();
+        let (state, message, principal) = match verdict {
+            Ok((who, p)) if p.has_all_requested => ("ok", String::new(), Some(who)),
+            Ok((who, p)) => (
+                "missing_privilege",
+                format!(
+                    "{who} may not manage its own API keys (cluster privileges: {:?}); use a \
+                     service token of elastic/fleet-server, or an API key with \
+                     manage_own_api_key",
+                    p.cluster
+                ),
+                Some(who),
+            ),
+            Err(e) => (kind(&e), e.to_string(), None),
+        };
+        if state == "ok" {
+            inner.failures = 0;
+            inner.paused_until = None;
+        }
+        if state != before || (state != "ok" && inner.health.message != message) {
+            match state {
+                "ok" => tracing::info!(principal = ?principal, "Elasticsearch reachable"),
+                _ => tracing::warn!(state, "Elasticsearch: {message}"),
+            }
+        }
+        inner.health = Health {
+            state: state.to_owned(),
+            message,
+            principal,
+            checked_at: Some(now),
+            agents_waiting_for_keys: 0,
+        };
+    }
+
+    /// A call went through: Elasticsearch answers and takes the credential again.
+    fn succeeded(&self) {
+        let mut inner = self.inner.lock().expect("elastic lock");
+        inner.failures = 0;
+        inner.paused_until = None;
+        if !matches!(inner.health.state.as_str(), "ok" | "starting") {
+            tracing::info!("Elasticsearch reachable again");
+            inner.health.state = "ok".to_owned();
+            inner.health.message.clear();
+        }
+    }
+
+    /// Pauses every call for a backoff (1, 2, 4, then 5 s) and reports the trouble.
+    fn failed(&self, e: &Failure) {
+        let mut inner = self.inner.lock().expect("elastic lock");
+        inner.failures = inner.failures.saturating_add(1);
+        let backoff = match inner.failures {
+            1 => Duration::from_secs(1),
+            2 => Duration::from_secs(2),
+            3 => Duration::from_secs(4),
+            _ => MAX_BACKOFF,
+        };
+        inner.paused_until = Some(Instant::now() + backoff);
+        if let Failure::Es(es) = e {
+            let state = kind(es);
+            if inner.health.state != state {
+                tracing::warn!(state, "Elasticsearch: {es}");
+            }
+            inner.health.state = state.to_owned();
+            inner.health.message = es.to_string();
+        } else {
+            tracing::error!(error = %e, "output keys: state database");
+        }
+    }
+}
+
+/// The health state an error puts Elasticsearch in.
+fn kind(e: &EsError) -> &'static str {
+    match e {
+        EsError::Unreachable { .. } => "unreachable",
+        EsError::Tls { .. } => "tls",
+        EsError::Unauthorized { .. } => "unauthorized",
+        EsError::Forbidden { .. } => "missing_privilege",
+        EsError::Status { .. } | EsError::Malformed(_) => "error",
+    }
+}
+
+/// Why a job failed: Elasticsearch or the store.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Es(#[from] EsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
