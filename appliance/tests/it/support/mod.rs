@@ -128,6 +128,25 @@ impl Fixture {
         key: &SigningKey,
         archive_len: usize,
     ) -> PathBuf {
+        let p = format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n");
+        let q = "id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n";
+        self.bundle_parts(sequence, version, expires, key, archive_len, &[("p", &p), ("q", q)])
+    }
+
+    /// A bundle of sequence `sequence` whose policies are `policies` (id, document text).
+    pub fn bundle_with_policies(&self, sequence: u64, policies: &[(&str, &str)]) -> PathBuf {
+        self.bundle_parts(sequence, "9.1.2", Self::later(), &self.key, 200_000, policies)
+    }
+
+    fn bundle_parts(
+        &self,
+        sequence: u64,
+        version: &str,
+        expires: OffsetDateTime,
+        key: &SigningKey,
+        archive_len: usize,
+        policies: &[(&str, &str)],
+    ) -> PathBuf {
         let src = self.path(&format!("src-{sequence}-{version}"));
         std::fs::create_dir_all(&src).unwrap();
         let archive = sized_archive(version, archive_len);
@@ -158,24 +177,18 @@ impl Fixture {
             m.set_policy(PolicyFacts { id: id.into(), revision, name: None });
             m
         };
-        let files = vec![
+        let mut files = vec![
             payload(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, artifact),
             payload(&format!("downloads/{path}.sha512"), write("sha512", sidecars.sha512.as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::Sha512)),
             payload(&format!("downloads/{path}.asc"), write("asc", sidecars.asc.as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::PgpSignature)),
             payload("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, pgp_key),
-            payload(
-                "policies/p.yml",
-                write("p.yml", format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n").as_bytes()),
-                Kind::Policy,
-                policy("p", sequence),
-            ),
-            payload(
-                "policies/q.yml",
-                write("q.yml", b"id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n"),
-                Kind::Policy,
-                policy("q", 1),
-            ),
         ];
+        for (id, text) in policies {
+            let file = format!("{id}.yml");
+            let revision = ferry_artifacts::Policy::parse(text.as_bytes(), &file).unwrap().revision;
+            let source = write(&file, text.as_bytes());
+            files.push(payload(&format!("policies/{file}"), source, Kind::Policy, policy(id, revision)));
+        }
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
         let compression = Compression::Zstd { level: 3, workers: 1 };
         let spec =
