@@ -55,15 +55,28 @@ pub(crate) struct Health {
 #[derive(Clone)]
 enum Job {
     Create { agent: String, output: String, roles: Arc<RawValue>, sha256: String, revision: u64 },
-    Retire { agent: String, keep: Vec<String>, revision: u64 },
     Acked { agent: String, revision: u64 },
     Sweep,
+}
+
+/// What an agent's keys are for a policy (see [`Elastic::keys_for`]).
+pub(crate) enum Keys<'k> {
+    /// Every slot's key, in slot order; `stale`: the agent holds keys of outputs the policy no
+    /// longer needs one for, to retire with this delivery.
+    Ready { keys: Vec<&'k str>, stale: Vec<String> },
+    /// A key is being made; the agent's check-in is woken when it exists.
+    Waiting,
 }
 
 struct Inner {
     health: Health,
     /// (agent, output) pairs whose key is asked for and not made yet.
     waiting: HashSet<(String, String)>,
+    /// A sweep is queued: more asks add nothing (an unenrollment of 200 agents is one sweep).
+    sweep_queued: bool,
+    /// Messages of failures that stop one key and not the others (a policy's role descriptors
+    /// Elasticsearch refuses), logged once each rather than once per agent and retry.
+    logged: HashSet<String>,
     /// Agents with retiring keys: only their policy acks need a look at the store.
     retiring: HashSet<String>,
     failures: u32,
@@ -113,6 +126,8 @@ impl Elastic {
                     agents_waiting_for_keys: 0,
                 },
                 waiting: HashSet::new(),
+                sweep_queued: false,
+                logged: HashSet::new(),
                 retiring,
                 failures: 0,
                 paused_until: None,
@@ -121,7 +136,9 @@ impl Elastic {
         });
         let first = Arc::clone(&me);
         tokio::task::spawn_blocking(move || first.check()).await?;
-        me.reconcile_leftovers().await;
+        // In the background: a creation for an output reconciles that output's leftover
+        // first anyway, so nothing waits for this.
+        tokio::spawn(Arc::clone(&me).reconcile_leftovers());
         Arc::clone(&me).run_worker(rx);
         Arc::clone(&me).run_checks();
         Ok(me)
@@ -141,16 +158,17 @@ impl Elastic {
     }
 
     /// The keys agent `agent` needs for `slots`, given its stored key rows, in slot order; or
-    /// `None` when one is missing or made for other permissions, after asking the worker for
-    /// it (the agent's parked check-in is woken once it exists). `revision` is the policy
-    /// revision the keys are for: a key it replaces retires once the agent acknowledges it.
+    /// [`Keys::Waiting`] when one is missing or made for other permissions, after asking the
+    /// worker for it (the agent's parked check-in is woken once it exists). `revision` is the
+    /// policy revision the keys are for: a key it replaces retires once the agent
+    /// acknowledges it.
     pub(crate) fn keys_for<'k>(
         &self,
         agent: &str,
         slots: &[KeySlot],
         keys: &'k [OutputKeyRecord],
         revision: u64,
-    ) -> Option<Vec<&'k str>> {
+    ) -> Keys<'k> {
         let mut found = Vec::with_capacity(slots.len());
         let mut missing = false;
         for slot in slots {
@@ -173,16 +191,21 @@ impl Elastic {
                 }
             }
         }
-        // Keys of outputs the policy no longer has (or no longer needs a key for) retire once
-        // the agent runs the revision without them.
+        if missing {
+            return Keys::Waiting;
+        }
+        // Keys of outputs the policy no longer has (or no longer needs a key for).
         let stale = keys
             .iter()
-            .any(|k| k.state == KeyState::Active && !slots.iter().any(|s| s.output == k.output));
-        if stale && !missing {
-            let keep = slots.iter().map(|s| s.output.clone()).collect();
-            self.ask(Job::Retire { agent: agent.to_owned(), keep, revision });
-        }
-        (!missing).then_some(found)
+            .filter(|k| k.state == KeyState::Active && !slots.iter().any(|s| s.output == k.output))
+            .map(|k| k.output.clone())
+            .collect();
+        Keys::Ready { keys: found, stale }
+    }
+
+    /// Agent `agent` has keys retiring: its policy acks are looked at from now on.
+    pub(crate) fn retiring(&self, agent: &str) {
+        self.inner.lock().expect("elastic lock").retiring.insert(agent.to_owned());
     }
 
     /// An agent acknowledged policy revision `revision`: keys retired at or below it go.
@@ -198,9 +221,16 @@ impl Elastic {
     }
 
     fn ask(&self, job: Job) {
-        if let Job::Create { agent, output, .. } = &job {
+        {
             let mut inner = self.inner.lock().expect("elastic lock");
-            if !inner.waiting.insert((agent.clone(), output.clone())) {
+            let new = match &job {
+                Job::Create { agent, output, .. } => {
+                    inner.waiting.insert((agent.clone(), output.clone()))
+                }
+                Job::Sweep => !std::mem::replace(&mut inner.sweep_queued, true),
+                Job::Acked { .. } => true,
+            };
+            if !new {
                 return;
             }
         }
@@ -229,9 +259,16 @@ impl Elastic {
                     drop(permit);
                     match done {
                         Ok(Ok(())) => me.succeeded(),
-                        Ok(Err(e)) => {
+                        Ok(Err(e)) if e.is_global() => {
                             me.failed(&e);
                             // Tried again once the pause is over (the loop above waits it).
+                            let _ = me.jobs.send(retry);
+                        }
+                        Ok(Err(e)) => {
+                            // This job's own trouble: the others go on; it is tried again at
+                            // the next check.
+                            me.failed_alone(&e);
+                            tokio::time::sleep(me.interval).await;
                             let _ = me.jobs.send(retry);
                         }
                         Err(e) => tracing::error!(error = %e, "output key worker failed"),
@@ -255,8 +292,8 @@ impl Elastic {
 
     /// Rows a previous run left: keys being made when it stopped are reconciled, and what
     /// waited for invalidation is swept, before any new key is made.
-    async fn reconcile_leftovers(self: &Arc<Self>) {
-        let me = Arc::clone(self);
+    async fn reconcile_leftovers(self: Arc<Self>) {
+        let me = Arc::clone(&self);
         let done = tokio::task::spawn_blocking(move || -> Result<(), Failure> {
             let rows = me.store(|s| s.output_keys_in(&[KeyState::Creating]))?;
             for row in rows {
@@ -297,13 +334,6 @@ impl Elastic {
                 }
                 made
             }
-            Job::Retire { agent, keep, revision } => {
-                let retired = self.store(|s| s.retire_output_keys(agent, keep, *revision))?;
-                if retired > 0 {
-                    self.inner.lock().expect("elastic lock").retiring.insert(agent.clone());
-                }
-                Ok(())
-            }
             Job::Acked { agent, revision } => {
                 let rows = self.store(|s| s.output_keys(agent))?;
                 let due: Vec<i64> = rows
@@ -318,9 +348,13 @@ impl Elastic {
                 if !rows.iter().any(|k| k.state == KeyState::Retiring && !due.contains(&k.row)) {
                     self.inner.lock().expect("elastic lock").retiring.remove(agent);
                 }
+                let rows = self.store(|s| s.output_keys(agent))?;
+                self.invalidate(rows.into_iter().filter(|k| k.state == KeyState::Invalidating))
+            }
+            Job::Sweep => {
+                self.inner.lock().expect("elastic lock").sweep_queued = false;
                 self.invalidate_due()
             }
-            Job::Sweep => self.invalidate_due(),
         }
     }
 
@@ -353,6 +387,10 @@ impl Elastic {
             Err(Failure::Store(StoreError::NotFound { .. })) => return Ok(()),
             Err(e) => return Err(e),
         };
+        // The key this one replaces (if any) retires on the ack of `revision`.
+        if rows.iter().any(|k| k.state == KeyState::Active && k.output == output) {
+            self.retiring(agent);
+        }
         let name = format!("{agent}:{output}");
         let created =
             self.client.create_api_key(&name, roles, &KeyMetadata::output(agent, output))?;
@@ -389,7 +427,7 @@ impl Elastic {
     }
 
     /// Invalidates what is marked for it, and retiring keys whose agent runs (or has gone
-    /// past) the revision they retire at.
+    /// past) the revision they retire at (an agent >= 9.2 may say so only in its check-ins).
     fn invalidate_due(&self) -> Result<(), Failure> {
         let rows = self.store(|s| {
             let mut rows = s.output_keys_in(&[KeyState::Invalidating])?;
@@ -402,13 +440,18 @@ impl Elastic {
             }
             Ok(rows)
         })?;
+        self.invalidate(rows.into_iter())
+    }
+
+    /// Invalidates these keys on Elasticsearch (100 ids a call) and forgets their rows; a row
+    /// without a key id (dropped while its key was being made) is reconciled by metadata.
+    fn invalidate(&self, rows: impl Iterator<Item = OutputKeyRecord>) -> Result<(), Failure> {
         let mut by_id: HashMap<String, i64> = HashMap::new();
         for row in rows {
             match &row.key_id {
                 Some(id) => {
                     by_id.insert(id.clone(), row.row);
                 }
-                // Dropped while being made, before its answer: found by its metadata.
                 None => self.reconcile(&row)?,
             }
         }
@@ -485,6 +528,15 @@ impl Elastic {
         }
     }
 
+    /// A failure of one job that says nothing of Elasticsearch as a whole, logged once per
+    /// message.
+    fn failed_alone(&self, e: &Failure) {
+        let message = e.to_string();
+        if self.inner.lock().expect("elastic lock").logged.insert(message.clone()) {
+            tracing::warn!("output key not made (tried again every check): {message}");
+        }
+    }
+
     /// Pauses every call for a backoff (1, 2, 4, then 5 s) and reports the trouble.
     fn failed(&self, e: &Failure) {
         let mut inner = self.inner.lock().expect("elastic lock");
@@ -527,4 +579,17 @@ enum Failure {
     Es(#[from] EsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Failure {
+    /// Whether every call should wait: Elasticsearch is down, overloaded, or refuses the
+    /// credential. A request it refuses on its merits (a 400 for a policy's role descriptors)
+    /// concerns that request only.
+    fn is_global(&self) -> bool {
+        match self {
+            Failure::Es(EsError::Status { status, .. }) => *status == 429 || *status >= 500,
+            Failure::Es(EsError::Malformed(_)) => false,
+            Failure::Es(_) | Failure::Store(_) => true,
+        }
+    }
 }

@@ -17,6 +17,7 @@ use super::{
     AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, blocking,
     with_state,
 };
+use crate::elastic::Keys;
 use crate::elastic::slots::KeySlot;
 use crate::error::ApiError;
 use crate::release::Release;
@@ -508,7 +509,23 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
                         keys = Some(with_state(api, move |s| s.output_keys(&id)).await?);
                     }
                     let keys = keys.as_deref().unwrap_or_default();
-                    es.keys_for(&agent_id, &policy.slots, keys, policy.revision)
+                    match es.keys_for(&agent_id, &policy.slots, keys, policy.revision) {
+                        Keys::Waiting => None,
+                        Keys::Ready { keys, stale } => {
+                            // Retired before the delivery, so the ack that follows finds them.
+                            if !stale.is_empty() {
+                                let (id, revision) = (agent_id.clone(), policy.revision);
+                                let keep: Vec<String> =
+                                    policy.slots.iter().map(|s| s.output.clone()).collect();
+                                with_state(api, move |s| {
+                                    s.retire_output_keys(&id, &keep, revision)
+                                })
+                                .await?;
+                                es.retiring(&agent_id);
+                            }
+                            Some(keys)
+                        }
+                    }
                 }
                 None => Some(Vec::new()),
             };

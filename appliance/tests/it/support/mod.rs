@@ -128,8 +128,11 @@ impl Fixture {
         key: &SigningKey,
         archive_len: usize,
     ) -> PathBuf {
-        let p = format!("id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n");
-        let q = "id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n";
+        let p = format!(
+            "id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n"
+        );
+        let q =
+            "id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n";
         self.bundle_parts(sequence, version, expires, key, archive_len, &[("p", &p), ("q", q)])
     }
 
@@ -178,16 +181,36 @@ impl Fixture {
             m
         };
         let mut files = vec![
-            payload(&format!("downloads/{path}"), write("archive", &archive), Kind::AgentArtifact, artifact),
-            payload(&format!("downloads/{path}.sha512"), write("sha512", sidecars.sha512.as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::Sha512)),
-            payload(&format!("downloads/{path}.asc"), write("asc", sidecars.asc.as_bytes()), Kind::ArtifactSidecar, Metadata::sidecar(&path, SidecarFormat::PgpSignature)),
+            payload(
+                &format!("downloads/{path}"),
+                write("archive", &archive),
+                Kind::AgentArtifact,
+                artifact,
+            ),
+            payload(
+                &format!("downloads/{path}.sha512"),
+                write("sha512", sidecars.sha512.as_bytes()),
+                Kind::ArtifactSidecar,
+                Metadata::sidecar(&path, SidecarFormat::Sha512),
+            ),
+            payload(
+                &format!("downloads/{path}.asc"),
+                write("asc", sidecars.asc.as_bytes()),
+                Kind::ArtifactSidecar,
+                Metadata::sidecar(&path, SidecarFormat::PgpSignature),
+            ),
             payload("pgp/GPG-KEY-test", self.path("GPG-KEY-test"), Kind::PgpKey, pgp_key),
         ];
         for (id, text) in policies {
             let file = format!("{id}.yml");
             let revision = ferry_artifacts::Policy::parse(text.as_bytes(), &file).unwrap().revision;
             let source = write(&file, text.as_bytes());
-            files.push(payload(&format!("policies/{file}"), source, Kind::Policy, policy(id, revision)));
+            files.push(payload(
+                &format!("policies/{file}"),
+                source,
+                Kind::Policy,
+                policy(id, revision),
+            ));
         }
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
         let compression = Compression::Zstd { level: 3, workers: 1 };
