@@ -6,6 +6,7 @@ pub mod cert;
 pub mod id;
 pub mod pgp;
 pub mod policy;
+pub mod secrets;
 pub mod sidecar;
 pub mod store;
 
