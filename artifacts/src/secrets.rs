@@ -104,8 +104,9 @@ impl fmt::Display for MissingSecrets {
 /// as exported and then applies [`crate::policy::deliver_for_site`], which removes what was
 /// resolved into `fleet` and into `agent.download`'s TLS along with the rest of the exporting
 /// site's settings (the other order would leave `agent.download.secrets` to set the exporting
-/// site's download key again). A returned path whose field delivery removed is then no longer
-/// in the policy, and Fleet Server would not list it.
+/// site's download key again). A returned path whose field delivery then removed names nothing
+/// the agent receives; drop it from `secret_paths`, as Fleet Server drops the remote service
+/// token's once it deleted the token.
 ///
 /// What Fleet Server does, and this does too:
 ///
