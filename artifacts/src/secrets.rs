@@ -504,7 +504,7 @@ pub enum Credential {
     KeyPassphrase,
     /// A variable (`${NAME}`) where a credential goes, which each agent would have to resolve.
     Variable { text: String },
-    /// A user name with no password beside it, in clear or as a secret.
+    /// A user name with neither password nor API key beside it, in clear or as a secret.
     UsernameWithoutPassword,
 }
 
@@ -528,9 +528,10 @@ impl InlineCredential {
 }
 
 /// How to keep a credential out of the bundle, which every message ends with.
-const STORE_IT: &str = "store it in Kibana's secret storage (the export then carries a \
-                        reference), or write `$co.elastic.secret{ID}` in its place, and set the \
-                        value on the appliance with `ferry-appliance secrets set ID`";
+const STORE_IT: &str = "keep it out of the policy: store it in Kibana's secret storage where Fleet \
+                        offers it for this field (the export then carries a reference), or write \
+                        `$co.elastic.secret{ID}` in its place, and set the value on the appliance \
+                        with `ferry-appliance secrets set ID`";
 
 impl fmt::Display for InlineCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -559,10 +560,10 @@ impl fmt::Display for InlineCredential {
             ),
             Credential::UsernameWithoutPassword => write!(
                 f,
-                "`{field}` of output `{output}` names a user, but the output has no password, in \
-                 clear or as a secret: agents cannot authenticate with it; store the password in \
-                 Kibana's secret storage and set its value on the appliance with \
-                 `ferry-appliance secrets set ID`"
+                "`{field}` of output `{output}` names a user, but the output has no password or \
+                 API key, in clear or as a secret: agents cannot authenticate with it; store the \
+                 password in Kibana's secret storage or as `$co.elastic.secret{{ID}}`, and set \
+                 its value on the appliance with `ferry-appliance secrets set ID`"
             ),
         }
     }
@@ -575,7 +576,7 @@ impl fmt::Display for InlineCredential {
 ///   secret), and `ssl.key` holding a PEM key rather than a path on the agent's host (Kibana
 ///   stores `ssl.key` of every output as a secret): [`Credential::SecretValue`], refused;
 /// - `api_key` and `ssl.key_passphrase` in clear, any of these fields as a `${NAME}` variable,
-///   and `username` with no password: warned about.
+///   and `username` with neither password nor API key: warned about.
 ///
 /// Fields holding an inline reference, and those of the output's `secrets`, are not listed.
 /// Fields are read as the agent reads them, a dotted key being the nested one. The service
@@ -600,8 +601,10 @@ pub fn inline_credentials(doc: &Value) -> Vec<InlineCredential> {
         let is = |path: &[String], wanted: &[&str]| {
             path.iter().map(String::as_str).eq(wanted.iter().copied())
         };
-        let has_password = stored.iter().any(|path| is(path, &["password"]))
-            || fields.iter().any(|(path, _, value)| is(path, &["password"]) && carries(value));
+        // Either authenticates the user, in clear or as a secret.
+        let authenticates = |path: &[String]| is(path, &["password"]) || is(path, &["api_key"]);
+        let has_password = stored.iter().any(|path| authenticates(path))
+            || fields.iter().any(|(path, _, value)| authenticates(path) && carries(value));
         for (path, field, value) in &fields {
             let credential = if is(path, &["password"]) || is(path, &["kerberos", "password"]) {
                 clear_text(value).map(|text| variable(text).unwrap_or(Credential::SecretValue))
@@ -1131,6 +1134,7 @@ secret_references:
                     "password": ""
                 },
                 "lonely": {"type": "logstash", "username": "ls"},
+                "keyed-user": {"type": "elasticsearch", "username": "u", "api_key": "$co.elastic.secret{a}"},
                 "remote": {"type": "remote_elasticsearch", "service_token": "AAEAA-token"}
             }
         });
