@@ -116,14 +116,17 @@ fn spec_base(spec: &Path) -> &Path {
     }
 }
 
-/// Lists every file a build needs. A local file that is not there is marked MISSING and makes
-/// the exit code 1, as the build would refuse it.
+/// Lists every file a build needs, and the Fleet secret ids each policy needs on the
+/// appliance. A local file that is not there is marked MISSING, and a policy the build would
+/// refuse (unreadable, or carrying a secret's value in clear) is named on stderr; either makes
+/// the exit code 1, as the build would refuse the spec.
 fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let spec_file = Spec::load(&args.spec)?;
     let base = spec_base(&args.spec);
     let ids = spec_file.artifacts()?;
     let upstream = UpstreamPlan::of(&spec_file, base, &cache_dir(&args.cache))?;
     let mut local = spec_file.payload(base)?;
+    let (policies, refusals) = plan_policies(&local);
     local.extend(upstream.as_ref().map(|u| u.key_entry.clone()));
     let mut rows: Vec<PlannedFile> = local
         .into_iter()
@@ -140,9 +143,14 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     }
     rows.sort_by(|a, b| a.bundle_path.cmp(&b.bundle_path));
     let missing = rows.iter().filter(|r| r.missing).count();
-    let code = if missing == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    let code =
+        if missing == 0 && refusals.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    for line in &refusals {
+        eprintln!("error: {line}");
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "files": rows }))?);
+        let report = json!({ "files": rows, "policies": policies });
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(code);
     }
     let to_fetch = rows.iter().filter(|r| !r.local && !r.cached).count();
@@ -158,10 +166,46 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         println!("{:width$}  {state:7}  {}", r.bundle_path, r.source);
     }
     println!("\n{} files, {} artifacts, {} to download", rows.len(), ids.len(), to_fetch);
+    print_policy_secrets(&policies);
     if missing > 0 {
         eprintln!("error: {missing} local file(s) missing: a build would refuse the spec");
     }
+    if !refusals.is_empty() {
+        eprintln!("error: a build would refuse the spec's policies for the reasons above");
+    }
     Ok(code)
+}
+
+/// The policies of the spec that are there, with the secret ids each needs, and one line for
+/// each reason a build would refuse one (unreadable, not a policy, a secret value in clear).
+/// A missing file is the files table's to report.
+fn plan_policies(
+    local: &[ferry_manifests::PayloadSource],
+) -> (Vec<intake::PolicySecrets>, Vec<String>) {
+    let mut policies = Vec::new();
+    let mut refusals = Vec::new();
+    for file in local.iter().filter(|f| f.kind == Kind::Policy) {
+        if std::fs::symlink_metadata(&file.source).is_err() {
+            continue;
+        }
+        let what = file.source.display().to_string();
+        let path = file.path.to_string();
+        match intake::PolicyCheck::read(&file.source, &what) {
+            Ok(check) => {
+                refusals.extend(check.refusals(&what));
+                policies.push(intake::PolicySecrets {
+                    path,
+                    id: Some(check.policy.id),
+                    secret_ids: check.secret_ids,
+                });
+            }
+            Err(error) => {
+                refusals.push(error_line(error.as_ref()));
+                policies.push(intake::PolicySecrets { path, id: None, secret_ids: Vec::new() });
+            }
+        }
+    }
+    (policies, refusals)
 }
 
 fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -183,8 +227,9 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     }
     // Every local file is checked and every artifact fetched before giving up, so one failed
     // build names everything that is missing or wrong; fetched artifacts stay cached.
-    let (mut payload, local) = intake::local_files(&spec_file, base, expires)?;
-    let mut failures = intake::FileErrors { local, fetch: None };
+    let local = intake::local_files(&spec_file, base, expires)?;
+    let (mut payload, policies) = (local.passed, local.policies);
+    let mut failures = intake::FileErrors { local: local.failed, fetch: None };
     let ids = spec_file.artifacts()?;
     if let Some(mut upstream) = UpstreamPlan::of(&spec_file, base, &cache_dir(&args.cache))? {
         match upstream.keyring() {
@@ -240,6 +285,7 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 "bundle_bytes": written.bundle_size,
                 "manifest_sha256": written.manifest_sha256.to_hex(),
                 "key_id": key.key_id().to_string(),
+                "policies": policies,
             })
         );
     } else {
@@ -251,8 +297,31 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             written.bundle_size
         );
         println!("wrote {} (key {})", written.signature_path.display(), key.key_id());
+        print_policy_secrets(&policies);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The secret ids each policy needs, for people: a table, and what to do with them.
+fn print_policy_secrets(policies: &[intake::PolicySecrets]) {
+    if policies.is_empty() {
+        return;
+    }
+    print_table(
+        "policies",
+        &["ID", "PATH", "SECRET IDS"],
+        policies.iter().map(|p| {
+            let ids =
+                if p.secret_ids.is_empty() { "-".to_owned() } else { p.secret_ids.join(", ") };
+            vec![p.id.clone().unwrap_or_else(|| "?".into()), p.path.clone(), ids]
+        }),
+    );
+    if policies.iter().any(|p| !p.secret_ids.is_empty()) {
+        println!(
+            "\nThe appliance delivers a policy only once it has a value for each of its secret \
+             ids: set them there with `ferry-appliance secrets set ID`."
+        );
+    }
 }
 
 fn rfc(t: OffsetDateTime) -> String {

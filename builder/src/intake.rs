@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use ferry_artifacts::secrets::{self, InlineCredential, Verdict};
 use ferry_artifacts::{Keyring, Policy, Product, parse_certificates};
 use ferry_manifests::terminal::error_line;
 use ferry_manifests::{
@@ -40,7 +41,11 @@ impl FileErrors {
 impl std::fmt::Display for FileErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if !self.local.is_empty() {
-            write!(f, "{} local file(s) cannot go into the bundle:", self.local.len())?;
+            write!(
+                f,
+                "{} local file(s) cannot go into the bundle (nothing was written):",
+                self.local.len()
+            )?;
             for line in &self.local {
                 write!(f, "\n  - {line}")?;
             }
@@ -57,47 +62,146 @@ impl std::fmt::Display for FileErrors {
 
 impl std::error::Error for FileErrors {}
 
+/// What a policy needs at the site and what is wrong with it, as `plan` shows and `build`
+/// acts on.
+pub struct PolicyCheck {
+    pub policy: Policy,
+    /// The Fleet secret ids whose values the appliance needs (`ferry-appliance secrets set`).
+    pub secret_ids: Vec<String>,
+    /// Output credentials in clear that a build refuses.
+    pub refused: Vec<InlineCredential>,
+    /// Output credentials in clear that a build warns about.
+    pub warned: Vec<InlineCredential>,
+    /// `elasticsearch` outputs the appliance cannot make a per-agent key for.
+    pub without_permissions: Vec<String>,
+}
+
+impl PolicyCheck {
+    /// Reads a policy file and checks its secrets and credentials; `what` names the file.
+    pub fn read(path: &Path, what: &str) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {what}"))?;
+        let policy = Policy::parse(&bytes, what)?;
+        let doc = &policy.document;
+        let (refused, warned) = secrets::inline_credentials(doc)
+            .into_iter()
+            .partition(|c| c.verdict() == Verdict::Refuse);
+        Ok(Self {
+            secret_ids: secrets::referenced_ids(doc).into_iter().collect(),
+            refused,
+            warned,
+            without_permissions: secrets::outputs_without_permissions(doc),
+            policy,
+        })
+    }
+
+    /// One line per refused credential, naming the file, the output and the field.
+    pub fn refusals(&self, what: &str) -> Vec<String> {
+        self.refused.iter().map(|c| format!("{what}: {c}")).collect()
+    }
+}
+
+/// A policy of the bundle and the secret ids it needs, as `plan` and `build` list them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicySecrets {
+    /// The policy's path in the bundle.
+    pub path: String,
+    /// The policy's id; `None` when `plan` could not read it.
+    pub id: Option<String>,
+    pub secret_ids: Vec<String>,
+}
+
+/// The spec's local files as a build takes them.
+pub struct LocalFiles {
+    /// The files that passed their checks.
+    pub passed: Vec<PayloadSource>,
+    /// One line for each problem of a file that did not, naming it.
+    pub failed: Vec<String>,
+    /// Each policy that passed, with the secret ids it needs.
+    pub policies: Vec<PolicySecrets>,
+}
+
 /// The local files of the spec, each checked according to its kind: policies must be agent
-/// policies, certificates PEM certificates (never keys), PGP keys parseable keys, and every
-/// one a regular file. Returns the files that passed and one line for each that did not.
-/// Policies carrying settings of the exporting site and certificates expiring before the bundle
+/// policies without secret values in clear, certificates PEM certificates (never keys), PGP
+/// keys parseable keys, and every one a regular file. Policies carrying settings of the
+/// exporting site or discouraged credentials, and certificates expiring before the bundle,
 /// are warned about on stderr.
 pub fn local_files(
     spec: &Spec,
     base: &Path,
     expires: OffsetDateTime,
-) -> anyhow::Result<(Vec<PayloadSource>, Vec<String>)> {
-    let mut passed = Vec::new();
-    let mut failed = Vec::new();
+) -> anyhow::Result<LocalFiles> {
+    let mut files = LocalFiles { passed: Vec::new(), failed: Vec::new(), policies: Vec::new() };
     for mut file in spec.payload(base)? {
         match check_local(&mut file, expires) {
-            Ok(()) => passed.push(file),
-            Err(error) => failed.push(error_line(error.as_ref())),
+            Ok(Checked::Refused(lines)) => files.failed.extend(lines),
+            Ok(checked) => {
+                if let Checked::Policy(secret_ids) = checked {
+                    let id = file.metadata.policy_id().map(str::to_owned);
+                    files.policies.push(PolicySecrets {
+                        path: file.path.to_string(),
+                        id,
+                        secret_ids,
+                    });
+                }
+                files.passed.push(file);
+            }
+            Err(error) => files.failed.push(error_line(error.as_ref())),
         }
     }
-    Ok((passed, failed))
+    Ok(files)
+}
+
+/// What [`check_local`] made of a file that it could read and parse.
+enum Checked {
+    /// A policy that passed, with the secret ids it needs.
+    Policy(Vec<String>),
+    /// A policy refused, one line per reason.
+    Refused(Vec<String>),
+    Other,
 }
 
 /// Checks one local file by its kind and records what the manifest says of it.
-fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Result<()> {
+fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Result<Checked> {
     // What the writer requires of every input, checked now so that all failures show at once.
     ferry_manifests::check_input(&file.source)?;
     let what = file.source.display().to_string();
     let read = || std::fs::read(&file.source).with_context(|| format!("cannot read {what}"));
     match file.kind {
         Kind::Policy => {
-            let policy = Policy::parse(&read()?, &what)?;
+            let check = PolicyCheck::read(&file.source, &what)?;
+            if !check.refused.is_empty() {
+                return Ok(Checked::Refused(check.refusals(&what)));
+            }
             // Settings of the exporting site are the appliance's to drop, not a reason to
             // refuse the export; but the operator should hear what the agents won't get.
             // These are what the appliance's delivery removes, found by the same code.
-            for setting in policy.carried_site_settings() {
+            for setting in check.policy.carried_site_settings() {
                 tracing::warn!(file = %what, field = %setting.field, "{setting}");
             }
+            for credential in &check.warned {
+                tracing::warn!(
+                    file = %what,
+                    output = %credential.output,
+                    field = %credential.field,
+                    "{credential}"
+                );
+            }
+            for output in &check.without_permissions {
+                tracing::warn!(
+                    file = %what,
+                    output = %output,
+                    "the appliance cannot create a per-agent key for output `{output}`: the \
+                     policy has no output_permissions for it (Kibana's full agent policy for \
+                     Fleet includes them; a standalone download does not)"
+                );
+            }
+            let policy = check.policy;
             file.metadata.set_policy(PolicyFacts {
                 id: policy.id,
                 revision: policy.revision,
                 name: policy.name,
             });
+            return Ok(Checked::Policy(check.secret_ids));
         }
         Kind::Certificate => {
             let certs = parse_certificates(&read()?, &what)?;
@@ -128,7 +232,7 @@ fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Res
         }
         _ => {}
     }
-    Ok(())
+    Ok(Checked::Other)
 }
 
 /// An armored PGP public key file as a keyring.

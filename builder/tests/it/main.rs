@@ -3,5 +3,6 @@
 
 mod artifacts;
 mod cli;
+mod policy_secrets;
 mod policy_warnings;
 mod support;

@@ -30,6 +30,11 @@ agent:
     sourceURI: https://artifacts.elastic.co/downloads/
     proxy_url: http://proxy.site-a:3128
 agent.download.ssl.verification_mode: none
+output_permissions:
+  default:
+    _elastic_agent_checks: {cluster: [monitor]}
+  remote:
+    _elastic_agent_checks: {cluster: [monitor]}
 inputs: []
 "#;
 
@@ -46,6 +51,9 @@ agent:
   download:
     sourceURI: https://artifacts.elastic.co/downloads/
     timeout: 2h
+output_permissions:
+  default:
+    _elastic_agent_checks: {cluster: [monitor]}
 inputs: []
 "#;
 
