@@ -151,7 +151,9 @@ pub fn resolve(
         return Err(MissingSecrets { ids: missing });
     }
     let Some(top) = doc.as_object_mut() else { return Ok(Vec::new()) };
-    let with_inputs = !listed_references(top).is_empty();
+    // Fleet Server asks only whether the list has items, not whether they hold ids.
+    let with_inputs =
+        matches!(top.get("secret_references"), Some(Value::Array(list)) if !list.is_empty());
     let mut paths = BTreeSet::new();
     for mut section in sections(top, with_inputs) {
         let mut found = Vec::new();
@@ -942,6 +944,11 @@ mod tests {
         empty["secret_references"] = json!([]);
         let paths = resolve(&mut empty, &values_for(&["i", "j", "o"])).unwrap();
         assert_eq!(paths, ["outputs.ls.password"]);
+        // A list with items is one, even when they hold no id.
+        let mut idless = doc.clone();
+        idless["secret_references"] = json!([{"id": ""}]);
+        let paths = resolve(&mut idless, &values_for(&["i", "j", "o"])).unwrap();
+        assert_eq!(paths, ["inputs.0.key", "inputs.0.token", "outputs.ls.password"]);
     }
 
     #[test]
