@@ -636,12 +636,13 @@ pub fn inline_credentials(doc: &Value) -> Vec<InlineCredential> {
     found
 }
 
-/// The `elasticsearch` outputs that have no credentials of their own (no `api_key`,
-/// `username`, `password` or `secrets`) and no `output_permissions` entry: with Fleet, an
-/// agent gets a key made for it with those permissions (fleet-server
+/// The `elasticsearch` outputs that have no credentials of their own (an `api_key`,
+/// `username`, `password` or `secrets` key that is not null) and no `output_permissions` entry:
+/// with Fleet, an agent gets a key made for it with those permissions (fleet-server
 /// `internal/pkg/policy/policy_output.go`, `prepareElasticsearch`, which refuses an output
 /// without them), so without either the appliance has nothing to give it. Kibana's full agent
-/// policy for Fleet includes the permissions; a standalone download does not.
+/// policy for Fleet includes the permissions; a standalone download does not. The rule is the
+/// appliance's, which decides which outputs get a key (`appliance/src/elastic/slots.rs`).
 pub fn outputs_without_permissions(doc: &Value) -> Vec<String> {
     let Some(Value::Object(outputs)) = doc.get("outputs") else { return Vec::new() };
     let permissions = doc.get("output_permissions");
@@ -649,11 +650,9 @@ pub fn outputs_without_permissions(doc: &Value) -> Vec<String> {
         .iter()
         .filter(|(_, output)| output.get("type").and_then(Value::as_str) == Some("elasticsearch"))
         .filter(|(_, output)| {
-            let Value::Object(map) = output else { return true };
-            !map.iter().any(|(key, value)| {
-                let first = key.split('.').next().unwrap_or_default();
-                ["api_key", "username", "password", SECRETS].contains(&first) && carries(value)
-            })
+            ["api_key", "username", "password", SECRETS]
+                .iter()
+                .all(|key| output.get(key).is_none_or(Value::is_null))
         })
         // Fleet Server takes an entry that is a mapping, even an empty one (`parsePerms`).
         .filter(|(name, _)| {
@@ -1183,7 +1182,9 @@ secret_references:
                 "keyed": {"type": "elasticsearch", "api_key": "$co.elastic.secret{k}"},
                 "user": {"type": "elasticsearch", "username": "u", "secrets": {"password": {"id": "p"}}},
                 "stored": {"type": "elasticsearch", "secrets": {"api_key": {"id": "k"}}},
-                "empty-creds": {"type": "elasticsearch", "api_key": "", "secrets": {}},
+                // Empty is still the output's own, as the appliance reads it.
+                "empty-creds": {"type": "elasticsearch", "api_key": ""},
+                "null-creds": {"type": "elasticsearch", "api_key": null, "username": null},
                 "not-a-mapping": {"type": "elasticsearch"},
                 "ls": {"type": "logstash"}
             },
@@ -1193,7 +1194,7 @@ secret_references:
                 "not-a-mapping": "all"
             }
         });
-        assert_eq!(outputs_without_permissions(&doc), ["bare", "empty-creds", "not-a-mapping"]);
+        assert_eq!(outputs_without_permissions(&doc), ["bare", "not-a-mapping", "null-creds"]);
         assert!(
             outputs_without_permissions(&json!({"outputs": {"a": {"type": "kafka"}}})).is_empty()
         );
