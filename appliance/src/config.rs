@@ -89,9 +89,8 @@ max_upload_mib = 1024
 # The site's Elasticsearch, where agents send their data. With this section the appliance does
 # what Fleet Server does: it creates one API key per agent and Elasticsearch output, with the
 # policy's output_permissions, and delivers it in the agent's policy. The credential is a
-# service token of the elastic/fleet-server service account (service_token_file) or an API key
-# allowed to manage its own API keys (api_key_file, "id:key" or its base64); exactly one.
-# Without this section policies are delivered as they are in the bundle.
+# service token of the elastic/fleet-server service account, as Fleet Server's, in a file only
+# the appliance can read. Without this section policies are delivered as the bundle has them.
 # [elasticsearch]
 # hosts = ["https://elasticsearch.site.internal:9200"]
 # ca_file = "/etc/ferry/elasticsearch-ca.pem"
@@ -129,7 +128,9 @@ pub(crate) struct ElasticsearchConfig {
     pub hosts: Vec<String>,
     pub ca_file: Option<PathBuf>,
     pub service_token_file: Option<PathBuf>,
-    pub api_key_file: Option<PathBuf>,
+    /// Refused by name: see [`ElasticsearchConfig::validate`].
+    #[serde(default)]
+    api_key_file: Option<toml::Value>,
     #[serde(default = "default_es_check")]
     pub check_interval_seconds: u64,
     #[serde(default = "default_es_timeout")]
@@ -153,9 +154,18 @@ impl ElasticsearchConfig {
                 "elasticsearch.hosts: {host:?} must be a URL (https://host:9200)"
             );
         }
+        // Elasticsearch makes a key created by an API key a child of it, which may hold no
+        // privileges (security/create_api_key in elastic/elasticsearch-specification): such a
+        // credential could make only keys that write nothing.
         anyhow::ensure!(
-            self.service_token_file.is_some() != self.api_key_file.is_some(),
-            "elasticsearch: set exactly one of service_token_file and api_key_file"
+            self.api_key_file.is_none(),
+            "elasticsearch.api_key_file: an API key cannot create the agents' keys (Elasticsearch \
+             refuses privileges to keys made by an API key); use service_token_file with a \
+             service token of elastic/fleet-server"
+        );
+        anyhow::ensure!(
+            self.service_token_file.is_some(),
+            "elasticsearch.service_token_file is required (a service token of elastic/fleet-server)"
         );
         anyhow::ensure!(
             self.check_interval_seconds > 0 && self.request_timeout_seconds > 0,
@@ -281,10 +291,7 @@ impl Config {
             *p = base.join(&*p);
         }
         if let Some(es) = &mut config.elasticsearch {
-            for p in [&mut es.ca_file, &mut es.service_token_file, &mut es.api_key_file]
-                .into_iter()
-                .flatten()
-            {
+            for p in [&mut es.ca_file, &mut es.service_token_file].into_iter().flatten() {
                 *p = base.join(&*p);
             }
         }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -22,6 +21,10 @@ const BODY_LIMIT: u64 = 4 << 20;
 pub(crate) enum EsError {
     #[error("cannot reach Elasticsearch at {host}: {detail}")]
     Unreachable { host: String, detail: String },
+    /// The request went out and the connection broke before the answer: it may have taken
+    /// effect (a key made whose secret never came).
+    #[error("the connection to Elasticsearch at {host} broke before its answer: {detail}")]
+    Lost { host: String, detail: String },
     #[error(
         "TLS with Elasticsearch at {host} failed: {detail} (is elasticsearch.ca_file the CA \
          that signed its certificate?)"
@@ -37,7 +40,8 @@ pub(crate) enum EsError {
     Malformed(String),
 }
 
-/// The credential the appliance authenticates with, as an `Authorization` header value.
+/// The credential the appliance authenticates with (a service token, sent as a bearer token),
+/// as an `Authorization` header value.
 #[derive(Clone)]
 struct Credential(String);
 
@@ -48,25 +52,11 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// A service token is sent as a bearer token; an API key as `ApiKey base64(id:key)`,
-    /// accepted in the file either encoded or as the `id:key` Elasticsearch's create answer
-    /// shows next to it.
     fn read(config: &ElasticsearchConfig) -> anyhow::Result<Self> {
-        let (path, bearer) = match (&config.service_token_file, &config.api_key_file) {
-            (Some(path), _) => (path, true),
-            (None, Some(path)) => (path, false),
-            (None, None) => anyhow::bail!("elasticsearch: no credential file is configured"),
+        let Some(path) = &config.service_token_file else {
+            anyhow::bail!("elasticsearch: no credential file is configured")
         };
-        let text = read_secret_file(path)?;
-        if bearer {
-            return Ok(Self(format!("Bearer {text}")));
-        }
-        let encoded = if text.contains(':') {
-            base64::engine::general_purpose::STANDARD.encode(&text)
-        } else {
-            text
-        };
-        Ok(Self(format!("ApiKey {encoded}")))
+        Ok(Self(format!("Bearer {}", read_secret_file(path)?)))
     }
 }
 
@@ -369,6 +359,18 @@ fn transport(host: &str, e: ureq::Error) -> EsError {
         ureq::Error::Timeout(_) => {
             EsError::Unreachable { host, detail: format!("{e} (timed out)") }
         }
+        ureq::Error::Io(ref io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            EsError::Lost { host, detail: e.to_string() }
+        }
+        ureq::Error::Protocol(_) => EsError::Lost { host, detail: e.to_string() },
         other => EsError::Unreachable { host, detail: other.to_string() },
     }
 }

@@ -265,10 +265,12 @@ impl Elastic {
                             let _ = me.jobs.send(retry);
                         }
                         Ok(Err(e)) => {
-                            // This job's own trouble: the others go on; it is tried again at
-                            // the next check.
+                            // This job's own trouble: the others go on. A lost answer is tried
+                            // again soon (reconciling first); a refusal at the next check.
                             me.failed_alone(&e);
-                            tokio::time::sleep(me.interval).await;
+                            let lost = matches!(e, Failure::Es(EsError::Lost { .. }));
+                            let delay = if lost { Duration::from_secs(1) } else { me.interval };
+                            tokio::time::sleep(delay).await;
                             let _ = me.jobs.send(retry);
                         }
                         Err(e) => tracing::error!(error = %e, "output key worker failed"),
@@ -531,6 +533,10 @@ impl Elastic {
     /// A failure of one job that says nothing of Elasticsearch as a whole, logged once per
     /// message.
     fn failed_alone(&self, e: &Failure) {
+        if matches!(e, Failure::Es(EsError::Lost { .. })) {
+            tracing::warn!("output key: {e}; reconciled and tried again");
+            return;
+        }
         let message = e.to_string();
         if self.inner.lock().expect("elastic lock").logged.insert(message.clone()) {
             tracing::warn!("output key not made (tried again every check): {message}");
@@ -564,7 +570,7 @@ impl Elastic {
 /// The health state an error puts Elasticsearch in.
 fn kind(e: &EsError) -> &'static str {
     match e {
-        EsError::Unreachable { .. } => "unreachable",
+        EsError::Unreachable { .. } | EsError::Lost { .. } => "unreachable",
         EsError::Tls { .. } => "tls",
         EsError::Unauthorized { .. } => "unauthorized",
         EsError::Forbidden { .. } => "missing_privilege",
@@ -588,7 +594,7 @@ impl Failure {
     fn is_global(&self) -> bool {
         match self {
             Failure::Es(EsError::Status { status, .. }) => *status == 429 || *status >= 500,
-            Failure::Es(EsError::Malformed(_)) => false,
+            Failure::Es(EsError::Malformed(_) | EsError::Lost { .. }) => false,
             Failure::Es(_) | Failure::Store(_) => true,
         }
     }

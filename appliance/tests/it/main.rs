@@ -8,6 +8,7 @@ mod appliance;
 mod checkin;
 mod cli;
 mod crash;
+mod elastic;
 mod enroll;
 mod hostile_agent;
 mod hostile_checkin;
