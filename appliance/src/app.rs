@@ -1,7 +1,8 @@
 //! What every handler shares: the release being served (reloaded when an import or rollback
-//! moves the active pointer), and running blocking work (the state database, files) off the
-//! async threads.
+//! moves the active pointer), the on-site secrets, and running blocking work (the state
+//! database, files) off the async threads.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use ferry_manifests::TrustedKeys;
 
 use crate::error::ApiError;
 use crate::release::{Active, Release};
+use crate::secrets::{SecretBox, SecretError};
+use crate::store::{SecretRecord, Store};
 
 /// What every handler shares.
 pub(crate) struct AppState {
@@ -18,23 +21,83 @@ pub(crate) struct AppState {
     /// The active release as last loaded: served when it verified, otherwise nothing is.
     /// Replaced when an import or rollback changes it.
     pub release: RwLock<Active>,
-    /// Bumped whenever `release` changes, to wake parked check-ins.
+    /// Bumped whenever `release` or an on-site secret changes, to wake parked check-ins (and
+    /// make the policy cache deliver policies anew, with the secrets' current values).
     pub changed: tokio::sync::watch::Sender<u64>,
     /// The quick-start CA's revocation list (DER), served at [`crate::net::tls::CRL_PATH`].
     pub crl: Option<Vec<u8>>,
     /// The site's Elasticsearch, when `[elasticsearch]` is configured (set once, at start).
     pub elastic: std::sync::OnceLock<Arc<crate::elastic::Elastic>>,
+    /// Seals and opens the on-site secrets' values.
+    secret_box: SecretBox,
+    /// The on-site secrets' sealed values by id, as the store holds them: read from it at start,
+    /// then changed only by [`AppState::set_secret`] and [`AppState::remove_secret`], which
+    /// write the store first. Kept here so that delivering a policy needs no database call;
+    /// only `serve` changes secrets (through its admin API), so nothing else writes the rows.
+    sealed: RwLock<BTreeMap<String, Vec<u8>>>,
 }
 
 impl AppState {
-    pub(crate) fn new(blobs: BlobStore, crl: Option<Vec<u8>>) -> Self {
+    /// `secrets` are the store's sealed values, opened with `secret_box`.
+    pub(crate) fn new(
+        blobs: BlobStore,
+        crl: Option<Vec<u8>>,
+        secret_box: SecretBox,
+        secrets: Vec<SecretRecord>,
+    ) -> Self {
         Self {
             blobs,
             release: RwLock::new(Active::None),
             changed: tokio::sync::watch::channel(0).0,
             crl,
             elastic: std::sync::OnceLock::new(),
+            secret_box,
+            sealed: RwLock::new(secrets.into_iter().map(|r| (r.id, r.sealed)).collect()),
         }
+    }
+
+    /// Every on-site secret's value, by id, opened now: for resolving the secret references
+    /// of the policies delivered (once per release or secret change, see `changed`). An error
+    /// names the secret that does not open and the key file, never a value.
+    pub(crate) fn secret_values(&self) -> Result<BTreeMap<String, String>, SecretError> {
+        let sealed = self.sealed.read().expect("secrets lock");
+        sealed.iter().map(|(id, s)| Ok((id.clone(), self.secret_box.open(id, s)?))).collect()
+    }
+
+    /// Seals `value` as secret `id`'s, set at `at`, and stores it (replacing the one stored);
+    /// then wakes parked check-ins so agents get policies with the new value. A refused id or
+    /// value is a 400 that never repeats the value.
+    pub(crate) fn set_secret(
+        &self,
+        store: &mut dyn Store,
+        id: &str,
+        value: &str,
+        at: &str,
+    ) -> Result<(), ApiError> {
+        let sealed =
+            self.secret_box.seal(id, value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        {
+            // Held across the write: two changes of one id land here in the store's order.
+            let mut held = self.sealed.write().expect("secrets lock");
+            store.put_secret(id, &sealed, at)?;
+            held.insert(id.to_owned(), sealed);
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// Forgets secret `id` (false when there is none), then wakes parked check-ins.
+    pub(crate) fn remove_secret(&self, store: &mut dyn Store, id: &str) -> Result<bool, ApiError> {
+        let removed = {
+            let mut held = self.sealed.write().expect("secrets lock");
+            let removed = store.remove_secret(id)?;
+            held.remove(id);
+            removed
+        };
+        if removed {
+            self.changed.send_modify(|generation| *generation += 1);
+        }
+        Ok(removed)
     }
 
     /// The release served now: the active one, when it verified.
@@ -146,4 +209,53 @@ fn refresh(
     *state.release.write().expect("release lock") = active;
     state.changed.send_modify(|generation| *generation += 1);
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: &str = "2026-06-01T00:00:00Z";
+
+    #[test]
+    fn secret_changes_are_stored_kept_in_step_and_wake_check_ins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::store::open(dir.path()).unwrap();
+        let secret_box = SecretBox::open_or_create(dir.path(), None, 0).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let state = AppState::new(blobs, None, secret_box, Vec::new());
+        let woken = state.changed.subscribe();
+
+        state.set_secret(&mut *store, "pw", "hunter2", AT).unwrap();
+        assert!(woken.has_changed().unwrap(), "a set wakes parked check-ins");
+        state.set_secret(&mut *store, "key", "pem", AT).unwrap();
+        let values = state.secret_values().unwrap();
+        assert_eq!(
+            values.into_iter().collect::<Vec<_>>(),
+            [("key".to_owned(), "pem".to_owned()), ("pw".to_owned(), "hunter2".to_owned())]
+        );
+        let stored = store.secret_records().unwrap();
+        assert!(stored.iter().all(|r| !r.sealed.windows(7).any(|w| w == b"hunter2")));
+
+        // What a restart loads opens the same.
+        let secret_box = SecretBox::open_or_create(dir.path(), None, stored.len()).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let restarted = AppState::new(blobs, None, secret_box, stored);
+        assert_eq!(restarted.secret_values().unwrap(), state.secret_values().unwrap());
+
+        let generation = *state.changed.borrow();
+        let Err(ApiError::Fleet { status, message, .. }) =
+            state.set_secret(&mut *store, "bad}", "hunter2", AT)
+        else {
+            panic!("a bad id was taken")
+        };
+        assert_eq!(status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(!state.remove_secret(&mut *store, "never").unwrap());
+        assert_eq!(*state.changed.borrow(), generation, "nothing changed, nobody woken");
+        assert!(state.remove_secret(&mut *store, "pw").unwrap());
+        assert!(*state.changed.borrow() > generation);
+        assert_eq!(state.secret_values().unwrap().keys().collect::<Vec<_>>(), ["key"]);
+        assert_eq!(store.secret_records().unwrap().len(), 1);
+    }
 }

@@ -389,11 +389,27 @@ pub(crate) async fn run_server(
     let download_ca =
         crate::config::download_ca(config.server.download_ca.as_ref(), quick_start_ca.as_deref())?;
     let limits = crate::routes::limits(&config.limits)?;
-    let state = Arc::new(crate::app::AppState::new(blobs, crl));
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
     // commit meanwhile.
     let db: crate::store::Db =
         Arc::new(std::sync::Mutex::new(crate::store::open(&config.data_dir)?));
+    let secrets = db.lock().expect("state lock").secret_records()?;
+    let secret_box = crate::secrets::SecretBox::open_or_create(
+        &config.data_dir,
+        config.secrets.key_file.as_deref(),
+        secrets.len(),
+    )?;
+    tracing::info!(
+        secrets = secrets.len(),
+        key = %secret_box.key_file().display(),
+        "on-site secrets"
+    );
+    let state = Arc::new(crate::app::AppState::new(blobs, crl, secret_box, secrets));
+    // Said at start rather than at the first policy that needs the value: a key file replaced
+    // or restored from the wrong backup.
+    if let Err(e) = state.secret_values() {
+        tracing::warn!("{e}");
+    }
     let credentials = db.lock().expect("state lock").credential_ids()?;
     limits.prove(credentials.iter().map(String::as_str));
     crate::app::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);

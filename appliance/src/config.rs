@@ -99,6 +99,14 @@ max_upload_mib = 1024
 # check_interval_seconds = 30
 # # One request to Elasticsearch may take this long.
 # request_timeout_seconds = 10
+
+# On-site secrets (`ferry-appliance secrets set`): the values of the Fleet secrets that policies
+# name, which never travel in a bundle. state.db keeps them sealed with a key: by default
+# data_dir/secrets.key, made on first use. Back it up with state.db: without it the values are
+# lost. To keep the key apart from the data, name another file (32 random bytes or 64 hex
+# digits, mode 0600, for example `openssl rand -hex 32 > /etc/ferry/secrets.key`):
+# [secrets]
+# key_file = "/etc/ferry/secrets.key"
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +126,16 @@ pub(crate) struct Config {
     pub limits: std::collections::BTreeMap<String, crate::net::limits::LimitOverride>,
     /// The site's Elasticsearch, for per-agent output keys.
     pub elasticsearch: Option<ElasticsearchConfig>,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`: where the key that seals on-site secrets is (`crate::secrets`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretsConfig {
+    /// A key file of the operator's; unset: `data_dir/secrets.key`, made on first use.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[elasticsearch]`: where agents' data goes, and the credential the appliance manages their
@@ -295,6 +313,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = &mut config.secrets.key_file {
+            *p = base.join(&*p);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -418,6 +439,26 @@ mod tests {
         std::fs::write(&path, format!("{base}download_ca = \"ca.pem\"\n")).unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.server.download_ca, Some(DownloadCa::File(dir.path().join("ca.pem"))));
+    }
+
+    #[test]
+    fn the_secrets_key_file_is_optional_and_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let base =
+            "data_dir = \"d\"\ntrusted_keys = [\"k.pub\"]\npublic_url = \"https://f:8220\"\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(Config::load(&path).unwrap().secrets.key_file, None);
+        std::fs::write(&path, format!("{base}[secrets]\nkey_file = \"keys/s.key\"\n")).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.secrets.key_file, Some(dir.path().join("keys/s.key")));
+        std::fs::write(&path, format!("{base}[secrets]\nkeyfile = \"s.key\"\n")).unwrap();
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(err.contains("keyfile"), "{err}");
+        // The commented example, uncommented, is valid too.
+        let text = DEFAULT_CONFIG.replace("# [secrets]\n# key_file", "[secrets]\nkey_file");
+        let config: Config = toml::from_str(&text).unwrap();
+        assert_eq!(config.secrets.key_file.as_deref(), Some(Path::new("/etc/ferry/secrets.key")));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod mirror;
 mod net;
 mod release;
 mod routes;
+mod secrets;
 mod store;
 
 pub use commands::run;

@@ -46,6 +46,38 @@ pub(crate) struct Revoked {
     pub(crate) revoked: bool,
 }
 
+/// `PUT /secrets/{id}`: the value, which the admin API never answers, lists or logs.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetSecret {
+    /// UTF-8, 1 byte to 64 KiB.
+    pub(crate) value: String,
+}
+
+impl std::fmt::Debug for SetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A stray `{:?}` must not print it.
+        f.debug_struct("SetSecret").finish_non_exhaustive()
+    }
+}
+
+/// An entry of `GET /secrets`, and the answer to `PUT /secrets/{id}`: never the value.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Secret {
+    /// The Fleet secret id policies name it by.
+    pub(crate) id: String,
+    pub(crate) set_at: String,
+    /// The policies of the active release that name it (not filled in yet: empty).
+    #[serde(default)]
+    pub(crate) used_by: Vec<String>,
+}
+
+/// The answer to `DELETE /secrets/{id}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Removed {
+    pub(crate) removed: bool,
+}
+
 /// The query of `GET /agents`: a page of the list, in enrollment order (`enrolled_at`, then id).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct AgentsQuery {
@@ -297,6 +329,17 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(read.action.kind(), ActionKind::Unenroll);
+    }
+
+    #[test]
+    fn a_secret_s_value_is_never_debug_printed() {
+        let request: SetSecret = serde_json::from_value(json!({ "value": "hunter2" })).unwrap();
+        assert_eq!(request.value, "hunter2");
+        assert!(!format!("{request:?}").contains("hunter2"));
+        assert!(serde_json::from_value::<SetSecret>(json!({ "value": "v", "x": 1 })).is_err());
+        // An answer of a server from before `used_by` reads as used by nothing.
+        let listed: Secret = serde_json::from_value(json!({ "id": "a", "set_at": "t" })).unwrap();
+        assert!(listed.used_by.is_empty());
     }
 
     #[test]

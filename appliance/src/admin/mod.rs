@@ -2,7 +2,7 @@
 //! (`data_dir/admin.sock`, mode 0600, peers checked with `SO_PEERCRED`), every request carrying
 //! the admin token (`Authorization: Bearer …`) that `serve` mints afresh at each start into
 //! `data_dir/admin.token`. The CLI's `status`, `tokens`, `agents`, `upgrade`, `unenroll`,
-//! `reassign`, `settings`, `diagnostics` and `actions` commands are its clients. Actions are
+//! `reassign`, `settings`, `diagnostics`, `actions` and `secrets` commands are its clients. Actions are
 //! created here, in the serving process, so a parked check-in of a targeted agent wakes at once.
 
 pub(crate) mod api;
@@ -19,13 +19,13 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
 use self::api::{
     ActionRequest, ActionStatus, ActionTarget, ActionsCreated, ActiveRelease, Agent, AgentCounts,
-    AgentsQuery, CreateActions, NewToken, Revoked, Server, StatusReport, Token, TokenCreated,
-    Upload,
+    AgentsQuery, CreateActions, NewToken, Removed, Revoked, Secret, Server, SetSecret,
+    StatusReport, Token, TokenCreated, Upload,
 };
 use crate::app::AppState;
 use crate::credentials::ApiKey;
@@ -71,6 +71,8 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/actions/{id}", get(show_action))
         .route("/uploads", get(list_uploads))
         .route("/uploads/{id}/file", get(upload_file))
+        .route("/secrets", get(list_secrets))
+        .route("/secrets/{id}", put(set_secret).delete(remove_secret))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .layer(axum::middleware::from_fn(local_only))
@@ -810,6 +812,49 @@ async fn upload_file(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The on-site secrets, by id: when each was set, never its value.
+async fn list_secrets(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let records = db(&admin, |s| Ok(s.secret_records()?)).await?;
+    let list: Vec<Secret> = records
+        .into_iter()
+        .map(|r| Secret { id: r.id, set_at: r.set_at, used_by: Vec::new() })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+/// Sets (or replaces) a secret's value; agents get policies with it at their next check-in.
+async fn set_secret(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // Read here rather than by axum's JSON extractor, whose refusals quote the body they could
+    // not read: the answer must never hold a value.
+    let SetSecret { value } = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            "the body must be the JSON object {\"value\": \"...\"}, the value a string",
+        )
+    })?;
+    let set_at = crate::clock::now_rfc3339();
+    let (app, target, at) = (Arc::clone(&admin.app), id.clone(), set_at.clone());
+    db(&admin, move |s| app.set_secret(s, &target, &value, &at)).await?;
+    tracing::info!(secret = %id, "on-site secret set by the admin");
+    Ok(axum::Json(Secret { id, set_at, used_by: Vec::new() }).into_response())
+}
+
+async fn remove_secret(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let msg = format!("no secret {id} (see `secrets list`)");
+    let (app, target) = (Arc::clone(&admin.app), id.clone());
+    if !db(&admin, move |s| app.remove_secret(s, &target)).await? {
+        return Err(not_found(msg));
+    }
+    tracing::info!(secret = %id, "on-site secret removed by the admin");
+    Ok(axum::Json(Removed { removed: true }).into_response())
 }
 
 #[cfg(test)]

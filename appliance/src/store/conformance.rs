@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use super::{
     ActionEffect, ActionResult, ActionTarget, AgentPage, AgentRecord, AuditOutcome, CheckinUpdate,
     ChunkRecord, Enrollment, KeyState, NewAction, NewEnrollmentToken, PolicyAck, ReleaseRecord,
-    Store, StoreError, StoredUpgrade, TokenSecret, UpgradeStep, UploadRecord, UploadStatus,
+    SecretRecord, Store, StoreError, StoredUpgrade, TokenSecret, UpgradeStep, UploadRecord,
+    UploadStatus,
 };
 
 /// One `#[test]` per function of the suite, each on a fresh store from `$fresh`. A function
@@ -40,6 +41,8 @@ macro_rules! suite {
             uploads_go_from_awaiting_to_ready_or_error,
             an_output_key_goes_from_intent_to_active_and_replaces_the_old_one,
             output_keys_die_with_their_agent,
+            secrets_are_kept_sealed_one_per_id_in_id_order,
+            removing_a_secret_says_whether_there_was_one,
         );
     };
     (@each $fresh:path; $($name:ident),* $(,)?) => {
@@ -754,4 +757,40 @@ pub(crate) fn output_keys_die_with_their_agent(s: &mut dyn Store) {
     assert!(s.finish_output_key(c, "id4", "id4:s").unwrap());
     s.record_action_results("c1", &[], true, T3).unwrap();
     assert_eq!(s.output_keys("c1").unwrap()[0].state, KeyState::Invalidating);
+}
+
+fn secret(id: &str, sealed: &[u8], set_at: &str) -> SecretRecord {
+    SecretRecord { id: id.into(), sealed: sealed.to_vec(), set_at: set_at.into() }
+}
+
+pub(crate) fn secrets_are_kept_sealed_one_per_id_in_id_order(s: &mut dyn Store) {
+    assert_eq!(s.secret_records().unwrap(), []);
+    // Any bytes: a sealed value holds NULs and invalid UTF-8.
+    let sealed: Vec<u8> = (0..=255).collect();
+    s.put_secret("tls-key", &sealed, T1).unwrap();
+    s.put_secret("db-password", b"\0old", T1).unwrap();
+    s.put_secret("Zeta", b"z", T2).unwrap();
+    // Setting again replaces the value and its time: still one row.
+    s.put_secret("db-password", b"\0new", T3).unwrap();
+    assert_eq!(
+        s.secret_records().unwrap(),
+        [
+            secret("Zeta", b"z", T2),
+            secret("db-password", b"\0new", T3),
+            secret("tls-key", &sealed, T1)
+        ],
+        "by id (bytewise), one per id, as put"
+    );
+}
+
+pub(crate) fn removing_a_secret_says_whether_there_was_one(s: &mut dyn Store) {
+    s.put_secret("a", b"1", T1).unwrap();
+    s.put_secret("b", b"2", T1).unwrap();
+    assert!(s.remove_secret("a").unwrap());
+    assert!(!s.remove_secret("a").unwrap(), "gone already");
+    assert!(!s.remove_secret("never").unwrap());
+    assert_eq!(s.secret_records().unwrap(), [secret("b", b"2", T1)]);
+    // Set again after a removal: back, with its new time.
+    s.put_secret("a", b"3", T2).unwrap();
+    assert_eq!(s.secret_records().unwrap(), [secret("a", b"3", T2), secret("b", b"2", T1)]);
 }

@@ -28,6 +28,9 @@
 //! - **Uploads** ([`UploadStore`]): `uploads`, the diagnostics uploads agents made;
 //!   `upload_chunks`, the chunks of an open one (their bytes are files, see
 //!   `fleet::uploads`).
+//! - **Secrets** ([`SecretStore`]): `secrets`, the values the operator set for the Fleet
+//!   secrets policies name, each sealed by `crate::secrets` (with a key kept outside the
+//!   store), and when it was set.
 //!
 //! Times are RFC 3339 text in UTC to the second, given by the caller (`crate::clock`), so that a
 //! backend compares times by comparing text and a test can choose them.
@@ -56,6 +59,8 @@
 //! - An agent has at most one output key being created per output. Deactivating an agent
 //!   (unenrollment, revocation) or replacing it by a new enrollment marks all its output keys
 //!   for invalidation in the same transaction; a key finished after that stays marked.
+//! - Secret values are stored only sealed: a backend keeps the bytes it is given and never sees
+//!   a value.
 //!
 //! # Sync, on blocking threads
 //!
@@ -140,6 +145,7 @@ pub(crate) trait Store:
     + ActionStore
     + UploadStore
     + OutputKeyStore
+    + SecretStore
     + Send
 {
 }
@@ -152,6 +158,7 @@ impl<T> Store for T where
         + ActionStore
         + UploadStore
         + OutputKeyStore
+        + SecretStore
         + Send
 {
 }
@@ -400,6 +407,17 @@ pub(crate) trait UploadStore {
         sha256: Option<&str>,
         at: &str,
     ) -> Result<()>;
+}
+
+/// The on-site secrets' sealed values (the admin API sets and removes them; `serve` reads them
+/// all at start).
+pub(crate) trait SecretStore {
+    /// Stores `sealed` as secret `id`'s value, set at `at`, replacing the one stored.
+    fn put_secret(&mut self, id: &str, sealed: &[u8], at: &str) -> Result<()>;
+    /// Every secret, by id.
+    fn secret_records(&self) -> Result<Vec<SecretRecord>>;
+    /// Forgets secret `id`; false when there was none.
+    fn remove_secret(&mut self, id: &str) -> Result<bool>;
 }
 
 /// One imported release, as recorded.
@@ -692,4 +710,14 @@ pub(crate) struct ChunkRecord {
     pub(crate) num: u64,
     pub(crate) size: u64,
     pub(crate) sha256: String,
+}
+
+/// An on-site secret as stored: its value only sealed (`crate::secrets::SecretBox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SecretRecord {
+    /// The Fleet secret id policies name it by.
+    pub(crate) id: String,
+    /// `nonce ‖ ciphertext ‖ tag`, opened only with the appliance's secrets key.
+    pub(crate) sealed: Vec<u8>,
+    pub(crate) set_at: String,
 }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use crate::store::{Result, StoreError};
 
 /// Migration n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this binary writes.
 pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -158,6 +158,14 @@ const V3: &str = "CREATE TABLE output_keys (
 );
 CREATE INDEX output_keys_by_agent ON output_keys (agent_id, output);";
 
+/// The on-site secrets: per Fleet secret id, its value sealed by `crate::secrets` (nonce,
+/// ciphertext and tag; the key is not in this database) and when the operator set it.
+const V4: &str = "CREATE TABLE secrets (
+        id TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        set_at TEXT NOT NULL
+    );";
+
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,
     applied_at TEXT NOT NULL,
@@ -220,8 +228,8 @@ mod tests {
     use super::*;
     use crate::store::sqlite::{FILE, SqliteStore};
     use crate::store::{
-        ActionStore as _, AgentStore as _, PolicyStore as _, ReleaseStore as _, TokenStore as _,
-        UploadStatus, UploadStore as _,
+        ActionStore as _, AgentStore as _, PolicyStore as _, ReleaseStore as _, SecretStore as _,
+        TokenStore as _, UploadStatus, UploadStore as _,
     };
 
     /// The schema as the release before versioning created it (frozen; see the file).
@@ -357,6 +365,31 @@ mod tests {
         assert!(!s.deactivate_agent("a", "2026-06-01T00:00:00Z").unwrap());
         assert_eq!(s.revoked_at("a").unwrap(), None);
         assert!(schema(&path).iter().any(|(name, _)| name == "revoked_agents"));
+    }
+
+    #[test]
+    fn a_version_3_database_gains_the_secrets_table_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(VERSION_TABLE).unwrap();
+        for (number, sql) in (1..=3).zip(MIGRATIONS) {
+            conn.execute_batch(sql).unwrap();
+            conn.execute(
+                "INSERT INTO schema_version VALUES (?1, '2026-01-01T00:00:00Z', '0.1.0')",
+                params![number],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(UNVERSIONED_DATA).unwrap();
+        drop(conn);
+        let mut s = SqliteStore::open(&path).unwrap();
+        let all: Vec<i64> = versions(&path).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(all, (1..=LATEST).collect::<Vec<_>>());
+        assert_eq!(s.active().unwrap(), Some(("site".into(), 5)));
+        assert!(s.secret_records().unwrap().is_empty());
+        s.put_secret("db-password", b"sealed", "2026-06-01T00:00:00Z").unwrap();
+        assert_eq!(s.secret_records().unwrap().len(), 1);
     }
 
     #[test]

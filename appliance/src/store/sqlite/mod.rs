@@ -8,6 +8,7 @@ mod migrations;
 mod output_keys;
 mod policies;
 mod releases;
+mod secrets;
 mod tokens;
 mod uploads;
 
