@@ -18,8 +18,8 @@ use clap::{Args, Parser, Subcommand};
         release's artifacts in Elastic's downloads/ layout, with the PGP key upgrades check. \
         While it runs, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, \
         `diagnostics` and `actions` manage the fleet through its admin API (the Unix socket \
-        data_dir/admin.sock, for serve's user and root), and \
-        `status` says whether it serves its active release.\n\n\
+        data_dir/admin.sock, for serve's user and root), `secrets` sets the values of the Fleet \
+        secrets policies name, and `status` says whether it serves its active release.\n\n\
         Exit codes: 0 success; 1 an input was refused (a bundle or its signature, data that \
         fails its check, a request the appliance refuses such as an unknown policy or agent); 2 \
         usage, configuration or internal error.",
@@ -90,6 +90,55 @@ pub enum Command {
     /// Follow or cancel an action.
     #[command(subcommand)]
     Actions(ActionsCommand),
+    /// On-site secrets: the values of the Fleet secrets policies name (passwords, client
+    /// keys), set here because they never travel in a bundle.
+    #[command(
+        subcommand,
+        long_about = "On-site secrets: the values of the Fleet secrets that policies name \
+            (secret_references, $co.elastic.secret{ID}), such as output passwords and client \
+            keys. They never travel in a bundle: the operator sets each one here, by its Fleet \
+            secret id, and agents receive it inside their policy, over the agent API's TLS.\n\n\
+            Values are kept in data_dir/state.db only sealed (XChaCha20-Poly1305) with the key \
+            in data_dir/secrets.key (made on first use, mode 0600), or the file [secrets] \
+            key_file names. They never leave the appliance otherwise: no command, answer or log \
+            shows them. Back the key file up with state.db: without it the values are lost \
+            and must be set again.\n\n\
+            These commands talk to the running `ferry-appliance serve`; a change reaches agents \
+            at their next check-in."
+    )]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set a secret's value, replacing the one set before; read from stdin or --file.
+    #[command(long_about = "Set a secret's value, replacing the one set before.\n\n\
+        The value is read from stdin, or from --file, never from an argument (which `ps` and \
+        shell history would keep). When stdin is a terminal it is asked for without echo. \
+        One trailing newline is removed (as `echo` and editors add one); an empty value is \
+        refused. Values are UTF-8, up to 64 KiB (a PEM key fits).\n\n\
+        Examples:\n  ferry-appliance secrets set es-output-password\n  \
+        ferry-appliance secrets set kafka-client-key --file client.key\n  \
+        ferry-appliance secrets set es-output-password < password.txt")]
+    Set {
+        /// The Fleet secret id, as the policy names it (`secret_references`, or
+        /// `$co.elastic.secret{ID}`): 1 to 256 bytes, no `}`.
+        id: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The secrets set, by id, with when each was set (never their values).
+    List(JsonArg),
+    /// Forget a secret's value.
+    Remove {
+        /// The secret id, as `secrets list` shows it.
+        id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]

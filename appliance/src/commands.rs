@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Settings(args) => crate::admin::client::settings(&config, &args),
         Command::Diagnostics(command) => crate::admin::client::diagnostics(&config, command),
         Command::Actions(command) => crate::admin::client::actions(&config, command),
+        Command::Secrets(command) => crate::admin::client::secrets(&config, command),
     }
 }
 

@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 
 use crate::admin::api::{
     ActionRequest, ActionStatus, ActionsCreated, ActiveRelease, Agent, AgentsQuery, CreateActions,
-    NewToken, Server, StatusReport, Token, TokenCreated, Upload,
+    NewToken, Secret, Server, SetSecret, StatusReport, Token, TokenCreated, Upload,
 };
 use crate::admin::{PREFIX, SOCKET_FILE, TOKEN_FILE};
 use crate::cli::{
-    ActionsCommand, AgentsCommand, DiagnosticsCommand, Expiry, ReassignArgs, SettingsArgs, Targets,
-    TokensCommand, UnenrollArgs, UpgradeArgs,
+    ActionsCommand, AgentsCommand, DiagnosticsCommand, Expiry, ReassignArgs, SecretsCommand,
+    SettingsArgs, Targets, TokensCommand, UnenrollArgs, UpgradeArgs,
 };
 use crate::config::Config;
 
@@ -816,6 +816,103 @@ pub(crate) fn actions(config: &Config, command: ActionsCommand) -> anyhow::Resul
     }
 }
 
+pub(crate) fn secrets(config: &Config, command: SecretsCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(config)?;
+    match command {
+        SecretsCommand::Set { id, file, json } => {
+            // Refused before the value is asked for.
+            crate::secrets::check_id(&id).map_err(|e| AdminRefusal(e.to_string()))?;
+            let value = secret_value(file.as_deref(), &id)?;
+            let body = serde_json::to_vec(&SetSecret { value })?;
+            let out = client.send("PUT", &format!("/secrets/{}", query_value(&id)), Some(&body))?;
+            let out = out.json()?;
+            if json.json {
+                print_json(&out)?;
+            } else {
+                let out: Secret = typed(&out)?;
+                println!("secret {} set", shown_str(Some(&out.id), 256));
+                eprintln!("agents get the new value with their policies at their next check-in");
+            }
+        }
+        SecretsCommand::List(json) => {
+            let out = client.call("GET", "/secrets")?;
+            if json.json {
+                return print_json(&out).map(|()| ExitCode::SUCCESS);
+            }
+            let rows = typed::<Vec<Secret>>(&out)?
+                .into_iter()
+                .map(|s| vec![dash(Some(&s.id)), dash(Some(&s.set_at))]);
+            table(&["ID", "SET AT"], rows);
+        }
+        SecretsCommand::Remove { id, json } => {
+            let out = client.call("DELETE", &format!("/secrets/{}", query_value(&id)))?;
+            if json.json {
+                print_json(&out)?;
+            } else {
+                println!("removed secret {}", shown_str(Some(&id), 256));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A secret's value as `secrets set` reads it: from `file`, or stdin (without echo on a
+/// terminal), without one trailing newline; refused when empty, over 64 KiB or not UTF-8.
+fn secret_value(file: Option<&Path>, id: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let refused = |what: &str| AdminRefusal(format!("{what}; the secret was not set"));
+    let text = match file {
+        Some(path) => {
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            read_value(f).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None if std::io::stdin().is_terminal() => {
+            let prompt = format!("value of secret {} (not shown): ", shown_str(Some(id), 256));
+            Some(rpassword::prompt_password(prompt).context("cannot read the value")?)
+        }
+        None => read_value(std::io::stdin().lock()).context("cannot read stdin")?,
+    };
+    // The value itself is never part of a message.
+    let Some(text) = text else {
+        return Err(refused(&format!(
+            "the value is over {} bytes (64 KiB)",
+            crate::secrets::MAX_VALUE
+        ))
+        .into());
+    };
+    let value = strip_one_newline(text);
+    crate::secrets::check_value(&value).map_err(|e| refused(&e.to_string()))?;
+    Ok(value)
+}
+
+/// All of `input` as UTF-8; `None` when it is longer than a value may be (a newline more is
+/// allowed, as it is removed).
+fn read_value(input: impl Read) -> anyhow::Result<Option<String>> {
+    let max = crate::secrets::MAX_VALUE + 2;
+    let mut bytes = Vec::new();
+    input.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Ok(None);
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        AdminRefusal("the value is not UTF-8 text; the secret was not set".to_owned())
+    })?;
+    Ok(Some(text))
+}
+
+/// `text` without one trailing newline (`\n` or `\r\n`), which `echo` and editors add: a
+/// value meant to end in a newline is given with two.
+fn strip_one_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
 /// `status`: the running server's view, through the admin API; when no server answers, the data
 /// directory's (with this configuration's keys). Exits 1 unless a server runs and serves its
 /// active release (`/api/status` answers `HEALTHY`), so it can serve as a health check.
@@ -926,6 +1023,32 @@ mod tests {
         assert_eq!(default_name("a-1", "u.2"), "diagnostics-a-1-u.2.zip");
         assert_eq!(default_name("../../x", "a/b\\c"), "diagnostics-.._.._x-a_b_c.zip");
         assert_eq!(default_name(&"z".repeat(500), "\n").len(), "diagnostics--_.zip".len() + 64);
+    }
+
+    #[test]
+    fn one_trailing_newline_is_removed_from_a_value() {
+        for (given, kept) in [
+            ("pw", "pw"),
+            ("pw\n", "pw"),
+            ("pw\r\n", "pw"),
+            ("pw\n\n", "pw\n"),
+            ("a\nb\n", "a\nb"),
+            ("\n", ""),
+            ("pw\r", "pw\r"),
+        ] {
+            assert_eq!(strip_one_newline(given.to_owned()), kept, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_is_read_whole_and_bounded() {
+        let max = crate::secrets::MAX_VALUE;
+        assert_eq!(read_value(&b"pw\n"[..]).unwrap().as_deref(), Some("pw\n"));
+        let long = vec![b'v'; max + 2];
+        assert_eq!(read_value(&long[..]).unwrap().map(|v| v.len()), Some(max + 2));
+        assert_eq!(read_value(&vec![b'v'; max + 3][..]).unwrap(), None);
+        let e = read_value(&[0xff, 0xfe][..]).unwrap_err();
+        assert!(e.is::<AdminRefusal>(), "{e}");
     }
 
     #[test]
