@@ -101,6 +101,14 @@ impl Lines {
         })
     }
 
+    /// Everything the process has printed so far: (stdout, stderr), each line ending in `\n`.
+    pub fn printed(&self) -> (String, String) {
+        let all = |stream: &Stream| {
+            stream.lock().unwrap().lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+        };
+        (all(&self.stdout), all(&self.stderr))
+    }
+
     /// Asks the process to stop (SIGTERM), as systemd does, and waits until it has.
     pub fn terminate(&self) -> ExitStatus {
         let mut child = self.child.lock().unwrap();

@@ -16,6 +16,7 @@ mod hostile_import;
 mod hostile_rollback;
 mod limits;
 mod local_user;
+mod secrets;
 mod status;
 mod support;
 mod uploads;

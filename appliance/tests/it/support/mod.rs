@@ -336,6 +336,11 @@ impl Server {
         self.process.wait_stderr(text)
     }
 
+    /// Everything the server has printed so far: (stdout, stderr).
+    pub fn printed(&self) -> (String, String) {
+        self.process.printed()
+    }
+
     /// Asks the server to stop (SIGTERM), as systemd does, and waits until it has.
     pub fn terminate(&self) -> std::process::ExitStatus {
         self.process.terminate()
