@@ -27,7 +27,10 @@ fn run_with_stdin(f: &Fixture, args: &[&dyn AsRef<std::ffi::OsStr>], input: &[u8
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    // A command that refuses before reading (a bad id) may be gone already: a broken pipe.
+    if let Err(e) = child.stdin.take().unwrap().write_all(input) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     child.wait_with_output().unwrap()
 }
 
