@@ -64,6 +64,27 @@ impl AppState {
         sealed.iter().map(|(id, s)| Ok((id.clone(), self.secret_box.open(id, s)?))).collect()
     }
 
+    /// The values of secrets `ids` (those stored), and a fingerprint of their sealed forms:
+    /// it changes whenever one of them is set again (a new nonce each time), so a delivered
+    /// policy gets a new revision without its revision's hash ever depending on a value.
+    pub(crate) fn secrets_for(
+        &self,
+        ids: &std::collections::BTreeSet<String>,
+    ) -> Result<(BTreeMap<String, String>, String), SecretError> {
+        use sha2::Digest as _;
+        let sealed = self.sealed.read().expect("secrets lock");
+        let mut fingerprint = sha2::Sha256::new();
+        let mut values = BTreeMap::new();
+        for id in ids {
+            if let Some(s) = sealed.get(id) {
+                fingerprint.update(id.as_bytes());
+                fingerprint.update(sha2::Sha256::digest(s));
+                values.insert(id.clone(), self.secret_box.open(id, s)?);
+            }
+        }
+        Ok((values, hex::encode(fingerprint.finalize())))
+    }
+
     /// Seals `value` as secret `id`'s, set at `at`, and stores it (replacing the one stored);
     /// then wakes parked check-ins so agents get policies with the new value. A refused id or
     /// value is a 400 that never repeats the value.

@@ -1,5 +1,6 @@
 //! The subcommands of `ferry-appliance`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +123,42 @@ fn import(
             record.name, record.sequence, record.entries, record.payload_bytes, record.key_id
         );
     }
+    // Secrets the new release's policies need that are not set on this appliance: those
+    // policies are not delivered until they are (stderr, so `--json` stays one document).
+    for (policy, ids) in secrets_not_set(config, keys, &record)? {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        eprintln!(
+            "policy {policy} needs secret(s) not set here: {} (set each with `ferry-appliance \
+             secrets set ID`; until then agents keep the policy they run)",
+            ids.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The secret ids each policy of release `record` needs and the store does not hold.
+fn secrets_not_set(
+    config: &Config,
+    keys: &TrustedKeys,
+    record: &ReleaseRecord,
+) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+    let pointer = Some((record.name.clone(), record.sequence));
+    let crate::release::Active::Ready(release) =
+        crate::release::Active::load(&config.data_dir, pointer, keys)
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
+    let set: BTreeSet<String> = match crate::store::open_existing(&config.data_dir)? {
+        Some(store) => store.secret_records()?.into_iter().map(|r| r.id).collect(),
+        None => BTreeSet::new(),
+    };
+    let mut missing = release.policy_secret_ids(&blobs)?;
+    for ids in missing.values_mut() {
+        ids.retain(|id| !set.contains(id));
+    }
+    missing.retain(|_, ids| !ids.is_empty());
+    Ok(missing)
 }
 
 /// A refusal's verdict on stdout for scripts (`{"<done>": false, "check", "error"}`); the message

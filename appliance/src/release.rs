@@ -17,7 +17,7 @@
 //! import (staging, a release folder not in the database, blobs no release needs) are removed
 //! at the next start or import.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -94,6 +94,21 @@ impl Release {
             .iter()
             .filter(|f| f.kind == Kind::Policy)
             .filter_map(|f| f.metadata.policy_id().map(|id| (id, f)))
+    }
+
+    /// The secret ids each policy of the release needs (`ferry_artifacts::secrets`), by
+    /// policy id; the policy files are read from `blobs`.
+    pub(crate) fn policy_secret_ids(
+        &self,
+        blobs: &ferry_artifacts::BlobStore,
+    ) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+        let mut ids = BTreeMap::new();
+        for (id, entry) in self.policies() {
+            let bytes = std::fs::read(blobs.path(&entry.sha256))?;
+            let policy = ferry_artifacts::Policy::parse(&bytes, entry.path.as_str())?;
+            ids.insert(id.to_owned(), ferry_artifacts::secrets::referenced_ids(&policy.document));
+        }
+        Ok(ids)
     }
 
     /// The armored PGP key artifacts were checked with, if the bundle carries one.

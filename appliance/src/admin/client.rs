@@ -839,10 +839,11 @@ pub(crate) fn secrets(config: &Config, command: SecretsCommand) -> anyhow::Resul
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
-            let rows = typed::<Vec<Secret>>(&out)?
-                .into_iter()
-                .map(|s| vec![dash(Some(&s.id)), dash(Some(&s.set_at))]);
-            table(&["ID", "SET AT"], rows);
+            let rows = typed::<Vec<Secret>>(&out)?.into_iter().map(|s| {
+                let used = (!s.used_by.is_empty()).then(|| s.used_by.join(", "));
+                vec![dash(Some(&s.id)), dash(Some(&s.set_at)), dash(used.as_deref())]
+            });
+            table(&["ID", "SET AT", "USED BY"], rows);
         }
         SecretsCommand::Remove { id, json } => {
             let out = client.call("DELETE", &format!("/secrets/{}", query_value(&id)))?;

@@ -817,11 +817,35 @@ async fn upload_file(
 /// The on-site secrets, by id: when each was set, never its value.
 async fn list_secrets(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     let records = db(&admin, |s| Ok(s.secret_records()?)).await?;
+    let used = used_by(&admin).await?;
     let list: Vec<Secret> = records
         .into_iter()
-        .map(|r| Secret { id: r.id, set_at: r.set_at, used_by: Vec::new() })
+        .map(|r| {
+            let used_by = used.get(&r.id).cloned().unwrap_or_default();
+            Secret { id: r.id, set_at: r.set_at, used_by }
+        })
         .collect();
     Ok(axum::Json(list).into_response())
+}
+
+/// The policies of the served release that use each secret id.
+async fn used_by(
+    admin: &Arc<Admin>,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, ApiError> {
+    let app = Arc::clone(&admin.app);
+    crate::app::blocking(move || {
+        let mut used = std::collections::BTreeMap::<String, Vec<String>>::new();
+        if let Some(release) = app.current() {
+            let ids = release.policy_secret_ids(&app.blobs).map_err(ApiError::Internal)?;
+            for (policy, ids) in ids {
+                for id in ids {
+                    used.entry(id).or_default().push(policy.clone());
+                }
+            }
+        }
+        Ok(used)
+    })
+    .await
 }
 
 /// Sets (or replaces) a secret's value; agents get policies with it at their next check-in.

@@ -120,6 +120,17 @@ fn deliver(
     // The bundle's own revision stays in the hashed content: a policy re-exported from Kibana
     // with a new revision is a change even if nothing else moved.
     doc["id"] = json!(policy_id);
+    // On-site secrets, resolved as Fleet Server resolves them, on the document as exported
+    // (the site rewrite below would hide a remote output's token reference). A policy with a
+    // secret not set is not delivered: agents keep the one they run.
+    let needed = ferry_artifacts::secrets::referenced_ids(&doc);
+    let (values, fingerprint) =
+        api.app.secrets_for(&needed).map_err(|e| ApiError::Internal(e.into()))?;
+    let unresolved = (!needed.is_empty()).then(|| doc.clone());
+    let mut secret_paths = match ferry_artifacts::secrets::resolve(&mut doc, &values) {
+        Ok(paths) => paths,
+        Err(missing) => return Ok(Err(missing.to_string())),
+    };
     // What belongs to the site that serves the policy, not to the one that exported it (Fleet
     // Server host, download source and TLS, remote output tokens) is this appliance's; the
     // builder warned about what this removes.
@@ -128,8 +139,22 @@ fn deliver(
         download_ca: api.download_ca.as_deref(),
     };
     ferry_artifacts::policy::deliver_for_site(&mut doc, &site);
-    // serde_json's maps are sorted, so equal content gives equal text.
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.to_string().as_bytes()));
+    // serde_json's maps are sorted, so equal content gives equal text. The revision's hash is
+    // of the document with its references and the secrets' fingerprint, never of a value.
+    let hashed = match unresolved {
+        Some(mut unresolved) => {
+            ferry_artifacts::policy::deliver_for_site(&mut unresolved, &site);
+            format!("{unresolved}\n{fingerprint}")
+        }
+        None => doc.to_string(),
+    };
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(hashed.as_bytes()));
+    // Fleet Server's `secret_paths` (handleCheckin.go processPolicy): the fields that hold a
+    // secret, which agents redact from diagnostics; those the site rewrite removed go too.
+    secret_paths.retain(|path| holds(&doc, path));
+    if !secret_paths.is_empty() {
+        doc["secret_paths"] = json!(secret_paths);
+    }
     // Per-agent keys only where the site's Elasticsearch is configured: without it the policy
     // goes as the bundle carries it.
     let slots = match api.app.elastic.get() {
@@ -145,6 +170,28 @@ fn deliver(
     doc["revision"] = json!(revision);
     let policy = serde_json::value::to_raw_value(&doc).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Ok(Some(Delivered { revision, created, policy, slots })))
+}
+
+/// Whether `doc` has a value at dotted `path` (`inputs.0.streams.1.password`); a key that holds
+/// dots itself (`auth.basic.password`) is matched whole, as `secret_paths` lists it.
+fn holds(doc: &Value, path: &str) -> bool {
+    if path.is_empty() {
+        return true;
+    }
+    match doc {
+        Value::Object(map) => map.iter().any(|(key, value)| {
+            path == key
+                || path
+                    .strip_prefix(key.as_str())
+                    .and_then(|r| r.strip_prefix('.'))
+                    .is_some_and(|rest| holds(value, rest))
+        }),
+        Value::Array(items) => {
+            let (index, rest) = path.split_once('.').unwrap_or((path, ""));
+            index.parse::<usize>().ok().and_then(|i| items.get(i)).is_some_and(|v| holds(v, rest))
+        }
+        _ => false,
+    }
 }
 
 /// The check-in report in a body read within the wire cap: gunzipped (when the headers say so)

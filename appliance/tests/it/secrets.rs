@@ -203,3 +203,117 @@ fn a_named_key_file_is_used_and_refused_when_others_can_read_it() {
     assert!(!f.path("data/secrets.key").exists(), "the named key is the key");
     nowhere_in_clear(&f.path("data"), &[PASSWORD]);
 }
+
+/// A policy using Fleet secrets in each of Kibana's forms: a Logstash client key by path
+/// (`secrets.ssl.key.id`), a Kafka password inline, a stream's header inline among text.
+const SECRET_POLICY: &str = r#"id: ls
+revision: 1
+outputs:
+  default:
+    type: logstash
+    hosts: ["ls.site:5044"]
+    secrets: {ssl: {key: {id: ls-key}}}
+  kafka:
+    type: kafka
+    hosts: ["kafka.site:9092"]
+    username: ingest
+    password: "$co.elastic.secret{kafka-pw}"
+inputs:
+  - id: http-1
+    type: httpjson
+    use_output: default
+    streams:
+      - id: s1
+        request.headers: "Bearer $co.elastic.secret{http-token}; v=1"
+secret_references: [{id: ls-key}, {id: kafka-pw}, {id: http-token}]
+"#;
+
+#[test]
+fn a_policy_waits_for_its_secrets_and_is_delivered_resolved_as_fleet_server_does() {
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 1\ncheckin_jitter_seconds = 0");
+    let bundle = f.bundle_with_policies(1, &[("ls", SECRET_POLICY)]);
+    let import = f.run(&[&"import", &bundle]);
+    assert_ok(&import);
+    assert!(
+        stderr(&import)
+            .contains("policy ls needs secret(s) not set here: http-token, kafka-pw, ls-key"),
+        "{}",
+        stderr(&import)
+    );
+    let server = Server::start_with(&f, &[&"-vv", &"serve"]);
+    let (_, token) = f.token("ls");
+    let agent = crate::support::agent::Agent::enroll(&server, &token);
+    let reply = agent.checkin_online();
+    assert_eq!(reply.body["actions"].as_array().map_or(0, Vec::len), 0, "{}", reply.body);
+    let status = f.run(&[&"status", &"--json"]);
+    assert!(!status.status.success(), "a held policy makes status exit 1");
+    let held: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let why = held["policies_held"]["ls"].as_str().unwrap();
+    assert!(why.contains("http-token, kafka-pw, ls-key") && why.contains("secrets set"), "{why}");
+
+    let token_value = "tok-5b1e-never-in-clear";
+    for (id, value) in [("ls-key", PEM), ("kafka-pw", PASSWORD), ("http-token", token_value)] {
+        assert_ok(&run_with_stdin(&f, &[&"secrets", &"set", &id], value.as_bytes()));
+    }
+    let policy = loop {
+        let reply = agent.checkin_online();
+        if let Some(action) = reply.body["actions"].as_array().and_then(|a| a.first()) {
+            break action["data"]["policy"].clone();
+        }
+    };
+    // One trailing newline is taken off what stdin gives (`echo` adds one).
+    assert_eq!(policy["outputs"]["default"]["ssl"]["key"], PEM.trim_end_matches('\n'));
+    assert!(policy["outputs"]["default"].get("secrets").is_none(), "{policy}");
+    assert_eq!(policy["outputs"]["kafka"]["password"], PASSWORD);
+    assert_eq!(
+        policy["inputs"][0]["streams"][0]["request.headers"],
+        format!("Bearer {token_value}; v=1")
+    );
+    assert!(policy.get("secret_references").is_none(), "{policy}");
+    assert_eq!(
+        policy["secret_paths"],
+        serde_json::json!([
+            "inputs.0.streams.0.request.headers",
+            "outputs.default.ssl.key",
+            "outputs.kafka.password"
+        ])
+    );
+    let list = f.run_json(&[&"secrets", &"list", &"--json"]);
+    assert!(list.as_array().unwrap().iter().all(|s| s["used_by"] == serde_json::json!(["ls"])));
+
+    // A value set again is a new revision, delivered to agents running the old one.
+    let revision = policy["revision"].as_u64().unwrap();
+    assert_eq!(agent.ack(&[&format!("policy:ls:{revision}")]).status, 200);
+    assert_ok(&run_with_stdin(&f, &[&"secrets", &"set", &"kafka-pw"], b"rotated-pw"));
+    let rotated = loop {
+        let reply = agent.checkin_online();
+        if let Some(action) = reply.body["actions"].as_array().and_then(|a| a.first()) {
+            break action["data"]["policy"].clone();
+        }
+    };
+    assert_eq!(rotated["outputs"]["kafka"]["password"], "rotated-pw");
+    assert!(rotated["revision"].as_u64().unwrap() > revision);
+
+    // The values travel only in the policies agents are sent: not in the bundle, any answer
+    // of the admin side, the server's output, or any file of the data directory.
+    let needles =
+        [PASSWORD, token_value, "MC4CAQAwBQYDK2VwBCIEIKd3x7q0-not-in-clear", "rotated-pw"];
+    let bundle_bytes = std::fs::read(&bundle).unwrap();
+    for needle in needles {
+        assert!(!bundle_bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
+    }
+    for args in
+        [&["status", "--json"][..], &["agents", "list", "--json"], &["secrets", "list", "--json"]]
+    {
+        let args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect();
+        let out = f.run(&args);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(needles.iter().all(|n| !text.contains(n)), "{text}");
+    }
+    let (out, err) = server.printed();
+    assert!(needles.iter().all(|n| !out.contains(n) && !err.contains(n)), "{err}");
+    nowhere_in_clear(&f.path("data"), &needles);
+    drop(server);
+}
