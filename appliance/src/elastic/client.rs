@@ -95,16 +95,21 @@ pub(crate) struct KeyMetadata {
     pub output_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty", rename = "type")]
     pub kind: String,
+    /// Ferry's own: the creation this key came from (`OutputKeyRecord::intent`), so that a
+    /// creation whose answer was lost finds exactly its key, and never another's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ferry_intent: String,
 }
 
 impl KeyMetadata {
-    pub(crate) fn output(agent_id: &str, output: &str) -> Self {
+    pub(crate) fn output(agent_id: &str, output: &str, intent: &str) -> Self {
         Self {
             agent_id: agent_id.to_owned(),
             managed: true,
             managed_by: "fleet-server".to_owned(),
             output_name: output.to_owned(),
             kind: "output".to_owned(),
+            ferry_intent: intent.to_owned(),
         }
     }
 }
@@ -263,18 +268,19 @@ impl Client {
     }
 
     /// `POST /_security/_query/api_key`: the valid keys this credential made for one agent's
-    /// output, found by the metadata written at creation.
-    pub(crate) fn output_keys(
+    /// output in one creation (`intent`), found by the metadata written with them.
+    pub(crate) fn intended_keys(
         &self,
         agent_id: &str,
         output: &str,
+        intent: &str,
     ) -> Result<Vec<KeyInfo>, EsError> {
         let query = serde_json::json!({
             "size": 100,
             "query": { "bool": { "filter": [
                 { "term": { "metadata.agent_id": agent_id } },
                 { "term": { "metadata.output_name": output } },
-                { "term": { "metadata.type": "output" } },
+                { "term": { "metadata.ferry_intent": intent } },
                 { "term": { "invalidated": false } },
             ] } },
         });
@@ -418,11 +424,11 @@ mod tests {
 
     #[test]
     fn metadata_is_fleet_servers() {
-        let m = serde_json::to_value(KeyMetadata::output("a1", "default")).unwrap();
+        let m = serde_json::to_value(KeyMetadata::output("a1", "default", "i1")).unwrap();
         assert_eq!(
             m,
             serde_json::json!({"agent_id": "a1", "managed": true, "managed_by": "fleet-server",
-                               "output_name": "default", "type": "output"})
+                               "output_name": "default", "type": "output", "ferry_intent": "i1"})
         );
     }
 }

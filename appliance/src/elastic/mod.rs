@@ -258,7 +258,7 @@ impl Elastic {
                     let done = tokio::task::spawn_blocking(move || worker.run(&job)).await;
                     drop(permit);
                     match done {
-                        Ok(Ok(())) => me.succeeded(),
+                        Ok(Ok(())) => {}
                         Ok(Err(e)) if e.is_global() => {
                             me.failed(&e);
                             // Tried again once the pause is over (the loop above waits it).
@@ -383,7 +383,10 @@ impl Elastic {
             self.reconcile(left)?;
         }
         let at = crate::clock::now_rfc3339();
-        let row = match self.store(|s| s.begin_output_key(agent, output, sha256, revision, &at)) {
+        let intent = format!("{:032x}", rand::random::<u128>());
+        let begun =
+            self.store(|s| s.begin_output_key(agent, output, sha256, &intent, revision, &at));
+        let row = match begun {
             Ok(row) => row,
             // Unenrolled or revoked meanwhile: nothing to make.
             Err(Failure::Store(StoreError::NotFound { .. })) => return Ok(()),
@@ -394,8 +397,9 @@ impl Elastic {
             self.retiring(agent);
         }
         let name = format!("{agent}:{output}");
-        let created =
-            self.client.create_api_key(&name, roles, &KeyMetadata::output(agent, output))?;
+        let metadata = KeyMetadata::output(agent, output, &intent);
+        let created = self.client.create_api_key(&name, roles, &metadata)?;
+        self.answered();
         let key = format!("{}:{}", created.id, created.api_key);
         if self.store(|s| s.finish_output_key(row, &created.id, &key))? {
             tracing::info!(agent, output, key_id = %created.id, "output key created");
@@ -406,18 +410,14 @@ impl Elastic {
         Ok(())
     }
 
-    /// A `creating` row whose outcome is unknown: every valid key Elasticsearch holds for its
-    /// agent and output that the store does not know is invalidated, then the row goes.
+    /// A row whose creation's outcome is unknown: the valid keys Elasticsearch holds from that
+    /// creation (found by its intent in their metadata; their secret never came) are
+    /// invalidated, then the row goes. Only that creation's keys: never another's made
+    /// meanwhile for the same output.
     fn reconcile(&self, left: &OutputKeyRecord) -> Result<(), Failure> {
-        let rows = self.store(|s| s.output_keys(&left.agent_id))?;
-        let known: HashSet<&str> = rows
-            .iter()
-            .filter(|k| matches!(k.state, KeyState::Active | KeyState::Retiring))
-            .filter_map(|k| k.key_id.as_deref())
-            .collect();
-        let found = self.client.output_keys(&left.agent_id, &left.output)?;
-        let strays: Vec<String> =
-            found.into_iter().map(|k| k.id).filter(|id| !known.contains(id.as_str())).collect();
+        let found = self.client.intended_keys(&left.agent_id, &left.output, &left.intent)?;
+        self.answered();
+        let strays: Vec<String> = found.into_iter().map(|k| k.id).collect();
         if !strays.is_empty() {
             self.client.invalidate(&strays)?;
             tracing::warn!(
@@ -460,6 +460,7 @@ impl Elastic {
         let ids: Vec<String> = by_id.keys().cloned().collect();
         for chunk in ids.chunks(100) {
             let done = self.client.invalidate(chunk)?;
+            self.answered();
             // An id Elasticsearch lists neither way was never made or is gone already.
             for id in chunk {
                 let row = by_id[id];
@@ -518,12 +519,13 @@ impl Elastic {
         };
     }
 
-    /// A call went through: Elasticsearch answers and takes the credential again.
-    fn succeeded(&self) {
+    /// A key call went through: Elasticsearch answers again (trouble the periodic check
+    /// found, such as a missing privilege, stays until the next check says otherwise).
+    fn answered(&self) {
         let mut inner = self.inner.lock().expect("elastic lock");
         inner.failures = 0;
         inner.paused_until = None;
-        if !matches!(inner.health.state.as_str(), "ok" | "starting") {
+        if matches!(inner.health.state.as_str(), "unreachable" | "error") {
             tracing::info!("Elasticsearch reachable again");
             inner.health.state = "ok".to_owned();
             inner.health.message.clear();

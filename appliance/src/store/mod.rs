@@ -252,15 +252,17 @@ pub(crate) trait OutputKeyStore {
     fn output_keys(&self, agent_id: &str) -> Result<Vec<OutputKeyRecord>>;
     /// Every key row in one of `states`, oldest first.
     fn output_keys_in(&self, states: &[KeyState]) -> Result<Vec<OutputKeyRecord>>;
-    /// Records the intent to create agent `agent_id`'s key for `output`, in one transaction
-    /// with retiring its active key for that output (at revision `retire_at`); returns the
-    /// row. [`StoreError::NotFound`] when the agent is not active, [`StoreError::Conflict`]
+    /// Records the intent to create agent `agent_id`'s key for `output` (`intent`: a unique
+    /// mark the key's metadata carries, by which a creation whose answer was lost is found),
+    /// in one transaction with retiring its active key for that output (at revision
+    /// `retire_at`); returns the row. [`StoreError::NotFound`] when the agent is not active, [`StoreError::Conflict`]
     /// when a creation is recorded already (it must be reconciled first).
     fn begin_output_key(
         &mut self,
         agent_id: &str,
         output: &str,
         permissions_sha256: &str,
+        intent: &str,
         retire_at: u64,
         at: &str,
     ) -> Result<i64>;
@@ -293,6 +295,8 @@ pub(crate) struct OutputKeyRecord {
     pub state: KeyState,
     pub retire_at: Option<u64>,
     pub created_at: String,
+    /// The mark in the key's metadata (`ferry_intent`) that finds it after a lost answer.
+    pub intent: String,
 }
 
 impl std::fmt::Debug for OutputKeyRecord {

@@ -108,8 +108,13 @@ fn each_agent_gets_its_own_key_per_output_with_the_outputs_permissions() {
             let key = p["outputs"][output]["api_key"].as_str().unwrap();
             let record = double.authenticate(key).expect("the delivered key authenticates");
             assert_eq!(record.role_descriptors, permissions[output], "{output}");
+            // Fleet Server's metadata (fleet-server internal/pkg/apikey/metadata.go), and the
+            // mark of the creation the key came from.
+            let mut metadata = record.metadata.clone();
+            let intent = metadata.as_object_mut().unwrap().remove("ferry_intent").unwrap();
+            assert_eq!(intent.as_str().map(str::len), Some(32), "{intent}");
             assert_eq!(
-                record.metadata,
+                metadata,
                 json!({"agent_id": agent.id, "output_name": output, "managed": true,
                        "managed_by": "fleet-server", "type": "output"})
             );
@@ -242,7 +247,8 @@ fn an_outage_lost_answers_and_a_crash_leave_one_key_per_agent_and_output() {
     );
     for (agent, p) in agents.iter().zip(&got) {
         for output in ["default", "metrics"] {
-            let key = p["outputs"][output]["api_key"].as_str().unwrap();
+            let key = p["outputs"][output]["api_key"].as_str();
+            let key = key.unwrap_or_else(|| panic!("no key for {output} in {p}"));
             let record = double.authenticate(key).expect("the delivered key is valid");
             assert_eq!(record.metadata["agent_id"], agent.id.as_str());
         }
@@ -253,4 +259,56 @@ fn an_outage_lost_answers_and_a_crash_leave_one_key_per_agent_and_output() {
     assert!(twice.is_empty(), "agents with more than one valid key for an output: {twice:?}");
     assert_eq!(double.violations(), Vec::<String>::new());
     drop(server);
+}
+
+/// The verdict of `status` (and its alias `health`) while Elasticsearch is well, refuses the
+/// credential, lacks the privilege, does not answer, or shows a certificate of another CA.
+#[test]
+fn status_says_what_is_wrong_with_elasticsearch() {
+    let double = ElasticDouble::start(DoubleOptions::default());
+    let f = site(&double, 5);
+    f.append_config("check_interval_seconds = 1");
+    let server = Server::start(&f);
+    let verdict = |want: &str| {
+        let start = Instant::now();
+        loop {
+            let out = f.run(&[&"health", &"--json"]);
+            let last: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if last["elasticsearch"]["state"] == want && out.status.success() == (want == "ok") {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "not {want}: {last}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = f.run(&[&"status"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(verdict("ok").contains("elasticsearch  ok as elastic/fleet-server"));
+    assert_eq!(server.get("/api/status", &[]).0, 200);
+    double.set_missing_privilege(true);
+    assert!(verdict("missing_privilege").contains("manage_own_api_key"));
+    double.set_missing_privilege(false);
+    double.set_fault(Fault::Status(401));
+    assert!(verdict("unauthorized").contains("refused the appliance's credential"));
+    double.set_fault(Fault::Hang);
+    assert!(verdict("unreachable").contains("timed out"));
+    assert_eq!(server.get("/api/status", &[]).0, 503);
+    double.set_fault(Fault::None);
+    verdict("ok");
+    drop(server);
+
+    // Elasticsearch's certificate is not from the configured CA: said at start, naming the fix.
+    let other = ElasticDouble::start(DoubleOptions::default());
+    other.write_ca(&f.path("es-ca.pem"));
+    let server = Server::start(&f);
+    assert!(verdict("tls").contains("elasticsearch.ca_file"));
+    drop(server);
+
+    // A credential file others can read is refused at start, by name.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(f.path("es-token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = f.run(&[&"serve"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("es-token") && err.contains("readable by other users"), "{err}");
 }

@@ -152,6 +152,7 @@ const V3: &str = "CREATE TABLE output_keys (
     key_id TEXT,
     api_key TEXT,
     permissions_sha256 TEXT NOT NULL,
+    intent TEXT NOT NULL,
     state TEXT NOT NULL,
     retire_at INTEGER,
     created_at TEXT NOT NULL

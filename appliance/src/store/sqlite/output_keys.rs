@@ -6,7 +6,7 @@ use super::{SqliteStore, int, uint};
 use crate::store::{KeyState, OutputKeyRecord, OutputKeyStore, Result, StoreError};
 
 const COLUMNS: &str = "SELECT row, agent_id, output, key_id, api_key, permissions_sha256, state,
-    retire_at, created_at FROM output_keys";
+    retire_at, created_at, intent FROM output_keys";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutputKeyRecord> {
     let state: String = r.get(6)?;
@@ -30,6 +30,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutputKeyRecord> {
             None => None,
         },
         created_at: r.get(8)?,
+        intent: r.get(9)?,
     })
 }
 
@@ -59,6 +60,7 @@ impl OutputKeyStore for SqliteStore {
         agent_id: &str,
         output: &str,
         permissions_sha256: &str,
+        intent: &str,
         retire_at: u64,
         at: &str,
     ) -> Result<i64> {
@@ -89,9 +91,10 @@ impl OutputKeyStore for SqliteStore {
             params![agent_id, output, int("revision", retire_at)?],
         )?;
         tx.execute(
-            "INSERT INTO output_keys (agent_id, output, permissions_sha256, state, created_at)
-             VALUES (?1, ?2, ?3, 'creating', ?4)",
-            params![agent_id, output, permissions_sha256, at],
+            "INSERT INTO output_keys
+             (agent_id, output, permissions_sha256, intent, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'creating', ?5)",
+            params![agent_id, output, permissions_sha256, intent, at],
         )?;
         let row = tx.last_insert_rowid();
         tx.commit()?;
