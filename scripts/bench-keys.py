@@ -95,9 +95,10 @@ class Double:
     def __init__(self, work, mode, latency_ms):
         self.ca = os.path.join(work, f"es-ca-{mode}.pem")
         self.token = os.path.join(work, f"es-token-{mode}")
-        plain = ["--plain"] if mode == "plain" else []
-        self.proc = subprocess.Popen([f"{fleet.BIN}/ferry-es-double", "--latency-ms", str(latency_ms), *plain,
-                                      "--ca-out", self.ca, "--token-out", self.token],
+        # Plain HTTP for the plain run (no CA then), TLS with its own CA for the TLS run.
+        transport = ["--plain"] if mode == "plain" else ["--ca-out", self.ca]
+        self.proc = subprocess.Popen([f"{fleet.BIN}/ferry-es-double", "--latency-ms", str(latency_ms), *transport,
+                                      "--token-out", self.token],
                                      cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http"):
@@ -108,7 +109,7 @@ class Double:
 
     def keys(self):
         """Valid output keys the double holds (POST /_security/_query/api_key), or None."""
-        body = json.dumps({"size": 10000, "query": {"bool": {"filter": [
+        body = json.dumps({"size": 0, "query": {"bool": {"filter": [
             {"term": {"metadata.type": "output"}}, {"term": {"invalidated": False}}]}}}).encode()
         with open(self.token) as f:
             token = f.read().strip()
@@ -121,7 +122,7 @@ class Double:
         except Exception as e:  # reported, not fatal: the appliance's own count is there too
             print(f"  (could not count the double's keys: {e})", file=sys.stderr)
             return None
-        return found.get("total", len(found.get("api_keys", [])))
+        return found["total"]
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
