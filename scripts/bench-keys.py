@@ -287,7 +287,7 @@ def main():
     work = tempfile.mkdtemp(prefix="ferry-bench-keys-")
     prepare(work)
     print(f"{'mode':5} {'run':3} {'enroll p50/p99':>15} {'ack p50/p99':>13} {'status p50/p99':>15} "
-          f"{'500 enrolled':>12} {'500 policy':>10} {'CPU':>6} {'keys (double/db)':>16} {'all keys':>8} {'waiting':>7}",
+          f"{f'{args.enrolling} enrolled':>12} {f'{args.enrolling} policy':>10} {'CPU':>6} {'keys (double/db)':>16} {'all keys':>8} {'waiting':>7}",
           flush=True)
     results, missed = [], []
     for i, mode in enumerate(args.modes.split(",")):
@@ -297,7 +297,7 @@ def main():
             pair[r["run"]] = r
             results.append(r)
             keys = f"{r.get('double_keys')}/{r.get('appliance_keys')}" if with_es else "-"
-            done = f"{r.get('all_keys_s')}s" if with_es else "-"
+            done = f"{r['all_keys_s']}s" if with_es and r.get("all_keys_s") is not None else "-"
             wait = r.get("waiting_after") if with_es else "-"
             print(f"{mode:5} {r['run']:3} {lat(r, 'enroll'):>15} {lat(r, 'ack'):>13} {lat(r, 'status'):>15} "
                   f"{r['wave_enrolled_s']:>11}s {r['wave_policy_s']:>9}s {r['appliance_cpu_percent']:>5}% "
