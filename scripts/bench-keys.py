@@ -17,7 +17,7 @@ at the same moment, `ferry-sim probe` times enroll, ack and status calls for 20 
 each, as scripts/bench-fleet.py does) while 500 more agents enroll (`--ramp 100`, so about 5 s).
 It prints, per run: the probe's p50/p99 per call kind, the seconds until all 500 have enrolled
 and until all 500 hold their policy, the appliance's CPU over the probe's 20 s, and for B the
-keys the double holds and the appliance's `state.db` holds once all have their policy, the
+keys the double holds and the appliance's `state.db` holds after the probe, the
 seconds until `state.db` held all 2 500 (read every 0.25 s by another process, read-only, so
 the appliance's own lock is not taken), and `elasticsearch.agents_waiting_for_keys` of
 `ferry-appliance status --json` after the probe; then the ratio B/A of each p99. Exits 1 when a
@@ -30,7 +30,7 @@ state lock, which delays enrollments and acks by itself (see docs/benchmarks.md,
 Usage: scripts/bench-keys.py [--modes plain,tls] [--parked 2000] [--enrolling 500]
                              [--ramp 100] [--latency-ms 50] [--status-every S] [--out FILE]
 Builds the release binaries of ferry-builder, ferry-appliance, ferry-sim and ferry-testkit
-(ferry-es-double) first; reuses scripts/bench-fleet.py's helpers. About 3 minutes for both
+(ferry-es-double) first; reuses scripts/bench-fleet.py's helpers. About 2.5 minutes for both
 transports once built. Everything runs on 127.0.0.1.
 """
 
