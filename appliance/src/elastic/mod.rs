@@ -135,7 +135,7 @@ impl Elastic {
             jobs,
         });
         let first = Arc::clone(&me);
-        tokio::task::spawn_blocking(move || first.check()).await?;
+        own_thread(move || first.check()).await;
         // In the background: a creation for an output reconciles that output's leftover
         // first anyway, so nothing waits for this.
         tokio::spawn(Arc::clone(&me).reconcile_leftovers());
@@ -255,25 +255,25 @@ impl Elastic {
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
                     let (worker, retry) = (Arc::clone(&me), job.clone());
-                    let done = tokio::task::spawn_blocking(move || worker.run(&job)).await;
+                    let done = own_thread(move || worker.run(&job)).await;
                     drop(permit);
                     match done {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) if e.is_global() => {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) if e.is_global() => {
                             me.failed(&e);
                             // Tried again once the pause is over (the loop above waits it).
                             let _ = me.jobs.send(retry);
                         }
-                        Ok(Err(e)) => {
+                        Some(Err(e)) => {
                             // This job's own trouble: the others go on. A lost answer is tried
                             // again soon (reconciling first); a refusal at the next check.
                             me.failed_alone(&e);
-                            let lost = matches!(e, Failure::Es(EsError::Lost { .. }));
-                            let delay = if lost { Duration::from_secs(1) } else { me.interval };
+                            let delay =
+                                if e.is_passing() { Duration::from_secs(1) } else { me.interval };
                             tokio::time::sleep(delay).await;
                             let _ = me.jobs.send(retry);
                         }
-                        Err(e) => tracing::error!(error = %e, "output key worker failed"),
+                        None => tracing::error!("output key worker failed"),
                     }
                 });
             }
@@ -286,17 +286,18 @@ impl Elastic {
             loop {
                 tokio::time::sleep(self.interval).await;
                 let me = Arc::clone(&self);
-                let _ = tokio::task::spawn_blocking(move || me.check()).await;
+                own_thread(move || me.check()).await;
                 self.sweep();
             }
         });
     }
 
-    /// Rows a previous run left: keys being made when it stopped are reconciled, and what
-    /// waited for invalidation is swept, before any new key is made.
+    /// Rows a previous run left: keys being made when it stopped are reconciled (by their
+    /// intent, so a creation running meanwhile is never touched), and what waited for
+    /// invalidation is swept.
     async fn reconcile_leftovers(self: Arc<Self>) {
         let me = Arc::clone(&self);
-        let done = tokio::task::spawn_blocking(move || -> Result<(), Failure> {
+        let done = own_thread(move || -> Result<(), Failure> {
             let rows = me.store(|s| s.output_keys_in(&[KeyState::Creating]))?;
             for row in rows {
                 me.reconcile(&row)?;
@@ -305,13 +306,13 @@ impl Elastic {
         })
         .await;
         match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
                 self.failed(&e);
                 self.sweep();
                 // Creating rows left are reconciled by the next creation for their output.
             }
-            Err(e) => tracing::error!(error = %e, "output key reconciliation failed"),
+            None => tracing::error!("output key reconciliation failed"),
         }
     }
 
@@ -535,8 +536,8 @@ impl Elastic {
     /// A failure of one job that says nothing of Elasticsearch as a whole, logged once per
     /// message.
     fn failed_alone(&self, e: &Failure) {
-        if matches!(e, Failure::Es(EsError::Lost { .. })) {
-            tracing::warn!("output key: {e}; reconciled and tried again");
+        if e.is_passing() {
+            tracing::warn!("output key: {e}; tried again");
             return;
         }
         let message = e.to_string();
@@ -569,6 +570,21 @@ impl Elastic {
     }
 }
 
+/// Runs `f` on a thread of its own and waits for it (`None` if it panicked). A call to
+/// Elasticsearch may block for its whole timeout: on tokio's blocking threads, eight of them
+/// hung by an unanswering Elasticsearch would be eight fewer for the store's callers, which
+/// every check-in needs.
+async fn own_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned =
+        std::thread::Builder::new().name("elasticsearch".into()).spawn(move || drop(tx.send(f())));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread for Elasticsearch");
+        return None;
+    }
+    rx.await.ok()
+}
+
 /// The health state an error puts Elasticsearch in.
 fn kind(e: &EsError) -> &'static str {
     match e {
@@ -597,7 +613,17 @@ impl Failure {
         match self {
             Failure::Es(EsError::Status { status, .. }) => *status == 429 || *status >= 500,
             Failure::Es(EsError::Malformed(_) | EsError::Lost { .. }) => false,
+            Failure::Store(StoreError::Conflict { .. }) => false,
             Failure::Es(_) | Failure::Store(_) => true,
         }
+    }
+
+    /// Whether trying again in a second is likely to work: an answer lost on the way (the
+    /// retry reconciles first), or a creation for the same output another task is finishing.
+    fn is_passing(&self) -> bool {
+        matches!(
+            self,
+            Failure::Es(EsError::Lost { .. }) | Failure::Store(StoreError::Conflict { .. })
+        )
     }
 }
