@@ -246,8 +246,9 @@ impl Client {
         self.call("POST", "/_security/user/_has_privileges", Some(&body))
     }
 
-    /// `POST /_security/api_key?refresh=wait_for`: the key is visible to a query (the
-    /// reconciliation after a lost answer) by the time the answer comes.
+    /// `POST /_security/api_key?refresh=false`, as Fleet Server creates keys
+    /// (fleet-server internal/pkg/bulk/opApiKey.go): waiting for a refresh would cost up to a
+    /// second a key. The reconciliation of a lost answer waits out the periodic refresh.
     pub(crate) fn create_api_key(
         &self,
         name: &str,
@@ -256,7 +257,7 @@ impl Client {
     ) -> Result<CreatedKey, EsError> {
         let body = serde_json::to_vec(&CreateRequest { name, role_descriptors, metadata })
             .expect("a create request serialises");
-        self.call("POST", "/_security/api_key?refresh=wait_for", Some(&body))
+        self.call("POST", "/_security/api_key?refresh=false", Some(&body))
     }
 
     /// `DELETE /_security/api_key` with `ids` among the credential's own keys. Keys already

@@ -33,6 +33,10 @@ use crate::store::{Db, KeyState, OutputKeyRecord, StoreError};
 /// Calls to Elasticsearch in flight at once: enough to make 500 keys in a few seconds at
 /// 50 ms a call, few enough not to flood a small cluster after an outage.
 const CONCURRENT_CALLS: usize = 8;
+/// When a lost answer's creation is reconciled, or a creation that met another for the same
+/// output tried again: long enough for Elasticsearch's periodic refresh (1 s) to make a key
+/// created without waiting for it (as Fleet Server creates them) visible to the query.
+const PASSING_RETRY: Duration = Duration::from_secs(2);
 /// The longest wait before calls are tried again after a failure: "all keys within 10 s of
 /// recovery" needs the next try within 5 s of it.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -54,8 +58,19 @@ pub(crate) struct Health {
 
 #[derive(Clone)]
 enum Job {
-    Create { agent: String, output: String, roles: Arc<RawValue>, sha256: String, revision: u64 },
-    Acked { agent: String, revision: u64 },
+    Create {
+        agent: String,
+        output: String,
+        roles: Arc<RawValue>,
+        sha256: String,
+        policy: String,
+        revision: u64,
+    },
+    Acked {
+        agent: String,
+        policy: String,
+        revision: u64,
+    },
     Sweep,
 }
 
@@ -70,8 +85,9 @@ pub(crate) enum Keys<'k> {
 
 struct Inner {
     health: Health,
-    /// (agent, output) pairs whose key is asked for and not made yet.
-    waiting: HashSet<(String, String)>,
+    /// (agent, output) pairs whose key is asked for and not made yet, with the permissions
+    /// hash wanted now: a job for another hash (a policy fixed since) is dropped as stale.
+    waiting: HashMap<(String, String), String>,
     /// A sweep is queued: more asks add nothing (an unenrollment of 200 agents is one sweep).
     sweep_queued: bool,
     /// Messages of failures that stop one key and not the others (a policy's role descriptors
@@ -125,7 +141,7 @@ impl Elastic {
                     checked_at: None,
                     agents_waiting_for_keys: 0,
                 },
-                waiting: HashSet::new(),
+                waiting: HashMap::new(),
                 sweep_queued: false,
                 logged: HashSet::new(),
                 retiring,
@@ -153,21 +169,21 @@ impl Elastic {
         let inner = self.inner.lock().expect("elastic lock");
         let mut health = inner.health.clone();
         health.agents_waiting_for_keys =
-            inner.waiting.iter().map(|(a, _)| a).collect::<HashSet<_>>().len();
+            inner.waiting.keys().map(|(a, _)| a).collect::<HashSet<_>>().len();
         health
     }
 
     /// The keys agent `agent` needs for `slots`, given its stored key rows, in slot order; or
     /// [`Keys::Waiting`] when one is missing or made for other permissions, after asking the
-    /// worker for it (the agent's parked check-in is woken once it exists). `revision` is the
-    /// policy revision the keys are for: a key it replaces retires once the agent
+    /// worker for it (the agent's parked check-in is woken once it exists). `revision` of
+    /// `policy` is what the keys are for: a key it replaces retires once the agent
     /// acknowledges it.
     pub(crate) fn keys_for<'k>(
         &self,
         agent: &str,
         slots: &[KeySlot],
         keys: &'k [OutputKeyRecord],
-        revision: u64,
+        (policy, revision): (&str, u64),
     ) -> Keys<'k> {
         let mut found = Vec::with_capacity(slots.len());
         let mut missing = false;
@@ -186,6 +202,7 @@ impl Elastic {
                         output: slot.output.clone(),
                         roles: Arc::clone(&slot.roles),
                         sha256: slot.sha256.clone(),
+                        policy: policy.to_owned(),
                         revision,
                     });
                 }
@@ -203,15 +220,24 @@ impl Elastic {
         Keys::Ready { keys: found, stale }
     }
 
+    /// The key (`pair`, `sha256`) is made or no longer wanted.
+    fn done_waiting(&self, pair: &(String, String), sha256: &str) {
+        let mut inner = self.inner.lock().expect("elastic lock");
+        if inner.waiting.get(pair).is_some_and(|wanted| wanted == sha256) {
+            inner.waiting.remove(pair);
+        }
+    }
+
     /// Agent `agent` has keys retiring: its policy acks are looked at from now on.
     pub(crate) fn retiring(&self, agent: &str) {
         self.inner.lock().expect("elastic lock").retiring.insert(agent.to_owned());
     }
 
-    /// An agent acknowledged policy revision `revision`: keys retired at or below it go.
-    pub(crate) fn policy_acked(&self, agent: &str, revision: u64) {
+    /// An agent acknowledged `revision` of `policy`: the keys it retired go.
+    pub(crate) fn policy_acked(&self, agent: &str, policy: &str, revision: u64) {
         if self.inner.lock().expect("elastic lock").retiring.contains(agent) {
-            self.ask(Job::Acked { agent: agent.to_owned(), revision });
+            let (agent, policy) = (agent.to_owned(), policy.to_owned());
+            self.ask(Job::Acked { agent, policy, revision });
         }
     }
 
@@ -224,8 +250,10 @@ impl Elastic {
         {
             let mut inner = self.inner.lock().expect("elastic lock");
             let new = match &job {
-                Job::Create { agent, output, .. } => {
-                    inner.waiting.insert((agent.clone(), output.clone()))
+                Job::Create { agent, output, sha256, .. } => {
+                    let wanted =
+                        inner.waiting.insert((agent.clone(), output.clone()), sha256.clone());
+                    wanted.as_ref() != Some(sha256)
                 }
                 Job::Sweep => !std::mem::replace(&mut inner.sweep_queued, true),
                 Job::Acked { .. } => true,
@@ -268,12 +296,16 @@ impl Elastic {
                             // This job's own trouble: the others go on. A lost answer is tried
                             // again soon (reconciling first); a refusal at the next check.
                             me.failed_alone(&e);
-                            let delay =
-                                if e.is_passing() { Duration::from_secs(1) } else { me.interval };
+                            let delay = if e.is_passing() { PASSING_RETRY } else { me.interval };
                             tokio::time::sleep(delay).await;
                             let _ = me.jobs.send(retry);
                         }
-                        None => tracing::error!("output key worker failed"),
+                        None => {
+                            tracing::error!("output key worker failed");
+                            if let Job::Create { agent, output, sha256, .. } = &retry {
+                                me.done_waiting(&(agent.clone(), output.clone()), sha256);
+                            }
+                        }
                     }
                 });
             }
@@ -325,24 +357,24 @@ impl Elastic {
 
     fn run(&self, job: &Job) -> Result<(), Failure> {
         match job {
-            Job::Create { agent, output, roles, sha256, revision } => {
-                let made = self.create(agent, output, roles, sha256, *revision);
+            Job::Create { agent, output, roles, sha256, policy, revision } => {
+                let pair = (agent.clone(), output.clone());
+                if self.inner.lock().expect("elastic lock").waiting.get(&pair) != Some(sha256) {
+                    // A newer policy wants other permissions; its own job makes that key.
+                    return Ok(());
+                }
+                let made = self.create(agent, output, roles, sha256, (policy, *revision));
                 if made.is_ok() {
-                    self.inner
-                        .lock()
-                        .expect("elastic lock")
-                        .waiting
-                        .remove(&(agent.clone(), output.clone()));
+                    self.done_waiting(&pair, sha256);
                     self.hub.wake([agent]);
                 }
                 made
             }
-            Job::Acked { agent, revision } => {
+            Job::Acked { agent, policy, revision } => {
                 let rows = self.store(|s| s.output_keys(agent))?;
                 let due: Vec<i64> = rows
                     .iter()
-                    .filter(|k| k.state == KeyState::Retiring)
-                    .filter(|k| k.retire_at.is_some_and(|r| r <= *revision))
+                    .filter(|k| k.retired_by(policy, *revision))
                     .map(|k| k.row)
                     .collect();
                 if !due.is_empty() {
@@ -369,7 +401,7 @@ impl Elastic {
         output: &str,
         roles: &RawValue,
         sha256: &str,
-        revision: u64,
+        retire_at: (&str, u64),
     ) -> Result<(), Failure> {
         let rows = self.store(|s| s.output_keys(agent))?;
         let exists = rows.iter().any(|k| {
@@ -386,7 +418,7 @@ impl Elastic {
         let at = crate::clock::now_rfc3339();
         let intent = format!("{:032x}", rand::random::<u128>());
         let begun =
-            self.store(|s| s.begin_output_key(agent, output, sha256, &intent, revision, &at));
+            self.store(|s| s.begin_output_key(agent, output, sha256, &intent, retire_at, &at));
         let row = match begun {
             Ok(row) => row,
             // Unenrolled or revoked meanwhile: nothing to make.
@@ -405,8 +437,10 @@ impl Elastic {
         if self.store(|s| s.finish_output_key(row, &created.id, &key))? {
             tracing::info!(agent, output, key_id = %created.id, "output key created");
         } else {
-            // The agent went while the key was made: the row is marked for invalidation.
-            self.invalidate_due()?;
+            // The agent went while the key was made (its row marked, or already swept by a
+            // reconciliation that could not see this key yet): invalidated here, by id.
+            self.client.invalidate(std::slice::from_ref(&created.id))?;
+            self.store(|s| s.forget_output_key(row))?;
         }
         Ok(())
     }
@@ -435,9 +469,8 @@ impl Elastic {
         let rows = self.store(|s| {
             let mut rows = s.output_keys_in(&[KeyState::Invalidating])?;
             for k in s.output_keys_in(&[KeyState::Retiring])? {
-                if k.retire_at
-                    .is_some_and(|r| r <= s.agent_policy_revision(&k.agent_id).unwrap_or(0))
-                {
+                let Some(agent) = s.agent(&k.agent_id)? else { continue };
+                if k.retired_by(&agent.policy_id, s.agent_policy_revision(&k.agent_id)?) {
                     rows.push(k);
                 }
             }
@@ -462,8 +495,15 @@ impl Elastic {
         for chunk in ids.chunks(100) {
             let done = self.client.invalidate(chunk)?;
             self.answered();
-            // An id Elasticsearch lists neither way was never made or is gone already.
-            for id in chunk {
+            // Without errors, an id Elasticsearch lists neither way was never made or is gone
+            // already; with errors, only the listed ones are done and the rest wait for the
+            // next sweep.
+            let listed: HashSet<&String> = done
+                .invalidated_api_keys
+                .iter()
+                .chain(&done.previously_invalidated_api_keys)
+                .collect();
+            for id in chunk.iter().filter(|id| done.error_count == 0 || listed.contains(id)) {
                 let row = by_id[id];
                 self.store(|s| s.forget_output_key(row))?;
             }
@@ -549,6 +589,10 @@ impl Elastic {
     /// Pauses every call for a backoff (1, 2, 4, then 5 s) and reports the trouble.
     fn failed(&self, e: &Failure) {
         let mut inner = self.inner.lock().expect("elastic lock");
+        // Calls in flight together fail together: one more step of backoff per round.
+        if inner.paused_until.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
         inner.failures = inner.failures.saturating_add(1);
         let backoff = match inner.failures {
             1 => Duration::from_secs(1),

@@ -23,18 +23,30 @@ pub(crate) struct KeySlot {
 /// one meant it, and `ferry build` warned about it).
 const OWN_CREDENTIALS: &[&str] = &["api_key", "username", "password", "secrets"];
 
-/// Puts a placeholder `api_key` into every `elasticsearch` output of `doc` that has no
-/// credentials of its own, and returns the slots. An output that needs a key but has no
+/// The outputs of `doc` typed `elasticsearch` as exported: the ones that may get a key. Taken
+/// before the site rewrite, which delivers `remote_elasticsearch` outputs as `elasticsearch`;
+/// a key of the site's cluster must never go to a remote one.
+pub(crate) fn elasticsearch_outputs(doc: &Value) -> Vec<String> {
+    let Some(Value::Object(outputs)) = doc.get("outputs") else { return Vec::new() };
+    outputs
+        .iter()
+        .filter(|(_, o)| o.get("type").and_then(Value::as_str) == Some("elasticsearch"))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Puts a placeholder `api_key` into every output of `candidates` (see
+/// [`elasticsearch_outputs`]) that has no credentials of its own, and returns the slots. An output that needs a key but has no
 /// `output_permissions` cannot get one: the error names it (Fleet Server refuses such a policy
 /// too, `ErrNoOutputPerms` in fleet-server internal/pkg/policy/policy_output.go).
-pub(crate) fn prepare(doc: &mut Value) -> Result<Vec<KeySlot>, String> {
+pub(crate) fn prepare(doc: &mut Value, candidates: &[String]) -> Result<Vec<KeySlot>, String> {
     let permissions = doc.get("output_permissions").cloned().unwrap_or(Value::Null);
     let Some(Value::Object(outputs)) = doc.get_mut("outputs") else { return Ok(Vec::new()) };
     let nonce: u64 = rand::random();
     let mut slots = Vec::new();
     for (name, output) in outputs.iter_mut() {
         let Some(output) = output.as_object_mut() else { continue };
-        if output.get("type").and_then(Value::as_str) != Some("elasticsearch")
+        if !candidates.contains(name)
             || OWN_CREDENTIALS.iter().any(|f| output.get(*f).is_some_and(|v| !v.is_null()))
         {
             continue;
@@ -87,7 +99,8 @@ mod tests {
             },
             "output_permissions": {"default": {"_elastic_agent_checks": {"cluster": ["monitor"]}}},
         });
-        let slots = prepare(&mut doc).unwrap();
+        let candidates = elasticsearch_outputs(&doc);
+        let slots = prepare(&mut doc, &candidates).unwrap();
         assert_eq!(slots.iter().map(|s| s.output.as_str()).collect::<Vec<_>>(), ["default"]);
         assert_eq!(slots[0].roles.get(), r#"{"_elastic_agent_checks":{"cluster":["monitor"]}}"#);
         assert_eq!(doc["outputs"]["own"]["api_key"], "x:y");
@@ -97,9 +110,27 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_output_never_gets_a_key_of_the_site() {
+        let mut doc = json!({
+            "outputs": {"remote": {"type": "remote_elasticsearch", "hosts": ["https://r:9200"],
+                                   "service_token": "t"}},
+            "output_permissions": {"remote": {"r": {"cluster": ["monitor"]}}},
+        });
+        let candidates = elasticsearch_outputs(&doc);
+        let site = ferry_artifacts::policy::SiteConnection {
+            public_base: "https://fleet.site:8220",
+            download_ca: None,
+        };
+        ferry_artifacts::policy::deliver_for_site(&mut doc, &site);
+        assert_eq!(doc["outputs"]["remote"]["type"], "elasticsearch", "delivered as Fleet does");
+        assert!(prepare(&mut doc, &candidates).unwrap().is_empty());
+        assert!(doc["outputs"]["remote"].get("api_key").is_none(), "{doc}");
+    }
+
+    #[test]
     fn an_output_needing_a_key_without_permissions_is_named() {
         let mut doc = json!({"outputs": {"es": {"type": "elasticsearch"}}});
-        let err = prepare(&mut doc).unwrap_err();
+        let err = prepare(&mut doc, &["es".into()]).unwrap_err();
         assert!(err.contains("`es`") && err.contains("output_permissions"), "{err}");
     }
 
@@ -108,7 +139,7 @@ mod tests {
         let hash = |roles: Value| {
             let mut doc = json!({"outputs": {"d": {"type": "elasticsearch"}},
                                  "output_permissions": {"d": roles}});
-            prepare(&mut doc).unwrap()[0].sha256.clone()
+            prepare(&mut doc, &["d".into()]).unwrap()[0].sha256.clone()
         };
         let a = hash(json!({"r": {"cluster": ["monitor"]}}));
         assert_eq!(a, hash(json!({"r": {"cluster": ["monitor"]}})));

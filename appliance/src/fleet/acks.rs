@@ -53,7 +53,7 @@ pub(crate) async fn acks(
                 && !failed
             {
                 if let Some(es) = api.app.elastic.get() {
-                    es.policy_acked(&agent.id, revision);
+                    es.policy_acked(&agent.id, policy, revision);
                 }
                 api.hub.policy_acked(PolicyAck {
                     agent_id: agent.id.clone(),

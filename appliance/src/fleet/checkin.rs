@@ -138,6 +138,7 @@ fn deliver(
         public_base: &api.public_base,
         download_ca: api.download_ca.as_deref(),
     };
+    let elasticsearch = crate::elastic::slots::elasticsearch_outputs(&doc);
     ferry_artifacts::policy::deliver_for_site(&mut doc, &site);
     // serde_json's maps are sorted, so equal content gives equal text. The revision's hash is
     // of the document with its references and the secrets' fingerprint, never of a value.
@@ -158,7 +159,7 @@ fn deliver(
     // Per-agent keys only where the site's Elasticsearch is configured: without it the policy
     // goes as the bundle carries it.
     let slots = match api.app.elastic.get() {
-        Some(_) => match crate::elastic::slots::prepare(&mut doc) {
+        Some(_) => match crate::elastic::slots::prepare(&mut doc, &elasticsearch) {
             Ok(slots) => slots,
             Err(why) => return Ok(Err(why)),
         },
@@ -556,16 +557,18 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
                         keys = Some(with_state(api, move |s| s.output_keys(&id)).await?);
                     }
                     let keys = keys.as_deref().unwrap_or_default();
-                    match es.keys_for(&agent_id, &policy.slots, keys, policy.revision) {
+                    let at = (policy_id.as_str(), policy.revision);
+                    match es.keys_for(&agent_id, &policy.slots, keys, at) {
                         Keys::Waiting => None,
                         Keys::Ready { keys, stale } => {
                             // Retired before the delivery, so the ack that follows finds them.
                             if !stale.is_empty() {
-                                let (id, revision) = (agent_id.clone(), policy.revision);
+                                let (id, retired_by) = (agent_id.clone(), policy_id.clone());
+                                let revision = policy.revision;
                                 let keep: Vec<String> =
                                     policy.slots.iter().map(|s| s.output.clone()).collect();
                                 with_state(api, move |s| {
-                                    s.retire_output_keys(&id, &keep, revision)
+                                    s.retire_output_keys(&id, &keep, (&retired_by, revision))
                                 })
                                 .await?;
                                 es.retiring(&agent_id);

@@ -698,14 +698,14 @@ pub(crate) fn uploads_go_from_awaiting_to_ready_or_error(s: &mut dyn Store) {
 
 pub(crate) fn an_output_key_goes_from_intent_to_active_and_replaces_the_old_one(s: &mut dyn Store) {
     assert!(matches!(
-        s.begin_output_key("a1", "default", "h1", "i-a1-default", 1, T1),
+        s.begin_output_key("a1", "default", "h1", "i-a1-default", ("p", 1), T1),
         Err(StoreError::NotFound { .. })
     ));
     enroll(s, "a1", "k1");
-    let first = s.begin_output_key("a1", "default", "h1", "i-a1-default", 1, T1).unwrap();
+    let first = s.begin_output_key("a1", "default", "h1", "i-a1-default", ("p", 1), T1).unwrap();
     // One creation at a time per output: a second must reconcile the first.
     assert!(matches!(
-        s.begin_output_key("a1", "default", "h1", "i-a1-default", 1, T1),
+        s.begin_output_key("a1", "default", "h1", "i-a1-default", ("p", 1), T1),
         Err(StoreError::Conflict { .. })
     ));
     assert!(s.finish_output_key(first, "id1", "id1:secret1").unwrap());
@@ -716,7 +716,7 @@ pub(crate) fn an_output_key_goes_from_intent_to_active_and_replaces_the_old_one(
         (KeyState::Active, Some("id1:secret1"))
     );
     // New permissions: the old key retires at the revision that brings the new one.
-    let second = s.begin_output_key("a1", "default", "h2", "i-a1-default", 4, T2).unwrap();
+    let second = s.begin_output_key("a1", "default", "h2", "i-a1-default", ("p", 4), T2).unwrap();
     assert!(s.finish_output_key(second, "id2", "id2:secret2").unwrap());
     let keys = s.output_keys("a1").unwrap();
     let states: Vec<_> = keys.iter().map(|k| (k.key_id.as_deref(), k.state, k.retire_at)).collect();
@@ -725,8 +725,12 @@ pub(crate) fn an_output_key_goes_from_intent_to_active_and_replaces_the_old_one(
         [(Some("id1"), KeyState::Retiring, Some(4)), (Some("id2"), KeyState::Active, None)]
     );
     // An output the policy no longer has retires too; one it keeps does not.
-    assert_eq!(s.retire_output_keys("a1", &["default".into()], 5).unwrap(), 0);
-    assert_eq!(s.retire_output_keys("a1", &[], 5).unwrap(), 1);
+    assert_eq!(s.retire_output_keys("a1", &["default".into()], ("p", 5)).unwrap(), 0);
+    assert_eq!(s.retire_output_keys("a1", &[], ("p", 5)).unwrap(), 1);
+    // Done with once the agent runs that revision, or any revision of another policy.
+    let retired = s.output_keys("a1").unwrap().pop().unwrap();
+    assert!(!retired.retired_by("p", 4) && retired.retired_by("p", 5));
+    assert!(retired.retired_by("q", 1), "revisions count per policy: the agent moved");
     assert_eq!(s.output_keys_in(&[KeyState::Retiring]).unwrap().len(), 2);
     s.drop_output_keys(&[keys[0].row]).unwrap();
     s.forget_output_key(keys[0].row).unwrap();
@@ -735,9 +739,9 @@ pub(crate) fn an_output_key_goes_from_intent_to_active_and_replaces_the_old_one(
 
 pub(crate) fn output_keys_die_with_their_agent(s: &mut dyn Store) {
     enroll(s, "a1", "k1");
-    let made = s.begin_output_key("a1", "default", "h", "i-a1-default", 1, T1).unwrap();
+    let made = s.begin_output_key("a1", "default", "h", "i-a1-default", ("p", 1), T1).unwrap();
     assert!(s.finish_output_key(made, "id1", "id1:s").unwrap());
-    let pending = s.begin_output_key("a1", "other", "h", "i-a1-other", 1, T1).unwrap();
+    let pending = s.begin_output_key("a1", "other", "h", "i-a1-other", ("p", 1), T1).unwrap();
     assert!(s.deactivate_agent("a1", T2).unwrap());
     let states: Vec<_> = s.output_keys("a1").unwrap().iter().map(|k| k.state).collect();
     assert_eq!(states, [KeyState::Invalidating, KeyState::Invalidating]);
@@ -747,13 +751,13 @@ pub(crate) fn output_keys_die_with_their_agent(s: &mut dyn Store) {
     assert_eq!((keys[1].state, keys[1].key_id.as_deref()), (KeyState::Invalidating, Some("id2")));
     // A replacing enrollment drops the keys of the agent it replaces.
     enroll(s, "b1", "k2");
-    let b = s.begin_output_key("b1", "default", "h", "i-b1-default", 1, T1).unwrap();
+    let b = s.begin_output_key("b1", "default", "h", "i-b1-default", ("p", 1), T1).unwrap();
     assert!(s.finish_output_key(b, "id3", "id3:s").unwrap());
     assert_eq!(s.enroll_agent(&agent("b1", "k3"), Some("k2")).unwrap(), Enrollment::Stored);
     assert_eq!(s.output_keys("b1").unwrap()[0].state, KeyState::Invalidating);
     // So does an acknowledged UNENROLL.
     enroll(s, "c1", "k4");
-    let c = s.begin_output_key("c1", "default", "h", "i-c1-default", 1, T1).unwrap();
+    let c = s.begin_output_key("c1", "default", "h", "i-c1-default", ("p", 1), T1).unwrap();
     assert!(s.finish_output_key(c, "id4", "id4:s").unwrap());
     s.record_action_results("c1", &[], true, T3).unwrap();
     assert_eq!(s.output_keys("c1").unwrap()[0].state, KeyState::Invalidating);

@@ -254,28 +254,29 @@ pub(crate) trait OutputKeyStore {
     fn output_keys_in(&self, states: &[KeyState]) -> Result<Vec<OutputKeyRecord>>;
     /// Records the intent to create agent `agent_id`'s key for `output` (`intent`: a unique
     /// mark the key's metadata carries, by which a creation whose answer was lost is found),
-    /// in one transaction with retiring its active key for that output (at revision
-    /// `retire_at`); returns the row. [`StoreError::NotFound`] when the agent is not active, [`StoreError::Conflict`]
-    /// when a creation is recorded already (it must be reconciled first).
+    /// in one transaction with retiring its active key for that output at `retire_at` (the
+    /// policy and revision that bring the new key); returns the row. [`StoreError::NotFound`]
+    /// when the agent is not active, [`StoreError::Conflict`] when a creation is recorded
+    /// already (it must be reconciled first).
     fn begin_output_key(
         &mut self,
         agent_id: &str,
         output: &str,
         permissions_sha256: &str,
         intent: &str,
-        retire_at: u64,
+        retire_at: (&str, u64),
         at: &str,
     ) -> Result<i64>;
     /// The key of a `creating` row exists: it becomes `active`. False when the row was dropped
     /// meanwhile (the agent was unenrolled): the key id is kept on it, to be invalidated.
     fn finish_output_key(&mut self, row: i64, key_id: &str, api_key: &str) -> Result<bool>;
-    /// Retires agent `agent_id`'s active keys of outputs not in `keep`, at revision
-    /// `retire_at`; returns how many.
+    /// Retires agent `agent_id`'s active keys of outputs not in `keep`, at `retire_at` (the
+    /// policy and revision that no longer use them); returns how many.
     fn retire_output_keys(
         &mut self,
         agent_id: &str,
         keep: &[String],
-        retire_at: u64,
+        retire_at: (&str, u64),
     ) -> Result<usize>;
     /// Marks rows for invalidation now.
     fn drop_output_keys(&mut self, rows: &[i64]) -> Result<()>;
@@ -294,6 +295,8 @@ pub(crate) struct OutputKeyRecord {
     pub permissions_sha256: String,
     pub state: KeyState,
     pub retire_at: Option<u64>,
+    /// The policy whose revision `retire_at` counts in (revisions are per policy).
+    pub retire_policy: Option<String>,
     pub created_at: String,
     /// The mark in the key's metadata (`ferry_intent`) that finds it after a lost answer.
     pub intent: String,
@@ -309,6 +312,20 @@ impl std::fmt::Debug for OutputKeyRecord {
             .field("state", &self.state)
             .field("retire_at", &self.retire_at)
             .finish_non_exhaustive()
+    }
+}
+
+impl OutputKeyRecord {
+    /// Whether this retiring key is done with once its agent runs `revision` of `policy`: a
+    /// revision at or past the one it retired at, or any revision of another policy (the agent
+    /// was moved; Fleet Server invalidates retired keys on any newer revision acknowledged,
+    /// fleet-server internal/pkg/api/handleAck.go handlePolicyChange).
+    pub(crate) fn retired_by(&self, policy: &str, revision: u64) -> bool {
+        self.state == KeyState::Retiring
+            && match (&self.retire_policy, self.retire_at) {
+                (Some(p), Some(at)) => p != policy || at <= revision,
+                _ => true,
+            }
     }
 }
 

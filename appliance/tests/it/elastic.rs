@@ -312,3 +312,33 @@ fn status_says_what_is_wrong_with_elasticsearch() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("es-token") && err.contains("readable by other users"), "{err}");
 }
+
+/// Role descriptors Elasticsearch refuses (a privilege list given as a string) hold that
+/// policy's key alone; the next bundle's fixed permissions get the key at once, though the
+/// refused creation is still being retried.
+#[test]
+fn permissions_elasticsearch_refuses_hold_only_that_key_until_a_bundle_fixes_them() {
+    let double = ElasticDouble::start(DoubleOptions::default());
+    let f = site(&double, 2);
+    let broken = "id: es\nrevision: 2\noutputs:\n  default: {type: elasticsearch, hosts: [\"https://es.site:9200\"]}\n\
+                  output_permissions:\n  default:\n    es: {cluster: monitor}\ninputs: []\n";
+    let out = f.run(&[&"import", &f.bundle_with_policies(2, &[("es", broken)])]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(&f);
+    let (_, token) = f.token("es");
+    let agent = Agent::enroll(&server, &token);
+    for _ in 0..2 {
+        let reply = agent.checkin_online();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body["actions"].as_array().map_or(0, Vec::len), 0, "{}", reply.body);
+    }
+    assert!(double.keys().is_empty());
+    assert_eq!(double.violations().len(), 1, "the refused body, as Elasticsearch refuses it");
+    let fixed = policy(3, false, "auto_configure, create_doc");
+    let out = f.run(&[&"import", &f.bundle_with_policies(3, &[("es", &fixed)])]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let delivered = policy_of(&agent, Duration::from_secs(10));
+    let key = delivered["outputs"]["default"]["api_key"].as_str().unwrap();
+    assert!(double.authenticate(key).is_some());
+    drop(server);
+}

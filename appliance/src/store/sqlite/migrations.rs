@@ -154,6 +154,7 @@ const V3: &str = "CREATE TABLE output_keys (
     permissions_sha256 TEXT NOT NULL,
     intent TEXT NOT NULL,
     state TEXT NOT NULL,
+    retire_policy TEXT,
     retire_at INTEGER,
     created_at TEXT NOT NULL
 );

@@ -6,7 +6,7 @@ use super::{SqliteStore, int, uint};
 use crate::store::{KeyState, OutputKeyRecord, OutputKeyStore, Result, StoreError};
 
 const COLUMNS: &str = "SELECT row, agent_id, output, key_id, api_key, permissions_sha256, state,
-    retire_at, created_at, intent FROM output_keys";
+    retire_at, created_at, intent, retire_policy FROM output_keys";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutputKeyRecord> {
     let state: String = r.get(6)?;
@@ -31,6 +31,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutputKeyRecord> {
         },
         created_at: r.get(8)?,
         intent: r.get(9)?,
+        retire_policy: r.get(10)?,
     })
 }
 
@@ -61,7 +62,7 @@ impl OutputKeyStore for SqliteStore {
         output: &str,
         permissions_sha256: &str,
         intent: &str,
-        retire_at: u64,
+        (retire_policy, retire_at): (&str, u64),
         at: &str,
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
@@ -86,9 +87,9 @@ impl OutputKeyStore for SqliteStore {
             });
         }
         tx.execute(
-            "UPDATE output_keys SET state = 'retiring', retire_at = ?3
+            "UPDATE output_keys SET state = 'retiring', retire_policy = ?3, retire_at = ?4
              WHERE agent_id = ?1 AND output = ?2 AND state = 'active'",
-            params![agent_id, output, int("revision", retire_at)?],
+            params![agent_id, output, retire_policy, int("revision", retire_at)?],
         )?;
         tx.execute(
             "INSERT INTO output_keys
@@ -133,7 +134,7 @@ impl OutputKeyStore for SqliteStore {
         &mut self,
         agent_id: &str,
         keep: &[String],
-        retire_at: u64,
+        (retire_policy, retire_at): (&str, u64),
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut retired = 0;
@@ -146,8 +147,9 @@ impl OutputKeyStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             for (row, _) in rows.into_iter().filter(|(_, o)| !keep.contains(o)) {
                 retired += tx.execute(
-                    "UPDATE output_keys SET state = 'retiring', retire_at = ?2 WHERE row = ?1",
-                    params![row, int("revision", retire_at)?],
+                    "UPDATE output_keys SET state = 'retiring', retire_policy = ?2, retire_at = ?3
+                     WHERE row = ?1",
+                    params![row, retire_policy, int("revision", retire_at)?],
                 )?;
             }
         }
