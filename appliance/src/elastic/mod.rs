@@ -8,8 +8,8 @@
 //! check-in whose policy waits for a key stays parked (the agent keeps running its current
 //! policy, and never sees an error for it) and is woken when the key exists. Each creation is
 //! recorded before Elasticsearch is asked; a row left `creating` by a crash or a lost answer is
-//! reconciled before anything else is made for that output: the keys Elasticsearch holds for
-//! it (found by their metadata) are invalidated, so an agent never has two.
+//! reconciled before anything else is made for that output: the keys that creation made (found
+//! by the mark it wrote in their metadata) are invalidated, so an agent never has two.
 
 mod client;
 pub(crate) mod slots;
