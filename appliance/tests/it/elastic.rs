@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_testkit::elastic::{DoubleOptions, ElasticDouble, Fault};
 use serde_json::{Value, json};
 
-use crate::support::agent::Agent;
+use crate::support::agent::{Agent, enroll_body, request};
 use crate::support::{Fixture, Server};
 
 /// A Kibana full agent policy for Fleet: two Elasticsearch outputs with their permissions,
@@ -340,5 +340,42 @@ fn permissions_elasticsearch_refuses_hold_only_that_key_until_a_bundle_fixes_the
     let delivered = policy_of(&agent, Duration::from_secs(10));
     let key = delivered["outputs"]["default"]["api_key"].as_str().unwrap();
     assert!(double.authenticate(key).is_some());
+    drop(server);
+}
+
+/// An agent re-enrolled with its replace token (a reinstalled host) gets new keys; the keys of
+/// the record it replaced are invalidated, since they were another installation's.
+#[test]
+fn a_replacing_enrollment_invalidates_the_replaced_agents_keys() {
+    let double = ElasticDouble::start(DoubleOptions::default());
+    let f = site(&double, 2);
+    let server = Server::start(&f);
+    let (_, token) = f.token("es");
+    let enroll = || {
+        let body = enroll_body("host-7", "h7", "s3cret").to_string();
+        let reply = request(
+            &server,
+            "POST",
+            "/api/fleet/agents/enroll",
+            Some(&token),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        Agent::from_reply(&server, &reply)
+    };
+    let first = enroll();
+    let old = policy_of(&first, Duration::from_secs(10));
+    let old_key = old["outputs"]["default"]["api_key"].as_str().unwrap().to_owned();
+    let second = enroll();
+    assert_eq!(second.id, first.id);
+    wait_until("the replaced record's keys invalidated", Duration::from_secs(10), || {
+        double.authenticate(&old_key).is_none()
+    });
+    let new = policy_of(&second, Duration::from_secs(10));
+    let new_key = new["outputs"]["default"]["api_key"].as_str().unwrap();
+    assert_ne!(new_key, old_key);
+    assert!(double.authenticate(new_key).is_some());
+    assert_eq!(valid_by_output(&double).len(), 2, "one valid key per output");
     drop(server);
 }
