@@ -455,8 +455,10 @@ pub(crate) async fn run_server(
     if let Some(es) = &config.elasticsearch {
         let elastic = crate::elastic::Elastic::start(es, Arc::clone(&db), Arc::clone(&hub)).await?;
         let health = elastic.health();
-        match health.state.as_str() {
-            "ok" => println!("elasticsearch: ok ({})", health.principal.unwrap_or_default()),
+        match health.state {
+            crate::elastic::State::Ok => {
+                println!("elasticsearch: ok ({})", health.principal.unwrap_or_default());
+            }
             state => println!("elasticsearch: {state}: {}", health.message),
         }
         let _ = state.elastic.set(elastic);

@@ -970,8 +970,8 @@ pub(crate) fn status(
         }
         if let Some(es) = &report.elasticsearch {
             let who = es.principal.as_deref().map(|p| format!(" as {p}")).unwrap_or_default();
-            match es.state.as_str() {
-                "ok" => println!("elasticsearch  ok{who}"),
+            match es.state {
+                crate::elastic::State::Ok => println!("elasticsearch  ok{who}"),
                 state => println!(
                     "elasticsearch  {state}: {}",
                     ferry_manifests::terminal::escape(&es.message, 500)

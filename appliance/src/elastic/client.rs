@@ -83,21 +83,20 @@ fn read_secret_file(path: &Path) -> anyhow::Result<String> {
 
 /// `ApiKey` metadata as Fleet Server writes it (fleet-server internal/pkg/apikey/metadata.go),
 /// so that Kibana and an operator's queries see the same keys a Fleet Server would make.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Serialize)]
 pub(crate) struct KeyMetadata {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub agent_id: String,
-    #[serde(default)]
     pub managed: bool,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub managed_by: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub output_name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty", rename = "type")]
+    #[serde(skip_serializing_if = "String::is_empty", rename = "type")]
     pub kind: String,
     /// Ferry's own: the creation this key came from (`OutputKeyRecord::intent`), so that a
     /// creation whose answer was lost finds exactly its key, and never another's.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ferry_intent: String,
 }
 

@@ -44,9 +44,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How the site's Elasticsearch looks from here, as `status` and `health` show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Health {
-    /// `ok`, `starting` (not checked yet), `unreachable`, `tls`, `unauthorized`,
-    /// `missing_privilege` or `error`.
-    pub state: String,
+    pub state: State,
     /// What is wrong, and what to do; empty when `ok`.
     pub message: String,
     /// Whom the credential authenticates as.
@@ -74,11 +72,50 @@ enum Job {
     Sweep,
 }
 
+/// The verdict on the site's Elasticsearch, named in `status --json` as in snake case.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum State {
+    /// Not checked yet.
+    Starting,
+    Ok,
+    Unreachable,
+    Tls,
+    Unauthorized,
+    MissingPrivilege,
+    Error,
+}
+
+impl State {
+    /// Checked, and in trouble: `/api/status` says DEGRADED.
+    pub(crate) fn troubled(self) -> bool {
+        !matches!(self, State::Ok | State::Starting)
+    }
+
+    /// The state an error puts Elasticsearch in.
+    fn of(e: &EsError) -> Self {
+        match e {
+            EsError::Unreachable { .. } | EsError::Lost { .. } => State::Unreachable,
+            EsError::Tls { .. } => State::Tls,
+            EsError::Unauthorized { .. } => State::Unauthorized,
+            EsError::Forbidden { .. } => State::MissingPrivilege,
+            EsError::Status { .. } | EsError::Malformed(_) => State::Error,
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(json.as_str().unwrap_or_default())
+    }
+}
+
 /// What an agent's keys are for a policy (see [`Elastic::keys_for`]).
 pub(crate) enum Keys<'k> {
     /// Every slot's key, in slot order; `stale`: the agent holds keys of outputs the policy no
     /// longer needs one for, to retire with this delivery.
-    Ready { keys: Vec<&'k str>, stale: Vec<String> },
+    Ready { keys: Vec<&'k str>, stale: bool },
     /// A key is being made; the agent's check-in is woken when it exists.
     Waiting,
 }
@@ -135,7 +172,7 @@ impl Elastic {
             interval: Duration::from_secs(config.check_interval_seconds),
             inner: Mutex::new(Inner {
                 health: Health {
-                    state: "starting".into(),
+                    state: State::Starting,
                     message: "not checked yet".into(),
                     principal: None,
                     checked_at: None,
@@ -162,7 +199,7 @@ impl Elastic {
 
     /// True when Elasticsearch was checked and is in trouble.
     pub(crate) fn degraded(&self) -> bool {
-        !matches!(self.inner.lock().expect("elastic lock").health.state.as_str(), "ok" | "starting")
+        self.inner.lock().expect("elastic lock").health.state.troubled()
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -214,9 +251,7 @@ impl Elastic {
         // Keys of outputs the policy no longer has (or no longer needs a key for).
         let stale = keys
             .iter()
-            .filter(|k| k.state == KeyState::Active && !slots.iter().any(|s| s.output == k.output))
-            .map(|k| k.output.clone())
-            .collect();
+            .any(|k| k.state == KeyState::Active && !slots.iter().any(|s| s.output == k.output));
         Keys::Ready { keys: found, stale }
     }
 
@@ -526,38 +561,32 @@ impl Elastic {
         });
         let now = crate::clock::now_rfc3339();
         let mut inner = self.inner.lock().expect("elastic lock");
-        let before = inner.health.state.clone();
+        let before = inner.health.state;
         let (state, message, principal) = match verdict {
-            Ok((who, p)) if p.has_all_requested => ("ok", String::new(), Some(who)),
+            Ok((who, p)) if p.has_all_requested => (State::Ok, String::new(), Some(who)),
             Ok((who, p)) => (
-                "missing_privilege",
+                State::MissingPrivilege,
                 format!(
                     "{who} may not manage its own API keys (cluster privileges: {:?}); use a \
-                     service token of elastic/fleet-server, or an API key with \
-                     manage_own_api_key",
+                     service token of the elastic/fleet-server service account",
                     p.cluster
                 ),
                 Some(who),
             ),
-            Err(e) => (kind(&e), e.to_string(), None),
+            Err(e) => (State::of(&e), e.to_string(), None),
         };
-        if state == "ok" {
+        if state == State::Ok {
             inner.failures = 0;
             inner.paused_until = None;
         }
-        if state != before || (state != "ok" && inner.health.message != message) {
+        if state != before || (state != State::Ok && inner.health.message != message) {
             match state {
-                "ok" => tracing::info!(principal = ?principal, "Elasticsearch reachable"),
-                _ => tracing::warn!(state, "Elasticsearch: {message}"),
+                State::Ok => tracing::info!(principal = ?principal, "Elasticsearch reachable"),
+                _ => tracing::warn!(%state, "Elasticsearch: {message}"),
             }
         }
-        inner.health = Health {
-            state: state.to_owned(),
-            message,
-            principal,
-            checked_at: Some(now),
-            agents_waiting_for_keys: 0,
-        };
+        inner.health =
+            Health { state, message, principal, checked_at: Some(now), agents_waiting_for_keys: 0 };
     }
 
     /// A key call went through: Elasticsearch answers again (trouble the periodic check
@@ -566,9 +595,9 @@ impl Elastic {
         let mut inner = self.inner.lock().expect("elastic lock");
         inner.failures = 0;
         inner.paused_until = None;
-        if matches!(inner.health.state.as_str(), "unreachable" | "error") {
+        if matches!(inner.health.state, State::Unreachable | State::Error) {
             tracing::info!("Elasticsearch reachable again");
-            inner.health.state = "ok".to_owned();
+            inner.health.state = State::Ok;
             inner.health.message.clear();
         }
     }
@@ -602,11 +631,11 @@ impl Elastic {
         };
         inner.paused_until = Some(Instant::now() + backoff);
         if let Failure::Es(es) = e {
-            let state = kind(es);
+            let state = State::of(es);
             if inner.health.state != state {
-                tracing::warn!(state, "Elasticsearch: {es}");
+                tracing::warn!(%state, "Elasticsearch: {es}");
             }
-            inner.health.state = state.to_owned();
+            inner.health.state = state;
             inner.health.message = es.to_string();
         } else {
             tracing::error!(error = %e, "output keys: state database");
@@ -627,17 +656,6 @@ async fn own_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
         return None;
     }
     rx.await.ok()
-}
-
-/// The health state an error puts Elasticsearch in.
-fn kind(e: &EsError) -> &'static str {
-    match e {
-        EsError::Unreachable { .. } | EsError::Lost { .. } => "unreachable",
-        EsError::Tls { .. } => "tls",
-        EsError::Unauthorized { .. } => "unauthorized",
-        EsError::Forbidden { .. } => "missing_privilege",
-        EsError::Status { .. } | EsError::Malformed(_) => "error",
-    }
 }
 
 /// Why a job failed: Elasticsearch or the store.

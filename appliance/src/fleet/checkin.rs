@@ -195,6 +195,37 @@ fn holds(doc: &Value, path: &str) -> bool {
     }
 }
 
+/// The output keys agent `agent_id` needs for `policy`, in slot order (its stored key rows are
+/// read into `keys` once); `None` while one is being made (the worker wakes the check-in).
+/// Keys of outputs the policy no longer needs one for are retired before the delivery, so the
+/// ack that follows finds them.
+async fn output_keys<'k>(
+    api: &Arc<AgentApi>,
+    es: &crate::elastic::Elastic,
+    agent_id: &str,
+    policy_id: &str,
+    policy: &Delivered,
+    keys: &'k mut Option<Vec<crate::store::OutputKeyRecord>>,
+) -> Result<Option<Vec<&'k str>>, ApiError> {
+    if keys.is_none() {
+        let id = agent_id.to_owned();
+        *keys = Some(with_state(api, move |s| s.output_keys(&id)).await?);
+    }
+    let keys = keys.as_deref().unwrap_or_default();
+    let at = (policy_id, policy.revision);
+    let Keys::Ready { keys, stale } = es.keys_for(agent_id, &policy.slots, keys, at) else {
+        return Ok(None);
+    };
+    if stale {
+        let (id, retired_by, revision) =
+            (agent_id.to_owned(), policy_id.to_owned(), policy.revision);
+        let keep: Vec<String> = policy.slots.iter().map(|s| s.output.clone()).collect();
+        with_state(api, move |s| s.retire_output_keys(&id, &keep, (&retired_by, revision))).await?;
+        es.retiring(agent_id);
+    }
+    Ok(Some(keys))
+}
+
 /// The check-in report in a body read within the wire cap: gunzipped (when the headers say so)
 /// within its own cap, decoded, and carrying the one field Fleet requires.
 pub(super) fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<CheckinRequest, ApiError> {
@@ -551,32 +582,7 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
             // Without its keys the policy waits (the agent keeps the one it runs); the worker
             // wakes this check-in when they exist.
             let ready = match elastic {
-                Some(es) => {
-                    if keys.is_none() {
-                        let id = agent_id.clone();
-                        keys = Some(with_state(api, move |s| s.output_keys(&id)).await?);
-                    }
-                    let keys = keys.as_deref().unwrap_or_default();
-                    let at = (policy_id.as_str(), policy.revision);
-                    match es.keys_for(&agent_id, &policy.slots, keys, at) {
-                        Keys::Waiting => None,
-                        Keys::Ready { keys, stale } => {
-                            // Retired before the delivery, so the ack that follows finds them.
-                            if !stale.is_empty() {
-                                let (id, retired_by) = (agent_id.clone(), policy_id.clone());
-                                let revision = policy.revision;
-                                let keep: Vec<String> =
-                                    policy.slots.iter().map(|s| s.output.clone()).collect();
-                                with_state(api, move |s| {
-                                    s.retire_output_keys(&id, &keep, (&retired_by, revision))
-                                })
-                                .await?;
-                                es.retiring(&agent_id);
-                            }
-                            Some(keys)
-                        }
-                    }
-                }
+                Some(es) => output_keys(api, es, &agent_id, &policy_id, policy, &mut keys).await?,
                 None => Some(Vec::new()),
             };
             if let Some(ready) = ready {
