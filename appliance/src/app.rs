@@ -155,10 +155,18 @@ pub(crate) async fn with_db<T: Send + 'static>(
     blocking(move || f(&mut **db.lock().expect("state lock"))).await
 }
 
-/// A store failure is internal trouble: logged, answered with `500`.
+/// A store failure is internal trouble, logged and answered with `500`; but a database that
+/// cannot be reached now is `503` with `Retry-After`, which agents retry with their backoff
+/// (a `401` would make them give up their credentials).
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.into())
+        match e {
+            crate::store::StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "state database unavailable");
+                ApiError::Unavailable { retry_after: Duration::from_secs(5) }
+            }
+            e => ApiError::Internal(e.into()),
+        }
     }
 }
 
@@ -241,7 +249,8 @@ mod tests {
     #[test]
     fn secret_changes_are_stored_kept_in_step_and_wake_check_ins() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = crate::store::open(dir.path()).unwrap();
+        let mut store =
+            crate::store::open(&crate::store::Location::Sqlite(dir.path().into())).unwrap();
         let secret_box = SecretBox::open_or_create(dir.path(), None, 0).unwrap();
         let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
         let state = AppState::new(blobs, None, secret_box, Vec::new());

@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => rollback(&config, &keys, &args),
         Command::Fsck(args) => fsck(&config, &keys, args.json),
         Command::Gc => {
-            let mut data = DataDir::open(&config.data_dir)?;
+            let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
             let (releases, blobs) = data.gc(config.retain_releases, &keys)?;
             println!("removed {releases} release(s) and {blobs} blob(s)");
             Ok(ExitCode::SUCCESS)
@@ -96,7 +96,7 @@ fn import(
         .signature
         .clone()
         .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
-    let mut data = DataDir::open(&config.data_dir)?;
+    let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
     let options = ImportOptions {
         allow_downgrade: args.allow_downgrade,
         allow_expired: args.allow_expired,
@@ -149,7 +149,7 @@ fn secrets_not_set(
         return Ok(BTreeMap::new());
     };
     let blobs = ferry_artifacts::BlobStore::open(&config.data_dir.join("blobs"))?;
-    let set: BTreeSet<String> = match crate::store::open_existing(&config.data_dir)? {
+    let set: BTreeSet<String> = match crate::store::open_existing(&config.store_location()?)? {
         Some(store) => store.secret_records()?.into_iter().map(|r| r.id).collect(),
         None => BTreeSet::new(),
     };
@@ -185,7 +185,7 @@ fn release_state(data: &DataDir, keys: &TrustedKeys, r: &ReleaseRecord, active: 
 }
 
 fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<ExitCode> {
-    let data = DataDir::open(&config.data_dir)?;
+    let data = DataDir::open(&config.data_dir, &config.store_location()?)?;
     let active = data.active_release(keys)?;
     let releases = data.releases()?;
     let list: Vec<Value> = releases
@@ -242,7 +242,7 @@ fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Resul
 }
 
 fn rollback(config: &Config, keys: &TrustedKeys, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
-    let mut data = DataDir::open(&config.data_dir)?;
+    let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
     let (name, sequence) = match data.rollback(args.sequence, keys) {
         Ok(done) => done,
         Err(error) => {
@@ -261,7 +261,7 @@ fn rollback(config: &Config, keys: &TrustedKeys, args: &RollbackArgs) -> anyhow:
 }
 
 fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<ExitCode> {
-    let data = DataDir::open(&config.data_dir)?;
+    let data = DataDir::open(&config.data_dir, &config.store_location()?)?;
     let (checked, damage) = data.fsck(keys)?;
     if as_json {
         println!("{}", json!({ "checked": checked, "damaged": damage }));
@@ -429,7 +429,7 @@ pub(crate) async fn run_server(
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
     // commit meanwhile.
     let db: crate::store::Db =
-        Arc::new(std::sync::Mutex::new(crate::store::open(&config.data_dir)?));
+        Arc::new(std::sync::Mutex::new(crate::store::open(&config.store_location()?)?));
     let secrets = db.lock().expect("state lock").secret_records()?;
     let secret_box = crate::secrets::SecretBox::open_or_create(
         &config.data_dir,

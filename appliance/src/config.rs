@@ -107,6 +107,25 @@ max_upload_mib = 1024
 # digits, mode 0600, for example `openssl rand -hex 32 > /etc/ferry/secrets.key`):
 # [secrets]
 # key_file = "/etc/ferry/secrets.key"
+
+# Where the appliance keeps its state: by default SQLite, data_dir/state.db, for one appliance.
+# Several appliances behind one load balancer share a PostgreSQL database instead (see
+# docs/high-availability.md); every instance then has the same [store] and [cluster] sections
+# but its own data_dir and instance name. The password is read from a file only serve's user
+# can read; with ca_file the connection is TLS, verified against that CA, and required.
+# [store]
+# backend = "postgres"
+# url = "postgresql://ferry@db.site.internal:5432/ferry"
+# password_file = "/etc/ferry/postgres-password"
+# ca_file = "/etc/ferry/postgres-ca.pem"
+#
+# [cluster]
+# # This instance's name, unique in the cluster (default: the host's name).
+# instance = "ferry-a"
+# # A folder every instance mounts (NFS, say): imported bundles travel to the other instances
+# # through it (each verifies them again with its own trusted_keys), and agents' diagnostics
+# # uploads are kept there so that any instance can serve them.
+# shared_dir = "/srv/ferry-shared"
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +147,40 @@ pub(crate) struct Config {
     pub elasticsearch: Option<ElasticsearchConfig>,
     #[serde(default)]
     pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[store]`: which backend keeps the appliance's state (`crate::store`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreConfig {
+    #[serde(default)]
+    pub backend: Backend,
+    /// `postgresql://user@host:port/database` (no password: see `password_file`).
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The CA that signed the database server's certificate; set, the connection is TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Backend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// `[cluster]`: this instance among several sharing one PostgreSQL store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterConfig {
+    /// Unique in the cluster; the host's name when unset.
+    pub instance: Option<String>,
+    /// Mounted by every instance: bundles being imported, diagnostics uploads.
+    pub shared_dir: PathBuf,
 }
 
 /// `[secrets]`: where the key that seals on-site secrets is (`crate::secrets`).
@@ -316,6 +369,13 @@ impl Config {
         if let Some(p) = &mut config.secrets.key_file {
             *p = base.join(&*p);
         }
+        for p in [&mut config.store.password_file, &mut config.store.ca_file].into_iter().flatten()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(cluster) = &mut config.cluster {
+            cluster.shared_dir = base.join(&cluster.shared_dir);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -371,7 +431,75 @@ impl Config {
         if let Some(es) = &self.elasticsearch {
             es.validate()?;
         }
+        match self.store.backend {
+            Backend::Sqlite => {
+                anyhow::ensure!(
+                    self.store.url.is_none()
+                        && self.store.password_file.is_none()
+                        && self.store.ca_file.is_none(),
+                    "store.url, password_file and ca_file are for backend = \"postgres\"; the \
+                     default backend, SQLite, keeps its file in data_dir"
+                );
+                anyhow::ensure!(
+                    self.cluster.is_none(),
+                    "[cluster] needs store.backend = \"postgres\": instances of a cluster share \
+                     their state in PostgreSQL"
+                );
+            }
+            Backend::Postgres => {
+                let url = self.store.url.as_deref().unwrap_or_default();
+                anyhow::ensure!(
+                    url.starts_with("postgresql://") || url.starts_with("postgres://"),
+                    "store.url must be a postgresql:// URL when store.backend = \"postgres\""
+                );
+                anyhow::ensure!(
+                    !url.split('@').next().unwrap_or_default().contains(':') || !url.contains('@'),
+                    "store.url must not hold the password: put it in store.password_file"
+                );
+                anyhow::ensure!(
+                    self.cluster.is_some(),
+                    "store.backend = \"postgres\" needs a [cluster] section with shared_dir \
+                     (see docs/high-availability.md)"
+                );
+            }
+        }
+        if let Some(cluster) = &self.cluster
+            && let Some(name) = &cluster.instance
+        {
+            crate::store::check_instance_name(name)?;
+        }
         Ok(())
+    }
+
+    /// Where the store is: this data directory's SQLite file, or the PostgreSQL server of
+    /// `[store]` (its password file read now).
+    pub(crate) fn store_location(&self) -> anyhow::Result<crate::store::Location> {
+        Ok(match self.store.backend {
+            Backend::Sqlite => crate::store::Location::Sqlite(self.data_dir.clone()),
+            Backend::Postgres => {
+                let password = match &self.store.password_file {
+                    Some(path) => Some(read_secret_file("store", path)?),
+                    None => None,
+                };
+                crate::store::Location::Postgres(crate::store::postgres::Settings {
+                    url: self.store.url.clone().unwrap_or_default(),
+                    password,
+                    ca_file: self.store.ca_file.clone(),
+                    instance: self.instance_name()?,
+                })
+            }
+        })
+    }
+
+    /// This instance's name in a cluster: `[cluster] instance`, or the host's name.
+    pub(crate) fn instance_name(&self) -> anyhow::Result<String> {
+        if let Some(name) = self.cluster.as_ref().and_then(|c| c.instance.clone()) {
+            return Ok(name);
+        }
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        crate::store::check_instance_name(&host)
+            .context("the host's name cannot name this instance: set [cluster] instance")?;
+        Ok(host)
     }
 
     /// The public URL without a trailing slash.
@@ -416,6 +544,28 @@ pub(crate) fn download_ca(
         path.display()
     );
     Ok(Some(text))
+}
+
+/// A credential file: one line, not readable by others; errors start with `what` (the
+/// configuration section naming the file).
+pub(crate) fn read_secret_file(what: &str, path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        meta.permissions().mode() & 0o007 == 0,
+        "{what}: {} is readable by other users; chmod o-rwx it (it holds a credential)",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(
+        !text.is_empty() && !text.contains(char::is_whitespace),
+        "{what}: {} must hold one credential on one line",
+        path.display()
+    );
+    Ok(text.to_owned())
 }
 
 #[cfg(test)]

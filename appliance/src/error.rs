@@ -25,6 +25,10 @@ pub enum ApiError {
         retry_after: Duration,
     },
     NotFound,
+    /// `503` with `Retry-After`: the state database cannot be reached now.
+    Unavailable {
+        retry_after: Duration,
+    },
     TlsRequired,
     RangeNotSatisfiable {
         size: u64,
@@ -66,6 +70,18 @@ impl IntoResponse for ApiError {
                 return response;
             }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound", "not found".to_owned()),
+            ApiError::Unavailable { retry_after } => {
+                let mut response = ApiError::fleet(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "the appliance cannot reach its state database; try again",
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+                return response;
+            }
             ApiError::TlsRequired => {
                 (StatusCode::NOT_IMPLEMENTED, "ErrTLSRequired", "TLS required".to_owned())
             }

@@ -258,7 +258,7 @@ fn release_dir_name(name: &str, sequence: u64) -> String {
 
 impl DataDir {
     /// Opens (creating) the data directory and removes what an interrupted import left.
-    pub(crate) fn open(root: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(root: &Path, store: &crate::store::Location) -> anyhow::Result<Self> {
         for dir in ["releases", "staging"] {
             fs::create_dir_all(root.join(dir))
                 .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
@@ -273,7 +273,7 @@ impl DataDir {
             )
         })?;
         let blobs = BlobStore::open(&root.join("blobs"))?;
-        let state = crate::store::open(root)?;
+        let state = crate::store::open(store)?;
         let data = Self { root: root.to_owned(), blobs, state, _lock: lock };
         data.clean_leftovers()?;
         Ok(data)
@@ -783,7 +783,11 @@ mod tests {
             bundle: &Path,
             replace: impl FnOnce() + Send + 'static,
         ) -> (DataDir, anyhow::Result<ReleaseRecord>) {
-            let mut data = DataDir::open(&self.dir.path().join("data")).unwrap();
+            let mut data = DataDir::open(
+                &self.dir.path().join("data"),
+                &crate::store::Location::Sqlite(self.dir.path().join("data")),
+            )
+            .unwrap();
             let keys = TrustedKeys::from(self.key.public_key());
             let options = ImportOptions { retain: 3, ..ImportOptions::default() };
             let signature = ferry_manifests::default_signature_path(bundle);

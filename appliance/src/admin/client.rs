@@ -1005,7 +1005,7 @@ fn stopped_status(
     config: &Config,
     keys: &ferry_manifests::TrustedKeys,
 ) -> anyhow::Result<StatusReport> {
-    let (pointer, views) = match crate::store::open_existing(&config.data_dir)? {
+    let (pointer, views) = match crate::store::open_existing(&config.store_location()?)? {
         Some(store) => (store.active()?, store.agent_views(&crate::store::AgentPage::default())?),
         None => (None, Vec::new()),
     };

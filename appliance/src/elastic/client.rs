@@ -3,7 +3,6 @@
 //! (elastic/elasticsearch-specification, `specification/security/<endpoint>/`). Blocking: the
 //! key worker runs them on blocking threads, a few at a time.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -56,29 +55,8 @@ impl Credential {
         let Some(path) = &config.service_token_file else {
             anyhow::bail!("elasticsearch: no credential file is configured")
         };
-        Ok(Self(format!("Bearer {}", read_secret_file(path)?)))
+        Ok(Self(format!("Bearer {}", crate::config::read_secret_file("elasticsearch", path)?)))
     }
-}
-
-/// A credential file: one line, not readable by others (it opens the site's Elasticsearch).
-fn read_secret_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("elasticsearch: cannot read {}", path.display()))?;
-    anyhow::ensure!(
-        meta.permissions().mode() & 0o007 == 0,
-        "elasticsearch: {} is readable by other users; chmod o-rwx it (it holds a credential)",
-        path.display()
-    );
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("elasticsearch: cannot read {}", path.display()))?;
-    let text = text.trim();
-    anyhow::ensure!(
-        !text.is_empty() && !text.contains(char::is_whitespace),
-        "elasticsearch: {} must hold one credential on one line",
-        path.display()
-    );
-    Ok(text.to_owned())
 }
 
 /// `ApiKey` metadata as Fleet Server writes it (fleet-server internal/pkg/apikey/metadata.go),

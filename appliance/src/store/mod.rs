@@ -71,12 +71,13 @@
 //! rollback and status commands have no runtime. A backend speaking to a server uses a
 //! blocking client on the same threads.
 
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod conformance;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// What every store method returns.
@@ -88,19 +89,50 @@ pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// other (begin an upload: expire, check, create) holds the lock across them.
 pub(crate) type Db = Arc<Mutex<Box<dyn Store>>>;
 
-/// The store of the data directory `data_dir`, created if there is none, migrated to the
-/// schema this binary writes.
-pub(crate) fn open(data_dir: &Path) -> Result<Box<dyn Store>> {
-    Ok(Box::new(sqlite::SqliteStore::open(&data_dir.join(sqlite::FILE))?))
+/// Where the store is (`Config::store_location`).
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    /// SQLite, in this data directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database several instances share.
+    Postgres(postgres::Settings),
+}
+
+/// The store at `location`, created if there is none, migrated to the schema this binary
+/// writes.
+pub(crate) fn open(location: &Location) -> Result<Box<dyn Store>> {
+    Ok(match location {
+        Location::Sqlite(data_dir) => {
+            Box::new(sqlite::SqliteStore::open(&data_dir.join(sqlite::FILE))?)
+        }
+        // Until the trait files land (this commit only wires the configuration).
+        Location::Postgres(settings) => {
+            drop(postgres::PostgresStore::connect(settings)?);
+            return Err(StoreError::Backend("the PostgreSQL backend is not complete".into()));
+        }
+    })
 }
 
 /// [`open`], but `None` where no store was ever created (`status` of a fresh data directory
 /// creates nothing).
-pub(crate) fn open_existing(data_dir: &Path) -> Result<Option<Box<dyn Store>>> {
-    if !data_dir.join(sqlite::FILE).exists() {
+pub(crate) fn open_existing(location: &Location) -> Result<Option<Box<dyn Store>>> {
+    if let Location::Sqlite(data_dir) = location
+        && !data_dir.join(sqlite::FILE).exists()
+    {
         return Ok(None);
     }
-    open(data_dir).map(Some)
+    open(location).map(Some)
+}
+
+/// Refuses a cluster instance name that could not be shown plainly or be a label: 1 to 63
+/// letters, digits, `-`, `_` and `.`.
+pub(crate) fn check_instance_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=63).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "instance name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
+    );
+    Ok(())
 }
 
 /// Why a store operation failed, in the terms a caller can act on.
@@ -130,6 +162,10 @@ pub(crate) enum StoreError {
     /// damaged file).
     #[error("the state database holds what this appliance never writes: {0}")]
     Corrupt(String),
+    /// The database server cannot be reached now (down, restarting, out of connections): the
+    /// caller may try again; nothing was written.
+    #[error("the state database is unavailable: {0}")]
+    Unavailable(String),
     /// Anything else the backend reports: I/O, a lock held too long, the database server.
     #[error("state database: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
