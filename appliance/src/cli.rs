@@ -19,7 +19,8 @@ use clap::{Args, Parser, Subcommand};
         While it runs, `tokens`, `agents`, `upgrade`, `unenroll`, `reassign`, `settings`, \
         `diagnostics` and `actions` manage the fleet through its admin API (the Unix socket \
         data_dir/admin.sock, for serve's user and root), `secrets` sets the values of the Fleet \
-        secrets policies name, and `status` says whether it serves its active release.\n\n\
+        secrets policies name, `status` says whether it serves its active release, and `drain` \
+        takes it out of a load balancer's rotation.\n\n\
         Exit codes: 0 success; 1 an input was refused (a bundle or its signature, data that \
         fails its check, a request the appliance refuses such as an unknown policy or agent); 2 \
         usage, configuration or internal error.",
@@ -107,6 +108,28 @@ pub enum Command {
             at their next check-in."
     )]
     Secrets(SecretsCommand),
+    /// Take this instance out of a load balancer's rotation (`--undo` puts it back): /api/status
+    /// answers 503, parked check-ins are answered now, and agents' next requests go elsewhere.
+    #[command(long_about = "Take this instance out of a load balancer's rotation, for \
+        maintenance or an upgrade, without agents noticing; `--undo` puts it back.\n\n\
+        While draining, /api/status answers 503 (STOPPING), so the load balancer's health check \
+        marks the instance down; every parked check-in is answered now with nothing to do, and \
+        new ones at once; every response closes its connection, and idle keep-alive connections \
+        are closed. Agents' next requests therefore open new connections, which the load \
+        balancer sends to the other instances. Answers once the parked check-ins are answered \
+        (at most 10 s). Wait until the load balancer shows the instance down before stopping \
+        it.\n\n\
+        Draining lasts until `drain --undo` or until `serve` restarts. `status` shows it.")]
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// End draining: /api/status answers as before and check-ins are held again.
+    #[arg(long)]
+    pub undo: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diagnostics(command) => crate::admin::client::diagnostics(&config, command),
         Command::Actions(command) => crate::admin::client::actions(&config, command),
         Command::Secrets(command) => crate::admin::client::secrets(&config, command),
+        Command::Drain(args) => crate::admin::client::drain(&config, &args),
     }
 }
 
@@ -494,7 +495,8 @@ pub(crate) async fn run_server(
         header_timeout: Duration::from_secs(config.server.header_timeout_seconds),
         body_timeout: Duration::from_secs(60),
         body_limit: crate::routes::body_limit,
-        closing: hub.stopping(),
+        // Stopping or draining: agents' connections close after each response.
+        closing: hub.closing(),
     };
     println!(
         "serving {}://{} (public URL {})",
@@ -517,8 +519,10 @@ pub(crate) async fn run_server(
         admin_socket,
         socket_path,
         crate::admin::router(admin),
+        // The admin side is not drained: only a stop closes its connections.
         crate::net::http1::ConnLimits {
             body_limit: crate::admin::body_limit,
+            closing: hub.stopping(),
             ..connections.clone()
         },
         async move {

@@ -280,7 +280,7 @@ pub(crate) fn router(
     limits: &RateLimits,
     tls: bool,
 ) -> Router {
-    let served = at(Router::new(), Route::Status, fleet::status::status, limits);
+    let served = Router::new();
     let served = if tls {
         at(served, Route::PgpKey, mirror::pgp_key, limits)
     } else {
@@ -288,7 +288,9 @@ pub(crate) fn router(
     };
     let served = at(served, Route::Crl, mirror::crl, limits);
     let served = at(served, Route::Download, mirror::download, limits);
-    let api = at(Router::new(), Route::Enroll, fleet::enroll::enroll, limits);
+    // The status is the agent API's: it says when the hub drains.
+    let api = at(Router::new(), Route::Status, fleet::status::status, limits);
+    let api = at(api, Route::Enroll, fleet::enroll::enroll, limits);
     let api = at(api, Route::Checkin, fleet::checkin::checkin, limits);
     let api = at(api, Route::Ack, fleet::acks::acks, limits);
     let api = at(api, Route::AuditUnenroll, fleet::acks::audit_unenroll, limits);

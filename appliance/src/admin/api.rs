@@ -235,6 +235,10 @@ pub(crate) struct StatusReport {
     pub(crate) server: Server,
     /// What `/api/status` answers; `null` without a server.
     pub(crate) status: Option<String>,
+    /// Whether the server drains (`ferry-appliance drain`); false without a server (a restart
+    /// ends a drain), and in the answers of servers from before draining.
+    #[serde(default)]
+    pub(crate) draining: bool,
     /// The active pointer's release, whether or not it verifies.
     pub(crate) active: Option<ActiveRelease>,
     /// Whether the active release verifies.
@@ -254,6 +258,21 @@ pub(crate) struct StatusReport {
     /// they run).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) policies_held: BTreeMap<String, String>,
+}
+
+/// The answer to `POST /drain` (start draining) and `DELETE /drain` (end it).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Drain {
+    /// Whether the server drains now.
+    pub(crate) draining: bool,
+    /// What `/api/status` answers now.
+    pub(crate) status: String,
+    /// Check-ins that were parked when draining started (0 for `DELETE`, or when it drained
+    /// already).
+    pub(crate) parked_before: usize,
+    /// Check-ins still parked when the answer was written: `POST` waits up to 10 s for those
+    /// parked before to be answered (a check-in is parked again only once draining ends).
+    pub(crate) parked: usize,
 }
 
 /// Whether a server runs on the data directory.

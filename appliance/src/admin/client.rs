@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 
 use crate::admin::api::{
     ActionRequest, ActionStatus, ActionsCreated, ActiveRelease, Agent, AgentsQuery, CreateActions,
-    NewToken, Secret, Server, SetSecret, StatusReport, Token, TokenCreated, Upload,
+    Drain, NewToken, Secret, Server, SetSecret, StatusReport, Token, TokenCreated, Upload,
 };
 use crate::admin::{PREFIX, SOCKET_FILE, TOKEN_FILE};
 use crate::cli::{
-    ActionsCommand, AgentsCommand, DiagnosticsCommand, Expiry, ReassignArgs, SecretsCommand,
-    SettingsArgs, Targets, TokensCommand, UnenrollArgs, UpgradeArgs,
+    ActionsCommand, AgentsCommand, DiagnosticsCommand, DrainArgs, Expiry, ReassignArgs,
+    SecretsCommand, SettingsArgs, Targets, TokensCommand, UnenrollArgs, UpgradeArgs,
 };
 use crate::config::Config;
 
@@ -938,6 +938,9 @@ pub(crate) fn status(
     } else {
         let release = |a: &ActiveRelease| format!("{} {}", dash(Some(&a.name)), a.sequence);
         let server = match &report.status {
+            Some(status) if report.draining => {
+                format!("running, draining; /api/status answers {status}")
+            }
             Some(status) => format!("running; /api/status answers {status}"),
             None => "stopped (start it with `ferry-appliance serve`)".to_owned(),
         };
@@ -998,6 +1001,34 @@ pub(crate) fn status(
     let healthy = report.status.as_deref() == Some(crate::fleet::status::HEALTHY)
         && report.policies_held.is_empty();
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `drain` and `drain --undo`: one request, answered once the parked check-ins are.
+pub(crate) fn drain(config: &Config, args: &DrainArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(config)?;
+    let out = client.call(if args.undo { "DELETE" } else { "POST" }, "/drain")?;
+    if args.json.json {
+        return print_json(&out).map(|()| ExitCode::SUCCESS);
+    }
+    let drain: Drain = typed(&out)?;
+    if !drain.draining {
+        println!("not draining: /api/status answers {}", drain.status);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "draining: /api/status answers {} (503); {} parked check-in(s) answered",
+        drain.status,
+        drain.parked_before.saturating_sub(drain.parked)
+    );
+    if drain.parked > 0 {
+        println!("{} check-in(s) still parked after 10 s", drain.parked);
+    }
+    println!(
+        "agents' next requests go to the other instances once the load balancer's health check \
+         marks this one down: stop or upgrade it then; `ferry-appliance drain --undo` (or a \
+         restart) ends draining"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The report of `status` when no server runs: what `serve` would load, from the data directory.

@@ -2,8 +2,9 @@
 //! (`data_dir/admin.sock`, mode 0600, peers checked with `SO_PEERCRED`), every request carrying
 //! the admin token (`Authorization: Bearer …`) that `serve` mints afresh at each start into
 //! `data_dir/admin.token`. The CLI's `status`, `tokens`, `agents`, `upgrade`, `unenroll`,
-//! `reassign`, `settings`, `diagnostics`, `actions` and `secrets` commands are its clients. Actions are
-//! created here, in the serving process, so a parked check-in of a targeted agent wakes at once.
+//! `reassign`, `settings`, `diagnostics`, `actions`, `secrets` and `drain` commands are its
+//! clients. Actions are created here, in the serving process, so a parked check-in of a
+//! targeted agent wakes at once.
 
 pub(crate) mod api;
 pub(crate) mod client;
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 
 use self::api::{
     ActionRequest, ActionStatus, ActionTarget, ActionsCreated, ActiveRelease, Agent, AgentCounts,
-    AgentsQuery, CreateActions, NewToken, Removed, Revoked, Secret, Server, SetSecret,
+    AgentsQuery, CreateActions, Drain, NewToken, Removed, Revoked, Secret, Server, SetSecret,
     StatusReport, Token, TokenCreated, Upload,
 };
 use crate::app::AppState;
@@ -73,6 +74,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/uploads/{id}/file", get(upload_file))
         .route("/secrets", get(list_secrets))
         .route("/secrets/{id}", put(set_secret).delete(remove_secret))
+        .route("/drain", post(start_drain).delete(end_drain))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .layer(axum::middleware::from_fn(local_only))
@@ -284,6 +286,7 @@ pub(crate) fn status_report(
     StatusReport {
         server: if running { Server::Running } else { Server::Stopped },
         status: running.then(|| crate::fleet::status::fleet_status(active).to_owned()),
+        draining: false,
         active: active
             .pointer()
             .map(|(name, sequence)| ActiveRelease { name: name.to_owned(), sequence }),
@@ -331,12 +334,10 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     // with fields over their caps, and check-ins superseded by a newer one of the same agent.
     report.agents.reports_trimmed = Some(admin.hub.trimmed.count());
     report.agents.checkins_superseded = Some(admin.hub.superseded.count());
-    if let Some(es) = admin.app.elastic.get() {
-        report.elasticsearch = Some(es.health());
-        if es.degraded() && report.status.as_deref() == Some(crate::fleet::status::HEALTHY) {
-            report.status = Some("DEGRADED".to_owned());
-        }
-    }
+    report.elasticsearch = admin.app.elastic.get().map(|es| es.health());
+    // What `/api/status` answers, draining and Elasticsearch's trouble included.
+    report.status = Some(crate::fleet::status::current(&admin.agents).to_owned());
+    report.draining = admin.hub.draining();
     // Every policy of the release is prepared (as a check-in would), so a policy no agent
     // asked for yet is reported too.
     let agents = Arc::clone(&admin.agents);
@@ -350,6 +351,49 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     })
     .await?;
     Ok(axum::Json(report).into_response())
+}
+
+/// How long `POST /drain` waits for the check-ins parked when it started to be answered. Each
+/// answers within milliseconds (its connection writes "nothing to do" and closes); the bound is
+/// for a server too loaded to, and is the one `serve` gives them when it stops.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Starts draining: `/api/status` answers 503, so a load balancer's health check takes this
+/// instance out; parked check-ins are answered now with nothing to do, new ones at once; agent
+/// connections close after each response and idle ones at once, so agents' next requests open
+/// new connections, which the load balancer sends to other instances. Answers once the check-ins
+/// parked before are answered (or after [`DRAIN_WAIT`]).
+async fn start_drain(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let parked_before = admin.hub.parked_count();
+    if admin.hub.drain(true) {
+        tracing::warn!(
+            parked = parked_before,
+            "draining: /api/status answers 503 and agents are sent away until `ferry-appliance \
+             drain --undo` or a restart"
+        );
+    }
+    let end = tokio::time::Instant::now() + DRAIN_WAIT;
+    while admin.hub.parked_count() > 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(axum::Json(drain_state(&admin, parked_before)).into_response())
+}
+
+/// Ends draining: `/api/status` answers as before and check-ins park again.
+async fn end_drain(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    if admin.hub.drain(false) {
+        tracing::warn!("draining ended: serving agents again");
+    }
+    Ok(axum::Json(drain_state(&admin, 0)).into_response())
+}
+
+fn drain_state(admin: &Admin, parked_before: usize) -> Drain {
+    Drain {
+        draining: admin.hub.draining(),
+        status: crate::fleet::status::current(&admin.agents).to_owned(),
+        parked_before,
+        parked: admin.hub.parked_count(),
+    }
 }
 
 async fn create_token(

@@ -532,9 +532,9 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
     } = p;
     // Parked before the first look, so an action queued after the look wakes this poll.
     let mut parked = api.hub.park(&agent_id);
-    let mut stopping = api.hub.stopping();
-    // Stopping already: answer at once (the loop still delivers anything pending).
-    let deadline = if *stopping.borrow() { tokio::time::Instant::now() } else { deadline };
+    let mut closing = api.hub.closing();
+    // Stopping or draining already: answer at once (the loop still delivers anything pending).
+    let deadline = if *closing.borrow() { tokio::time::Instant::now() } else { deadline };
     // Actions are looked up first and after each wake-up of this agent; a new release only
     // changes the policy, so waking every parked agent costs no database work.
     // After a wake-up the agent's record is read again with its actions: the wake may be its
@@ -627,7 +627,9 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
                 };
             },
             () = tokio::time::sleep_until(deadline) => break,
-            _ = stopping.changed() => break,
+            // Only a change to closing: a drain undone meanwhile leaves the poll parked. (The
+            // guard `wait_for` gives is dropped inside: it must not live across an await.)
+            () = async { drop(closing.wait_for(|closing| *closing).await) } => break,
         }
     }
     Ok(axum::Json(CheckinResponse::new("", &[])).into_response())

@@ -1,5 +1,6 @@
 //! The in-memory side of check-ins: which agents hold a parked long poll, how to wake one when an
-//! action is queued for it, and the check-in reports waiting to be written in one batch.
+//! action is queued for it, the check-in reports waiting to be written in one batch, and whether
+//! the server is winding down (stopping, or draining for a load balancer to take it out).
 //!
 //! A parked check-in costs a map entry and a watch receiver, never database work: reports are
 //! written every [`FLUSH_EVERY`], and parked agents are marked as seen every [`TOUCH_EVERY`],
@@ -29,8 +30,16 @@ struct Slot {
 
 #[derive(Default)]
 pub(crate) struct Hub {
-    /// True once the server is stopping: parked check-ins answer at once.
-    stopping: tokio::sync::watch::Sender<bool>,
+    /// True once the server is stopping.
+    stopping: watch::Sender<bool>,
+    /// True while the server drains (`ferry-appliance drain`, until `--undo`).
+    draining: watch::Sender<bool>,
+    /// True while it is stopping or draining: parked check-ins answer at once, new ones do not
+    /// park, and agent connections close after each response (idle ones at once). Changed only
+    /// under `winding`, so that a stop and an undone drain at the same moment cannot leave it
+    /// false while stopping.
+    closing: watch::Sender<bool>,
+    winding: Mutex<()>,
     slots: Mutex<HashMap<String, Slot>>,
     reports: Mutex<HashMap<String, CheckinUpdate>>,
     /// Acknowledged policy revisions not written yet, by agent.
@@ -135,12 +144,40 @@ impl Hub {
     /// Server drains: agents check in again a second later instead of backing off for a
     /// minute after a broken connection.
     pub(crate) fn stop(&self) {
-        self.stopping.send_replace(true);
+        self.wind(&self.stopping, true);
     }
 
-    /// Changes to true when the server starts stopping.
-    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+    /// Starts (`on`) or ends draining; true when that changed anything. While draining, check-ins
+    /// are answered as while stopping, but the server goes on serving: agents' next requests
+    /// open new connections, which a load balancer whose health check sees `/api/status`
+    /// answer 503 sends to another instance.
+    pub(crate) fn drain(&self, on: bool) -> bool {
+        self.wind(&self.draining, on)
+    }
+
+    /// Whether the server drains now.
+    pub(crate) fn draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    fn wind(&self, flag: &watch::Sender<bool>, on: bool) -> bool {
+        let _winding = self.winding.lock().expect("hub lock");
+        let changed = flag.send_if_modified(|v| std::mem::replace(v, on) != on);
+        let closing = *self.stopping.borrow() || *self.draining.borrow();
+        // Only real changes wake the watchers: a parked check-in breaks on any.
+        self.closing.send_if_modified(|v| std::mem::replace(v, closing) != closing);
+        changed
+    }
+
+    /// Changes to true when the server starts stopping (the admin API's connections close
+    /// then; draining leaves them alone).
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// True while the server stops or drains: what check-ins and agent connections follow.
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// The number of agents with a parked check-in.
@@ -274,6 +311,21 @@ mod tests {
         assert_eq!(hub.parked_count(), 1);
         drop(parked);
         assert_eq!(hub.parked_count(), 0);
+    }
+
+    #[test]
+    fn closing_follows_stopping_and_draining_and_only_a_drain_can_be_undone() {
+        let hub = Hub::default();
+        let (closing, stopping) = (hub.closing(), hub.stopping());
+        assert!(hub.drain(true));
+        assert!(!hub.drain(true), "already draining");
+        assert!(*closing.borrow() && !*stopping.borrow() && hub.draining());
+        assert!(hub.drain(false));
+        assert!(!*closing.borrow());
+        hub.drain(true);
+        hub.stop();
+        hub.drain(false);
+        assert!(*closing.borrow() && *stopping.borrow(), "stopping still closes");
     }
 
     #[tokio::test]

@@ -46,9 +46,10 @@ pub(crate) struct ConnLimits {
     /// The largest body read for a request, by method and path: larger ones are refused from
     /// their head (413), before their bytes are read.
     pub body_limit: fn(&Method, &str) -> usize,
-    /// True once the server is stopping: every response then closes its connection, so the
-    /// client's next request opens a new one (to the server taking over, or after the restart)
-    /// instead of meeting a connection closed under it.
+    /// True once the server is stopping or draining: every response then closes its
+    /// connection, and so does a connection idle between requests, so the client's next request
+    /// opens a new one (to the server taking over, after the restart, or to another instance
+    /// behind the load balancer) instead of meeting a connection closed under it.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -104,14 +105,30 @@ where
 {
     // Bytes of the next request that arrived with the previous one (pipelining).
     let mut pending: Vec<u8> = Vec::new();
+    let mut closing = limits.closing.clone();
+    // A new connection's first request is always read and answered (a health check, an agent
+    // that just connected): closing ends connections only between requests.
+    let mut first = true;
     loop {
-        let read = tokio::time::timeout(
-            limits.header_timeout,
-            read_head(&mut io, std::mem::take(&mut pending)),
-        );
-        let (head, mut buf) = match read.await {
-            Ok(Ok(Some(head))) => head,
+        let next = async {
+            if !first && pending.is_empty() {
+                match idle(&mut io, &mut pending, &mut closing).await? {
+                    Idle::Request => {}
+                    Idle::ClientGone => return Ok(None),
+                    Idle::Closing => return Ok(Some(None)),
+                }
+            }
+            Ok(read_head(&mut io, std::mem::take(&mut pending)).await?.map(Some))
+        };
+        let (head, mut buf) = match tokio::time::timeout(limits.header_timeout, next).await {
+            Ok(Ok(Some(Some(head)))) => head,
             Ok(Ok(None)) => return Ok(()),
+            // Idle while the server closes: a clean end (close_notify over TLS), which clients
+            // take as a connection to open anew, not as a failed request.
+            Ok(Ok(Some(None))) => {
+                io.shutdown().await?;
+                return Ok(());
+            }
             Ok(Err(e)) => {
                 return Err(refuse(&mut io, e, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await);
             }
@@ -187,10 +204,54 @@ where
                 }
             }
         };
-        let close = close || half_closed || *limits.closing.borrow();
+        first = false;
+        let close = close || half_closed || *closing.borrow();
         if write_response(&mut io, response, is_head, close, http10).await? {
             io.shutdown().await?;
             return Ok(());
+        }
+    }
+}
+
+/// How a keep-alive connection's idle time between requests ended.
+enum Idle {
+    /// The first bytes of the next request arrived (they are in `pending`).
+    Request,
+    /// The client closed the connection.
+    ClientGone,
+    /// The server started closing (stopping or draining) first.
+    Closing,
+}
+
+/// Waits, between requests, for the next request's first bytes or for the server to start
+/// closing. Without this, a client holding a keep-alive connection to a draining server would
+/// send its next request on it, to the same server, rather than through the load balancer to
+/// another.
+async fn idle<I: AsyncRead + Unpin>(
+    io: &mut I,
+    pending: &mut Vec<u8>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Idle, ConnError> {
+    let mut probe = [0u8; 64];
+    tokio::select! {
+        // Cancel-safe: a read not yet completed has taken nothing from the connection.
+        read = io.read(&mut probe) => {
+            let n = read?;
+            if n == 0 {
+                return Ok(Idle::ClientGone);
+            }
+            pending.extend_from_slice(&probe[..n]);
+            Ok(Idle::Request)
+        }
+        // The guard `wait_for` gives is dropped inside: it must not live across an await.
+        closed = async { closing.wait_for(|closing| *closing).await.is_ok() } => {
+            if closed {
+                return Ok(Idle::Closing);
+            }
+            // No one can close this connection any more (a test's limits): wait for the client.
+            let n = io.read(&mut probe).await?;
+            pending.extend_from_slice(&probe[..n]);
+            Ok(if n == 0 { Idle::ClientGone } else { Idle::Request })
         }
     }
 }
@@ -764,6 +825,35 @@ mod tests {
         assert!(out.contains("connection: close"));
         assert!(task.await.unwrap().is_ok());
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_when_the_server_starts_closing_but_a_new_one_is_answered()
+    {
+        let (tx, closing) = tokio::sync::watch::channel(false);
+        let limits = ConnLimits { closing, ..limits() };
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(serve(server, app(), limits.clone(), None));
+        client.write_all(b"GET /hello HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = client.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.ends_with("\r\n\r\nhello") && !answer.contains("close"), "{answer}");
+        // Idle, kept alive; then the server drains: the connection ends without a request.
+        tx.send_replace(true);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        assert!(task.await.unwrap().is_ok());
+        // A connection made while closing still gets its first request answered, then closes.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(serve(server, app(), limits, None));
+        client.write_all(b"GET /hello HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("connection: close\r\n") && out.ends_with("hello"), "{out}");
+        assert!(task.await.unwrap().is_ok());
     }
 
     #[tokio::test]

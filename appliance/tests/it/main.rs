@@ -8,6 +8,7 @@ mod appliance;
 mod checkin;
 mod cli;
 mod crash;
+mod drain;
 mod elastic;
 mod enroll;
 mod hostile_agent;

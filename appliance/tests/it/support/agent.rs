@@ -11,7 +11,7 @@ use ferry_wire::{Kind, Vars};
 
 use serde_json::{Value, json};
 
-use super::Server;
+use super::Endpoint;
 
 /// A response: status, headers, and the body as JSON (`Null` when it is not JSON).
 pub struct Reply {
@@ -42,7 +42,7 @@ impl Reply {
 /// One request with the agent's default headers; `headers` override them (an empty value
 /// removes one).
 pub fn request(
-    server: &Server,
+    server: &Endpoint,
     method: &str,
     path: &str,
     key: Option<&str>,
@@ -89,7 +89,7 @@ pub fn request(
 }
 
 /// A GET with the agent's headers.
-pub fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
+pub fn get(server: &Endpoint, path: &str, key: Option<&str>) -> Reply {
     request(server, "GET", path, key, &[], b"")
 }
 
@@ -97,7 +97,7 @@ pub fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
 pub const AGENT_VERSION: &str = "9.1.2";
 
 /// Sends a corpus request as it is: its own headers, body and path (plus the bare `?`).
-pub fn send_wire(server: &Server, request: &ferry_wire::Request) -> Reply {
+pub fn send_wire(server: &Endpoint, request: &ferry_wire::Request) -> Reply {
     // `request` adds the agent's usual headers; the sample's own replace them all.
     let mut headers: Vec<(&str, &str)> =
         request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -133,7 +133,7 @@ pub fn enroll_body(id: &str, hostname: &str, replace_token: &str) -> Value {
 }
 
 pub struct Agent<'a> {
-    pub server: &'a Server,
+    pub server: &'a Endpoint,
     pub id: String,
     pub key: String,
     version: Mutex<String>,
@@ -144,12 +144,12 @@ pub struct Agent<'a> {
 
 impl<'a> Agent<'a> {
     /// Enrolls an agent of [`AGENT_VERSION`]; panics unless the server says 200.
-    pub fn enroll(server: &'a Server, token: &str) -> Self {
+    pub fn enroll(server: &'a Endpoint, token: &str) -> Self {
         Self::enroll_as(server, token, AGENT_VERSION)
     }
 
     /// Enrolls an agent of `version` with its era's request; panics unless the server says 200.
-    pub fn enroll_as(server: &'a Server, token: &str, version: &str) -> Self {
+    pub fn enroll_as(server: &'a Endpoint, token: &str, version: &str) -> Self {
         let reply = send_wire(server, &enroll_request(token, version, "Web-01"));
         assert_eq!(reply.status, 200, "{reply:?}");
         super::schema::check(&reply.body, super::schema::ENROLL_RESPONSE);
@@ -158,7 +158,7 @@ impl<'a> Agent<'a> {
         agent
     }
 
-    pub fn from_reply(server: &'a Server, reply: &Reply) -> Self {
+    pub fn from_reply(server: &'a Endpoint, reply: &Reply) -> Self {
         Self {
             server,
             id: reply.body["item"]["id"].as_str().unwrap().to_owned(),
@@ -169,7 +169,7 @@ impl<'a> Agent<'a> {
         }
     }
 
-    pub fn on<'b>(&self, server: &'b Server) -> Agent<'b> {
+    pub fn on<'b>(&self, server: &'b Endpoint) -> Agent<'b> {
         Agent {
             server,
             id: self.id.clone(),

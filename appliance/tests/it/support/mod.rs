@@ -287,12 +287,27 @@ pub fn client_trusting(pem: &[u8]) -> ureq::Agent {
     ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into()
 }
 
+/// Where agents reach an appliance: the agent API's URL and the CA of its certificate. A
+/// [`Server`] is one (through `Deref`); so is a load balancer in front of servers that share a
+/// certificate, which agents cannot tell from a server.
+pub struct Endpoint {
+    pub https: String,
+    pub ca: PathBuf,
+}
+
 /// A running `ferry-appliance serve`, killed on drop.
 pub struct Server {
     process: Lines,
-    pub https: String,
     pub http: String,
-    pub ca: PathBuf,
+    endpoint: Endpoint,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 impl Server {
@@ -315,18 +330,21 @@ impl Server {
         Self::start_command(cmd)
     }
 
-    /// Starts `cmd` (a form of `serve`) and waits until it has printed where it serves.
+    /// Starts `cmd` (a form of `serve`) and waits until it has printed where it serves. The
+    /// CA is the quick-start one it printed before that; a server given a certificate of the
+    /// test's (`server.tls_cert`) prints none, and its [`Endpoint::ca`] is empty.
     pub fn start_command(cmd: Command) -> Self {
         let process = Lines::spawn(cmd, PATIENCE);
         let https = process.wait("the agent API's address", |l| l.starts_with("serving https://"));
         let https = https.strip_prefix("serving ").unwrap().split_whitespace().next().unwrap();
         let http =
             process.wait("the mirror's address", |l| l.starts_with("serving the mirror on "));
-        let ca = process.wait("the CA", |l| l.contains("--certificate-authorities="));
+        let ca = process.printed().0.lines().find_map(|l| {
+            l.split_once("--certificate-authorities=").map(|(_, path)| PathBuf::from(path.trim()))
+        });
         Self {
-            https: https.to_owned(),
             http: http.strip_prefix("serving the mirror on ").unwrap().trim().to_owned(),
-            ca: PathBuf::from(ca.split("--certificate-authorities=").nth(1).unwrap().trim()),
+            endpoint: Endpoint { https: https.to_owned(), ca: ca.unwrap_or_default() },
             process,
         }
     }
@@ -355,8 +373,10 @@ impl Server {
     pub fn kill(&self) {
         self.process.kill();
     }
+}
 
-    /// An HTTPS client that trusts only the appliance's quick-start CA.
+impl Endpoint {
+    /// An HTTPS client that trusts only the appliance's CA.
     pub fn client(&self) -> ureq::Agent {
         client_trusting(&std::fs::read(&self.ca).unwrap())
     }
@@ -384,6 +404,31 @@ impl Server {
         let what = format!("{path} serving the expected bytes");
         eventually(&what, PATIENCE, || (self.get(path, &[]).2 == want).then_some(()));
     }
+}
+
+/// A TLS connection to `https` (an `https://host:port` URL) for the name `localhost`, trusting
+/// only the certificates in `ca`: for tests that watch one connection (kept alive, closed).
+pub fn tls_stream(
+    https: &str,
+    ca: &std::path::Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(https.trim_start_matches("https://")).unwrap();
+    rustls::StreamOwned::new(tls, tcp)
 }
 
 /// Sends `head` (request line and headers, without the blank line) to the admin socket
