@@ -105,6 +105,14 @@ impl Haproxy {
     /// returns `None` when it is not installed (see [`installed`]). Returns once HAProxy accepts
     /// connections; the backends' health is checked from then on (see [`Haproxy::wait_for`]).
     pub fn start(mode: Mode, backends: &[SocketAddr]) -> Option<Self> {
+        Self::start_with(mode, |address, socket| config(mode, address, socket, backends))
+    }
+
+    /// Starts HAProxy with the configuration `make` writes for the frontend's address and the
+    /// runtime API's socket path (a site's configuration, adapted): it must define the backend
+    /// [`BACKEND`], whose servers [`Haproxy::servers`] lists, and bind the address and the
+    /// socket given. `mode` says only what [`Haproxy::url`] gives.
+    pub fn start_with(mode: Mode, make: impl Fn(SocketAddr, &Path) -> String) -> Option<Self> {
         let program = installed()?;
         // The free port is found by binding and letting go; another process may take it in
         // between, which HAProxy reports as a failed bind: then try another.
@@ -113,7 +121,7 @@ impl Haproxy {
             let dir = tempfile::tempdir().expect("a temporary folder");
             let address = free_port();
             let socket = dir.path().join("haproxy.sock");
-            let config = config(mode, address, &socket, backends);
+            let config = make(address, &socket);
             let file = dir.path().join("haproxy.cfg");
             std::fs::write(&file, &config).expect("the configuration is written");
             let mut cmd = Command::new(&program);
@@ -197,20 +205,19 @@ impl Haproxy {
         parse_stat(&self.runtime("show stat"))
     }
 
-    /// Waits until HAProxy sees server `index` (of the backends given to
-    /// [`Haproxy::start`]) as `status` (`UP`, `DOWN`); returns its line. Panics after a while,
-    /// with every server's line.
+    /// Waits until HAProxy sees server `index` (in the configuration's order: the backends as
+    /// given to [`Haproxy::start`]) as `status` (`UP`, `DOWN`); returns its line. Panics after a
+    /// while, with every server's line.
     pub fn wait_for(&self, index: usize, status: &str) -> ServerStat {
-        let name = format!("s{index}");
         let end = Instant::now() + PATIENCE;
         loop {
             let servers = self.servers();
-            if let Some(s) = servers.iter().find(|s| s.name == name && s.status == status) {
+            if let Some(s) = servers.get(index).filter(|s| s.status == status) {
                 return s.clone();
             }
             assert!(
                 Instant::now() < end,
-                "HAProxy never saw {name} {status} within {PATIENCE:?}: {servers:?}\n{}",
+                "HAProxy never saw server {index} {status} within {PATIENCE:?}: {servers:?}\n{}",
                 self.printed().1
             );
             std::thread::sleep(Duration::from_millis(100));

@@ -11,6 +11,7 @@ mod crash;
 mod drain;
 mod elastic;
 mod enroll;
+mod haproxy;
 mod hostile_agent;
 mod hostile_checkin;
 mod hostile_import;
