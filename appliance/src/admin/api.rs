@@ -120,6 +120,10 @@ pub(crate) struct Agent {
     pub(crate) upgraded_at: Option<String>,
     pub(crate) unenrolled_at: Option<String>,
     pub(crate) audit_unenroll_reason: Option<String>,
+    /// The cluster instance whose check-in wrote the agent's record last; `null` on a single
+    /// appliance (and absent from the answers of servers from before clusters).
+    #[serde(default)]
+    pub(crate) instance: Option<String>,
 }
 
 /// What `POST /actions` asks for, tagged by the action's `type` (spelled as
@@ -370,7 +374,7 @@ mod tests {
             "last_message": null, "tags": [], "local_metadata": { "host": {} },
             "components": null, "upgrade_state": null, "upgrade_target": null,
             "upgrade_details": null, "upgraded_at": null, "unenrolled_at": null,
-            "audit_unenroll_reason": null,
+            "audit_unenroll_reason": null, "instance": null,
         });
         let mut agent: Agent = serde_json::from_value(shown.clone()).unwrap();
         // Shown: what was never reported is null.

@@ -468,6 +468,7 @@ fn agent_out(view: AgentView, status: &str) -> Agent {
         upgraded_at,
         unenrolled_at,
         audit_unenroll_reason,
+        instance,
     } = view;
     Agent {
         status: status.to_owned(),
@@ -490,6 +491,7 @@ fn agent_out(view: AgentView, status: &str) -> Agent {
         upgraded_at,
         unenrolled_at,
         audit_unenroll_reason,
+        instance,
     }
 }
 

@@ -15,8 +15,9 @@
 //!   secret (never the secret), the policy it enrolls into, an optional name, whether revoked.
 //! - **Agents** ([`AgentStore`]): `agents`, one row per agent id (its access key id and secret's
 //!   SHA-256, policy, kind, tags, metadata, the last check-in report, the upgrade fields, the
-//!   unenrollment and audit annotations, plus the cursors of the other groups: the policy
-//!   revision it runs and its action cursor); `revoked_agents`, the ids an operator revoked.
+//!   unenrollment and audit annotations, the cluster instance whose check-in wrote it last,
+//!   plus the cursors of the other groups: the policy revision it runs and its action cursor);
+//!   `revoked_agents`, the ids an operator revoked.
 //! - **Policies** ([`PolicyStore`]): `policy_revisions`, per policy the appliance's revisions,
 //!   each with the SHA-256 of the content delivered under it.
 //! - **Actions** ([`ActionStore`]): `actions`, in creation order (`seq`, which `ack_token`s
@@ -635,6 +636,9 @@ pub(crate) struct AgentView {
     pub(crate) upgraded_at: Option<String>,
     pub(crate) unenrolled_at: Option<String>,
     pub(crate) audit_unenroll_reason: Option<String>,
+    /// The cluster instance whose check-in wrote the agent's row last (`None` with SQLite,
+    /// which one appliance writes alone).
+    pub(crate) instance: Option<String>,
 }
 
 /// An acknowledged policy revision.

@@ -30,7 +30,8 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
 
 const VIEW_COLUMNS: &str = "SELECT id, active, policy_id, policy_revision, version, enrolled_at,
     last_checkin, last_status, last_message, tags, local_metadata, components, upgrade_state,
-    upgrade_target, upgrade_details, upgraded_at, unenrolled_at, audit_reason FROM agents";
+    upgrade_target, upgrade_details, upgraded_at, unenrolled_at, audit_reason, instance
+    FROM agents";
 
 fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentView> {
     // What agents sent is kept as they sent it; what does not parse shows as null.
@@ -62,6 +63,7 @@ fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentView> {
         upgraded_at: r.get(15)?,
         unenrolled_at: r.get(16)?,
         audit_unenroll_reason: r.get(17)?,
+        instance: r.get(18)?,
     })
 }
 

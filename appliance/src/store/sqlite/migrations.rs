@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use crate::store::{Result, StoreError};
 
 /// Migration n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this binary writes.
 pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -167,6 +167,11 @@ const V4: &str = "CREATE TABLE secrets (
         sealed BLOB NOT NULL,
         set_at TEXT NOT NULL
     );";
+
+/// The cluster instance whose check-in wrote an agent's row last (`store/postgres/` writes it;
+/// a single appliance leaves it NULL). A column here too, so that both backends have the same
+/// columns and `store copy` moves every one.
+const V5: &str = "ALTER TABLE agents ADD COLUMN instance TEXT;";
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,
@@ -392,6 +397,49 @@ mod tests {
         assert!(s.secret_records().unwrap().is_empty());
         s.put_secret("db-password", b"sealed", "2026-06-01T00:00:00Z").unwrap();
         assert_eq!(s.secret_records().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_4_database_gains_agents_instance_and_keeps_its_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(VERSION_TABLE).unwrap();
+        for (number, sql) in (1..=4).zip(MIGRATIONS) {
+            conn.execute_batch(sql).unwrap();
+            conn.execute(
+                "INSERT INTO schema_version VALUES (?1, '2026-01-01T00:00:00Z', '0.1.0')",
+                params![number],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(UNVERSIONED_DATA).unwrap();
+        drop(conn);
+        let mut s = SqliteStore::open(&path).unwrap();
+        let all: Vec<i64> = versions(&path).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(all, (1..=LATEST).collect::<Vec<_>>());
+        let view = s.agent_view("a1").unwrap().unwrap();
+        assert_eq!((view.hostname.as_str(), view.instance), ("web-01", None));
+        // A single appliance's check-ins name no instance.
+        let report = crate::store::CheckinUpdate {
+            agent_id: "a1".into(),
+            access_key_id: "ka1".into(),
+            at: "2026-06-01T00:00:00Z".into(),
+            status: "online".into(),
+            message: String::new(),
+            version: "9.1.2".into(),
+            local_metadata: None,
+            components: None,
+            upgrade_details: None,
+            running: None,
+            cursor: None,
+        };
+        let unchanged = |stored: &crate::store::StoredUpgrade, _: &crate::store::CheckinUpdate| {
+            crate::store::UpgradeStep { state: stored.state.clone(), completed: false }
+        };
+        s.record_checkins(&[report], &unchanged).unwrap();
+        let view = s.agent_view("a1").unwrap().unwrap();
+        assert_eq!((view.last_status.as_deref(), view.instance), (Some("online"), None));
     }
 
     #[test]
