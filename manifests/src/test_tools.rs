@@ -18,6 +18,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("cp", "coreutils"),
     ("mkfifo", "coreutils"),
     ("kill", "procps"),
+    // The watchdog that stops a test's PostgreSQL server once the test process is gone.
+    ("sh", "dash"),
 ];
 
 /// A command running the tool `name`, which must be one of [`TOOLS`]. Panics, naming the tool
