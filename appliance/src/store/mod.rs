@@ -1,7 +1,8 @@
 //! The store boundary: [`Store`], the durable state the appliance keeps, its records and its
-//! typed [`StoreError`]; [`open`] picks the backend. Only `store/sqlite/` is one today (one file,
-//! `DATA/state.db`); a server database for several appliances behind one load balancer is one
-//! more folder here implementing the same traits and passing the same `conformance` suite.
+//! typed [`StoreError`]; [`open`] picks the backend: `store/sqlite/` (one file,
+//! `DATA/state.db`, one appliance) or `store/postgres/` (a server database several appliances
+//! behind one load balancer share), each a folder implementing the same traits and passing the
+//! same `conformance` suite, with the same tables and columns.
 //!
 //! # What is kept
 //!
@@ -106,11 +107,7 @@ pub(crate) fn open(location: &Location) -> Result<Box<dyn Store>> {
         Location::Sqlite(data_dir) => {
             Box::new(sqlite::SqliteStore::open(&data_dir.join(sqlite::FILE))?)
         }
-        // Until the trait files land (this commit only wires the configuration).
-        Location::Postgres(settings) => {
-            drop(postgres::PostgresStore::connect(settings)?);
-            return Err(StoreError::Backend("the PostgreSQL backend is not complete".into()));
-        }
+        Location::Postgres(settings) => Box::new(postgres::PostgresStore::connect(settings)?),
     })
 }
 

@@ -14,10 +14,40 @@
 //! connection the server closed (PostgreSQL restarted, a failover) is opened again at the next
 //! call; the call that found it closed fails as [`StoreError::Unavailable`], which agents see as
 //! `503` with `Retry-After`, never as a refusal of their credentials.
+//!
+//! # Several writers
+//!
+//! SQLite has one writer at a time; here every instance writes the same rows at once, in
+//! transactions of PostgreSQL's default isolation, READ COMMITTED (each statement sees what was
+//! committed when it began). Where a method reads and then writes on what it read, that is
+//! made safe one of these ways, each said where it is used:
+//!
+//! - a conditional UPDATE or an upsert whose new value is computed from the row as locked
+//!   (`GREATEST` for floors, cursors and running revisions, `WHERE state = 'creating'`);
+//! - a row lock taken by the read (`SELECT ... FOR UPDATE`), held to the commit;
+//! - `INSERT ... ON CONFLICT DO NOTHING` where the row to lock may not exist yet (enrolling a
+//!   new id, a policy's next revision);
+//! - advisory locks: one for migrations ([`migrations::MIGRATION_LOCK`]), one ordering the
+//!   creation of actions with the numbering of their `seq` (`actions::ACTIONS_LOCK`).
+//!
+//! A call that locks several agents' rows locks them in id order, so that two instances never
+//! deadlock on them; a deadlock or serialization failure all the same (nothing written) is
+//! [`StoreError::Unavailable`], to be tried again. What other instances must learn at once
+//! (a new action, a deactivated agent, a changed secret, a moved active release) is notified
+//! on the [`channel`]s in the transaction that makes the change.
 
+mod actions;
+mod agents;
 pub(crate) mod cluster;
 mod migrations;
+mod output_keys;
+mod policies;
+mod releases;
+mod secrets;
+mod tokens;
+mod uploads;
 
+use std::cell::{RefCell, RefMut};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,10 +72,15 @@ pub(crate) struct Settings {
 }
 
 /// The PostgreSQL store: one connection, opened again when the server closed it.
+///
+/// The traits read through `&self` (SQLite reads on a shared connection), while a `postgres`
+/// client runs every statement through `&mut`: the connection sits in a `RefCell`. A handle is
+/// `Send` but not `Sync`, and [`crate::store::Db`] hands it to one caller at a time, so the
+/// cell is never borrowed twice.
 pub(crate) struct PostgresStore {
     settings: Settings,
     /// `None` only while dropping (see [`Drop`]) or after a failed reconnect.
-    client: Option<postgres::Client>,
+    client: RefCell<Option<postgres::Client>>,
 }
 
 impl PostgresStore {
@@ -54,7 +89,7 @@ impl PostgresStore {
     pub(crate) fn connect(settings: &Settings) -> Result<Self> {
         let mut client = connect(settings)?;
         migrations::migrate(&mut client)?;
-        Ok(Self { settings: settings.clone(), client: Some(client) })
+        Ok(Self { settings: settings.clone(), client: RefCell::new(Some(client)) })
     }
 
     /// This instance's name.
@@ -62,14 +97,18 @@ impl PostgresStore {
         &self.settings.instance
     }
 
-    /// The connection, opened again if the server closed it since the last call.
-    fn client(&mut self) -> Result<&mut postgres::Client> {
-        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
-            self.client = None;
-            self.client = Some(connect(&self.settings)?);
+    /// The connection, opened again if the server closed it since the last call. A method
+    /// holds it for its one transaction: `let mut c = self.client()?; let mut tx =
+    /// c.transaction()?;`, and a method of a single statement runs it on `c` directly (a
+    /// statement outside a transaction is one of its own).
+    fn client(&self) -> Result<RefMut<'_, postgres::Client>> {
+        let mut slot = self.client.borrow_mut();
+        if slot.as_ref().is_none_or(postgres::Client::is_closed) {
+            *slot = None;
+            *slot = Some(connect(&self.settings)?);
             tracing::info!("reconnected to PostgreSQL");
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        Ok(RefMut::map(slot, |c| c.as_mut().expect("connected above")))
     }
 }
 
@@ -77,7 +116,7 @@ impl Drop for PostgresStore {
     /// `postgres` drives its connection on a runtime of its own, which tokio refuses to drop
     /// inside another runtime's task: there it is dropped on a thread of its own.
     fn drop(&mut self) {
-        if let Some(client) = self.client.take()
+        if let Some(client) = self.client.get_mut().take()
             && tokio::runtime::Handle::try_current().is_ok()
         {
             std::thread::spawn(move || drop(client));
@@ -104,7 +143,53 @@ pub(crate) fn connect(settings: &Settings) -> Result<postgres::Client> {
         }
         None => config.connect(postgres::NoTls),
     };
-    client.map_err(unavailable)
+    client.map_err(|e| connect_error(&e, settings))
+}
+
+/// Why a connection could not be opened. What trying again cannot mend (a certificate the CA
+/// does not vouch for, a refused password, a database that does not exist) is said as such,
+/// naming the setting to look at; the rest (the server down, starting, full) is
+/// [`StoreError::Unavailable`].
+fn connect_error(e: &postgres::Error, settings: &Settings) -> StoreError {
+    if let Some(tls) = rustls_error(e) {
+        let ca = settings.ca_file.as_deref().unwrap_or_else(|| std::path::Path::new("?"));
+        return StoreError::Backend(
+            format!(
+                "the database server's certificate is not trusted with store.ca_file {}: {tls}",
+                ca.display()
+            )
+            .into(),
+        );
+    }
+    match e.code() {
+        Some(c) if c.code().starts_with("28") => {
+            StoreError::Backend(format!("store.url, store.password_file: {}", describe(e)).into())
+        }
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            StoreError::Backend(format!("store.url: {}", describe(e)).into())
+        }
+        _ => unavailable(e),
+    }
+}
+
+/// The TLS error under `e`, if the handshake failed (rustls' error sits in an `io::Error`,
+/// whose `source` skips it).
+fn rustls_error(e: &postgres::Error) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(tls) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A rustls client configuration trusting only the certificates of `ca` (PEM).
@@ -129,36 +214,53 @@ fn tls_config(ca: &std::path::Path) -> Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
+/// `e` and its causes: `postgres` shows only its kind ("db error", "error connecting to
+/// server") and keeps the server's message, or the I/O error, as its source.
+fn describe(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A failure to reach the database as [`StoreError::Unavailable`].
-fn unavailable(e: postgres::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: &postgres::Error) -> StoreError {
+    StoreError::Unavailable(describe(e))
 }
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() && is_io(&e) {
-            return unavailable(e);
+            return unavailable(&e);
         }
         match e.code() {
             // The server is shutting down or restarting, or cannot take more connections.
+            // A deadlock or a serialization failure rolled the transaction back: nothing was
+            // written and the same call again succeeds (two instances locked the same rows).
             Some(c)
                 if [
                     SqlState::ADMIN_SHUTDOWN,
                     SqlState::CRASH_SHUTDOWN,
                     SqlState::CANNOT_CONNECT_NOW,
                     SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
                 ]
                 .contains(c) =>
             {
-                unavailable(e)
+                unavailable(&e)
             }
             Some(c) if *c == SqlState::DATA_CORRUPTED || *c == SqlState::INDEX_CORRUPTED => {
-                Self::Corrupt(e.to_string())
+                Self::Corrupt(describe(&e))
             }
             _ if e.to_string().starts_with("error deserializing column") => {
-                Self::Corrupt(e.to_string())
+                Self::Corrupt(describe(&e))
             }
-            _ => Self::Backend(Box::new(e)),
+            _ => Self::Backend(describe(&e).into()),
         }
     }
 }
@@ -191,10 +293,30 @@ fn int(what: &'static str, value: u64) -> Result<i64> {
 }
 
 /// A `bigint` column this code wrote from a `u64` (a negative one is [`StoreError::Corrupt`]).
-fn uint(row: &postgres::Row, column: &str) -> Result<u64> {
+fn uint<I>(row: &postgres::Row, column: I) -> Result<u64>
+where
+    I: postgres::row::RowIndex + std::fmt::Display + Copy,
+{
     let value: i64 = row.try_get(column)?;
     u64::try_from(value)
         .map_err(|_| StoreError::Corrupt(format!("column {column} holds {value}, never written")))
+}
+
+/// A flag column (`active`, `revoked`, `cancelled`): `bigint` 0 or 1 as in SQLite, so that
+/// `store copy` moves every column as it is.
+fn flag<I>(row: &postgres::Row, column: I) -> Result<bool>
+where
+    I: postgres::row::RowIndex + std::fmt::Display + Copy,
+{
+    let value: i64 = row.try_get(column)?;
+    Ok(value != 0)
+}
+
+/// Tells the other instances, on `channel` (see [`channel`]), in the caller's transaction:
+/// PostgreSQL delivers it at commit and drops it at a rollback.
+fn notify(tx: &mut postgres::Transaction<'_>, channel: &str, payload: &str) -> Result<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])?;
+    Ok(())
 }
 
 /// The channels an instance's writes notify the other instances on, in the transaction that
@@ -210,3 +332,4 @@ pub(crate) mod channel {
     /// The active pointer moved (an import, a rollback): no payload.
     pub(crate) const RELEASES: &str = "ferry_releases";
 }
+
