@@ -333,3 +333,456 @@ pub(crate) mod channel {
     pub(crate) const RELEASES: &str = "ferry_releases";
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use ferry_testkit::postgres::{self as pg, Cluster, Database};
+    use postgres::fallible_iterator::FallibleIterator as _;
+
+    use super::*;
+    use crate::store::{
+        ActionEffect, ActionStore as _, AgentRecord, AgentStore as _, CheckinUpdate, Enrollment,
+        NewAction, OutputKeyStore as _, ReleaseStore as _, SecretStore as _, Store, StoredUpgrade,
+        TokenStore as _, UpgradeStep, UploadStore as _, conformance,
+    };
+
+    fn settings(url: String, instance: &str) -> Settings {
+        Settings { url, password: None, ca_file: None, instance: instance.to_owned() }
+    }
+
+    /// A store on a database of its own on the shared test cluster, dropped with the guard;
+    /// `None` where PostgreSQL is not installed.
+    fn fresh() -> Option<(Database<'static>, Box<dyn Store>)> {
+        let db = pg::fresh_database()?;
+        let store = PostgresStore::connect(&settings(db.url(), "test-1")).unwrap();
+        Some((db, Box::new(store)))
+    }
+
+    conformance::suite!(fresh);
+
+    fn agent(id: &str, key: &str) -> AgentRecord {
+        AgentRecord {
+            id: id.into(),
+            access_key_id: key.into(),
+            access_secret_sha256: "00".repeat(32),
+            policy_id: "p".into(),
+            kind: "PERMANENT".into(),
+            enrolled_at: "2026-01-01T00:00:00Z".into(),
+            active: true,
+            version: "9.1.2".into(),
+            local_metadata: "{}".into(),
+            tags: "[]".into(),
+            replace_token: None,
+        }
+    }
+
+    fn action(id: &str, agents: &[&str]) -> NewAction {
+        NewAction {
+            id: id.into(),
+            kind: "SETTINGS".into(),
+            data: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            start_time: None,
+            expiration: "2099-01-01T00:00:00Z".into(),
+            agents: agents.iter().map(|a| (*a).to_owned()).collect(),
+            effect: ActionEffect::None,
+        }
+    }
+
+    /// Every schema version row: (version, appliance).
+    fn versions(client: &mut postgres::Client) -> Vec<(i64, String)> {
+        client
+            .query("SELECT version, appliance FROM schema_version ORDER BY version", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Every column of every table, and every index, as the catalog has them.
+    fn schema(client: &mut postgres::Client) -> Vec<String> {
+        let mut all: Vec<String> = client
+            .query(
+                "SELECT table_name || '.' || column_name || ' ' || data_type
+                 FROM information_schema.columns WHERE table_schema = current_schema()
+                 UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema()",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn the_schema_has_sqlite_s_tables_columns_and_indexes() {
+        let Some(db) = pg::fresh_database() else { return };
+        drop(PostgresStore::connect(&settings(db.url(), "test-1")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::store::sqlite::FILE);
+        drop(crate::store::sqlite::SqliteStore::open(&path).unwrap());
+        let lite = rusqlite::Connection::open(&path).unwrap();
+        let query = |sql: &str| -> Vec<(String, String)> {
+            let mut stmt = lite.prepare(sql).unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let sqlite_columns = query(
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1, 2",
+        );
+        let mut client = db.connect();
+        // Every table and column of SQLite's, and no other column in those tables (PostgreSQL
+        // may have tables of its own: a cluster's).
+        let tables: std::collections::BTreeSet<&str> =
+            sqlite_columns.iter().map(|(t, _)| t.as_str()).collect();
+        let mut postgres_columns = Vec::new();
+        for table in &tables {
+            for r in client
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1 ORDER BY 1",
+                    &[table],
+                )
+                .unwrap()
+            {
+                postgres_columns.push(((*table).to_owned(), r.get::<_, String>(0)));
+            }
+        }
+        postgres_columns.sort();
+        assert_eq!(postgres_columns, sqlite_columns);
+        // The same named indexes, on the same columns.
+        let sqlite_indexes = query(
+            "SELECT m.name, group_concat(i.name, ', ') FROM sqlite_master m
+             JOIN pragma_index_info(m.name) i
+             WHERE m.type = 'index' AND m.sql IS NOT NULL GROUP BY m.name ORDER BY m.name",
+        );
+        let postgres_indexes: Vec<(String, String)> = client
+            .query(
+                "SELECT c.relname::text, string_agg(a.attname::text, ', ' ORDER BY k.n)
+                 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                 JOIN pg_namespace s ON s.oid = c.relnamespace
+                 CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                 WHERE s.nspname = current_schema() AND NOT x.indisprimary AND NOT x.indisunique
+                 GROUP BY c.relname ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(postgres_indexes, sqlite_indexes);
+    }
+
+    #[test]
+    fn instances_starting_at_once_migrate_once() {
+        let Some(db) = pg::fresh_database() else { return };
+        let instances = 8;
+        let barrier = Arc::new(Barrier::new(instances));
+        let threads: Vec<_> = (0..instances)
+            .map(|i| {
+                let (barrier, url) = (Arc::clone(&barrier), db.url());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    PostgresStore::connect(&settings(url, &format!("test-{i}"))).map(|_| ())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let rows = versions(&mut db.connect());
+        let numbers: Vec<i64> = rows.iter().map(|(v, _)| *v).collect();
+        assert_eq!(numbers, (1..=migrations::LATEST).collect::<Vec<_>>(), "each once");
+        assert!(rows.iter().all(|(_, by)| by == crate::version()), "{rows:?}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_untouched() {
+        let Some(db) = pg::fresh_database() else { return };
+        let mut store = PostgresStore::connect(&settings(db.url(), "test-1")).unwrap();
+        store.create_enrollment_token(&conformance::token("t1", "linux")).unwrap();
+        drop(store);
+        let newer = migrations::LATEST + 1;
+        let mut client = db.connect();
+        client
+            .execute(
+                "INSERT INTO schema_version VALUES ($1, '2030-01-01T00:00:00Z', '9.0.0')",
+                &[&newer],
+            )
+            .unwrap();
+        let before = (schema(&mut client), versions(&mut client));
+        let Err(e) = PostgresStore::connect(&settings(db.url(), "test-1")) else {
+            panic!("a newer schema was opened")
+        };
+        assert!(
+            matches!(e, StoreError::NewerSchema { found, known }
+                if found == newer && known == migrations::LATEST),
+            "{e}"
+        );
+        assert_eq!((schema(&mut client), versions(&mut client)), before, "left untouched");
+        let tokens: i64 =
+            client.query_one("SELECT count(*) FROM enrollment_tokens", &[]).unwrap().get(0);
+        assert_eq!(tokens, 1);
+    }
+
+    #[test]
+    fn a_restarted_server_costs_one_call_at_most_and_nothing_stored() {
+        let Some(cluster) = Cluster::start() else { return };
+        let db = cluster.database();
+        let mut store = PostgresStore::connect(&settings(db.url(), "test-1")).unwrap();
+        store.activate_new(&conformance::release("site", 3, "2026-01-01T00:00:00Z")).unwrap();
+        store.create_enrollment_token(&conformance::token("t1", "linux")).unwrap();
+
+        cluster.restart();
+        // The call that finds the connection broken may fail, as one to try again (agents
+        // see 503); or the break was noticed first and it reconnects.
+        match store.floor("site") {
+            Ok(floor) => assert_eq!(floor, Some(3)),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("not a refusal to try again: {e:?}"),
+        }
+        assert_eq!(store.floor("site").unwrap(), Some(3), "the next call reconnects");
+        assert_eq!(store.active().unwrap(), Some(("site".into(), 3)));
+        assert_eq!(store.enrollment_tokens().unwrap().len(), 1);
+
+        // While the server is down, every call is unavailable; once it is back, they work.
+        cluster.stop();
+        for _ in 0..2 {
+            let e = store.create_enrollment_token(&conformance::token("t2", "linux")).unwrap_err();
+            assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        }
+        cluster.restart();
+        store.create_enrollment_token(&conformance::token("t2", "linux")).unwrap();
+        assert_eq!(store.enrollment_tokens().unwrap().len(), 2, "nothing lost, nothing twice");
+    }
+
+    #[test]
+    fn tls_is_verified_against_store_ca_file() {
+        let Some(cluster) = Cluster::start_tls() else { return };
+        let db = cluster.database();
+        let dir = tempfile::tempdir().unwrap();
+        let (right, wrong) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
+        std::fs::write(&right, cluster.ca_pem().unwrap()).unwrap();
+        std::fs::write(&wrong, pg::unrelated_ca_pem()).unwrap();
+
+        let tls = |ca: &std::path::Path| Settings {
+            ca_file: Some(ca.to_owned()),
+            ..settings(db.url(), "test-1")
+        };
+        let store = PostgresStore::connect(&tls(&right)).unwrap();
+        let ssl: bool = store
+            .client()
+            .unwrap()
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        assert!(ssl, "the connection is TLS");
+        assert_eq!(store.active().unwrap(), None);
+
+        let Err(e) = PostgresStore::connect(&tls(&wrong)) else {
+            panic!("a server certificate of another CA was trusted")
+        };
+        let message = e.to_string();
+        assert!(
+            matches!(e, StoreError::Backend(_))
+                && message.contains("store.ca_file")
+                && message.contains(&wrong.display().to_string())
+                && message.contains("certificate"),
+            "{message}"
+        );
+        // A CA file that holds no certificate is refused before connecting.
+        std::fs::write(&wrong, "not a certificate").unwrap();
+        let Err(e) = PostgresStore::connect(&tls(&wrong)) else { panic!("an empty CA file") };
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+    }
+
+    #[test]
+    fn instances_enrolling_one_id_at_once_store_it_once() {
+        let Some(db) = pg::fresh_database() else { return };
+        let rounds = 25;
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|instance| {
+                let mut store = PostgresStore::connect(&settings(db.url(), instance)).unwrap();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    (0..rounds)
+                        .map(|round| {
+                            let record =
+                                agent(&format!("agent-{round}"), &format!("{instance}-{round}"));
+                            barrier.wait();
+                            store.enroll_agent(&record, None).unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<Enrollment>> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let store = PostgresStore::connect(&settings(db.url(), "check")).unwrap();
+        for (round, (&a, &b)) in results[0].iter().zip(&results[1]).enumerate() {
+            let mut both = [a, b];
+            both.sort_by_key(|e| *e == Enrollment::Stored);
+            assert_eq!(both, [Enrollment::NotReplaceable, Enrollment::Stored], "round {round}");
+            let winner = if a == Enrollment::Stored { "a" } else { "b" };
+            let stored = store.agent(&format!("agent-{round}")).unwrap().unwrap();
+            assert_eq!(stored.access_key_id, format!("{winner}-{round}"), "the winner's");
+        }
+        assert_eq!(store.credential_ids().unwrap().len(), rounds);
+    }
+
+    #[test]
+    fn instances_beginning_one_output_key_at_once_begin_it_once() {
+        let Some(db) = pg::fresh_database() else { return };
+        let mut first = PostgresStore::connect(&settings(db.url(), "a")).unwrap();
+        let rounds = 25;
+        for round in 0..rounds {
+            assert_eq!(
+                first
+                    .enroll_agent(&agent(&format!("agent-{round}"), &format!("k{round}")), None)
+                    .unwrap(),
+                Enrollment::Stored
+            );
+        }
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|instance| {
+                let mut store = PostgresStore::connect(&settings(db.url(), instance)).unwrap();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    (0..rounds)
+                        .map(|round| {
+                            let agent = format!("agent-{round}");
+                            barrier.wait();
+                            store
+                                .begin_output_key(&agent, "default", "h", "i", ("p", 1), "t")
+                                .is_ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<bool>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for (round, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+            assert!(a != b, "round {round}: exactly one");
+            assert_eq!(first.output_keys(&format!("agent-{round}")).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn changes_are_notified_at_commit_and_only_then() {
+        let Some(db) = pg::fresh_database() else { return };
+        let mut store = PostgresStore::connect(&settings(db.url(), "test-1")).unwrap();
+        let mut listener = db.connect();
+        for name in [channel::ACTIONS, channel::AGENTS, channel::SECRETS, channel::RELEASES] {
+            listener.batch_execute(&format!("LISTEN {name}")).unwrap();
+        }
+        // What the listener hears within `within`, and until nothing more comes for 200 ms.
+        let mut heard = |within: Duration| -> Vec<(String, String)> {
+            let mut notifications = listener.notifications();
+            let (mut all, mut wait) = (Vec::new(), within);
+            while let Some(n) = notifications.timeout_iter(wait).next().unwrap() {
+                all.push((n.channel().to_owned(), n.payload().to_owned()));
+                wait = Duration::from_millis(200);
+            }
+            all
+        };
+        let quiet = Duration::from_millis(500);
+        let soon = Duration::from_secs(10);
+        let note = |channel: &str, payload: &str| vec![(channel.to_owned(), payload.to_owned())];
+
+        assert_eq!(store.enroll_agent(&agent("a", "ka"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(heard(quiet), [], "an enrollment is not announced");
+        let seq = store.create_action(&action("x", &["a"])).unwrap();
+        assert_eq!(heard(soon), note(channel::ACTIONS, &seq.to_string()));
+        // A call that fails rolls back, its notification with it.
+        let e = store.create_action(&action("x", &["a"])).unwrap_err();
+        assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+        assert_eq!(heard(quiet), []);
+
+        assert!(store.deactivate_agent("a", "2026-02-01T00:00:00Z").unwrap());
+        assert_eq!(heard(soon), note(channel::AGENTS, "a"));
+        assert!(!store.deactivate_agent("a", "2026-02-01T00:00:00Z").unwrap());
+        assert_eq!(heard(quiet), [], "nothing changed");
+        // An acknowledged UNENROLL deactivates too.
+        assert_eq!(store.enroll_agent(&agent("b", "kb"), None).unwrap(), Enrollment::Stored);
+        store.record_action_results("b", &[], true, "2026-02-01T00:00:00Z").unwrap();
+        assert_eq!(heard(soon), note(channel::AGENTS, "b"));
+
+        store.put_secret("db-password", b"sealed", "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(heard(soon), note(channel::SECRETS, "db-password"));
+        store.put_secret("db-password", b"sealed", "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(heard(quiet), [], "the same value again changes nothing");
+        assert!(store.remove_secret("db-password").unwrap());
+        assert_eq!(heard(soon), note(channel::SECRETS, "db-password"));
+        assert!(!store.remove_secret("db-password").unwrap());
+        assert_eq!(heard(quiet), []);
+
+        store.activate_new(&conformance::release("site", 3, "2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(heard(soon), note(channel::RELEASES, ""));
+        store.activate("site", 3).unwrap();
+        assert_eq!(heard(soon), note(channel::RELEASES, ""));
+        assert!(store.activate("site", 9).is_err());
+        assert_eq!(heard(quiet), []);
+    }
+
+    #[test]
+    fn check_ins_name_the_instance_that_wrote_them() {
+        let Some(db) = pg::fresh_database() else { return };
+        let mut a = PostgresStore::connect(&settings(db.url(), "instance-a")).unwrap();
+        let mut b = PostgresStore::connect(&settings(db.url(), "instance-b")).unwrap();
+        assert_eq!(a.enroll_agent(&agent("x", "kx"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(a.agent_view("x").unwrap().unwrap().instance, None, "never checked in");
+        let report = CheckinUpdate {
+            agent_id: "x".into(),
+            access_key_id: "kx".into(),
+            at: "2026-06-01T00:00:00Z".into(),
+            status: "online".into(),
+            message: String::new(),
+            version: "9.1.2".into(),
+            local_metadata: None,
+            components: None,
+            upgrade_details: None,
+            running: None,
+            cursor: None,
+        };
+        let unchanged = |stored: &StoredUpgrade, _: &CheckinUpdate| UpgradeStep {
+            state: stored.state.clone(),
+            completed: false,
+        };
+        a.record_checkins(&[report], &unchanged).unwrap();
+        assert_eq!(b.agent_view("x").unwrap().unwrap().instance.as_deref(), Some("instance-a"));
+        b.touch_agents(&["x".into()], "2026-06-01T00:01:00Z").unwrap();
+        let view = a.agent_view("x").unwrap().unwrap();
+        assert_eq!(view.instance.as_deref(), Some("instance-b"));
+        assert_eq!(view.last_checkin.as_deref(), Some("2026-06-01T00:01:00Z"));
+    }
+
+    #[test]
+    fn what_this_code_never_writes_is_corrupt() {
+        let Some(db) = pg::fresh_database() else { return };
+        let store = PostgresStore::connect(&settings(db.url(), "test-1")).unwrap();
+        db.connect()
+            .batch_execute(
+                "INSERT INTO agents (id, access_key_id, access_secret_sha256, policy_id, kind,
+                     enrolled_at, active, version, local_metadata, tags, policy_revision)
+                 VALUES ('a', 'k', '00', 'p', 'PERMANENT', 't', 1, '9.1.2', '{}', '[]', -1);
+                 INSERT INTO uploads VALUES ('u', 'x', 'a', 'n', 'm', 1, 1, 'LOST', 't', NULL, NULL)",
+            )
+            .unwrap();
+        let e = store.agent_view("a").unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+        let e = store.upload("u").unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+    }
+}
