@@ -457,28 +457,64 @@ mod tests {
         }
         postgres_columns.sort();
         assert_eq!(postgres_columns, sqlite_columns);
-        // The same named indexes, on the same columns.
-        let sqlite_indexes = query(
-            "SELECT m.name, group_concat(i.name, ', ') FROM sqlite_master m
-             JOIN pragma_index_info(m.name) i
-             WHERE m.type = 'index' AND m.sql IS NOT NULL GROUP BY m.name ORDER BY m.name",
+        // The same primary keys, unique constraints and named indexes, on the same columns.
+        let keys = |sql: &str| -> Vec<(String, String, String)> {
+            let mut stmt = lite.prepare(sql).unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let mut sqlite_keys = keys(
+            "SELECT t, 'primary key', group_concat(c, ', ') FROM (
+                 SELECT m.name AS t, p.name AS c FROM sqlite_master m
+                 JOIN pragma_table_info(m.name) p
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND p.pk > 0
+                 ORDER BY m.name, p.pk)
+             GROUP BY t",
         );
-        let postgres_indexes: Vec<(String, String)> = client
+        sqlite_keys.extend(keys(
+            "SELECT t, kind, group_concat(c, ', ') FROM (
+                 SELECT m.name AS t, il.name AS i, ii.name AS c,
+                     CASE il.origin WHEN 'u' THEN 'unique' ELSE 'index ' || il.name END AS kind
+                 FROM sqlite_master m JOIN pragma_index_list(m.name) il
+                 JOIN pragma_index_info(il.name) ii
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND il.origin IN ('u', 'c')
+                 ORDER BY m.name, il.name, ii.seqno)
+             GROUP BY t, i",
+        ));
+        sqlite_keys.sort();
+        let tables: Vec<&str> = tables.into_iter().collect();
+        let mut postgres_keys: Vec<(String, String, String)> = client
             .query(
-                "SELECT c.relname::text, string_agg(a.attname::text, ', ' ORDER BY k.n)
+                "SELECT t.relname::text,
+                     CASE WHEN x.indisprimary THEN 'primary key' WHEN x.indisunique THEN 'unique'
+                          ELSE 'index ' || c.relname END,
+                     string_agg(a.attname::text, ', ' ORDER BY k.n)
                  FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
-                 JOIN pg_namespace s ON s.oid = c.relnamespace
+                 JOIN pg_class t ON t.oid = x.indrelid
+                 JOIN pg_namespace s ON s.oid = t.relnamespace
                  CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, n)
                  JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-                 WHERE s.nspname = current_schema() AND NOT x.indisprimary AND NOT x.indisunique
-                 GROUP BY c.relname ORDER BY 1",
-                &[],
+                 WHERE s.nspname = current_schema() AND t.relname = ANY($1)
+                 GROUP BY t.relname, x.indisprimary, x.indisunique, c.relname",
+                &[&tables],
             )
             .unwrap()
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        assert_eq!(postgres_indexes, sqlite_indexes);
+        postgres_keys.sort();
+        assert_eq!(postgres_keys, sqlite_keys);
+        let key = |t: &str, kind: &str, c: &str| (t.to_owned(), kind.to_owned(), c.to_owned());
+        for expected in [
+            key("actions", "primary key", "seq"),
+            key("action_targets", "primary key", "agent_id, seq"),
+            key("agents", "unique", "access_key_id"),
+            key("agents", "index agents_by_enrollment", "enrolled_at, id"),
+        ] {
+            assert!(sqlite_keys.contains(&expected), "{expected:?} in {sqlite_keys:?}");
+        }
     }
 
     #[test]
@@ -677,6 +713,43 @@ mod tests {
             assert!(a != b, "round {round}: exactly one");
             assert_eq!(first.output_keys(&format!("agent-{round}")).unwrap().len(), 1);
         }
+    }
+
+    #[test]
+    fn an_agent_following_its_cursor_misses_no_action_two_instances_create() {
+        let Some(db) = pg::fresh_database() else { return };
+        let mut reader = PostgresStore::connect(&settings(db.url(), "reader")).unwrap();
+        assert_eq!(reader.enroll_agent(&agent("a", "ka"), None).unwrap(), Enrollment::Stored);
+        let per_instance = 150;
+        let writers: Vec<_> = ["w1", "w2"]
+            .into_iter()
+            .map(|instance| {
+                let mut store = PostgresStore::connect(&settings(db.url(), instance)).unwrap();
+                std::thread::spawn(move || {
+                    for i in 0..per_instance {
+                        store.create_action(&action(&format!("{instance}-{i}"), &["a"])).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // As an agent does: every action after its cursor, the cursor then at the last one.
+        let (mut cursor, mut seen) = (0, Vec::new());
+        let mut read = |seen: &mut Vec<String>| {
+            let got = reader.pending_actions("a", cursor, "2026-06-01T00:00:00Z", 1000).unwrap();
+            cursor = got.last().map_or(cursor, |a| a.seq);
+            seen.extend(got.into_iter().map(|a| a.id));
+        };
+        while writers.iter().any(|w| !w.is_finished()) {
+            read(&mut seen);
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        read(&mut seen);
+        let count = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!((count, seen.len()), (2 * per_instance, 2 * per_instance), "each once");
     }
 
     #[test]
