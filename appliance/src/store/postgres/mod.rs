@@ -641,6 +641,26 @@ mod tests {
     }
 
     #[test]
+    fn a_server_not_there_is_unavailable_and_a_database_not_there_is_not() {
+        let Some(cluster) = pg::shared() else { return };
+        let Err(e) = PostgresStore::connect(&settings(cluster.url("no_such_database"), "t")) else {
+            panic!("connected to a database that does not exist")
+        };
+        assert!(
+            matches!(e, StoreError::Backend(_)) && e.to_string().contains("store.url"),
+            "trying again mends nothing: {e}"
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let url = format!("postgresql://{}@127.0.0.1:{port}/postgres", pg::SUPERUSER);
+        let Err(e) = PostgresStore::connect(&settings(url, "t")) else {
+            panic!("connected to a port nothing listens on")
+        };
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
     fn instances_enrolling_one_id_at_once_store_it_once() {
         let Some(db) = pg::fresh_database() else { return };
         let rounds = 25;
