@@ -41,10 +41,14 @@ struct Install {
     owner: Option<(u32, u32)>,
 }
 
+/// The variable that turns a missing PostgreSQL from a skipped test into a failed one.
+pub const REQUIRE: &str = "FERRY_REQUIRE_POSTGRES";
+
 /// The installation, found once per process; `None` (after saying so) when there is none.
+/// Panics instead when [`REQUIRE`] is `1`.
 fn install() -> Option<&'static Install> {
     static INSTALL: OnceLock<Option<Install>> = OnceLock::new();
-    let required = std::env::var_os("FERRY_REQUIRE_POSTGRES").is_some_and(|v| v == "1");
+    let required = std::env::var(REQUIRE).as_deref() == Ok("1");
     let found = INSTALL.get_or_init(|| {
         let found = find_bin().map(|bin| {
             let owner = rustix::process::geteuid().is_root().then(nobody);
@@ -55,34 +59,45 @@ fn install() -> Option<&'static Install> {
             // passing test prints): whoever runs the tests sees why these checked nothing.
             let _ = writeln!(
                 std::io::stderr(),
-                "skipping: PostgreSQL not installed (apt-get install postgresql)"
+                "skipping: PostgreSQL not installed (apt-get install postgresql; {REQUIRE}=1 fails)"
             );
         }
         found
     });
-    if found.is_none() && required {
-        panic!(
-            "FERRY_REQUIRE_POSTGRES=1 but PostgreSQL is not installed: no initdb and postgres on \
-             PATH nor in /usr/lib/postgresql/*/bin (apt-get install postgresql)"
-        );
-    }
-    found.as_ref()
+    found_or_refused(found.as_ref(), required)
+}
+
+/// `found`; a panic saying what to install when there is nothing and it is `required`.
+fn found_or_refused<T>(found: Option<T>, required: bool) -> Option<T> {
+    assert!(
+        found.is_some() || !required,
+        "{REQUIRE}=1 but PostgreSQL is not installed: no initdb and postgres on PATH nor in \
+         /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+    );
+    found
 }
 
 /// The folder holding both `initdb` and `postgres`: on `PATH` (through symbolic links), else
 /// the highest version under `/usr/lib/postgresql` (Debian's layout, not on `PATH`).
 fn find_bin() -> Option<PathBuf> {
-    let complete = |dir: &Path| ["initdb", "postgres"].iter().all(|p| dir.join(p).is_file());
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .filter_map(|dir| std::fs::canonicalize(dir.join("initdb")).ok())
         .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
         .find(|dir| complete(dir));
-    if on_path.is_some() {
-        return on_path;
-    }
-    let mut versions: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    on_path.or_else(|| highest_version(Path::new("/usr/lib/postgresql")))
+}
+
+/// Whether `dir` holds both programs a cluster needs.
+fn complete(dir: &Path) -> bool {
+    ["initdb", "postgres"].iter().all(|p| dir.join(p).is_file())
+}
+
+/// `root/VERSION/bin` of the highest VERSION (compared as numbers: 13 is above 9.6) that holds
+/// both programs.
+fn highest_version(root: &Path) -> Option<PathBuf> {
+    let mut versions: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(root)
         .ok()?
         .filter_map(Result::ok)
         .filter_map(|entry| {
@@ -458,4 +473,61 @@ fn chain(e: &postgres::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_postgresql_skips_unless_required() {
+        assert_eq!(found_or_refused(None::<PathBuf>, false), None);
+        let found = Some(PathBuf::from("/usr/lib/postgresql/15/bin"));
+        assert_eq!(found_or_refused(found.clone(), true), found);
+        let required = std::panic::catch_unwind(|| found_or_refused(None::<PathBuf>, true));
+        let panic = required.unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(message.contains("FERRY_REQUIRE_POSTGRES=1") && message.contains("apt-get"));
+    }
+
+    #[test]
+    fn the_highest_complete_version_is_used() {
+        let root = std::env::temp_dir().join(format!("ferry-pg-versions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (version, programs) in [
+            ("9.6", &["initdb", "postgres"][..]),
+            ("13", &["initdb", "postgres"]),
+            ("16", &["initdb"]),
+        ] {
+            let bin = root.join(version).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            for p in programs {
+                std::fs::write(bin.join(p), "").unwrap();
+            }
+        }
+        std::fs::create_dir_all(root.join("common")).unwrap();
+        let found = highest_version(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found, Some(root.join("13").join("bin")), "16 lacks postgres; 13 is above 9.6");
+    }
+
+    #[test]
+    fn a_database_lives_as_long_as_its_guard() {
+        let Some(cluster) = shared() else { return };
+        let exists = |name: &str| -> bool {
+            cluster
+                .connect("postgres")
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name])
+                .unwrap()
+                .get(0)
+        };
+        let db = fresh_database().unwrap();
+        let name = db.name().to_owned();
+        // A connection left open does not keep it.
+        let mut open = db.connect();
+        open.batch_execute("CREATE TABLE t (x bigint)").unwrap();
+        assert!(exists(&name), "{}", db.url());
+        drop(db);
+        assert!(!exists(&name));
+    }
 }
