@@ -107,6 +107,14 @@ impl AppState {
         Ok(())
     }
 
+    /// Replaces the sealed values held with `records`, read from the store after another
+    /// instance of the cluster changed one, then wakes parked check-ins.
+    pub(crate) fn reload_secrets(&self, records: Vec<SecretRecord>) {
+        *self.sealed.write().expect("secrets lock") =
+            records.into_iter().map(|r| (r.id, r.sealed)).collect();
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
     /// Forgets secret `id` (false when there is none), then wakes parked check-ins.
     pub(crate) fn remove_secret(&self, store: &mut dyn Store, id: &str) -> Result<bool, ApiError> {
         let removed = {
@@ -181,24 +189,43 @@ enum Seen {
 /// Loads the active release now (so nothing is answered as if there were none, and a server
 /// with nothing to serve says so at start), then re-reads it whenever the state database says
 /// it changed, so an import or rollback takes effect for new requests without a restart.
-pub(crate) fn watch_active(
+///
+/// In a cluster, a release this instance does not hold yet (it was away during the import) is
+/// unpacked from the shared folder first (`crate::cluster::Cluster::catch_up`); until that
+/// works, the release served before stays served, and it is tried again every few seconds.
+pub(crate) async fn watch_active(
     state: Arc<AppState>,
     db: crate::store::Db,
     data_dir: PathBuf,
     keys: TrustedKeys,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) {
-    let shown = refresh(&state, &db, &data_dir, &keys, Seen::Nothing);
+    let first =
+        (Arc::clone(&state), Arc::clone(&db), data_dir.clone(), keys.clone(), cluster.clone());
+    let shown = tokio::task::spawn_blocking(move || {
+        let (state, db, dir, keys, cluster) = first;
+        refresh(&state, &db, &dir, &keys, cluster.as_deref(), Seen::Nothing)
+    })
+    .await
+    .unwrap_or(Seen::Nothing);
     tokio::spawn(async move {
         let mut shown = shown;
-        // One indexed SQLite read per tick: cheap enough to notice an import within 100 ms.
+        // One indexed read per tick: cheap enough to notice an import within 100 ms.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let (state, db, dir, keys) =
-                (Arc::clone(&state), Arc::clone(&db), data_dir.clone(), keys.clone());
+            let (state, db, dir, keys, cluster) = (
+                Arc::clone(&state),
+                Arc::clone(&db),
+                data_dir.clone(),
+                keys.clone(),
+                cluster.clone(),
+            );
             let seen = shown.clone();
-            match tokio::task::spawn_blocking(move || refresh(&state, &db, &dir, &keys, seen)).await
-            {
+            let refreshed = tokio::task::spawn_blocking(move || {
+                refresh(&state, &db, &dir, &keys, cluster.as_deref(), seen)
+            });
+            match refreshed.await {
                 Ok(now) => shown = now,
                 Err(e) => tracing::error!(error = %e, "release watcher failed"),
             }
@@ -216,6 +243,7 @@ fn refresh(
     db: &crate::store::Db,
     data_dir: &std::path::Path,
     keys: &TrustedKeys,
+    cluster: Option<&crate::cluster::Cluster>,
     shown: Seen,
 ) -> Seen {
     let pointer = match db.lock().expect("state lock").active() {
@@ -227,6 +255,14 @@ fn refresh(
     };
     let seen = Seen::Pointer(pointer.clone());
     if seen == shown {
+        return shown;
+    }
+    if let (Some(cluster), Some((name, sequence))) = (cluster, &pointer)
+        && let Err(e) = cluster.catch_up(keys, name, *sequence)
+    {
+        // Tried again at the next tick; a few seconds apart, so the log says it once per try.
+        tracing::warn!(error = %format!("{e:#}"), "keeping the release served until this instance holds the new one");
+        std::thread::sleep(Duration::from_secs(5));
         return shown;
     }
     // Loading re-verifies the stored manifest with the keys trusted now.

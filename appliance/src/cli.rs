@@ -71,6 +71,12 @@ pub enum Command {
     /// Exits 1 unless it serves its active release and Elasticsearch (when configured) is well.
     #[command(visible_alias = "health")]
     Status(JsonArg),
+    /// The instances of this appliance's cluster (several sharing one PostgreSQL store): each
+    /// one's state, version, active release and parked check-ins, and imports underway.
+    Cluster(JsonArg),
+    /// The state store itself: move a single appliance's state into a cluster's PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -130,6 +136,28 @@ pub struct DrainArgs {
     pub undo: bool,
     #[command(flatten)]
     pub json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a single appliance's SQLite state (agents, tokens, actions, releases, floors,
+    /// secrets…) into the empty PostgreSQL database of [store], in one transaction.
+    #[command(long_about = "Copy a single appliance's SQLite state into the empty PostgreSQL \
+        database this configuration's [store] names, in one transaction: agents keep their \
+        keys, actions their acknowledgements, releases their floors and the active pointer.\n\n\
+        Stop the single appliance's serve first. Run this on that host, with the cluster's \
+        configuration naming the same data_dir: its releases are recorded as held by this \
+        instance, and its diagnostics uploads are copied into shared_dir/uploads. The other \
+        instances catch up from shared_dir/bundles, so put the active release's bundle and \
+        signature there (the command says which are missing). A database that already \
+        holds state is refused untouched. See docs/high-availability.md.")]
+    Copy {
+        /// The SQLite database to copy (default: data_dir/state.db).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,6 +398,10 @@ pub struct ImportArgs {
     /// Accept a bundle past its expiry (and the configured tolerance). Logged.
     #[arg(long)]
     pub allow_expired: bool,
+    /// In a cluster: how long to wait for every other live instance to verify and stage the
+    /// bundle before giving up (it then becomes active nowhere).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub cluster_wait: u64,
     /// Machine output (JSON) on stdout.
     #[arg(long)]
     pub json: bool,

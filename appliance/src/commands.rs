@@ -44,6 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => serve(config, keys, args.takeover),
         Command::Status(args) => crate::admin::client::status(&config, &keys, args.json),
+        Command::Cluster(args) => cluster(&config, args.json),
+        Command::Store(crate::cli::StoreCommand::Copy { from, json }) => {
+            crate::cluster::copy_in(&config, &keys, from.as_deref(), json.json)
+        }
         Command::Tokens(command) => crate::admin::client::tokens(&config, command),
         Command::Agents(command) => crate::admin::client::agents(&config, command),
         Command::Upgrade(args) => crate::admin::client::upgrade(&config, &args),
@@ -103,10 +107,23 @@ fn import(
         allow_expired: args.allow_expired,
         expiry_tolerance: time::Duration::days(i64::from(config.expiry_tolerance_days)),
         retain: config.retain_releases,
+        catch_up: false,
+        cluster_wait: Duration::from_secs(args.cluster_wait),
     };
-    let record = data
-        .import(&args.bundle, &signature, keys, options, &TerminalBar::new(quiet || args.json))
-        .with_context(|| format!("import of {} refused", args.bundle.display()));
+    let progress = TerminalBar::new(quiet || args.json);
+    let record = match crate::cluster::Cluster::of(config)? {
+        None => data.import(&args.bundle, &signature, keys, options, &progress),
+        Some(cluster) => crate::cluster::import(
+            &cluster,
+            &mut data,
+            &args.bundle,
+            &signature,
+            keys,
+            options,
+            &progress,
+        ),
+    }
+    .with_context(|| format!("import of {} refused", args.bundle.display()));
     let record = match record {
         Ok(record) => record,
         Err(error) => {
@@ -186,9 +203,17 @@ fn release_state(data: &DataDir, keys: &TrustedKeys, r: &ReleaseRecord, active: 
 }
 
 fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<ExitCode> {
-    let data = DataDir::open(&config.data_dir, &config.store_location()?)?;
+    let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
     let active = data.active_release(keys)?;
     let releases = data.releases()?;
+    // In a cluster: which instance holds (or refused) each release.
+    let holdings = match &mut data.cluster {
+        Some(db) => Some(db.holdings()?),
+        None => None,
+    };
+    let held_by = |r: &ReleaseRecord| -> Vec<&crate::store::Holding> {
+        holdings.iter().flatten().filter(|h| h.name == r.name && h.sequence == r.sequence).collect()
+    };
     let list: Vec<Value> = releases
         .iter()
         .map(|r| {
@@ -198,6 +223,9 @@ fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Resul
             let state = release_state(&data, keys, r, is_active);
             for field in ["state", "check", "problem"] {
                 v[field] = state[field].clone();
+            }
+            if holdings.is_some() {
+                v["instances"] = json!(held_by(r));
             }
             v
         })
@@ -217,10 +245,31 @@ fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Resul
                 r.key_id.clone(),
                 r.payload_bytes.to_string(),
                 v["state"].as_str().unwrap_or_default().to_owned(),
+                held_by(r)
+                    .iter()
+                    .map(|h| match h.state.as_str() {
+                        "staged" => h.instance.clone(),
+                        state => format!("{} ({state})", h.instance),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]
         });
-        let headers = ["", "NAME", "SEQUENCE", "CREATED", "EXPIRES", "SIGNER", "SIZE", "STATE"];
-        print!("{}", ferry_manifests::terminal::table(&headers, rows));
+        let mut headers =
+            vec!["", "NAME", "SEQUENCE", "CREATED", "EXPIRES", "SIGNER", "SIZE", "STATE"];
+        let rows: Vec<Vec<String>> = match holdings {
+            Some(_) => {
+                headers.push("HELD BY");
+                rows.collect()
+            }
+            None => rows
+                .map(|mut row| {
+                    row.pop();
+                    row
+                })
+                .collect(),
+        };
+        print!("{}", ferry_manifests::terminal::table(&headers, rows.into_iter()));
     }
     for (r, v) in releases.iter().zip(&list) {
         if let (false, Some(problem)) = (v["active"] == true, v["problem"].as_str()) {
@@ -240,6 +289,83 @@ fn releases(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Resul
         println!("{trouble}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cluster`: the instances sharing this appliance's store, and the imports underway. Exits 1
+/// when an instance that served is not live now, or an import was refused.
+fn cluster(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let Some(cluster) = crate::cluster::Cluster::of(config)? else {
+        anyhow::bail!(
+            "this appliance is not in a cluster: [cluster] and store.backend = \"postgres\" \
+             are not configured (see docs/high-availability.md)"
+        );
+    };
+    let mut db = cluster.store()?;
+    let instances = db.instances()?;
+    let imports = db.pending_imports()?;
+    let holdings = db.holdings()?;
+    let lost: Vec<&str> = instances
+        .iter()
+        .filter(|i| !i.live && i.state != "stopped")
+        .map(|i| i.name.as_str())
+        .collect();
+    if as_json {
+        let imports: Vec<Value> = imports
+            .iter()
+            .map(|i| {
+                let verdicts: Vec<_> = holdings
+                    .iter()
+                    .filter(|h| h.name == i.name && h.sequence == i.sequence)
+                    .collect();
+                json!({ "name": i.name, "sequence": i.sequence, "started_by": i.started_by,
+                        "started_at": i.started_at, "instances": verdicts })
+            })
+            .collect();
+        let doc = json!({ "instance": cluster.name(), "instances": instances, "imports": imports });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let rows = instances.iter().map(|i| {
+            vec![
+                if i.name == cluster.name() { "*" } else { " " }.to_owned(),
+                i.name.clone(),
+                match (i.live, i.state.as_str()) {
+                    (true, state) => state.to_owned(),
+                    (false, "stopped") => "stopped".to_owned(),
+                    (false, _) => "lost".to_owned(),
+                },
+                i.version.clone(),
+                i.active.as_ref().map_or("-".to_owned(), |(n, s)| format!("{n} {s}")),
+                i.parked.to_string(),
+                format!("{} s ago", i.seconds_since_seen),
+            ]
+        });
+        let headers = ["", "INSTANCE", "STATE", "VERSION", "ACTIVE", "PARKED", "SEEN"];
+        print!("{}", ferry_manifests::terminal::table(&headers, rows));
+        for i in &imports {
+            let verdicts: Vec<String> = holdings
+                .iter()
+                .filter(|h| h.name == i.name && h.sequence == i.sequence)
+                .map(|h| format!("{} {}", h.instance, h.state))
+                .collect();
+            println!(
+                "import underway: {} {} from {} since {} ({})",
+                i.name,
+                i.sequence,
+                i.started_by,
+                i.started_at,
+                verdicts.join(", ")
+            );
+        }
+        if !lost.is_empty() {
+            println!(
+                "not heard from for over {} s: {} (stopped without saying so, or cut off from \
+                 the database)",
+                crate::store::LIVE_SECONDS,
+                lost.join(", ")
+            );
+        }
+    }
+    Ok(if lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn rollback(config: &Config, keys: &TrustedKeys, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
@@ -428,10 +554,16 @@ pub(crate) async fn run_server(
         crate::config::download_ca(config.server.download_ca.as_ref(), quick_start_ca.as_deref())?;
     let limits = crate::routes::limits(&config.limits)?;
     // One connection for the watcher, the agent API and the admin API; WAL lets imports
-    // commit meanwhile.
-    let db: crate::store::Db =
-        Arc::new(std::sync::Mutex::new(crate::store::open(&config.store_location()?)?));
-    let secrets = db.lock().expect("state lock").secret_records()?;
+    // commit meanwhile. Opened, as every store call is made, on a blocking thread: a server
+    // database's client blocks.
+    let location = config.store_location()?;
+    let (db, secrets, credentials, pointer) = tokio::task::spawn_blocking(move || {
+        let store = crate::store::open(&location)?;
+        let read = (store.secret_records()?, store.credential_ids()?, store.active()?);
+        let db: crate::store::Db = Arc::new(std::sync::Mutex::new(store));
+        Ok::<_, crate::store::StoreError>((db, read.0, read.1, read.2))
+    })
+    .await??;
     let secret_box = crate::secrets::SecretBox::open_or_create(
         &config.data_dir,
         config.secrets.key_file.as_deref(),
@@ -448,10 +580,44 @@ pub(crate) async fn run_server(
     if let Err(e) = state.secret_values() {
         tracing::warn!("{e}");
     }
-    let credentials = db.lock().expect("state lock").credential_ids()?;
     limits.prove(credentials.iter().map(String::as_str));
-    crate::app::watch_active(Arc::clone(&state), Arc::clone(&db), config.data_dir.clone(), keys);
+    let cluster = crate::cluster::Cluster::of(config)?.map(Arc::new);
+    if let Some(cluster) = &cluster {
+        // An instance that was away catches up before it answers any agent: the release the
+        // cluster serves must be here.
+        if let Some((name, sequence)) = pointer {
+            let (c, k) = (Arc::clone(cluster), keys.clone());
+            tokio::task::spawn_blocking(move || c.catch_up(&k, &name, sequence))
+                .await?
+                .context("this instance cannot serve the cluster's active release")?;
+        }
+        println!(
+            "cluster instance {} (shared folder {})",
+            cluster.name(),
+            cluster.shared_dir.display()
+        );
+    }
+    crate::app::watch_active(
+        Arc::clone(&state),
+        Arc::clone(&db),
+        config.data_dir.clone(),
+        keys.clone(),
+        cluster.clone(),
+    )
+    .await;
     let hub = Arc::new(crate::fleet::hub::Hub::default());
+    let membership = match &cluster {
+        Some(cluster) => Some(crate::cluster::Membership::start(
+            Arc::clone(cluster),
+            Arc::new(crate::cluster::Serving {
+                app: Arc::clone(&state),
+                hub: Arc::clone(&hub),
+                keys,
+                started_at: crate::clock::now_rfc3339(),
+            }),
+        )?),
+        None => None,
+    };
     crate::fleet::hub::spawn_flusher(Arc::clone(&hub), Arc::clone(&db));
     if let Some(es) = &config.elasticsearch {
         let elastic = crate::elastic::Elastic::start(es, Arc::clone(&db), Arc::clone(&hub)).await?;
@@ -464,7 +630,12 @@ pub(crate) async fn run_server(
         }
         let _ = state.elastic.set(elastic);
     }
-    let uploads_dir = config.data_dir.join("uploads");
+    // A cluster keeps uploads in its shared folder: the agent may send each chunk through
+    // another instance, and any instance serves the finished file.
+    let uploads_dir = match &cluster {
+        Some(cluster) => cluster.shared_dir.join("uploads"),
+        None => config.data_dir.join("uploads"),
+    };
     std::fs::create_dir_all(&uploads_dir)?;
     let agents = Arc::new(crate::fleet::AgentApi {
         state: Arc::clone(&db),
@@ -555,5 +726,8 @@ pub(crate) async fn run_server(
     // The last answers are still being written by their connections.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(move || hub.flush(&db, false)).await??;
+    if let Some(membership) = membership {
+        tokio::task::spawn_blocking(move || membership.leave()).await?;
+    }
     result
 }

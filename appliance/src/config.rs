@@ -452,8 +452,10 @@ impl Config {
                     url.starts_with("postgresql://") || url.starts_with("postgres://"),
                     "store.url must be a postgresql:// URL when store.backend = \"postgres\""
                 );
+                let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+                let authority = authority.split(['/', '?']).next().unwrap_or_default();
                 anyhow::ensure!(
-                    !url.split('@').next().unwrap_or_default().contains(':') || !url.contains('@'),
+                    !authority.rsplit_once('@').is_some_and(|(user, _)| user.contains(':')),
                     "store.url must not hold the password: put it in store.password_file"
                 );
                 anyhow::ensure!(

@@ -14,6 +14,7 @@ mod app;
 /// The CLI's definitions, public for the man pages and completions `xtask` generates.
 pub mod cli;
 mod clock;
+mod cluster;
 mod commands;
 mod config;
 /// Fleet's credentials, public so the tests can mint and decode keys as Fleet does.

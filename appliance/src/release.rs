@@ -74,6 +74,23 @@ pub(crate) struct ImportOptions {
     pub allow_expired: bool,
     pub expiry_tolerance: time::Duration,
     pub retain: usize,
+    /// The store records this release already: another instance of the cluster imported it
+    /// and this one catches up (`crate::cluster`). The checks against the store (floors, a
+    /// retained release of that sequence) are the importer's and are skipped; every check of
+    /// the bundle itself is made.
+    pub catch_up: bool,
+    /// In a cluster: how long the importing instance waits for the others to stage it.
+    pub cluster_wait: std::time::Duration,
+}
+
+/// What [`DataDir::stage`] left ready to become active.
+#[derive(Debug, Clone)]
+pub(crate) enum Staged {
+    /// The bundle is a release retained already, re-imported under `--allow-downgrade`:
+    /// nothing was unpacked, and activating it is a rollback.
+    Retained(ReleaseRecord),
+    /// Verified, its blobs stored and its folder written; the store does not know it yet.
+    New(ReleaseRecord),
 }
 
 /// A release as the server uses it: its manifest and the mirror's files.
@@ -248,8 +265,18 @@ pub(crate) struct DataDir {
     root: PathBuf,
     pub blobs: BlobStore,
     state: Box<dyn Store>,
+    /// A second connection to a cluster's database, for what instances tell each other
+    /// (`crate::cluster`); `None` for a single appliance.
+    pub cluster: Option<Box<dyn crate::store::ClusterStore>>,
     /// Held while this value lives: one command at a time changes the data directory.
     _lock: fs::File,
+}
+
+/// Whether the data directory at `root` has release `name` `sequence`'s folder: a cluster's
+/// instance may lack one the store records, until it catches up. Read without taking the
+/// directory's lock, which an import may hold.
+pub(crate) fn holds(root: &Path, name: &str, sequence: u64) -> bool {
+    root.join("releases").join(release_dir_name(name, sequence)).join("manifest.json").is_file()
 }
 
 fn release_dir_name(name: &str, sequence: u64) -> String {
@@ -274,7 +301,8 @@ impl DataDir {
         })?;
         let blobs = BlobStore::open(&root.join("blobs"))?;
         let state = crate::store::open(store)?;
-        let data = Self { root: root.to_owned(), blobs, state, _lock: lock };
+        let cluster = crate::store::open_cluster(store)?;
+        let mut data = Self { root: root.to_owned(), blobs, state, cluster, _lock: lock };
         data.clean_leftovers()?;
         Ok(data)
     }
@@ -284,8 +312,9 @@ impl DataDir {
     }
 
     /// Empties staging, and removes release folders the database does not know (written by an
-    /// import that died before its commit). Only safe while no import runs.
-    fn clean_leftovers(&self) -> anyhow::Result<()> {
+    /// import that died before its commit, or staged for a cluster import that ended refused).
+    /// Only safe while no import runs on this data directory.
+    fn clean_leftovers(&mut self) -> anyhow::Result<()> {
         let staging = self.root.join("staging");
         for entry in fs::read_dir(&staging)? {
             let path = entry?.path();
@@ -295,8 +324,13 @@ impl DataDir {
         for tmp in fs::read_dir(self.blobs.root().join("tmp"))? {
             remove_any(&tmp?.path())?;
         }
-        let known: HashSet<String> =
+        let mut known: HashSet<String> =
             self.state.releases()?.iter().map(|r| release_dir_name(&r.name, r.sequence)).collect();
+        if let Some(cluster) = &mut self.cluster {
+            known.extend(
+                cluster.pending_imports()?.iter().map(|i| release_dir_name(&i.name, i.sequence)),
+            );
+        }
         for entry in fs::read_dir(self.root.join("releases"))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -341,6 +375,54 @@ impl DataDir {
         options: ImportOptions,
         progress: &dyn Progress,
     ) -> anyhow::Result<ReleaseRecord> {
+        match self.stage(bundle, signature, keys, options, progress)? {
+            Staged::Retained(record) => {
+                self.reactivate(&record)?;
+                Ok(record)
+            }
+            Staged::New(record) => {
+                self.activate_staged(&record, options.retain, keys)?;
+                Ok(record)
+            }
+        }
+    }
+
+    /// Makes a retained release active again (what [`Staged::Retained`] asks for); in a
+    /// cluster only when every live instance holds it.
+    pub(crate) fn reactivate(&mut self, record: &ReleaseRecord) -> anyhow::Result<()> {
+        if let Some(cluster) = &mut self.cluster {
+            crate::cluster::held_everywhere(&mut **cluster, &record.name, record.sequence)?;
+        }
+        Ok(self.state.activate(&record.name, record.sequence)?)
+    }
+
+    /// Makes a release [`DataDir::stage`] left ready the active one (recording it and raising
+    /// its floor in one transaction), then removes releases beyond `retain`.
+    pub(crate) fn activate_staged(
+        &mut self,
+        record: &ReleaseRecord,
+        retain: usize,
+        keys: &TrustedKeys,
+    ) -> anyhow::Result<()> {
+        self.state.activate_new(record)?;
+        tracing::info!(bundle = %record.name, sequence = record.sequence, key_id = %record.key_id, "release imported and active");
+        if let Err(e) = self.gc(retain, keys) {
+            tracing::warn!(error = %e, "garbage collection after import failed; run `ferry-appliance gc`");
+        }
+        Ok(())
+    }
+
+    /// Every check of an import, then the release's blobs and folder written: all but making
+    /// it active, which the store does not know yet. A cluster's instances each stage a bundle
+    /// before any of them activates it (`crate::cluster`).
+    pub(crate) fn stage(
+        &mut self,
+        bundle: &Path,
+        signature: &Path,
+        keys: &TrustedKeys,
+        options: ImportOptions,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<Staged> {
         self.clean_leftovers()?;
         let started = std::time::Instant::now();
         let signed = SignedBundle::verify(bundle, signature, keys, Limits::default(), progress)?;
@@ -382,7 +464,9 @@ impl DataDir {
                 "bundle {name} sequence {sequence} is larger than this appliance stores (2^63 - 1)"
             );
         }
-        if let Some(same) =
+        if options.catch_up {
+            // The caller compares the staged manifest's digest with the stored record's.
+        } else if let Some(same) =
             self.state.releases()?.into_iter().find(|r| r.name == name && r.sequence == sequence)
         {
             // One name and sequence is one signed bundle, whatever the override.
@@ -400,11 +484,11 @@ impl DataDir {
             // and needs no unpacking; without, the floor check below refuses it.
             if options.allow_downgrade {
                 tracing::warn!(bundle = %name, sequence, key_id = %key_id, "--allow-downgrade: re-activating the retained release");
-                self.state.activate(&name, sequence)?;
-                return Ok(same);
+                return Ok(Staged::Retained(same));
             }
         }
-        if let Some(floor) = self.state.floor(&name)?
+        if !options.catch_up
+            && let Some(floor) = self.state.floor(&name)?
             && sequence <= floor
         {
             {
@@ -473,13 +557,17 @@ impl DataDir {
             manifest_sha256: ferry_manifests::Sha256Digest::of(&verified.manifest_bytes).to_hex(),
             imported_at: ferry_manifests::rfc3339(OffsetDateTime::now_utc()),
         };
-        self.state.activate_new(&record)?;
-        tracing::info!(bundle = %name, sequence, key_id = %key_id, "release imported and active");
         remove_any(&staging_root)?;
-        if let Err(e) = self.gc(options.retain, keys) {
-            tracing::warn!(error = %e, "garbage collection after import failed; run `ferry-appliance gc`");
+        Ok(Staged::New(record))
+    }
+
+    /// Removes a staged release's folder that will not become active (a cluster import that
+    /// another instance refused). Its blobs go at the next garbage collection.
+    pub(crate) fn discard_staged(&self, name: &str, sequence: u64) -> anyhow::Result<()> {
+        if !self.state.releases()?.iter().any(|r| r.name == name && r.sequence == sequence) {
+            remove_any(&self.release_dir(name, sequence))?;
         }
-        Ok(record)
+        Ok(())
     }
 
     /// Re-activates a retained release: `sequence`, or the newest retained one below the
@@ -517,6 +605,9 @@ impl DataDir {
             let refusal = RollbackRefusal { name: name.clone(), sequence: target, damage };
             tracing::warn!(bundle = %name, from = current, to = target, check = refusal.check(), "refused: {refusal}");
             return Err(refusal.into());
+        }
+        if let Some(cluster) = &mut self.cluster {
+            crate::cluster::held_everywhere(&mut **cluster, &name, target)?;
         }
         self.state.activate(&name, target)?;
         // `rollback N` may also move forward again, to a newer retained release.

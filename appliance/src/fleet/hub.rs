@@ -140,6 +140,14 @@ impl Hub {
         }
     }
 
+    /// Wakes every parked check-in (another instance's notifications were lost: each looks
+    /// at its actions again).
+    pub(crate) fn wake_all(&self) {
+        for slot in self.slots.lock().expect("hub lock").values() {
+            slot.wake.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Answers every parked check-in (and every new one) with "nothing to do", as Fleet
     /// Server drains: agents check in again a second later instead of backing off for a
     /// minute after a broken connection.

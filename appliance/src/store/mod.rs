@@ -73,14 +73,19 @@
 //! rollback and status commands have no runtime. A backend speaking to a server uses a
 //! blocking client on the same threads.
 
+mod cluster;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod conformance;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+pub(crate) use cluster::{
+    Beat, ClusterImport, ClusterStore, Holding, Instance, LIVE_SECONDS, channel,
+};
 
 /// What every store method returns.
 pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -108,6 +113,26 @@ pub(crate) fn open(location: &Location) -> Result<Box<dyn Store>> {
             Box::new(sqlite::SqliteStore::open(&data_dir.join(sqlite::FILE))?)
         }
         Location::Postgres(settings) => Box::new(postgres::PostgresStore::connect(settings)?),
+    })
+}
+
+/// Copies the SQLite database `sqlite` (a single appliance's state) into the empty store at
+/// `to`, a server database; returns the rows copied by table. See `postgres::copy`.
+pub(crate) fn copy_sqlite(sqlite: &Path, to: &Location) -> anyhow::Result<Vec<(String, u64)>> {
+    match to {
+        Location::Postgres(settings) => postgres::copy::sqlite_to_postgres(
+            sqlite,
+            &mut postgres::PostgresStore::connect(settings)?,
+        ),
+        Location::Sqlite(_) => anyhow::bail!("state is copied into a server database, not SQLite"),
+    }
+}
+
+/// A cluster's store: `None` for a single appliance's.
+pub(crate) fn open_cluster(location: &Location) -> Result<Option<Box<dyn ClusterStore>>> {
+    Ok(match location {
+        Location::Sqlite(_) => None,
+        Location::Postgres(settings) => Some(Box::new(postgres::PostgresStore::connect(settings)?)),
     })
 }
 

@@ -7,6 +7,7 @@ mod actions;
 mod appliance;
 mod checkin;
 mod cli;
+mod cluster;
 mod crash;
 mod drain;
 mod elastic;

@@ -29,8 +29,9 @@ use postgres::GenericClient;
 
 use crate::store::{Result, StoreError};
 
-/// Migration n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[V1];
+/// Migration n is `MIGRATIONS[n - 1]`: 1 is the state every backend keeps, 2 the tables of a
+/// cluster (`store::ClusterStore`), which SQLite has no use for.
+const MIGRATIONS: &[&str] = &[V1, super::cluster::SCHEMA];
 
 /// The schema version this binary writes.
 pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;

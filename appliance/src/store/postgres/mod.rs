@@ -39,6 +39,7 @@
 mod actions;
 mod agents;
 pub(crate) mod cluster;
+pub(crate) mod copy;
 mod migrations;
 mod output_keys;
 mod policies;
@@ -331,6 +332,8 @@ pub(crate) mod channel {
     pub(crate) const SECRETS: &str = "ferry_secrets";
     /// The active pointer moved (an import, a rollback): no payload.
     pub(crate) const RELEASES: &str = "ferry_releases";
+    /// A cluster import started, or an instance staged or refused it: `NAME SEQUENCE`.
+    pub(crate) const IMPORTS: &str = "ferry_imports";
 }
 
 #[cfg(test)]
