@@ -426,7 +426,8 @@ fn beat(cluster: &Cluster, serving: &Serving, state: &str) -> anyhow::Result<()>
 /// what is pending.
 fn beat_and_stage(cluster: &Cluster, serving: &Serving, kicked: &mpsc::Receiver<()>) {
     loop {
-        if let Err(e) = beat(cluster, serving, "serving") {
+        let state = if serving.hub.draining() { "draining" } else { "serving" };
+        if let Err(e) = beat(cluster, serving, state) {
             tracing::warn!(error = %format!("{e:#}"), "cluster heartbeat failed");
         }
         match cluster.stage_pending(&serving.keys) {

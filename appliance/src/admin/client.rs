@@ -452,8 +452,12 @@ pub(crate) fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<
             if json.json {
                 return print_json(&out).map(|()| ExitCode::SUCCESS);
             }
-            let rows = typed::<Vec<Agent>>(&out)?.into_iter().map(|a| {
-                vec![
+            let agents = typed::<Vec<Agent>>(&out)?;
+            // In a cluster, which instance holds each agent's check-ins (the one that wrote its
+            // row last); a single appliance has no such column.
+            let clustered = agents.iter().any(|a| a.instance.is_some());
+            let rows = agents.into_iter().map(|a| {
+                let mut row = vec![
                     dash(Some(&a.id)),
                     dash(Some(&a.hostname)),
                     dash(Some(&a.status)),
@@ -461,12 +465,18 @@ pub(crate) fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<
                     format!("{} rev {}", dash(Some(&a.policy_id)), a.policy_revision),
                     dash(a.last_checkin.as_deref()),
                     upgrade_cell(&a),
-                ]
+                ];
+                if clustered {
+                    row.push(dash(a.instance.as_deref()));
+                }
+                row
             });
-            table(
-                &["ID", "HOSTNAME", "STATUS", "VERSION", "POLICY", "LAST CHECK-IN", "UPGRADE"],
-                rows,
-            );
+            let mut headers =
+                vec!["ID", "HOSTNAME", "STATUS", "VERSION", "POLICY", "LAST CHECK-IN", "UPGRADE"];
+            if clustered {
+                headers.push("INSTANCE");
+            }
+            table(&headers, rows);
         }
         AgentsCommand::Show { id, json } => {
             let a = client.call("GET", &format!("/agents/{id}"))?;
@@ -497,6 +507,9 @@ pub(crate) fn agents(config: &Config, command: AgentsCommand) -> anyhow::Result<
                 ("tags", shown(&a.tags, SHOW_MAX)),
             ] {
                 println!("{label:14} {value}");
+            }
+            if let Some(instance) = &a.instance {
+                println!("{:14} {}", "instance", show(Some(instance)));
             }
             let components =
                 a.components.as_ref().and_then(Value::as_array).cloned().unwrap_or_default();

@@ -17,14 +17,27 @@ use serde_json::Value;
 struct Node<'f> {
     f: &'f Fixture,
     name: &'static str,
+    data: String,
 }
 
 impl<'f> Node<'f> {
     /// Writes instance `name`'s configuration: `trusted` are the key files it trusts.
     fn new(f: &'f Fixture, name: &'static str, url: &str, trusted: &[&str], extra: &str) -> Self {
+        Self::with_data(f, name, &format!("data-{name}"), url, trusted, extra)
+    }
+
+    /// [`Node::new`] with data directory `data`.
+    fn with_data(
+        f: &'f Fixture,
+        name: &'static str,
+        data: &str,
+        url: &str,
+        trusted: &[&str],
+        extra: &str,
+    ) -> Self {
         let keys: Vec<String> = trusted.iter().map(|k| format!("{k:?}")).collect();
         let config = format!(
-            "data_dir = \"data-{name}\"\ntrusted_keys = [{}]\n\
+            "data_dir = \"{data}\"\ntrusted_keys = [{}]\n\
              public_url = \"https://localhost:8220\"\nretain_releases = 3\n\
              [store]\nbackend = \"postgres\"\nurl = \"{url}\"\n\
              [cluster]\ninstance = \"{name}\"\nshared_dir = \"shared\"\n\
@@ -32,7 +45,7 @@ impl<'f> Node<'f> {
             keys.join(", ")
         );
         std::fs::write(f.path(&format!("{name}.toml")), config).unwrap();
-        Self { f, name }
+        Self { f, name, data: data.to_owned() }
     }
 
     fn command(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
@@ -53,7 +66,7 @@ impl<'f> Node<'f> {
     }
 
     fn data(&self) -> PathBuf {
-        self.f.path(&format!("data-{}", self.name))
+        self.f.path(&self.data)
     }
 
     /// Starts `serve`, sharing `tls_from`'s quick-start certificate (the instances of a cluster
@@ -263,4 +276,62 @@ fn with_the_database_down_parked_agents_stay_and_new_requests_get_503_never_401(
         server.terminate();
         assert_eq!(parked.join().unwrap().status, 200);
     });
+}
+
+#[test]
+fn a_single_appliance_moves_into_a_cluster_with_its_agents_actions_releases_and_secrets() {
+    let Some(db) = ferry_testkit::postgres::fresh_database() else { return };
+    let f = Fixture::new();
+    f.append_config("checkin_long_poll_seconds = 2\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    assert_ok(&f.run(&[&"import", &f.bundle(2, VERSIONS[1], Fixture::later())]));
+    let (agent_id, key, token, action) = {
+        let single = Server::start(&f);
+        let (_, token) = f.token("p");
+        let agent = Agent::enroll(&single, &token);
+        let policy = agent.checkin_online().body["actions"][0]["id"].as_str().unwrap().to_owned();
+        assert_eq!(agent.ack(&[&policy]).status, 200);
+        let queued =
+            f.run_json(&[&"settings", &"--log-level", &"debug", &agent.id.as_str(), &"--json"]);
+        let action = queued["action_id"].as_str().unwrap().to_owned();
+        assert_eq!(agent.checkin_online().body["actions"][0]["id"], action.as_str());
+        assert_eq!(agent.ack(&[&action]).status, 200);
+        std::fs::write(f.path("pw"), "hunter2").unwrap();
+        assert_ok(&f.run(&[&"secrets", &"set", &"es-pw", &"--file", &f.path("pw")]));
+        single.terminate();
+        (agent.id.clone(), agent.key.clone(), agent.ack_token(), action)
+    };
+
+    // The same host and data directory, now instance a of a cluster.
+    let hold = "checkin_long_poll_seconds = 2\ncheckin_jitter_seconds = 0";
+    let a = Node::with_data(&f, "a", "data", &db.url(), &["trusted.pub"], hold);
+    let copied = a.json(&[&"store", &"copy", &"--json"]);
+    assert_eq!(copied["tables"]["agents"], 1, "{copied}");
+    assert_eq!(copied["tables"]["releases"], 2, "{copied}");
+    assert_eq!(copied["tables"]["secrets"], 1, "{copied}");
+    assert!(copied["tables"]["actions"].as_u64().unwrap() >= 1, "{copied}");
+    assert_eq!(copied["bundles_missing"].as_array().unwrap().len(), 2, "{copied}");
+    // Copying again is refused: the database holds state now.
+    let again = a.run(&[&"store", &"copy"]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already holds state"), "{}", stderr(&again));
+
+    let server = a.serve(None);
+    let (active, held) = a.releases();
+    assert_eq!(active, Some(2));
+    assert!(held.contains(&(2, vec!["a".to_owned()])), "{held:?}");
+    let secrets = a.json(&[&"secrets", &"list", &"--json"]);
+    assert!(secrets.to_string().contains("es-pw"), "{secrets}");
+    // The agent's key works on the cluster, and the action it acknowledged does not come back.
+    let moved = Agent::known(&server, &agent_id, &key, &token);
+    let reply = moved.checkin_online();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Nothing to deliver: Fleet leaves `actions` out of the answer.
+    let ids: Vec<&str> = reply.body["actions"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|a| a["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(!ids.contains(&action.as_str()), "{ids:?}");
+    let shown = a.json(&[&"agents", &"show", &agent_id.as_str(), &"--json"]);
+    assert_eq!(shown["policy_revision"], 1, "{shown}");
 }

@@ -158,6 +158,19 @@ impl<'a> Agent<'a> {
         agent
     }
 
+    /// An agent enrolled earlier (its id, access key and the ack token it kept), as one whose
+    /// appliance moved under it.
+    pub fn known(server: &'a Endpoint, id: &str, key: &str, ack_token: &str) -> Self {
+        Self {
+            server,
+            id: id.to_owned(),
+            key: key.to_owned(),
+            version: Mutex::new(AGENT_VERSION.into()),
+            ack_token: Mutex::new(ack_token.to_owned()),
+            actions: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn from_reply(server: &'a Endpoint, reply: &Reply) -> Self {
         Self {
             server,
