@@ -594,6 +594,60 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_store_needs_a_cluster_a_url_without_password_and_reads_its_password_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let base =
+            "data_dir = \"d\"\ntrusted_keys = [\"k.pub\"]\npublic_url = \"https://f:8220\"\n";
+        let load = |extra: &str| {
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            Config::load(&path).map_err(|e| format!("{e:#}"))
+        };
+        let pg = "[store]\nbackend = \"postgres\"\nurl = \"postgresql://ferry@db:5432/ferry\"\n\
+                  password_file = \"pw\"\n";
+        let cluster = "[cluster]\ninstance = \"a\"\nshared_dir = \"shared\"\n";
+        let err = load(pg).unwrap_err();
+        assert!(err.contains("needs a [cluster] section"), "{err}");
+        let err = load(cluster).unwrap_err();
+        assert!(err.contains("[cluster] needs store.backend"), "{err}");
+        let err = load("[store]\nurl = \"postgresql://db/f\"\n").unwrap_err();
+        assert!(err.contains("are for backend = \"postgres\""), "{err}");
+        let secret_url = pg.replace("ferry@db", "ferry:hunter2@db");
+        let err = load(&format!("{secret_url}{cluster}")).unwrap_err();
+        assert!(err.contains("must not hold the password") && !err.contains("hunter2"), "{err}");
+        let err =
+            load(&format!("{pg}[cluster]\ninstance = \"a b\"\nshared_dir = \"s\"\n")).unwrap_err();
+        assert!(err.contains("instance name"), "{err}");
+
+        let config = load(&format!("{pg}{cluster}")).unwrap();
+        assert_eq!(config.cluster.as_ref().unwrap().shared_dir, dir.path().join("shared"));
+        assert_eq!(config.store.password_file, Some(dir.path().join("pw")));
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        std::fs::set_permissions(dir.path().join("pw"), PermissionsExt::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", config.store_location().unwrap_err());
+        assert!(err.contains("readable by other users"), "{err}");
+        std::fs::set_permissions(dir.path().join("pw"), PermissionsExt::from_mode(0o600)).unwrap();
+        let crate::store::Location::Postgres(settings) = config.store_location().unwrap() else {
+            panic!("not postgres")
+        };
+        assert_eq!(
+            (settings.password.as_deref(), settings.instance.as_str()),
+            (Some("s3cret"), "a")
+        );
+        // The commented example, uncommented, is valid too.
+        let text = DEFAULT_CONFIG
+            .replace("# [store]\n# backend", "[store]\nbackend")
+            .replace("# url = \"postgresql", "url = \"postgresql")
+            .replace("# [cluster]\n# #", "[cluster]\n#")
+            .replace("# instance = ", "instance = ")
+            .replace("# shared_dir = ", "shared_dir = ");
+        let config: Config = toml::from_str(&text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.cluster.unwrap().instance.as_deref(), Some("ferry-a"));
+    }
+
+    #[test]
     fn the_secrets_key_file_is_optional_and_relative_to_the_config() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.toml");
