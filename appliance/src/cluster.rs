@@ -104,8 +104,11 @@ impl Cluster {
 
     /// Stages every import underway that this instance has not answered yet, recording its
     /// verdict; returns how many it answered.
-    fn stage_pending(&self, keys: &TrustedKeys) -> anyhow::Result<usize> {
-        let mut db = self.store()?;
+    fn stage_pending(
+        &self,
+        db: &mut dyn ClusterStore,
+        keys: &TrustedKeys,
+    ) -> anyhow::Result<usize> {
         let answered: std::collections::HashSet<(String, u64)> = db
             .holdings()?
             .into_iter()
@@ -402,16 +405,16 @@ impl Membership {
 
     /// Says this instance stopped, so that imports stop waiting for it at once.
     pub(crate) fn leave(&self) {
-        if let Err(e) = beat(&self.cluster, &self.serving, "stopped") {
+        let left = self.cluster.store().and_then(|mut db| beat(&mut *db, &self.serving, "stopped"));
+        if let Err(e) = left {
             tracing::warn!(error = %format!("{e:#}"), "cannot tell the cluster this instance stops");
         }
     }
 }
 
-fn beat(cluster: &Cluster, serving: &Serving, state: &str) -> anyhow::Result<()> {
+fn beat(db: &mut dyn ClusterStore, serving: &Serving, state: &str) -> anyhow::Result<()> {
     let active = serving.app.active();
     let pointer = active.pointer();
-    let mut db = cluster.store()?;
     db.heartbeat(&Beat {
         started_at: &serving.started_at,
         version: env!("CARGO_PKG_VERSION"),
@@ -425,14 +428,23 @@ fn beat(cluster: &Cluster, serving: &Serving, state: &str) -> anyhow::Result<()>
 /// Every [`HEARTBEAT`], or when the listener says an import started: a heartbeat, then staging
 /// what is pending.
 fn beat_and_stage(cluster: &Cluster, serving: &Serving, kicked: &mpsc::Receiver<()>) {
+    // One connection for the thread's life; the store opens it again when it is lost.
+    let mut db = None;
     loop {
-        let state = if serving.hub.draining() { "draining" } else { "serving" };
-        if let Err(e) = beat(cluster, serving, state) {
-            tracing::warn!(error = %format!("{e:#}"), "cluster heartbeat failed");
+        if db.is_none() {
+            db = cluster
+                .store()
+                .inspect_err(
+                    |e| tracing::warn!(error = %format!("{e:#}"), "cluster heartbeat failed"),
+                )
+                .ok();
         }
-        match cluster.stage_pending(&serving.keys) {
-            Ok(_) => {}
-            Err(e) => {
+        if let Some(db) = db.as_deref_mut() {
+            let state = if serving.hub.draining() { "draining" } else { "serving" };
+            if let Err(e) = beat(db, serving, state) {
+                tracing::warn!(error = %format!("{e:#}"), "cluster heartbeat failed");
+            }
+            if let Err(e) = cluster.stage_pending(db, &serving.keys) {
                 tracing::warn!(error = %format!("{e:#}"), "cannot stage the cluster's imports now; trying again");
             }
         }
