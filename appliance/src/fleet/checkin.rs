@@ -446,21 +446,28 @@ async fn prepare(
     drop(inflating);
 
     let token = request.ack_token.clone().filter(|t| !t.is_empty());
+    // The cursor and revision may still be in memory, waiting for the next batch write, which
+    // takes them from the hub while holding the database: read under the same lock, they are
+    // in one place or the other. Read after it, a batch written in between was in neither, and
+    // the agent got its policy again.
     let (token_seq, stored_cursor, stored_revision) = with_state(api, {
-        let id = agent.id.clone();
+        let hub = Arc::clone(&api.hub);
+        let (id, policy, key) =
+            (agent.id.clone(), agent.policy_id.clone(), agent.access_key_id.clone());
         move |s| {
             let token_seq = match token {
                 Some(t) => s.agent_action(&id, &t)?.map(|a| a.seq),
                 None => None,
             };
-            Ok((token_seq, s.action_cursor(&id)?, s.agent_policy_revision(&id)?))
+            let cursor = s.action_cursor(&id)?.max(hub.queued_cursor(&id).unwrap_or(0));
+            let revision = s
+                .agent_policy_revision(&id)?
+                .max(hub.queued_policy_ack(&id, &policy, &key).unwrap_or(0));
+            Ok((token_seq, cursor, revision))
         }
     })
     .await?;
-    // An unknown token falls back to the stored cursor, never an error (§7.8). The stored
-    // cursor and revision may still be in memory, waiting for the next batch write.
-    let stored_cursor = stored_cursor.max(api.hub.queued_cursor(&agent.id).unwrap_or(0));
-    let stored_revision = stored_revision.max(api.hub.queued_policy_ack(&agent).unwrap_or(0));
+    // An unknown token falls back to the stored cursor, never an error (§7.8).
     let cursor = token_seq.unwrap_or(stored_cursor);
     // Subscribed before the policy is looked up: a release activated in between is a change
     // this check-in sees.

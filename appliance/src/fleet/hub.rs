@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::{AgentRecord, CheckinUpdate, Db, PolicyAck, StoreError};
+use crate::store::{CheckinUpdate, Db, PolicyAck, StoreError};
 
 /// How often queued check-in reports are written.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -226,11 +226,17 @@ impl Hub {
         }
     }
 
-    /// The revision of its current policy an agent acknowledged that is not written yet.
-    pub(crate) fn queued_policy_ack(&self, agent: &AgentRecord) -> Option<u64> {
+    /// The revision of policy `policy_id` that agent `agent_id`, holding access key
+    /// `access_key_id`, acknowledged and that is not written yet.
+    pub(crate) fn queued_policy_ack(
+        &self,
+        agent_id: &str,
+        policy_id: &str,
+        access_key_id: &str,
+    ) -> Option<u64> {
         let acks = self.policy_acks.lock().expect("hub lock");
-        acks.get(&agent.id)
-            .filter(|a| a.policy_id == agent.policy_id && a.access_key_id == agent.access_key_id)
+        acks.get(agent_id)
+            .filter(|a| a.policy_id == policy_id && a.access_key_id == access_key_id)
             .map(|a| a.revision)
     }
 
