@@ -2,6 +2,7 @@
 //! journey, in one test binary (cargo makes one per file in `tests/`).
 
 mod cli_help;
+mod cluster_ha;
 mod faults;
 mod fleet;
 mod flood;
