@@ -8,6 +8,8 @@
 //! - b killed (SIGKILL) under load: its agents come back through HAProxy to a, no action they
 //!   acknowledged is delivered again past their `ack_token`, and an action queued while they
 //!   are away reaches every one.
+//! - PostgreSQL restarted under load: the instances reconnect, agents see at most a delay, and an
+//!   action queued after the restart reaches everyone.
 //!
 //! These live here rather than in the appliance's tests because they run `ferry-sim`, another
 //! package's binary. Timings are printed, never asserted (docs/ARCHITECTURE.md: no timing
@@ -472,5 +474,52 @@ fn agents_of_a_killed_instance_come_back_through_haproxy_and_miss_nothing() {
     eprintln!("settled: {report}");
     ha.each_taken_once(&report, 3, 0);
     assert_eq!(report["stopped"], 0, "agents lost their keys: {report}");
+    assert_eq!(report["enrolled"], AGENTS, "{report}");
+}
+
+#[test]
+fn postgresql_restarted_under_load_costs_agents_a_delay_at_most() {
+    let Some(pg) = ferry_testkit::postgres::Cluster::start() else { return };
+    let db = pg.database();
+    let Some(ha) = Ha::start(&db.url()) else { return };
+    let settled = ha.settled();
+    let acks = settled["acks"].as_u64().unwrap();
+    let seen = |ha: &Ha| -> Vec<String> {
+        let v = ha.a.cluster();
+        v["instances"].as_array().unwrap().iter().map(|i| i["seen_at"].to_string()).collect()
+    };
+    let seen_before = seen(&ha);
+
+    // Restarted as an action's first acknowledgements come in: requests in flight fail, parked
+    // check-ins stay, and every connection of both instances breaks.
+    let (during, asked) = ha.a.settings("info");
+    ha.first_report("the first acknowledgements", asked, |v| v["acks"].as_u64().unwrap() > acks);
+    let restarted = Instant::now();
+    let restarted_ms = epoch_ms();
+    pg.restart();
+    eprintln!("PostgreSQL stopped and started again in {:?}", restarted.elapsed());
+    // Both instances are back in the cluster: each has written a heartbeat since.
+    crate::support::eventually("a heartbeat of each instance after the restart", || {
+        let now = seen(&ha);
+        (now.len() == 2 && now.iter().zip(&seen_before).all(|(n, b)| n != b)).then_some(())
+    });
+    let everyone = ha.first_report("every agent acknowledged and parked", restarted_ms, |v| {
+        v["in_checkin"] == AGENTS && v["acks"].as_u64().unwrap() >= acks + AGENTS
+    });
+    eprintln!(
+        "every agent acknowledged the action in flight and parked again {} ms after the restart \
+         began: {everyone}",
+        everyone["epoch_ms"].as_u64().unwrap() - restarted_ms
+    );
+    ha.everyone_acked(&ha.b, &during);
+
+    let (after, reached) = ha.fan_out(&ha.a, "debug", &["--policy", "default-policy"], AGENTS);
+    eprintln!("queued on a after the restart: {reached}");
+    ha.everyone_acked(&ha.b, &after);
+
+    let report = ha.settled();
+    eprintln!("before the restart: {settled}\nsettled: {report}");
+    ha.each_taken_once(&report, 2, 0);
+    assert_eq!(report["stopped"], 0, "{report}");
     assert_eq!(report["enrolled"], AGENTS, "{report}");
 }
