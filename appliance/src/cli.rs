@@ -141,7 +141,7 @@ pub struct DrainArgs {
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// Copy a single appliance's SQLite state (agents, tokens, actions, releases, floors,
-    /// secrets…) into the empty PostgreSQL database of [store], in one transaction.
+    /// secrets…) into the empty PostgreSQL database of `[store]`, in one transaction.
     #[command(long_about = "Copy a single appliance's SQLite state into the empty PostgreSQL \
         database this configuration's [store] names, in one transaction: agents keep their \
         keys, actions their acknowledgements, releases their floors and the active pointer.\n\n\
