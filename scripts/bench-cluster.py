@@ -27,17 +27,21 @@ appends JSON to the results file:
     revision (on instance a for the cluster) until every agent holds it and until every agent's
     ack has been answered 200 (the simulator's counts, 100 ms apart), and until the store
     records every agent at the new revision (acks are written in batches every 5 s);
-  - failover: SIGKILL of one instance (b) until every agent is back: the simulator has a
-    check-in in flight for every agent again and the surviving instance holds a connection for
-    each (HAProxy's sessions on it); also when a's heartbeat (every 5 s, in the store) first
-    counted every agent parked. For single there is no other instance: it is restarted 2 s
-    after the SIGKILL (the packaged unit's RestartSec=2) and timed the same way (connections
-    counted with ss);
+  - failover: SIGKILL of one instance (b) until every agent is back: connected (the simulator
+    has a check-in in flight for every agent again and the surviving instance holds a
+    connection for each: HAProxy's sessions on it) and stored (every agent b held has a
+    check-in recorded by a since the kill: last_checkin, to the second); also when HAProxy
+    marked b DOWN and when a's heartbeat (every 5 s, in the store) first counted every agent
+    parked. For single there is no other instance: it is restarted 2 s after the SIGKILL (the
+    packaged unit's RestartSec=2) and timed the same way (connections counted with ss);
   - database connections: `SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE
-    'ferry-appliance%'`, sampled every 0.5 s: while quiet, and the most in each phase;
+    'ferry-appliance%'`, sampled every 0.5 s: while quiet, and the most in each phase; sessions
+    opened and WAL written per minute while quiet;
   - PostgreSQL's tables once all are parked (before the probe enrolls its own): rows and
-    pg_total_relation_size of each.
-Next to each figure: the 1-minute load average when it was taken.
+    pg_total_relation_size of each; at the end again and after VACUUM FULL;
+  - the CPU each process used while agents enrolled, during the fan-out and the failover.
+Next to each figure: the 1-minute load average when it was taken, and other work's CPU over the
+same time (the machine's busy time less this script's and its children's).
 
 Agents back off after a failed check-in for --backoff seconds (jittered to half of it,
 doubling): 1 s by default, so that failover measures the cluster rather than the agents'
@@ -47,7 +51,7 @@ Usage: scripts/bench-cluster.py [--agents 1000] [--setups single,cluster] [--bac
 Needs PostgreSQL's initdb/postgres (/usr/lib/postgresql/*/bin) and haproxy (apt-get install
 postgresql haproxy); runs them as nobody and as root in temporary folders, everything on
 127.0.0.1. HAProxy holds two descriptors per agent: its maxconn is set to what the hard
-open-file limit allows (about 9 986 at 20 000), and more agents than that are refused here.
+open-file limit allows (9 985 at 20 000), so at most 9 982 agents with the probe's 3 connections.
 """
 
 import argparse
