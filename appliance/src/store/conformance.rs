@@ -112,7 +112,7 @@ pub(crate) fn token(id: &str, policy_id: &str) -> NewEnrollmentToken {
     }
 }
 
-fn agent(id: &str, key: &str) -> AgentRecord {
+pub(crate) fn agent(id: &str, key: &str) -> AgentRecord {
     AgentRecord {
         id: id.into(),
         access_key_id: key.into(),
@@ -145,7 +145,7 @@ fn action(id: &str, agents: &[&str], expiration: &str, effect: ActionEffect) -> 
     }
 }
 
-fn report(id: &str, key: &str) -> CheckinUpdate {
+pub(crate) fn report(id: &str, key: &str) -> CheckinUpdate {
     CheckinUpdate {
         agent_id: id.into(),
         access_key_id: key.into(),
@@ -162,7 +162,7 @@ fn report(id: &str, key: &str) -> CheckinUpdate {
 }
 
 /// An upgrade rule that leaves the upgrade fields as stored.
-fn unchanged(stored: &StoredUpgrade, _: &CheckinUpdate) -> UpgradeStep {
+pub(crate) fn unchanged(stored: &StoredUpgrade, _: &CheckinUpdate) -> UpgradeStep {
     UpgradeStep { state: stored.state.clone(), completed: false }
 }
 

@@ -346,9 +346,9 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        ActionEffect, ActionStore as _, AgentRecord, AgentStore as _, CheckinUpdate, Enrollment,
-        NewAction, OutputKeyStore as _, ReleaseStore as _, SecretStore as _, Store, StoredUpgrade,
-        TokenStore as _, UpgradeStep, UploadStore as _, conformance,
+        ActionEffect, ActionStore as _, AgentStore as _, Enrollment, NewAction,
+        OutputKeyStore as _, ReleaseStore as _, SecretStore as _, Store, TokenStore as _,
+        UploadStore as _, conformance,
     };
 
     fn settings(url: String, instance: &str) -> Settings {
@@ -364,22 +364,6 @@ mod tests {
     }
 
     conformance::suite!(fresh);
-
-    fn agent(id: &str, key: &str) -> AgentRecord {
-        AgentRecord {
-            id: id.into(),
-            access_key_id: key.into(),
-            access_secret_sha256: "00".repeat(32),
-            policy_id: "p".into(),
-            kind: "PERMANENT".into(),
-            enrolled_at: "2026-01-01T00:00:00Z".into(),
-            active: true,
-            version: "9.1.2".into(),
-            local_metadata: "{}".into(),
-            tags: "[]".into(),
-            replace_token: None,
-        }
-    }
 
     fn action(id: &str, agents: &[&str]) -> NewAction {
         NewAction {
@@ -676,8 +660,10 @@ mod tests {
                 std::thread::spawn(move || {
                     (0..rounds)
                         .map(|round| {
-                            let record =
-                                agent(&format!("agent-{round}"), &format!("{instance}-{round}"));
+                            let record = conformance::agent(
+                                &format!("agent-{round}"),
+                                &format!("{instance}-{round}"),
+                            );
                             barrier.wait();
                             store.enroll_agent(&record, None).unwrap()
                         })
@@ -707,7 +693,10 @@ mod tests {
         for round in 0..rounds {
             assert_eq!(
                 first
-                    .enroll_agent(&agent(&format!("agent-{round}"), &format!("k{round}")), None)
+                    .enroll_agent(
+                        &conformance::agent(&format!("agent-{round}"), &format!("k{round}")),
+                        None
+                    )
                     .unwrap(),
                 Enrollment::Stored
             );
@@ -742,7 +731,10 @@ mod tests {
     fn an_agent_following_its_cursor_misses_no_action_two_instances_create() {
         let Some(db) = pg::fresh_database() else { return };
         let mut reader = PostgresStore::connect(&settings(db.url(), "reader")).unwrap();
-        assert_eq!(reader.enroll_agent(&agent("a", "ka"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(
+            reader.enroll_agent(&conformance::agent("a", "ka"), None).unwrap(),
+            Enrollment::Stored
+        );
         let per_instance = 150;
         let writers: Vec<_> = ["w1", "w2"]
             .into_iter()
@@ -797,7 +789,10 @@ mod tests {
         let soon = Duration::from_secs(10);
         let note = |channel: &str, payload: &str| vec![(channel.to_owned(), payload.to_owned())];
 
-        assert_eq!(store.enroll_agent(&agent("a", "ka"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(
+            store.enroll_agent(&conformance::agent("a", "ka"), None).unwrap(),
+            Enrollment::Stored
+        );
         assert_eq!(heard(quiet), [], "an enrollment is not announced");
         let seq = store.create_action(&action("x", &["a"])).unwrap();
         assert_eq!(heard(soon), note(channel::ACTIONS, &seq.to_string()));
@@ -811,7 +806,10 @@ mod tests {
         assert!(!store.deactivate_agent("a", "2026-02-01T00:00:00Z").unwrap());
         assert_eq!(heard(quiet), [], "nothing changed");
         // An acknowledged UNENROLL deactivates too.
-        assert_eq!(store.enroll_agent(&agent("b", "kb"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(
+            store.enroll_agent(&conformance::agent("b", "kb"), None).unwrap(),
+            Enrollment::Stored
+        );
         store.record_action_results("b", &[], true, "2026-02-01T00:00:00Z").unwrap();
         assert_eq!(heard(soon), note(channel::AGENTS, "b"));
 
@@ -837,26 +835,12 @@ mod tests {
         let Some(db) = pg::fresh_database() else { return };
         let mut a = PostgresStore::connect(&settings(db.url(), "instance-a")).unwrap();
         let mut b = PostgresStore::connect(&settings(db.url(), "instance-b")).unwrap();
-        assert_eq!(a.enroll_agent(&agent("x", "kx"), None).unwrap(), Enrollment::Stored);
+        assert_eq!(
+            a.enroll_agent(&conformance::agent("x", "kx"), None).unwrap(),
+            Enrollment::Stored
+        );
         assert_eq!(a.agent_view("x").unwrap().unwrap().instance, None, "never checked in");
-        let report = CheckinUpdate {
-            agent_id: "x".into(),
-            access_key_id: "kx".into(),
-            at: "2026-06-01T00:00:00Z".into(),
-            status: "online".into(),
-            message: String::new(),
-            version: "9.1.2".into(),
-            local_metadata: None,
-            components: None,
-            upgrade_details: None,
-            running: None,
-            cursor: None,
-        };
-        let unchanged = |stored: &StoredUpgrade, _: &CheckinUpdate| UpgradeStep {
-            state: stored.state.clone(),
-            completed: false,
-        };
-        a.record_checkins(&[report], &unchanged).unwrap();
+        a.record_checkins(&[conformance::report("x", "kx")], &conformance::unchanged).unwrap();
         assert_eq!(b.agent_view("x").unwrap().unwrap().instance.as_deref(), Some("instance-a"));
         b.touch_agents(&["x".into()], "2026-06-01T00:01:00Z").unwrap();
         let view = a.agent_view("x").unwrap().unwrap();
