@@ -21,7 +21,6 @@ fn request_from(
     key: Option<&str>,
     body: &[u8],
 ) -> Reply {
-    use std::sync::Arc;
     let addr: std::net::SocketAddr = server.https.trim_start_matches("https://").parse().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let tcp = runtime
@@ -32,21 +31,7 @@ fn request_from(
         })
         .unwrap();
     tcp.set_nonblocking(false).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&server.ca).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tls =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let mut stream = support::tls_over(tcp, &server.ca);
     let auth = key.map(|k| format!("Authorization: ApiKey {k}\r\n")).unwrap_or_default();
     let head = format!(
         "{method} {path}? HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Elastic Agent v9.1.2\r\n\

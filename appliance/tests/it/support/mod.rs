@@ -412,6 +412,16 @@ pub fn tls_stream(
     https: &str,
     ca: &std::path::Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let tcp = std::net::TcpStream::connect(https.trim_start_matches("https://")).unwrap();
+    tls_over(tcp, ca)
+}
+
+/// TLS over the connected `tcp`, for the name `localhost`, trusting only the certificates in
+/// `ca` (for tests that choose how the TCP connection is made).
+pub fn tls_over(
+    tcp: std::net::TcpStream,
+    ca: &std::path::Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     use std::sync::Arc;
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
@@ -427,7 +437,6 @@ pub fn tls_stream(
     .with_no_client_auth();
     let tls =
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let tcp = std::net::TcpStream::connect(https.trim_start_matches("https://")).unwrap();
     rustls::StreamOwned::new(tls, tcp)
 }
 
