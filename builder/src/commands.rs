@@ -260,6 +260,7 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         expires,
         builder: crate::builder_id(),
         compression: compression(args)?,
+        base: None,
     };
     let key = keys::load_secret(
         &args.secret_key,

@@ -16,7 +16,7 @@ use ferry_artifacts::{ArtifactId, PackageKind, Platform, Product, Sha512Digest, 
 use ferry_manifests::forge::{self, Piece};
 use ferry_manifests::tar::RawHeader;
 use ferry_manifests::{
-    BundleComment, BundleName, EntryName, Expiry, FORMAT, Limits, MANIFEST_ENTRY,
+    BundleComment, BundleName, DELTA_FORMAT, EntryName, Expiry, FORMAT, Limits, MANIFEST_ENTRY,
     MANIFEST_SIGNATURE_ENTRY, MAX_BUNDLE_NAME_LEN, MAX_COMPONENT_LEN, MAX_ENTRY_NAME_LEN, Manifest,
     ManifestComment, Mode, NoProgress, Sha256Digest, SignedBundle, SigningKey, StagingDir,
     TrustedKeys, VerifiedBundle, VerifyError, check_collisions,
@@ -74,7 +74,18 @@ pub fn manifest(data: &[u8]) {
 }
 
 fn assert_valid_manifest(manifest: &Manifest, limits: &Limits) {
-    assert_eq!(manifest.format, FORMAT);
+    // A delta (format 2) names an earlier bundle of its own name; a full bundle no base and no
+    // entry in it.
+    match &manifest.base {
+        None => {
+            assert_eq!(manifest.format, FORMAT);
+            assert!(manifest.files.iter().all(|f| !f.in_base));
+        }
+        Some(base) => {
+            assert_eq!(manifest.format, DELTA_FORMAT);
+            assert!(base.name == manifest.name && base.sequence < manifest.sequence);
+        }
+    }
     assert!(manifest.sequence >= 1);
     assert!(manifest.expires >= manifest.created);
     assert_bundle_name(manifest.name.as_str());

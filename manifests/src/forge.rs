@@ -41,6 +41,7 @@ pub fn declared(path: &str, body: &[u8]) -> FileEntry {
         sha256: Sha256Digest::of(body),
         mode: Mode::Regular,
         kind: Kind::Other,
+        in_base: false,
         metadata: crate::Metadata::default(),
     }
 }
@@ -54,6 +55,7 @@ pub fn manifest(sequence: u64, files: Vec<FileEntry>) -> Manifest {
         created: time::macros::datetime!(2026-11-01 00:00 UTC),
         expires: time::macros::datetime!(2099-01-01 00:00 UTC),
         builder: "ferry-forge".into(),
+        base: None,
         files,
     }
 }

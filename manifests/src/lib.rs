@@ -30,7 +30,10 @@ pub mod test_tools;
 mod write;
 
 pub use limits::Limits;
-pub use manifest::{Expired, FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+pub use manifest::{
+    BaseRef, DELTA_FORMAT, Expired, FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode,
+    Sha256Digest,
+};
 pub use metadata::{
     ArtifactFacts, CertificateFacts, Metadata, PgpKeyFacts, PolicyFacts, SidecarFormat,
 };
@@ -53,8 +56,8 @@ pub use sign::{
 #[cfg(feature = "terminal")]
 pub use terminal::TerminalBar;
 pub use write::{
-    BundleSpec, Compression, PayloadSource, WriteError, WrittenBundle, check_input, file_type_name,
-    write_bundle,
+    BundleSpec, Compression, DeltaBase, PayloadSource, WriteError, WrittenBundle, check_input,
+    file_type_name, write_bundle,
 };
 
 /// Formats a time as RFC 3339 (UTC, whole seconds when they are whole).

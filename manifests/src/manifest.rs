@@ -1,4 +1,4 @@
-//! The signed manifest (format 1): what a bundle holds, byte for byte.
+//! The signed manifest (format 1, and format 2 for deltas): what a bundle holds, byte for byte.
 
 use std::fmt;
 
@@ -9,8 +9,13 @@ use crate::limits::Limits;
 use crate::metadata::Metadata;
 use crate::name::{BundleName, CollisionError, EntryName, check_collisions};
 
-/// The only manifest format this crate reads and writes.
+/// The manifest format of a full bundle.
 pub const FORMAT: u32 = 1;
+
+/// The manifest format of a delta bundle: format 1 plus the `base` it was made against and the
+/// entries it does not carry because that base holds them (`in_base`). A reader of format 1
+/// alone refuses it by its number, rather than by an unknown field.
+pub const DELTA_FORMAT: u32 = 2;
 
 /// A SHA-256 digest, shown and serialised as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,6 +170,11 @@ pub struct FileEntry {
     pub sha256: Sha256Digest,
     pub mode: Mode,
     pub kind: Kind,
+    /// Delta bundles only: the base holds content of this digest, so the archive does not carry
+    /// it and the reader takes it from what it already has, checking the digest as for any
+    /// entry. Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_base: bool,
     /// Kind-specific facts (product, version, platform, policy id, certificate subject …).
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
@@ -183,8 +193,28 @@ pub struct Manifest {
     pub expires: OffsetDateTime,
     /// The program that wrote the bundle, such as `ferry 0.1.0`.
     pub builder: String,
+    /// Delta bundles only (format 2): the earlier bundle whose content this one leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
     /// Payload files in bundle order (sorted by path, byte-wise).
     pub files: Vec<FileEntry>,
+}
+
+/// The earlier bundle of the same name a delta was made against: enough to name it to a person
+/// and to tell it from another bundle of that name and sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    pub name: BundleName,
+    pub sequence: u64,
+    /// SHA-256 of the base's `manifest.json`.
+    pub manifest_sha256: Sha256Digest,
+}
+
+impl fmt::Display for BaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} (manifest sha256 {})", self.name, self.sequence, self.manifest_sha256)
+    }
 }
 
 /// A manifest read after its `expires` (and any grace): what refuses it, or what an override
@@ -208,10 +238,22 @@ impl std::error::Error for Expired {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
-    #[error("manifest is not valid JSON for format 1: {0}")]
+    #[error("manifest is not valid JSON for its format: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("manifest format is {0}, this reader understands format {FORMAT}")]
+    #[error(
+        "manifest format is {0}, this reader understands formats {FORMAT} (full) and {DELTA_FORMAT} (delta)"
+    )]
     Format(u32),
+    #[error("manifest format {DELTA_FORMAT} is a delta, but it names no base")]
+    DeltaWithoutBase,
+    #[error(
+        "manifest format {FORMAT} is a full bundle, but it {what}: only format {DELTA_FORMAT} (a delta) may"
+    )]
+    DeltaFieldInFull { what: &'static str },
+    #[error(
+        "a delta's base must be an earlier bundle of the same name: this is {name} {sequence}, its base {base}"
+    )]
+    BaseNotEarlier { name: BundleName, sequence: u64, base: Box<BaseRef> },
     #[error("manifest sequence must be at least 1")]
     ZeroSequence,
     #[error("manifest expires ({expires}) before it was created ({created})")]
@@ -246,7 +288,7 @@ impl Manifest {
             format: u32,
         }
         let probe: Probe = serde_json::from_slice(bytes)?;
-        if probe.format != FORMAT {
+        if probe.format != FORMAT && probe.format != DELTA_FORMAT {
             return Err(ManifestError::Format(probe.format));
         }
         let manifest: Manifest = serde_json::from_slice(bytes)?;
@@ -256,8 +298,25 @@ impl Manifest {
 
     /// Checks the rules that types alone cannot express.
     pub fn validate(&self, limits: &Limits) -> Result<(), ManifestError> {
-        if self.format != FORMAT {
-            return Err(ManifestError::Format(self.format));
+        match (self.format, &self.base) {
+            (FORMAT, Some(_)) => {
+                return Err(ManifestError::DeltaFieldInFull { what: "names a base" });
+            }
+            (FORMAT, None) if self.files.iter().any(|f| f.in_base) => {
+                return Err(ManifestError::DeltaFieldInFull { what: "marks entries in_base" });
+            }
+            (FORMAT, None) => {}
+            (DELTA_FORMAT, None) => return Err(ManifestError::DeltaWithoutBase),
+            (DELTA_FORMAT, Some(base)) => {
+                if base.name != self.name || base.sequence >= self.sequence {
+                    return Err(ManifestError::BaseNotEarlier {
+                        name: self.name.clone(),
+                        sequence: self.sequence,
+                        base: Box::new(base.clone()),
+                    });
+                }
+            }
+            (other, _) => return Err(ManifestError::Format(other)),
         }
         if self.sequence == 0 {
             return Err(ManifestError::ZeroSequence);
@@ -312,9 +371,19 @@ impl Manifest {
         expired.then_some(Expired { expires: self.expires, now })
     }
 
-    /// Sum of all payload sizes.
+    /// Sum of all payload sizes: what the release holds, whether or not the bundle carries it.
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The entries the archive carries, in archive order: all of them but a delta's `in_base`.
+    pub fn carried(&self) -> impl Iterator<Item = &FileEntry> {
+        self.files.iter().filter(|f| !f.in_base)
+    }
+
+    /// Sum of the sizes of the entries the archive carries.
+    pub fn carried_size(&self) -> u64 {
+        self.carried().map(|f| f.size).sum()
     }
 
     /// The file name a bundle of this manifest is written under: `NAME-SEQUENCE.ferry`.
@@ -335,6 +404,7 @@ mod tests {
             created: time::macros::datetime!(2026-11-01 00:00 UTC),
             expires: time::macros::datetime!(2027-02-01 00:00 UTC),
             builder: "ferry 0.1.0".into(),
+            base: None,
             files: vec![
                 FileEntry {
                     path: EntryName::new("a/one").unwrap(),
@@ -342,6 +412,7 @@ mod tests {
                     sha256: Sha256Digest::of(b"1"),
                     mode: Mode::Regular,
                     kind: Kind::Policy,
+                    in_base: false,
                     metadata: Metadata::from(std::collections::BTreeMap::from([(
                         "policy_id".into(),
                         "p".into(),
@@ -353,6 +424,7 @@ mod tests {
                     sha256: Sha256Digest::of(b""),
                     mode: Mode::Executable,
                     kind: Kind::Other,
+                    in_base: false,
                     metadata: Metadata::default(),
                 },
             ],
@@ -367,6 +439,28 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("\"created\": \"2026-11-01T00:00:00Z\""), "{text}");
         assert!(text.contains("\"mode\": \"0755\""), "{text}");
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_says_what_it_carries() {
+        let mut m = sample();
+        m.format = DELTA_FORMAT;
+        m.base = Some(BaseRef {
+            name: m.name.clone(),
+            sequence: 2,
+            manifest_sha256: Sha256Digest::of(b"base"),
+        });
+        m.files[0].in_base = true;
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::parse(&bytes, &Limits::default()).unwrap(), m);
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(text.matches("\"in_base\": true").count(), 1, "{text}");
+        assert!(!text.contains("in_base\": false"), "{text}");
+        assert_eq!(m.carried().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!((m.total_size(), m.carried_size()), (1, 0));
+        // A full manifest's bytes do not change: no base, no in_base written.
+        let full = String::from_utf8(sample().to_bytes()).unwrap();
+        assert!(!full.contains("base"), "{full}");
     }
 
     #[test]
@@ -398,7 +492,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_manifests() {
-        assert!(matches!(reparse(|v| v["format"] = 2.into()), ManifestError::Format(2)));
+        assert!(matches!(reparse(|v| v["format"] = 3.into()), ManifestError::Format(3)));
         assert!(matches!(reparse(|v| v["sequence"] = 0.into()), ManifestError::ZeroSequence));
         assert!(matches!(reparse(|v| v["extra"] = 1.into()), ManifestError::Json(_)));
         let twice = String::from_utf8(sample().to_bytes())
@@ -430,6 +524,35 @@ mod tests {
             reparse(|v| v["expires"] = "2020-01-01T00:00:00Z".into()),
             ManifestError::ExpiresBeforeCreated { .. }
         ));
+        // A full bundle cannot carry a delta's fields, nor a delta go without them.
+        let base = serde_json::json!({
+            "name": "site-a", "sequence": 2, "manifest_sha256": "ab".repeat(32)
+        });
+        assert!(matches!(
+            reparse(|v| v["base"] = base.clone()),
+            ManifestError::DeltaFieldInFull { what: "names a base" }
+        ));
+        assert!(matches!(
+            reparse(|v| v["files"][0]["in_base"] = true.into()),
+            ManifestError::DeltaFieldInFull { what: "marks entries in_base" }
+        ));
+        assert!(matches!(reparse(|v| v["format"] = 2.into()), ManifestError::DeltaWithoutBase));
+        let delta = |edit: fn(&mut serde_json::Value)| {
+            let base = base.clone();
+            reparse(move |v| {
+                v["format"] = 2.into();
+                v["base"] = base;
+                edit(v);
+            })
+        };
+        for later in [3, 4] {
+            let err = match later {
+                3 => delta(|v| v["base"]["sequence"] = 3.into()),
+                _ => delta(|v| v["base"]["name"] = "site-b".into()),
+            };
+            assert!(matches!(err, ManifestError::BaseNotEarlier { .. }), "{err}");
+        }
+        assert!(matches!(delta(|v| v["base"]["extra"] = 1.into()), ManifestError::Json(_)));
         let limits = Limits { max_entries: 1, ..Limits::default() };
         assert!(matches!(
             Manifest::parse(&sample().to_bytes(), &limits),

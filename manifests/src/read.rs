@@ -78,6 +78,8 @@ pub enum VerifyError {
     DuplicateEntry { path: EntryName },
     #[error("entry {path} is out of order: the manifest expects {expected} here")]
     OutOfOrder { path: EntryName, expected: EntryName },
+    #[error("entry {path} is marked in_base: the delta's base holds it, the archive must not")]
+    InBase { path: EntryName },
     #[error("entry {path} is listed in the manifest but missing from the archive")]
     MissingEntry { path: EntryName },
     #[error("entry {path} is {actual} bytes, the manifest declares {declared}")]
@@ -119,6 +121,7 @@ impl VerifyError {
             SpecialFile { .. } => "special-file",
             NotRegularFile { .. } => "not-regular",
             UndeclaredEntry { .. } => "undeclared-entry",
+            InBase { .. } => "in-base-entry",
             DuplicateEntry { .. } => "duplicate-entry",
             OutOfOrder { .. } => "out-of-order",
             MissingEntry { .. } => "missing-entry",
@@ -502,15 +505,20 @@ impl ManifestStage {
         self.expired.as_ref()
     }
 
-    /// Step 2, second half: streams every payload entry through a reader capped at its declared
-    /// size into `sink` while hashing it, then requires the archive to end exactly there.
+    /// Step 2, second half: streams every payload entry the archive carries through a reader
+    /// capped at its declared size into `sink` while hashing it, then requires the archive to
+    /// end exactly there. A delta's `in_base` entries never reach the sink: the caller takes
+    /// them from what it holds and checks their digests itself.
     pub fn extract(
         mut self,
         sink: &mut dyn EntrySink,
         progress: &dyn Progress,
     ) -> Result<VerifiedBundle, VerifyError> {
-        let files = &self.manifest.files;
-        progress.start("verifying entries", self.manifest.total_size());
+        let all = &self.manifest.files;
+        let files: Vec<&FileEntry> = self.manifest.carried().collect();
+        // Names the archive must not hold although the manifest lists them.
+        let in_base = |name: &EntryName| all.iter().any(|f| f.in_base && &f.path == name);
+        progress.start("verifying entries", self.manifest.carried_size());
         for (index, expected) in files.iter().enumerate() {
             let Some((offset, header)) = self.stream.next_header()? else {
                 return Err(VerifyError::MissingEntry { path: expected.path.clone() });
@@ -522,6 +530,8 @@ impl ManifestStage {
                     VerifyError::DuplicateEntry { path: name }
                 } else if files[index..].iter().any(|f| f.path == name) {
                     VerifyError::OutOfOrder { path: name, expected: expected.path.clone() }
+                } else if in_base(&name) {
+                    VerifyError::InBase { path: name }
                 } else {
                     VerifyError::UndeclaredEntry { path: name }
                 });
@@ -572,6 +582,8 @@ impl ManifestStage {
             let name = entry_name(offset, &header)?;
             return Err(if files.iter().any(|f| f.path == name) {
                 VerifyError::DuplicateEntry { path: name }
+            } else if in_base(&name) {
+                VerifyError::InBase { path: name }
             } else {
                 VerifyError::UndeclaredEntry { path: name }
             });

@@ -13,7 +13,9 @@ use sha2::Digest as _;
 use time::OffsetDateTime;
 
 use crate::limits::Limits;
-use crate::manifest::{FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest};
+use crate::manifest::{
+    BaseRef, DELTA_FORMAT, FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode, Sha256Digest,
+};
 use crate::metadata::Metadata;
 use crate::name::{BundleName, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY};
 use crate::progress::Progress;
@@ -67,6 +69,17 @@ pub struct BundleSpec {
     /// Recorded in the manifest as the writing program, e.g. `ferry 0.1.0`.
     pub builder: String,
     pub compression: Compression,
+    /// Write a delta against this base instead of a full bundle.
+    pub base: Option<DeltaBase>,
+}
+
+/// What a delta is made against: the base bundle it names, and every digest whose content the
+/// receiving side will hold (the base's entries, or all the blobs an appliance reported in its
+/// holdings). An entry with one of these digests is listed but not carried.
+#[derive(Debug, Clone)]
+pub struct DeltaBase {
+    pub bundle: BaseRef,
+    pub holds: std::collections::HashSet<Sha256Digest>,
 }
 
 /// A finished bundle on disk.
@@ -250,12 +263,13 @@ pub fn write_bundle(
 
     // Check names and limits before reading gigabytes.
     let mut manifest = Manifest {
-        format: FORMAT,
+        format: if spec.base.is_some() { DELTA_FORMAT } else { FORMAT },
         name: spec.name.clone(),
         sequence: spec.sequence,
         created: spec.created,
         expires: spec.expires,
         builder: spec.builder.clone(),
+        base: spec.base.as_ref().map(|b| b.bundle.clone()),
         files: files
             .iter()
             .zip(&prints)
@@ -265,6 +279,7 @@ pub fn write_bundle(
                 sha256: Sha256Digest([0; 32]),
                 mode: f.mode,
                 kind: f.kind,
+                in_base: false,
                 metadata: f.metadata.clone(),
             })
             .collect(),
@@ -281,6 +296,7 @@ pub fn write_bundle(
     let started = std::time::Instant::now();
     for (entry, digest) in manifest.files.iter_mut().zip(digests) {
         entry.sha256 = digest;
+        entry.in_base = spec.base.as_ref().is_some_and(|b| b.holds.contains(&digest));
     }
     let manifest_bytes = manifest.to_bytes();
     let manifest_sha256 = Sha256Digest::of(&manifest_bytes);
@@ -301,14 +317,17 @@ pub fn write_bundle(
     let tar_len = tar::archive_len(
         [manifest_bytes.len() as u64, manifest_signature.len() as u64]
             .into_iter()
-            .chain(manifest.files.iter().map(|f| f.size)),
+            .chain(manifest.carried().map(|f| f.size)),
     );
-    progress.start("writing", manifest.total_size());
+    progress.start("writing", manifest.carried_size());
     let mut stream = TarWriter::new(spec.compression, hashed, tar_len).map_err(output)?;
     stream.entry(MANIFEST_ENTRY, mtime, &manifest_bytes).map_err(output)?;
     stream.entry(MANIFEST_SIGNATURE_ENTRY, mtime, manifest_signature.as_bytes()).map_err(output)?;
     let mut buf = vec![0u8; IO_BUFFER];
     for ((source, entry), print) in files.iter().zip(&manifest.files).zip(&prints) {
+        if entry.in_base {
+            continue;
+        }
         let file = open_unchanged(&source.source, *print)?;
         stream
             .header(&RawHeader::file(entry.path.as_str(), entry.mode.bits(), entry.size, mtime))

@@ -65,6 +65,7 @@ pub fn spec(
         expires,
         builder: "ferry-tests".into(),
         compression,
+        base: None,
     }
 }
 

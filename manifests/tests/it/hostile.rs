@@ -165,6 +165,36 @@ fn entry_absent_from_manifest_is_refused() {
 }
 
 #[test]
+fn a_delta_carrying_an_entry_its_base_holds_is_refused() {
+    // Both where the archive expects another carried entry and after the last one.
+    for (declared_files, pieces) in [
+        (vec!["a", "b"], vec![Piece::file("a", BODY), Piece::file("b", BODY)]),
+        (vec!["b", "c"], vec![Piece::file("b", BODY), Piece::file("c", BODY)]),
+    ] {
+        let files = declared_files.iter().map(|p| declared(p, BODY)).collect();
+        let mut case = Case::new(files, pieces);
+        case.manifest.format = ferry_manifests::DELTA_FORMAT;
+        case.manifest.sequence = 2;
+        case.manifest.base = Some(ferry_manifests::BaseRef {
+            name: case.manifest.name.clone(),
+            sequence: 1,
+            manifest_sha256: ferry_manifests::Sha256Digest::of(b"base"),
+        });
+        case.manifest.files[0].in_base = true;
+        let (err, _) = case.run();
+        assert!(
+            matches!(&err, VerifyError::InBase { path } if path == &case_path(&declared_files[0])),
+            "{err}"
+        );
+        assert_eq!(err.check(), "in-base-entry");
+    }
+}
+
+fn case_path(path: &str) -> ferry_manifests::EntryName {
+    ferry_manifests::EntryName::new(path).unwrap()
+}
+
+#[test]
 fn entry_missing_from_archive_is_refused() {
     let (err, _) =
         Case::new(vec![declared("a", BODY), declared("b", BODY)], vec![Piece::file("a", BODY)])
