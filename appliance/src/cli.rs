@@ -64,6 +64,10 @@ pub enum Command {
     Fsck(JsonArg),
     /// Remove releases beyond `retain_releases` and blobs no retained release needs.
     Gc,
+    /// What this appliance holds (retained releases, the digest and size of every blob), for
+    /// a delta bundle: `holdings --json > holdings.json`, carried to the connected side, is
+    /// what `ferry build --base holdings.json` leaves out.
+    Holdings(JsonArg),
     /// Serve the active release over TLS (and follow imports and rollbacks as they happen).
     Serve(ServeArgs),
     /// What the appliance serves: the active release, whether it verifies and is served, what

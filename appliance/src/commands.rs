@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Releases(args) => releases(&config, &keys, args.json),
         Command::Rollback(args) => rollback(&config, &keys, &args),
         Command::Fsck(args) => fsck(&config, &keys, args.json),
+        Command::Holdings(args) => holdings(&config, args.json),
         Command::Gc => {
             let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
             let (releases, blobs) = data.gc(config.retain_releases, &keys)?;
@@ -177,6 +178,46 @@ fn secrets_not_set(
     }
     missing.retain(|_, ids| !ids.is_empty());
     Ok(missing)
+}
+
+/// What this appliance holds, for a delta made against it on the connected side.
+fn holdings(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let data = DataDir::open(&config.data_dir, &config.store_location()?)?;
+    let held = data.holdings()?;
+    if as_json {
+        use std::io::Write as _;
+        std::io::stdout().write_all(&held.to_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if held.releases.is_empty() {
+        println!("no release held: the first bundle this appliance imports must be a full one");
+    } else {
+        println!("releases held (the active one, *, is the base a delta is made against):");
+        let rows = held.releases.iter().map(|r| {
+            vec![
+                if r.active { "*" } else { " " }.to_owned(),
+                r.name.to_string(),
+                r.sequence.to_string(),
+                r.manifest_sha256.to_hex(),
+            ]
+        });
+        print!(
+            "{}",
+            ferry_manifests::terminal::table(&["", "NAME", "SEQUENCE", "MANIFEST SHA256"], rows)
+        );
+    }
+    let bytes: u64 = held.blobs.iter().map(|b| b.size).sum();
+    println!(
+        "
+blobs: {} ({bytes} bytes)",
+        held.blobs.len()
+    );
+    println!(
+        "
+For a delta: carry the output of `ferry-appliance holdings --json > holdings.json` to \
+         the connected side and build with `ferry build SPEC --base holdings.json`."
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A refusal's verdict on stdout for scripts (`{"<done>": false, "check", "error"}`); the message

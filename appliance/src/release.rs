@@ -10,7 +10,8 @@
 //!
 //! Import order (a crash at any point leaves the previous release active and intact):
 //! verify the detached signature → verify the manifest and its expiry (reading the file the
-//! signature was checked over) → floor → stream every entry into staging while hashing → move
+//! signature was checked over) → floor → for a delta, every entry its base holds found in the
+//! blob store and re-hashed → stream every carried entry into staging while hashing → move
 //! the verified files into the blob store → write the release's manifest folder → one SQLite
 //! transaction records the release, moves the active pointer and raises the floor → remove
 //! releases beyond the retained count and unreferenced blobs. Leftovers of an interrupted
@@ -53,6 +54,38 @@ pub(crate) enum ImportRefusal {
         "bundle {name} sequence {sequence} (signed by {key_id}): {source} (use --allow-expired to accept it)"
     )]
     Expired { name: String, sequence: u64, key_id: String, source: Expired },
+    #[error(
+        "bundle {name} sequence {sequence} is a delta against {base}, which this appliance never \
+         imported ({newest}): {missing}; import that base first, or a full bundle, or build the \
+         delta against this appliance's `ferry-appliance holdings --json`"
+    )]
+    DeltaBaseUnknown { name: String, sequence: u64, base: String, newest: String, missing: Missing },
+    #[error(
+        "bundle {name} sequence {sequence} is a delta against {base}, whose content is no longer \
+         all here (garbage collection keeps the active release and {retain} more): {missing}; \
+         import a full bundle, or build the delta against this appliance's `ferry-appliance \
+         holdings --json`"
+    )]
+    DeltaBaseMissing { name: String, sequence: u64, base: String, retain: usize, missing: Missing },
+    #[error(
+        "bundle {name} sequence {sequence} is a delta whose entry {path} this appliance's blob \
+         store should give, but {problem} (run `ferry-appliance fsck`)"
+    )]
+    DeltaBaseDamaged { name: String, sequence: u64, path: String, problem: String },
+}
+
+/// What a delta needs from its base that the blob store lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Missing {
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = self.bytes as f64 / f64::from(1 << 20);
+        write!(f, "{} blob(s) missing, {} bytes ({mib:.1} MiB)", self.blobs, self.bytes)
+    }
 }
 
 impl ImportRefusal {
@@ -63,6 +96,9 @@ impl ImportRefusal {
             ImportRefusal::Downgrade { .. } => "downgrade",
             ImportRefusal::Conflict { .. } => "sequence-reused",
             ImportRefusal::Expired { .. } => "expired",
+            ImportRefusal::DeltaBaseUnknown { .. } => "delta-base-unknown",
+            ImportRefusal::DeltaBaseMissing { .. } => "delta-base-missing",
+            ImportRefusal::DeltaBaseDamaged { .. } => "delta-base-damaged",
         }
     }
 }
@@ -515,6 +551,15 @@ impl DataDir {
             }
         }
 
+        if let Some(base) = &manifest.base {
+            let started = std::time::Instant::now();
+            self.check_delta_base(&manifest, base, options.retain)?;
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "the base's content re-hashed"
+            );
+        }
+
         let staging_root = self.root.join("staging").join(format!("import-{}", std::process::id()));
         let mut staging = CrashingSink { inner: StagingDir::create(&staging_root)?, entries: 0 };
         let started = std::time::Instant::now();
@@ -526,8 +571,9 @@ impl DataDir {
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "staged files synced");
         crate::crash_point("after-extract");
 
-        // Blobs first: harmless if we die now (unreferenced blobs are collected later).
-        for file in &verified.manifest.files {
+        // Blobs first: harmless if we die now (unreferenced blobs are collected later). A delta's
+        // other entries are in the store already (checked above).
+        for file in verified.manifest.carried() {
             self.blobs.insert_verified(&staging.path_of(&file.path), &file.sha256)?;
         }
         crate::crash_point("after-blobs");
@@ -559,6 +605,72 @@ impl DataDir {
         };
         remove_any(&staging_root)?;
         Ok(Staged::New(record))
+    }
+
+    /// A delta's entries that its base holds must be in the blob store with their declared
+    /// size and digest (re-hashed now, as if the bundle carried them); otherwise the import is
+    /// refused before anything is staged, saying how much is missing and why it may be.
+    fn check_delta_base(
+        &self,
+        manifest: &Manifest,
+        base: &ferry_manifests::BaseRef,
+        retain: usize,
+    ) -> anyhow::Result<()> {
+        let (name, sequence) = (manifest.name.to_string(), manifest.sequence);
+        let mut needed: BTreeMap<ferry_manifests::Sha256Digest, &FileEntry> = BTreeMap::new();
+        for file in manifest.files.iter().filter(|f| f.in_base) {
+            needed.entry(file.sha256).or_insert(file);
+        }
+        let lacking: Vec<&&FileEntry> =
+            needed.values().filter(|f| !self.blobs.contains(&f.sha256)).collect();
+        if !lacking.is_empty() {
+            let missing =
+                Missing { blobs: lacking.len(), bytes: lacking.iter().map(|f| f.size).sum() };
+            // The floor is the highest sequence ever imported under this name: a base above it
+            // was never here; one at or below it was (or was skipped over) and is gone.
+            let floor = self.state.floor(&name)?;
+            let refusal = if floor.is_none_or(|floor| base.sequence > floor) {
+                let newest = match floor {
+                    Some(floor) => format!("the newest {name} it imported is {floor}"),
+                    None => format!("it never imported a bundle named {name}"),
+                };
+                ImportRefusal::DeltaBaseUnknown {
+                    name: name.clone(),
+                    sequence,
+                    base: base.to_string(),
+                    newest,
+                    missing,
+                }
+            } else {
+                ImportRefusal::DeltaBaseMissing {
+                    name: name.clone(),
+                    sequence,
+                    base: base.to_string(),
+                    retain,
+                    missing,
+                }
+            };
+            tracing::warn!(bundle = %name, sequence, check = refusal.check(), "refused: {refusal}");
+            return Err(refusal.into());
+        }
+        for file in needed.values() {
+            let problem = match self.blobs.verify(&file.sha256) {
+                Ok(size) if size == file.size => continue,
+                Ok(size) => {
+                    format!("its blob is {size} bytes, the manifest declares {}", file.size)
+                }
+                Err(e) => e.to_string(),
+            };
+            let refusal = ImportRefusal::DeltaBaseDamaged {
+                name: name.clone(),
+                sequence,
+                path: file.path.to_string(),
+                problem,
+            };
+            tracing::warn!(bundle = %name, sequence, check = refusal.check(), "refused: {refusal}");
+            return Err(refusal.into());
+        }
+        Ok(())
     }
 
     /// Removes a staged release's folder that will not become active (a cluster import that
@@ -660,6 +772,46 @@ impl DataDir {
             })
             .collect();
         (release.manifest.files.len(), damage)
+    }
+
+    /// What this appliance holds, for a delta built against it on the connected side
+    /// (`ferry build --base`): every retained release and every blob in the store.
+    pub(crate) fn holdings(&self) -> anyhow::Result<ferry_manifests::Holdings> {
+        use ferry_manifests::{BundleName, HeldBlob, HeldRelease, Sha256Digest};
+        let active = self.state.active()?;
+        let releases = self
+            .state
+            .releases()?
+            .into_iter()
+            .map(|r| {
+                Ok(HeldRelease {
+                    name: BundleName::new(&r.name)?,
+                    sequence: r.sequence,
+                    manifest_sha256: Sha256Digest::from_hex(&r.manifest_sha256).with_context(
+                        || format!("release {} {} has no digest", r.name, r.sequence),
+                    )?,
+                    active: active.as_ref() == Some(&(r.name.clone(), r.sequence)),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let blobs = self
+            .blobs
+            .list()?
+            .into_iter()
+            .map(|sha256| {
+                let path = self.blobs.path(&sha256);
+                let size = fs::metadata(&path)
+                    .with_context(|| format!("cannot stat {}", path.display()))?
+                    .len();
+                Ok(HeldBlob { sha256, size })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ferry_manifests::Holdings {
+            ferry_holdings: ferry_manifests::HOLDINGS_FORMAT,
+            generated: ferry_manifests::rfc3339(OffsetDateTime::now_utc()),
+            releases,
+            blobs,
+        })
     }
 
     /// Re-hashes every blob of every retained release against its signed manifest.

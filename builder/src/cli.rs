@@ -114,6 +114,14 @@ pub struct BuildArgs {
     /// The secret key to sign with.
     #[arg(long, default_value = "ferry.key", value_name = "PATH")]
     pub secret_key: PathBuf,
+    /// Build a delta: leave out every entry whose content BASE already holds. BASE is an
+    /// earlier bundle of the same name (its manifest must be signed by --secret-key's key), or
+    /// the holdings file an appliance prints (`ferry-appliance holdings --json`), whose active
+    /// release becomes the base and all of whose blobs are left out. The delta's manifest still
+    /// lists every entry; the appliance takes the left-out ones from its blob store, checking
+    /// each digest, and refuses a delta whose base content it lacks.
+    #[arg(long, value_name = "BASE")]
+    pub base: Option<PathBuf>,
     /// Folder to write NAME-SEQUENCE.ferry and its .minisig into (created if missing).
     #[arg(long, short, default_value = ".", value_name = "DIR")]
     pub out: PathBuf,

@@ -253,6 +253,16 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if !failures.is_empty() {
         return Err(failures.into());
     }
+    let key = keys::load_secret(
+        &args.secret_key,
+        &PasswordSource { file: args.password.password_file.clone() },
+    )?;
+    let base = match &args.base {
+        Some(path) => {
+            Some(delta_base(path, &spec_file.bundle.name, spec_file.bundle.sequence, &key)?)
+        }
+        None => None,
+    };
     let bundle = ferry_manifests::BundleSpec {
         name: spec_file.bundle.name.clone(),
         sequence: spec_file.bundle.sequence,
@@ -260,12 +270,8 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         expires,
         builder: crate::builder_id(),
         compression: compression(args)?,
-        base: None,
+        base,
     };
-    let key = keys::load_secret(
-        &args.secret_key,
-        &PasswordSource { file: args.password.password_file.clone() },
-    )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
     let written =
@@ -287,6 +293,9 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 "manifest_sha256": written.manifest_sha256.to_hex(),
                 "key_id": key.key_id().to_string(),
                 "policies": policies,
+                "base": written.manifest.base,
+                "carried_entries": written.manifest.carried().count(),
+                "carried_bytes": written.manifest.carried_size(),
             })
         );
     } else {
@@ -298,9 +307,83 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             written.bundle_size
         );
         println!("wrote {} (key {})", written.signature_path.display(), key.key_id());
+        if let Some(line) = delta_line(&written.manifest) {
+            println!("{line}");
+        }
         print_policy_secrets(&policies);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `--base` names: a holdings file (JSON, from `ferry-appliance holdings --json`) or an
+/// earlier bundle of the same name, whose manifest must be signed by `key` (only its manifest is
+/// read: the delta needs the base's digests, not its payload).
+fn delta_base(
+    path: &Path,
+    name: &ferry_manifests::BundleName,
+    sequence: u64,
+    key: &ferry_manifests::SigningKey,
+) -> anyhow::Result<ferry_manifests::DeltaBase> {
+    use std::io::Read as _;
+    let mut first = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .with_context(|| format!("cannot read the base {}", path.display()))?;
+    let base = if first[0] == b'{' {
+        ferry_manifests::Holdings::read(path)?.delta_base(name)?
+    } else {
+        let limits = Limits::default();
+        let info = ferry_manifests::read_unverified(path, &limits)
+            .with_context(|| format!("cannot read the base bundle {}", path.display()))?;
+        let keys = ferry_manifests::TrustedKeys::from(key.public_key());
+        ferry_manifests::verify_stored_manifest(
+            &info.manifest_bytes,
+            &info.manifest_signature,
+            &keys,
+            &limits,
+        )
+        .with_context(|| {
+            format!(
+                "the base bundle {}'s manifest does not verify with this signing key ({}); \
+                 build against the appliance's holdings file instead",
+                path.display(),
+                key.key_id()
+            )
+        })?;
+        ferry_manifests::DeltaBase {
+            bundle: ferry_manifests::BaseRef {
+                name: info.manifest.name.clone(),
+                sequence: info.manifest.sequence,
+                manifest_sha256: info.manifest_sha256,
+            },
+            holds: info.manifest.files.iter().map(|f| f.sha256).collect(),
+        }
+    };
+    let found = &base.bundle;
+    if &found.name != name || found.sequence >= sequence {
+        bail!(
+            "the base must be an earlier bundle of the same name: this spec builds {name} {sequence}, \
+             the base is {} {}",
+            found.name,
+            found.sequence
+        );
+    }
+    Ok(base)
+}
+
+/// For a delta: what it carries against what the release holds.
+fn delta_line(manifest: &Manifest) -> Option<String> {
+    let base = manifest.base.as_ref()?;
+    let (carried, total) = (manifest.carried_size(), manifest.total_size());
+    let share = if total == 0 { 100.0 } else { carried as f64 * 100.0 / total as f64 };
+    Some(format!(
+        "delta against {} {}: carries {} of {} entries, {carried} of {total} bytes ({share:.2} %); \
+         the appliance takes the rest from its blob store",
+        base.name,
+        base.sequence,
+        manifest.carried().count(),
+        manifest.files.len(),
+    ))
 }
 
 /// The secret ids each policy needs, for people: a table, and what to do with them.
@@ -368,6 +451,8 @@ fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                         "key_id": key_id.to_string(),
                         "entries": manifest.files.len(),
                         "payload_bytes": manifest.total_size(),
+                        "base": manifest.base,
+                        "carried_bytes": manifest.carried_size(),
                     })
                 );
             } else {
@@ -375,11 +460,14 @@ fn verify(args: &VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     "OK {bundle}: {} sequence {}, signed by key {key_id}, {} entries verified ({} bytes), expires {}{}",
                     manifest.name,
                     manifest.sequence,
-                    manifest.files.len(),
-                    manifest.total_size(),
+                    manifest.carried().count(),
+                    manifest.carried_size(),
                     rfc(manifest.expires),
                     if expired { " (EXPIRED, accepted by --allow-expired)" } else { "" }
                 );
+                if let Some(line) = delta_line(&manifest) {
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -426,6 +514,9 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
                 "signer_key_id": signer,
                 "manifest_key_id": info.manifest_key_id.map(|k| k.to_string()),
                 "manifest_sha256": info.manifest_sha256.to_hex(),
+                "bundle_bytes": std::fs::metadata(&args.bundle).map(|m| m.len()).ok(),
+                "carried_bytes": manifest.carried_size(),
+                "payload_bytes": manifest.total_size(),
                 "manifest": manifest,
             }))?
         );
@@ -445,6 +536,11 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     );
     println!("manifest   sha256 {}", info.manifest_sha256);
     println!("entries    {} files, {} bytes", manifest.files.len(), manifest.total_size());
+    if let Some(line) = delta_line(manifest) {
+        println!("delta      {line}");
+        let bundle_bytes = std::fs::metadata(&args.bundle).map(|m| m.len()).unwrap_or(0);
+        println!("file       {bundle_bytes} bytes");
+    }
     let shown = |value: Option<&str>| value.unwrap_or("-").to_owned();
     let of_kind = |kinds: &[Kind]| {
         manifest.files.iter().filter(|f| kinds.contains(&f.kind)).collect::<Vec<_>>()

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "forge")]
 pub mod forge;
+mod holdings;
 mod limits;
 mod manifest;
 mod metadata;
@@ -29,6 +30,9 @@ pub mod tar;
 pub mod test_tools;
 mod write;
 
+pub use holdings::{
+    HOLDINGS_FORMAT, HeldBlob, HeldRelease, Holdings, HoldingsError, MAX_HOLDINGS_SIZE,
+};
 pub use limits::Limits;
 pub use manifest::{
     BaseRef, DELTA_FORMAT, Expired, FORMAT, FileEntry, Kind, Manifest, ManifestError, Mode,

@@ -606,6 +606,10 @@ pub struct UnverifiedManifest {
     pub manifest_sha256: Sha256Digest,
     /// Key id of the inner manifest signature, if it parses.
     pub manifest_key_id: Option<KeyId>,
+    /// The manifest's exact bytes and its signature file, for a caller that can check them with
+    /// [`verify_stored_manifest`] (`ferry build --base` does, with its own key).
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_signature: String,
 }
 
 /// Reads the manifest of `bundle` without checking any signature, within `limits`. For display
@@ -618,6 +622,8 @@ pub fn read_unverified(bundle: &Path, limits: &Limits) -> Result<UnverifiedManif
         manifest_sha256: Sha256Digest::of(&head.manifest_bytes),
         manifest_key_id: SignatureFile::parse(&head.signature_text).ok().map(|s| s.key_id()),
         manifest,
+        manifest_bytes: head.manifest_bytes,
+        manifest_signature: head.signature_text,
     })
 }
 

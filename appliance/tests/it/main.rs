@@ -9,6 +9,7 @@ mod checkin;
 mod cli;
 mod cluster;
 mod crash;
+mod delta;
 mod drain;
 mod elastic;
 mod enroll;

@@ -39,6 +39,10 @@ pub fn sized_archive(version: &str, len: usize) -> Vec<u8> {
     ferry_testkit::noise(version, len)
 }
 
+/// Policy `q` of [`Fixture::bundle`], the same in every bundle.
+const POLICY_Q: &str =
+    "id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n";
+
 /// How long the server may take to start, follow an import or log what a test waits for: each
 /// takes well under a second on an idle machine.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -128,19 +132,32 @@ impl Fixture {
         key: &SigningKey,
         archive_len: usize,
     ) -> PathBuf {
-        let p = format!(
+        let p = Self::policy_p(sequence);
+        let policies: &[(&str, &str)] = &[("p", &p), ("q", POLICY_Q)];
+        self.bundle_parts(sequence, version, expires, key, archive_len, policies, None)
+    }
+
+    /// What [`Fixture::bundle`] makes, as a delta against `base`, in `bundles-delta/`.
+    pub fn delta(&self, sequence: u64, version: &str, base: ferry_manifests::DeltaBase) -> PathBuf {
+        let p = Self::policy_p(sequence);
+        let policies: &[(&str, &str)] = &[("p", &p), ("q", POLICY_Q)];
+        let key = &self.key;
+        self.bundle_parts(sequence, version, Self::later(), key, 200_000, policies, Some(base))
+    }
+
+    /// Policy `p` of [`Fixture::bundle`]: its revision is the bundle's sequence.
+    fn policy_p(sequence: u64) -> String {
+        format!(
             "id: p\nrevision: {sequence}\noutputs: {{d: {{type: elasticsearch}}}}\ninputs: []\n"
-        );
-        let q =
-            "id: q\nrevision: 1\noutputs: {d: {type: logstash, hosts: [ls:5044]}}\ninputs: []\n";
-        self.bundle_parts(sequence, version, expires, key, archive_len, &[("p", &p), ("q", q)])
+        )
     }
 
     /// A bundle of sequence `sequence` whose policies are `policies` (id, document text).
     pub fn bundle_with_policies(&self, sequence: u64, policies: &[(&str, &str)]) -> PathBuf {
-        self.bundle_parts(sequence, "9.1.2", Self::later(), &self.key, 200_000, policies)
+        self.bundle_parts(sequence, "9.1.2", Self::later(), &self.key, 200_000, policies, None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn bundle_parts(
         &self,
         sequence: u64,
@@ -149,6 +166,7 @@ impl Fixture {
         key: &SigningKey,
         archive_len: usize,
         policies: &[(&str, &str)],
+        base: Option<ferry_manifests::DeltaBase>,
     ) -> PathBuf {
         let src = self.path(&format!("src-{sequence}-{version}"));
         std::fs::create_dir_all(&src).unwrap();
@@ -214,9 +232,11 @@ impl Fixture {
         }
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap().min(expires);
         let compression = Compression::Zstd { level: 3, workers: 1 };
-        let spec =
+        let mut spec =
             ferry_testkit::spec(sequence, created - time::Duration::days(1), expires, compression);
-        ferry_testkit::write_bundle(&self.path("bundles"), &spec, files, key).bundle_path
+        let out = if base.is_some() { "bundles-delta" } else { "bundles" };
+        spec.base = base;
+        ferry_testkit::write_bundle(&self.path(out), &spec, files, key).bundle_path
     }
 
     pub fn later() -> OffsetDateTime {
