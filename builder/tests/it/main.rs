@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod cli;
+mod delta;
 mod policy_secrets;
 mod policy_warnings;
 mod support;
