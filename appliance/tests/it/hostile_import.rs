@@ -1,4 +1,4 @@
-//! The hostile-bundle corpus: 62 bundles, each wrong in its own way, offered to
+//! The hostile-bundle corpus: 63 bundles, each wrong in its own way, offered to
 //! `ferry-appliance import` on an appliance that has an active release. Most are forged byte by
 //! byte and signed with the trusted key (a leaked key or a buggy builder must still not hurt the
 //! appliance). Every one is refused with exit 1 and the check it failed, the active release and
@@ -190,6 +190,22 @@ fn corpus(f: &Fixture, root: &Path) -> Vec<Case> {
         vec![Piece::file("files/a", b"PAYLOAD\n")],
     );
     c.entries("setuid mode", "mode", "files/a", &one(), vec![lying("files/a", 0o4755, 8, BODY)]);
+
+    // A delta against a base this appliance never imported (one that carries what its base
+    // holds is refused by the reader: ferry-manifests' hostile tests).
+    let mut unknown = forge::manifest(SEQ, vec![declared("files/a", b"only the base had this\n")]);
+    unknown.files[0].in_base = true;
+    unknown.format = ferry_manifests::DELTA_FORMAT;
+    let manifest_sha256 = Sha256Digest::of(b"a base this appliance never saw");
+    unknown.base =
+        Some(ferry_manifests::BaseRef { name: unknown.name.clone(), sequence: 9, manifest_sha256 });
+    c.entries(
+        "delta against a base never imported",
+        "delta-base-unknown",
+        "site 9",
+        &unknown,
+        vec![],
+    );
 
     // The archive's structure.
     let mut bad_sum = RawHeader::file("files/a", 0o644, 8, 0).encode().unwrap().to_vec();
