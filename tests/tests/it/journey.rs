@@ -1,7 +1,7 @@
 //! The whole journey with the real binaries: a new key, the demo bundle built from files shipped
 //! in the repository, checked by `ferry verify`, by the stock `minisign` and by GNU `tar`, then
 //! carried (copied) elsewhere, checked again with only the public key, and imported by the
-//! appliance; a damaged copy is refused on both sides.
+//! appliance; a damaged copy is refused on both sides. Then the round trip with a delta.
 
 use crate::support::{binary, repo_root, run_ok};
 
@@ -115,4 +115,88 @@ fn key_build_verify_carry_verify() {
         1,
         "the refused import left the release store alone"
     );
+}
+
+/// The monthly round trip with a delta: the appliance's holdings carried out, a delta built
+/// against them with one file changed, carried in (the stock `minisign` checks it as any
+/// bundle) and imported; the appliance then serves the release a full bundle would give.
+#[test]
+fn holdings_out_delta_in() {
+    let work = tempfile::tempdir().unwrap();
+    let (connected, isolated) = (work.path().join("connected"), work.path().join("isolated"));
+    std::fs::create_dir_all(&isolated).unwrap();
+    std::fs::create_dir_all(&connected).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-rT")
+        .arg(repo_root().join("examples/demo"))
+        .arg(connected.join("spec"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (key, public) = (connected.join("ferry.key"), isolated.join("trusted.pub"));
+    run_ok(
+        binary("ferry")
+            .args(["keygen", "--without-password", "--secret-key"])
+            .arg(&key)
+            .arg("--public-key")
+            .arg(&public),
+    );
+    let spec = connected.join("spec/bundle.toml");
+    let build = |extra: &[&std::ffi::OsStr]| {
+        let out = run_ok(
+            binary("ferry")
+                .arg("build")
+                .arg(&spec)
+                .arg("--secret-key")
+                .arg(&key)
+                .arg("--out")
+                .arg(connected.join("dist"))
+                .arg("--json")
+                .args(extra),
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let full = build(&[]);
+
+    let config = isolated.join("appliance.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n",
+    )
+    .unwrap();
+    let appliance = || {
+        let mut cmd = binary("ferry-appliance");
+        cmd.arg("--config").arg(&config);
+        cmd
+    };
+    run_ok(appliance().arg("import").arg(full["bundle"].as_str().unwrap()));
+    let holdings = run_ok(appliance().args(["holdings", "--json"])).stdout;
+    std::fs::write(connected.join("holdings.json"), holdings).unwrap();
+
+    // Next month: sequence 2, the README changed.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("sequence = 1", "sequence = 2")).unwrap();
+    std::fs::write(connected.join("spec/README.txt"), "read me again\n").unwrap();
+    let delta = build(&["--base".as_ref(), connected.join("holdings.json").as_os_str()]);
+    assert_eq!((delta["carried_entries"].as_u64(), delta["entries"].as_u64()), (Some(1), Some(3)));
+
+    for name in ["demo-2.ferry", "demo-2.ferry.minisig"] {
+        std::fs::copy(connected.join("dist").join(name), isolated.join(name)).unwrap();
+    }
+    let bundle = isolated.join("demo-2.ferry");
+    run_ok(
+        ferry_manifests::test_tools::tool("minisign")
+            .arg("-Vm")
+            .arg(&bundle)
+            .arg("-p")
+            .arg(&public),
+    );
+    run_ok(appliance().arg("import").arg(&bundle));
+    let out = run_ok(appliance().arg("releases").arg("--json"));
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let active = releases.as_array().unwrap().iter().find(|r| r["active"] == true).unwrap();
+    assert_eq!(active["sequence"], 2);
+    assert_eq!(active["entries"], 3);
+    assert_eq!(active["manifest_sha256"], delta["manifest_sha256"]);
+    run_ok(appliance().arg("fsck"));
 }
