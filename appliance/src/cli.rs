@@ -81,6 +81,10 @@ pub enum Command {
     /// The state store itself: move a single appliance's state into a cluster's PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The audit log (data_dir/audit.log): what was done to this appliance, by whom, when and
+    /// with what outcome; each line chained to the one before by its SHA-256.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Enrollment tokens: what `elastic-agent install --enrollment-token` takes.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -140,6 +144,23 @@ pub struct DrainArgs {
     pub undo: bool,
     #[command(flatten)]
     pub json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show the recorded events, oldest first.
+    Show {
+        /// Only events at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// One JSON record per line on stdout, exactly as stored (for a SIEM).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the chain: every line a record, sequence numbers in order, each line's `prev` the
+    /// SHA-256 of the line before, the last one the recorded head. Exits 1 at the first break,
+    /// naming its file and line (a line removed, edited, moved, or the end cut off).
+    Verify(JsonArg),
 }
 
 #[derive(Debug, Subcommand)]

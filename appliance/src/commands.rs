@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(config, keys, args.takeover),
         Command::Status(args) => crate::admin::client::status(&config, &keys, args.json),
         Command::Cluster(args) => cluster(&config, args.json),
+        Command::Audit(command) => crate::audit::command(&config, command),
         Command::Store(crate::cli::StoreCommand::Copy { from, json }) => {
             crate::cluster::copy_in(&config, &keys, from.as_deref(), json.json)
         }
@@ -699,6 +700,7 @@ pub(crate) async fn run_server(
         uploads_dir,
         token: crate::admin::mint_token(&config.data_dir)?,
         offline_after: Duration::from_secs(config.server.agent_offline_seconds),
+        audit: crate::audit::AuditLog::new(&config.data_dir),
     });
     // Written by versions that served the admin API on TCP; nothing reads it now.
     let _ = std::fs::remove_file(config.data_dir.join("admin.url"));

@@ -11,6 +11,7 @@
 
 mod admin;
 mod app;
+mod audit;
 /// The CLI's definitions, public for the man pages and completions `xtask` generates.
 pub mod cli;
 mod clock;

@@ -58,7 +58,16 @@ pub(crate) struct Admin {
     pub uploads_dir: PathBuf,
     pub token: String,
     pub offline_after: Duration,
+    pub audit: crate::audit::AuditLog,
 }
+
+/// The OS user on the other end of an admin connection (`SO_PEERCRED`), for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub u32);
+
+/// What a handler adds to its request's audit record: ids, names, counts, never a secret.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditDetails(pub Value);
 
 pub(crate) fn router(admin: Arc<Admin>) -> Router {
     let routes = Router::new()
@@ -78,6 +87,8 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .layer(axum::middleware::from_fn(local_only))
+        // Outermost: it sees the requests the two checks above refuse too.
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), audit))
         .with_state(admin);
     Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::net::nosniff))
 }
@@ -176,7 +187,8 @@ pub(crate) async fn serve(
                 continue;
             }
         }
-        let (app, limits) = (app.clone(), limits.clone());
+        let peer = Peer(stream.peer_cred().map_or(u32::MAX, |c| c.uid()));
+        let (app, limits) = (app.clone().layer(axum::Extension(peer)), limits.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::net::http1::serve(stream, app, limits, None).await {
                 tracing::debug!(error = %e, "admin connection ended");
@@ -225,14 +237,70 @@ async fn local_only(request: Request, next: Next) -> Response {
     }
 }
 
-async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
-    let given = request
+/// Records in the audit log every change made through the admin API and every request refused
+/// for its token or origin, with the peer's user, the token's fingerprint and the outcome. Reads
+/// that succeed are not recorded.
+async fn audit(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
+    use crate::audit::{Actor, Outcome};
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let uid = request.extensions().get::<Peer>().map_or(u32::MAX, |p| p.0);
+    let token = bearer(&request).to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let changes = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let denied = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if !changes && !denied {
+        return response;
+    }
+    let outcome = match status.as_u16() {
+        200..=399 => Outcome::Ok,
+        400..=499 => Outcome::Refused,
+        _ => Outcome::Failed,
+    };
+    let event = event_name(&method, &path, denied);
+    let mut details = json!({ "request": format!("{method} {path}"), "status": status.as_u16() });
+    if let Some(AuditDetails(Value::Object(extra))) = response.extensions().get() {
+        details.as_object_mut().expect("an object").extend(extra.clone());
+    }
+    let log = admin.audit.clone();
+    let actor = Actor::admin(uid, &token);
+    // Appending syncs the file: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || log.record(actor, &event, outcome, details)).await;
+    response
+}
+
+/// The audit event of an admin request: `tokens.create`, `secrets.set` …, by the routes of
+/// [`router`].
+fn event_name(method: &axum::http::Method, path: &str, denied: bool) -> String {
+    let route: Vec<&str> = path.strip_prefix(PREFIX).unwrap_or("").split('/').skip(1).collect();
+    let named = match (method.as_str(), route.as_slice()) {
+        _ if denied => "admin.denied",
+        ("POST", ["tokens"]) => "tokens.create",
+        ("POST", ["tokens", _, "revoke"]) => "tokens.revoke",
+        ("POST", ["agents", _, "revoke"]) => "agents.revoke",
+        ("POST", ["actions"]) => "actions.create",
+        ("PUT", ["secrets", _]) => "secrets.set",
+        ("DELETE", ["secrets", _]) => "secrets.remove",
+        ("POST", ["drain"]) => "drain.start",
+        ("DELETE", ["drain"]) => "drain.end",
+        _ => "admin.request",
+    };
+    named.to_owned()
+}
+
+/// The bearer token a request presents, or "".
+fn bearer(request: &Request) -> &str {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !crate::credentials::same_secret(given.as_bytes(), admin.token.as_bytes()) {
+        .unwrap_or("")
+}
+
+async fn require_token(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
+    if !crate::credentials::same_secret(bearer(&request).as_bytes(), admin.token.as_bytes()) {
         return ApiError::fleet(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -415,8 +483,11 @@ async fn create_token(
         name: request.name,
         created: crate::clock::now_rfc3339(),
     };
+    let details = json!({ "token_id": out.id, "policy_id": out.policy_id, "name": out.name });
     db(&admin, move |s| Ok(s.create_enrollment_token(&token)?)).await?;
-    Ok(axum::Json(out).into_response())
+    let mut response = axum::Json(out).into_response();
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
 }
 
 async fn list_tokens(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
@@ -786,8 +857,12 @@ async fn create_actions(
     if kind == ActionKind::Upgrade {
         notes.push("progress: `ferry-appliance agents list` (UPGRADE column)".into());
     }
-    Ok(axum::Json(ActionsCreated { action_id, kind, created_at: created, agents, notes })
-        .into_response())
+    let details = json!({ "action_id": action_id, "type": kind.as_str(), "agents": agents.len() });
+    let mut response =
+        axum::Json(ActionsCreated { action_id, kind, created_at: created, agents, notes })
+            .into_response();
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
 }
 
 async fn show_action(
