@@ -273,7 +273,8 @@ async fn audit(State(admin): State<Arc<Admin>>, request: Request, next: Next) ->
 /// The audit event of an admin request: `tokens.create`, `secrets.set` …, by the routes of
 /// [`router`].
 fn event_name(method: &axum::http::Method, path: &str, denied: bool) -> String {
-    let route: Vec<&str> = path.strip_prefix(PREFIX).unwrap_or("").split('/').skip(1).collect();
+    // Inside the router nested at PREFIX, paths arrive without it.
+    let route: Vec<&str> = path.strip_prefix(PREFIX).unwrap_or(path).split('/').skip(1).collect();
     let named = match (method.as_str(), route.as_slice()) {
         _ if denied => "admin.denied",
         ("POST", ["tokens"]) => "tokens.create",
