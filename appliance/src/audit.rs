@@ -379,6 +379,30 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// Records a command run on this host, with its outcome from `result`: a refusal (a verifier's or
+/// rule's named check, added to the details with the error) or a failure.
+pub(crate) fn local<T>(
+    data_dir: &Path,
+    event: &str,
+    mut details: Value,
+    result: &anyhow::Result<T>,
+) {
+    let outcome = match result {
+        Ok(_) => Outcome::Ok,
+        Err(error) => {
+            details["error"] = Value::from(ferry_manifests::terminal::error_line(error.as_ref()));
+            match crate::refusal_check(error) {
+                Some(check) => {
+                    details["check"] = Value::from(check);
+                    Outcome::Refused
+                }
+                None => Outcome::Failed,
+            }
+        }
+    };
+    AuditLog::new(data_dir).record(Actor::local(), event, outcome, details);
+}
+
 /// `ferry-appliance audit show|verify`.
 pub(crate) fn command(
     config: &crate::config::Config,

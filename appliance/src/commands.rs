@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use ferry_manifests::{TerminalBar, TrustedKeys};
 use serde_json::{Value, json};
 
+use crate::audit::{Actor, AuditLog, Outcome};
 use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::release::{DataDir, ImportOptions};
@@ -412,7 +413,12 @@ fn cluster(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
 
 fn rollback(config: &Config, keys: &TrustedKeys, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
     let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
-    let (name, sequence) = match data.rollback(args.sequence, keys) {
+    let result = data.rollback(args.sequence, keys);
+    let activated =
+        result.as_ref().ok().map(|(name, sequence)| json!({ "name": name, "sequence": sequence }));
+    let details = json!({ "requested": args.sequence, "activated": activated });
+    crate::audit::local(&config.data_dir, "rollback", details, &result);
+    let (name, sequence) = match result {
         Ok(done) => done,
         Err(error) => {
             if args.json {
@@ -432,6 +438,9 @@ fn rollback(config: &Config, keys: &TrustedKeys, args: &RollbackArgs) -> anyhow:
 fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<ExitCode> {
     let data = DataDir::open(&config.data_dir, &config.store_location()?)?;
     let (checked, damage) = data.fsck(keys)?;
+    let verdict = if damage.is_empty() { Outcome::Ok } else { Outcome::Refused };
+    let details = json!({ "checked": checked, "damaged": damage.len() });
+    AuditLog::new(&config.data_dir).record(Actor::local(), "fsck", verdict, details);
     if as_json {
         println!("{}", json!({ "checked": checked, "damaged": damage }));
     } else if damage.is_empty() {
@@ -542,7 +551,15 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
             }
             tracing::info!("stopping");
         };
-        run_server(&config, keys, listeners, shutdown).await
+        let audit = crate::audit::AuditLog::new(&config.data_dir);
+        let started = json!({ "version": env!("CARGO_PKG_VERSION"), "takeover": must_wait });
+        let record = |event: &str, details| {
+            audit.record(crate::audit::Actor::Server, event, crate::audit::Outcome::Ok, details);
+        };
+        record("serve.start", started);
+        let served = run_server(&config, keys, listeners, shutdown).await;
+        record("serve.stop", json!({ "error": served.as_ref().err().map(|e| format!("{e:#}")) }));
+        served
     })?;
     Ok(ExitCode::SUCCESS)
 }
