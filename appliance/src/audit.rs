@@ -518,7 +518,8 @@ mod tests {
 
     #[test]
     fn a_deleted_an_edited_a_reordered_and_a_truncated_line_are_each_found() {
-        let cases: [(&str, fn(&mut Vec<String>), &str); 5] = [
+        type Damage = fn(&mut Vec<String>);
+        let cases: [(&str, Damage, &str); 5] = [
             ("deleted", |l| drop(l.remove(2)), "line 3"),
             ("edited", |l| l[1] = l[1].replace("\"sequence\":2", "\"sequence\":9"), "line 3"),
             ("reordered", |l| l.swap(1, 2), "line 2"),
