@@ -21,6 +21,8 @@ use axum::http::{
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::net::sendfile::{FileRange, ZeroCopy};
+
 /// The largest request head (Fleet Server's `max_header_byte_size`).
 pub(crate) const MAX_HEAD: usize = 8 << 10;
 /// After refusing a body declared too large, up to this much of it is read and dropped (into a
@@ -93,7 +95,8 @@ pub(crate) struct ClientAddr(pub std::net::IpAddr);
 
 /// Serves HTTP/1.1 requests on `io` until the client closes, asks to close, or breaks a rule.
 /// `peer` (the client's address, when the transport has one) goes into each request as a
-/// [`ClientAddr`].
+/// [`ClientAddr`]. A response marked with a [`FileRange`] goes out with `sendfile(2)` when `io`
+/// is plain TCP ([`ZeroCopy`]).
 pub(crate) async fn serve<I>(
     mut io: I,
     app: Router,
@@ -101,7 +104,7 @@ pub(crate) async fn serve<I>(
     peer: Option<std::net::IpAddr>,
 ) -> Result<(), ConnError>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + ZeroCopy + Unpin,
 {
     // Bytes of the next request that arrived with the previous one (pipelining).
     let mut pending: Vec<u8> = Vec::new();
@@ -537,8 +540,9 @@ async fn write_simple<I: AsyncWrite + Unpin>(
 
 /// Writes a response (its body as declared: `Content-Length`, chunked, or for an HTTP/1.0 client
 /// of a body of unknown length, up to the end of the connection); returns whether the
-/// connection closes after it.
-async fn write_response<I: AsyncWrite + Unpin>(
+/// connection closes after it. A body that is a [`FileRange`] of its declared length goes from
+/// the file to the socket with `sendfile(2)` when the connection is plain TCP.
+async fn write_response<I: AsyncWrite + ZeroCopy + Unpin>(
     io: &mut I,
     response: Response<Body>,
     is_head: bool,
@@ -546,7 +550,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     http10: bool,
 ) -> Result<bool, ConnError> {
     use std::fmt::Write as _;
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    let file = parts.extensions.remove::<FileRange>();
     let length = match parts.headers.get(header::CONTENT_LENGTH) {
         Some(v) => v.to_str().ok().and_then(|t| t.parse::<u64>().ok()),
         None => http_body::Body::size_hint(&body).exact(),
@@ -588,6 +593,23 @@ async fn write_response<I: AsyncWrite + Unpin>(
     head.extend_from_slice(b"\r\n");
     io.write_all(&head).await?;
     drop(head);
+    // Zero copy: only a body of exactly its declared length (not chunked, not cut at the end of
+    // the connection), and only when nothing transforms the bytes on their way to the socket.
+    let zero_copy = file.filter(|f| !no_body && length == Some(f.len()) && io.socket().is_some());
+    if let Some(file) = zero_copy {
+        // The head goes first: whatever the transport holds back is on the socket before the
+        // file's bytes are.
+        io.flush().await?;
+        if let Some(socket) = io.socket() {
+            drop(body);
+            let sent = crate::net::sendfile::send(socket, &file).await?;
+            if sent != file.len() {
+                // Truncated under us: cut, and the connection closes (as for a streamed body).
+                return Err(ConnError::BodyLength { declared: file.len(), sent });
+            }
+            return Ok(close);
+        }
+    }
     if !no_body {
         let mut sent: u64 = 0;
         while let Some(frame) = body.frame().await {
@@ -682,8 +704,12 @@ mod tests {
     /// Sends `input` and returns everything the server wrote until it closed the connection.
     /// With `leave`, the client closes its side right after sending (it went away).
     async fn talk(input: &[u8], leave: bool) -> (String, Result<(), ConnError>) {
+        talk_to(app(), input, leave).await
+    }
+
+    async fn talk_to(app: Router, input: &[u8], leave: bool) -> (String, Result<(), ConnError>) {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(serve(server, app(), limits(), None));
+        let task = tokio::spawn(serve(server, app, limits(), None));
         client.write_all(input).await.unwrap();
         if leave {
             client.shutdown().await.unwrap();
@@ -903,6 +929,130 @@ mod tests {
             );
             assert_eq!(out.matches("200 OK").count(), 1, "{path}: nothing after it: {out}");
         }
+    }
+
+    /// `len` bytes of the file at `path` from `offset`, declared as `declared` bytes, with a
+    /// decoy streamed body (`-` repeated) in place of the file's: what a client reads says
+    /// whether the loop sent the file (`sendfile(2)`) or the streamed body.
+    fn decoy_file_response(
+        path: &std::path::Path,
+        offset: u64,
+        len: u64,
+        declared: u64,
+    ) -> axum::response::Response {
+        let file = std::fs::File::open(path).unwrap();
+        let head = Response::builder().header(header::CONTENT_LENGTH, declared);
+        let (parts, _) = FileRange::new(file, offset, len).response(head).unwrap().into_parts();
+        Response::from_parts(parts, Body::from(vec![b'-'; usize::try_from(declared).unwrap()]))
+    }
+
+    const FILE_LEN: u64 = (5 << 20) + 7;
+
+    /// The routes of the file tests, over a file of `FILE_LEN` bytes at `path`.
+    fn file_app(path: &std::path::Path) -> Router {
+        let route = |offset: u64, len: u64, declared: u64| {
+            let path = path.to_owned();
+            get(move || async move { decoy_file_response(&path, offset, len, declared) })
+        };
+        app()
+            .route("/file", route(0, FILE_LEN, FILE_LEN))
+            .route("/part", route(1_000_003, 2_500_000, 2_500_000))
+            // The file holds 10 bytes fewer than the range: as if truncated under us.
+            .route("/truncated", route(0, FILE_LEN + 10, FILE_LEN + 10))
+            // A range whose length is not the declared one (a layer replaced the body).
+            .route("/mismatch", route(0, FILE_LEN, 100))
+    }
+
+    /// Sends `input` over a real loopback TCP connection and returns everything the server
+    /// wrote until it closed the connection, and how the connection ended.
+    async fn over_tcp(app: Router, input: &[u8]) -> (Vec<u8>, Result<(), ConnError>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream, app, limits(), None).await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(input).await.unwrap();
+        let mut out = Vec::new();
+        // A cut response may end in a reset rather than a clean close: what arrived counts.
+        let _ = client.read_to_end(&mut out).await;
+        (out, server.await.unwrap())
+    }
+
+    /// Splits `out` after the first response head that ends with `content-length: LEN`.
+    fn after_head<'a>(out: &'a [u8], len: u64) -> &'a [u8] {
+        let marker = format!("content-length: {len}\r\n");
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&out[..head_end]);
+        assert!(head.contains(&marker), "{head}");
+        &out[head_end..]
+    }
+
+    #[tokio::test]
+    async fn a_file_body_goes_by_sendfile_on_plain_tcp() {
+        let bytes = crate::net::sendfile::tests::pattern(usize::try_from(FILE_LEN).unwrap());
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, &bytes).unwrap();
+        // Whole, then a range, then HEAD, then another response, on one kept-alive connection:
+        // the file's bytes, not the decoy's, and each response where it belongs.
+        let (out, end) = over_tcp(
+            file_app(tmp.path()),
+            b"GET /file HTTP/1.1\r\n\r\nGET /part HTTP/1.1\r\n\r\nHEAD /file HTTP/1.1\r\n\r\n\
+              GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(end.is_ok(), "{end:?}");
+        let rest = after_head(&out, FILE_LEN);
+        let (whole, rest) = rest.split_at(bytes.len());
+        assert!(whole == bytes.as_slice(), "the file's bytes, by sendfile");
+        let rest = after_head(rest, 2_500_000);
+        let (part, rest) = rest.split_at(2_500_000);
+        assert!(part == &bytes[1_000_003..3_500_003], "the range's bytes, by sendfile");
+        let rest = after_head(rest, FILE_LEN);
+        assert!(rest.starts_with(b"HTTP/1.1 200 OK\r\n"), "HEAD has no body");
+        assert!(rest.ends_with(b"\r\n\r\nhello"), "{}", String::from_utf8_lossy(rest));
+        // Over a transport that is not a plain socket (here a pipe; TLS alike), the streamed
+        // body goes.
+        let (out, end) = talk_to(
+            file_app(tmp.path()),
+            b"GET /file HTTP/1.1\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(end.is_ok(), "{end:?}");
+        let decoy = vec![b'-'; bytes.len()];
+        assert!(
+            out.ends_with(&format!(
+                "content-length: {FILE_LEN}\r\nconnection: close\r\n\r\n{}",
+                String::from_utf8_lossy(&decoy)
+            )),
+            "the streamed body"
+        );
+        // A range whose length is not the declared one is not sent from the file.
+        let (out, end) =
+            over_tcp(file_app(tmp.path()), b"GET /mismatch HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .await;
+        assert!(end.is_ok(), "{end:?}");
+        assert!(after_head(&out, 100) == [b'-'; 100], "{}", String::from_utf8_lossy(&out));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_ends_before_its_range_cuts_the_response_and_the_connection() {
+        let bytes = crate::net::sendfile::tests::pattern(usize::try_from(FILE_LEN).unwrap());
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, &bytes).unwrap();
+        let (out, end) = over_tcp(
+            file_app(tmp.path()),
+            b"GET /truncated HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert!(
+            matches!(end, Err(ConnError::BodyLength { declared, sent }) if declared == FILE_LEN + 10 && sent == FILE_LEN),
+            "{end:?}"
+        );
+        // What the file held, then nothing: not the next response.
+        assert!(after_head(&out, FILE_LEN + 10) == bytes.as_slice());
     }
 
     #[tokio::test]
