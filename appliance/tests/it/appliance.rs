@@ -1,5 +1,6 @@
 //! `ferry-appliance` as an operator and an agent meet it: import, refusals that leave the
-//! active release alone, the HTTPS mirror (checked with `sha512sum` and `gpg`), live switching,
+//! active release alone, the HTTPS mirror (checked with `sha512sum` and `gpg`), the plain mirror
+//! (sendfile: ranges, HEAD, a blob cut under a download), live switching,
 //! rollback, fsck, and imports killed at every step.
 
 use crate::support;
@@ -391,4 +392,149 @@ fn a_download_under_way_finishes_from_the_blob_it_started_on() {
     reader.read_to_end(&mut rest).unwrap();
     head.extend_from_slice(&rest);
     assert!(head == expected, "the download under way did not finish with the original bytes");
+}
+
+/// One response read off a kept-alive connection: status, head (lowercased) and body (as long
+/// as its `Content-Length`; none when `head_only`, for HEAD and 304).
+fn read_response(
+    reader: &mut std::io::BufReader<std::net::TcpStream>,
+    head_only: bool,
+) -> (u16, String, Vec<u8>) {
+    use std::io::{BufRead as _, Read as _};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "closed mid-head: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; if head_only { 0 } else { length }];
+    reader.read_exact(&mut body).unwrap();
+    (status, head, body)
+}
+
+#[test]
+fn the_plain_mirror_sends_files_zero_copy_byte_for_byte() {
+    use std::io::{Read as _, Write as _};
+    // Several sendfile calls' worth (2 MiB each), and not a multiple of anything.
+    let len = (5 << 20) + 3;
+    let f = Fixture::new();
+    assert_ok(&import(&f, &f.bundle_full(1, VERSIONS[0], Fixture::later(), &f.key, len)));
+    let server = Server::start(&f);
+    let url = format!("/downloads/{}", archive_path(VERSIONS[0]));
+    let expected = support::sized_archive(VERSIONS[0], len);
+    server.wait_for(&url, &expected);
+
+    // One kept-alive plain connection: whole, ranges, HEAD, a revalidation, then whole again
+    // as the last request; each response where it belongs.
+    let stream = std::net::TcpStream::connect(server.http.trim_start_matches("http://")).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut ask = |method: &str, extra: &str| {
+        write!(writer, "{method} {url} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").unwrap();
+    };
+    ask("GET", "");
+    let (status, head, body) = read_response(&mut reader, false);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
+    assert!(body == expected, "the whole file");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().trim().to_owned();
+    for (range, start, end) in [
+        ("bytes=1000003-3500002", 1_000_003, 3_500_002),
+        ("bytes=-10", len - 10, len - 1),
+        ("bytes=5242880-", 5 << 20, len - 1),
+        ("bytes=0-0", 0, 0),
+    ] {
+        ask("GET", &format!("Range: {range}\r\n"));
+        let (status, head, body) = read_response(&mut reader, false);
+        assert_eq!(status, 206, "{range}: {head}");
+        assert!(head.contains(&format!("content-range: bytes {start}-{end}/{len}\r\n")), "{head}");
+        assert!(body == expected[start..=end], "{range}: the range's bytes");
+    }
+    ask("HEAD", "");
+    let (status, head, _) = read_response(&mut reader, true);
+    assert_eq!(status, 200);
+    assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
+    ask("GET", &format!("If-None-Match: {}\r\n", etag.to_ascii_lowercase()));
+    assert_eq!(read_response(&mut reader, true).0, 304);
+    ask("GET", "Connection: close\r\n");
+    let (status, _, body) = read_response(&mut reader, false);
+    assert!(status == 200 && body == expected, "the whole file again");
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "nothing after the last response");
+
+    // HTTP/1.0, which closes after the body.
+    let mut stream =
+        std::net::TcpStream::connect(server.http.trim_start_matches("http://")).unwrap();
+    write!(stream, "GET {url} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    assert!(out.ends_with(&expected) && out.len() < expected.len() + 1024);
+
+    // Over TLS (the streamed body), the same bytes.
+    let (status, _, body) = server.get(&url, &[]);
+    assert!(status == 200 && body == expected, "TLS: the whole file");
+    let (status, _, body) = server.get(&url, &[("Range", "bytes=1000003-3500002")]);
+    assert!(status == 206 && body == expected[1_000_003..=3_500_002], "TLS: the range");
+}
+
+#[test]
+fn a_blob_truncated_under_a_plain_download_cuts_it_and_closes_the_connection() {
+    use std::io::{Read as _, Write as _};
+    let len = 48 << 20; // far more than the loopback socket buffers hold unread
+    let f = Fixture::new();
+    assert_ok(&import(&f, &f.bundle_full(1, VERSIONS[0], Fixture::later(), &f.key, len)));
+    let server = Server::start(&f);
+    let url = format!("/downloads/{}", archive_path(VERSIONS[0]));
+    let expected = support::sized_archive(VERSIONS[0], len);
+    // Served once the release verified (its sidecar is a small file to wait on).
+    for _ in 0..100 {
+        if server.get(&format!("{url}.sha512"), &[]).0 == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // A download under way (a second request waiting behind it), read only at its start.
+    let stream = std::net::TcpStream::connect(server.http.trim_start_matches("http://")).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    write!(writer, "GET {url} HTTP/1.1\r\nHost: x\r\n\r\nGET {url} HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
+    let mut body = vec![0u8; 64 << 10];
+    reader.read_exact(&mut body).unwrap();
+
+    // The blob is cut to 1 MiB under it (a damaged disk, an operator's mistake).
+    let digest = ferry_manifests::Sha256Digest::of(&expected).to_hex();
+    let blob = f.path(&format!("data/blobs/sha256/{}/{}", &digest[..2], &digest[2..]));
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&blob).unwrap().set_len(1 << 20).unwrap();
+
+    // The response ends short and the connection closes: no second response.
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest); // a reset is a close too
+    body.extend_from_slice(&rest);
+    assert!(body.len() < len, "{} of {len} bytes: the response was not cut", body.len());
+    assert!(body == expected[..body.len()], "what came is the file's start, nothing else");
+    server.wait_for_log("a response broke its framing");
+    assert_eq!(raw_status(&server.http, "/downloads/none"), 404, "the server serves on");
 }
