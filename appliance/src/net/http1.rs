@@ -981,7 +981,7 @@ mod tests {
     }
 
     /// Splits `out` after the first response head that ends with `content-length: LEN`.
-    fn after_head<'a>(out: &'a [u8], len: u64) -> &'a [u8] {
+    fn after_head(out: &[u8], len: u64) -> &[u8] {
         let marker = format!("content-length: {len}\r\n");
         let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let head = String::from_utf8_lossy(&out[..head_end]);
