@@ -21,6 +21,8 @@ mod limits;
 mod manifest;
 mod metadata;
 mod name;
+/// Media-sized parts of a bundle, the signed parts index and Reed–Solomon parity.
+pub mod parts;
 mod progress;
 mod read;
 mod readahead;
@@ -54,8 +56,8 @@ pub use read::{
     verify_stored_manifest,
 };
 pub use sign::{
-    BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PrehashWriter, Prehasher,
-    PublicKey, SignatureFile, SigningKey, StreamVerifier, TrustedKeys, generate_key,
+    BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PartsComment, PrehashWriter,
+    Prehasher, PublicKey, SignatureFile, SigningKey, StreamVerifier, TrustedKeys, generate_key,
 };
 #[cfg(feature = "terminal")]
 pub use terminal::TerminalBar;

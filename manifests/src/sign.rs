@@ -421,8 +421,19 @@ pub struct ManifestComment {
     pub sequence: u64,
 }
 
+/// The facts a parts index's signature carries (`docs/bundle-format.md`, "Parts and parity"):
+/// which bundle the index cuts up, so `minisign -V` shows it and the index cannot pass for
+/// another bundle's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartsComment {
+    pub name: BundleName,
+    pub sequence: u64,
+    pub bundle_sha256: Sha256Digest,
+}
+
 const BUNDLE_TAG: &str = "ferry-bundle";
 const MANIFEST_TAG: &str = "ferry-manifest";
+const PARTS_TAG: &str = "ferry-parts";
 
 impl fmt::Display for BundleComment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -437,6 +448,16 @@ impl fmt::Display for BundleComment {
 impl fmt::Display for ManifestComment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{MANIFEST_TAG} format=1 name={} sequence={}", self.name, self.sequence)
+    }
+}
+
+impl fmt::Display for PartsComment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PARTS_TAG} format=1 name={} sequence={} bundle-sha256={}",
+            self.name, self.sequence, self.bundle_sha256
+        )
     }
 }
 
@@ -489,6 +510,17 @@ impl std::str::FromStr for ManifestComment {
         let v = comment_fields(text, MANIFEST_TAG, &["format", "name", "sequence"])?;
         let (name, sequence) = parse_common(v[0], v[1], v[2])?;
         Ok(Self { name, sequence })
+    }
+}
+
+impl std::str::FromStr for PartsComment {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let v = comment_fields(text, PARTS_TAG, &["format", "name", "sequence", "bundle-sha256"])?;
+        let (name, sequence) = parse_common(v[0], v[1], v[2])?;
+        let bundle_sha256 =
+            Sha256Digest::from_hex(v[3]).ok_or_else(|| format!("bundle-sha256 {:?}", v[3]))?;
+        Ok(Self { name, sequence, bundle_sha256 })
     }
 }
 
@@ -559,5 +591,15 @@ mod tests {
         let m = ManifestComment { name: c.name.clone(), sequence: 9 };
         assert_eq!(m.to_string().parse::<ManifestComment>().unwrap(), m);
         assert!("ferry-manifest format=2 name=site sequence=9".parse::<ManifestComment>().is_err());
+        let p = PartsComment {
+            name: c.name.clone(),
+            sequence: 9,
+            bundle_sha256: Sha256Digest::of(b"b"),
+        };
+        assert_eq!(p.to_string().parse::<PartsComment>().unwrap(), p);
+        assert!(
+            c.to_string().parse::<PartsComment>().is_err(),
+            "a bundle's comment is not a parts index's"
+        );
     }
 }
