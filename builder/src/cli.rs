@@ -43,6 +43,53 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show a bundle's manifest (without verifying it; use `verify` for that).
     Inspect(InspectArgs),
+    /// Cut a signed bundle into media-sized parts, with optional Reed-Solomon parity parts, a
+    /// signed index (NAME-SEQ.ferry.parts, which `sha256sum -c` reads) and a transfer note. The
+    /// bundle itself is only read.
+    Split(SplitArgs),
+}
+
+/// A part size: `4GiB`, `700MiB`, `4G` (powers of 1024), `4.7GB` (powers of 1000), or bytes.
+fn part_size(text: &str) -> Result<u64, String> {
+    ferry_manifests::parts::parse_size(text)
+}
+
+#[derive(Debug, Args)]
+pub struct PartsArgs {
+    /// Also cut the bundle into parts of this size for removable media: 4GiB, 700MiB, 4G
+    /// (powers of 1024), 4.7GB (powers of 1000) or bytes. Writes NAME-SEQ.ferry.part001…, the
+    /// signed index NAME-SEQ.ferry.parts(.minisig) and NAME-SEQ.ferry.transfer.txt.
+    #[arg(long, value_name = "SIZE", value_parser = part_size)]
+    pub part_size: Option<u64>,
+    /// Reed-Solomon parity parts to add: any N parts may then be lost or damaged in transit.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "part_size")]
+    pub parity: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The bundle file (NAME-SEQUENCE.ferry), signed by --secret-key's key.
+    pub bundle: PathBuf,
+    /// Its detached signature (default: BUNDLE.minisig).
+    #[arg(long, value_name = "PATH")]
+    pub signature: Option<PathBuf>,
+    /// Bytes per part: 4GiB, 700MiB, 4G (powers of 1024), 4.7GB (powers of 1000) or bytes.
+    #[arg(long, value_name = "SIZE", value_parser = part_size)]
+    pub part_size: u64,
+    /// Reed-Solomon parity parts to add: any N parts may then be lost or damaged in transit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub parity: usize,
+    /// Folder to write the parts, the index and the transfer note into (default: the bundle's).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// The secret key that signed the bundle; it signs the index too.
+    #[arg(long, default_value = "ferry.key", value_name = "PATH")]
+    pub secret_key: PathBuf,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +185,8 @@ pub struct BuildArgs {
     /// zstd worker threads (default: all cores). The output does not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    #[command(flatten)]
+    pub parts: PartsArgs,
     #[command(flatten)]
     pub password: PasswordArgs,
     /// Print the result as JSON on stdout.

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{
     BuildArgs, CacheArgs, Cli, Command, CompressionArg, InspectArgs, KeygenArgs, PlanArgs,
-    VerifyArgs,
+    SplitArgs, VerifyArgs,
 };
 use crate::fetch::{Cache, PlannedFile};
 use crate::intake::{self, UpstreamPlan};
@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build(&args, cli.quiet),
         Command::Verify(args) => verify(&args, cli.quiet),
         Command::Inspect(args) => inspect(&args),
+        Command::Split(args) => split(&args, cli.quiet),
     }
 }
 
@@ -277,10 +278,27 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let written =
         ferry_manifests::write_bundle(&bundle, payload, &key, &args.out, &Bar::new(quiet))
             .with_context(|| format!("cannot build bundle from {}", args.spec.display()))?;
+    // The whole bundle stays beside its parts: it is the builder's copy to verify, archive or
+    // cut again (`ferry split`); the transfer note lists only what crosses the gap.
+    let parts = match args.parts.part_size {
+        None => None,
+        Some(part_size) => Some(
+            ferry_manifests::parts::split_bundle(
+                &written.bundle_path,
+                &written.signature_path,
+                &key,
+                &args.out,
+                ferry_manifests::parts::SplitOptions { part_size, parity: args.parts.parity },
+                &Bar::new(quiet),
+            )
+            .with_context(|| format!("cannot cut {} into parts", written.bundle_path.display()))?,
+        ),
+    };
     if args.json {
         println!(
             "{}",
             json!({
+                "parts": parts.as_ref().map(split_json),
                 "bundle": written.bundle_path,
                 "signature": written.signature_path,
                 "name": written.manifest.name,
@@ -309,6 +327,9 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         println!("wrote {} (key {})", written.signature_path.display(), key.key_id());
         if let Some(line) = delta_line(&written.manifest) {
             println!("{line}");
+        }
+        if let Some(parts) = &parts {
+            print_split(parts);
         }
         print_policy_secrets(&policies);
     }
@@ -384,6 +405,78 @@ fn delta_line(manifest: &Manifest) -> Option<String> {
         manifest.carried().count(),
         manifest.files.len(),
     ))
+}
+
+/// `split`: cuts a signed bundle into parts; the bundle is only read.
+fn split(args: &SplitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let signature = args
+        .signature
+        .clone()
+        .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
+    let out_dir = match &args.out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+            dir.clone()
+        }
+        None => spec_base(&args.bundle).to_owned(),
+    };
+    let key = keys::load_secret(
+        &args.secret_key,
+        &PasswordSource { file: args.password.password_file.clone() },
+    )?;
+    let options =
+        ferry_manifests::parts::SplitOptions { part_size: args.part_size, parity: args.parity };
+    let output = ferry_manifests::parts::split_bundle(
+        &args.bundle,
+        &signature,
+        &key,
+        &out_dir,
+        options,
+        &Bar::new(quiet || args.json),
+    )
+    .with_context(|| format!("cannot cut {} into parts", args.bundle.display()))?;
+    if args.json {
+        println!("{}", split_json(&output));
+    } else {
+        print_split(&output);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn split_json(output: &ferry_manifests::parts::SplitOutput) -> serde_json::Value {
+    let index = &output.index;
+    let layout = &index.layout;
+    json!({
+        "name": index.name,
+        "sequence": index.sequence,
+        "bundle_bytes": layout.bundle_size,
+        "bundle_sha256": index.bundle_sha256.to_hex(),
+        "part_size": layout.part_size,
+        "data_parts": layout.data_parts,
+        "parity_parts": layout.parity_parts,
+        "stripe": layout.stripe,
+        "index": output.index_path,
+        "index_signature": output.signature_path,
+        "transfer": output.transfer_path,
+        "parts": index.parts.iter().zip(&output.part_paths).map(|(p, path)| json!({
+            "path": path,
+            "size": p.size,
+            "sha256": p.sha256.to_hex(),
+            "parity": p.parity,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What to carry, for people: the transfer note itself, and where it was written.
+fn print_split(output: &ferry_manifests::parts::SplitOutput) {
+    println!(
+        "wrote {} parts, {} and its signature",
+        output.index.parts.len(),
+        output.index_path.display()
+    );
+    println!("wrote {}\n", output.transfer_path.display());
+    print!("{}", output.index.transfer_text());
 }
 
 /// The secret ids each policy needs, for people: a table, and what to do with them.

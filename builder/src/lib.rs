@@ -26,6 +26,9 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             .downcast_ref::<ferry_manifests::VerifyError>()
             .is_some_and(ferry_manifests::VerifyError::is_refusal)
             || cause
+                .downcast_ref::<ferry_manifests::parts::SplitError>()
+                .is_some_and(ferry_manifests::parts::SplitError::is_refusal)
+            || cause
                 .downcast_ref::<intake::FileErrors>()
                 .is_some_and(intake::FileErrors::is_refusal)
     });

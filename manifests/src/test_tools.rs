@@ -15,6 +15,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("gpg", "gnupg"),
     ("sha512sum", "coreutils"),
+    // What the transfer desk checks parts with (`NAME-SEQ.ferry.parts` is its input).
+    ("sha256sum", "coreutils"),
     ("cp", "coreutils"),
     ("mkfifo", "coreutils"),
     ("kill", "procps"),

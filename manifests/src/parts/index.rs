@@ -513,3 +513,92 @@ impl PartsIndex {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::{BundleComment, SigningKey, generate_key};
+
+    fn key() -> SigningKey {
+        SigningKey::from_text(&generate_key(None).unwrap().secret_key_file, "k", None).unwrap()
+    }
+
+    /// An index for a bundle of `size` bytes (its signature made by `key`; the parts' digests are
+    /// made up: the parser never sees the parts).
+    pub(crate) fn index(key: &SigningKey, size: u64, part_size: u64, parity: usize) -> PartsIndex {
+        let name = BundleName::new("site").unwrap();
+        let comment = BundleComment {
+            name: name.clone(),
+            sequence: 7,
+            manifest_sha256: Sha256Digest::of(b"m"),
+        };
+        let layout = Layout::new(size, part_size, parity).unwrap();
+        let parts = (0..layout.total_parts())
+            .map(|i| Part {
+                index: i,
+                file_name: layout.part_name("site-7.ferry", i),
+                size: layout.part_len(i),
+                sha256: Sha256Digest::of(&i.to_le_bytes()),
+                parity: i >= layout.data_parts,
+            })
+            .collect();
+        PartsIndex {
+            name,
+            sequence: 7,
+            bundle_sha256: Sha256Digest::of(b"bundle"),
+            bundle_signature: key.sign(b"bundle", &comment.to_string()),
+            layout,
+            parts,
+        }
+    }
+
+    fn refused(text: &str) -> IndexError {
+        PartsIndex::parse(text.as_bytes()).expect_err("refused")
+    }
+
+    #[test]
+    fn round_trips_and_reads_as_sha256sum_lines() {
+        let index = index(&key(), 10_000, 4096, 2);
+        let text = index.to_text();
+        assert_eq!(PartsIndex::parse(text.as_bytes()).unwrap(), index);
+        let hashes: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(hashes.len(), 5);
+        assert!(hashes[0].ends_with("  site-7.ferry.part001"), "{}", hashes[0]);
+        assert!(text.contains("# part: site-7.ferry.part005 size=4096 parity\n"), "{text}");
+        assert!(index.transfer_text().contains("sha256sum -c --ignore-missing site-7.ferry.parts"));
+    }
+
+    #[test]
+    fn refuses_every_inconsistency_with_its_check() {
+        let text = index(&key(), 10_000, 4096, 2).to_text();
+        let cases: Vec<(String, &str)> = vec![
+            (text.replace("format=1", "format=2"), "index-format"),
+            (text.replace("# sequence: 7\n", "# sequence: 07\n"), "index-field"),
+            (text.replace("# name: site\n", "# name: site\n# name: site\n"), "index-duplicate"),
+            (text.replace("# data-parts: 3", "# data-parts: 4"), "index-layout"),
+            (text.replace("# stripe: 4096", "# stripe: 2048"), "index-layout"),
+            (text.replace("# bundle-size: 10000", "# bundle-size: 10001"), "index-part-size"),
+            (text.replace("part003 size=1808 data", "part003 size=1808 parity"), "index-part-kind"),
+            (text.replace("ferry.part002 size", "ferry.part02 size"), "index-part-name"),
+            (text.replace("ferry.part002 size", "ferry.part001 size"), "index-duplicate"),
+            (text.replace("# part: site-7.ferry.part005 size=4096 parity\n", ""), "index-count"),
+            (
+                text.replace("  site-7.ferry.part002\n", "  site-7.ferry.part003\n"),
+                "index-part-name",
+            ),
+            (format!("{text}# extra\n"), "index-line"),
+            (format!("{text}\n"), "index-line"),
+            (text.replace("\n# bundle:", "\n# comment: hi\n# bundle:"), "index-line"),
+            (text.replace('\n', "\r\n"), "index-text"),
+            (text.trim_end().to_owned(), "index-text"),
+            (text.replace("# parity-parts: 2", "# parity-parts: 70000"), "index-layout"),
+            (text.replace("# part-size: 4096", "# part-size: 100"), "index-layout"),
+            (text.replace("sequence=7", "sequence=8"), "index-field"),
+            ("x".repeat(2 << 20), "index-size"),
+        ];
+        for (bad, check) in cases {
+            let error = refused(&bad);
+            assert_eq!(error.check(), check, "{error}");
+        }
+    }
+}

@@ -69,6 +69,19 @@ pub enum SplitError {
     Layout(#[from] LayoutError),
 }
 
+impl SplitError {
+    /// Whether the bundle or its signature was refused (exit 1) rather than the request being
+    /// impossible or the disk failing (exit 2).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SplitError::Signature { .. }
+                | SplitError::OtherKey { .. }
+                | SplitError::BadBundle { .. }
+        )
+    }
+}
+
 /// Removes the files it holds unless disarmed: a failed split leaves no part behind.
 struct Leftovers(Vec<PathBuf>);
 
