@@ -23,7 +23,8 @@ use clap::{Args, Parser, Subcommand};
         takes it out of a load balancer's rotation.\n\n\
         Exit codes: 0 success; 1 an input was refused (a bundle or its signature, data that \
         fails its check, a request the appliance refuses such as an unknown policy or agent); 2 \
-        usage, configuration or internal error.",
+        usage, configuration or internal error; 3 an import from parts lacks parts (nothing \
+        imported, the verified parts kept: run it again with the missing ones).",
     after_help = "Typical use:\n  ferry-appliance default-config > /etc/ferry/appliance.toml\n  \
         ferry-appliance import site-3.ferry\n  ferry-appliance serve\n  \
         ferry-appliance tokens create --policy POLICY_ID"
@@ -412,11 +413,17 @@ pub struct JsonArg {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The bundle file (NAME-SEQUENCE.ferry).
+    /// The bundle file (NAME-SEQUENCE.ferry), or the signed index of a bundle that came as
+    /// parts (NAME-SEQUENCE.ferry.parts): then the parts are looked for beside it and in each
+    /// --parts-dir, verified, kept in the data directory until enough have arrived (exit 3
+    /// until then: run again with the missing ones), and the bundle rebuilt and imported.
     pub bundle: PathBuf,
-    /// Its detached signature (default: BUNDLE.minisig).
+    /// Its detached signature (default: BUNDLE.minisig; for a parts index, INDEX.minisig).
     #[arg(long, value_name = "PATH")]
     pub signature: Option<PathBuf>,
+    /// Another folder holding parts (a mounted medium); repeat for several.
+    #[arg(long = "parts-dir", value_name = "DIR")]
+    pub parts_dirs: Vec<PathBuf>,
     /// Accept a sequence at or below the stored floor (a rollback or replay). Logged.
     #[arg(long)]
     pub allow_downgrade: bool,

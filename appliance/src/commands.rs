@@ -41,7 +41,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc => {
             let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
             let (releases, blobs) = data.gc(config.retain_releases, &keys)?;
-            println!("removed {releases} release(s) and {blobs} blob(s)");
+            let parts = gc_parts(&config)?;
+            println!("removed {releases} release(s), {blobs} blob(s) and {parts} parts folder(s)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(config, keys, args.takeover),
@@ -105,6 +106,100 @@ fn import(
         .clone()
         .unwrap_or_else(|| ferry_manifests::default_signature_path(&args.bundle));
     let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
+    if crate::parts::is_parts_index(&args.bundle) {
+        return import_parts(config, keys, args, &mut data, &signature, quiet);
+    }
+    import_bundle(config, keys, args, &mut data, &args.bundle, &signature, quiet)
+}
+
+/// `import NAME-SEQ.ferry.parts`: verify the index, gather and verify parts, and once enough
+/// are here, import the rebuilt bundle exactly as a bundle that came whole (`import_bundle`).
+fn import_parts(
+    config: &Config,
+    keys: &TrustedKeys,
+    args: &ImportArgs,
+    data: &mut DataDir,
+    signature: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::parts::{Prepared, after_refusal, prepare, verified_index};
+    let progress = TerminalBar::new(quiet || args.json);
+    let refused = |error: anyhow::Error| {
+        let error = error.context(format!("import of {} refused", args.bundle.display()));
+        if args.json {
+            print_refusal("imported", &error);
+        }
+        error
+    };
+    let index = verified_index(&args.bundle, signature, keys).map_err(refused)?;
+    let prepared = prepare(&config.data_dir, &args.bundle, &index, &args.parts_dirs, &progress)
+        .map_err(refused)?;
+    let (report, bundle, bundle_signature) = match prepared {
+        Prepared::Incomplete(report) => {
+            if args.json {
+                let mut v = serde_json::to_value(&report)?;
+                v["imported"] = json!(false);
+                v["check"] = json!("parts-incomplete");
+                v["still_needed"] = json!(report.still_needed());
+                println!("{v}");
+            } else {
+                print_parts_report(&report);
+            }
+            eprintln!(
+                "incomplete: {}; nothing imported, the verified parts are kept in {}: run the \
+                 import again with the missing parts (--parts-dir DIR)",
+                report.summary(),
+                report.folder.display()
+            );
+            return Ok(ExitCode::from(crate::parts::EXIT_INCOMPLETE));
+        }
+        Prepared::Ready { report, bundle, signature } => (report, bundle, signature),
+    };
+    if !args.json {
+        print_parts_report(&report);
+    }
+    match import_bundle(config, keys, args, data, &bundle, &bundle_signature, quiet) {
+        Ok(code) => {
+            // Usually gone already: the import removes parts folders at or below the floor.
+            match std::fs::remove_dir_all(&report.folder) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e)
+                        .with_context(|| format!("cannot remove {}", report.folder.display()));
+                }
+                _ => {}
+            }
+            Ok(code)
+        }
+        Err(error) => {
+            after_refusal(&report.folder, &index);
+            Err(error)
+        }
+    }
+}
+
+fn print_parts_report(report: &crate::parts::PartsReport) {
+    println!("parts of {} sequence {}: {}", report.name, report.sequence, report.summary());
+    for bad in &report.damaged {
+        println!("refused {}: {} check: {}", bad.path.display(), bad.check, bad.problem);
+    }
+    for other in &report.other_bundles {
+        println!("ignored {}: a part of another bundle (part-other-bundle)", other.display());
+    }
+    if !report.rebuilt.is_empty() {
+        println!("rebuilt from parity: {}", report.rebuilt.join(", "));
+    }
+}
+
+/// The import of a bundle file (one that came whole, or one rebuilt from parts).
+fn import_bundle(
+    config: &Config,
+    keys: &TrustedKeys,
+    args: &ImportArgs,
+    data: &mut DataDir,
+    bundle: &std::path::Path,
+    signature: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let options = ImportOptions {
         allow_downgrade: args.allow_downgrade,
         allow_expired: args.allow_expired,
@@ -115,16 +210,10 @@ fn import(
     };
     let progress = TerminalBar::new(quiet || args.json);
     let record = match crate::cluster::Cluster::of(config)? {
-        None => data.import(&args.bundle, &signature, keys, options, &progress),
-        Some(cluster) => crate::cluster::import(
-            &cluster,
-            &mut data,
-            &args.bundle,
-            &signature,
-            keys,
-            options,
-            &progress,
-        ),
+        None => data.import(bundle, signature, keys, options, &progress),
+        Some(cluster) => {
+            crate::cluster::import(&cluster, data, bundle, signature, keys, options, &progress)
+        }
     }
     .with_context(|| format!("import of {} refused", args.bundle.display()));
     let record = match record {
@@ -144,6 +233,10 @@ fn import(
             record.name, record.sequence, record.entries, record.payload_bytes, record.key_id
         );
     }
+    // Parts of this bundle and of older ones are of no use any more.
+    if let Err(e) = gc_parts(config) {
+        tracing::warn!(error = %e, "removing the parts of imported bundles failed; run `ferry-appliance gc`");
+    }
     // Secrets the new release's policies need that are not set on this appliance: those
     // policies are not delivered until they are (stderr, so `--json` stays one document).
     for (policy, ids) in secrets_not_set(config, keys, &record)? {
@@ -155,6 +248,14 @@ fn import(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the parts folders of bundles at or below their name's floor.
+fn gc_parts(config: &Config) -> anyhow::Result<usize> {
+    let Some(store) = crate::store::open_existing(&config.store_location()?)? else {
+        return Ok(0);
+    };
+    crate::parts::gc(&config.data_dir, &|name| Ok(store.floor(name)?))
 }
 
 /// The secret ids each policy of release `record` needs and the store does not hold.

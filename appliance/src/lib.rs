@@ -25,6 +25,7 @@ mod error;
 mod fleet;
 mod mirror;
 mod net;
+mod parts;
 mod release;
 mod routes;
 mod secrets;
@@ -60,6 +61,9 @@ pub fn refusal_check(error: &anyhow::Error) -> Option<&'static str> {
             return Some(refusal.check());
         }
         if let Some(refusal) = cause.downcast_ref::<release::RollbackRefusal>() {
+            return Some(refusal.check());
+        }
+        if let Some(refusal) = cause.downcast_ref::<parts::PartsRefusal>() {
             return Some(refusal.check());
         }
         if let Some(stored) = cause.downcast_ref::<release::StoredManifestError>() {

@@ -1,0 +1,624 @@
+//! Importing a bundle that crossed the gap as parts (`ferry-appliance import NAME-SEQ.ferry.parts`).
+//!
+//! ```text
+//! DATA/parts/NAME-SEQ-<first 16 hex of the bundle's sha256>/   0700, kept across runs
+//!     NAME-SEQ.ferry.partNNN        parts verified against the signed index
+//!     NAME-SEQ.ferry(.minisig)      the rebuilt bundle, only while it is being imported
+//! ```
+//!
+//! Order: the index's signature with the trusted keys (before the index is parsed or any part
+//! looked at) → the index's rules → the parts already kept, hashed again → every part not yet
+//! kept, looked for beside the index and in each `--parts-dir`, its size then its SHA-256
+//! checked while it is copied in (a bad copy is reported and never kept) → if fewer than the
+//! data parts' count are kept: stop, exit 3, keep what was verified → rebuild missing data
+//! parts from parity (each checked against the index) → put the bundle together, write its
+//! `.minisig` from the index → the ordinary import of that bundle, which verifies its detached
+//! signature over the rebuilt bytes before anything else. The parts' digests are never a
+//! substitute for it. Parts folders are not `staging/`, which every start empties: parts may
+//! arrive over several runs.
+
+use std::fs::{self, File};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context as _;
+use ferry_manifests::parts::{IndexError, MAX_INDEX_SIZE, Part, PartsIndex};
+use ferry_manifests::{KeyId, PartsComment, Progress, Sha256Digest, SignatureFile, TrustedKeys};
+use serde::Serialize;
+use sha2::Digest as _;
+
+const CHUNK: usize = 1 << 20;
+/// The largest index signature read (the reader's limit for `.minisig` files).
+const MAX_SIGNATURE: u64 = 16 << 10;
+/// The exit code of an import that is waiting for more parts: nothing was imported, the
+/// verified parts are kept, and running again with the missing ones continues.
+pub(crate) const EXIT_INCOMPLETE: u8 = 3;
+
+/// Refusals of a parts index (exit 1). Each is its own check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum PartsRefusal {
+    #[error("parts index {path} does not exist")]
+    NoIndex { path: PathBuf },
+    #[error(
+        "the parts index's signature {path} does not exist: an index is accepted only with its \
+         .minisig (carry it along, or name it with --signature)"
+    )]
+    NoSignature { path: PathBuf },
+    #[error("{path} is {size} bytes, the limit is {max}")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("{path} is not a usable minisign signature: {reason}")]
+    SignatureMalformed { path: PathBuf, reason: String },
+    #[error("the parts index is signed by key {key_id}, which is not trusted (trusted: {trusted})")]
+    UntrustedKey { key_id: KeyId, trusted: String },
+    #[error(
+        "the parts index's signature check failed for {path}: {reason} (the index was altered \
+         after it was signed, or signed by another key)"
+    )]
+    BadSignature { path: PathBuf, reason: String },
+    #[error("the parts index's trusted comment is wrong: {reason}")]
+    TrustedComment { reason: String },
+    #[error("parts index {path} refused: {source}")]
+    Index { path: PathBuf, source: IndexError },
+    #[error("{part} rebuilt from parity has sha256 {actual}, the index says {expected}")]
+    Rebuilt { part: String, expected: Sha256Digest, actual: Sha256Digest },
+}
+
+impl PartsRefusal {
+    /// A stable name for the check that refused, for machine output.
+    pub(crate) fn check(&self) -> &'static str {
+        match self {
+            PartsRefusal::NoIndex { .. } => "parts-index-missing",
+            PartsRefusal::NoSignature { .. } => "parts-signature-missing",
+            PartsRefusal::TooLarge { .. } => "index-size",
+            PartsRefusal::SignatureMalformed { .. } => "parts-signature-format",
+            PartsRefusal::UntrustedKey { .. } => "parts-untrusted-key",
+            PartsRefusal::BadSignature { .. } => "parts-signature",
+            PartsRefusal::TrustedComment { .. } => "parts-trusted-comment",
+            PartsRefusal::Index { source, .. } => source.check(),
+            PartsRefusal::Rebuilt { .. } => "part-rebuild",
+        }
+    }
+}
+
+/// Whether `path` names a parts index rather than a bundle: by its extension, or, for a file
+/// renamed on the way, by its first line.
+pub(crate) fn is_parts_index(path: &Path) -> bool {
+    if path.extension().is_some_and(|e| e == "parts") {
+        return true;
+    }
+    let mut head = [0u8; 14];
+    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"# ferry-parts "
+}
+
+/// A part found somewhere that could not be used, and why.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BadPart {
+    pub part: String,
+    pub path: PathBuf,
+    pub check: &'static str,
+    pub problem: String,
+}
+
+/// What a run found: what is kept, what is missing, what was refused.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PartsReport {
+    pub name: String,
+    pub sequence: u64,
+    pub folder: PathBuf,
+    pub parts: usize,
+    pub data_parts: usize,
+    pub parity_parts: usize,
+    /// Parts verified and kept (before any rebuilding).
+    pub have: Vec<String>,
+    /// Parts neither kept nor found intact anywhere.
+    pub missing: Vec<String>,
+    /// Copies found and refused (each also counts as missing unless a good copy was found).
+    pub damaged: Vec<BadPart>,
+    /// Data parts rebuilt from parity.
+    pub rebuilt: Vec<String>,
+    /// Part files of other bundles seen in the searched folders, not used.
+    pub other_bundles: Vec<PathBuf>,
+}
+
+impl PartsReport {
+    /// How many more parts are needed before the bundle can be rebuilt.
+    pub(crate) fn still_needed(&self) -> usize {
+        self.data_parts.saturating_sub(self.have.len())
+    }
+
+    /// The one-line summary, e.g. `have 6 of 10 parts, need 8: missing part003, part007
+    /// (damaged: part009 part-sha256); 2 more needed`.
+    pub(crate) fn summary(&self) -> String {
+        let short = |p: &str| p.rsplit('.').next().unwrap_or(p).to_owned();
+        let mut line =
+            format!("have {} of {} parts, need {}", self.have.len(), self.parts, self.data_parts);
+        if !self.missing.is_empty() {
+            let missing: Vec<String> = self.missing.iter().map(|p| short(p)).collect();
+            line.push_str(&format!(": missing {}", missing.join(", ")));
+        }
+        if !self.damaged.is_empty() {
+            let damaged: Vec<String> =
+                self.damaged.iter().map(|d| format!("{} {}", short(&d.part), d.check)).collect();
+            line.push_str(&format!(" (damaged: {})", damaged.join(", ")));
+        }
+        match self.still_needed() {
+            0 => {}
+            n => line.push_str(&format!("; {n} more needed")),
+        }
+        line
+    }
+}
+
+/// What [`prepare`] leaves.
+pub(crate) enum Prepared {
+    /// Too few parts: nothing to import yet.
+    Incomplete(PartsReport),
+    /// The bundle is rebuilt in the parts folder, ready for the ordinary import.
+    Ready { report: PartsReport, bundle: PathBuf, signature: PathBuf },
+}
+
+/// Reads a file of at most `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> io::Result<Result<Vec<u8>, u64>> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > max {
+        return Ok(Err(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Ok(Err(bytes.len() as u64));
+    }
+    Ok(Ok(bytes))
+}
+
+/// Verifies the index's signature with `keys`, then parses it. Nothing else is read first.
+pub(crate) fn verified_index(
+    index_path: &Path,
+    signature_path: &Path,
+    keys: &TrustedKeys,
+) -> anyhow::Result<PartsIndex> {
+    let io = |path: &Path| format!("cannot read {}", path.display());
+    let bytes = match read_bounded(index_path, MAX_INDEX_SIZE) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PartsRefusal::NoIndex { path: index_path.to_owned() }.into());
+        }
+        Err(e) => return Err(e).with_context(|| io(index_path)),
+        Ok(Err(size)) => {
+            let path = index_path.to_owned();
+            return Err(PartsRefusal::TooLarge { path, size, max: MAX_INDEX_SIZE }.into());
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    let sig_bytes = match read_bounded(signature_path, MAX_SIGNATURE) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PartsRefusal::NoSignature { path: signature_path.to_owned() }.into());
+        }
+        Err(e) => return Err(e).with_context(|| io(signature_path)),
+        Ok(Err(size)) => {
+            let path = signature_path.to_owned();
+            return Err(PartsRefusal::TooLarge { path, size, max: MAX_SIGNATURE }.into());
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    let malformed = |reason: String| PartsRefusal::SignatureMalformed {
+        path: signature_path.to_owned(),
+        reason,
+    };
+    let text = String::from_utf8(sig_bytes).map_err(|e| malformed(e.to_string()))?;
+    let signature = SignatureFile::parse(&text).map_err(malformed)?;
+    let key = keys.get(signature.key_id()).ok_or_else(|| PartsRefusal::UntrustedKey {
+        key_id: signature.key_id(),
+        trusted: keys.ids().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+    })?;
+    signature
+        .verify(key, &bytes)
+        .map_err(|reason| PartsRefusal::BadSignature { path: index_path.to_owned(), reason })?;
+    let comment: PartsComment = signature
+        .trusted_comment()
+        .parse()
+        .map_err(|reason| PartsRefusal::TrustedComment { reason })?;
+    let index = PartsIndex::parse(&bytes)
+        .map_err(|source| PartsRefusal::Index { path: index_path.to_owned(), source })?;
+    if comment != index.comment() {
+        return Err(PartsRefusal::TrustedComment {
+            reason: format!("it says {comment}, the index is of {}", index.comment()),
+        }
+        .into());
+    }
+    Ok(index)
+}
+
+/// The bundle's persistent parts folder below the data directory.
+pub(crate) fn folder(data_dir: &Path, index: &PartsIndex) -> PathBuf {
+    data_dir.join("parts").join(format!(
+        "{}-{}-{}",
+        index.name,
+        index.sequence,
+        &index.bundle_sha256.to_hex()[..16]
+    ))
+}
+
+fn private_dir(path: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Size and SHA-256 of the file at `path` against `part`: `None` when it matches, else the
+/// check that failed and what it found.
+fn check_file(path: &Path, part: &Part) -> io::Result<Option<(&'static str, String)>> {
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Some(("part-not-file", "not a regular file".into())));
+    }
+    if meta.len() != part.size {
+        return Ok(Some(size_problem(meta.len(), part.size)));
+    }
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    let actual = Sha256Digest(sha.finalize().into());
+    Ok((actual != part.sha256).then(|| sha_problem(actual, part.sha256)))
+}
+
+fn size_problem(actual: u64, declared: u64) -> (&'static str, String) {
+    let how = if actual < declared { "truncated: " } else { "" };
+    ("part-size", format!("{how}{actual} bytes, the index says {declared}"))
+}
+
+fn sha_problem(actual: Sha256Digest, expected: Sha256Digest) -> (&'static str, String) {
+    (
+        "part-sha256",
+        format!("sha256 {actual}, the index says {expected} (damaged, or another bundle's part)"),
+    )
+}
+
+/// Copies the part at `source` into `dest` (through a temporary name), checking its size
+/// before and its SHA-256 while copying: `None` when it is now kept, else why not.
+fn copy_in(
+    source: &Path,
+    dest: &Path,
+    part: &Part,
+    progress: &dyn Progress,
+) -> io::Result<Option<(&'static str, String)>> {
+    let mut input = File::open(source)?;
+    let meta = input.metadata()?;
+    if !meta.is_file() {
+        return Ok(Some(("part-not-file", "not a regular file".into())));
+    }
+    if meta.len() != part.size {
+        return Ok(Some(size_problem(meta.len(), part.size)));
+    }
+    let temp = dest.with_file_name(format!(".{}.partial", part.file_name));
+    let result = (|| {
+        let mut out = File::create(&temp)?;
+        let mut sha = sha2::Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut copied = 0u64;
+        // Never more than the index declares, whatever the file does meanwhile.
+        while copied < part.size {
+            let want = CHUNK.min((part.size - copied) as usize);
+            let n = input.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            copied += n as u64;
+            progress.advance(n as u64);
+        }
+        if copied != part.size || input.read(&mut [0u8; 1])? != 0 {
+            return Ok(Some(("part-size", format!("changed while it was read ({copied} bytes)"))));
+        }
+        let actual = Sha256Digest(sha.finalize().into());
+        if actual != part.sha256 {
+            return Ok(Some(sha_problem(actual, part.sha256)));
+        }
+        out.sync_all()?;
+        fs::rename(&temp, dest)?;
+        Ok(None)
+    })();
+    if !matches!(result, Ok(None)) {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Runs `work` on every item, on a few threads (parts are independent; hashing is the cost).
+fn parallel<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(items.len()) {
+            scope.spawn(|| {
+                while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    work(item);
+                }
+            });
+        }
+    });
+}
+
+/// Gathers and verifies parts; when there are enough, rebuilds the bundle in the parts folder.
+pub(crate) fn prepare(
+    data_dir: &Path,
+    index_path: &Path,
+    index: &PartsIndex,
+    parts_dirs: &[PathBuf],
+    progress: &dyn Progress,
+) -> anyhow::Result<Prepared> {
+    let folder = folder(data_dir, index);
+    private_dir(&data_dir.join("parts"))?;
+    private_dir(&folder)?;
+    let names: Vec<&str> = index.parts.iter().map(|p| p.file_name.as_str()).collect();
+    // Whatever else is in the folder (a temporary copy a crash left, a rebuilt bundle of a
+    // refused run) goes; only verified parts stay.
+    for entry in fs::read_dir(&folder)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !names.contains(&name.as_str()) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+    }
+
+    // Parts kept by earlier runs: hashed again (a disk can fail too).
+    let kept: Mutex<Vec<bool>> = Mutex::new(vec![false; index.parts.len()]);
+    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    parallel(&index.parts, |part| {
+        let path = folder.join(&part.file_name);
+        match check_file(&path, part) {
+            Ok(None) => kept.lock().expect("no panics hold it")[part.index] = true,
+            Ok(Some((check, problem))) => {
+                tracing::warn!(part = %part.file_name, check, problem, "a kept part is damaged; removed");
+                if let Err(e) = fs::remove_file(&path) {
+                    errors.lock().expect("no panics hold it").push(e.into());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => errors
+                .lock()
+                .expect("no panics hold it")
+                .push(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+        }
+    });
+
+    // Everything else, from beside the index and each --parts-dir, in that order.
+    let mut dirs: Vec<PathBuf> = vec![match index_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }];
+    dirs.extend(parts_dirs.iter().cloned());
+    let wanted: Vec<&Part> = {
+        let kept = kept.lock().expect("no panics hold it");
+        index.parts.iter().filter(|p| !kept[p.index]).collect()
+    };
+    let damaged: Mutex<Vec<BadPart>> = Mutex::new(Vec::new());
+    let total: u64 = wanted.iter().map(|p| p.size).sum();
+    progress.start("verifying parts", total);
+    parallel(&wanted, |part| {
+        for dir in &dirs {
+            let source = dir.join(&part.file_name);
+            match fs::metadata(&source) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                _ => {}
+            }
+            let verdict = copy_in(&source, &folder.join(&part.file_name), part, progress)
+                .unwrap_or_else(|e| Some(("part-unreadable", e.to_string())));
+            match verdict {
+                None => {
+                    kept.lock().expect("no panics hold it")[part.index] = true;
+                    return;
+                }
+                Some((check, problem)) => {
+                    tracing::warn!(part = %part.file_name, path = %source.display(), check, problem, "part refused");
+                    damaged.lock().expect("no panics hold it").push(BadPart {
+                        part: part.file_name.clone(),
+                        path: source,
+                        check,
+                        problem,
+                    });
+                }
+            }
+        }
+    });
+    progress.finish();
+    if let Some(error) = errors.into_inner().expect("no panics hold it").pop() {
+        return Err(error);
+    }
+    let kept = kept.into_inner().expect("no panics hold it");
+    let mut damaged = damaged.into_inner().expect("no panics hold it");
+    damaged.sort_by(|a, b| (&a.part, &a.path).cmp(&(&b.part, &b.path)));
+
+    // Part files of other bundles: the operator may have brought the wrong medium.
+    let ours = format!("{}.part", index.bundle_file());
+    let mut other_bundles = Vec::new();
+    for dir in &dirs {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((_, number)) = name.rsplit_once(".ferry.part")
+                && !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && !name.starts_with(&ours)
+            {
+                other_bundles.push(entry.path());
+            }
+        }
+    }
+    other_bundles.sort();
+
+    let layout = index.layout;
+    let mut report = PartsReport {
+        name: index.name.to_string(),
+        sequence: index.sequence,
+        folder: folder.clone(),
+        parts: layout.total_parts(),
+        data_parts: layout.data_parts,
+        parity_parts: layout.parity_parts,
+        have: index.parts.iter().filter(|p| kept[p.index]).map(|p| p.file_name.clone()).collect(),
+        missing: index
+            .parts
+            .iter()
+            .filter(|p| !kept[p.index])
+            .map(|p| p.file_name.clone())
+            .collect(),
+        damaged,
+        rebuilt: Vec::new(),
+        other_bundles,
+    };
+    if report.have.len() < layout.data_parts {
+        return Ok(Prepared::Incomplete(report));
+    }
+
+    // Rebuild missing data parts from parity, each checked against the index before use.
+    let missing_data: Vec<&Part> = index.data_parts().iter().filter(|p| !kept[p.index]).collect();
+    if !missing_data.is_empty() {
+        rebuild(&folder, index, &kept, &missing_data, progress)?;
+        report.rebuilt = missing_data.iter().map(|p| p.file_name.clone()).collect();
+    }
+
+    // The bundle, put together from the data parts (in-kernel copies: std's File-to-File
+    // `io::copy` uses copy_file_range).
+    let bundle = folder.join(index.bundle_file());
+    let signature = ferry_manifests::default_signature_path(&bundle);
+    let write = |path: &Path| format!("cannot write {}", path.display());
+    let mut out = File::create(&bundle).with_context(|| write(&bundle))?;
+    progress.start("rebuilding the bundle", layout.bundle_size);
+    for part in index.data_parts() {
+        let path = folder.join(&part.file_name);
+        let mut input =
+            File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = io::copy(&mut input, &mut out).with_context(|| write(&bundle))?;
+        progress.advance(n);
+    }
+    progress.finish();
+    drop(out);
+    fs::write(&signature, &index.bundle_signature).with_context(|| write(&signature))?;
+    Ok(Prepared::Ready { report, bundle, signature })
+}
+
+/// Rebuilds `missing` data parts into the folder from the kept parts, stripe by stripe.
+fn rebuild(
+    folder: &Path,
+    index: &PartsIndex,
+    kept: &[bool],
+    missing: &[&Part],
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
+    let open = |p: &Part| -> anyhow::Result<Option<File>> {
+        if !kept[p.index] {
+            return Ok(None);
+        }
+        let path = folder.join(&p.file_name);
+        File::open(&path).map(Some).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let inputs = index.parts.iter().map(open).collect::<anyhow::Result<Vec<_>>>()?;
+    let temp = |p: &Part| folder.join(format!(".{}.partial", p.file_name));
+    let mut outputs: Vec<Option<File>> = Vec::new();
+    for part in index.data_parts() {
+        outputs.push(if kept[part.index] {
+            None
+        } else {
+            let path = temp(part);
+            Some(File::create(&path).with_context(|| format!("cannot write {}", path.display()))?)
+        });
+    }
+    progress.start("rebuilding parts from parity", missing.len() as u64 * index.layout.part_size);
+    ferry_manifests::parts::rebuild_data(
+        &index.layout,
+        kept,
+        &mut |p, offset, buf| {
+            inputs[p].as_ref().expect("only kept parts are read").read_exact_at(buf, offset)
+        },
+        &mut |i, offset, bytes| {
+            outputs[i].as_ref().expect("only missing parts are written").write_all_at(bytes, offset)
+        },
+        progress,
+    )
+    .context("cannot rebuild parts from parity")?;
+    progress.finish();
+    for part in missing {
+        let path = temp(part);
+        if let Some(file) = &outputs[part.index] {
+            file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        match check_file(&path, part).with_context(|| format!("cannot read {}", path.display()))? {
+            None => fs::rename(&path, folder.join(&part.file_name))
+                .with_context(|| format!("cannot rename {}", path.display()))?,
+            Some(_) => {
+                let actual = Sha256Digest::of(&fs::read(&path).unwrap_or_default());
+                let _ = fs::remove_file(&path);
+                return Err(PartsRefusal::Rebuilt {
+                    part: part.file_name.clone(),
+                    expected: part.sha256,
+                    actual,
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a refused import: the rebuilt bundle goes, and so does any kept part that no longer
+/// matches the index; verified parts stay for the next run.
+pub(crate) fn after_refusal(folder: &Path, index: &PartsIndex) {
+    let bundle = folder.join(index.bundle_file());
+    let _ = fs::remove_file(ferry_manifests::default_signature_path(&bundle));
+    let _ = fs::remove_file(&bundle);
+    parallel(&index.parts, |part| {
+        let path = folder.join(&part.file_name);
+        if let Ok(Some(_)) = check_file(&path, part) {
+            let _ = fs::remove_file(&path);
+        }
+    });
+}
+
+/// Removes the parts folders of bundles at or below their name's floor: they can never be
+/// imported again without `--allow-downgrade`, and a newer one replaced them. `floor` gives a
+/// name's floor. Returns how many were removed.
+pub(crate) fn gc(
+    data_dir: &Path,
+    floor: &dyn Fn(&str) -> anyhow::Result<Option<u64>>,
+) -> anyhow::Result<usize> {
+    let root = data_dir.join("parts");
+    let entries = match fs::read_dir(&root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        entries => entries.with_context(|| format!("cannot read {}", root.display()))?,
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // NAME-SEQ-HEX16; the name may itself hold dashes.
+        let mut pieces = name.rsplitn(3, '-');
+        let (Some(_hex), Some(sequence), Some(bundle)) =
+            (pieces.next(), pieces.next(), pieces.next())
+        else {
+            continue;
+        };
+        let Ok(sequence) = sequence.parse::<u64>() else { continue };
+        if floor(bundle)?.is_some_and(|floor| sequence <= floor) {
+            tracing::info!(folder = %name, "removing the parts of a bundle at or below its floor");
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
