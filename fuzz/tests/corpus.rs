@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 type Harness = fn(&[u8]);
 
-const TARGETS: [(&str, Harness); 7] = [
+const TARGETS: [(&str, Harness); 8] = [
     ("manifest", ferry_fuzz::manifest),
     ("bundle", ferry_fuzz::bundle),
     ("entry_name", ferry_fuzz::entry_name),
@@ -14,6 +14,7 @@ const TARGETS: [(&str, Harness); 7] = [
     ("artifact_id", ferry_fuzz::artifact_id),
     ("checkin", ferry_fuzz::checkin),
     ("ack", ferry_fuzz::ack),
+    ("parts_index", ferry_fuzz::parts_index),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -73,6 +74,11 @@ fn checkin() {
 #[test]
 fn ack() {
     replay("ack", ferry_fuzz::ack);
+}
+
+#[test]
+fn parts_index() {
+    replay("parts_index", ferry_fuzz::parts_index);
 }
 
 /// The hand-made seeds are in the corpus byte for byte (they change when the format or the test

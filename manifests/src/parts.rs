@@ -29,6 +29,9 @@ pub const MAX_PARTS: usize = 4096;
 /// The smallest part size: below it, the per-part overhead (a file, an index line, a shard)
 /// is all there is.
 pub const MIN_PART_SIZE: u64 = 1024;
+/// The largest bundle cut into parts (16 TiB): far above what the reader accepts, and low enough
+/// that no size computed from it overflows.
+pub const MAX_BUNDLE_SIZE: u64 = 1 << 44;
 /// The largest stripe: how many bytes of each part one Reed–Solomon codeword row covers.
 pub const MAX_STRIPE: u64 = 1 << 20;
 /// What one stripe's shards may take together (data and parity), so the encoder's and
@@ -59,6 +62,8 @@ pub struct Layout {
 pub enum LayoutError {
     #[error("the bundle is empty")]
     EmptyBundle,
+    #[error("the bundle is {size} bytes; parts are made of bundles up to {max} bytes")]
+    BundleTooLarge { size: u64, max: u64 },
     #[error("part size {part_size} is below the minimum of {min} bytes")]
     PartTooSmall { part_size: u64, min: u64 },
     #[error(
@@ -79,6 +84,9 @@ impl Layout {
     pub fn new(bundle_size: u64, part_size: u64, parity_parts: usize) -> Result<Self, LayoutError> {
         if bundle_size == 0 {
             return Err(LayoutError::EmptyBundle);
+        }
+        if bundle_size > MAX_BUNDLE_SIZE {
+            return Err(LayoutError::BundleTooLarge { size: bundle_size, max: MAX_BUNDLE_SIZE });
         }
         if part_size < MIN_PART_SIZE {
             return Err(LayoutError::PartTooSmall { part_size, min: MIN_PART_SIZE });
@@ -109,7 +117,10 @@ impl Layout {
     /// always a multiple of 64.
     fn stripe_for(parts: usize, span: u64) -> u64 {
         let budget = (STRIPE_BUDGET / parts.max(1) as u64) / SHARD_ALIGN * SHARD_ALIGN;
-        MAX_STRIPE.min(budget).min(span.next_multiple_of(SHARD_ALIGN)).max(SHARD_ALIGN)
+        MAX_STRIPE
+            .min(budget)
+            .min(span.min(MAX_STRIPE).next_multiple_of(SHARD_ALIGN))
+            .max(SHARD_ALIGN)
     }
 
     pub fn total_parts(&self) -> usize {
