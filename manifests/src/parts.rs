@@ -15,7 +15,7 @@ mod size;
 mod split;
 
 pub use index::{IndexError, Part, PartsIndex, parts_signature_path};
-pub use parity::{encode_parity, rebuild_data};
+pub use parity::{ReadAt, WriteAt, encode_parity, rebuild_data};
 pub use size::parse_size;
 pub use split::{SplitError, SplitOptions, SplitOutput, split_bundle};
 
@@ -203,7 +203,7 @@ mod tests {
         let l = Layout::new(3000 * 4096, 4096, 10).unwrap();
         assert_eq!(l.stripe, 4096);
         let l = Layout::new(3000 << 20, 1 << 20, 10).unwrap();
-        assert_eq!(l.stripe * l.total_parts() as u64 <= STRIPE_BUDGET, true);
+        assert!(l.stripe * l.total_parts() as u64 <= STRIPE_BUDGET);
         assert_eq!(l.stripe % 64, 0);
         assert_eq!(l.name_width(), 4);
         assert_eq!(Layout::new(0, 4096, 0), Err(LayoutError::EmptyBundle));

@@ -251,7 +251,8 @@ fn bad_parts_and_bad_indexes_are_refused_each_by_its_check() {
 
     // Another bundle's part renamed as ours, a flipped bit, a truncated part: each refused
     // with its check, none kept.
-    let damage: [(&str, &str, Box<dyn Fn(&Path)>); 3] = [
+    type Spoil<'a> = Box<dyn Fn(&Path) + 'a>;
+    let damage: [(&str, &str, Spoil<'_>); 3] = [
         (
             "renamed",
             "part-sha256",

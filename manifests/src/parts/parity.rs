@@ -13,6 +13,11 @@ use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 use super::Layout;
 use crate::progress::Progress;
 
+/// Reads part `p`'s bytes at an offset into the whole buffer.
+pub type ReadAt<'a> = dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()> + 'a;
+/// Writes bytes of part `p` at an offset.
+pub type WriteAt<'a> = dyn FnMut(usize, u64, &[u8]) -> io::Result<()> + 'a;
+
 fn codec(e: reed_solomon_simd::Error) -> io::Error {
     io::Error::other(format!("reed-solomon: {e}"))
 }
@@ -23,7 +28,7 @@ fn read_piece(
     i: usize,
     k: u64,
     buf: &mut [u8],
-    read: &mut dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()>,
+    read: &mut ReadAt<'_>,
 ) -> io::Result<()> {
     let len = layout.piece_len(i, k) as usize;
     read(i, k * layout.stripe, &mut buf[..len])?;
@@ -36,7 +41,7 @@ fn read_piece(
 /// bytes, stripe after stripe, in order.
 pub fn encode_parity(
     layout: &Layout,
-    read: &mut dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()>,
+    read: &mut ReadAt<'_>,
     write: &mut dyn FnMut(usize, &[u8]) -> io::Result<()>,
     progress: &dyn Progress,
 ) -> io::Result<()> {
@@ -70,8 +75,8 @@ pub fn encode_parity(
 pub fn rebuild_data(
     layout: &Layout,
     present: &[bool],
-    read: &mut dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()>,
-    write: &mut dyn FnMut(usize, u64, &[u8]) -> io::Result<()>,
+    read: &mut ReadAt<'_>,
+    write: &mut WriteAt<'_>,
     progress: &dyn Progress,
 ) -> io::Result<()> {
     let (data, parity) = (layout.data_parts, layout.parity_parts);
