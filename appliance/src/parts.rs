@@ -2,9 +2,15 @@
 //!
 //! ```text
 //! DATA/parts/NAME-SEQ-<first 16 hex of the bundle's sha256>/   0700, kept across runs
-//!     NAME-SEQ.ferry.partNNN        parts verified against the signed index
-//!     NAME-SEQ.ferry(.minisig)      the rebuilt bundle, only while it is being imported
+//!     NAME-SEQ.ferry                the bundle being put together: each data part is copied
+//!                                   straight to its place (sparse until it arrives)
+//!     NAME-SEQ.ferry.partNNN        parity parts
+//!     NAME-SEQ.ferry.minisig        from the index, only while the bundle is being imported
 //! ```
+//!
+//! What is kept is only ever what matches the index: every run hashes each data part's range
+//! and each parity file again, so a range that never received its part (zeros), or a copy cut
+//! short by a crash, is simply missing.
 //!
 //! Order: the index's signature with the trusted keys (before the index is parsed or any part
 //! looked at) → the index's rules → the parts already kept, hashed again → every part not yet
@@ -18,7 +24,7 @@
 //! arrive over several runs.
 
 use std::fs::{self, File};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -87,8 +93,11 @@ impl PartsRefusal {
 /// Whether `path` names a parts index rather than a bundle: by its extension, or, for a file
 /// renamed on the way, by its first line.
 pub(crate) fn is_parts_index(path: &Path) -> bool {
-    if path.extension().is_some_and(|e| e == "parts") {
-        return true;
+    match path.extension() {
+        Some(e) if e == "parts" => return true,
+        // A bundle is imported as it always was, without even a look at its first bytes.
+        Some(e) if e == "ferry" => return false,
+        _ => {}
     }
     let mut head = [0u8; 14];
     File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"# ferry-parts "
@@ -251,27 +260,44 @@ fn private_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// Size and SHA-256 of the file at `path` against `part`: `None` when it matches, else the
-/// check that failed and what it found.
-fn check_file(path: &Path, part: &Part) -> io::Result<Option<(&'static str, String)>> {
-    let mut file = File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Ok(Some(("part-not-file", "not a regular file".into())));
-    }
-    if meta.len() != part.size {
-        return Ok(Some(size_problem(meta.len(), part.size)));
-    }
+/// Where a part is kept: data parts in place inside the bundle being put together (so the
+/// bundle is never copied together at the end), parity parts as files of their own.
+enum Slot<'a> {
+    Range { file: &'a File, offset: u64 },
+    File(PathBuf),
+}
+
+/// Hashes `len` bytes of `file` at `offset`.
+fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<Sha256Digest> {
     let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min((len - done) as usize);
+        file.read_exact_at(&mut buf[..n], offset + done)?;
         sha.update(&buf[..n]);
+        done += n as u64;
     }
-    let actual = Sha256Digest(sha.finalize().into());
+    Ok(Sha256Digest(sha.finalize().into()))
+}
+
+/// Size and SHA-256 of a kept part against the index: `None` when it matches, else the check
+/// that failed and what it found.
+fn check_kept(slot: &Slot<'_>, part: &Part) -> io::Result<Option<(&'static str, String)>> {
+    let actual = match slot {
+        Slot::Range { file, offset } => hash_range(file, *offset, part.size)?,
+        Slot::File(path) => {
+            let file = File::open(path)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Ok(Some(("part-not-file", "not a regular file".into())));
+            }
+            if meta.len() != part.size {
+                return Ok(Some(size_problem(meta.len(), part.size)));
+            }
+            hash_range(&file, 0, part.size)?
+        }
+    };
     Ok((actual != part.sha256).then(|| sha_problem(actual, part.sha256)))
 }
 
@@ -287,11 +313,13 @@ fn sha_problem(actual: Sha256Digest, expected: Sha256Digest) -> (&'static str, S
     )
 }
 
-/// Copies the part at `source` into `dest` (through a temporary name), checking its size
-/// before and its SHA-256 while copying: `None` when it is now kept, else why not.
+/// Copies the part at `source` into its slot, checking its size before and its SHA-256 while
+/// copying: `None` when it is now kept, else why not. A refused copy never counts: a file slot
+/// is written under a temporary name and renamed only once it matched; a range slot holds
+/// whatever was copied, which the next check (or the rebuild) finds wrong and overwrites.
 fn copy_in(
     source: &Path,
-    dest: &Path,
+    slot: &Slot<'_>,
     part: &Part,
     progress: &dyn Progress,
 ) -> io::Result<Option<(&'static str, String)>> {
@@ -303,9 +331,19 @@ fn copy_in(
     if meta.len() != part.size {
         return Ok(Some(size_problem(meta.len(), part.size)));
     }
-    let temp = dest.with_file_name(format!(".{}.partial", part.file_name));
+    let (out, base, temp) = match slot {
+        Slot::Range { offset, .. } => (None, *offset, None),
+        Slot::File(dest) => {
+            let temp = dest.with_file_name(format!(".{}.partial", part.file_name));
+            (Some(File::create(&temp)?), 0, Some((temp, dest)))
+        }
+    };
+    let target = match (&out, slot) {
+        (Some(file), _) => file,
+        (None, Slot::Range { file, .. }) => *file,
+        (None, Slot::File(_)) => unreachable!("a file slot has its output"),
+    };
     let result = (|| {
-        let mut out = File::create(&temp)?;
         let mut sha = sha2::Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         let mut copied = 0u64;
@@ -317,7 +355,7 @@ fn copy_in(
                 break;
             }
             sha.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
+            target.write_all_at(&buf[..n], base + copied)?;
             copied += n as u64;
             progress.advance(n as u64);
         }
@@ -328,12 +366,16 @@ fn copy_in(
         if actual != part.sha256 {
             return Ok(Some(sha_problem(actual, part.sha256)));
         }
-        out.sync_all()?;
-        fs::rename(&temp, dest)?;
+        if let Some((temp, dest)) = &temp {
+            target.sync_all()?;
+            fs::rename(temp, dest)?;
+        }
         Ok(None)
     })();
-    if !matches!(result, Ok(None)) {
-        let _ = fs::remove_file(&temp);
+    if let Some((temp, _)) = &temp
+        && !matches!(result, Ok(None))
+    {
+        let _ = fs::remove_file(temp);
     }
     result
 }
@@ -353,7 +395,7 @@ fn parallel<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) {
     });
 }
 
-/// Gathers and verifies parts; when there are enough, rebuilds the bundle in the parts folder.
+/// Gathers and verifies parts; when there are enough, completes the bundle in the parts folder.
 pub(crate) fn prepare(
     data_dir: &Path,
     index_path: &Path,
@@ -364,36 +406,64 @@ pub(crate) fn prepare(
     let folder = folder(data_dir, index);
     private_dir(&data_dir.join("parts"))?;
     private_dir(&folder)?;
-    let names: Vec<&str> = index.parts.iter().map(|p| p.file_name.as_str()).collect();
-    // Whatever else is in the folder (a temporary copy a crash left, a rebuilt bundle of a
-    // refused run) goes; only verified parts stay.
+    let layout = index.layout;
+    let bundle_path = folder.join(index.bundle_file());
+    let parity_names: Vec<&str> =
+        index.parts[layout.data_parts..].iter().map(|p| p.file_name.as_str()).collect();
+    // Whatever else is in the folder (a temporary copy a crash left, the signature of a refused
+    // run) goes; only the bundle being put together and parity parts stay.
     for entry in fs::read_dir(&folder)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !names.contains(&name.as_str()) {
+        if name != index.bundle_file() && !parity_names.contains(&name.as_str()) {
             fs::remove_file(entry.path())
                 .with_context(|| format!("cannot remove {}", entry.path().display()))?;
         }
     }
+    let fresh = !bundle_path.exists();
+    let assembly = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&bundle_path)
+        .with_context(|| format!("cannot open {}", bundle_path.display()))?;
+    // Sparse until parts arrive; a range that never received its part reads as zeros.
+    assembly
+        .set_len(layout.bundle_size)
+        .with_context(|| format!("cannot size {}", bundle_path.display()))?;
+    let slot = |part: &Part| {
+        if part.parity {
+            Slot::File(folder.join(&part.file_name))
+        } else {
+            Slot::Range { file: &assembly, offset: layout.data_offset(part.index) }
+        }
+    };
 
-    // Parts kept by earlier runs: hashed again (a disk can fail too).
+    // Parts kept by earlier runs: hashed again (a disk can fail too; a run may have stopped
+    // half way through a copy).
     let kept: Mutex<Vec<bool>> = Mutex::new(vec![false; index.parts.len()]);
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    let keep = |i: usize| kept.lock().expect("no panics hold it")[i] = true;
+    let fail = |e: anyhow::Error| errors.lock().expect("no panics hold it").push(e);
     parallel(&index.parts, |part| {
-        let path = folder.join(&part.file_name);
-        match check_file(&path, part) {
-            Ok(None) => kept.lock().expect("no panics hold it")[part.index] = true,
+        if fresh && !part.parity {
+            return;
+        }
+        match check_kept(&slot(part), part) {
+            Ok(None) => keep(part.index),
             Ok(Some((check, problem))) => {
-                tracing::warn!(part = %part.file_name, check, problem, "a kept part is damaged; removed");
-                if let Err(e) = fs::remove_file(&path) {
-                    errors.lock().expect("no panics hold it").push(e.into());
+                if let Slot::File(path) = slot(part) {
+                    tracing::warn!(part = %part.file_name, check, problem, "a kept part is damaged; removed");
+                    if let Err(e) = fs::remove_file(&path) {
+                        fail(e.into());
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => errors
-                .lock()
-                .expect("no panics hold it")
-                .push(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+            Err(e) => {
+                fail(anyhow::Error::new(e).context(format!("cannot read {}", part.file_name)))
+            }
         }
     });
 
@@ -413,15 +483,16 @@ pub(crate) fn prepare(
     parallel(&wanted, |part| {
         for dir in &dirs {
             let source = dir.join(&part.file_name);
-            match fs::metadata(&source) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                _ => {}
+            if let Err(e) = fs::metadata(&source)
+                && e.kind() == io::ErrorKind::NotFound
+            {
+                continue;
             }
-            let verdict = copy_in(&source, &folder.join(&part.file_name), part, progress)
+            let verdict = copy_in(&source, &slot(part), part, progress)
                 .unwrap_or_else(|e| Some(("part-unreadable", e.to_string())));
             match verdict {
                 None => {
-                    kept.lock().expect("no panics hold it")[part.index] = true;
+                    keep(part.index);
                     return;
                 }
                 Some((check, problem)) => {
@@ -462,7 +533,9 @@ pub(crate) fn prepare(
     }
     other_bundles.sort();
 
-    let layout = index.layout;
+    let names = |held: bool| -> Vec<String> {
+        index.parts.iter().filter(|p| kept[p.index] == held).map(|p| p.file_name.clone()).collect()
+    };
     let mut report = PartsReport {
         name: index.name.to_string(),
         sequence: index.sequence,
@@ -470,13 +543,8 @@ pub(crate) fn prepare(
         parts: layout.total_parts(),
         data_parts: layout.data_parts,
         parity_parts: layout.parity_parts,
-        have: index.parts.iter().filter(|p| kept[p.index]).map(|p| p.file_name.clone()).collect(),
-        missing: index
-            .parts
-            .iter()
-            .filter(|p| !kept[p.index])
-            .map(|p| p.file_name.clone())
-            .collect(),
+        have: names(true),
+        missing: names(false),
         damaged,
         rebuilt: Vec::new(),
         other_bundles,
@@ -485,108 +553,85 @@ pub(crate) fn prepare(
         return Ok(Prepared::Incomplete(report));
     }
 
-    // Rebuild missing data parts from parity, each checked against the index before use.
+    // Rebuild missing data parts from parity, in place, each checked against the index.
     let missing_data: Vec<&Part> = index.data_parts().iter().filter(|p| !kept[p.index]).collect();
     if !missing_data.is_empty() {
-        rebuild(&folder, index, &kept, &missing_data, progress)?;
+        rebuild(&folder, &assembly, index, &kept, &missing_data, progress)?;
         report.rebuilt = missing_data.iter().map(|p| p.file_name.clone()).collect();
     }
-
-    // The bundle, put together from the data parts (in-kernel copies: std's File-to-File
-    // `io::copy` uses copy_file_range).
-    let bundle = folder.join(index.bundle_file());
-    let signature = ferry_manifests::default_signature_path(&bundle);
-    let write = |path: &Path| format!("cannot write {}", path.display());
-    let mut out = File::create(&bundle).with_context(|| write(&bundle))?;
-    progress.start("rebuilding the bundle", layout.bundle_size);
-    for part in index.data_parts() {
-        let path = folder.join(&part.file_name);
-        let mut input =
-            File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let n = io::copy(&mut input, &mut out).with_context(|| write(&bundle))?;
-        progress.advance(n);
-    }
-    progress.finish();
-    drop(out);
-    fs::write(&signature, &index.bundle_signature).with_context(|| write(&signature))?;
-    Ok(Prepared::Ready { report, bundle, signature })
+    assembly.sync_all().with_context(|| format!("cannot write {}", bundle_path.display()))?;
+    drop(assembly);
+    let signature = ferry_manifests::default_signature_path(&bundle_path);
+    fs::write(&signature, &index.bundle_signature)
+        .with_context(|| format!("cannot write {}", signature.display()))?;
+    Ok(Prepared::Ready { report, bundle: bundle_path, signature })
 }
 
-/// Rebuilds `missing` data parts into the folder from the kept parts, stripe by stripe.
+/// Rebuilds the `missing` data parts in place in `assembly` from the kept parts, stripe by
+/// stripe.
 fn rebuild(
     folder: &Path,
+    assembly: &File,
     index: &PartsIndex,
     kept: &[bool],
     missing: &[&Part],
     progress: &dyn Progress,
 ) -> anyhow::Result<()> {
-    let open = |p: &Part| -> anyhow::Result<Option<File>> {
-        if !kept[p.index] {
-            return Ok(None);
-        }
-        let path = folder.join(&p.file_name);
-        File::open(&path).map(Some).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let inputs = index.parts.iter().map(open).collect::<anyhow::Result<Vec<_>>>()?;
-    let temp = |p: &Part| folder.join(format!(".{}.partial", p.file_name));
-    let mut outputs: Vec<Option<File>> = Vec::new();
-    for part in index.data_parts() {
-        outputs.push(if kept[part.index] {
-            None
+    let layout = index.layout;
+    let mut parity: Vec<Option<File>> = Vec::new();
+    for part in &index.parts[layout.data_parts..] {
+        parity.push(if kept[part.index] {
+            let path = folder.join(&part.file_name);
+            Some(File::open(&path).with_context(|| format!("cannot read {}", path.display()))?)
         } else {
-            let path = temp(part);
-            Some(File::create(&path).with_context(|| format!("cannot write {}", path.display()))?)
+            None
         });
     }
-    progress.start("rebuilding parts from parity", missing.len() as u64 * index.layout.part_size);
+    // Each rebuilt part is written front to back, stripe after stripe: hashed as it is written.
+    let mut hashers: Vec<(sha2::Sha256, u64)> =
+        (0..layout.data_parts).map(|_| (sha2::Sha256::new(), 0)).collect();
+    progress.start("rebuilding parts from parity", missing.len() as u64 * layout.part_size);
     ferry_manifests::parts::rebuild_data(
-        &index.layout,
+        &layout,
         kept,
-        &mut |p, offset, buf| {
-            inputs[p].as_ref().expect("only kept parts are read").read_exact_at(buf, offset)
+        &mut |p, offset, buf| match p.checked_sub(layout.data_parts) {
+            None => assembly.read_exact_at(buf, layout.data_offset(p) + offset),
+            Some(j) => {
+                parity[j].as_ref().expect("only kept parts are read").read_exact_at(buf, offset)
+            }
         },
         &mut |i, offset, bytes| {
-            outputs[i].as_ref().expect("only missing parts are written").write_all_at(bytes, offset)
+            let (sha, written) = &mut hashers[i];
+            debug_assert_eq!(*written, offset, "stripes arrive in order");
+            sha.update(bytes);
+            *written += bytes.len() as u64;
+            assembly.write_all_at(bytes, layout.data_offset(i) + offset)
         },
         progress,
     )
     .context("cannot rebuild parts from parity")?;
     progress.finish();
     for part in missing {
-        let path = temp(part);
-        if let Some(file) = &outputs[part.index] {
-            file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        match check_file(&path, part).with_context(|| format!("cannot read {}", path.display()))? {
-            None => fs::rename(&path, folder.join(&part.file_name))
-                .with_context(|| format!("cannot rename {}", path.display()))?,
-            Some(_) => {
-                let actual = Sha256Digest::of(&fs::read(&path).unwrap_or_default());
-                let _ = fs::remove_file(&path);
-                return Err(PartsRefusal::Rebuilt {
-                    part: part.file_name.clone(),
-                    expected: part.sha256,
-                    actual,
-                }
-                .into());
+        let (sha, written) = std::mem::take(&mut hashers[part.index]);
+        let actual = Sha256Digest(sha.finalize().into());
+        if written != part.size || actual != part.sha256 {
+            return Err(PartsRefusal::Rebuilt {
+                part: part.file_name.clone(),
+                expected: part.sha256,
+                actual,
             }
+            .into());
         }
     }
     Ok(())
 }
 
-/// After a refused import: the rebuilt bundle goes, and so does any kept part that no longer
-/// matches the index; verified parts stay for the next run.
+/// After a refused import: the bundle's signature goes; the bundle as put together (whose data
+/// parts matched the index) and the parity parts stay, and are checked again part by part at
+/// the next run.
 pub(crate) fn after_refusal(folder: &Path, index: &PartsIndex) {
     let bundle = folder.join(index.bundle_file());
     let _ = fs::remove_file(ferry_manifests::default_signature_path(&bundle));
-    let _ = fs::remove_file(&bundle);
-    parallel(&index.parts, |part| {
-        let path = folder.join(&part.file_name);
-        if let Ok(Some(_)) = check_file(&path, part) {
-            let _ = fs::remove_file(&path);
-        }
-    });
 }
 
 /// Removes the parts folders of bundles at or below their name's floor: they can never be

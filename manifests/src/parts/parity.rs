@@ -114,8 +114,11 @@ pub fn rebuild_data(
             let restored = result
                 .restored_original(i)
                 .ok_or_else(|| io::Error::other(format!("data part {} was not restored", i + 1)))?;
+            // A short last part ends before the last stripes: nothing of it is there.
             let len = layout.piece_len(i, k) as usize;
-            write(i, k * layout.stripe, &restored[..len])?;
+            if len > 0 {
+                write(i, k * layout.stripe, &restored[..len])?;
+            }
         }
         progress.advance(layout.stripe_len(k) * missing.len() as u64);
     }

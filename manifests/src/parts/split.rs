@@ -122,13 +122,26 @@ impl Output {
             .map_err(|source| SplitError::Output { path: self.temp.clone(), source })
     }
 
-    /// Flushes and syncs; returns the temporary path, the length and the digest.
-    fn finish(self) -> Result<(PathBuf, u64, Sha256Digest), SplitError> {
+    /// Flushes (the caller syncs later, so the kernel writes one part back while the next is
+    /// produced); returns the file, its temporary path, the length and the digest.
+    fn finish(self) -> Result<Finished, SplitError> {
         let output = |source| SplitError::Output { path: self.temp.clone(), source };
         let file = self.file.into_inner().map_err(|e| output(e.into_error()))?;
-        file.sync_all().map_err(output)?;
-        Ok((self.temp, self.len, Sha256Digest(self.hasher.finalize().into())))
+        Ok(Finished {
+            file,
+            temp: self.temp,
+            len: self.len,
+            sha256: Sha256Digest(self.hasher.finalize().into()),
+        })
     }
+}
+
+/// A part written and hashed, not yet synced nor under its final name.
+struct Finished {
+    file: File,
+    temp: PathBuf,
+    len: u64,
+    sha256: Sha256Digest,
 }
 
 /// Writes `contents` to `path` through a synced temporary file.
@@ -288,7 +301,13 @@ pub fn split_bundle(
     };
     let bundle_file = index.bundle_file();
     let mut part_paths = Vec::with_capacity(layout.total_parts());
-    for (i, (temp, size, sha256)) in data_parts.into_iter().chain(parity_parts).enumerate() {
+    let finished: Vec<Finished> = data_parts.into_iter().chain(parity_parts).collect();
+    for part in &finished {
+        part.file
+            .sync_all()
+            .map_err(|source| SplitError::Output { path: part.temp.clone(), source })?;
+    }
+    for (i, Finished { temp, len: size, sha256, .. }) in finished.into_iter().enumerate() {
         debug_assert_eq!(size, layout.part_len(i));
         let file_name = layout.part_name(&bundle_file, i);
         let path = out_dir.join(&file_name);
