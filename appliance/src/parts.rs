@@ -462,7 +462,7 @@ pub(crate) fn prepare(
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                fail(anyhow::Error::new(e).context(format!("cannot read {}", part.file_name)))
+                fail(anyhow::Error::new(e).context(format!("cannot read {}", part.file_name)));
             }
         }
     });
