@@ -479,6 +479,7 @@ pub(crate) fn prepare(
     };
     let damaged: Mutex<Vec<BadPart>> = Mutex::new(Vec::new());
     let total: u64 = wanted.iter().map(|p| p.size).sum();
+    let started = std::time::Instant::now();
     progress.start("verifying parts", total);
     parallel(&wanted, |part| {
         for dir in &dirs {
@@ -508,6 +509,11 @@ pub(crate) fn prepare(
         }
     });
     progress.finish();
+    tracing::info!(
+        bytes = total,
+        seconds = started.elapsed().as_secs_f64(),
+        "parts checked and copied in"
+    );
     if let Some(error) = errors.into_inner().expect("no panics hold it").pop() {
         return Err(error);
     }
@@ -556,10 +562,18 @@ pub(crate) fn prepare(
     // Rebuild missing data parts from parity, in place, each checked against the index.
     let missing_data: Vec<&Part> = index.data_parts().iter().filter(|p| !kept[p.index]).collect();
     if !missing_data.is_empty() {
+        let started = std::time::Instant::now();
         rebuild(&folder, &assembly, index, &kept, &missing_data, progress)?;
+        tracing::info!(
+            parts = missing_data.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "data parts rebuilt from parity"
+        );
         report.rebuilt = missing_data.iter().map(|p| p.file_name.clone()).collect();
     }
+    let started = std::time::Instant::now();
     assembly.sync_all().with_context(|| format!("cannot write {}", bundle_path.display()))?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "bundle synced");
     drop(assembly);
     let signature = ferry_manifests::default_signature_path(&bundle_path);
     fs::write(&signature, &index.bundle_signature)

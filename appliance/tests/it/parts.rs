@@ -390,3 +390,25 @@ fn a_rebuilt_bundle_meets_every_import_check_and_old_parts_are_collected() {
     assert_eq!(json(&o)["check"], "bundle-signature", "{}", stdout(&o));
     assert_eq!(f.releases().0, Some(6));
 }
+
+#[test]
+fn an_index_is_known_by_its_content_and_a_bundle_import_is_unchanged() {
+    let f = Fixture::new();
+    let c = cut(&f, &bundle(&f, 2, 9000), 4096, 1, "cut");
+    let index = medium(&f, &c, "medium", |_| true);
+    // Renamed on the way (some transfer tools add their own extension).
+    let renamed = index.with_file_name("index.txt");
+    std::fs::rename(&index, &renamed).unwrap();
+    std::fs::rename(
+        ferry_manifests::default_signature_path(&index),
+        ferry_manifests::default_signature_path(&renamed),
+    )
+    .unwrap();
+    assert_ok(&import(&f, &renamed, &[]));
+    assert_eq!(f.releases().0, Some(2));
+    // A bundle file still imports as a bundle (and a missing one is still `bundle-missing`).
+    assert_ok(&f.run(&[&"import", &bundle(&f, 3, 9000)]));
+    let o = f.run(&[&"import", &f.path("nowhere/site-9.ferry"), &"--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json(&o)["check"], "bundle-missing", "{}", stdout(&o));
+}
