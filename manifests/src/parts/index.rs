@@ -569,6 +569,17 @@ mod tests {
     }
 
     #[test]
+    fn past_999_parts_names_take_four_digits() {
+        let index = index(&key(), 1200 * 1024, 1024, 2);
+        let text = index.to_text();
+        assert!(text.contains("# part: site-7.ferry.part0001 size=1024 data\n"));
+        assert!(text.contains("  site-7.ferry.part1202\n"));
+        assert_eq!(PartsIndex::parse(text.as_bytes()).unwrap(), index);
+        let three = text.replace(".part0001 ", ".part001 ");
+        assert_eq!(PartsIndex::parse(three.as_bytes()).unwrap_err().check(), "index-part-name");
+    }
+
+    #[test]
     fn refuses_every_inconsistency_with_its_check() {
         let text = index(&key(), 10_000, 4096, 2).to_text();
         let cases: Vec<(String, &str)> = vec![
