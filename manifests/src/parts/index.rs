@@ -241,9 +241,10 @@ impl PartsIndex {
         let Some(body) = text.strip_suffix('\n') else {
             return Err(IndexError::NotText { reason: "the last line lacks its \\n".into() });
         };
-        if let Some(at) = text.find(|c: char| c.is_control() && c != '\n') {
+        // Control characters are one byte or, like U+0085, two: name the character, not a byte.
+        if let Some((at, c)) = text.char_indices().find(|&(_, c)| c.is_control() && c != '\n') {
             return Err(IndexError::NotText {
-                reason: format!("control character {:?} at byte {at}", &text[at..=at]),
+                reason: format!("control character {c:?} at byte {at}"),
             });
         }
         let mut lines = Lines { lines: body.split('\n').enumerate().peekable() };
@@ -602,6 +603,8 @@ mod tests {
             (text.replace("\n# bundle:", "\n# comment: hi\n# bundle:"), "index-line"),
             (text.replace('\n', "\r\n"), "index-text"),
             (text.trim_end().to_owned(), "index-text"),
+            // A two-byte control character (the fuzzer's first find: it was sliced mid-character).
+            (text.replace("# name: site", "# name: s\u{85}ite"), "index-text"),
             (text.replace("# parity-parts: 2", "# parity-parts: 70000"), "index-layout"),
             (text.replace("# part-size: 4096", "# part-size: 100"), "index-layout"),
             (text.replace("sequence=7", "sequence=8"), "index-field"),
