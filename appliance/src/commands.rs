@@ -40,7 +40,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Holdings(args) => holdings(&config, args.json),
         Command::Gc => {
             let mut data = DataDir::open(&config.data_dir, &config.store_location()?)?;
-            let (releases, blobs) = data.gc(config.retain_releases, &keys)?;
+            let result = data.gc(config.retain_releases, &keys);
+            let details = match &result {
+                Ok((releases, blobs)) => {
+                    json!({ "releases_removed": releases, "blobs_removed": blobs })
+                }
+                Err(_) => Value::Null,
+            };
+            crate::audit::local(&config.data_dir, "gc", details, &result);
+            let (releases, blobs) = result?;
             let parts = gc_parts(&config)?;
             println!("removed {releases} release(s), {blobs} blob(s) and {parts} parts folder(s)");
             Ok(ExitCode::SUCCESS)
@@ -125,7 +133,10 @@ fn import_parts(
     use crate::parts::{Prepared, after_refusal, prepare, verified_index};
     let progress = TerminalBar::new(quiet || args.json);
     let refused = |error: anyhow::Error| {
-        let error = error.context(format!("import of {} refused", args.bundle.display()));
+        let error: anyhow::Result<()> =
+            Err(error.context(format!("import of {} refused", args.bundle.display())));
+        crate::audit::local(&config.data_dir, "import", json!({ "file": args.bundle }), &error);
+        let error = error.unwrap_err();
         if args.json {
             print_refusal("imported", &error);
         }
@@ -151,6 +162,10 @@ fn import_parts(
                 report.summary(),
                 report.folder.display()
             );
+            let details =
+                json!({ "file": args.bundle, "have": report.have, "missing": report.missing });
+            let log = crate::audit::AuditLog::new(&config.data_dir);
+            log.record(Actor::local(), "import.parts-incomplete", Outcome::Ok, details);
             return Ok(ExitCode::from(crate::parts::EXIT_INCOMPLETE));
         }
         Prepared::Ready { report, bundle, signature } => (report, bundle, signature),
@@ -216,6 +231,16 @@ fn import_bundle(
         }
     }
     .with_context(|| format!("import of {} refused", args.bundle.display()));
+    let activated = record.as_ref().ok().map(|r| {
+        json!({ "name": r.name, "sequence": r.sequence, "key_id": r.key_id, "manifest_sha256": r.manifest_sha256 })
+    });
+    let details = json!({
+        "file": args.bundle,
+        "allow_downgrade": args.allow_downgrade,
+        "allow_expired": args.allow_expired,
+        "activated": activated,
+    });
+    crate::audit::local(&config.data_dir, "import", details, &record);
     let record = match record {
         Ok(record) => record,
         Err(error) => {

@@ -1,5 +1,5 @@
-//! The audit log as an operator meets it: changes made through the admin API and requests it
-//! refused are recorded with who made them, `audit verify` finds a broken chain at its first bad
+//! The audit log as an operator meets it: imports on the host, changes made through the admin
+//! API and requests it refused are recorded with who made them, `audit verify` finds a broken chain at its first bad
 //! line, and no record holds a secret.
 
 use crate::support::{Fixture, Server, assert_ok, stdout};
@@ -36,6 +36,15 @@ fn admin_changes_and_refusals_are_recorded_and_the_chain_verifies() {
         [("tokens.create", "ok"), ("tokens.revoke", "ok"), ("admin.denied", "refused")],
         "{all:#?}"
     );
+    // The import on the host, before: who ran it and what it activated.
+    let import = &all[0];
+    assert_eq!(
+        (import["event"].as_str(), import["outcome"].as_str()),
+        (Some("import"), Some("ok"))
+    );
+    assert_eq!(import["actor"]["kind"], "local");
+    assert_eq!(import["details"]["activated"]["sequence"], 1);
+    assert_eq!(all[1]["event"], "serve.start");
     let created = all.iter().find(|r| r["event"] == "tokens.create").unwrap();
     assert_eq!(created["details"]["token_id"], token_id.as_str());
     assert_eq!(created["details"]["policy_id"], "p");
