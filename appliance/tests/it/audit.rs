@@ -1,6 +1,6 @@
 //! The audit log as an operator meets it: imports on the host, changes made through the admin
-//! API and requests it refused are recorded with who made them, `audit verify` finds a broken chain at its first bad
-//! line, and no record holds a secret.
+//! API and requests it refused are recorded with who made them, `audit verify` finds a broken
+//! chain at its first bad line, and no record holds a secret.
 
 use crate::support::{Fixture, Server, assert_ok, stdout};
 
