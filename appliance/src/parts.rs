@@ -10,7 +10,10 @@
 //!
 //! What is kept is only ever what matches the index: every run hashes each data part's range
 //! and each parity file again, so a range that never received its part (zeros), or a copy cut
-//! short by a crash, is simply missing.
+//! short by a crash, is simply missing. That is also why nothing here is synced: a part lost
+//! with the page cache in a power cut is found missing at the next run and asked for, and the
+//! import reads the bundle back through the page cache anyway. Syncing 1.4 GB of parts first
+//! only made the import's own writes wait behind them.
 //!
 //! Order: the index's signature with the trusted keys (before the index is parsed or any part
 //! looked at) → the index's rules → the parts already kept, hashed again → every part not yet
@@ -367,7 +370,6 @@ fn copy_in(
             return Ok(Some(sha_problem(actual, part.sha256)));
         }
         if let Some((temp, dest)) = &temp {
-            target.sync_all()?;
             fs::rename(temp, dest)?;
         }
         Ok(None)
@@ -571,9 +573,6 @@ pub(crate) fn prepare(
         );
         report.rebuilt = missing_data.iter().map(|p| p.file_name.clone()).collect();
     }
-    let started = std::time::Instant::now();
-    assembly.sync_all().with_context(|| format!("cannot write {}", bundle_path.display()))?;
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "bundle synced");
     drop(assembly);
     let signature = ferry_manifests::default_signature_path(&bundle_path);
     fs::write(&signature, &index.bundle_signature)
