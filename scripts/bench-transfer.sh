@@ -33,23 +33,14 @@ key=$build_dir/ferry.key
 base=$build_dir/out/bench-1.ferry
 
 rm -rf "$bench" && mkdir -p "$bench"
-# Every timed command starts from the same page cache: written files synced and dropped, the
-# inputs read back in. On this VM, writing into a page cache that already holds ~12 GB costs
-# 5-10 times the kernel time (dd of the 1.4 GB bundle: 9.7 s with the cache full, 1.9 s after
-# dropping it), which would bill whichever command runs later for what earlier ones left.
-# Needs root; without it the cache is left alone, and the script says so.
+# Every timed command starts with its inputs in the page cache. Dropping the cache between
+# commands was tried and made things worse on this VM: there, touching memory the guest has not
+# used lately costs ~5 s per GB of kernel time (a 1.4 GB bytearray in Python: 7.5 s of sys),
+# and a command that writes more (the parts) pays more for it.
 inputs=()
-fresh_cache() {
-    sync
-    if echo 1 > /proc/sys/vm/drop_caches 2>/dev/null; then
-        cat "${inputs[@]}" > /dev/null
-    elif [ -z "${warned:-}" ]; then
-        echo "cannot drop the page cache (not root): figures depend on what earlier runs left" >&2
-        warned=1
-    fi
-}
+warm() { cat "${inputs[@]}" > /dev/null; }
 measure() {
-    fresh_cache
+    warm
     /usr/bin/time -f '%e %M' -o "$bench/time.txt" "$@" >/dev/null 2>"$bench/stderr.txt" \
         || { cat "$bench/stderr.txt" >&2; exit 1; }
     cat "$bench/time.txt"
