@@ -381,24 +381,23 @@ fn user_name(uid: u32) -> Option<String> {
 
 /// Records a command run on this host, with its outcome from `result`: a refusal (a verifier's or
 /// rule's named check, added to the details with the error) or a failure.
-pub(crate) fn local<T>(
-    data_dir: &Path,
-    event: &str,
-    mut details: Value,
-    result: &anyhow::Result<T>,
-) {
-    let outcome = match result {
-        Ok(_) => Outcome::Ok,
-        Err(error) => {
-            details["error"] = Value::from(ferry_manifests::terminal::error_line(error.as_ref()));
-            match crate::refusal_check(error) {
-                Some(check) => {
-                    details["check"] = Value::from(check);
-                    Outcome::Refused
-                }
-                None => Outcome::Failed,
-            }
+pub(crate) fn local<T>(data_dir: &Path, event: &str, details: Value, result: &anyhow::Result<T>) {
+    match result {
+        Ok(_) => AuditLog::new(data_dir).record(Actor::local(), event, Outcome::Ok, details),
+        Err(error) => local_error(data_dir, event, details, error),
+    }
+}
+
+/// Records a command run on this host that ended in `error`: refused when a verifier or rule
+/// named its check, failed otherwise.
+pub(crate) fn local_error(data_dir: &Path, event: &str, mut details: Value, error: &anyhow::Error) {
+    details["error"] = Value::from(ferry_manifests::terminal::error_line(error.as_ref()));
+    let outcome = match crate::refusal_check(error) {
+        Some(check) => {
+            details["check"] = Value::from(check);
+            Outcome::Refused
         }
+        None => Outcome::Failed,
     };
     AuditLog::new(data_dir).record(Actor::local(), event, outcome, details);
 }

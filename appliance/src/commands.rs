@@ -133,10 +133,13 @@ fn import_parts(
     use crate::parts::{Prepared, after_refusal, prepare, verified_index};
     let progress = TerminalBar::new(quiet || args.json);
     let refused = |error: anyhow::Error| {
-        let error: anyhow::Result<()> =
-            Err(error.context(format!("import of {} refused", args.bundle.display())));
-        crate::audit::local(&config.data_dir, "import", json!({ "file": args.bundle }), &error);
-        let error = error.unwrap_err();
+        let error = error.context(format!("import of {} refused", args.bundle.display()));
+        crate::audit::local_error(
+            &config.data_dir,
+            "import",
+            json!({ "file": args.bundle }),
+            &error,
+        );
         if args.json {
             print_refusal("imported", &error);
         }
