@@ -3,7 +3,26 @@
 //! carried (copied) elsewhere, checked again with only the public key, and imported by the
 //! appliance; a damaged copy is refused on both sides. Then the round trip with a delta.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use crate::support::{binary, repo_root, run_ok};
+
+/// An appliance whose data and configuration are in `dir`, trusting only `dir/trusted.pub`:
+/// what each call of the returned closure runs, with `--config` given.
+fn appliance_in(dir: &Path) -> impl Fn() -> Command {
+    let config: PathBuf = dir.join("appliance.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n",
+    )
+    .unwrap();
+    move || {
+        let mut cmd = binary("ferry-appliance");
+        cmd.arg("--config").arg(&config);
+        cmd
+    }
+}
 
 #[test]
 fn key_build_verify_carry_verify() {
@@ -70,17 +89,7 @@ fn key_build_verify_carry_verify() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
 
     // The appliance imports it, trusting only the public key that crossed the gap.
-    let config = isolated.join("appliance.toml");
-    std::fs::write(
-        &config,
-        "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n",
-    )
-    .unwrap();
-    let appliance = || {
-        let mut cmd = binary("ferry-appliance");
-        cmd.arg("--config").arg(&config);
-        cmd
-    };
+    let appliance = appliance_in(&isolated);
     run_ok(appliance().arg("import").arg(&bundle));
     let out = run_ok(appliance().arg("releases").arg("--json"));
     let releases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -158,17 +167,7 @@ fn holdings_out_delta_in() {
     };
     let full = build(&[]);
 
-    let config = isolated.join("appliance.toml");
-    std::fs::write(
-        &config,
-        "data_dir = \"data\"\ntrusted_keys = [\"trusted.pub\"]\npublic_url = \"https://localhost:8220\"\n",
-    )
-    .unwrap();
-    let appliance = || {
-        let mut cmd = binary("ferry-appliance");
-        cmd.arg("--config").arg(&config);
-        cmd
-    };
+    let appliance = appliance_in(&isolated);
     run_ok(appliance().arg("import").arg(full["bundle"].as_str().unwrap()));
     let holdings = run_ok(appliance().args(["holdings", "--json"])).stdout;
     std::fs::write(connected.join("holdings.json"), holdings).unwrap();
