@@ -80,7 +80,7 @@ pub enum LayoutError {
 
 impl Layout {
     /// The layout of a bundle of `bundle_size` bytes in parts of `part_size`, with
-    /// `parity_parts` parity parts. The stripe follows from the rest (see [`Layout::stripe_for`]).
+    /// `parity_parts` parity parts. The stripe follows from the rest (see `Layout::stripe_for`).
     pub fn new(bundle_size: u64, part_size: u64, parity_parts: usize) -> Result<Self, LayoutError> {
         if bundle_size == 0 {
             return Err(LayoutError::EmptyBundle);
