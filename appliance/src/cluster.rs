@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use ferry_manifests::{Progress, TrustedKeys};
 
 use crate::config::Config;
-use crate::release::{DataDir, ImportOptions, Staged};
+use crate::release::{BundleInput, DataDir, ImportOptions, Staged};
 use crate::store::{Beat, ClusterImport, ClusterStore, Location, ReleaseRecord, channel};
 
 /// How often an instance says it is alive.
@@ -160,16 +160,16 @@ fn stage_shared(
 ) -> anyhow::Result<()> {
     let bundle = cluster.bundle_path(file);
     let signature = ferry_manifests::default_signature_path(&bundle);
+    let input = BundleInput::File { bundle: &bundle, signature: &signature };
     anyhow::ensure!(
         bundle.is_file(),
         "{} is missing: is shared_dir mounted on this instance?",
         bundle.display()
     );
-    let record =
-        match data.stage(&bundle, &signature, keys, options, &ferry_manifests::NoProgress)? {
-            Staged::New(record) => record,
-            Staged::Retained(record) => record,
-        };
+    let record = match data.stage(input, keys, options, &ferry_manifests::NoProgress)? {
+        Staged::New(record) => record,
+        Staged::Retained(record) => record,
+    };
     if record.manifest_sha256 != manifest_sha256 {
         data.discard_staged(&record.name, record.sequence)?;
         anyhow::bail!(
@@ -221,13 +221,14 @@ pub(crate) fn import(
     options: ImportOptions,
     progress: &dyn Progress,
 ) -> anyhow::Result<ReleaseRecord> {
-    let record = match data.stage(bundle, signature, keys, options, progress)? {
-        Staged::Retained(record) => {
-            data.reactivate(&record)?;
-            return Ok(record);
-        }
-        Staged::New(record) => record,
-    };
+    let record =
+        match data.stage(BundleInput::File { bundle, signature }, keys, options, progress)? {
+            Staged::Retained(record) => {
+                data.reactivate(&record)?;
+                return Ok(record);
+            }
+            Staged::New(record) => record,
+        };
     let (name, sequence) = (record.name.clone(), record.sequence);
     let file = format!("{name}-{sequence}.ferry");
     let shared = || -> anyhow::Result<()> {

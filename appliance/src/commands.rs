@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::audit::{Actor, AuditLog, Outcome};
 use crate::cli::{Cli, Command, ImportArgs, RollbackArgs};
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::release::{DataDir, ImportOptions};
+use crate::release::{BundleInput, DataDir, ImportOptions};
 use crate::store::ReleaseRecord;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -117,7 +117,8 @@ fn import(
     if crate::parts::is_parts_index(&args.bundle) {
         return import_parts(config, keys, args, &mut data, &signature, quiet);
     }
-    import_bundle(config, keys, args, &mut data, &args.bundle, &signature, quiet)
+    let input = BundleInput::File { bundle: &args.bundle, signature: &signature };
+    import_bundle(config, keys, args, &mut data, input, quiet)
 }
 
 /// `import NAME-SEQ.ferry.parts`: verify the index, gather and verify parts, and once enough
@@ -130,7 +131,7 @@ fn import_parts(
     signature: &std::path::Path,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    use crate::parts::{Prepared, after_refusal, prepare, verified_index};
+    use crate::parts::{Prepared, after_refusal, prepare, verified_index, write_out};
     let progress = TerminalBar::new(quiet || args.json);
     let refused = |error: anyhow::Error| {
         let error = error.context(format!("import of {} refused", args.bundle.display()));
@@ -148,7 +149,7 @@ fn import_parts(
     let index = verified_index(&args.bundle, signature, keys).map_err(refused)?;
     let prepared = prepare(&config.data_dir, &args.bundle, &index, &args.parts_dirs, &progress)
         .map_err(refused)?;
-    let (report, bundle, bundle_signature) = match prepared {
+    let (report, reader) = match prepared {
         Prepared::Incomplete(report) => {
             if args.json {
                 let mut v = serde_json::to_value(&report)?;
@@ -171,12 +172,30 @@ fn import_parts(
             log.record(Actor::local(), "import.parts-incomplete", Outcome::Ok, details);
             return Ok(ExitCode::from(crate::parts::EXIT_INCOMPLETE));
         }
-        Prepared::Ready { report, bundle, signature } => (report, bundle, signature),
+        Prepared::Ready { report, reader } => (report, reader),
     };
     if !args.json {
         print_parts_report(&report);
     }
-    match import_bundle(config, keys, args, data, &bundle, &bundle_signature, quiet) {
+    let name = std::path::PathBuf::from(format!("{} (from its parts)", index.bundle_file()));
+    let imported = if crate::cluster::Cluster::of(config)?.is_some() {
+        // The other instances read the bundle from the shared folder: it must exist whole.
+        let (bundle, signature) =
+            write_out(&config.data_dir, &index, *reader, &progress).map_err(refused)?;
+        import_bundle(
+            config,
+            keys,
+            args,
+            data,
+            BundleInput::File { bundle: &bundle, signature: &signature },
+            quiet,
+        )
+    } else {
+        let input =
+            BundleInput::Read { source: reader, name: &name, signature: &index.bundle_signature };
+        import_bundle(config, keys, args, data, input, quiet)
+    };
+    match imported {
         Ok(code) => {
             // Usually gone already: the import removes parts folders at or below the floor.
             match std::fs::remove_dir_all(&report.folder) {
@@ -208,14 +227,13 @@ fn print_parts_report(report: &crate::parts::PartsReport) {
     }
 }
 
-/// The import of a bundle file (one that came whole, or one rebuilt from parts).
+/// The import of a bundle (one that came whole, or one read from its parts).
 fn import_bundle(
     config: &Config,
     keys: &TrustedKeys,
     args: &ImportArgs,
     data: &mut DataDir,
-    bundle: &std::path::Path,
-    signature: &std::path::Path,
+    input: BundleInput<'_>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     let options = ImportOptions {
@@ -228,10 +246,15 @@ fn import_bundle(
     };
     let progress = TerminalBar::new(quiet || args.json);
     let record = match crate::cluster::Cluster::of(config)? {
-        None => data.import(bundle, signature, keys, options, &progress),
-        Some(cluster) => {
-            crate::cluster::import(&cluster, data, bundle, signature, keys, options, &progress)
-        }
+        None => data.import(input, keys, options, &progress),
+        Some(cluster) => match input {
+            BundleInput::File { bundle, signature } => {
+                crate::cluster::import(&cluster, data, bundle, signature, keys, options, &progress)
+            }
+            BundleInput::Read { .. } => {
+                Err(anyhow::anyhow!("a cluster imports only bundle files (write the bundle out)"))
+            }
+        },
     }
     .with_context(|| format!("import of {} refused", args.bundle.display()));
     let activated = record.as_ref().ok().map(|r| {

@@ -5,37 +5,47 @@
 //!     NAME-SEQ.ferry                the bundle being put together: each data part is copied
 //!                                   straight to its place (sparse until it arrives)
 //!     NAME-SEQ.ferry.partNNN        parity parts
-//!     NAME-SEQ.ferry.minisig        from the index, only while the bundle is being imported
+//!     NAME-SEQ.ferry.minisig        from the index, only while a cluster imports the bundle
 //! ```
+//!
+//! Order: the index's signature with the trusted keys (before the index is parsed or any part
+//! looked at) → the index's rules → the parts kept by earlier runs, hashed again → every part
+//! not yet kept, looked for beside the index and in each `--parts-dir`, its size then its
+//! SHA-256 checked where it lies (a bad copy is reported, and the next place looked at) → then
+//! one of two things:
+//!
+//! - **Enough parts** (at least as many as there are data parts): the import reads the bundle
+//!   straight from them through a `PartsReader`, each through the handle its check opened,
+//!   data parts that did not arrive rebuilt from parity stripe by stripe as the reads reach
+//!   them. Nothing is copied: on the 2 GiB benchmark, copying 1.4 GB of parts into a bundle
+//!   file first cost more than the import itself. The import verifies the bundle's detached
+//!   signature (from the index) over those bytes before anything else, exactly as for a bundle
+//!   that came whole; the parts' digests are never a substitute for it. A cluster, whose
+//!   instances read the bundle from the shared folder, gets the bundle written out first.
+//! - **Too few**: the parts found are copied into the parts folder (hashed again on the way),
+//!   and the run stops with exit 3, saying which parts are missing and how many more are
+//!   needed. The next run starts from what is kept.
 //!
 //! What is kept is only ever what matches the index: every run hashes each data part's range
 //! and each parity file again, so a range that never received its part (zeros), or a copy cut
 //! short by a crash, is simply missing. That is also why nothing here is synced: a part lost
-//! with the page cache in a power cut is found missing at the next run and asked for, and the
-//! import reads the bundle back through the page cache anyway. Syncing 1.4 GB of parts first
-//! only made the import's own writes wait behind them.
-//!
-//! Order: the index's signature with the trusted keys (before the index is parsed or any part
-//! looked at) → the index's rules → the parts already kept, hashed again → every part not yet
-//! kept, looked for beside the index and in each `--parts-dir`, its size then its SHA-256
-//! checked while it is copied in (a bad copy is reported and never kept) → if fewer than the
-//! data parts' count are kept: stop, exit 3, keep what was verified → rebuild missing data
-//! parts from parity (each checked against the index) → put the bundle together, write its
-//! `.minisig` from the index → the ordinary import of that bundle, which verifies its detached
-//! signature over the rebuilt bytes before anything else. The parts' digests are never a
-//! substitute for it. Parts folders are not `staging/`, which every start empties: parts may
-//! arrive over several runs.
+//! with the page cache in a power cut is found missing at the next run and asked for. Parts
+//! folders are not `staging/`, which every start empties: parts may arrive over several runs.
 
 use std::fs::{self, File};
 use std::io::{self, Read as _};
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use ferry_manifests::parts::{IndexError, MAX_INDEX_SIZE, Part, PartsIndex};
-use ferry_manifests::{KeyId, PartsComment, Progress, Sha256Digest, SignatureFile, TrustedKeys};
+use ferry_manifests::parts::{
+    IndexError, MAX_INDEX_SIZE, Part, PartSource, PartsIndex, PartsReader,
+};
+use ferry_manifests::{
+    KeyId, NoProgress, PartsComment, Progress, Sha256Digest, SignatureFile, TrustedKeys,
+};
 use serde::Serialize;
 use sha2::Digest as _;
 
@@ -72,8 +82,6 @@ pub(crate) enum PartsRefusal {
     TrustedComment { reason: String },
     #[error("parts index {path} refused: {source}")]
     Index { path: PathBuf, source: IndexError },
-    #[error("{part} rebuilt from parity has sha256 {actual}, the index says {expected}")]
-    Rebuilt { part: String, expected: Sha256Digest, actual: Sha256Digest },
 }
 
 impl PartsRefusal {
@@ -88,7 +96,6 @@ impl PartsRefusal {
             PartsRefusal::BadSignature { .. } => "parts-signature",
             PartsRefusal::TrustedComment { .. } => "parts-trusted-comment",
             PartsRefusal::Index { source, .. } => source.check(),
-            PartsRefusal::Rebuilt { .. } => "part-rebuild",
         }
     }
 }
@@ -167,10 +174,10 @@ impl PartsReport {
 
 /// What [`prepare`] leaves.
 pub(crate) enum Prepared {
-    /// Too few parts: nothing to import yet.
+    /// Too few parts: nothing to import yet; the ones found are kept.
     Incomplete(PartsReport),
-    /// The bundle is rebuilt in the parts folder, ready for the ordinary import.
-    Ready { report: PartsReport, bundle: PathBuf, signature: PathBuf },
+    /// Enough parts: the bundle, read from where they are (see the module's documentation).
+    Ready { report: PartsReport, reader: Box<PartsReader> },
 }
 
 /// Reads a file of at most `max` bytes.
@@ -270,8 +277,16 @@ enum Slot<'a> {
     File(PathBuf),
 }
 
+/// A check that failed, and what it found.
+type Problem = (&'static str, String);
+
 /// Hashes `len` bytes of `file` at `offset`.
-fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<Sha256Digest> {
+fn hash_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    progress: &dyn Progress,
+) -> io::Result<Sha256Digest> {
     let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0;
@@ -280,60 +295,72 @@ fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<Sha256Digest> {
         file.read_exact_at(&mut buf[..n], offset + done)?;
         sha.update(&buf[..n]);
         done += n as u64;
+        progress.advance(n as u64);
     }
     Ok(Sha256Digest(sha.finalize().into()))
 }
 
-/// Size and SHA-256 of a kept part against the index: `None` when it matches, else the check
-/// that failed and what it found.
-fn check_kept(slot: &Slot<'_>, part: &Part) -> io::Result<Option<(&'static str, String)>> {
-    let actual = match slot {
-        Slot::Range { file, offset } => hash_range(file, *offset, part.size)?,
-        Slot::File(path) => {
-            let file = File::open(path)?;
-            let meta = file.metadata()?;
-            if !meta.is_file() {
-                return Ok(Some(("part-not-file", "not a regular file".into())));
-            }
-            if meta.len() != part.size {
-                return Ok(Some(size_problem(meta.len(), part.size)));
-            }
-            hash_range(&file, 0, part.size)?
-        }
-    };
-    Ok((actual != part.sha256).then(|| sha_problem(actual, part.sha256)))
+/// Opens the part file at `path` and checks its size and SHA-256 against the index where it
+/// lies: the open handle when it matches (whatever is renamed over the path later, the import
+/// reads this file), else the check that failed.
+fn check_file(
+    path: &Path,
+    part: &Part,
+    progress: &dyn Progress,
+) -> io::Result<Result<File, Problem>> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Err(("part-not-file", "not a regular file".into())));
+    }
+    if meta.len() != part.size {
+        return Ok(Err(size_problem(meta.len(), part.size)));
+    }
+    let actual = hash_range(&file, 0, part.size, progress)?;
+    Ok(if actual == part.sha256 { Ok(file) } else { Err(sha_problem(actual, part.sha256)) })
 }
 
-fn size_problem(actual: u64, declared: u64) -> (&'static str, String) {
+/// A kept part against the index: where it can be read when it matches, else why not.
+fn check_kept(
+    folder: &Path,
+    assembly: &Arc<File>,
+    part: &Part,
+    offset: u64,
+) -> io::Result<Result<PartSource, Problem>> {
+    if part.parity {
+        let found = check_file(&folder.join(&part.file_name), part, &NoProgress)?;
+        return Ok(found.map(|file| PartSource::file(Arc::new(file), 0)));
+    }
+    let actual = hash_range(assembly, offset, part.size, &NoProgress)?;
+    Ok(if actual == part.sha256 {
+        Ok(PartSource::file(assembly.clone(), offset))
+    } else {
+        Err(sha_problem(actual, part.sha256))
+    })
+}
+
+fn size_problem(actual: u64, declared: u64) -> Problem {
     let how = if actual < declared { "truncated: " } else { "" };
     ("part-size", format!("{how}{actual} bytes, the index says {declared}"))
 }
 
-fn sha_problem(actual: Sha256Digest, expected: Sha256Digest) -> (&'static str, String) {
+fn sha_problem(actual: Sha256Digest, expected: Sha256Digest) -> Problem {
     (
         "part-sha256",
         format!("sha256 {actual}, the index says {expected} (damaged, or another bundle's part)"),
     )
 }
 
-/// Copies the part at `source` into its slot, checking its size before and its SHA-256 while
-/// copying: `None` when it is now kept, else why not. A refused copy never counts: a file slot
+/// Copies a part checked where it lay (`input`, its handle) into its slot, hashing it again on
+/// the way: `None` when it is now kept, else why not. A refused copy never counts: a file slot
 /// is written under a temporary name and renamed only once it matched; a range slot holds
-/// whatever was copied, which the next check (or the rebuild) finds wrong and overwrites.
+/// whatever was copied, which the next run's check finds wrong and overwrites.
 fn copy_in(
-    source: &Path,
+    input: &File,
     slot: &Slot<'_>,
     part: &Part,
     progress: &dyn Progress,
-) -> io::Result<Option<(&'static str, String)>> {
-    let mut input = File::open(source)?;
-    let meta = input.metadata()?;
-    if !meta.is_file() {
-        return Ok(Some(("part-not-file", "not a regular file".into())));
-    }
-    if meta.len() != part.size {
-        return Ok(Some(size_problem(meta.len(), part.size)));
-    }
+) -> io::Result<Option<Problem>> {
     let (out, base, temp) = match slot {
         Slot::Range { offset, .. } => (None, *offset, None),
         Slot::File(dest) => {
@@ -353,7 +380,7 @@ fn copy_in(
         // Never more than the index declares, whatever the file does meanwhile.
         while copied < part.size {
             let want = CHUNK.min((part.size - copied) as usize);
-            let n = input.read(&mut buf[..want])?;
+            let n = input.read_at(&mut buf[..want], copied)?;
             if n == 0 {
                 break;
             }
@@ -362,7 +389,7 @@ fn copy_in(
             copied += n as u64;
             progress.advance(n as u64);
         }
-        if copied != part.size || input.read(&mut [0u8; 1])? != 0 {
+        if copied != part.size || input.read_at(&mut [0u8; 1], copied)? != 0 {
             return Ok(Some(("part-size", format!("changed while it was read ({copied} bytes)"))));
         }
         let actual = Sha256Digest(sha.finalize().into());
@@ -397,24 +424,27 @@ fn parallel<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) {
     });
 }
 
-/// Gathers and verifies parts; when there are enough, completes the bundle in the parts folder.
-pub(crate) fn prepare(
+/// Opens (creating the folders and the sparse file if asked) the bundle being put together in
+/// `folder`, after removing whatever else is there (a temporary copy a crash left, the
+/// signature of a refused run): only it and parity parts stay. Also says whether the bundle
+/// file is new (then none of its ranges is worth checking). `None` when the folder does not
+/// exist and `create` is false.
+fn open_assembly(
     data_dir: &Path,
-    index_path: &Path,
+    folder: &Path,
     index: &PartsIndex,
-    parts_dirs: &[PathBuf],
-    progress: &dyn Progress,
-) -> anyhow::Result<Prepared> {
-    let folder = folder(data_dir, index);
-    private_dir(&data_dir.join("parts"))?;
-    private_dir(&folder)?;
-    let layout = index.layout;
+    create: bool,
+) -> anyhow::Result<Option<(Arc<File>, bool)>> {
+    if create {
+        private_dir(&data_dir.join("parts"))?;
+        private_dir(folder)?;
+    } else if !folder.is_dir() {
+        return Ok(None);
+    }
     let bundle_path = folder.join(index.bundle_file());
     let parity_names: Vec<&str> =
-        index.parts[layout.data_parts..].iter().map(|p| p.file_name.as_str()).collect();
-    // Whatever else is in the folder (a temporary copy a crash left, the signature of a refused
-    // run) goes; only the bundle being put together and parity parts stay.
-    for entry in fs::read_dir(&folder)? {
+        index.parts[index.layout.data_parts..].iter().map(|p| p.file_name.as_str()).collect();
+    for entry in fs::read_dir(folder)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != index.bundle_file() && !parity_names.contains(&name.as_str()) {
@@ -432,53 +462,64 @@ pub(crate) fn prepare(
         .with_context(|| format!("cannot open {}", bundle_path.display()))?;
     // Sparse until parts arrive; a range that never received its part reads as zeros.
     assembly
-        .set_len(layout.bundle_size)
+        .set_len(index.layout.bundle_size)
         .with_context(|| format!("cannot size {}", bundle_path.display()))?;
-    let slot = |part: &Part| {
-        if part.parity {
-            Slot::File(folder.join(&part.file_name))
-        } else {
-            Slot::Range { file: &assembly, offset: layout.data_offset(part.index) }
-        }
-    };
+    Ok(Some((Arc::new(assembly), fresh)))
+}
+
+/// Gathers and verifies parts: a reader over them when there are enough, else the report of
+/// what is missing, with the parts found kept for the next run.
+pub(crate) fn prepare(
+    data_dir: &Path,
+    index_path: &Path,
+    index: &PartsIndex,
+    parts_dirs: &[PathBuf],
+    progress: &dyn Progress,
+) -> anyhow::Result<Prepared> {
+    let folder = folder(data_dir, index);
+    let layout = index.layout;
+    let slots: Mutex<Vec<Option<PartSource>>> = Mutex::new(vec![None; index.parts.len()]);
+    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    let fail = |e: anyhow::Error| errors.lock().expect("no panics hold it").push(e);
+    let have = |i: usize| slots.lock().expect("no panics hold it")[i].is_some();
 
     // Parts kept by earlier runs: hashed again (a disk can fail too; a run may have stopped
     // half way through a copy).
-    let kept: Mutex<Vec<bool>> = Mutex::new(vec![false; index.parts.len()]);
-    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
-    let keep = |i: usize| kept.lock().expect("no panics hold it")[i] = true;
-    let fail = |e: anyhow::Error| errors.lock().expect("no panics hold it").push(e);
-    parallel(&index.parts, |part| {
-        if fresh && !part.parity {
-            return;
-        }
-        match check_kept(&slot(part), part) {
-            Ok(None) => keep(part.index),
-            Ok(Some((check, problem))) => {
-                if let Slot::File(path) = slot(part) {
-                    tracing::warn!(part = %part.file_name, check, problem, "a kept part is damaged; removed");
-                    if let Err(e) = fs::remove_file(&path) {
-                        fail(e.into());
+    let assembly = open_assembly(data_dir, &folder, index, false)?;
+    if let Some((assembly, fresh)) = &assembly {
+        parallel(&index.parts, |part| {
+            if *fresh && !part.parity {
+                return;
+            }
+            match check_kept(&folder, assembly, part, layout.data_offset(part.index)) {
+                Ok(Ok(source)) => {
+                    slots.lock().expect("no panics hold it")[part.index] = Some(source);
+                }
+                Ok(Err((check, problem))) => {
+                    if part.parity {
+                        tracing::warn!(part = %part.file_name, check, problem, "a kept part is damaged; removed");
+                        if let Err(e) = fs::remove_file(folder.join(&part.file_name)) {
+                            fail(e.into());
+                        }
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    fail(anyhow::Error::new(e).context(format!("cannot read {}", part.file_name)));
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                fail(anyhow::Error::new(e).context(format!("cannot read {}", part.file_name)));
-            }
-        }
-    });
+        });
+    }
 
-    // Everything else, from beside the index and each --parts-dir, in that order.
+    // Everything else, from beside the index and each --parts-dir, in that order, checked
+    // where it lies.
     let mut dirs: Vec<PathBuf> = vec![match index_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     }];
     dirs.extend(parts_dirs.iter().cloned());
-    let wanted: Vec<&Part> = {
-        let kept = kept.lock().expect("no panics hold it");
-        index.parts.iter().filter(|p| !kept[p.index]).collect()
-    };
+    let wanted: Vec<&Part> = index.parts.iter().filter(|p| !have(p.index)).collect();
+    let found: Mutex<Vec<(&Part, Arc<File>)>> = Mutex::new(Vec::new());
     let damaged: Mutex<Vec<BadPart>> = Mutex::new(Vec::new());
     let total: u64 = wanted.iter().map(|p| p.size).sum();
     let started = std::time::Instant::now();
@@ -486,19 +527,20 @@ pub(crate) fn prepare(
     parallel(&wanted, |part| {
         for dir in &dirs {
             let source = dir.join(&part.file_name);
-            if let Err(e) = fs::metadata(&source)
-                && e.kind() == io::ErrorKind::NotFound
-            {
-                continue;
-            }
-            let verdict = copy_in(&source, &slot(part), part, progress)
-                .unwrap_or_else(|e| Some(("part-unreadable", e.to_string())));
+            let verdict = match check_file(&source, part, progress) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => Err(("part-unreadable", e.to_string())),
+                Ok(verdict) => verdict,
+            };
             match verdict {
-                None => {
-                    keep(part.index);
+                Ok(file) => {
+                    let file = Arc::new(file);
+                    slots.lock().expect("no panics hold it")[part.index] =
+                        Some(PartSource::file(file.clone(), 0));
+                    found.lock().expect("no panics hold it").push((part, file));
                     return;
                 }
-                Some((check, problem)) => {
+                Err((check, problem)) => {
                     tracing::warn!(part = %part.file_name, path = %source.display(), check, problem, "part refused");
                     damaged.lock().expect("no panics hold it").push(BadPart {
                         part: part.file_name.clone(),
@@ -511,15 +553,11 @@ pub(crate) fn prepare(
         }
     });
     progress.finish();
-    tracing::info!(
-        bytes = total,
-        seconds = started.elapsed().as_secs_f64(),
-        "parts checked and copied in"
-    );
+    tracing::info!(bytes = total, seconds = started.elapsed().as_secs_f64(), "parts checked");
     if let Some(error) = errors.into_inner().expect("no panics hold it").pop() {
         return Err(error);
     }
-    let kept = kept.into_inner().expect("no panics hold it");
+    let slots = slots.into_inner().expect("no panics hold it");
     let mut damaged = damaged.into_inner().expect("no panics hold it");
     damaged.sort_by(|a, b| (&a.part, &a.path).cmp(&(&b.part, &b.path)));
 
@@ -542,7 +580,12 @@ pub(crate) fn prepare(
     other_bundles.sort();
 
     let names = |held: bool| -> Vec<String> {
-        index.parts.iter().filter(|p| kept[p.index] == held).map(|p| p.file_name.clone()).collect()
+        index
+            .parts
+            .iter()
+            .filter(|p| slots[p.index].is_some() == held)
+            .map(|p| p.file_name.clone())
+            .collect()
     };
     let mut report = PartsReport {
         name: index.name.to_string(),
@@ -557,86 +600,76 @@ pub(crate) fn prepare(
         rebuilt: Vec::new(),
         other_bundles,
     };
-    if report.have.len() < layout.data_parts {
-        return Ok(Prepared::Incomplete(report));
+    if report.have.len() >= layout.data_parts {
+        let reader = PartsReader::new(layout, slots).context("cannot read the parts")?;
+        report.rebuilt =
+            reader.rebuilt_parts().iter().map(|&i| index.parts[i].file_name.clone()).collect();
+        return Ok(Prepared::Ready { report, reader: Box::new(reader) });
     }
 
-    // Rebuild missing data parts from parity, in place, each checked against the index.
-    let missing_data: Vec<&Part> = index.data_parts().iter().filter(|p| !kept[p.index]).collect();
-    if !missing_data.is_empty() {
-        let started = std::time::Instant::now();
-        rebuild(&folder, &assembly, index, &kept, &missing_data, progress)?;
-        tracing::info!(
-            parts = missing_data.len(),
-            seconds = started.elapsed().as_secs_f64(),
-            "data parts rebuilt from parity"
-        );
-        report.rebuilt = missing_data.iter().map(|p| p.file_name.clone()).collect();
+    // Too few: keep what was found for the next run.
+    let found = found.into_inner().expect("no panics hold it");
+    if !found.is_empty() {
+        let (assembly, _) =
+            open_assembly(data_dir, &folder, index, true)?.expect("created when asked");
+        let bytes: u64 = found.iter().map(|(p, _)| p.size).sum();
+        progress.start("keeping the parts found", bytes);
+        for (part, file) in &found {
+            let slot = if part.parity {
+                Slot::File(folder.join(&part.file_name))
+            } else {
+                Slot::Range { file: &assembly, offset: layout.data_offset(part.index) }
+            };
+            let refused = copy_in(file, &slot, part, progress)
+                .with_context(|| format!("cannot keep {}", part.file_name))?;
+            if let Some((check, problem)) = refused {
+                // It matched a moment ago: it changed since. Asked for again next run.
+                tracing::warn!(part = %part.file_name, check, problem, "part changed while it was kept");
+            }
+        }
+        progress.finish();
     }
-    drop(assembly);
-    let signature = ferry_manifests::default_signature_path(&bundle_path);
-    fs::write(&signature, &index.bundle_signature)
-        .with_context(|| format!("cannot write {}", signature.display()))?;
-    Ok(Prepared::Ready { report, bundle: bundle_path, signature })
+    Ok(Prepared::Incomplete(report))
 }
 
-/// Rebuilds the `missing` data parts in place in `assembly` from the kept parts, stripe by
-/// stripe.
-fn rebuild(
-    folder: &Path,
-    assembly: &File,
+/// For a cluster, whose instances read the bundle from the shared folder: writes the bundle
+/// `reader` yields, and its detached signature from the index, into the parts folder. Returns
+/// both paths.
+pub(crate) fn write_out(
+    data_dir: &Path,
     index: &PartsIndex,
-    kept: &[bool],
-    missing: &[&Part],
+    mut reader: PartsReader,
     progress: &dyn Progress,
-) -> anyhow::Result<()> {
-    let layout = index.layout;
-    let mut parity: Vec<Option<File>> = Vec::new();
-    for part in &index.parts[layout.data_parts..] {
-        parity.push(if kept[part.index] {
-            let path = folder.join(&part.file_name);
-            Some(File::open(&path).with_context(|| format!("cannot read {}", path.display()))?)
-        } else {
-            None
-        });
-    }
-    // Each rebuilt part is written front to back, stripe after stripe: hashed as it is written.
-    let mut hashers: Vec<(sha2::Sha256, u64)> =
-        (0..layout.data_parts).map(|_| (sha2::Sha256::new(), 0)).collect();
-    progress.start("rebuilding parts from parity", missing.len() as u64 * layout.part_size);
-    ferry_manifests::parts::rebuild_data(
-        &layout,
-        kept,
-        &mut |p, offset, buf| match p.checked_sub(layout.data_parts) {
-            None => assembly.read_exact_at(buf, layout.data_offset(p) + offset),
-            Some(j) => {
-                parity[j].as_ref().expect("only kept parts are read").read_exact_at(buf, offset)
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let folder = folder(data_dir, index);
+    private_dir(&folder)?;
+    let bundle = folder.join(index.bundle_file());
+    let temp = folder.join(format!(".{}.whole", index.bundle_file()));
+    progress.start("writing the bundle out", reader.len());
+    let written = (|| -> io::Result<()> {
+        let mut out = io::BufWriter::with_capacity(CHUNK, File::create(&temp)?);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
             }
-        },
-        &mut |i, offset, bytes| {
-            let (sha, written) = &mut hashers[i];
-            debug_assert_eq!(*written, offset, "stripes arrive in order");
-            sha.update(bytes);
-            *written += bytes.len() as u64;
-            assembly.write_all_at(bytes, layout.data_offset(i) + offset)
-        },
-        progress,
-    )
-    .context("cannot rebuild parts from parity")?;
-    progress.finish();
-    for part in missing {
-        let (sha, written) = std::mem::take(&mut hashers[part.index]);
-        let actual = Sha256Digest(sha.finalize().into());
-        if written != part.size || actual != part.sha256 {
-            return Err(PartsRefusal::Rebuilt {
-                part: part.file_name.clone(),
-                expected: part.sha256,
-                actual,
-            }
-            .into());
+            io::Write::write_all(&mut out, &buf[..n])?;
+            progress.advance(n as u64);
         }
+        out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        // The reader may still read kept ranges of the old file: it holds its handle.
+        fs::rename(&temp, &bundle)
+    })();
+    progress.finish();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("cannot write {}", bundle.display()));
     }
-    Ok(())
+    let signature = ferry_manifests::default_signature_path(&bundle);
+    fs::write(&signature, &index.bundle_signature)
+        .with_context(|| format!("cannot write {}", signature.display()))?;
+    Ok((bundle, signature))
 }
 
 /// After a refused import: the bundle's signature goes; the bundle as put together (whose data

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use ferry_artifacts::{BlobStore, StoreError};
 use ferry_manifests::{
-    EntrySink, Expired, Expiry, FileEntry, Kind, Limits, Manifest, Progress, SignedBundle,
-    StagingDir, TrustedKeys, VerifyError,
+    BundleRead, EntrySink, Expired, Expiry, FileEntry, Kind, Limits, Manifest, Progress,
+    SignedBundle, StagingDir, TrustedKeys, VerifyError,
 };
 use time::OffsetDateTime;
 
@@ -117,6 +117,36 @@ pub(crate) struct ImportOptions {
     pub catch_up: bool,
     /// In a cluster: how long the importing instance waits for the others to stage it.
     pub cluster_wait: std::time::Duration,
+}
+
+/// What an import reads: a bundle file beside its detached signature, or a bundle read from
+/// elsewhere (its parts, `crate::parts`) with its signature's text. Either way the detached
+/// signature is checked over every byte before anything else.
+pub(crate) enum BundleInput<'a> {
+    File { bundle: &'a Path, signature: &'a Path },
+    Read { source: Box<dyn BundleRead>, name: &'a Path, signature: &'a str },
+}
+
+impl BundleInput<'_> {
+    fn verify(
+        self,
+        keys: &TrustedKeys,
+        progress: &dyn Progress,
+    ) -> Result<SignedBundle, VerifyError> {
+        match self {
+            BundleInput::File { bundle, signature } => {
+                SignedBundle::verify(bundle, signature, keys, Limits::default(), progress)
+            }
+            BundleInput::Read { source, name, signature } => SignedBundle::verify_read(
+                source,
+                name,
+                signature,
+                keys,
+                Limits::default(),
+                progress,
+            ),
+        }
+    }
 }
 
 /// What [`DataDir::stage`] left ready to become active.
@@ -405,13 +435,12 @@ impl DataDir {
     /// Verifies and activates a bundle. See the module documentation for the order.
     pub(crate) fn import(
         &mut self,
-        bundle: &Path,
-        signature: &Path,
+        input: BundleInput<'_>,
         keys: &TrustedKeys,
         options: ImportOptions,
         progress: &dyn Progress,
     ) -> anyhow::Result<ReleaseRecord> {
-        match self.stage(bundle, signature, keys, options, progress)? {
+        match self.stage(input, keys, options, progress)? {
             Staged::Retained(record) => {
                 self.reactivate(&record)?;
                 Ok(record)
@@ -453,15 +482,14 @@ impl DataDir {
     /// before any of them activates it (`crate::cluster`).
     pub(crate) fn stage(
         &mut self,
-        bundle: &Path,
-        signature: &Path,
+        input: BundleInput<'_>,
         keys: &TrustedKeys,
         options: ImportOptions,
         progress: &dyn Progress,
     ) -> anyhow::Result<Staged> {
         self.clean_leftovers()?;
         let started = std::time::Instant::now();
-        let signed = SignedBundle::verify(bundle, signature, keys, Limits::default(), progress)?;
+        let signed = input.verify(keys, progress)?;
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "detached signature verified");
         let key_id = signed.key_id().to_string();
         crate::crash_point("after-signature");
@@ -1034,8 +1062,8 @@ mod tests {
             let keys = TrustedKeys::from(self.key.public_key());
             let options = ImportOptions { retain: 3, ..ImportOptions::default() };
             let signature = ferry_manifests::default_signature_path(bundle);
-            let imported =
-                data.import(bundle, &signature, &keys, options, &AfterSignature::new(replace));
+            let input = BundleInput::File { bundle, signature: &signature };
+            let imported = data.import(input, &keys, options, &AfterSignature::new(replace));
             (data, imported)
         }
     }

@@ -51,9 +51,9 @@ pub use name::{
 pub mod terminal;
 pub use progress::{NoProgress, Progress};
 pub use read::{
-    Discard, EntrySink, Expiry, ManifestStage, SignedBundle, StagingDir, UnverifiedManifest,
-    VerifiedBundle, VerifyError, default_signature_path, read_unverified, signature_key_id,
-    verify_stored_manifest,
+    BundleRead, Discard, EntrySink, Expiry, ManifestStage, SignedBundle, StagingDir,
+    UnverifiedManifest, VerifiedBundle, VerifyError, default_signature_path, read_unverified,
+    signature_key_id, verify_stored_manifest,
 };
 pub use sign::{
     BundleComment, GeneratedKey, KeyError, KeyId, ManifestComment, PartsComment, PrehashWriter,

@@ -11,11 +11,13 @@
 
 mod index;
 mod parity;
+mod reader;
 mod size;
 mod split;
 
 pub use index::{IndexError, Part, PartsIndex, parts_signature_path};
-pub use parity::{ReadAt, WriteAt, encode_parity, rebuild_data};
+pub use parity::{ReadAt, StripeDecoder, encode_parity};
+pub use reader::{PartData, PartSource, PartsReader};
 pub use size::parse_size;
 pub use split::{SplitError, SplitOptions, SplitOutput, split_bundle};
 

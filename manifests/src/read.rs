@@ -2,7 +2,7 @@
 //! once, trusting nothing that the signed manifest does not vouch for.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek as _};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -248,11 +248,23 @@ impl EntrySink for StagingDir {
 #[derive(Debug)]
 pub struct SignedBundle {
     path: PathBuf,
-    file: File,
+    file: Box<dyn BundleRead>,
     verified_len: u64,
     key: PublicKey,
     comment: BundleComment,
     limits: Limits,
+}
+
+/// What a bundle's bytes are read from: its file, or anything that reads and seeks like one (the
+/// appliance reads a bundle that came in parts straight from them, `crate::parts::PartsReader`).
+pub trait BundleRead: Read + Seek + Send {}
+
+impl<T: Read + Seek + Send> BundleRead for T {}
+
+impl std::fmt::Debug for dyn BundleRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BundleRead")
+    }
 }
 
 /// Where a bundle's detached signature is unless told otherwise: `BUNDLE.minisig`.
@@ -313,11 +325,48 @@ impl SignedBundle {
     ) -> Result<Self, VerifyError> {
         // The bundle first: when it is missing, that is what the operator must hear about, not
         // the signature beside it.
-        let io_err = |source| VerifyError::Io { path: bundle.to_owned(), source };
-        let mut file = open_bundle(bundle)?;
+        let file = open_bundle(bundle)?;
         let (_, sig) = read_signature(signature, &limits)?;
+        Self::verify_parsed(Box::new(file), bundle, &sig, keys, limits, progress)
+    }
+
+    /// Step 1 for a bundle that is not one file: `source` yields its bytes from the start,
+    /// `path` names it in messages, `signature` is its detached signature's text.
+    pub fn verify_read(
+        source: Box<dyn BundleRead>,
+        path: &Path,
+        signature: &str,
+        keys: &TrustedKeys,
+        limits: Limits,
+        progress: &dyn Progress,
+    ) -> Result<Self, VerifyError> {
+        if signature.len() as u64 > limits.max_signature_size {
+            return Err(VerifyError::SignatureTooLarge {
+                path: default_signature_path(path),
+                size: signature.len() as u64,
+                max: limits.max_signature_size,
+            });
+        }
+        let sig =
+            SignatureFile::parse(signature).map_err(|reason| VerifyError::SignatureMalformed {
+                what: format!("{}'s signature", path.display()),
+                reason,
+            })?;
+        Self::verify_parsed(source, path, &sig, keys, limits, progress)
+    }
+
+    fn verify_parsed(
+        mut file: Box<dyn BundleRead>,
+        bundle: &Path,
+        sig: &SignatureFile,
+        keys: &TrustedKeys,
+        limits: Limits,
+        progress: &dyn Progress,
+    ) -> Result<Self, VerifyError> {
+        let io_err = |source| VerifyError::Io { path: bundle.to_owned(), source };
         let key = trusted_key(keys, sig.key_id())?;
-        let total = file.metadata().map_err(io_err)?.len();
+        let total = file.seek(SeekFrom::End(0)).and_then(|n| file.rewind().map(|()| n));
+        let total = total.map_err(io_err)?;
         let bad =
             |reason: String| VerifyError::BadBundleSignature { path: bundle.to_owned(), reason };
         let mut verifier = sig.verifier(&key).map_err(bad)?;
@@ -615,7 +664,7 @@ pub struct UnverifiedManifest {
 /// Reads the manifest of `bundle` without checking any signature, within `limits`. For display
 /// only: never act on what this returns.
 pub fn read_unverified(bundle: &Path, limits: &Limits) -> Result<UnverifiedManifest, VerifyError> {
-    let whole = open_bundle(bundle)?.take(u64::MAX);
+    let whole = (Box::new(open_bundle(bundle)?) as Box<dyn BundleRead>).take(u64::MAX);
     let head = read_head(TarStream::open(whole, bundle, limits)?, limits)?;
     let manifest = Manifest::parse(&head.manifest_bytes, limits)?;
     Ok(UnverifiedManifest {
@@ -717,7 +766,7 @@ fn entry_name(offset: u64, header: &RawHeader) -> Result<EntryName, VerifyError>
 }
 
 /// The compressed bytes a [`TarStream`] decodes: a bundle file, up to a length.
-type Compressed = io::Take<File>;
+type Compressed = io::Take<Box<dyn BundleRead>>;
 
 /// The two decompressors format 1 allows, each reading exactly one zstd frame or gzip member.
 enum Decoder {

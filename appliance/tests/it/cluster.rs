@@ -335,3 +335,35 @@ fn a_single_appliance_moves_into_a_cluster_with_its_agents_actions_releases_and_
     let shown = a.json(&[&"agents", &"show", &agent_id.as_str(), &"--json"]);
     assert_eq!(shown["policy_revision"], 1, "{shown}");
 }
+
+#[test]
+fn a_bundle_that_came_in_parts_reaches_the_shared_folder_whole() {
+    use ferry_manifests::parts::{SplitOptions, split_bundle};
+    let Some(db) = ferry_testkit::postgres::fresh_database() else { return };
+    let f = Fixture::new();
+    let a = Node::new(&f, "a", &db.url(), &["trusted.pub"], "");
+    let _server = a.serve(None);
+    let bundle = f.bundle_full(1, VERSIONS[1], Fixture::later(), &f.key, 20_000);
+    let medium = f.path("medium");
+    std::fs::create_dir_all(&medium).unwrap();
+    let signature = ferry_manifests::default_signature_path(&bundle);
+    let options = SplitOptions { part_size: 4096, parity: 1 };
+    let cut =
+        split_bundle(&bundle, &signature, &f.key, &medium, options, &ferry_manifests::NoProgress)
+            .unwrap();
+    // The first part is lost on the way: the instance rebuilds it from parity as it reads.
+    std::fs::remove_file(&cut.part_paths[0]).unwrap();
+    let o = a.run(&[&"import", &cut.index_path]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("rebuilt from parity"), "{}", stdout(&o));
+    assert_eq!(a.releases().0, Some(1));
+    // The other instances stage it from the shared folder: it is there whole, and verifies.
+    let shared = f.path("shared/bundles/site-1.ferry");
+    assert_eq!(std::fs::read(&shared).unwrap(), std::fs::read(&bundle).unwrap());
+    assert_eq!(
+        std::fs::read(ferry_manifests::default_signature_path(&shared)).unwrap(),
+        std::fs::read(&signature).unwrap()
+    );
+    let kept = std::fs::read_dir(a.data().join("parts")).map_or(0, |d| d.count());
+    assert_eq!(kept, 0, "the parts folder goes once the bundle is imported");
+}

@@ -2,8 +2,8 @@
 //! Leopard-RS layout): the encoder and decoder only ever hold one stripe's shards, at most
 //! 16 MiB together (see [`super::Layout`]), whatever the bundle and part sizes.
 //!
-//! Both functions take their I/O as closures reading or writing at an offset, so the builder
-//! reads from the bundle it cuts and the appliance from the part files it verified, each with
+//! The encoder and the stripe decoder take their reads as closures reading at an offset, so the
+//! builder reads the bundle it cuts and [`super::PartsReader`] the parts it was given, each with
 //! positioned reads and no second copy.
 
 use std::io;
@@ -15,8 +15,6 @@ use crate::progress::Progress;
 
 /// Reads part `p`'s bytes at an offset into the whole buffer.
 pub type ReadAt<'a> = dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()> + 'a;
-/// Writes bytes of part `p` at an offset.
-pub type WriteAt<'a> = dyn FnMut(usize, u64, &[u8]) -> io::Result<()> + 'a;
 
 fn codec(e: reed_solomon_simd::Error) -> io::Error {
     io::Error::other(format!("reed-solomon: {e}"))
@@ -68,66 +66,92 @@ pub fn encode_parity(
     Ok(())
 }
 
-/// Rebuilds the missing data parts from the parts at hand. `present[p]` says whether part `p`
-/// (0-based over data and parity) is available; at least `data_parts` must be. `read(p,
-/// offset, buf)` fills `buf` from part `p`; `write(i, offset, bytes)` receives the rebuilt bytes
-/// of data part `i` at `offset`. Only as many parity parts are read as data parts are missing.
-pub fn rebuild_data(
-    layout: &Layout,
-    present: &[bool],
-    read: &mut ReadAt<'_>,
-    write: &mut WriteAt<'_>,
-    progress: &dyn Progress,
-) -> io::Result<()> {
-    let (data, parity) = (layout.data_parts, layout.parity_parts);
-    assert_eq!(present.len(), layout.total_parts(), "one flag per part");
-    let missing: Vec<usize> = (0..data).filter(|&i| !present[i]).collect();
-    if missing.is_empty() {
-        return Ok(());
+/// Rebuilds the missing data parts' pieces one stripe at a time, from the parts at hand: what
+/// [`super::PartsReader`] calls when a read lands in a part that is not there. Only as many
+/// parity parts are read as data parts are missing.
+pub struct StripeDecoder {
+    layout: Layout,
+    present: Vec<bool>,
+    missing: Vec<usize>,
+    recovery: Vec<usize>,
+    decoder: ReedSolomonDecoder,
+    buf: Vec<u8>,
+}
+
+impl StripeDecoder {
+    /// `present[p]` says whether part `p` (0-based over data and parity) can be read; at least
+    /// `data_parts` must be.
+    pub fn new(layout: &Layout, present: &[bool]) -> io::Result<Self> {
+        let (data, parity) = (layout.data_parts, layout.parity_parts);
+        assert_eq!(present.len(), layout.total_parts(), "one flag per part");
+        let missing: Vec<usize> = (0..data).filter(|&i| !present[i]).collect();
+        let recovery: Vec<usize> =
+            (0..parity).filter(|&j| present[data + j]).take(missing.len()).collect();
+        if recovery.len() < missing.len() {
+            return Err(io::Error::other(format!(
+                "{} data parts are missing and only {} parity parts are at hand",
+                missing.len(),
+                recovery.len()
+            )));
+        }
+        // The codec refuses zero parity shards; with nothing missing it is never asked anyway.
+        let decoder = ReedSolomonDecoder::new(data, parity.max(1), layout.shard_len(0) as usize)
+            .map_err(codec)?;
+        Ok(Self {
+            layout: *layout,
+            present: present.to_vec(),
+            missing,
+            recovery,
+            decoder,
+            buf: vec![0u8; layout.stripe as usize],
+        })
     }
-    let recovery: Vec<usize> =
-        (0..parity).filter(|&j| present[data + j]).take(missing.len()).collect();
-    if recovery.len() < missing.len() {
-        return Err(io::Error::other(format!(
-            "{} data parts are missing and only {} parity parts are at hand",
-            missing.len(),
-            recovery.len()
-        )));
+
+    /// The data parts this decoder rebuilds (0-based), in order.
+    pub fn missing(&self) -> &[usize] {
+        &self.missing
     }
-    let mut decoder =
-        ReedSolomonDecoder::new(data, parity, layout.shard_len(0) as usize).map_err(codec)?;
-    let mut buf = vec![0u8; layout.stripe as usize];
-    for k in 0..layout.stripes() {
+
+    /// Decodes stripe `k`: `read(p, offset, buf)` fills `buf` from part `p`; `restored(i,
+    /// piece)` receives each missing data part's piece of the stripe (empty when the part ends
+    /// before it).
+    pub fn decode(
+        &mut self,
+        k: u64,
+        read: &mut ReadAt<'_>,
+        restored: &mut dyn FnMut(usize, &[u8]),
+    ) -> io::Result<()> {
+        let layout = &self.layout;
+        let (data, parity) = (layout.data_parts, layout.parity_parts);
         let shard = layout.shard_len(k) as usize;
-        decoder.reset(data, parity, shard).map_err(codec)?;
-        for i in (0..data).filter(|&i| present[i]) {
-            read_piece(layout, i, k, &mut buf[..shard], read)?;
-            decoder.add_original_shard(i, &buf[..shard]).map_err(codec)?;
+        self.decoder.reset(data, parity, shard).map_err(codec)?;
+        for i in (0..data).filter(|&i| self.present[i]) {
+            read_piece(layout, i, k, &mut self.buf[..shard], read)?;
+            self.decoder.add_original_shard(i, &self.buf[..shard]).map_err(codec)?;
         }
-        for &j in &recovery {
+        for &j in &self.recovery {
             // Parity shards are whole: every stripe's shard is in the part, padded to 64.
-            read(data + j, k * layout.stripe, &mut buf[..shard])?;
-            decoder.add_recovery_shard(j, &buf[..shard]).map_err(codec)?;
+            read(data + j, k * layout.stripe, &mut self.buf[..shard])?;
+            self.decoder.add_recovery_shard(j, &self.buf[..shard]).map_err(codec)?;
         }
-        let result = decoder.decode().map_err(codec)?;
-        for &i in &missing {
-            let restored = result
+        let result = self.decoder.decode().map_err(codec)?;
+        for &i in &self.missing {
+            let piece = result
                 .restored_original(i)
                 .ok_or_else(|| io::Error::other(format!("data part {} was not restored", i + 1)))?;
-            // A short last part ends before the last stripes: nothing of it is there.
-            let len = layout.piece_len(i, k) as usize;
-            if len > 0 {
-                write(i, k * layout.stripe, &restored[..len])?;
-            }
+            restored(i, &piece[..layout.piece_len(i, k) as usize]);
         }
-        progress.advance(layout.stripe_len(k) * missing.len() as u64);
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    use std::sync::Arc;
+
     use super::*;
+    use crate::parts::{PartSource, PartsReader};
     use crate::progress::NoProgress;
 
     /// Cuts `bundle` as `layout` says, in memory: data parts then parity parts.
@@ -173,33 +197,21 @@ mod tests {
                 continue;
             }
             let present: Vec<bool> = (0..n).map(|p| lost & (1 << p) == 0).collect();
-            let mut rebuilt: Vec<Vec<u8>> = (0..layout.data_parts)
-                .map(|i| {
-                    if present[i] {
-                        parts[i].clone()
-                    } else {
-                        vec![0xee; layout.part_len(i) as usize]
-                    }
+            let sources = (0..n)
+                .map(|p| {
+                    present[p].then(|| PartSource { data: Arc::new(parts[p].clone()), offset: 0 })
                 })
                 .collect();
-            rebuild_data(
-                &layout,
-                &present,
-                &mut |p, offset, buf| {
-                    assert!(present[p], "read a lost part");
-                    let o = offset as usize;
-                    buf.copy_from_slice(&parts[p][o..o + buf.len()]);
-                    Ok(())
-                },
-                &mut |i, offset, bytes| {
-                    let o = offset as usize;
-                    rebuilt[i][o..o + bytes.len()].copy_from_slice(bytes);
-                    Ok(())
-                },
-                &NoProgress,
-            )
-            .unwrap();
-            assert_eq!(rebuilt.concat(), bundle, "lost {lost:b}");
+            let mut reader = PartsReader::new(layout, sources).unwrap();
+            let mut rebuilt = Vec::new();
+            reader.read_to_end(&mut rebuilt).unwrap();
+            assert_eq!(rebuilt, bundle, "lost {lost:b}");
+            // Anywhere at all, not only front to back: the last byte, then the middle.
+            let middle = bundle.len() as u64 / 2 + 5;
+            let mut tail = Vec::new();
+            reader.seek(SeekFrom::Start(middle)).unwrap();
+            reader.read_to_end(&mut tail).unwrap();
+            assert_eq!(tail, bundle[middle as usize..], "lost {lost:b}, from the middle");
             checked += 1;
         }
         assert!(checked > parity);
@@ -227,14 +239,7 @@ mod tests {
     fn too_few_parts_is_an_error_not_garbage() {
         let layout = Layout::new(10_000, 4096, 1).unwrap();
         let present = [false, false, true, true];
-        let err = rebuild_data(
-            &layout,
-            &present,
-            &mut |_, _, _| Ok(()),
-            &mut |_, _, _| Ok(()),
-            &NoProgress,
-        )
-        .unwrap_err();
+        let err = StripeDecoder::new(&layout, &present).err().unwrap();
         assert!(err.to_string().contains("2 data parts are missing"), "{err}");
     }
 }
