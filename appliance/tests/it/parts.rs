@@ -392,6 +392,31 @@ fn a_rebuilt_bundle_meets_every_import_check_and_old_parts_are_collected() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(json(&o)["check"], "bundle-signature", "{}", stdout(&o));
     assert_eq!(f.releases().0, Some(6));
+
+    // The same leaked key vouching for an altered parity part: what it rebuilds is not the
+    // part the index names, and is refused as such before the import reads a byte of it.
+    let c = cut(&f, &bundle(&f, 10, 9000), 4096, 1, "cut10");
+    let parity = c.part(c.index.parts.len() - 1);
+    let mut bytes = std::fs::read(&parity).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&parity, &bytes).unwrap();
+    let digest = ferry_manifests::Sha256Digest::of(&bytes).to_hex();
+    let text = std::fs::read_to_string(c.index_path())
+        .unwrap()
+        .replace(&c.index.parts.last().unwrap().sha256.to_hex(), &digest);
+    std::fs::write(c.index_path(), &text).unwrap();
+    std::fs::write(
+        ferry_manifests::default_signature_path(&c.index_path()),
+        f.key.sign(text.as_bytes(), &c.index.comment().to_string()),
+    )
+    .unwrap();
+    std::fs::remove_file(c.part(0)).unwrap();
+    let o = import(&f, &c.index_path(), &[&"--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(json(&o)["check"], "part-rebuild", "{}", stdout(&o));
+    assert_eq!(f.releases().0, Some(6));
+    let scratch = std::fs::read_dir(f.path("data/parts")).unwrap().count();
+    assert_eq!(scratch, 0, "the rebuilt parts' scratch file does not outlive the import");
 }
 
 #[test]
