@@ -11,8 +11,18 @@ For each size and transport it prints, and appends to the results file as JSON:
   - the time from a restart until every agent has checked in again and is parked, with agents
     that back off as real ones do (30-60 s after a failed check-in): by `serve --takeover`
     (the new process binds alongside the old, which drains to it), and by stop then start.
+Each figure with a goal (KIB_PER_AGENT and the constants beside it) that misses it is printed
+as MISSED, and the run exits 1.
+
+With --storm it measures instead what a storm does to the default configuration: every agent
+arriving at once, retrying refused enrollments as Elastic Agent does (5-10 s, then doubling):
+  - seconds until all have enrolled (goal: 60 at 10 000 agents), and the 429s answered;
+  - resident memory per parked agent one minute after the last one parked (goal: TLS 24 KiB,
+    plain 12);
+and exits 1 when a goal is missed.
 
 Usage: scripts/bench-fleet.py [--sizes 1000,5000,10000,19000] [--modes plain,tls] [--out FILE]
+       scripts/bench-fleet.py --storm [--sizes 10000] [--modes tls]
 Builds the release binaries first. Needs about 20 000 open files per process (ulimit -n).
 """
 
@@ -116,12 +126,13 @@ def prepare(work):
         run(f"{BIN}/ferry", "build", "bundle.toml", "--out", "dist", "-q", cwd=work)
 
 
-def config(work, mode, port):
+def config(work, mode, port, defaults=False):
     scheme = "https" if mode == "tls" else "http"
     text = (f'data_dir = "data-{mode}"\ntrusted_keys = ["ferry.pub"]\npublic_url = "{scheme}://127.0.0.1:{port}"\n'
-            f'[server]\nlisten = "127.0.0.1:{port}"\ntls = {str(mode == "tls").lower()}\n'
-            # Enrollment of a whole fleet at once; the defaults pace it at 100/s.
-            '[limits.enroll]\nper_second = 5000\nburst = 5000\nconcurrent = 500\n')
+            f'[server]\nlisten = "127.0.0.1:{port}"\ntls = {str(mode == "tls").lower()}\n')
+    if not defaults:
+        # Enrollment of a whole fleet at once, whatever the defaults allow.
+        text += '[limits.enroll]\nper_second = 5000\nburst = 5000\nconcurrent = 500\n'
     path = os.path.join(work, f"{mode}.toml")
     with open(path, "w") as f:
         f.write(text)
@@ -210,16 +221,88 @@ def one(work, mode, n, port):
     }
 
 
+# Goals (issue 18); a run that misses one prints MISSED and exits 1, so a regression shows.
+KIB_PER_AGENT = {"tls": 24, "plain": 12}
+BACK_AFTER_RESTART_S = 30
+POLICY_100_S = 2
+CONTROL_P99_MS = 20
+IDLE_CPU_PERCENT = 5
+STORM_ENROLLED_S = 60
+
+
+def storm(work, mode, n, port):
+    """The default configuration under a storm: n agents at once (see the module's doc)."""
+    cfg, url = config(work, mode, port, defaults=True)
+    data = os.path.join(work, f"data-{mode}")
+    shutil.rmtree(data, ignore_errors=True)
+    run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-1.ferry", "-q", cwd=work)
+    server = start(work, cfg)
+    base_rss = rss_kib(server.pid)
+    token = run(f"{BIN}/ferry-appliance", "-c", cfg, "tokens", "create", "--policy", "default-policy", cwd=work).stdout.strip()
+    ca = ["--ca", os.path.join(data, "tls", "ca.pem")] if mode == "tls" else []
+    pgp = [] if mode == "tls" else ["--pgp-key", os.path.join(work, "mirror", "GPG-KEY-ferry-demo")]
+    target = ["--url", url, "--token", token, "--sources", "64", *ca]
+    begin_ms = int(time.time() * 1000)
+    sim = Sim([f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", str(n * 100), "--report-ms", "100"])
+    try:
+        enrolled = sim.wait(lambda l: l.get("enrolled") == n, 300)
+        enrolled_s = round((enrolled["epoch_ms"] - begin_ms) / 1000, 1)
+    except TimeoutError:
+        enrolled_s = None
+    refused = sim.last().get("errors", {}).get("http-429", 0)
+    try:
+        parked = sim.wait(lambda l: l.get("in_checkin") == n, 300)
+        parked_s = round((parked["epoch_ms"] - begin_ms) / 1000, 1)
+    except TimeoutError:
+        parked_s = None
+    time.sleep(60)
+    per_agent = (rss_kib(server.pid) - base_rss) / n
+    errors = sim.last().get("errors", {})
+    sim.stop()
+    server.send_signal(signal.SIGTERM)
+    server.wait(30)
+    return {
+        "storm": True, "mode": mode, "agents": n,
+        "all_enrolled_s": enrolled_s, "all_parked_s": parked_s, "errors": errors,
+        "enroll_429": refused, "rss_kib_per_agent": round(per_agent, 1),
+    }
+
+
+def storms(args, work):
+    missed = False
+    print(f"{'mode':5} {'agents':>6} {'all enrolled':>12} {'all parked':>10} {'429s':>7} {'KiB/agent':>9}  errors", flush=True)
+    for n in [int(x) for x in args.sizes.split(",")]:
+        for mode in args.modes.split(","):
+            r = storm(work, mode, n, 18300 if mode == "plain" else 18400)
+            print(f"{mode:5} {n:>6} {str(r['all_enrolled_s']) + ' s':>12} {str(r['all_parked_s']) + ' s':>10} "
+                  f"{r['enroll_429']:>7} {r['rss_kib_per_agent']:>9}  {r['errors']}", flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            if r["all_enrolled_s"] is None or (n <= 10000 and r["all_enrolled_s"] > STORM_ENROLLED_S):
+                print(f"MISSED: all {n} enrolled within {STORM_ENROLLED_S} s ({mode})", flush=True)
+                missed = True
+            if r["rss_kib_per_agent"] > KIB_PER_AGENT[mode]:
+                print(f"MISSED: {KIB_PER_AGENT[mode]} KiB per parked agent ({mode})", flush=True)
+                missed = True
+    return 1 if missed else 0
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000,5000,10000,19000")
     p.add_argument("--modes", default="plain,tls")
     p.add_argument("--out", default=os.path.join(ROOT, "target", "bench-fleet.json"))
+    p.add_argument("--storm", action="store_true", help="the default configuration under a storm")
     args = p.parse_args()
     build_binaries()
     work = tempfile.mkdtemp(prefix="ferry-bench-fleet-")
     prepare(work)
+    if args.storm:
+        code = storms(args, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return code
     results = []
+    missed = False
     header = (f"{'mode':5} {'agents':>6} {'KiB/agent':>9} {'vs FS':>6} {'idle CPU':>8} {'enroll p50/p99':>15} "
               f"{'ack p50/p99':>13} {'status p50/p99':>15} {'policy 99%/100%':>16} {'takeover':>9} {'stop+start':>10}")
     print(header, flush=True)
@@ -236,7 +319,32 @@ def main():
                   f"({r['stop_start_failed_checkins']} failed)", flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(r) + "\n")
+            misses = missed_goals(r)
+            for miss in misses:
+                print(f"MISSED: {miss} ({mode}, {n} agents)", flush=True)
+            missed = missed or bool(misses)
     shutil.rmtree(work, ignore_errors=True)
+    return 1 if missed else 0
+
+
+def missed_goals(r):
+    """The goals result `r` of one size and transport misses, in words."""
+    misses = []
+    if r["rss_kib_per_agent"] > KIB_PER_AGENT[r["mode"]]:
+        misses.append(f"{r['rss_kib_per_agent']} KiB per parked agent, goal {KIB_PER_AGENT[r['mode']]}")
+    if r["idle_cpu_percent"] >= IDLE_CPU_PERCENT:
+        misses.append(f"idle CPU {r['idle_cpu_percent']} %, goal under {IDLE_CPU_PERCENT}")
+    for call, v in r["probe"].items():
+        if isinstance(v, dict) and v.get("p99_ms", 0) > CONTROL_P99_MS:
+            misses.append(f"{call} p99 {v['p99_ms']} ms, goal {CONTROL_P99_MS}")
+    if r["policy_100_s"] > POLICY_100_S:
+        misses.append(f"policy to 100 % in {r['policy_100_s']} s, goal {POLICY_100_S}")
+    for how in ("takeover", "stop_start"):
+        took, failed = r[f"{how}_all_back_s"], r[f"{how}_failed_checkins"]
+        if took is None or took > BACK_AFTER_RESTART_S or failed:
+            misses.append(f"{how}: all back in {took} s with {failed} failed check-ins, goal "
+                          f"{BACK_AFTER_RESTART_S} s and none failed")
+    return misses
 
 
 if __name__ == "__main__":

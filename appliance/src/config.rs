@@ -82,9 +82,9 @@ max_upload_mib = 1024
 # checkin, ack, status, audit_unenroll, upload_begin, upload_chunk, upload_end, pgp_key.
 # Defaults suit a fleet of about 20 000 agents; set only what you change, for example:
 # [limits.enroll]
-# per_second = 100
-# burst = 100
-# concurrent = 50
+# per_second = 200
+# burst = 400
+# concurrent = 100
 
 # The site's Elasticsearch, where agents send their data. With this section the appliance does
 # what Fleet Server does: it creates one API key per agent and Elasticsearch output, with the

@@ -34,6 +34,10 @@ pub struct Fleet {
     /// Error backoff after a failed check-in (real agents: 60 s, doubling to 10 min).
     pub backoff_init: Duration,
     pub backoff_max: Duration,
+    /// Backoff between enrollment attempts (real agents: 5 s, doubling to 10 min; see
+    /// [`EnrollBackoff`]).
+    pub enroll_backoff_init: Duration,
+    pub enroll_backoff_max: Duration,
     /// A PGP key to verify upgrades with when the appliance cannot serve one (plain HTTP).
     pub pgp_key: Option<ferry_artifacts::Keyring>,
 }
@@ -117,18 +121,48 @@ fn jittered(d: Duration) -> Duration {
     d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
 }
 
+/// The waits between a real agent's enrollment attempts, as Elastic Agent computes them
+/// (`pkg/backoff/equal_jitter.go`, with `EnrollBackoffInit` 5 s and `EnrollBackoffMax` 10 min
+/// from `pkg/fleetapi/backoff.go`; `internal/pkg/agent/application/enroll/enroll.go` retries
+/// after 429, connection refused and 5xx alike, never reading Retry-After). With the defaults
+/// the waits are 5-10 s, 10-20 s, 20-40 s, 40-80 s...: an agent refused three times at a
+/// storm's start enrolls after a minute at best.
+pub(crate) struct EnrollBackoff {
+    duration: Duration,
+    next_rand: Duration,
+    max: Duration,
+}
+
+impl EnrollBackoff {
+    pub(crate) fn new(init: Duration, max: Duration) -> Self {
+        Self { duration: init * 2, next_rand: random_below(init), max }
+    }
+
+    /// The next wait, and the state for the one after.
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        let wait = self.duration / 2 + self.next_rand;
+        self.next_rand = random_below(self.duration);
+        self.duration = (self.duration * 2).min(self.max);
+        wait
+    }
+}
+
+/// Uniform in `[0, d)`, as Go's `rand.N`.
+fn random_below(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>())
+}
+
 /// Runs agent number `n` until it is unenrolled or its key stops working.
 pub async fn run(fleet: Arc<Fleet>, n: usize) {
     let source = (!fleet.sources.is_empty()).then(|| fleet.sources[n % fleet.sources.len()]);
     let mut conn = Conn::new(Arc::clone(&fleet.api), fleet.tls.clone(), source);
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = EnrollBackoff::new(fleet.enroll_backoff_init, fleet.enroll_backoff_max);
     let (id, key) = loop {
         match enroll(&fleet, &mut conn, n).await {
             Ok(x) => break x,
             Err(f) => {
                 fleet.stats.error(&f);
-                tokio::time::sleep(jittered(delay)).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.next_wait()).await;
             }
         }
     };
@@ -529,4 +563,26 @@ async fn download_and_verify(
         .verify(&String::from_utf8_lossy(&asc), "asc", &name, &archive[..])
         .map_err(|e| Failure::Protocol(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_waits_follow_elastic_agents_equal_jitter() {
+        let s = Duration::from_secs;
+        for _ in 0..200 {
+            let mut b = EnrollBackoff::new(s(5), s(600));
+            // 5-10, 10-20, 20-40, 40-80, ... then at most 300 + 600 once capped.
+            for (low, high) in [(5, 10), (10, 20), (20, 40), (40, 80), (80, 160), (160, 320)] {
+                let wait = b.next_wait();
+                assert!(wait >= s(low) && wait < s(high), "{wait:?} outside {low}-{high} s");
+            }
+            for _ in 0..5 {
+                let wait = b.next_wait();
+                assert!(wait >= s(300) && wait < s(900), "{wait:?}");
+            }
+        }
+    }
 }

@@ -119,6 +119,13 @@ pub struct RunArgs {
     /// The longest wait between failed check-ins, in seconds (real agents: 600).
     #[arg(long, default_value_t = 600.0)]
     pub backoff_max: f64,
+    /// First wait after a refused enrollment, in seconds: a real agent waits this plus up to as
+    /// much again, then doubles (Elastic Agent's equal-jitter backoff; real agents: 5).
+    #[arg(long, default_value_t = 5.0)]
+    pub enroll_backoff: f64,
+    /// The longest wait between enrollment attempts, in seconds (real agents: 600).
+    #[arg(long, default_value_t = 600.0)]
+    pub enroll_backoff_max: f64,
     /// Milliseconds between report lines.
     #[arg(long, default_value_t = 1000)]
     pub report_ms: u64,
@@ -296,6 +303,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stats: Arc::new(stats::Stats::default()),
         backoff_init: Duration::from_secs_f64(args.backoff),
         backoff_max: Duration::from_secs_f64(args.backoff_max),
+        enroll_backoff_init: Duration::from_secs_f64(args.enroll_backoff),
+        enroll_backoff_max: Duration::from_secs_f64(args.enroll_backoff_max),
         pgp_key,
     });
     let start = Instant::now();
