@@ -62,8 +62,8 @@ pub use sign::{
 #[cfg(feature = "terminal")]
 pub use terminal::TerminalBar;
 pub use write::{
-    BundleSpec, Compression, DeltaBase, PayloadSource, WriteError, WrittenBundle, check_input,
-    file_type_name, write_bundle,
+    BundleSpec, Compression, DeltaBase, PayloadSource, WriteError, WrittenBundle, WrittenParts,
+    check_input, file_type_name, write_bundle, write_parts,
 };
 
 /// Formats a time as RFC 3339 (UTC, whole seconds when they are whole).

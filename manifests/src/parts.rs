@@ -1,5 +1,7 @@
 //! Media-sized parts of a bundle: the layout (how a bundle is cut, how parity is striped), the
-//! signed parts index, Reed–Solomon parity, and `split_bundle`, which writes all of them.
+//! signed parts index, Reed–Solomon parity, and the two ways to write them all: `split_bundle`
+//! from a bundle file, and [`crate::write_parts`] straight from the bundle writer's output. Both
+//! cut through `cut.rs` and end with the same tail (`finish.rs`), so their files are the same.
 //!
 //! Parts are plain byte ranges of the `.ferry` file, so `cat NAME-SEQ.ferry.part0*` gives the
 //! bundle back and `sha256sum -c` checks each part with nothing but coreutils. Parity parts
@@ -9,6 +11,9 @@
 //! parts and then verifies it as if it had arrived whole. `docs/bundle-format.md` ("Parts and
 //! parity") is the specification.
 
+pub(crate) mod cut;
+mod files;
+pub(crate) mod finish;
 mod index;
 mod parity;
 mod reader;

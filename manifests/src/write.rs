@@ -18,6 +18,9 @@ use crate::manifest::{
 };
 use crate::metadata::Metadata;
 use crate::name::{BundleName, EntryName, MANIFEST_ENTRY, MANIFEST_SIGNATURE_ENTRY};
+use crate::parts::cut::PartCutter;
+use crate::parts::finish::{BundleFacts, finish_parts};
+use crate::parts::{Layout, SplitError, SplitOptions, SplitOutput};
 use crate::progress::Progress;
 use crate::sign::{BundleComment, ManifestComment, PrehashWriter, Prehasher, SigningKey};
 use crate::tar::{self, RawHeader};
@@ -107,6 +110,8 @@ pub enum WriteError {
     Manifest(#[from] ManifestError),
     #[error("cannot write {path}: {source}")]
     Output { path: PathBuf, source: io::Error },
+    #[error("cannot write the parts: {0}")]
+    Parts(#[from] SplitError),
 }
 
 /// What `stat` said about an input, to notice it changing between or during the two passes.
@@ -239,119 +244,24 @@ fn copy_exact(
 /// synced.
 pub fn write_bundle(
     spec: &BundleSpec,
-    mut files: Vec<PayloadSource>,
+    files: Vec<PayloadSource>,
     key: &SigningKey,
     out_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<WrittenBundle, WriteError> {
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let limits = Limits::default();
-    let prints = files
-        .iter()
-        .map(|f| {
-            let print = stat_regular(&f.source)?;
-            if print.len > limits.max_entry_size {
-                return Err(WriteError::TooLarge {
-                    path: f.source.clone(),
-                    size: print.len,
-                    max: limits.max_entry_size,
-                });
-            }
-            Ok(print)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    // Check names and limits before reading gigabytes.
-    let mut manifest = Manifest {
-        format: if spec.base.is_some() { DELTA_FORMAT } else { FORMAT },
-        name: spec.name.clone(),
-        sequence: spec.sequence,
-        created: spec.created,
-        expires: spec.expires,
-        builder: spec.builder.clone(),
-        base: spec.base.as_ref().map(|b| b.bundle.clone()),
-        files: files
-            .iter()
-            .zip(&prints)
-            .map(|(f, p)| FileEntry {
-                path: f.path.clone(),
-                size: p.len,
-                sha256: Sha256Digest([0; 32]),
-                mode: f.mode,
-                kind: f.kind,
-                in_base: false,
-                metadata: f.metadata.clone(),
-            })
-            .collect(),
-    };
-    manifest.validate(&limits)?;
-
-    let workers = match spec.compression {
-        Compression::Zstd { workers, .. } => workers.max(1) as usize,
-        Compression::Gzip { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let prepared = Prepared::new(spec, files, key, progress)?;
     let started = std::time::Instant::now();
-    let digests = hash_inputs(&files, &prints, workers, progress)?;
-    tracing::info!(files = files.len(), seconds = started.elapsed().as_secs_f64(), "inputs hashed");
-    let started = std::time::Instant::now();
-    for (entry, digest) in manifest.files.iter_mut().zip(digests) {
-        entry.sha256 = digest;
-        entry.in_base = spec.base.as_ref().is_some_and(|b| b.holds.contains(&digest));
-    }
-    let manifest_bytes = manifest.to_bytes();
-    let manifest_sha256 = Sha256Digest::of(&manifest_bytes);
-    let manifest_signature = key.sign(
-        &manifest_bytes,
-        &ManifestComment { name: manifest.name.clone(), sequence: manifest.sequence }.to_string(),
-    );
-
-    let file_name = manifest.bundle_file_name();
+    let file_name = prepared.manifest.bundle_file_name();
     let bundle_path = out_dir.join(&file_name);
     let signature_path = out_dir.join(format!("{file_name}.minisig"));
     let partial = out_dir.join(format!(".{file_name}.partial"));
     let output = |source| WriteError::Output { path: partial.clone(), source };
 
     let out = File::create(&partial).map_err(output)?;
-    let hashed = OutputThread::spawn(out);
-    let mtime = u64::try_from(spec.created.unix_timestamp()).unwrap_or(0);
-    let tar_len = tar::archive_len(
-        [manifest_bytes.len() as u64, manifest_signature.len() as u64]
-            .into_iter()
-            .chain(manifest.carried().map(|f| f.size)),
-    );
-    progress.start("writing", manifest.carried_size());
-    let mut stream = TarWriter::new(spec.compression, hashed, tar_len).map_err(output)?;
-    stream.entry(MANIFEST_ENTRY, mtime, &manifest_bytes).map_err(output)?;
-    stream.entry(MANIFEST_SIGNATURE_ENTRY, mtime, manifest_signature.as_bytes()).map_err(output)?;
-    let mut buf = vec![0u8; IO_BUFFER];
-    for ((source, entry), print) in files.iter().zip(&manifest.files).zip(&prints) {
-        if entry.in_base {
-            continue;
-        }
-        let file = open_unchanged(&source.source, *print)?;
-        stream
-            .header(&RawHeader::file(entry.path.as_str(), entry.mode.bits(), entry.size, mtime))
-            .map_err(output)?;
-        copy_exact(
-            &source.source,
-            file,
-            *print,
-            entry.size,
-            &mut |b| stream.body(b).map_err(output),
-            &mut buf,
-            progress,
-        )?;
-        stream.pad(entry.size).map_err(output)?;
-    }
-    let hashed = stream.finish().map_err(output)?;
-    progress.finish();
-
-    let (out, hasher, bundle_size) = hashed.finish().map_err(output)?;
+    let (out, detached, bundle_size) =
+        prepared.stream(spec.compression, out, &partial, key, progress)?;
     out.sync_all().map_err(output)?;
     drop(out);
-    let comment =
-        BundleComment { name: manifest.name.clone(), sequence: manifest.sequence, manifest_sha256 };
-    let detached = key.sign_prehashed(hasher, &comment.to_string());
     let partial_sig = out_dir.join(format!(".{file_name}.minisig.partial"));
     write_synced(&partial_sig, detached.as_bytes())
         .map_err(|source| WriteError::Output { path: partial_sig.clone(), source })?;
@@ -363,6 +273,7 @@ pub fn write_bundle(
         // Makes the renames durable; not every filesystem supports syncing a directory.
         let _ = dir.sync_all();
     }
+    let Prepared { manifest, manifest_sha256, .. } = prepared;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         bundle = %bundle_path.display(),
@@ -374,7 +285,207 @@ pub fn write_bundle(
     Ok(WrittenBundle { manifest, manifest_sha256, bundle_path, signature_path, bundle_size })
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// A bundle written as parts only, by [`write_parts`].
+#[derive(Debug, Clone)]
+pub struct WrittenParts {
+    pub manifest: Manifest,
+    pub manifest_sha256: Sha256Digest,
+    /// The size of the bundle the data parts make up.
+    pub bundle_size: u64,
+    pub parts: SplitOutput,
+}
+
+/// Writes the bundle as parts of `options.part_size` bytes straight from the compressor's
+/// output, with `options.parity` parity parts, the signed index `NAME-SEQUENCE.ferry.parts`
+/// (which carries the bundle's detached signature), its `.minisig` and the transfer note; the
+/// whole `NAME-SEQUENCE.ferry` is never written. The files are byte for byte those
+/// [`write_bundle`] then [`split_bundle`](crate::parts::split_bundle) give, at one write of the
+/// bundle's bytes instead of two (and one read fewer). Nothing appears under a final name unless
+/// the whole set is complete and synced; a failure leaves no part behind.
+pub fn write_parts(
+    spec: &BundleSpec,
+    files: Vec<PayloadSource>,
+    key: &SigningKey,
+    out_dir: &Path,
+    options: SplitOptions,
+    progress: &dyn Progress,
+) -> Result<WrittenParts, WriteError> {
+    // An impossible part size or parity fails before the inputs are read, not after; the
+    // bundle's size, and with it the rest of the layout, is known only at the end.
+    Layout::new(1, options.part_size, options.parity).map_err(SplitError::from)?;
+    let prepared = Prepared::new(spec, files, key, progress)?;
+    let started = std::time::Instant::now();
+    let bundle_file = prepared.manifest.bundle_file_name();
+    let cutter = PartCutter::new(out_dir, &bundle_file, options.part_size, options.parity);
+    let (cutter, signature, bundle_size) =
+        prepared.stream(spec.compression, cutter, out_dir, key, progress)?;
+    let cut =
+        cutter.finish().map_err(|source| WriteError::Output { path: out_dir.into(), source })?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        data_parts = cut.parts.len(),
+        bytes = bundle_size,
+        "data parts written"
+    );
+    let started = std::time::Instant::now();
+    let Prepared { manifest, manifest_sha256, .. } = prepared;
+    let facts = BundleFacts { name: manifest.name.clone(), sequence: manifest.sequence, signature };
+    let parts = finish_parts(cut, facts, options, key, out_dir, progress)?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        index = %parts.index_path.display(),
+        parts = parts.part_paths.len(),
+        key_id = %key.key_id(),
+        "parity and index written"
+    );
+    Ok(WrittenParts { manifest, manifest_sha256, bundle_size, parts })
+}
+
+/// A bundle's inputs checked and hashed and its manifest signed: everything but the stream.
+struct Prepared {
+    files: Vec<PayloadSource>,
+    prints: Vec<Fingerprint>,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    manifest_sha256: Sha256Digest,
+    manifest_signature: String,
+}
+
+impl Prepared {
+    /// Checks the inputs and the manifest they make, hashes the inputs, signs the manifest.
+    fn new(
+        spec: &BundleSpec,
+        mut files: Vec<PayloadSource>,
+        key: &SigningKey,
+        progress: &dyn Progress,
+    ) -> Result<Self, WriteError> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let limits = Limits::default();
+        let prints = files
+            .iter()
+            .map(|f| {
+                let print = stat_regular(&f.source)?;
+                if print.len > limits.max_entry_size {
+                    return Err(WriteError::TooLarge {
+                        path: f.source.clone(),
+                        size: print.len,
+                        max: limits.max_entry_size,
+                    });
+                }
+                Ok(print)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // Check names and limits before reading gigabytes.
+        let mut manifest = Manifest {
+            format: if spec.base.is_some() { DELTA_FORMAT } else { FORMAT },
+            name: spec.name.clone(),
+            sequence: spec.sequence,
+            created: spec.created,
+            expires: spec.expires,
+            builder: spec.builder.clone(),
+            base: spec.base.as_ref().map(|b| b.bundle.clone()),
+            files: files
+                .iter()
+                .zip(&prints)
+                .map(|(f, p)| FileEntry {
+                    path: f.path.clone(),
+                    size: p.len,
+                    sha256: Sha256Digest([0; 32]),
+                    mode: f.mode,
+                    kind: f.kind,
+                    in_base: false,
+                    metadata: f.metadata.clone(),
+                })
+                .collect(),
+        };
+        manifest.validate(&limits)?;
+
+        let workers = match spec.compression {
+            Compression::Zstd { workers, .. } => workers.max(1) as usize,
+            Compression::Gzip { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let started = std::time::Instant::now();
+        let digests = hash_inputs(&files, &prints, workers, progress)?;
+        tracing::info!(
+            files = files.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "inputs hashed"
+        );
+        for (entry, digest) in manifest.files.iter_mut().zip(digests) {
+            entry.sha256 = digest;
+            entry.in_base = spec.base.as_ref().is_some_and(|b| b.holds.contains(&digest));
+        }
+        let manifest_bytes = manifest.to_bytes();
+        let manifest_sha256 = Sha256Digest::of(&manifest_bytes);
+        let manifest_signature = key.sign(
+            &manifest_bytes,
+            &ManifestComment { name: manifest.name.clone(), sequence: manifest.sequence }
+                .to_string(),
+        );
+        Ok(Self { files, prints, manifest, manifest_bytes, manifest_sha256, manifest_signature })
+    }
+
+    /// Writes the compressed tar stream into `sink` (on a thread of its own, which also hashes
+    /// it for the detached signature) and signs it: the sink back, the detached signature's
+    /// text, and the stream's length. `path` names the sink in errors.
+    fn stream<W: Write + Send + 'static>(
+        &self,
+        compression: Compression,
+        sink: W,
+        path: &Path,
+        key: &SigningKey,
+        progress: &dyn Progress,
+    ) -> Result<(W, String, u64), WriteError> {
+        let output = |source| WriteError::Output { path: path.to_owned(), source };
+        let manifest = &self.manifest;
+        let hashed = OutputThread::spawn(sink);
+        let mtime = u64::try_from(manifest.created.unix_timestamp()).unwrap_or(0);
+        let tar_len = tar::archive_len(
+            [self.manifest_bytes.len() as u64, self.manifest_signature.len() as u64]
+                .into_iter()
+                .chain(manifest.carried().map(|f| f.size)),
+        );
+        progress.start("writing", manifest.carried_size());
+        let mut stream = TarWriter::new(compression, hashed, tar_len).map_err(output)?;
+        stream.entry(MANIFEST_ENTRY, mtime, &self.manifest_bytes).map_err(output)?;
+        stream
+            .entry(MANIFEST_SIGNATURE_ENTRY, mtime, self.manifest_signature.as_bytes())
+            .map_err(output)?;
+        let mut buf = vec![0u8; IO_BUFFER];
+        for ((source, entry), print) in self.files.iter().zip(&manifest.files).zip(&self.prints) {
+            if entry.in_base {
+                continue;
+            }
+            let file = open_unchanged(&source.source, *print)?;
+            stream
+                .header(&RawHeader::file(entry.path.as_str(), entry.mode.bits(), entry.size, mtime))
+                .map_err(output)?;
+            copy_exact(
+                &source.source,
+                file,
+                *print,
+                entry.size,
+                &mut |b| stream.body(b).map_err(output),
+                &mut buf,
+                progress,
+            )?;
+            stream.pad(entry.size).map_err(output)?;
+        }
+        let hashed = stream.finish().map_err(output)?;
+        progress.finish();
+        let (sink, hasher, len) = hashed.finish().map_err(output)?;
+        let comment = BundleComment {
+            name: manifest.name.clone(),
+            sequence: manifest.sequence,
+            manifest_sha256: self.manifest_sha256,
+        };
+        Ok((sink, key.sign_prehashed(hasher, &comment.to_string()), len))
+    }
+}
+
+/// Writes `bytes` to a new file at `path` and syncs it.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
@@ -498,19 +609,22 @@ impl<W: Write> TarWriter<W> {
 
 /// Hashes (for the detached signature) and writes the compressed stream on a thread of its own,
 /// so that the thread feeding the compressor never waits for BLAKE2b or the disk.
-struct OutputThread {
+///
+/// The sink is what the caller chose: a `File` for the whole bundle ([`write_bundle`]), a
+/// `PartCutter` for parts ([`write_parts`]).
+struct OutputThread<W> {
     buf: Vec<u8>,
     full: Option<SyncSender<Vec<u8>>>,
     spare: Receiver<Vec<u8>>,
-    handle: Option<JoinHandle<io::Result<(File, Prehasher, u64)>>>,
+    handle: Option<JoinHandle<io::Result<(W, Prehasher, u64)>>>,
 }
 
-impl OutputThread {
-    fn spawn(file: File) -> Self {
+impl<W: Write + Send + 'static> OutputThread<W> {
+    fn spawn(sink: W) -> Self {
         let (full, chunks) = sync_channel::<Vec<u8>>(4);
         let (give_back, spare) = sync_channel(8);
         let handle = std::thread::spawn(move || {
-            let mut out = PrehashWriter::new(file);
+            let mut out = PrehashWriter::new(sink);
             for chunk in chunks {
                 out.write_all(&chunk)?;
                 // Returning the buffer saves an allocation and its page faults; if the pool is
@@ -545,9 +659,9 @@ impl OutputThread {
         }
     }
 
-    /// Sends what is left and waits for the writer: the file, the hash of everything written,
+    /// Sends what is left and waits for the writer: the sink, the hash of everything written,
     /// and its length.
-    fn finish(mut self) -> io::Result<(File, Prehasher, u64)> {
+    fn finish(mut self) -> io::Result<(W, Prehasher, u64)> {
         self.send()?;
         self.full = None;
         match self.handle.take().map(JoinHandle::join) {
@@ -557,7 +671,19 @@ impl OutputThread {
     }
 }
 
-impl Write for OutputThread {
+impl<W> Drop for OutputThread<W> {
+    /// On an error, waits for the writer to stop and drop its sink, so whatever the sink cleans
+    /// up (the cutter removes its parts) is gone before the error reaches the caller, who may
+    /// exit at once.
+    fn drop(&mut self) {
+        self.full = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for OutputThread<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= IO_BUFFER {

@@ -3,6 +3,7 @@
 
 mod delta;
 mod hostile;
+mod parts;
 mod replaced;
 mod roundtrip;
 mod support;

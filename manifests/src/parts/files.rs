@@ -1,0 +1,169 @@
+//! Part files while they are written: under a temporary name, hashed as they grow, removed by a
+//! guard unless the whole set is finished. Shared by the cutter (data parts) and the finishing
+//! tail (parity parts, index, signature, transfer note).
+
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+
+use sha2::Digest as _;
+
+use crate::manifest::Sha256Digest;
+
+/// The write buffer of a part: the bundle writer hands over 1 MiB chunks, which pass straight
+/// through a buffer this size; parity arrives in stripes of up to 1 MiB, usually less.
+const BUFFER: usize = 1 << 20;
+
+/// Removes the files it holds unless disarmed: a failed build or split leaves no part behind.
+#[derive(Default)]
+pub(crate) struct Leftovers(Vec<PathBuf>);
+
+impl Leftovers {
+    pub(crate) fn push(&mut self, path: PathBuf) {
+        self.0.push(path);
+    }
+
+    /// `from` was renamed to `to`: remove `to` instead, should a later step fail.
+    pub(crate) fn renamed(&mut self, from: &Path, to: PathBuf) {
+        match self.0.iter_mut().find(|p| *p == from) {
+            Some(path) => *path = to,
+            None => self.0.push(to),
+        }
+    }
+
+    /// Everything is under its final name: keep it all.
+    pub(crate) fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// The last component of `path`, for naming its temporary twin.
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Where a file named `name` is written before it is renamed into place in `dir`: hidden, and
+/// unique to this process.
+pub(crate) fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// A part being written under a temporary name, hashed as it grows. Opened for reading too: the
+/// parity pass reads the data parts back by position, from the page cache.
+pub(crate) struct PartFile {
+    temp: PathBuf,
+    file: io::BufWriter<File>,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl PartFile {
+    /// Creates `temp`, which `leftovers` removes unless the set is finished.
+    pub(crate) fn create(temp: PathBuf, leftovers: &mut Leftovers) -> io::Result<Self> {
+        let file =
+            File::options().read(true).write(true).create(true).truncate(true).open(&temp)?;
+        leftovers.push(temp.clone());
+        Ok(Self {
+            temp,
+            file: io::BufWriter::with_capacity(BUFFER, file),
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        self.file.write_all(bytes)
+    }
+
+    /// Flushes; syncing waits until the whole set is written, so the kernel writes one part back
+    /// while the next is produced.
+    pub(crate) fn finish(self) -> io::Result<Finished> {
+        let file = self.file.into_inner().map_err(io::IntoInnerError::into_error)?;
+        Ok(Finished {
+            file,
+            temp: self.temp,
+            len: self.len,
+            sha256: Sha256Digest(self.hasher.finalize().into()),
+        })
+    }
+}
+
+/// A part written and hashed, not yet synced nor under its final name.
+pub(crate) struct Finished {
+    pub(crate) file: File,
+    pub(crate) temp: PathBuf,
+    pub(crate) len: u64,
+    pub(crate) sha256: Sha256Digest,
+}
+
+/// Syncs finished parts on a thread of its own while the next ones are written, so their
+/// writeback overlaps the compression instead of being waited for at the end (a plain build
+/// waits for its whole bundle's). The final sync of each part then finds it clean.
+pub(crate) struct Syncer {
+    files: Option<Sender<(File, PathBuf)>>,
+    handle: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Syncer {
+    pub(crate) fn spawn() -> Self {
+        let (files, queue) = channel::<(File, PathBuf)>();
+        let handle = std::thread::spawn(move || {
+            for (file, path) in queue {
+                // The first error is kept and reported: Linux reports a failed writeback once,
+                // so a later sync of the same file could succeed with data lost.
+                file.sync_all()
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            }
+            Ok(())
+        });
+        Self { files: Some(files), handle: Some(handle) }
+    }
+
+    /// Queues `file` (the part at `path`) for syncing.
+    pub(crate) fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
+        let clone = file.try_clone()?;
+        if let Some(files) = &self.files {
+            // A send fails only once the thread has stopped on an error, which `wait` reports.
+            let _ = files.send((clone, path.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued part is synced.
+    pub(crate) fn wait(mut self) -> io::Result<()> {
+        self.files = None;
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("the part syncing thread panicked")),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.files = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
