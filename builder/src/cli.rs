@@ -37,7 +37,8 @@ pub enum Command {
     /// already cached. Downloads nothing.
     Plan(PlanArgs),
     /// Build and sign a bundle from a spec file: fetch and verify Elastic artifacts, check
-    /// policies and certificates, write NAME-SEQUENCE.ferry and its signature.
+    /// policies and certificates, write NAME-SEQUENCE.ferry and its signature (or, with
+    /// --part-size, its parts and their signed index).
     Build(BuildArgs),
     /// Verify a bundle: detached signature, manifest signature and every entry.
     Verify(VerifyArgs),
@@ -56,14 +57,22 @@ fn part_size(text: &str) -> Result<u64, String> {
 
 #[derive(Debug, Args)]
 pub struct PartsArgs {
-    /// Also cut the bundle into parts of this size for removable media: 4GiB, 700MiB, 4G
-    /// (powers of 1024), 4.7GB (powers of 1000) or bytes. Writes NAME-SEQ.ferry.part001…, the
-    /// signed index NAME-SEQ.ferry.parts(.minisig) and NAME-SEQ.ferry.transfer.txt.
+    /// Write the bundle as parts of this size for removable media: 4GiB, 700MiB, 4G (powers of
+    /// 1024), 4.7GB (powers of 1000) or bytes. Writes NAME-SEQ.ferry.part001…, the signed index
+    /// NAME-SEQ.ferry.parts(.minisig), which carries the bundle's detached signature, and
+    /// NAME-SEQ.ferry.transfer.txt. The parts are written straight from the compressor: the
+    /// whole NAME-SEQ.ferry is not written (see --keep-bundle), and with --json "bundle" and
+    /// "signature" are null.
     #[arg(long, value_name = "SIZE", value_parser = part_size)]
     pub part_size: Option<u64>,
     /// Reed-Solomon parity parts to add: any N parts may then be lost or damaged in transit.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "part_size")]
     pub parity: usize,
+    /// With --part-size: also keep the whole NAME-SEQ.ferry and its .minisig beside the parts,
+    /// to archive, verify, cut again (`ferry split`) or name as a later delta's --base. The
+    /// parts and index are byte for byte the same; the build writes the bundle's bytes twice.
+    #[arg(long, requires = "part_size")]
+    pub keep_bundle: bool,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +178,8 @@ pub struct BuildArgs {
     /// each digest, and refuses a delta whose base content it lacks.
     #[arg(long, value_name = "BASE")]
     pub base: Option<PathBuf>,
-    /// Folder to write NAME-SEQUENCE.ferry and its .minisig into (created if missing).
+    /// Folder to write NAME-SEQUENCE.ferry and its .minisig, or the parts, into (created if
+    /// missing).
     #[arg(long, short, default_value = ".", value_name = "DIR")]
     pub out: PathBuf,
     /// The bundle's creation time (RFC 3339). Defaults to SOURCE_DATE_EPOCH, then now. Fix it

@@ -275,65 +275,122 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
-    let written =
-        ferry_manifests::write_bundle(&bundle, payload, &key, &args.out, &Bar::new(quiet))
-            .with_context(|| format!("cannot build bundle from {}", args.spec.display()))?;
-    // The whole bundle stays beside its parts: it is the builder's copy to verify, archive or
-    // cut again (`ferry split`); the transfer note lists only what crosses the gap.
-    let parts = match args.parts.part_size {
-        None => None,
-        Some(part_size) => Some(
-            ferry_manifests::parts::split_bundle(
-                &written.bundle_path,
-                &written.signature_path,
-                &key,
-                &args.out,
-                ferry_manifests::parts::SplitOptions { part_size, parity: args.parts.parity },
-                &Bar::new(quiet),
-            )
-            .with_context(|| format!("cannot cut {} into parts", written.bundle_path.display()))?,
-        ),
-    };
+    let built = write(args, &bundle, payload, &key, quiet)
+        .with_context(|| format!("cannot build bundle from {}", args.spec.display()))?;
+    let manifest = &built.manifest;
     if args.json {
+        // Without --keep-bundle there is no bundle file: "bundle" and "signature" are null (the
+        // signature is in the index), so a script never reads a path that does not exist.
+        let (bundle, signature) = built.files.clone().unzip();
         println!(
             "{}",
             json!({
-                "parts": parts.as_ref().map(split_json),
-                "bundle": written.bundle_path,
-                "signature": written.signature_path,
-                "name": written.manifest.name,
-                "sequence": written.manifest.sequence,
-                "created": rfc(written.manifest.created),
-                "expires": rfc(written.manifest.expires),
-                "entries": written.manifest.files.len(),
-                "payload_bytes": written.manifest.total_size(),
-                "bundle_bytes": written.bundle_size,
-                "manifest_sha256": written.manifest_sha256.to_hex(),
+                "parts": built.parts.as_ref().map(split_json),
+                "bundle": bundle,
+                "signature": signature,
+                "name": manifest.name,
+                "sequence": manifest.sequence,
+                "created": rfc(manifest.created),
+                "expires": rfc(manifest.expires),
+                "entries": manifest.files.len(),
+                "payload_bytes": manifest.total_size(),
+                "bundle_bytes": built.bundle_size,
+                "manifest_sha256": built.manifest_sha256.to_hex(),
                 "key_id": key.key_id().to_string(),
                 "policies": policies,
-                "base": written.manifest.base,
-                "carried_entries": written.manifest.carried().count(),
-                "carried_bytes": written.manifest.carried_size(),
+                "base": manifest.base,
+                "carried_entries": manifest.carried().count(),
+                "carried_bytes": manifest.carried_size(),
             })
         );
     } else {
-        println!(
-            "wrote {} ({} entries, {} bytes of payload in {} bytes)",
-            written.bundle_path.display(),
-            written.manifest.files.len(),
-            written.manifest.total_size(),
-            written.bundle_size
+        let sizes = format!(
+            "{} entries, {} bytes of payload in {} bytes",
+            manifest.files.len(),
+            manifest.total_size(),
+            built.bundle_size
         );
-        println!("wrote {} (key {})", written.signature_path.display(), key.key_id());
-        if let Some(line) = delta_line(&written.manifest) {
+        match &built.files {
+            Some((bundle, signature)) => {
+                println!("wrote {} ({sizes})", bundle.display());
+                println!("wrote {} (key {})", signature.display(), key.key_id());
+            }
+            None => println!(
+                "built {} {} as parts only ({sizes}; key {}): its signature is in the index",
+                manifest.name,
+                manifest.sequence,
+                key.key_id()
+            ),
+        }
+        if let Some(line) = delta_line(manifest) {
             println!("{line}");
         }
-        if let Some(parts) = &parts {
+        if let Some(parts) = &built.parts {
             print_split(parts);
         }
         print_policy_secrets(&policies);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `build` wrote.
+struct Built {
+    manifest: Manifest,
+    manifest_sha256: ferry_manifests::Sha256Digest,
+    bundle_size: u64,
+    /// The whole bundle and its signature: without --part-size, or with --keep-bundle.
+    files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    parts: Option<ferry_manifests::parts::SplitOutput>,
+}
+
+/// Writes the bundle as `args` asks: whole; as parts straight from the compressor; or whole,
+/// then cut into parts (--keep-bundle), which gives the same parts at twice the writing.
+fn write(
+    args: &BuildArgs,
+    bundle: &ferry_manifests::BundleSpec,
+    payload: Vec<ferry_manifests::PayloadSource>,
+    key: &ferry_manifests::SigningKey,
+    quiet: bool,
+) -> anyhow::Result<Built> {
+    let progress = Bar::new(quiet);
+    let whole = |payload| -> anyhow::Result<Built> {
+        let written = ferry_manifests::write_bundle(bundle, payload, key, &args.out, &progress)?;
+        Ok(Built {
+            files: Some((written.bundle_path, written.signature_path)),
+            manifest: written.manifest,
+            manifest_sha256: written.manifest_sha256,
+            bundle_size: written.bundle_size,
+            parts: None,
+        })
+    };
+    let Some(part_size) = args.parts.part_size else {
+        return whole(payload);
+    };
+    let options = ferry_manifests::parts::SplitOptions { part_size, parity: args.parts.parity };
+    if args.parts.keep_bundle {
+        let mut built = whole(payload)?;
+        let (bundle_path, signature_path) = built.files.as_ref().expect("a whole bundle");
+        let parts = ferry_manifests::parts::split_bundle(
+            bundle_path,
+            signature_path,
+            key,
+            &args.out,
+            options,
+            &progress,
+        )
+        .with_context(|| format!("cannot cut {} into parts", bundle_path.display()))?;
+        built.parts = Some(parts);
+        return Ok(built);
+    }
+    let written =
+        ferry_manifests::write_parts(bundle, payload, key, &args.out, options, &progress)?;
+    Ok(Built {
+        manifest: written.manifest,
+        manifest_sha256: written.manifest_sha256,
+        bundle_size: written.bundle_size,
+        files: None,
+        parts: Some(written.parts),
+    })
 }
 
 /// What `--base` names: a holdings file (JSON, from `ferry-appliance holdings --json`) or an

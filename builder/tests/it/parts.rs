@@ -1,6 +1,7 @@
 //! `ferry build --part-size` and `ferry split`: parts that put back together give the bundle,
 //! an index the stock `sha256sum -c` and `minisign -V` accept, parity parts, the transfer note,
-//! and the refusals (a bundle that does not verify, another key, impossible sizes).
+//! the same set with and without `--keep-bundle`, and the refusals (a bundle that does not
+//! verify, another key, impossible sizes), after which no part is left behind.
 
 use std::path::{Path, PathBuf};
 
@@ -50,29 +51,42 @@ fn names(dir: &Path, prefix: &str) -> Vec<String> {
 #[test]
 fn build_with_part_size_writes_parts_an_index_and_a_transfer_note() {
     let dir = tempfile::tempdir().unwrap();
-    let o = build(dir.path(), &["--part-size", "1KiB", "--parity", "2"]);
-    assert_ok(&o);
-    let bundle = dir.path().join("demo-1.ferry");
+    let built = build(dir.path(), &["--part-size", "1KiB", "--parity", "2"]);
+    assert_ok(&built);
     let index = index(dir.path());
     let layout = index.layout;
     assert_eq!(layout.part_size, 1024);
     assert_eq!(layout.parity_parts, 2);
-    assert_eq!(layout.bundle_size, std::fs::metadata(&bundle).unwrap().len());
-    assert_eq!(index.bundle_sha256, digest(&bundle));
-    assert_eq!(
-        index.bundle_signature,
-        std::fs::read_to_string(dir.path().join("demo-1.ferry.minisig")).unwrap()
-    );
-    // The data parts, put back together in order, are the bundle (the bundle stays beside them).
+    // Parts only: the whole bundle is not written.
+    assert_eq!(names(dir.path(), "demo-1.ferry"), {
+        let mut expected: Vec<String> = index.parts.iter().map(|p| p.file_name.clone()).collect();
+        expected.extend(
+            ["parts", "parts.minisig", "transfer.txt"].map(|s| format!("demo-1.ferry.{s}")),
+        );
+        expected.sort();
+        expected
+    });
+    // The data parts, put back together in order, are the bundle: its size, digest and
+    // detached signature are the index's, which stock minisign accepts.
     let data: Vec<u8> = index
         .data_parts()
         .iter()
         .flat_map(|p| std::fs::read(dir.path().join(&p.file_name)).unwrap())
         .collect();
-    assert_eq!(data, std::fs::read(&bundle).unwrap());
-    let files = names(dir.path(), "demo-1.ferry.part0");
-    assert_eq!(files.len(), layout.total_parts());
-    assert_eq!(files[0], "demo-1.ferry.part001");
+    assert_eq!(layout.bundle_size, data.len() as u64);
+    assert_eq!(index.bundle_sha256, Sha256Digest::of(&data));
+    let joined = dir.path().join("joined");
+    std::fs::create_dir(&joined).unwrap();
+    std::fs::write(joined.join("demo-1.ferry"), &data).unwrap();
+    std::fs::write(joined.join("demo-1.ferry.minisig"), &index.bundle_signature).unwrap();
+    let o = tool("minisign")
+        .args(["-V", "-m", "demo-1.ferry", "-p"])
+        .arg(fixture("test.pub"))
+        .current_dir(&joined)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    std::fs::remove_dir_all(&joined).unwrap();
     // What the operator reads: what to carry and how to check it.
     let note = std::fs::read_to_string(dir.path().join("demo-1.ferry.transfer.txt")).unwrap();
     for needed in [
@@ -84,9 +98,67 @@ fn build_with_part_size_writes_parts_an_index_and_a_transfer_note() {
     ] {
         assert!(note.contains(needed), "{needed:?} missing from\n{note}");
     }
-    assert!(stdout(&o).contains(&note), "build prints the note: {}", stdout(&o));
+    assert!(stdout(&built).contains(&note), "build prints the note: {}", stdout(&built));
+    assert!(stdout(&built).contains("as parts only"), "{}", stdout(&built));
     // No temporary file is left.
     assert!(names(dir.path(), ".").is_empty(), "{:?}", names(dir.path(), "."));
+}
+
+#[test]
+fn keep_bundle_gives_the_same_parts_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (parts_only, kept) = (dir.path().join("parts-only"), dir.path().join("kept"));
+    let args = ["--part-size", "1KiB", "--parity", "2", "--json"];
+    let o = build(&parts_only, &args);
+    assert_ok(&o);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(json["bundle"].is_null() && json["signature"].is_null(), "{json}");
+    assert_eq!(json["parts"]["parity_parts"], 2);
+    let o = build(&kept, &[&args[..], &["--keep-bundle"]].concat());
+    assert_ok(&o);
+    let json_kept: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bundle = kept.join("demo-1.ferry");
+    assert_eq!(json_kept["bundle"], bundle.to_str().unwrap());
+    assert_eq!(json_kept["bundle_bytes"], json["bundle_bytes"]);
+    assert_eq!(json_kept["parts"]["bundle_sha256"], json["parts"]["bundle_sha256"]);
+    // The kept bundle is the one the parts make up, and the index carries its signature.
+    let index = index(&parts_only);
+    assert_eq!(index.bundle_sha256, digest(&bundle));
+    assert_eq!(
+        index.bundle_signature,
+        std::fs::read_to_string(kept.join("demo-1.ferry.minisig")).unwrap()
+    );
+    // Every file of the set, byte for byte: parts, index, its signature, transfer note.
+    let set = names(&parts_only, "demo-1.ferry.");
+    assert_eq!(set.len(), index.parts.len() + 3);
+    assert_eq!(
+        names(&kept, "demo-1.ferry"),
+        [&["demo-1.ferry".to_owned(), "demo-1.ferry.minisig".to_owned()][..], &set[..]].concat()
+    );
+    for name in &set {
+        assert_eq!(
+            std::fs::read(parts_only.join(name)).unwrap(),
+            std::fs::read(kept.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_build_leaves_no_part_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // Room for one data part beside 4095 parity parts: the bundle needs more, which is known
+    // only once its second part is being written.
+    let o = build(&out, &["--part-size", "1KiB", "--parity", "4095"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("choose a larger part size"), "{}", stderr(&o));
+    assert_eq!(names(&out, ""), Vec::<String>::new());
+    // Refused before anything is written: a part size below the minimum.
+    let o = build(&out, &["--part-size", "10"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("below the minimum"), "{}", stderr(&o));
+    assert_eq!(names(&out, ""), Vec::<String>::new());
 }
 
 #[test]
@@ -206,9 +278,11 @@ fn split_refuses_what_it_cannot_vouch_for() {
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(says), "{extra:?}: {}", stderr(&o));
     }
-    let o = build(&dir.path().join("p"), &["--parity", "1"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--part-size"), "{}", stderr(&o));
+    for extra in [&["--parity", "1"][..], &["--keep-bundle"][..]] {
+        let o = build(&dir.path().join("p"), extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--part-size"), "{extra:?}: {}", stderr(&o));
+    }
 
     // Another key than the bundle's: exit 1.
     assert_ok(&ferry(&[
