@@ -260,7 +260,9 @@ pub fn write_bundle(
     let out = File::create(&partial).map_err(output)?;
     let (out, detached, bundle_size) =
         prepared.stream(spec.compression, out, &partial, key, progress)?;
+    let synced = std::time::Instant::now();
     out.sync_all().map_err(output)?;
+    tracing::info!(seconds = synced.elapsed().as_secs_f64(), "bundle synced");
     drop(out);
     let partial_sig = out_dir.join(format!(".{file_name}.minisig.partial"));
     write_synced(&partial_sig, detached.as_bytes())
@@ -319,8 +321,10 @@ pub fn write_parts(
     let cutter = PartCutter::new(out_dir, &bundle_file, options.part_size, options.parity);
     let (cutter, signature, bundle_size) =
         prepared.stream(spec.compression, cutter, out_dir, key, progress)?;
+    let synced = std::time::Instant::now();
     let cut =
         cutter.finish().map_err(|source| WriteError::Output { path: out_dir.into(), source })?;
+    tracing::info!(seconds = synced.elapsed().as_secs_f64(), "data parts synced");
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         data_parts = cut.parts.len(),

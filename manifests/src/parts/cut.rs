@@ -1,6 +1,12 @@
 //! `PartCutter`: a writer that cuts the bundle's byte stream into data parts as it arrives,
 //! keeping the SHA-256 of each part and of the whole bundle (the index's `bundle_sha256`).
 //!
+//! Each part is hashed here, on the bundle writer's thread, rather than read back and hashed on
+//! a thread beside the parity: on the 2 GiB benchmark (2 shared cores, 256 MiB parts, parity 2,
+//! interleaved rounds) this took 11.25 and 11.73 s against 11.37 and 12.99 s, with 11.3-11.5 s
+//! of CPU against 11.5-13.0 s (no second read of the parts), and a build without parity needs
+//! no pass over its parts at all (that pass alone took 0.89 s).
+//!
 //! `ferry build --part-size` hands it the compressor's output directly, so the bundle's bytes
 //! are written once, as parts; `split_bundle` hands it the bytes it reads from a bundle file.
 
@@ -76,15 +82,15 @@ impl PartCutter {
             }));
         }
         let temp = Self::temp(&self.out_dir, &self.bundle_file, i);
-        PartFile::create(temp.clone(), &mut self.leftovers).map_err(|e| named(&temp, e))
+        PartFile::create(temp.clone(), &mut self.leftovers).map_err(|e| named(&temp, &e))
     }
 
     fn close_current(&mut self) -> io::Result<()> {
         if let Some(part) = self.current.take() {
             let path = part.path().to_owned();
-            let part = part.finish().map_err(|e| named(&path, e))?;
+            let part = part.finish().map_err(|e| named(&path, &e))?;
             if let Some(syncer) = &self.syncer {
-                syncer.sync(&part.file, &path).map_err(|e| named(&path, e))?;
+                syncer.sync(&part.file, &path).map_err(|e| named(&path, &e))?;
             }
             self.parts.push(part);
         }
@@ -107,7 +113,7 @@ impl PartCutter {
 }
 
 /// An I/O error that names the part file, since the writer thread reports only the folder.
-fn named(path: &Path, e: io::Error) -> io::Error {
+fn named(path: &Path, e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
@@ -123,7 +129,7 @@ impl io::Write for PartCutter {
             let part = self.current.as_mut().expect("opened above");
             let room = self.part_size - part.len();
             let take = rest.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-            part.write(&rest[..take]).map_err(|e| named(part.path(), e))?;
+            part.write(&rest[..take]).map_err(|e| named(part.path(), &e))?;
             rest = &rest[take..];
             if part.len() == self.part_size {
                 self.close_current()?;

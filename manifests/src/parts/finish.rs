@@ -61,6 +61,7 @@ pub(crate) fn finish_parts(
             PartFile::create(temp.clone(), &mut leftovers).map_err(output(&temp))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let started = std::time::Instant::now();
     progress.start("computing parity", layout.bundle_size);
     // The codec sees only io::Error; these keep which file failed, and how.
     let (mut read_failed, mut write_failed) = (None, None);
@@ -97,6 +98,8 @@ pub(crate) fn finish_parts(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "parity computed");
+    let started = std::time::Instant::now();
     let finished: Vec<Finished> = data_parts.into_iter().chain(parity_parts).collect();
     for (i, part) in finished.iter().enumerate() {
         debug_assert_eq!(part.len, layout.part_len(i));
@@ -109,6 +112,7 @@ pub(crate) fn finish_parts(
         });
         part.file.sync_all().map_err(output(&part.temp))?;
     }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "parts synced");
     let text = index.to_text();
     let index_path = out_dir.join(index.file_name());
     let signature_path = parts_signature_path(&index_path);
