@@ -58,25 +58,26 @@ pub(crate) fn temp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.{}.partial", std::process::id()))
 }
 
-/// A part being written under a temporary name, hashed as it grows. Opened for reading too: the
-/// parity pass reads the data parts back by position, from the page cache.
+/// A part being written under a temporary name, hashed as it grows if asked. Opened for reading
+/// too: the parity pass reads the data parts back by position, from the page cache.
 pub(crate) struct PartFile {
     temp: PathBuf,
     file: io::BufWriter<File>,
-    hasher: sha2::Sha256,
+    hasher: Option<sha2::Sha256>,
     len: u64,
 }
 
 impl PartFile {
-    /// Creates `temp`, which `leftovers` removes unless the set is finished.
-    pub(crate) fn create(temp: PathBuf, leftovers: &mut Leftovers) -> io::Result<Self> {
+    /// Creates `temp`, which `leftovers` removes unless the set is finished; `hash` says whether
+    /// to hash it as it is written.
+    pub(crate) fn create(temp: PathBuf, leftovers: &mut Leftovers, hash: bool) -> io::Result<Self> {
         let file =
             File::options().read(true).write(true).create(true).truncate(true).open(&temp)?;
         leftovers.push(temp.clone());
         Ok(Self {
             temp,
             file: io::BufWriter::with_capacity(BUFFER, file),
-            hasher: sha2::Sha256::new(),
+            hasher: hash.then(sha2::Sha256::new),
             len: 0,
         })
     }
@@ -90,7 +91,9 @@ impl PartFile {
     }
 
     pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.hasher.update(bytes);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(bytes);
+        }
         self.len += bytes.len() as u64;
         self.file.write_all(bytes)
     }
@@ -103,7 +106,7 @@ impl PartFile {
             file,
             temp: self.temp,
             len: self.len,
-            sha256: Sha256Digest(self.hasher.finalize().into()),
+            sha256: self.hasher.map(|h| Sha256Digest(h.finalize().into())),
         })
     }
 }
@@ -113,7 +116,8 @@ pub(crate) struct Finished {
     pub(crate) file: File,
     pub(crate) temp: PathBuf,
     pub(crate) len: u64,
-    pub(crate) sha256: Sha256Digest,
+    /// `None` until the tail hashes it (data parts: see `finish.rs`).
+    pub(crate) sha256: Option<Sha256Digest>,
 }
 
 /// Syncs finished parts on a thread of its own while the next ones are written, so their

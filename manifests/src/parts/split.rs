@@ -2,10 +2,10 @@
 //! the transfer note. The input is only ever read.
 //!
 //! Two passes. The first reads the bundle once, in order, into a `PartCutter` (which writes
-//! and hashes each part and hashes the whole bundle) while a second thread checks the detached
+//! the parts and hashes the whole bundle) while a second thread checks the detached
 //! signature on the same buffers, so the index never vouches for a bundle its signer did not
 //! sign. The second is the tail the builder shares (`finish.rs`): parity stripe by stripe from
-//! the part files just written, the index, renames.
+//! the part files just written, with each data part hashed beside it, the index, renames.
 
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
