@@ -149,8 +149,10 @@ def start(work, cfg, *extra):
     return proc
 
 
-def one(work, mode, n, port):
-    cfg, url = config(work, mode, port)
+def fresh(work, mode, port, defaults=False):
+    """A fresh appliance serving bundle 1: its configuration, process, resident memory before
+    any agent, the simulator's target arguments and its PGP arguments."""
+    cfg, url = config(work, mode, port, defaults)
     data = os.path.join(work, f"data-{mode}")
     shutil.rmtree(data, ignore_errors=True)
     run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-1.ferry", "-q", cwd=work)
@@ -161,6 +163,11 @@ def one(work, mode, n, port):
     # Over plain HTTP the appliance cannot hand out its PGP key; agents have it already.
     pgp = [] if mode == "tls" else ["--pgp-key", os.path.join(work, "mirror", "GPG-KEY-ferry-demo")]
     target = ["--url", url, "--token", token, "--sources", "64", *ca]
+    return cfg, server, base_rss, target, pgp
+
+
+def one(work, mode, n, port):
+    cfg, server, base_rss, target, pgp = fresh(work, mode, port)
     sim = Sim([f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", "1000", "--report-ms", "100"])
     sim.wait(lambda l: l.get("enrolled") == n and l.get("in_checkin") == n, 300)
     time.sleep(5)
@@ -232,16 +239,7 @@ STORM_ENROLLED_S = 60
 
 def storm(work, mode, n, port):
     """The default configuration under a storm: n agents at once (see the module's doc)."""
-    cfg, url = config(work, mode, port, defaults=True)
-    data = os.path.join(work, f"data-{mode}")
-    shutil.rmtree(data, ignore_errors=True)
-    run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-1.ferry", "-q", cwd=work)
-    server = start(work, cfg)
-    base_rss = rss_kib(server.pid)
-    token = run(f"{BIN}/ferry-appliance", "-c", cfg, "tokens", "create", "--policy", "default-policy", cwd=work).stdout.strip()
-    ca = ["--ca", os.path.join(data, "tls", "ca.pem")] if mode == "tls" else []
-    pgp = [] if mode == "tls" else ["--pgp-key", os.path.join(work, "mirror", "GPG-KEY-ferry-demo")]
-    target = ["--url", url, "--token", token, "--sources", "64", *ca]
+    _, server, base_rss, target, pgp = fresh(work, mode, port, defaults=True)
     begin_ms = int(time.time() * 1000)
     sim = Sim([f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", str(n * 100), "--report-ms", "100"])
     try:

@@ -118,11 +118,13 @@ fn import(
         return import_parts(config, keys, args, &mut data, &signature, quiet);
     }
     let input = BundleInput::File { bundle: &args.bundle, signature: &signature };
-    import_bundle(config, keys, args, &mut data, input, quiet)
+    let record = import_release(config, keys, args, &mut data, input, quiet);
+    report_import(config, keys, args, record)
 }
 
-/// `import NAME-SEQ.ferry.parts`: verify the index, gather and verify parts, and once enough
-/// are here, import the rebuilt bundle exactly as a bundle that came whole (`import_bundle`).
+/// `import NAME-SEQ.ferry.parts`: verify the index, gather parts, and once enough are here,
+/// import the bundle they make up exactly as a bundle that came whole (`crate::parts` says
+/// how).
 fn import_parts(
     config: &Config,
     keys: &TrustedKeys,
@@ -131,7 +133,7 @@ fn import_parts(
     signature: &std::path::Path,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    use crate::parts::{Prepared, after_refusal, prepare, verified_index, write_out};
+    use crate::parts::{Prepared, after_refusal, prepare, prepare_fast, verified_index, write_out};
     let progress = TerminalBar::new(quiet || args.json);
     let refused = |error: anyhow::Error| {
         let error = error.context(format!("import of {} refused", args.bundle.display()));
@@ -147,6 +149,38 @@ fn import_parts(
         error
     };
     let index = verified_index(&args.bundle, signature, keys).map_err(refused)?;
+    let name = std::path::PathBuf::from(format!("{} (from its parts)", index.bundle_file()));
+    let cluster = crate::cluster::Cluster::of(config)?.is_some();
+    // The quick way first (`prepare_fast`); a cluster writes the bundle out for the other
+    // instances, so it takes the careful way, which checks every part before it is used.
+    let fast = if cluster {
+        None
+    } else {
+        prepare_fast(&config.data_dir, &args.bundle, &index, &args.parts_dirs).map_err(refused)?
+    };
+    if let Some((report, reader)) = fast {
+        if !args.json {
+            print_parts_report(&report);
+        }
+        let input =
+            BundleInput::Read { source: reader, name: &name, signature: &index.bundle_signature };
+        match import_release(config, keys, args, data, input, quiet) {
+            Err(error) if damaged_parts(&error) => {
+                tracing::warn!(error = %format!("{error:#}"), "the parts found do not make up the signed bundle; checking each against the index");
+                if !args.json {
+                    eprintln!(
+                        "the parts found do not make up the signed bundle: checking each one \
+                         against the index"
+                    );
+                }
+            }
+            record => {
+                let code = report_import(config, keys, args, record)?;
+                remove_parts_folder(&report.folder)?;
+                return Ok(code);
+            }
+        }
+    }
     let prepared = prepare(&config.data_dir, &args.bundle, &index, &args.parts_dirs, &progress)
         .map_err(refused)?;
     let (report, reader) = match prepared {
@@ -177,40 +211,46 @@ fn import_parts(
     if !args.json {
         print_parts_report(&report);
     }
-    let name = std::path::PathBuf::from(format!("{} (from its parts)", index.bundle_file()));
-    let imported = if crate::cluster::Cluster::of(config)?.is_some() {
+    let record = if cluster {
         // The other instances read the bundle from the shared folder: it must exist whole.
         let (bundle, signature) =
             write_out(&config.data_dir, &index, *reader, &progress).map_err(refused)?;
-        import_bundle(
-            config,
-            keys,
-            args,
-            data,
-            BundleInput::File { bundle: &bundle, signature: &signature },
-            quiet,
-        )
+        let input = BundleInput::File { bundle: &bundle, signature: &signature };
+        import_release(config, keys, args, data, input, quiet)
     } else {
         let input =
             BundleInput::Read { source: reader, name: &name, signature: &index.bundle_signature };
-        import_bundle(config, keys, args, data, input, quiet)
+        import_release(config, keys, args, data, input, quiet)
     };
-    match imported {
+    match report_import(config, keys, args, record) {
         Ok(code) => {
-            // Usually gone already: the import removes parts folders at or below the floor.
-            match std::fs::remove_dir_all(&report.folder) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e)
-                        .with_context(|| format!("cannot remove {}", report.folder.display()));
-                }
-                _ => {}
-            }
+            remove_parts_folder(&report.folder)?;
             Ok(code)
         }
         Err(error) => {
             after_refusal(&report.folder, &index);
             Err(error)
         }
+    }
+}
+
+/// Whether an import from parts failed as a damaged part makes it fail: the bundle's signature
+/// does not verify over the bytes read, or a part could not be read as it was found.
+fn damaged_parts(error: &anyhow::Error) -> bool {
+    crate::refusal_check(error) == Some("bundle-signature")
+        || error.chain().any(|cause| {
+            cause.downcast_ref::<ferry_manifests::VerifyError>().is_some_and(|e| e.check() == "io")
+        })
+}
+
+/// Removes a bundle's parts folder once it is imported (usually gone already: the import removes
+/// parts folders at or below the floor).
+fn remove_parts_folder(folder: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(folder) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", folder.display()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -227,15 +267,16 @@ fn print_parts_report(report: &crate::parts::PartsReport) {
     }
 }
 
-/// The import of a bundle (one that came whole, or one read from its parts).
-fn import_bundle(
+/// Verifies and activates the bundle `input` gives (one that came whole, or one read from its
+/// parts), on this appliance or its cluster; [`report_import`] reports it.
+fn import_release(
     config: &Config,
     keys: &TrustedKeys,
     args: &ImportArgs,
     data: &mut DataDir,
     input: BundleInput<'_>,
     quiet: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ReleaseRecord> {
     let options = ImportOptions {
         allow_downgrade: args.allow_downgrade,
         allow_expired: args.allow_expired,
@@ -245,7 +286,7 @@ fn import_bundle(
         cluster_wait: Duration::from_secs(args.cluster_wait),
     };
     let progress = TerminalBar::new(quiet || args.json);
-    let record = match crate::cluster::Cluster::of(config)? {
+    match crate::cluster::Cluster::of(config)? {
         None => data.import(input, keys, options, &progress),
         Some(cluster) => match input {
             BundleInput::File { bundle, signature } => {
@@ -256,7 +297,17 @@ fn import_bundle(
             }
         },
     }
-    .with_context(|| format!("import of {} refused", args.bundle.display()));
+    .with_context(|| format!("import of {} refused", args.bundle.display()))
+}
+
+/// Records an import's outcome in the audit log and tells the operator; after a success,
+/// collects the parts of older bundles and names the secrets the new policies lack.
+fn report_import(
+    config: &Config,
+    keys: &TrustedKeys,
+    args: &ImportArgs,
+    record: anyhow::Result<ReleaseRecord>,
+) -> anyhow::Result<ExitCode> {
     let activated = record.as_ref().ok().map(|r| {
         json!({ "name": r.name, "sequence": r.sequence, "key_id": r.key_id, "manifest_sha256": r.manifest_sha256 })
     });
