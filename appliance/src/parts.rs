@@ -43,7 +43,7 @@ use std::io::{self, Read as _};
 use std::os::unix::fs::{DirBuilderExt as _, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use anyhow::Context as _;
 use ferry_manifests::parts::{
@@ -762,11 +762,13 @@ fn rebuild(
     Ok(missing.iter().map(|&i| PartSource::file(scratch.clone(), at(i))).collect())
 }
 
-/// Data parts being rebuilt from parity on a thread of their own, stripe after stripe, into a
-/// scratch file, while the import reads the bundle: a read of a rebuilt range waits for its
-/// stripe. The import's signature pass (BLAKE2b) keeps one core busy and leaves the other to
-/// the decoder. Nothing rebuilt here is checked against the index: the bundle's signature over
-/// every byte decides, and when it fails the import starts over with every part checked.
+/// Data parts being rebuilt from parity behind the import's reads, into a scratch file: a read
+/// of a rebuilt range waits for its stripes. Threads share the stripes (thread `t` of `n` takes
+/// `t`, `t + n`, ...): while the import reads present parts, its signature pass (BLAKE2b) keeps
+/// one core and the decoders the other; once it reaches a lost part it waits, and both cores
+/// decode (on the benchmark one decoder made that pass 0.6 s longer than a plain import's).
+/// Nothing rebuilt here is checked against the index: the bundle's signature over every byte
+/// decides, and when it fails the import starts over with every part checked.
 struct Rebuilding {
     scratch: File,
     stripe: u64,
@@ -775,24 +777,10 @@ struct Rebuilding {
     ready: Condvar,
 }
 
-/// Wakes the readers with an error if the rebuilding thread ends before its last stripe
-/// (a panic), so that no read waits for ever.
-struct Unblock(Arc<Rebuilding>);
-
-impl Drop for Unblock {
-    fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.done != u64::MAX && state.failed.is_none() {
-            state.failed = Some("the rebuilding thread stopped".into());
-        }
-        self.0.ready.notify_all();
-    }
-}
-
-#[derive(Default)]
 struct RebuildState {
-    /// Stripes rebuilt so far, in order.
-    done: u64,
+    /// The next stripe of each thread (`u64::MAX` once it has done all of its own): every stripe
+    /// below the smallest of them is rebuilt.
+    next: Vec<u64>,
     failed: Option<String>,
 }
 
@@ -805,7 +793,7 @@ impl PartData for Rebuilding {
         let within = offset % self.part_size;
         let last = (within + buf.len() as u64 - 1) / self.stripe;
         let mut state = self.state.lock().expect("no panics hold it");
-        while state.done <= last && state.failed.is_none() {
+        while state.next.iter().min().is_some_and(|&done| done <= last) && state.failed.is_none() {
             state = self.ready.wait(state).expect("no panics hold it");
         }
         if let Some(failed) = &state.failed {
@@ -816,60 +804,82 @@ impl PartData for Rebuilding {
     }
 }
 
+/// Wakes the readers with an error if a rebuilding thread ends before its last stripe (a
+/// panic), so that no read waits for ever.
+struct Unblock(Weak<Rebuilding>, usize);
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        let Some(shared) = self.0.upgrade() else { return };
+        let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.next[self.1] != u64::MAX && state.failed.is_none() {
+            state.failed = Some("a rebuilding thread stopped".into());
+        }
+        shared.ready.notify_all();
+    }
+}
+
 /// Starts rebuilding the `missing` data parts from `sources` (one per part; `None` for those
-/// missing) on a thread of its own; returns where each rebuilt part can be read. The thread
-/// stops early once the import no longer holds the reader.
+/// missing) on threads of their own; returns where each rebuilt part can be read. The threads
+/// hold it weakly, so they stop early once the import no longer holds the reader.
 fn rebuild_behind(
     data_dir: &Path,
     layout: Layout,
     sources: &[Option<PartSource>],
     missing: &[usize],
 ) -> anyhow::Result<Vec<PartSource>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let rebuilding = Arc::new(Rebuilding {
         scratch: scratch_file(data_dir)?,
         stripe: layout.stripe,
         part_size: layout.part_size,
-        state: Mutex::default(),
+        state: Mutex::new(RebuildState { next: (0..threads as u64).collect(), failed: None }),
         ready: Condvar::new(),
     });
     let present: Vec<bool> = sources.iter().map(Option::is_some).collect();
-    let mut decoder = StripeDecoder::new(&layout, &present).context("cannot rebuild parts")?;
-    let (sources, missing_parts) = (sources.to_vec(), missing.to_vec());
-    let shared = rebuilding.clone();
-    std::thread::spawn(move || {
-        let shared = Unblock(shared);
-        let shared = &shared.0;
-        let at = |i: usize| {
-            missing_parts.iter().position(|&m| m == i).expect("a missing part") as u64
-                * layout.part_size
-        };
-        for k in 0..layout.stripes() {
-            // Only this thread holds it: the import is over, refused or not.
-            if Arc::strong_count(shared) == 1 {
-                return;
+    let sources: Arc<Vec<Option<PartSource>>> = Arc::new(sources.to_vec());
+    let missing: Arc<Vec<usize>> = Arc::new(missing.to_vec());
+    for t in 0..threads {
+        let mut decoder = StripeDecoder::new(&layout, &present).context("cannot rebuild parts")?;
+        let (sources, missing) = (sources.clone(), missing.clone());
+        let weak = Arc::downgrade(&rebuilding);
+        std::thread::spawn(move || {
+            let _unblock = Unblock(weak.clone(), t);
+            let at = |i: usize| {
+                missing.iter().position(|&m| m == i).expect("a missing part") as u64
+                    * layout.part_size
+            };
+            for k in (t as u64..layout.stripes()).step_by(threads) {
+                // Gone: the import is over, refused or not.
+                let Some(shared) = weak.upgrade() else { return };
+                let decoded = decoder.decode(
+                    k,
+                    &mut |p, offset, buf| {
+                        sources[p]
+                            .as_ref()
+                            .expect("only parts at hand are read")
+                            .read_exact_at(p, buf, offset)
+                    },
+                    &mut |i, piece| shared.scratch.write_all_at(piece, at(i) + k * layout.stripe),
+                );
+                let mut state = shared.state.lock().expect("no panics hold it");
+                match decoded {
+                    Ok(()) if k + threads as u64 >= layout.stripes() => state.next[t] = u64::MAX,
+                    Ok(()) => state.next[t] = k + threads as u64,
+                    Err(e) => state.failed = Some(e.to_string()),
+                }
+                shared.ready.notify_all();
+                if state.failed.is_some() {
+                    return;
+                }
             }
-            let decoded = decoder.decode(
-                k,
-                &mut |p, offset, buf| {
-                    sources[p]
-                        .as_ref()
-                        .expect("only parts at hand are read")
-                        .read_exact_at(p, buf, offset)
-                },
-                &mut |i, piece| shared.scratch.write_all_at(piece, at(i) + k * layout.stripe),
-            );
-            let mut state = shared.state.lock().expect("no panics hold it");
-            match decoded {
-                Ok(()) if k + 1 == layout.stripes() => state.done = u64::MAX,
-                Ok(()) => state.done = k + 1,
-                Err(e) => state.failed = Some(e.to_string()),
+            // A thread with no stripe at all (fewer stripes than threads) is done too.
+            if let Some(shared) = weak.upgrade() {
+                shared.state.lock().expect("no panics hold it").next[t] = u64::MAX;
+                shared.ready.notify_all();
             }
-            shared.ready.notify_all();
-            if state.failed.is_some() {
-                return;
-            }
-        }
-    });
+        });
+    }
     let data: Arc<dyn PartData> = rebuilding;
     Ok((0..missing.len())
         .map(|m| PartSource { data: data.clone(), offset: m as u64 * layout.part_size })
