@@ -290,10 +290,10 @@ enum Slot<'a> {
 /// A check that failed, and what it found.
 type Problem = (&'static str, String);
 
-/// Hashes `len` bytes of `file` at `offset`.
-fn hash_range(
-    file: &File,
-    offset: u64,
+/// Hashes the first `len` bytes of part `i` where `source` says it is.
+fn hash_part(
+    source: &PartSource,
+    i: usize,
     len: u64,
     progress: &dyn Progress,
 ) -> io::Result<Sha256Digest> {
@@ -302,7 +302,7 @@ fn hash_range(
     let mut done = 0;
     while done < len {
         let n = CHUNK.min((len - done) as usize);
-        file.read_exact_at(&mut buf[..n], offset + done)?;
+        source.read_exact_at(i, &mut buf[..n], done)?;
         sha.update(&buf[..n]);
         done += n as u64;
         progress.advance(n as u64);
@@ -317,7 +317,7 @@ fn check_file(
     path: &Path,
     part: &Part,
     progress: &dyn Progress,
-) -> io::Result<Result<File, Problem>> {
+) -> io::Result<Result<Arc<File>, Problem>> {
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -326,7 +326,8 @@ fn check_file(
     if meta.len() != part.size {
         return Ok(Err(size_problem(meta.len(), part.size)));
     }
-    let actual = hash_range(&file, 0, part.size, progress)?;
+    let file = Arc::new(file);
+    let actual = hash_part(&PartSource::file(file.clone(), 0), part.index, part.size, progress)?;
     Ok(if actual == part.sha256 { Ok(file) } else { Err(sha_problem(actual, part.sha256)) })
 }
 
@@ -339,14 +340,11 @@ fn check_kept(
 ) -> io::Result<Result<PartSource, Problem>> {
     if part.parity {
         let found = check_file(&folder.join(&part.file_name), part, &NoProgress)?;
-        return Ok(found.map(|file| PartSource::file(Arc::new(file), 0)));
+        return Ok(found.map(|file| PartSource::file(file, 0)));
     }
-    let actual = hash_range(assembly, offset, part.size, &NoProgress)?;
-    Ok(if actual == part.sha256 {
-        Ok(PartSource::file(assembly.clone(), offset))
-    } else {
-        Err(sha_problem(actual, part.sha256))
-    })
+    let source = PartSource::file(assembly.clone(), offset);
+    let actual = hash_part(&source, part.index, part.size, &NoProgress)?;
+    Ok(if actual == part.sha256 { Ok(source) } else { Err(sha_problem(actual, part.sha256)) })
 }
 
 fn size_problem(actual: u64, declared: u64) -> Problem {
@@ -588,7 +586,6 @@ pub(crate) fn prepare(
             };
             match verdict {
                 Ok(file) => {
-                    let file = Arc::new(file);
                     slots.lock().expect("no panics hold it")[part.index] =
                         Some(PartSource::file(file.clone(), 0));
                     found.lock().expect("no panics hold it").push((part, file));
@@ -688,14 +685,11 @@ pub(crate) fn prepare(
     Ok(Prepared::Incomplete(report))
 }
 
-/// Rebuilds the `missing` data parts from the parts at hand (`sources`, one per part) into a
-/// scratch file below `data_dir/parts` (unlinked at once, so nothing outlives the process),
-/// each then checked against the index; returns where each can be read. Decoding is the cost
-/// (about 4 ms per 1 MiB stripe with 6 data and 2 parity parts), so the stripes are shared
-/// between threads. Decoding as the import reads, without the scratch file, was tried: the
-/// import reads the bundle twice (signature, then entries) and each stripe decode restores
-/// every missing part at once while the reader needs one, so it decoded four times over and
-/// took 4 s more than the plain import on the benchmark.
+/// Rebuilds the `missing` data parts, the careful way: the same rebuild as behind the import's
+/// reads ([`rebuild_behind`]), each rebuilt part then read back whole (as the decoders finish
+/// its stripes) and checked against the index before the import reads a byte of it, so that a
+/// wrong rebuild is named as such (`part-rebuild`) rather than found as a bundle whose
+/// signature fails.
 fn rebuild(
     data_dir: &Path,
     index: &PartsIndex,
@@ -703,63 +697,24 @@ fn rebuild(
     missing: &[usize],
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<PartSource>> {
-    let layout = index.layout;
-    let scratch = scratch_file(data_dir)?;
-    // The m-th missing part at m part sizes.
-    let at = |i: usize| {
-        missing.iter().position(|&m| m == i).expect("a missing part") as u64 * layout.part_size
-    };
-    let present: Vec<bool> = sources.iter().map(Option::is_some).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u64;
-    let stripes: Vec<u64> = (0..threads).collect();
-    let errors: Mutex<Vec<io::Error>> = Mutex::new(Vec::new());
-    progress.start("rebuilding parts from parity", layout.part_size * missing.len() as u64);
-    parallel(&stripes, |&first| {
-        let decoded = (|| -> io::Result<()> {
-            let mut decoder = ferry_manifests::parts::StripeDecoder::new(&layout, &present)?;
-            for k in (first..layout.stripes()).step_by(threads as usize) {
-                decoder.decode(
-                    k,
-                    &mut |p, offset, buf| {
-                        sources[p]
-                            .as_ref()
-                            .expect("only parts at hand are read")
-                            .read_exact_at(p, buf, offset)
-                    },
-                    &mut |i, piece| scratch.write_all_at(piece, at(i) + k * layout.stripe),
-                )?;
-                progress.advance(layout.stripe_len(k) * missing.len() as u64);
-            }
-            Ok(())
-        })();
-        if let Err(e) = decoded {
-            errors.lock().expect("no panics hold it").push(e);
-        }
-    });
-    progress.finish();
-    if let Some(e) = errors.into_inner().expect("no panics hold it").pop() {
-        return Err(e).context("cannot rebuild parts from parity");
-    }
-    // Checked against the index like any part: a wrong rebuild is named as such here, rather
-    // than found later as a bundle whose signature fails.
-    let scratch = Arc::new(scratch);
-    let checked: Mutex<Vec<anyhow::Result<()>>> = Mutex::new(Vec::new());
-    parallel(missing, |&i| {
+    let rebuilt = rebuild_behind(data_dir, index.layout, sources, missing)?;
+    let total = missing.iter().map(|&i| index.parts[i].size).sum();
+    progress.start("rebuilding parts from parity", total);
+    for (&i, source) in missing.iter().zip(&rebuilt) {
         let part = &index.parts[i];
-        let result = match hash_range(&scratch, at(i), part.size, &NoProgress) {
-            Ok(actual) if actual == part.sha256 => Ok(()),
-            Ok(actual) => Err(PartsRefusal::Rebuilt {
+        let actual = hash_part(source, i, part.size, progress)
+            .context("cannot rebuild parts from parity")?;
+        if actual != part.sha256 {
+            return Err(PartsRefusal::Rebuilt {
                 part: part.file_name.clone(),
                 expected: part.sha256,
                 actual,
             }
-            .into()),
-            Err(e) => Err(anyhow::Error::new(e).context("cannot read the rebuilt parts")),
-        };
-        checked.lock().expect("no panics hold it").push(result);
-    });
-    checked.into_inner().expect("no panics hold it").into_iter().collect::<anyhow::Result<()>>()?;
-    Ok(missing.iter().map(|&i| PartSource::file(scratch.clone(), at(i))).collect())
+            .into());
+        }
+    }
+    progress.finish();
+    Ok(rebuilt)
 }
 
 /// Data parts being rebuilt from parity behind the import's reads, into a scratch file: a read
