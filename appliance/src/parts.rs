@@ -154,6 +154,35 @@ pub(crate) struct PartsReport {
 }
 
 impl PartsReport {
+    /// What a run found: `held[p]` says whether part `p` is at hand; `rebuilt` (0-based data
+    /// parts) are the ones rebuilt from parity.
+    fn new(
+        index: &PartsIndex,
+        folder: PathBuf,
+        held: &[bool],
+        rebuilt: &[usize],
+        damaged: Vec<BadPart>,
+        other_bundles: Vec<PathBuf>,
+    ) -> Self {
+        let names = |parts: &mut dyn Iterator<Item = &Part>| -> Vec<String> {
+            parts.map(|p| p.file_name.clone()).collect()
+        };
+        let layout = index.layout;
+        Self {
+            name: index.name.to_string(),
+            sequence: index.sequence,
+            folder,
+            parts: layout.total_parts(),
+            data_parts: layout.data_parts,
+            parity_parts: layout.parity_parts,
+            have: names(&mut index.parts.iter().filter(|p| held[p.index])),
+            missing: names(&mut index.parts.iter().filter(|p| !held[p.index])),
+            damaged,
+            rebuilt: names(&mut rebuilt.iter().map(|&i| &index.parts[i])),
+            other_bundles,
+        }
+    }
+
     /// How many more parts are needed before the bundle can be rebuilt.
     pub(crate) fn still_needed(&self) -> usize {
         self.data_parts.saturating_sub(self.have.len())
@@ -614,50 +643,24 @@ pub(crate) fn prepare(
 
     let other_bundles = other_bundles(index, &dirs);
 
-    let names = |held: bool| -> Vec<String> {
-        index
-            .parts
-            .iter()
-            .filter(|p| slots[p.index].is_some() == held)
-            .map(|p| p.file_name.clone())
-            .collect()
-    };
-    let mut report = PartsReport {
-        name: index.name.to_string(),
-        sequence: index.sequence,
-        folder: folder.clone(),
-        parts: layout.total_parts(),
-        data_parts: layout.data_parts,
-        parity_parts: layout.parity_parts,
-        have: names(true),
-        missing: names(false),
-        damaged,
-        rebuilt: Vec::new(),
-        other_bundles,
-    };
-    if report.have.len() >= layout.data_parts {
-        let missing: Vec<usize> = (0..layout.data_parts).filter(|&i| slots[i].is_none()).collect();
-        let mut sources = slots;
+    let held: Vec<bool> = slots.iter().map(Option::is_some).collect();
+    let missing: Vec<usize> = (0..layout.data_parts).filter(|&i| !held[i]).collect();
+    let ready = held.iter().filter(|&&h| h).count() >= layout.data_parts;
+    let rebuilt: &[usize] = if ready { &missing } else { &[] };
+    let report = PartsReport::new(index, folder.clone(), &held, rebuilt, damaged, other_bundles);
+    if ready {
+        let mut rebuilt = Vec::new();
         if !missing.is_empty() {
             let started = std::time::Instant::now();
-            let rebuilt = rebuild(data_dir, index, &sources, &missing, progress)?;
+            rebuilt = rebuild(data_dir, index, &slots, &missing, progress)?;
             tracing::info!(
                 parts = missing.len(),
                 seconds = started.elapsed().as_secs_f64(),
                 "data parts rebuilt from parity"
             );
-            for (i, source) in missing.iter().zip(rebuilt) {
-                sources[*i] = Some(source);
-            }
-            report.rebuilt = missing.iter().map(|&i| index.parts[i].file_name.clone()).collect();
         }
-        let data: Vec<PartSource> = sources
-            .into_iter()
-            .take(layout.data_parts)
-            .map(|s| s.expect("every data part"))
-            .collect();
-        let reader = PartsReader::new(layout, data);
-        return Ok(Prepared::Ready { report, reader: Box::new(reader) });
+        let reader = reader_over(layout, slots, &missing, rebuilt);
+        return Ok(Prepared::Ready { report, reader });
     }
 
     // Too few: keep what was found for the next run.
@@ -868,46 +871,41 @@ pub(crate) fn prepare_fast(
             (meta.is_file() && meta.len() == part.size).then(|| PartSource::file(Arc::new(file), 0))
         })
     };
-    let mut sources: Vec<Option<PartSource>> = index.parts.iter().map(found).collect();
+    let sources: Vec<Option<PartSource>> = index.parts.iter().map(found).collect();
     let missing: Vec<usize> = (0..layout.data_parts).filter(|&i| sources[i].is_none()).collect();
     let parity = sources[layout.data_parts..].iter().filter(|s| s.is_some()).count();
     if missing.len() > parity {
         return Ok(None);
     }
     let arrived: Vec<bool> = sources.iter().map(Option::is_some).collect();
-    if !missing.is_empty() {
-        let rebuilt = rebuild_behind(data_dir, layout, &sources, &missing)?;
-        for (&i, source) in missing.iter().zip(rebuilt) {
-            sources[i] = Some(source);
-        }
+    let rebuilt = if missing.is_empty() {
+        Vec::new()
+    } else {
+        rebuild_behind(data_dir, layout, &sources, &missing)?
+    };
+    let folder = folder(data_dir, index);
+    let others = other_bundles(index, &dirs);
+    let report = PartsReport::new(index, folder, &arrived, &missing, Vec::new(), others);
+    Ok(Some((report, reader_over(layout, sources, &missing, rebuilt))))
+}
+
+/// The reader over the data parts: those at hand in `sources` (one per part), and the `missing`
+/// ones from where `rebuilt` says they were rebuilt.
+fn reader_over(
+    layout: Layout,
+    mut sources: Vec<Option<PartSource>>,
+    missing: &[usize],
+    rebuilt: Vec<PartSource>,
+) -> Box<PartsReader> {
+    for (&i, source) in missing.iter().zip(rebuilt) {
+        sources[i] = Some(source);
     }
-    let names = |held: bool| -> Vec<String> {
-        index
-            .parts
-            .iter()
-            .filter(|p| arrived[p.index] == held)
-            .map(|p| p.file_name.clone())
-            .collect()
-    };
-    let report = PartsReport {
-        name: index.name.to_string(),
-        sequence: index.sequence,
-        folder: folder(data_dir, index),
-        parts: layout.total_parts(),
-        data_parts: layout.data_parts,
-        parity_parts: layout.parity_parts,
-        have: names(true),
-        missing: names(false),
-        damaged: Vec::new(),
-        rebuilt: missing.iter().map(|&i| index.parts[i].file_name.clone()).collect(),
-        other_bundles: other_bundles(index, &dirs),
-    };
     let data = sources
         .into_iter()
         .take(layout.data_parts)
-        .map(|s| s.expect("every data part found or being rebuilt"))
+        .map(|s| s.expect("every data part at hand or rebuilt"))
         .collect();
-    Ok(Some((report, Box::new(PartsReader::new(layout, data)))))
+    Box::new(PartsReader::new(layout, data))
 }
 
 /// For a cluster, whose instances read the bundle from the shared folder: writes the bundle
