@@ -21,6 +21,10 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub key: SigningKey,
     pub pgp: ferry_artifacts::pgp::SigningKey,
+    /// Each archive's `.asc`, made once: a PGP signature carries the second it was made, and
+    /// one Elastic artifact has one signature, so two bundles of the same version must carry
+    /// the same bytes (a delta against one takes the other's from the blob store).
+    signatures: std::sync::Mutex<std::collections::HashMap<(String, usize), String>>,
 }
 
 pub const VERSIONS: [&str; 3] = ["9.1.0", "9.2.2", "9.3.0"];
@@ -55,7 +59,7 @@ impl Fixture {
         let pgp =
             ferry_artifacts::pgp::SigningKey::generate("Elastic test <t@example.invalid>").unwrap();
         std::fs::write(dir.path().join("GPG-KEY-test"), pgp.public_armored()).unwrap();
-        let fixture = Self { dir, key, pgp };
+        let fixture = Self { dir, key, pgp, signatures: Default::default() };
         fixture.write_config("");
         fixture
     }
@@ -178,7 +182,11 @@ impl Fixture {
             std::fs::write(&p, bytes).unwrap();
             p
         };
-        let sidecars = sidecars(&self.pgp, name, &archive);
+        let mut sidecars = sidecars(&self.pgp, name, &archive);
+        sidecars.asc = (self.signatures.lock().unwrap())
+            .entry((version.to_owned(), archive_len))
+            .or_insert(sidecars.asc)
+            .clone();
         let signer = ferry_artifacts::Keyring::from_armored(&self.pgp.public_armored(), "test key")
             .unwrap()
             .fingerprints();
