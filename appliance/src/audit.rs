@@ -125,6 +125,11 @@ impl AuditLog {
         Self { dir: data_dir.to_owned() }
     }
 
+    /// The data directory it is kept in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -248,6 +253,29 @@ impl AuditLog {
         Ok(records)
     }
 
+    /// Hands `each` the records appended since `tail` last read, and moves `tail` past them:
+    /// what `/metrics` counts, without reading the whole log at every scrape. A rotation in
+    /// between is followed (the file read before is `audit.log.1` now, same inode), so no
+    /// record is missed or counted twice; lines that are not records are skipped (telling
+    /// them is `audit verify`'s work), and a last line still being written waits for the next
+    /// call.
+    pub(crate) fn read_new(
+        &self,
+        tail: &mut Tail,
+        mut each: impl FnMut(Record),
+    ) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = |path: &Path| fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let Some(current) = id(&self.path(LOG)) else { return Ok(()) };
+        if tail.file != Some(current) {
+            if tail.file.is_some() && id(&self.rotated(1)) == tail.file {
+                read_lines_from(&self.rotated(1), &mut tail.offset, &mut each)?;
+            }
+            *tail = Tail { file: Some(current), offset: 0 };
+        }
+        read_lines_from(&self.path(LOG), &mut tail.offset, &mut each)
+    }
+
     /// Walks the chain: every line an audit record, sequence numbers one after another, each
     /// `prev` the hash of the line before, the last one the head. Returns how many records
     /// verified, and the first break when there is one.
@@ -347,6 +375,38 @@ pub(crate) struct Break {
 }
 
 /// The last complete line of `path`, without its newline; `None` for an empty or missing file.
+/// Where [`AuditLog::read_new`] stopped: the file (device and inode) and the offset past the
+/// last whole line read from it.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    file: Option<(u64, u64)>,
+    offset: u64,
+}
+
+/// The whole lines of `path` from `offset` on, each parsed into a record; `offset` ends past the
+/// last newline read.
+fn read_lines_from(
+    path: &Path,
+    offset: &mut u64,
+    each: &mut impl FnMut(Record),
+) -> anyhow::Result<()> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    file.seek(SeekFrom::Start(*offset))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Ok(());
+        }
+        *offset += n as u64;
+        if let Ok(record) = serde_json::from_slice(&line[..n - 1]) {
+            each(record);
+        }
+    }
+}
+
 fn last_line(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -535,6 +595,30 @@ mod tests {
             let text = format!("{}: {}", problem.at, problem.reason);
             assert!(text.contains(says), "{what}: {text}");
         }
+    }
+
+    #[test]
+    fn a_tail_reads_each_record_once_across_a_rotation() {
+        let (dir, log) = log_with(3);
+        let mut tail = Tail::default();
+        let mut seen = Vec::new();
+        log.read_new(&mut tail, |r| seen.push(r.seq)).unwrap();
+        log.read_new(&mut tail, |r| seen.push(r.seq)).unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        // A line half written waits for its end; after a rotation the rest of the old file is
+        // read, then the new one.
+        log.record(Actor::Server, "e", Outcome::Ok, Value::Null);
+        let line = br#"{"seq":5,"time":"t","actor":{"kind":"server"},"event":"e","outcome":"ok","prev":"0"}"#;
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(LOG)).unwrap();
+        f.write_all(&line[..10]).unwrap();
+        log.read_new(&mut tail, |r| seen.push(r.seq)).unwrap();
+        assert_eq!(seen, [1, 2, 3, 4]);
+        f.write_all(&line[10..]).unwrap();
+        f.write_all(b"\n").unwrap();
+        log.rotate().unwrap();
+        log.record(Actor::Server, "e", Outcome::Refused, Value::Null);
+        log.read_new(&mut tail, |r| seen.push(r.seq)).unwrap();
+        assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

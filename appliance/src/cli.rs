@@ -73,9 +73,21 @@ pub enum Command {
     Serve(ServeArgs),
     /// What the appliance serves: the active release, whether it verifies and is served, what
     /// /api/status answers, the agents, the site's Elasticsearch and policies not delivered.
-    /// Exits 1 unless it serves its active release and Elasticsearch (when configured) is well.
-    #[command(visible_alias = "health")]
+    /// Exits 1 when a check of `health` fails (warnings do not change the exit status).
     Status(JsonArg),
+    /// Whether the appliance is fine, in one line, and if not, why. Exits 0 when healthy, 1 when
+    /// a check fails, 2 when only warnings remain.
+    #[command(long_about = "Whether the appliance is fine, in one line, and if not, why.\n\n\
+        Checks: the server runs and /api/status answers HEALTHY (not while draining); its agent \
+        listener accepts connections; the state store answers; a release is active, verifies, \
+        and does not expire within 14 days (warns) or has not expired (fails); the server \
+        certificate does not expire within 30 days (warns) or has not expired (fails); the \
+        site's Elasticsearch, when configured, is reachable and accepts the credential; every \
+        policy is delivered; data_dir's file system has at least 1 GiB free (fails) and 10 % \
+        (warns).\n\n\
+        Exit status: 0 healthy, 1 a check fails, 2 only warnings. --json prints the status \
+        report with every check and the verdict line.")]
+    Health(JsonArg),
     /// The instances of this appliance's cluster (several sharing one PostgreSQL store): each
     /// one's state, version, active release and parked check-ins, and imports underway.
     Cluster(JsonArg),

@@ -54,7 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(config, keys, args.takeover),
-        Command::Status(args) => crate::admin::client::status(&config, &keys, args.json),
+        Command::Status(args) => crate::admin::client::status(&config, &keys, args.json, false),
+        Command::Health(args) => crate::admin::client::status(&config, &keys, args.json, true),
         Command::Cluster(args) => cluster(&config, args.json),
         Command::Audit(command) => crate::audit::command(&config, command),
         Command::Store(crate::cli::StoreCommand::Copy { from, json }) => {
@@ -727,6 +728,7 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
         let listeners = Listeners {
             agents: listen(config.server.listen, must_wait)?,
             mirror: config.server.mirror_listen.map(|a| listen(a, must_wait)).transpose()?,
+            metrics: config.server.metrics_listen.map(|a| listen(a, must_wait)).transpose()?,
         };
         let takeover_path = config.data_dir.join(TAKEOVER_FILE);
         let _lock = if must_wait {
@@ -775,6 +777,8 @@ pub(crate) struct Listeners {
     pub agents: tokio::net::TcpListener,
     /// Plain HTTP: the mirror only.
     pub mirror: Option<tokio::net::TcpListener>,
+    /// Plain HTTP: `/metrics` only.
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 /// Serves the appliance on already-bound listeners and the admin socket until `shutdown`
@@ -921,6 +925,8 @@ pub(crate) async fn run_server(
         token: crate::admin::mint_token(&config.data_dir)?,
         offline_after: Duration::from_secs(config.server.agent_offline_seconds),
         audit: crate::audit::AuditLog::new(&config.data_dir),
+        metrics: crate::metrics::Scraper::new(config.server_certificate()),
+        listen: listeners.agents.local_addr()?,
     });
     // Written by versions that served the admin API on TCP; nothing reads it now.
     let _ = std::fs::remove_file(config.data_dir.join("admin.url"));
@@ -949,6 +955,21 @@ pub(crate) async fn run_server(
     let main = crate::net::serve(listeners.agents, tls, router, connections.clone(), shutdown);
     // The admin side stops with the agent side, and removes its socket.
     let (stop_admin, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match listeners.metrics {
+        Some(m) => {
+            println!("serving metrics on http://{}/metrics", m.local_addr()?);
+            let token = crate::metrics::token(&config.data_dir)?;
+            let router = crate::metrics::router(Arc::clone(&admin), token);
+            Some(crate::net::serve(m, None, router, connections.clone(), std::future::pending()))
+        }
+        None => None,
+    };
+    let metrics = async {
+        match metrics {
+            Some(m) => m.await,
+            None => std::future::pending().await,
+        }
+    };
     let admin_server = crate::admin::serve(
         admin_socket,
         socket_path,
@@ -974,7 +995,7 @@ pub(crate) async fn run_server(
         }
     };
     let served = async {
-        let result = tokio::select! { r = main => r, r = mirror => r };
+        let result = tokio::select! { r = main => r, r = mirror => r, r = metrics => r };
         let _ = stop_admin.send(());
         result
     };

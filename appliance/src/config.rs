@@ -33,6 +33,11 @@ retain_releases = 3
 listen = "0.0.0.0:8220"
 # An extra listener serving only /downloads/ (plain HTTP), for clients that cannot do TLS.
 # mirror_listen = "0.0.0.0:8080"
+# Prometheus metrics (GET /metrics, plain HTTP), for the site's Prometheus or Elastic Agent's
+# prometheus input. Requests carry `Authorization: Bearer` with the token in
+# data_dir/metrics.token (made at the first start, kept across restarts) or the admin token.
+# Loopback unless the scraper runs elsewhere. The admin socket serves /admin/v1/metrics too.
+# metrics_listen = "127.0.0.1:9620"
 
 # Agents, the mirror and the PGP key are served over TLS. `tls = false` serves them over plain
 # HTTP (public_url must then be http://): enrollment tokens and agents' access keys then cross
@@ -258,6 +263,8 @@ pub(crate) struct ServerConfig {
     #[serde(default = "default_tls")]
     pub tls: bool,
     pub mirror_listen: Option<SocketAddr>,
+    /// Plain HTTP serving only `/metrics`, to the metrics or the admin token.
+    pub metrics_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// How long a check-in is held when there is nothing to deliver.
@@ -324,6 +331,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             tls: default_tls(),
             mirror_listen: None,
+            metrics_listen: None,
             tls_cert: None,
             tls_key: None,
             checkin_long_poll_seconds: default_long_poll(),
@@ -502,6 +510,16 @@ impl Config {
         crate::store::check_instance_name(&host)
             .context("the host's name cannot name this instance: set [cluster] instance")?;
         Ok(host)
+    }
+
+    /// The server certificate (PEM) agents are shown: the configured one, or quick-start's;
+    /// `None` without TLS.
+    pub(crate) fn server_certificate(&self) -> Option<PathBuf> {
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            _ if !self.server.tls => None,
+            (Some(cert), Some(_)) => Some(cert.clone()),
+            _ => Some(crate::net::tls::QuickStart::paths(&self.data_dir).server_cert),
+        }
     }
 
     /// The public URL without a trailing slash.

@@ -23,6 +23,8 @@ pub mod credentials;
 mod elastic;
 mod error;
 mod fleet;
+mod health;
+mod metrics;
 mod mirror;
 mod net;
 mod parts;

@@ -87,7 +87,13 @@ fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     Ok(Some((start, end)))
 }
 
-pub(crate) async fn download(
+pub(crate) async fn download(state: State<Arc<AppState>>, request: Request) -> Response {
+    let response = answer(state, request).await.into_response();
+    crate::metrics::COUNTERS.mirror_answered(response.status());
+    response
+}
+
+async fn answer(
     State(state): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {

@@ -262,6 +262,19 @@ pub(crate) struct StatusReport {
     /// they run).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) policies_held: BTreeMap<String, String>,
+    /// The address the agent listener is bound to (the configured one, with its port when
+    /// that was 0); absent without a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// The state store's error, when it did not answer (the agent counts are then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) database: Option<String>,
+    /// What `health` decided, check by check, and its one line: filled in by the CLI, which
+    /// also reads the listener, the certificate and the disk on this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) checks: Vec<crate::health::Check>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) verdict: Option<String>,
 }
 
 /// The answer to `POST /drain` (start draining) and `DELETE /drain` (end it).
@@ -291,10 +304,13 @@ pub(crate) enum Server {
 pub(crate) struct ActiveRelease {
     pub(crate) name: String,
     pub(crate) sequence: u64,
+    /// RFC 3339, when it verifies (absent from servers from before `health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expires: Option<String>,
 }
 
 /// Enrolled agents by the status `agents list` shows.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct AgentCounts {
     pub(crate) total: usize,
     pub(crate) by_status: BTreeMap<String, usize>,

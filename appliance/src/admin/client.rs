@@ -927,28 +927,42 @@ fn strip_one_newline(mut text: String) -> String {
     text
 }
 
-/// `status`: the running server's view, through the admin API; when no server answers, the data
-/// directory's (with this configuration's keys). Exits 1 unless a server runs and serves its
-/// active release (`/api/status` answers `HEALTHY`), so it can serve as a health check.
+/// `status` and `health`: the running server's view, through the admin API; when no server
+/// answers, the data directory's (with this configuration's keys); with the checks of
+/// [`crate::health`] and their verdict. `health` (`one_line`) prints only the verdict and exits
+/// 0, 1 (a check fails) or 2 (warnings); `status` prints the report and exits 1 when a check
+/// fails.
 pub(crate) fn status(
     config: &Config,
     keys: &ferry_manifests::TrustedKeys,
     as_json: bool,
+    one_line: bool,
 ) -> anyhow::Result<ExitCode> {
+    use crate::health::Level;
     let running = match Client::new(config).and_then(|c| c.call("GET", "/status")) {
         Ok(report) => Some(report),
         // No socket, or one nothing listens on (a server that died).
         Err(e) if e.chain().any(|cause| cause.is::<ServerDown>()) => None,
         Err(e) => return Err(e),
     };
-    let answer = match running {
+    let mut answer = match running {
         Some(report) => report,
         None => serde_json::to_value(stopped_status(config, keys)?)?,
     };
     let report: StatusReport = typed(&answer)?;
+    let checks = crate::health::checks(config, &report, time::OffsetDateTime::now_utc());
+    let verdict = crate::health::verdict(&checks, &report);
+    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("checks".into(), serde_json::to_value(&checks)?);
+        fields.insert("verdict".into(), verdict.clone().into());
+    }
     if as_json {
         print_json(&answer)?;
+    } else if one_line {
+        println!("{}", ferry_manifests::terminal::escape(&verdict, 2000));
     } else {
+        println!("health  {}", ferry_manifests::terminal::escape(&verdict, 2000));
         let release = |a: &ActiveRelease| format!("{} {}", dash(Some(&a.name)), a.sequence);
         let server = match &report.status {
             Some(status) if report.draining => {
@@ -1010,10 +1024,21 @@ pub(crate) fn status(
         if let Some(message) = &report.message {
             println!("{message}");
         }
+        for c in checks.iter().filter(|c| c.level != Level::Ok) {
+            let level = if c.level == Level::Fail { "FAIL" } else { "warn" };
+            println!(
+                "{level}    {}: {}",
+                c.name,
+                ferry_manifests::terminal::escape(&c.message, 500)
+            );
+        }
     }
-    let healthy = report.status.as_deref() == Some(crate::fleet::status::HEALTHY)
-        && report.policies_held.is_empty();
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(match worst {
+        Level::Ok => ExitCode::SUCCESS,
+        Level::Fail => ExitCode::from(1),
+        Level::Warn if one_line => ExitCode::from(2),
+        Level::Warn => ExitCode::SUCCESS,
+    })
 }
 
 /// `drain` and `drain --undo`: one request, answered once the parked check-ins are.
@@ -1049,14 +1074,25 @@ fn stopped_status(
     config: &Config,
     keys: &ferry_manifests::TrustedKeys,
 ) -> anyhow::Result<StatusReport> {
-    let (pointer, views) = match crate::store::open_existing(&config.store_location()?)? {
-        Some(store) => (store.active()?, store.agent_views(&crate::store::AgentPage::default())?),
-        None => (None, Vec::new()),
+    let read = crate::store::open_existing(&config.store_location()?).and_then(|store| {
+        Ok(match store {
+            Some(store) => {
+                (store.active()?, store.agent_views(&crate::store::AgentPage::default())?)
+            }
+            None => (None, Vec::new()),
+        })
+    });
+    // A store that cannot be read is a finding of `health`, not a reason to say nothing.
+    let ((pointer, views), database) = match read {
+        Ok(read) => (read, None),
+        Err(e) => ((None, Vec::new()), Some(e.to_string())),
     };
     let active = crate::release::Active::load(&config.data_dir, pointer, keys);
     let offline_after = std::time::Duration::from_secs(config.server.agent_offline_seconds);
     let agents = crate::admin::count_agents(&views, &crate::clock::now_rfc3339(), offline_after);
-    Ok(crate::admin::status_report(false, &active, &agents))
+    let mut report = crate::admin::status_report(false, &active, &agents);
+    report.database = database;
+    Ok(report)
 }
 
 #[cfg(test)]

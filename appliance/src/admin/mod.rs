@@ -59,6 +59,9 @@ pub(crate) struct Admin {
     pub token: String,
     pub offline_after: Duration,
     pub audit: crate::audit::AuditLog,
+    pub metrics: crate::metrics::Scraper,
+    /// The agent listener's bound address, for `health`'s probe.
+    pub listen: std::net::SocketAddr,
 }
 
 /// The OS user on the other end of an admin connection (`SO_PEERCRED`), for the audit log.
@@ -84,6 +87,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/secrets", get(list_secrets))
         .route("/secrets/{id}", put(set_secret).delete(remove_secret))
         .route("/drain", post(start_drain).delete(end_drain))
+        .route("/metrics", get(crate::metrics::handler))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), require_token))
         .layer(axum::middleware::from_fn(local_only))
@@ -98,10 +102,15 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
 /// Written to a temporary name opened with `O_EXCL`, then renamed over the old one, so no reader
 /// ever sees half a token and nothing planted at the temporary name is written through.
 pub(crate) fn mint_token(data_dir: &Path) -> anyhow::Result<String> {
+    write_token(&data_dir.join(TOKEN_FILE))
+}
+
+/// Writes a new random token to `path` (0600) as [`mint_token`] describes, and returns it.
+pub(crate) fn write_token(path: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let path = data_dir.join(TOKEN_FILE);
-    let tmp = data_dir.join(format!("{TOKEN_FILE}.{}.tmp", std::process::id()));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = path.with_file_name(format!("{name}.{}.tmp", std::process::id()));
     // Left by a process with our pid that died between the two steps.
     let _ = std::fs::remove_file(&tmp);
     let token = ApiKey::mint().encoded();
@@ -113,7 +122,7 @@ pub(crate) fn mint_token(data_dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(token.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(token)
 }
 
@@ -291,7 +300,7 @@ fn event_name(method: &axum::http::Method, path: &str, denied: bool) -> String {
 }
 
 /// The bearer token a request presents, or "".
-fn bearer(request: &Request) -> &str {
+pub(crate) fn bearer(request: &Request) -> &str {
     request
         .headers()
         .get(header::AUTHORIZATION)
@@ -356,9 +365,14 @@ pub(crate) fn status_report(
         server: if running { Server::Running } else { Server::Stopped },
         status: running.then(|| crate::fleet::status::fleet_status(active).to_owned()),
         draining: false,
-        active: active
-            .pointer()
-            .map(|(name, sequence)| ActiveRelease { name: name.to_owned(), sequence }),
+        active: active.pointer().map(|(name, sequence)| ActiveRelease {
+            name: name.to_owned(),
+            sequence,
+            expires: match active {
+                Active::Ready(release) => Some(ferry_manifests::rfc3339(release.manifest.expires)),
+                _ => None,
+            },
+        }),
         loaded,
         served: running && loaded,
         check: match active {
@@ -374,6 +388,10 @@ pub(crate) fn status_report(
         },
         elasticsearch: None,
         policies_held: Default::default(),
+        listen: None,
+        database: None,
+        checks: Vec::new(),
+        verdict: None,
     }
 }
 
@@ -391,14 +409,29 @@ pub(crate) fn count_agents(
 }
 
 async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
-    flush(&admin).await?;
     let offline_after = admin.offline_after;
-    let agents = db(&admin, move |s| {
-        let views = s.agent_views(&AgentPage::default())?;
-        Ok(count_agents(&views, &crate::clock::now_rfc3339(), offline_after))
-    })
-    .await?;
+    let agents = match flush(&admin).await {
+        Ok(()) => {
+            db(&admin, move |s| {
+                let views = s.agent_views(&AgentPage::default())?;
+                Ok(count_agents(&views, &crate::clock::now_rfc3339(), offline_after))
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    // A store that fails is what `health` must say, not a reason to answer nothing.
+    let (agents, database) = match agents {
+        Ok(agents) => (agents, None),
+        Err(ApiError::Internal(e)) => (Default::default(), Some(format!("{e:#}"))),
+        Err(ApiError::Unavailable { .. }) => {
+            (Default::default(), Some("the database cannot be reached now".to_owned()))
+        }
+        Err(e) => return Err(e),
+    };
     let mut report = status_report(true, &admin.app.active(), &agents);
+    report.database = database;
+    report.listen = Some(admin.listen);
     // Since start, what no honest agent does (the server logs each such agent once): reports
     // with fields over their caps, and check-ins superseded by a newer one of the same agent.
     report.agents.reports_trimmed = Some(admin.hub.trimmed.count());
@@ -569,7 +602,7 @@ fn agent_out(view: AgentView, status: &str) -> Agent {
 
 /// `unenrolled`, `enrolled` (never checked in), `offline`, `updating`, or what the agent
 /// reports: `online`, `degraded`, `error`, `starting`.
-fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'static str {
+pub(crate) fn agent_status(view: &AgentView, now: &str, offline_after: Duration) -> &'static str {
     if !view.active {
         return "unenrolled";
     }
@@ -858,6 +891,7 @@ async fn create_actions(
     if kind == ActionKind::Upgrade {
         notes.push("progress: `ferry-appliance agents list` (UPGRADE column)".into());
     }
+    crate::metrics::COUNTERS.actions_queued(kind.as_str(), agents.len());
     let details = json!({ "action_id": action_id, "type": kind.as_str(), "agents": agents.len() });
     let mut response =
         axum::Json(ActionsCreated { action_id, kind, created_at: created, agents, notes })

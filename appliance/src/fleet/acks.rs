@@ -76,6 +76,8 @@ pub(crate) async fn acks(
             for (i, event, failed) in lookups {
                 let Some(action) = s.agent_action(&agent_id, &event.action_id)? else { continue };
                 unenroll |= action.kind == ActionKind::Unenroll.as_str() && !failed;
+                let kind = ActionKind::parse(&action.kind).map_or("other", ActionKind::as_str);
+                crate::metrics::COUNTERS.acked(kind, !failed);
                 results.push(ActionResult {
                     action_id: event.action_id,
                     error: event.error.filter(|e| !e.is_empty()),

@@ -225,6 +225,7 @@ pub(crate) async fn enroll(
             Enrollment::Revoked => return Err(revoked(&id)),
         }
         tracing::info!(agent = %id, policy = %policy_id, "agent enrolled");
+        crate::metrics::COUNTERS.enrolled();
         // A record replaced had its output keys marked with it: invalidated now.
         if let Some(es) = api.app.elastic.get().filter(|_| replacing.is_some()) {
             es.sweep();

@@ -139,7 +139,7 @@ impl RateLimits {
             .map(effective)
             .map(|(name, limit)| {
                 let shared = (Arc::clone(&failures), Arc::clone(&proven), credential_id);
-                (name, Arc::new(Limiter::new(limit, shared)))
+                (name, Arc::new(Limiter::new(name, limit, shared)))
             })
             .collect();
         Ok(Self { routes, per_key, proven })
@@ -316,6 +316,8 @@ impl Proven {
 }
 
 pub(crate) struct Limiter {
+    /// The route class, for `ferry_rate_limited_total`.
+    route: &'static str,
     limit: RouteLimit,
     bucket: Mutex<Bucket>,
     in_flight: Option<Arc<Semaphore>>,
@@ -331,8 +333,13 @@ pub(crate) struct Limiter {
 type Shared = (Arc<KeyedBuckets<Option<IpAddr>>>, Arc<Proven>, fn(&HeaderMap) -> Option<String>);
 
 impl Limiter {
-    fn new(limit: RouteLimit, (failures, proven, credential_id): Shared) -> Self {
+    fn new(
+        route: &'static str,
+        limit: RouteLimit,
+        (failures, proven, credential_id): Shared,
+    ) -> Self {
         Self {
+            route,
             limit,
             bucket: Mutex::new(Bucket::full(limit, Instant::now())),
             in_flight: (limit.concurrent > 0)
@@ -353,7 +360,13 @@ impl Limiter {
     }
 }
 
-fn too_many(code: &'static str, message: &str, retry_after: Duration) -> Response {
+fn too_many(
+    route: &'static str,
+    code: &'static str,
+    message: &str,
+    retry_after: Duration,
+) -> Response {
+    crate::metrics::COUNTERS.rate_limited(route, code);
     ApiError::TooMany { code, message: message.to_owned(), retry_after }.into_response()
 }
 
@@ -372,16 +385,21 @@ pub(crate) async fn limit(
     {
         let from = address.map_or("clients without an address".to_owned(), |a| a.to_string());
         let message = format!("too many failed authentications from {from}");
-        return too_many("AuthFailureLimit", &message, wait);
+        return too_many(limiter.route, "AuthFailureLimit", &message, wait);
     }
     if let Err(wait) = limiter.take(Instant::now()) {
-        return too_many("RateLimit", "exceeded the rate limit", wait);
+        return too_many(limiter.route, "RateLimit", "exceeded the rate limit", wait);
     }
     let _permit = match &limiter.in_flight {
         Some(s) => match Arc::clone(s).try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                return too_many("MaxLimit", "too many requests in flight", Duration::from_secs(1));
+                return too_many(
+                    limiter.route,
+                    "MaxLimit",
+                    "too many requests in flight",
+                    Duration::from_secs(1),
+                );
             }
         },
         None => None,
@@ -433,6 +451,7 @@ mod tests {
     fn buckets_refill_at_the_rate_up_to_the_burst() {
         let failures = Arc::new(KeyedBuckets::new(PerKey::AuthFailures.default()));
         let l = Limiter::new(
+            "test",
             RouteLimit { per_second: 10.0, burst: 2, concurrent: 0 },
             (failures, Arc::default(), |_| None),
         );

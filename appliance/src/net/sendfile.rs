@@ -114,7 +114,15 @@ impl http_body::Body for Streamed {
             *this = Streamed::Reading(Body::from_stream(stream));
         }
         match this {
-            Streamed::Reading(body) => Pin::new(body).poll_frame(cx),
+            Streamed::Reading(body) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(data))) = &frame
+                    && let Some(bytes) = data.data_ref()
+                {
+                    crate::metrics::COUNTERS.mirror_sent(bytes.len() as u64);
+                }
+                frame
+            }
             Streamed::Waiting { .. } => Poll::Ready(None),
         }
     }
@@ -179,7 +187,7 @@ pub(crate) async fn send(socket: &TcpStream, range: &FileRange) -> io::Result<u6
         match sent {
             // The file ends before the range does.
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => crate::metrics::COUNTERS.mirror_sent(n as u64),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -21,6 +21,7 @@ mod hostile_import;
 mod hostile_rollback;
 mod limits;
 mod local_user;
+mod metrics;
 mod parts;
 mod secrets;
 mod status;
