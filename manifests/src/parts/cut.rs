@@ -90,7 +90,7 @@ impl PartCutter {
             let path = part.path().to_owned();
             let part = part.finish().map_err(|e| named(&path, &e))?;
             if let Some(syncer) = &self.syncer {
-                syncer.sync(&part.file, &path).map_err(|e| named(&path, &e))?;
+                syncer.sync(&part.file, &path, part.len).map_err(|e| named(&path, &e))?;
             }
             self.parts.push(part);
         }
@@ -101,7 +101,11 @@ impl PartCutter {
     pub(crate) fn finish(mut self) -> io::Result<CutParts> {
         self.close_current()?;
         if let Some(syncer) = self.syncer.take() {
-            syncer.wait()?;
+            let digests = syncer.wait()?;
+            assert_eq!(digests.len(), self.parts.len(), "every part closed is queued once");
+            for (part, digest) in self.parts.iter_mut().zip(digests) {
+                part.sha256 = Some(digest);
+            }
         }
         Ok(CutParts {
             parts: std::mem::take(&mut self.parts),
@@ -170,7 +174,7 @@ mod tests {
             let bytes = std::fs::read(&part.temp).unwrap();
             assert_eq!(bytes.len() as u64, part.len);
             assert_eq!(bytes, stream[offset..offset + bytes.len()], "part {i}");
-            assert_eq!(part.sha256, None, "the tail hashes data parts");
+            assert_eq!(part.sha256, Some(Sha256Digest::of(&bytes)), "part {i}");
             offset += bytes.len();
         }
         assert_eq!(offset, total);

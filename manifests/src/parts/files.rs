@@ -116,45 +116,70 @@ pub(crate) struct Finished {
     pub(crate) file: File,
     pub(crate) temp: PathBuf,
     pub(crate) len: u64,
-    /// `None` until the tail hashes it (data parts: see `finish.rs`).
+    /// `None` until the [`Syncer`] has hashed it (data parts).
     pub(crate) sha256: Option<Sha256Digest>,
 }
 
-/// Syncs finished parts on a thread of its own while the next ones are written, so their
-/// writeback overlaps the compression instead of being waited for at the end (a plain build
-/// waits for its whole bundle's). The final sync of each part then finds it clean.
+/// How much of a part [`hash_file`] reads at a time.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// The SHA-256 of the first `len` bytes of `file`, read by position (from the page cache, for a
+/// part just written).
+pub(crate) fn hash_file(file: &File, len: u64) -> io::Result<Sha256Digest> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut hasher = sha2::Sha256::new();
+    let mut offset = 0;
+    while offset < len {
+        let n = HASH_CHUNK.min(usize::try_from(len - offset).unwrap_or(HASH_CHUNK));
+        file.read_exact_at(&mut buf[..n], offset)?;
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Sha256Digest(hasher.finalize().into()))
+}
+
+/// Hashes and syncs finished data parts on a thread of its own while the next ones are
+/// written: the hashing uses the core the compressor leaves (hashing on the writer's thread
+/// made it the bottleneck: 8.4 s against 7.3 for the whole build), and each part's writeback
+/// overlaps the compression instead of being waited for at the end, as a plain build waits for
+/// its whole bundle's. The finishing tail then has both cores for the parity.
 pub(crate) struct Syncer {
-    files: Option<Sender<(File, PathBuf)>>,
-    handle: Option<JoinHandle<io::Result<()>>>,
+    files: Option<Sender<(File, PathBuf, u64)>>,
+    handle: Option<JoinHandle<io::Result<Vec<Sha256Digest>>>>,
 }
 
 impl Syncer {
     pub(crate) fn spawn() -> Self {
-        let (files, queue) = channel::<(File, PathBuf)>();
+        let (files, queue) = channel::<(File, PathBuf, u64)>();
         let handle = std::thread::spawn(move || {
-            for (file, path) in queue {
+            let named = |path: &Path, e: io::Error| {
+                io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+            };
+            let mut digests = Vec::new();
+            for (file, path, len) in queue {
+                digests.push(hash_file(&file, len).map_err(|e| named(&path, e))?);
                 // The first error is kept and reported: Linux reports a failed writeback once,
                 // so a later sync of the same file could succeed with data lost.
-                file.sync_all()
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                file.sync_all().map_err(|e| named(&path, e))?;
             }
-            Ok(())
+            Ok(digests)
         });
         Self { files: Some(files), handle: Some(handle) }
     }
 
-    /// Queues `file` (the part at `path`) for syncing.
-    pub(crate) fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
+    /// Queues `file` (the part at `path`, `len` bytes) for hashing and syncing.
+    pub(crate) fn sync(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
         let clone = file.try_clone()?;
         if let Some(files) = &self.files {
             // A send fails only once the thread has stopped on an error, which `wait` reports.
-            let _ = files.send((clone, path.to_owned()));
+            let _ = files.send((clone, path.to_owned(), len));
         }
         Ok(())
     }
 
-    /// Waits until every queued part is synced.
-    pub(crate) fn wait(mut self) -> io::Result<()> {
+    /// Waits until every queued part is hashed and synced; their digests, in queued order.
+    pub(crate) fn wait(mut self) -> io::Result<Vec<Sha256Digest>> {
         self.files = None;
         match self.handle.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,

@@ -1,7 +1,6 @@
 //! The tail that `split_bundle` and the builder's parts writer share, once the data parts are
-//! written under temporary names: parity, each data part's digest (on a second thread beside
-//! it), the index, its signature, the transfer note, syncs,
-//! renames. Nothing appears under a final name unless every file is complete and synced; a
+//! written (and hashed) under temporary names: parity, the index, its signature, the transfer
+//! note, syncs, renames. Nothing appears under a final name unless every file is complete and synced; a
 //! failure removes every file of the set, renamed or not.
 
 use std::fs::{self, File};
@@ -9,22 +8,16 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
-use sha2::Digest as _;
-
 use super::SplitOptions;
 use super::cut::CutParts;
 use super::files::{Finished, PartFile, file_name, temp_path};
 use super::index::{Part, PartsIndex};
 use super::split::{SplitError, SplitOutput};
 use super::{Layout, parts_signature_path};
-use crate::manifest::Sha256Digest;
 use crate::name::BundleName;
 use crate::progress::Progress;
 use crate::sign::SigningKey;
 use crate::write::write_synced;
-
-/// How much of a part the hashing thread reads at a time.
-const HASH_CHUNK: usize = 1 << 20;
 
 /// What the index says of the bundle beside its parts.
 pub(crate) struct BundleFacts {
@@ -62,7 +55,7 @@ pub(crate) fn finish_parts(
         move |source| SplitError::Output { path, source }
     };
 
-    let mut parity_outputs = (0..layout.parity_parts)
+    let parity_outputs = (0..layout.parity_parts)
         .map(|j| {
             let temp = temp_path(out_dir, &layout.part_name(&bundle_file, layout.data_parts + j));
             PartFile::create(temp.clone(), &mut leftovers, true).map_err(output(&temp))
@@ -70,55 +63,10 @@ pub(crate) fn finish_parts(
         .collect::<Result<Vec<_>, _>>()?;
     let started = std::time::Instant::now();
     progress.start("computing parity", layout.bundle_size);
-    // The codec sees only io::Error; these keep which file failed, and how.
-    let (mut read_failed, mut write_failed) = (None, None);
-    // The data parts are hashed on a thread of their own beside the parity, both reading the
-    // just-written parts from the page cache: the encoder keeps one core busy, the hashing the
-    // other (on the writer thread, it competed with the compressor).
-    let (encoded, digests) = std::thread::scope(|scope| {
-        let hashing = scope.spawn(|| hash_parts(&data_parts));
-        let encoded = super::encode_parity(
-            &layout,
-            &mut |i, offset, buf| {
-                let part = &data_parts[i];
-                part.file.read_exact_at(buf, offset).map_err(|source| {
-                    let message = source.to_string();
-                    read_failed = Some(SplitError::Input { path: part.temp.clone(), source });
-                    io::Error::other(message)
-                })
-            },
-            &mut |j, bytes| {
-                let part = &mut parity_outputs[j];
-                part.write(bytes).map_err(|source| {
-                    let message = source.to_string();
-                    write_failed =
-                        Some(SplitError::Output { path: part.path().to_owned(), source });
-                    io::Error::other(message)
-                })
-            },
-            progress,
-        );
-        (encoded, hashing.join().expect("the hashing thread does not panic"))
-    });
+    let parity_parts = write_parity(&layout, &data_parts, parity_outputs, out_dir, progress)?;
     progress.finish();
-    if let Err(e) = encoded {
-        let codec = SplitError::Output { path: out_dir.to_owned(), source: e };
-        return Err(read_failed.or(write_failed).unwrap_or(codec));
-    }
-    let parity_parts = parity_outputs
-        .into_iter()
-        .map(|p| {
-            let path = p.path().to_owned();
-            p.finish().map_err(output(&path))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    tracing::info!(
-        seconds = started.elapsed().as_secs_f64(),
-        "parity computed and data parts hashed"
-    );
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "parity computed");
     let started = std::time::Instant::now();
-    let digests = digests?;
     let finished: Vec<Finished> = data_parts.into_iter().chain(parity_parts).collect();
     for (i, part) in finished.iter().enumerate() {
         debug_assert_eq!(part.len, layout.part_len(i));
@@ -126,7 +74,7 @@ pub(crate) fn finish_parts(
             index: i,
             file_name: layout.part_name(&bundle_file, i),
             size: part.len,
-            sha256: part.sha256.or(digests.get(i).copied()).expect("every part hashed"),
+            sha256: part.sha256.expect("the cutter hashes data parts, the parity writer its own"),
             parity: i >= layout.data_parts,
         });
         part.file.sync_all().map_err(output(&part.temp))?;
@@ -166,23 +114,81 @@ pub(crate) fn finish_parts(
     Ok(SplitOutput { index, index_path, signature_path, transfer_path, part_paths })
 }
 
-/// The SHA-256 of each part, read back by position (the cutter leaves data parts unhashed).
-fn hash_parts(parts: &[Finished]) -> Result<Vec<Sha256Digest>, SplitError> {
-    let mut buf = vec![0u8; HASH_CHUNK];
-    parts
-        .iter()
-        .map(|part| {
-            let mut hasher = sha2::Sha256::new();
-            let mut offset = 0;
-            while offset < part.len {
-                let n = HASH_CHUNK.min(usize::try_from(part.len - offset).unwrap_or(HASH_CHUNK));
-                part.file
-                    .read_exact_at(&mut buf[..n], offset)
-                    .map_err(|source| SplitError::Input { path: part.temp.clone(), source })?;
-                hasher.update(&buf[..n]);
-                offset += n as u64;
+/// Stripes of parity on their way from the encoder to the writer; buffers come back for reuse,
+/// so the pass touches a few stripes' worth of fresh memory, not 512 MiB of it.
+type Stripe = Vec<Vec<u8>>;
+
+/// Computes the parity parts from the data parts (read back by position from the page cache)
+/// and writes them: the encoder on this thread, the writing and hashing of the parity parts on
+/// a second, so the pass uses both cores (the data parts were hashed while they were written).
+fn write_parity(
+    layout: &Layout,
+    data_parts: &[Finished],
+    outputs: Vec<PartFile>,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<Finished>, SplitError> {
+    // The codec sees only io::Error; this keeps which file failed, and how.
+    let mut read_failed = None;
+    let (encoded, written) = std::thread::scope(|scope| {
+        // Two stripes queued at most: the encoder runs at most one stripe ahead of the writes.
+        let (to_writer, stripes) = std::sync::mpsc::sync_channel::<Stripe>(2);
+        let (to_encoder, spare) = std::sync::mpsc::channel::<Stripe>();
+        let writer = scope.spawn(move || {
+            let mut outputs = outputs;
+            for stripe in stripes {
+                for (part, bytes) in outputs.iter_mut().zip(&stripe) {
+                    part.write(bytes).map_err(|source| SplitError::Output {
+                        path: part.path().to_owned(),
+                        source,
+                    })?;
+                }
+                let _ = to_encoder.send(stripe);
             }
-            Ok(Sha256Digest(hasher.finalize().into()))
-        })
-        .collect()
+            outputs
+                .into_iter()
+                .map(|p| {
+                    let path = p.path().to_owned();
+                    p.finish().map_err(|source| SplitError::Output { path, source })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let mut filling: Stripe = Vec::new();
+        let encoded = super::encode_parity(
+            layout,
+            &mut |i, offset, buf| {
+                let part = &data_parts[i];
+                part.file.read_exact_at(buf, offset).map_err(|source| {
+                    let message = source.to_string();
+                    read_failed = Some(SplitError::Input { path: part.temp.clone(), source });
+                    io::Error::other(message)
+                })
+            },
+            &mut |j, bytes| {
+                if j == 0 {
+                    filling = spare.try_recv().unwrap_or_default();
+                    filling.resize_with(layout.parity_parts, Vec::new);
+                }
+                filling[j].clear();
+                filling[j].extend_from_slice(bytes);
+                if j + 1 == layout.parity_parts {
+                    // Fails only once the writer has stopped on an error, which it returns.
+                    to_writer
+                        .send(std::mem::take(&mut filling))
+                        .map_err(|_| io::Error::other("the parity writer stopped"))?;
+                }
+                Ok(())
+            },
+            progress,
+        );
+        drop(to_writer);
+        (encoded, writer.join().expect("the parity writer does not panic"))
+    });
+    match (encoded, written) {
+        (Ok(()), written) => written,
+        (Err(_), Err(write_failed)) => Err(write_failed),
+        (Err(e), Ok(_)) => {
+            Err(read_failed.unwrap_or(SplitError::Output { path: out_dir.to_owned(), source: e }))
+        }
+    }
 }
