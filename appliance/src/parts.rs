@@ -120,7 +120,18 @@ pub(crate) fn is_parts_index(path: &Path) -> bool {
         _ => {}
     }
     let mut head = [0u8; 14];
-    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"# ferry-parts "
+    open_nonblocking(path).and_then(|mut f| f.read_exact(&mut head)).is_ok()
+        && &head == b"# ferry-parts "
+}
+
+/// Opens `path` for reading without waiting for a writer: a FIFO (or a device) planted under a
+/// part's or an index's name would otherwise block the import in `open(2)` for ever.
+/// `O_NONBLOCK` changes nothing for a regular file; what is not one is refused where it is
+/// looked at (`part-not-file`), or read as empty and refused by its size or content.
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits();
+    File::options().read(true).custom_flags(nonblock as i32).open(path)
 }
 
 /// A part found somewhere that could not be used, and why.
@@ -221,7 +232,7 @@ pub(crate) enum Prepared {
 
 /// Reads a file of at most `max` bytes.
 fn read_bounded(path: &Path, max: u64) -> io::Result<Result<Vec<u8>, u64>> {
-    let file = File::open(path)?;
+    let file = open_nonblocking(path)?;
     let size = file.metadata()?.len();
     if size > max {
         return Ok(Err(size));
@@ -347,7 +358,7 @@ fn check_file(
     part: &Part,
     progress: &dyn Progress,
 ) -> io::Result<Result<Arc<File>, Problem>> {
-    let file = File::open(path)?;
+    let file = open_nonblocking(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Ok(Err(("part-not-file", "not a regular file".into())));
@@ -866,7 +877,7 @@ pub(crate) fn prepare_fast(
     let dirs = search_dirs(index_path, parts_dirs);
     let found = |part: &Part| {
         dirs.iter().find_map(|dir| {
-            let file = File::open(dir.join(&part.file_name)).ok()?;
+            let file = open_nonblocking(&dir.join(&part.file_name)).ok()?;
             let meta = file.metadata().ok()?;
             (meta.is_file() && meta.len() == part.size).then(|| PartSource::file(Arc::new(file), 0))
         })

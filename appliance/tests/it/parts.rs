@@ -233,6 +233,22 @@ fn a_flipped_bit_is_refused_and_rebuilt_from_parity() {
     assert_eq!(f.releases().0, Some(3));
 }
 
+#[test]
+fn a_fifo_named_like_a_part_is_passed_over_not_waited_on() {
+    let f = Fixture::new();
+    let c = cut(&f, &bundle(&f, 3, 9000), 4096, 1, "cut");
+    let index = medium(&f, &c, "medium", |i| i != 1);
+    // Nothing ever writes to it: opened for reading in the usual way, it blocks for ever.
+    let fifo = index.with_file_name(&c.index.parts[1].file_name);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let o = import(&f, &index, &[]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("rebuilt from parity: site-3.ferry.part002"), "{out}");
+    assert_eq!(f.releases().0, Some(3));
+}
+
 /// The data directory apart from the parts folders, which a refusal may keep.
 fn outside_parts(f: &Fixture) -> Vec<(PathBuf, String)> {
     snapshot(&f.path("data")).into_iter().filter(|(p, _)| !p.starts_with("parts")).collect()
