@@ -12,7 +12,7 @@
 //! parity") is the specification.
 
 pub(crate) mod cut;
-mod files;
+pub(crate) mod files;
 pub(crate) mod finish;
 mod index;
 mod parity;

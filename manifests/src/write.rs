@@ -250,6 +250,18 @@ pub fn write_bundle(
     progress: &dyn Progress,
 ) -> Result<WrittenBundle, WriteError> {
     let prepared = Prepared::new(spec, files, key, progress)?;
+    write_prepared(prepared, spec.compression, key, out_dir, progress)
+}
+
+/// [`write_bundle`] once the inputs are hashed and the manifest signed. A failure removes the
+/// partial files (and a bundle already renamed into place without its signature).
+fn write_prepared(
+    prepared: Prepared,
+    compression: Compression,
+    key: &SigningKey,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<WrittenBundle, WriteError> {
     let started = std::time::Instant::now();
     let file_name = prepared.manifest.bundle_file_name();
     let bundle_path = out_dir.join(&file_name);
@@ -257,20 +269,25 @@ pub fn write_bundle(
     let partial = out_dir.join(format!(".{file_name}.partial"));
     let output = |source| WriteError::Output { path: partial.clone(), source };
 
+    let mut leftovers = crate::parts::files::Leftovers::default();
     let out = File::create(&partial).map_err(output)?;
+    leftovers.push(partial.clone());
     let (out, detached, bundle_size) =
-        prepared.stream(spec.compression, out, &partial, key, progress)?;
+        prepared.stream(compression, out, &partial, key, progress)?;
     let synced = std::time::Instant::now();
     out.sync_all().map_err(output)?;
     tracing::info!(seconds = synced.elapsed().as_secs_f64(), "bundle synced");
     drop(out);
     let partial_sig = out_dir.join(format!(".{file_name}.minisig.partial"));
+    leftovers.push(partial_sig.clone());
     write_synced(&partial_sig, detached.as_bytes())
         .map_err(|source| WriteError::Output { path: partial_sig.clone(), source })?;
     fs::rename(&partial, &bundle_path)
         .map_err(|source| WriteError::Output { path: bundle_path.clone(), source })?;
+    leftovers.renamed(&partial, bundle_path.clone());
     fs::rename(&partial_sig, &signature_path)
         .map_err(|source| WriteError::Output { path: signature_path.clone(), source })?;
+    leftovers.disarm();
     if let Ok(dir) = File::open(out_dir) {
         // Makes the renames durable; not every filesystem supports syncing a directory.
         let _ = dir.sync_all();
@@ -717,5 +734,38 @@ mod tests {
         File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
         assert!(matches!(open_unchanged(&path, print), Err(WriteError::InputChanged { .. })));
+    }
+
+    #[test]
+    fn a_bundle_that_fails_midway_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, out) = (dir.path().join("input"), dir.path().join("out"));
+        fs::create_dir(&out).unwrap();
+        fs::write(&input, vec![7u8; 100_000]).unwrap();
+        let spec = BundleSpec {
+            name: "site".parse().unwrap(),
+            sequence: 1,
+            created: time::macros::datetime!(2026-11-01 00:00 UTC),
+            expires: time::macros::datetime!(2099-01-01 00:00 UTC),
+            builder: "test".into(),
+            compression: Compression::Zstd { level: 1, workers: 1 },
+            base: None,
+        };
+        let source = PayloadSource {
+            path: EntryName::new("files/input").unwrap(),
+            source: input.clone(),
+            kind: Kind::Other,
+            mode: Mode::Regular,
+            metadata: Metadata::default(),
+        };
+        let generated = crate::sign::generate_key(None).unwrap();
+        let key = SigningKey::from_text(&generated.secret_key_file, "test", None).unwrap();
+        let prepared = Prepared::new(&spec, vec![source], &key, &crate::NoProgress).unwrap();
+        // Changed after it was hashed: found once the bundle's head is written.
+        fs::write(&input, vec![8u8; 100_001]).unwrap();
+        let err =
+            write_prepared(prepared, spec.compression, &key, &out, &crate::NoProgress).unwrap_err();
+        assert!(matches!(err, WriteError::InputChanged { .. }), "{err}");
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "nothing left in the output folder");
     }
 }
