@@ -16,6 +16,11 @@ use crate::manifest::Sha256Digest;
 /// through a buffer this size; parity arrives in stripes of up to 1 MiB, usually less.
 const BUFFER: usize = 1 << 20;
 
+/// A part hashed as it is written (parity) starts the writeback of each this many bytes handed
+/// to the kernel, so its final sync does not wait for all of it: the data parts get the same
+/// from the [`Syncer`], a part behind the writer.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
 /// Removes the files it holds unless disarmed: a failed build or split leaves no part behind.
 #[derive(Default)]
 pub(crate) struct Leftovers(Vec<PathBuf>);
@@ -65,6 +70,8 @@ pub(crate) struct PartFile {
     file: io::BufWriter<File>,
     hasher: Option<sha2::Sha256>,
     len: u64,
+    /// Where the writeback started last ends (parts hashed as written only).
+    written_back: u64,
 }
 
 impl PartFile {
@@ -79,6 +86,7 @@ impl PartFile {
             file: io::BufWriter::with_capacity(BUFFER, file),
             hasher: hash.then(sha2::Sha256::new),
             len: 0,
+            written_back: 0,
         })
     }
 
@@ -95,7 +103,19 @@ impl PartFile {
             hasher.update(bytes);
         }
         self.len += bytes.len() as u64;
-        self.file.write_all(bytes)
+        self.file.write_all(bytes)?;
+        let in_kernel = self.len - self.file.buffer().len() as u64;
+        if self.hasher.is_some()
+            && let Some(step) = std::num::NonZeroU64::new(in_kernel - self.written_back)
+            && step.get() >= WRITEBACK_STEP
+        {
+            // POSIX_FADV_DONTNEED starts writeback of the dirty pages in the range without
+            // waiting for it (Linux); advice only, so a failure changes nothing.
+            let advice = rustix::fs::Advice::DontNeed;
+            let _ = rustix::fs::fadvise(self.file.get_ref(), self.written_back, Some(step), advice);
+            self.written_back = in_kernel;
+        }
+        Ok(())
     }
 
     /// Flushes; syncing waits until the whole set is written, so the kernel writes one part back
