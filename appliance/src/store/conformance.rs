@@ -40,6 +40,7 @@ macro_rules! suite {
             a_cancel_hides_its_target_from_the_agents_it_names,
             action_ids_are_unique,
             acknowledgements_are_recorded_per_agent,
+            recent_actions_of_a_kind_come_newest_first,
             uploads_go_from_awaiting_to_ready_or_error,
             an_output_key_goes_from_intent_to_active_and_replaces_the_old_one,
             output_keys_die_with_their_agent,
@@ -602,6 +603,8 @@ pub(crate) fn a_cancel_hides_its_target_from_the_agents_it_names(s: &mut dyn Sto
     };
     s.create_action(&action("c", &["b"], FAR, cancel("for-b", None))).unwrap();
     assert_eq!(pending_ids(s, "b", 0), ["c"]);
+    assert!(s.action_targets("for-b").unwrap()[0].cancelled);
+    assert!(!s.action_targets("c").unwrap()[0].cancelled);
     // A cancel for some agents leaves the others' delivery alone.
     s.create_action(&action("both", &["a", "b"], FAR, ActionEffect::None)).unwrap();
     s.create_action(&action("c2", &["b"], FAR, cancel("both", None))).unwrap();
@@ -646,6 +649,7 @@ pub(crate) fn acknowledgements_are_recorded_per_agent(s: &mut dyn Store) {
     let target = |agent: &str, ack: Option<Option<&str>>| ActionTarget {
         agent_id: agent.into(),
         ack: ack.map(|error| error.map(str::to_owned)),
+        cancelled: false,
     };
     assert_eq!(s.action_targets("x").unwrap(), [target("a", None), target("b", None)]);
     let ok = ActionResult { action_id: "x".into(), error: None, data: Some("{}".into()) };
@@ -657,6 +661,26 @@ pub(crate) fn acknowledgements_are_recorded_per_agent(s: &mut dyn Store) {
     assert_eq!(s.action_targets("x").unwrap()[0], target("a", Some(Some("disk full"))));
     assert!(s.agent("a").unwrap().unwrap().active);
     assert!(s.action_targets("nope").unwrap().is_empty());
+}
+
+pub(crate) fn recent_actions_of_a_kind_come_newest_first(s: &mut dyn Store) {
+    enroll(s, "a", "ka");
+    let upgrade = |id: &str| NewAction {
+        kind: "UPGRADE".into(),
+        ..action(id, &["a"], FAR, ActionEffect::None)
+    };
+    s.create_action(&upgrade("u1")).unwrap();
+    s.create_action(&action("s1", &["a"], FAR, ActionEffect::None)).unwrap();
+    s.create_action(&upgrade("u2")).unwrap();
+    s.create_action(&upgrade("u3")).unwrap();
+    let ids = |kind, limit| -> Vec<String> {
+        s.recent_actions(kind, limit).unwrap().into_iter().map(|a| a.id).collect()
+    };
+    assert_eq!(ids("UPGRADE", 10), ["u3", "u2", "u1"]);
+    assert_eq!(ids("UPGRADE", 2), ["u3", "u2"]);
+    assert_eq!(ids("SETTINGS", 10), ["s1"]);
+    assert!(ids("UNENROLL", 10).is_empty());
+    assert_eq!(s.recent_actions("UPGRADE", 1).unwrap()[0], s.action("u3").unwrap().unwrap());
 }
 
 pub(crate) fn uploads_go_from_awaiting_to_ready_or_error(s: &mut dyn Store) {

@@ -460,6 +460,9 @@ pub(crate) trait ActionStore {
     /// Every agent an action is for, with its acknowledgement, by agent id; empty when there
     /// is no such action.
     fn action_targets(&self, action_id: &str) -> Result<Vec<ActionTarget>>;
+    /// The last `limit` actions of type `kind` (`UPGRADE` …), newest first (the dashboard's
+    /// upgrade progress).
+    fn recent_actions(&self, kind: &str, limit: usize) -> Result<Vec<ActionRecord>>;
 }
 
 /// Diagnostics uploads and their chunks.
@@ -736,6 +739,8 @@ pub(crate) struct ActionTarget {
     pub(crate) agent_id: String,
     /// `None` while not acknowledged; then the error the agent reported, if any.
     pub(crate) ack: Option<Option<String>>,
+    /// A CANCEL of this action named this agent: it is no longer delivered to it.
+    pub(crate) cancelled: bool,
 }
 
 /// Where an upload is in its life, under Fleet's names (which are also what is stored).

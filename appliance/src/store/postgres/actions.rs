@@ -167,7 +167,7 @@ impl ActionStore for PostgresStore {
 
     fn action_targets(&self, action_id: &str) -> Result<Vec<ActionTarget>> {
         let rows = self.client()?.query(
-            "SELECT t.agent_id, r.acked_at IS NOT NULL, r.error
+            "SELECT t.agent_id, r.acked_at IS NOT NULL, r.error, t.cancelled
              FROM actions a JOIN action_targets t ON t.seq = a.seq
              LEFT JOIN action_results r ON r.action_id = a.id AND r.agent_id = t.agent_id
              WHERE a.id = $1 ORDER BY t.agent_id",
@@ -179,8 +179,18 @@ impl ActionStore for PostgresStore {
                 Ok(ActionTarget {
                     agent_id: r.try_get(0)?,
                     ack: if acked { Some(r.try_get(2)?) } else { None },
+                    cancelled: super::flag(r, 3)?,
                 })
             })
             .collect()
+    }
+
+    fn recent_actions(&self, kind: &str, limit: usize) -> Result<Vec<ActionRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.client()?.query(
+            &format!("{ACTION_COLUMNS} WHERE a.type = $1 ORDER BY a.seq DESC LIMIT $2"),
+            &[&kind, &limit],
+        )?;
+        rows.iter().map(action_row).collect()
     }
 }

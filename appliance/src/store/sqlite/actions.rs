@@ -160,7 +160,7 @@ impl ActionStore for SqliteStore {
 
     fn action_targets(&self, action_id: &str) -> Result<Vec<ActionTarget>> {
         let mut stmt = self.conn.prepare(
-            "SELECT t.agent_id, r.acked_at IS NOT NULL, r.error
+            "SELECT t.agent_id, r.acked_at IS NOT NULL, r.error, t.cancelled
              FROM actions a JOIN action_targets t ON t.seq = a.seq
              LEFT JOIN action_results r ON r.action_id = a.id AND r.agent_id = t.agent_id
              WHERE a.id = ?1 ORDER BY t.agent_id",
@@ -170,8 +170,18 @@ impl ActionStore for SqliteStore {
             Ok(ActionTarget {
                 agent_id: r.get(0)?,
                 ack: if acked { Some(r.get(2)?) } else { None },
+                cancelled: r.get(3)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn recent_actions(&self, kind: &str, limit: usize) -> Result<Vec<ActionRecord>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{ACTION_COLUMNS} WHERE a.type = ?1 ORDER BY a.seq DESC LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![kind, limit], action_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
