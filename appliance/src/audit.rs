@@ -64,7 +64,8 @@ impl Actor {
         Actor::Admin { uid, user: user_name(uid), token }
     }
 
-    fn describe(&self) -> String {
+    /// Who, in words: `ferry (1000)`, `ferry (1000) via admin 3f2a…`, `server`.
+    pub(crate) fn describe(&self) -> String {
         let who = |uid: &u32, user: &Option<String>| match user {
             Some(name) => format!("{name} ({uid})"),
             None => format!("uid {uid}"),

@@ -927,6 +927,7 @@ pub(crate) async fn run_server(
         audit: crate::audit::AuditLog::new(&config.data_dir),
         metrics: crate::metrics::Scraper::new(config.server_certificate()),
         listen: listeners.agents.local_addr()?,
+        cluster: cluster.clone(),
     });
     // Written by versions that served the admin API on TCP; nothing reads it now.
     let _ = std::fs::remove_file(config.data_dir.join("admin.url"));

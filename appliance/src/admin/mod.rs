@@ -5,9 +5,15 @@
 //! `reassign`, `settings`, `diagnostics`, `actions`, `secrets` and `drain` commands are its
 //! clients. Actions are created here, in the serving process, so a parked check-in of a
 //! targeted agent wakes at once.
+//!
+//! The same socket serves the read-only dashboard ([`dashboard`]: `/`, `/agents`, `/releases`,
+//! `/upgrades`, `/audit`), outside [`PREFIX`], for a browser at the end of an SSH tunnel
+//! (`ssh -L 8221:DATA_DIR/admin.sock HOST`); it takes the same token as the password of HTTP
+//! Basic.
 
 pub(crate) mod api;
 pub(crate) mod client;
+mod dashboard;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +68,8 @@ pub(crate) struct Admin {
     pub metrics: crate::metrics::Scraper,
     /// The agent listener's bound address, for `health`'s probe.
     pub listen: std::net::SocketAddr,
+    /// The cluster this instance is in, whose instances the dashboard shows.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The OS user on the other end of an admin connection (`SO_PEERCRED`), for the audit log.
@@ -93,8 +101,11 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .layer(axum::middleware::from_fn(local_only))
         // Outermost: it sees the requests the two checks above refuse too.
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), audit))
-        .with_state(admin);
-    Router::new().nest(PREFIX, routes).layer(axum::middleware::map_response(crate::net::nosniff))
+        .with_state(Arc::clone(&admin));
+    Router::new()
+        .nest(PREFIX, routes)
+        .merge(dashboard::router(admin))
+        .layer(axum::middleware::map_response(crate::net::nosniff))
 }
 
 /// Mints this start's admin token into `data_dir/admin.token` (0600): a new one at every
@@ -409,10 +420,15 @@ pub(crate) fn count_agents(
 }
 
 async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    Ok(axum::Json(status_now(&admin).await?).into_response())
+}
+
+/// `GET /status`'s report, which the dashboard shows too.
+async fn status_now(admin: &Arc<Admin>) -> Result<StatusReport, ApiError> {
     let offline_after = admin.offline_after;
-    let agents = match flush(&admin).await {
+    let agents = match flush(admin).await {
         Ok(()) => {
-            db(&admin, move |s| {
+            db(admin, move |s| {
                 let views = s.agent_views(&AgentPage::default())?;
                 Ok(count_agents(&views, &crate::clock::now_rfc3339(), offline_after))
             })
@@ -452,7 +468,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
         Ok(agents.policies.held(&agents))
     })
     .await?;
-    Ok(axum::Json(report).into_response())
+    Ok(report)
 }
 
 /// How long `POST /drain` waits for the check-ins parked when it started to be answered. Each
