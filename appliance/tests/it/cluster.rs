@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// One instance: its configuration file and data directory in the fixture's folder, its store
 /// the shared database, its shared folder the fixture's `shared/`.
-struct Node<'f> {
+pub(crate) struct Node<'f> {
     f: &'f Fixture,
     name: &'static str,
     data: String,
@@ -22,7 +22,13 @@ struct Node<'f> {
 
 impl<'f> Node<'f> {
     /// Writes instance `name`'s configuration: `trusted` are the key files it trusts.
-    fn new(f: &'f Fixture, name: &'static str, url: &str, trusted: &[&str], extra: &str) -> Self {
+    pub(crate) fn new(
+        f: &'f Fixture,
+        name: &'static str,
+        url: &str,
+        trusted: &[&str],
+        extra: &str,
+    ) -> Self {
         Self::with_data(f, name, &format!("data-{name}"), url, trusted, extra)
     }
 
@@ -61,17 +67,17 @@ impl<'f> Node<'f> {
         self.command(args).output().unwrap()
     }
 
-    fn json(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Value {
+    pub(crate) fn json(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Value {
         ferry_testkit::json_stdout(&self.run(args))
     }
 
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.f.path(&self.data)
     }
 
     /// Starts `serve`, sharing `tls_from`'s quick-start certificate (the instances of a cluster
     /// serve one public name with one certificate).
-    fn serve(&self, tls_from: Option<&Node<'_>>) -> Server {
+    pub(crate) fn serve(&self, tls_from: Option<&Node<'_>>) -> Server {
         if let Some(other) = tls_from {
             copy_dir(&other.data().join("tls"), &self.data().join("tls"));
         }

@@ -10,6 +10,7 @@ mod checkin;
 mod cli;
 mod cluster;
 mod crash;
+mod dashboard;
 mod delta;
 mod drain;
 mod elastic;
