@@ -67,7 +67,7 @@ pub(super) fn router(admin: Arc<Admin>) -> Router {
         .route("/upgrades", get(upgrades_page))
         .route("/audit", get(audit_page))
         .layer(from_fn_with_state(Arc::clone(&admin), super::require_token))
-        .layer(map_response(challenge));
+        .layer(from_fn(challenge));
     // The stylesheet is served without the token: it is the same constant bytes for everyone
     // and says nothing about the site, and a browser that does not send the page's Basic
     // credentials with a subresource (as with credentials typed into the URL) would otherwise
@@ -121,9 +121,18 @@ fn basic_password(value: &str) -> Option<String> {
     Some(password.to_owned())
 }
 
+/// Marks the answer to a page request that carried no credentials at all. A browser sends the
+/// Basic credentials only once challenged, so each visit starts with such a request: that is
+/// HTTP authentication beginning, not a token refused, and the audit leaves it out (a wrong
+/// token, in either form, is recorded).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Challenged;
+
 /// A page refused for its token asks the browser for it (`WWW-Authenticate`), with a page
 /// saying where the token is, for whoever cancels the prompt.
-async fn challenge(response: Response) -> Response {
+async fn challenge(request: Request, next: Next) -> Response {
+    let presented = request.headers().contains_key(header::AUTHORIZATION);
+    let response = next.run(request).await;
     if response.status() != StatusCode::UNAUTHORIZED {
         return response;
     }
@@ -137,6 +146,9 @@ async fn challenge(response: Response) -> Response {
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"ferry-appliance\""),
     );
+    if !presented {
+        response.extensions_mut().insert(Challenged);
+    }
     response
 }
 
@@ -448,7 +460,13 @@ async fn agents_page(
     State(admin): State<Arc<Admin>>,
     Query(query): Query<AgentsQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(AGENTS_PAGE).clamp(1, super::PAGE);
+    let limit = query.limit.unwrap_or(AGENTS_PAGE);
+    if !(1..=super::PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit={limit}: a page holds 1 to {} agents",
+            super::PAGE
+        )));
+    }
     let page =
         AgentPage { policy: query.policy.clone(), after: query.after.clone(), limit: Some(limit) };
     let list = super::agents(&admin, move |s| match s.agent_views(&page) {

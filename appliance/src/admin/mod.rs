@@ -259,7 +259,8 @@ async fn local_only(request: Request, next: Next) -> Response {
 
 /// Records in the audit log every change made through the admin API and every request refused
 /// for its token or origin, with the peer's user, the token's fingerprint and the outcome. Reads
-/// that succeed are not recorded.
+/// that succeed are not recorded, nor a dashboard page's challenge to a browser that has not
+/// sent credentials yet ([`dashboard::Challenged`]).
 async fn audit(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
     use crate::audit::{Actor, Outcome};
     let method = request.method().clone();
@@ -267,6 +268,9 @@ async fn audit(State(admin): State<Arc<Admin>>, request: Request, next: Next) ->
     let uid = request.extensions().get::<Peer>().map_or(u32::MAX, |p| p.0);
     let token = bearer(&request).to_owned();
     let response = next.run(request).await;
+    if response.extensions().get::<dashboard::Challenged>().is_some() {
+        return response;
+    }
     let status = response.status();
     let changes = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
     let denied = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);

@@ -155,7 +155,8 @@ fn the_dashboard_wants_the_admin_token_sends_strict_headers_and_only_reads() {
         assert_eq!(answer.status, 401, "{auth}");
         assert!(answer.header("www-authenticate").is_some(), "{auth}");
     }
-    // A refused Basic password is audited with its fingerprint, as a refused Bearer token is.
+    // A refused Basic password is audited with its fingerprint, as a refused Bearer token is;
+    // the challenge to a request without credentials (every browser's first) is not.
     let audit = f.run(&[&"audit", &"show", &"--json"]);
     assert_ok(&audit);
     let fingerprint = &ferry_manifests::Sha256Digest::of(wrong.as_bytes()).to_hex()[..16];
@@ -164,6 +165,7 @@ fn the_dashboard_wants_the_admin_token_sends_strict_headers_and_only_reads() {
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|r: &Value| r["event"] == "admin.denied" && r["details"]["request"] == "GET /")
         .collect();
+    assert_eq!(denied.len(), 4, "the four wrong tokens: {denied:?}");
     assert!(denied.iter().any(|r| r["actor"]["token"] == fingerprint), "{denied:?}");
 
     // What only a page elsewhere sends is refused, token or not.
@@ -180,6 +182,16 @@ fn the_dashboard_wants_the_admin_token_sends_strict_headers_and_only_reads() {
             answer.assert_secured(method);
             assert_eq!(send(&f, method, page, &[]).status, 401, "{method} {page}");
         }
+    }
+
+    // Bad paging is refused, saying why.
+    for (query, says) in
+        [("limit=0", "1 to 1000"), ("limit=5000", "1 to 1000"), ("after=nope", "no such agent")]
+    {
+        let answer = send(&f, "GET", &format!("/agents?{query}"), &[("Authorization", &bearer)]);
+        assert_eq!(answer.status, 400, "{query}");
+        assert!(answer.body.contains(says), "{query}: {}", answer.body);
+        answer.assert_secured(query);
     }
 
     // The stylesheet holds no data: served without the token, with the same headers.
@@ -443,4 +455,8 @@ fn chromium_renders_every_page_with_the_numbers_the_api_gives() {
     let (dom, err) = render(&chromium, &format!("http://127.0.0.1:{port}/"));
     assert!(!dom.contains("agents-total"), "{dom}");
     assert!(err.contains("ERR_INVALID_AUTH_CREDENTIALS") || dom.contains("admin.token"), "{err}");
+    // Chromium sent the credentials only once challenged, for every page: those challenges are
+    // not audited as refusals.
+    let audit = crate::support::stdout(&f.run(&[&"audit", &"show", &"--json"]));
+    assert!(!audit.contains("admin.denied"), "{audit}");
 }
