@@ -481,7 +481,7 @@ async fn agents_page(
         h.m("<p>Policy <strong>").text(policy).m("</strong> only. <a href=\"/agents\">All \
              agents</a></p>");
     }
-    h.m("<table class=\"agents\"><thead><tr><th>Host</th><th>Status</th><th>Version</th>\
+    h.m("<section><table class=\"agents\"><thead><tr><th>Host</th><th>Status</th><th>Version</th>\
          <th>Policy</th><th>Last check-in</th><th>Upgrade</th><th>Tags</th><th>Message</th>\
          </tr></thead><tbody>");
     for a in &list {
@@ -493,7 +493,7 @@ async fn agents_page(
             .m("</span></td><td>")
             .text(or_dash(Some(&a.version)));
         h.m("</td><td>").text(&a.policy_id).m(" <span class=\"id\">rev ").num(a.policy_revision);
-        h.m("</span></td><td>").text(or_dash(a.last_checkin.as_deref())).m("</td><td>");
+        h.m("</span></td><td class=\"t\">").text(or_dash(a.last_checkin.as_deref())).m("</td><td>");
         upgrade_cell(&mut h, a);
         h.m("</td><td>");
         for tag in a.tags.as_array().into_iter().flatten() {
@@ -514,7 +514,7 @@ async fn agents_page(
         }
         h.m("\">Next page</a>");
     }
-    h.m("</p>");
+    h.m("</p></section>");
     Ok(h.page("Agents", "/agents"))
 }
 
@@ -542,9 +542,11 @@ async fn releases_page(State(admin): State<Arc<Admin>>) -> Result<Response, ApiE
     let releases = db(&admin, |s| Ok(s.releases()?)).await?;
     let mut h = Html::default();
     health_banner(&mut h, &report);
+    h.m("<section>");
     releases_table(&mut h, &report, &releases);
     h.m("<p class=\"more\">Retained releases are what <code>ferry-appliance rollback</code> \
-         can return to; <code>ferry-appliance releases</code> also re-verifies each one.</p>");
+         can return to; <code>ferry-appliance releases</code> also re-verifies each one.</p>\
+         </section>");
     Ok(h.page("Releases", "/releases"))
 }
 
@@ -569,7 +571,7 @@ fn releases_table(h: &mut Html, report: &StatusReport, releases: &[ReleaseRecord
             (true, false) => h.m("<span class=\"status s-error\">active, not served</span>"),
             (false, _) => h.m("<span class=\"status s-retained\">retained</span>"),
         };
-        h.m("</td><td>").text(&r.created).m("</td><td>").text(&r.expires);
+        h.m("</td><td class=\"t\">").text(&r.created).m("</td><td class=\"t\">").text(&r.expires);
         if let Some(expires) = crate::clock::utc_time(&r.expires) {
             let days = (expires - now).whole_days();
             let (class, text) = match days {
@@ -628,6 +630,7 @@ impl Phase {
         Phase::Unenrolled,
     ];
 
+    /// For element ids.
     fn name(self) -> &'static str {
         match self {
             Phase::Done => "done",
@@ -636,6 +639,18 @@ impl Phase {
             Phase::Cancelled => "cancelled",
             Phase::Expired => "expired",
             Phase::Unenrolled => "unenrolled",
+        }
+    }
+
+    /// For column headings.
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Done => "Done",
+            Phase::Failed => "Failed",
+            Phase::InProgress => "In progress",
+            Phase::Cancelled => "Cancelled",
+            Phase::Expired => "Expired",
+            Phase::Unenrolled => "Unenrolled",
         }
     }
 
@@ -727,10 +742,12 @@ async fn upgrades_page(State(admin): State<Arc<Admin>>) -> Result<Response, ApiE
     let agents = all_agents(&admin).await?;
     let upgrades = upgrades(&admin, UPGRADES_PAGE, &agents).await?;
     let mut h = Html::default();
-    h.m("<p>Each upgrade action and its agents: <b>done</b> once the agent acknowledged it (or \
-         reported the upgrade completed), <b>failed</b> when it acknowledged with an error or \
-         reported the upgrade failed, <b>in progress</b> until then.</p>");
+    h.m("<section>");
     upgrades_table(&mut h, &upgrades, true);
+    h.m("<p class=\"more\">An agent is <b>done</b> once it acknowledged the action (or \
+         reported the upgrade completed), <b>failed</b> when it acknowledged with an error or \
+         reported the upgrade failed or rolled back, and <b>in progress</b> until then. \
+         <code>ferry-appliance actions show ID</code> lists each agent.</p></section>");
     Ok(h.page("Upgrades", "/upgrades"))
 }
 
@@ -742,7 +759,7 @@ fn upgrades_table(h: &mut Html, upgrades: &[Progress], failures: bool) {
     h.m("<table><thead><tr><th>Upgrade to</th><th>Created</th><th>Progress</th>\
          <th class=\"n\">Agents</th>");
     for phase in Phase::ALL {
-        h.m("<th class=\"n\">").m(phase.name()).m("</th>");
+        h.m("<th class=\"n\">").m(phase.label()).m("</th>");
     }
     h.m("</tr></thead><tbody>");
     for p in upgrades {
@@ -750,7 +767,7 @@ fn upgrades_table(h: &mut Html, upgrades: &[Progress], failures: bool) {
         h.m("<tr><td><strong>")
             .text(or_dash(Some(&p.version)))
             .m("</strong><br><span class=\"id\">");
-        h.text(id).m("</span></td><td>").text(&p.action.created_at);
+        h.text(id).m("</span></td><td class=\"t\">").text(&p.action.created_at);
         if let Some(start) = &p.action.start_time {
             h.m("<br>starts ").text(start);
         }
@@ -793,10 +810,11 @@ async fn recent_audit(admin: &Arc<Admin>, n: usize) -> Result<Vec<crate::audit::
 async fn audit_page(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     let records = recent_audit(&admin, AUDIT_PAGE).await?;
     let mut h = Html::default();
-    h.m("<p>The last ").num(AUDIT_PAGE as u64).m(" records, newest first. Reads are not \
-         recorded. <code>ferry-appliance audit show</code> has them all, <code>audit \
-         verify</code> checks their chain.</p>");
+    h.m("<section>");
     audit_table(&mut h, &records);
+    h.m("<p class=\"more\">The last ").num(AUDIT_PAGE as u64).m(" records, newest first. \
+         Reads are not recorded. <code>ferry-appliance audit show</code> has them all, \
+         <code>audit verify</code> checks their chain.</p></section>");
     Ok(h.page("Audit log", "/audit"))
 }
 
@@ -810,7 +828,11 @@ fn audit_table(h: &mut Html, records: &[crate::audit::Record]) {
     for r in records {
         let outcome = serde_json::to_value(r.outcome).ok();
         let outcome = outcome.as_ref().and_then(|o| o.as_str()).unwrap_or("-");
-        h.m("<tr><td class=\"n\">").num(r.seq).m("</td><td>").text(&r.time).m("</td><td>");
+        h.m("<tr><td class=\"n\">")
+            .num(r.seq)
+            .m("</td><td class=\"t\">")
+            .text(&r.time)
+            .m("</td><td>");
         h.text(&r.actor.describe()).m("</td><td>").text(&r.event);
         h.m("</td><td><span class=\"status o-").text(outcome).m("\">").text(outcome);
         h.m("</span></td><td class=\"details\">");
@@ -846,7 +868,8 @@ section.warn { border-color: var(--warn); }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 0.35em 0.6em; border-bottom: 1px solid var(--line);
          vertical-align: top; }
-th { font-weight: 600; color: var(--muted); font-size: 0.9em; }
+th { font-weight: 600; color: var(--muted); font-size: 0.9em; white-space: nowrap; }
+.t { white-space: nowrap; }
 tbody tr:last-child td, tbody tr:last-child th { border-bottom: none; }
 .n { text-align: right; font-variant-numeric: tabular-nums; }
 .tiles { display: flex; flex-wrap: wrap; gap: 0.8em; margin-bottom: 1em; }
@@ -869,12 +892,13 @@ tbody tr:last-child td, tbody tr:last-child th { border-bottom: none; }
 .none, .more, footer { color: var(--muted); }
 .more { margin: 0.6em 0 0; font-size: 0.9em; }
 .id { color: var(--muted); font-family: ui-monospace, "DejaVu Sans Mono", monospace;
-      font-size: 0.8em; word-break: break-all; }
+      font-size: 0.8em; white-space: nowrap; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.9em;
        background: var(--bg); padding: 0 0.25em; border-radius: 3px; }
 .tag { display: inline-block; background: #ddf4ff; color: #0550ae; border-radius: 3px;
        padding: 0 0.4em; font-size: 0.85em; }
 .message, .details { max-width: 28em; overflow-wrap: anywhere; }
+.details { min-width: 22em; max-width: 40em; }
 .details { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.8em; }
 progress { width: 8em; height: 0.9em; accent-color: var(--ok); }
 tr.detail td { background: #fff8f8; font-size: 0.9em; }
