@@ -937,6 +937,44 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_s_phase_in_an_upgrade_comes_from_its_ack_then_its_upgrade_state() {
+        let agent = |active: bool, state: Option<&str>, target: Option<&str>| -> Agent {
+            serde_json::from_value(serde_json::json!({
+                "status": "online", "id": "a", "active": active, "policy_id": "p",
+                "policy_revision": 1, "version": "9.1.2", "hostname": "h",
+                "enrolled_at": "2026-01-01T00:00:00Z", "last_checkin": null, "last_status": null,
+                "last_message": null, "tags": [], "upgrade_state": state,
+                "upgrade_target": target, "upgrade_details": null, "upgraded_at": null,
+                "unenrolled_at": null, "audit_unenroll_reason": null,
+            }))
+            .unwrap()
+        };
+        let target = |ack: Option<Option<&str>>, cancelled: bool| ActionTarget {
+            agent_id: "a".into(),
+            ack: ack.map(|e| e.map(str::to_owned)),
+            cancelled,
+        };
+        let waiting = agent(true, Some("UPG_DOWNLOADING"), Some("9.2.2"));
+        let cases = [
+            (target(Some(None), false), Some(&waiting), false, Phase::Done),
+            (target(Some(Some("disk full")), false), Some(&waiting), false, Phase::Failed),
+            (target(None, false), Some(&waiting), false, Phase::InProgress),
+            (target(None, false), Some(&waiting), true, Phase::Expired),
+            (target(None, true), Some(&waiting), false, Phase::Cancelled),
+            (target(None, false), None, false, Phase::Unenrolled),
+        ];
+        for (target, agent, expired, want) in cases {
+            assert_eq!(Phase::of(&target, agent, "9.2.2", expired), want, "{target:?}");
+        }
+        let of = |agent: &Agent| Phase::of(&target(None, false), Some(agent), "9.2.2", false);
+        assert_eq!(of(&agent(true, Some("UPG_COMPLETED"), Some("9.2.2"))), Phase::Done);
+        assert_eq!(of(&agent(true, Some("UPG_ROLLBACK"), Some("9.2.2"))), Phase::Failed);
+        assert_eq!(of(&agent(false, Some("UPG_REQUESTED"), Some("9.2.2"))), Phase::Unenrolled);
+        // The state of a later upgrade, to another version, says nothing of this one.
+        assert_eq!(of(&agent(true, Some("UPG_COMPLETED"), Some("9.3.0"))), Phase::InProgress);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
