@@ -66,6 +66,9 @@ pub(super) fn router(admin: Arc<Admin>) -> Router {
         .route("/releases", get(releases_page))
         .route("/upgrades", get(upgrades_page))
         .route("/audit", get(audit_page))
+        // Every path outside the admin API's prefix is the dashboard's, so an unknown one gets
+        // its headers too.
+        .fallback(not_found)
         .layer(from_fn_with_state(Arc::clone(&admin), super::require_token))
         .layer(from_fn(challenge));
     // The stylesheet is served without the token: it is the same constant bytes for everyone
@@ -149,6 +152,14 @@ async fn challenge(request: Request, next: Next) -> Response {
     if !presented {
         response.extensions_mut().insert(Challenged);
     }
+    response
+}
+
+async fn not_found() -> Response {
+    let mut h = Html::default();
+    h.m("<p>There is no such page. The pages are listed above.</p>");
+    let mut response = h.page("Not found", "");
+    *response.status_mut() = StatusCode::NOT_FOUND;
     response
 }
 

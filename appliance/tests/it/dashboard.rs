@@ -202,6 +202,18 @@ fn the_dashboard_wants_the_admin_token_sends_strict_headers_and_only_reads() {
     css.assert_secured("css");
     assert_eq!(send(&f, "GET", "/dashboard.css", &[("Origin", "http://x")]).status, 403);
 
+    // An unknown page: 404 behind the token, with the headers; the admin API's own 404 is
+    // unchanged.
+    assert_eq!(send(&f, "GET", "/favicon.ico", &[]).status, 401);
+    let missing = send(&f, "GET", "/nope", &[("Authorization", &bearer)]);
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("no such page"), "{}", missing.body);
+    missing.assert_secured("404");
+    let missing = send(&f, "GET", "/admin/v1/nope", &[("Authorization", &bearer)]);
+    assert_eq!(missing.status, 404);
+    assert!(missing.header("content-type").unwrap().starts_with("application/json"));
+    assert_eq!(missing.header("content-security-policy"), None);
+
     // The admin API is as it was: Bearer only, JSON.
     let api = send(&f, "GET", "/admin/v1/status", &[("Authorization", &basic("ferry", &token))]);
     assert_eq!(api.status, 401);
