@@ -808,14 +808,7 @@ fn upgrades_table(h: &mut Html, upgrades: &[Progress], failures: bool) {
 /// The last `n` audit records, newest first.
 async fn recent_audit(admin: &Arc<Admin>, n: usize) -> Result<Vec<crate::audit::Record>, ApiError> {
     let log = admin.audit.clone();
-    crate::app::blocking(move || {
-        let mut records = log.read().map_err(ApiError::Internal)?;
-        let keep = records.len().saturating_sub(n);
-        records.drain(..keep);
-        records.reverse();
-        Ok(records)
-    })
-    .await
+    crate::app::blocking(move || log.recent(n).map_err(ApiError::Internal)).await
 }
 
 async fn audit_page(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
