@@ -13,17 +13,16 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
-
 use super::files::{Finished, Leftovers, PartFile, Syncer, temp_path};
 use super::{LayoutError, MAX_PARTS};
-use crate::manifest::Sha256Digest;
 
-/// Data parts written under temporary names, with the digest of everything written.
+/// Data parts written under temporary names, their digests and the whole stream's on the way.
 pub(crate) struct CutParts {
     pub(crate) parts: Vec<Finished>,
     pub(crate) bundle_size: u64,
-    pub(crate) bundle_sha256: Sha256Digest,
+    /// Hashing (and syncing) the parts: [`Syncer::wait`] gives each part's digest and the whole
+    /// stream's.
+    pub(crate) digests: Syncer,
     /// Removes the parts unless the set is finished.
     pub(crate) leftovers: Leftovers,
 }
@@ -40,7 +39,6 @@ pub(crate) struct PartCutter {
     max_parts: usize,
     current: Option<PartFile>,
     parts: Vec<Finished>,
-    whole: sha2::Sha256,
     len: u64,
     syncer: Option<Syncer>,
     leftovers: Leftovers,
@@ -58,7 +56,6 @@ impl PartCutter {
             max_parts: MAX_PARTS.saturating_sub(parity),
             current: None,
             parts: Vec::new(),
-            whole: sha2::Sha256::new(),
             len: 0,
             syncer: Some(Syncer::spawn()),
             leftovers: Leftovers::default(),
@@ -97,20 +94,14 @@ impl PartCutter {
         Ok(())
     }
 
-    /// Closes the last part: the data parts, and the whole stream's length and digest.
+    /// Closes the last part: the data parts, the whole stream's length, and its digests on the
+    /// way.
     pub(crate) fn finish(mut self) -> io::Result<CutParts> {
         self.close_current()?;
-        if let Some(syncer) = self.syncer.take() {
-            let digests = syncer.wait()?;
-            assert_eq!(digests.len(), self.parts.len(), "every part closed is queued once");
-            for (part, digest) in self.parts.iter_mut().zip(digests) {
-                part.sha256 = Some(digest);
-            }
-        }
         Ok(CutParts {
             parts: std::mem::take(&mut self.parts),
             bundle_size: self.len,
-            bundle_sha256: Sha256Digest(std::mem::take(&mut self.whole).finalize().into()),
+            digests: self.syncer.take().expect("taken only here"),
             leftovers: std::mem::take(&mut self.leftovers),
         })
     }
@@ -123,7 +114,6 @@ fn named(path: &Path, e: &io::Error) -> io::Error {
 
 impl io::Write for PartCutter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.whole.update(bytes);
         self.len += bytes.len() as u64;
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -151,6 +141,8 @@ impl io::Write for PartCutter {
 mod tests {
     use std::io::Write as _;
 
+    use crate::manifest::Sha256Digest;
+
     use super::*;
 
     /// Writes `chunks` (lengths) of a counting pattern through a cutter of `part_size`, and
@@ -165,21 +157,23 @@ mod tests {
             assert_eq!(cutter.write(&stream[at..at + n]).unwrap(), n);
             at += n;
         }
-        let cut = cutter.finish().unwrap();
-        assert_eq!(cut.bundle_size, total as u64);
-        assert_eq!(cut.bundle_sha256, Sha256Digest::of(&stream));
+        let CutParts { parts, bundle_size, digests, leftovers } = cutter.finish().unwrap();
+        assert_eq!(bundle_size, total as u64);
+        let digests = digests.wait().unwrap();
+        assert_eq!(digests.whole, Sha256Digest::of(&stream));
+        assert_eq!(digests.parts.len(), parts.len());
         let mut offset = 0;
-        for (i, part) in cut.parts.iter().enumerate() {
+        for (i, part) in parts.iter().enumerate() {
             assert_eq!(part.temp, PartCutter::temp(dir.path(), "site-1.ferry", i));
             let bytes = std::fs::read(&part.temp).unwrap();
             assert_eq!(bytes.len() as u64, part.len);
             assert_eq!(bytes, stream[offset..offset + bytes.len()], "part {i}");
-            assert_eq!(part.sha256, Some(Sha256Digest::of(&bytes)), "part {i}");
+            assert_eq!(digests.parts[i], Sha256Digest::of(&bytes), "part {i}");
             offset += bytes.len();
         }
         assert_eq!(offset, total);
-        let lens = cut.parts.iter().map(|p| p.len).collect();
-        drop(cut);
+        let lens = parts.iter().map(|p| p.len).collect();
+        drop((parts, leftovers));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the guard removes parts");
         lens
     }

@@ -14,6 +14,7 @@ use super::files::{Finished, PartFile, file_name, temp_path};
 use super::index::{Part, PartsIndex};
 use super::split::{SplitError, SplitOutput};
 use super::{Layout, parts_signature_path};
+use crate::manifest::Sha256Digest;
 use crate::name::BundleName;
 use crate::progress::Progress;
 use crate::sign::SigningKey;
@@ -38,13 +39,14 @@ pub(crate) fn finish_parts(
     out_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<SplitOutput, SplitError> {
-    let CutParts { parts: data_parts, bundle_size, bundle_sha256, mut leftovers } = cut;
+    let CutParts { parts: mut data_parts, bundle_size, digests, mut leftovers } = cut;
     let layout = Layout::new(bundle_size, options.part_size, options.parity)?;
     assert_eq!(data_parts.len(), layout.data_parts, "the cutter cuts as the layout does");
     let mut index = PartsIndex {
         name: bundle.name,
         sequence: bundle.sequence,
-        bundle_sha256,
+        // Known once the data parts' digests are: filled in below.
+        bundle_sha256: Sha256Digest([0; 32]),
         bundle_signature: bundle.signature,
         layout,
         parts: Vec::with_capacity(layout.total_parts()),
@@ -67,6 +69,12 @@ pub(crate) fn finish_parts(
     progress.finish();
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "parity computed");
     let started = std::time::Instant::now();
+    let digests = digests.wait().map_err(output(out_dir))?;
+    assert_eq!(digests.parts.len(), data_parts.len(), "every part closed is hashed once");
+    for (part, digest) in data_parts.iter_mut().zip(digests.parts) {
+        part.sha256 = Some(digest);
+    }
+    index.bundle_sha256 = digests.whole;
     let finished: Vec<Finished> = data_parts.into_iter().chain(parity_parts).collect();
     for (i, part) in finished.iter().enumerate() {
         debug_assert_eq!(part.len, layout.part_len(i));
