@@ -260,26 +260,15 @@ pub(crate) fn disk_space(dir: &Path) -> std::io::Result<DiskSpace> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::api::{ActiveRelease, AgentCounts};
+    use crate::admin::api::ActiveRelease;
 
     fn report(expires: Option<String>) -> StatusReport {
-        StatusReport {
-            server: Server::Running,
-            status: Some(crate::fleet::status::HEALTHY.to_owned()),
-            draining: false,
-            active: Some(ActiveRelease { name: "site".into(), sequence: 7, expires }),
-            loaded: true,
-            served: true,
-            check: None,
-            message: None,
-            agents: AgentCounts::default(),
-            elasticsearch: None,
-            policies_held: Default::default(),
-            listen: None,
-            database: None,
-            checks: Vec::new(),
-            verdict: None,
-        }
+        let mut report =
+            crate::admin::status_report(true, &crate::release::Active::None, &Default::default());
+        report.status = Some(crate::fleet::status::HEALTHY.to_owned());
+        report.active = Some(ActiveRelease { name: "site".into(), sequence: 7, expires });
+        (report.loaded, report.served) = (true, true);
+        report
     }
 
     #[test]
