@@ -458,7 +458,8 @@ pub(crate) fn router(admin: Arc<Admin>, token: String) -> axum::Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state((Arc::clone(&admin), token), require_token))
         .with_state(admin)
-        .layer(axum::middleware::map_response(crate::net::nosniff))
+        // The dashboard's: no framing, no script, no caching, whatever a client makes of it.
+        .layer(axum::middleware::map_response(crate::admin::dashboard::security_headers))
 }
 
 async fn require_token(

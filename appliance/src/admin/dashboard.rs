@@ -87,7 +87,7 @@ pub(super) fn router(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
-async fn security_headers(mut response: Response) -> Response {
+pub(crate) async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));

@@ -13,7 +13,7 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
-mod dashboard;
+pub(crate) mod dashboard;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

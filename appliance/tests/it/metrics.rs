@@ -33,6 +33,10 @@ fn scrape(url: &str, token: Option<&str>) -> (u16, Option<String>, String) {
     if response.status() == 200 {
         assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
     }
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert!(header("content-security-policy").unwrap().starts_with("default-src 'none'"));
+    assert_eq!(header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(header("cache-control").as_deref(), Some("no-store"));
     (response.status().as_u16(), challenge, body)
 }
 
