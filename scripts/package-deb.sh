@@ -17,7 +17,8 @@ echo "built $deb"
 # The check: what an operator relies on is in the package, with the right modes.
 contents=$(dpkg-deb --contents "$deb")
 for path in ./usr/bin/ferry-appliance ./usr/bin/ferry ./etc/ferry/appliance.toml \
-    ./usr/lib/systemd/system/ferry-appliance.service ./usr/share/man/man1/ferry-appliance.1.gz \
+    ./usr/lib/systemd/system/ferry-appliance.service ./usr/lib/systemd/system/ferry-appliance.socket \
+    ./usr/share/man/man1/ferry-appliance.1.gz \
     ./usr/share/man/man1/ferry.1.gz ./usr/share/bash-completion/completions/ferry-appliance \
     ./usr/share/zsh/vendor-completions/_ferry ./usr/share/fish/vendor_completions.d/ferry.fish \
     ./usr/share/doc/ferry-appliance/operator-guide.md; do

@@ -661,11 +661,23 @@ fn fsck(config: &Config, keys: &TrustedKeys, as_json: bool) -> anyhow::Result<Ex
 /// The file a `serve --takeover` creates to ask the running `serve` to stop.
 const TAKEOVER_FILE: &str = "serve.takeover";
 
-/// A listening socket that a second `serve` may bind too (`SO_REUSEPORT`): what lets
-/// `serve --takeover` replace a running server without refusing a single connection. Unless
-/// taking over, the address must be free: a plain bind first makes sure no other process
-/// (another appliance on another data directory, say) would silently share the port.
-fn listen(addr: std::net::SocketAddr, takeover: bool) -> anyhow::Result<tokio::net::TcpListener> {
+/// The listening socket for `addr`: the one systemd passed when socket-activated, else one
+/// that a second `serve` may bind too (`SO_REUSEPORT`): what lets `serve --takeover` replace a
+/// running server without refusing a single connection. Unless taking over, the address must
+/// be free: a plain bind first makes sure no other process (another appliance on another data
+/// directory, say) would silently share the port.
+fn listen(
+    inherited: &mut crate::net::activation::Inherited,
+    addr: std::net::SocketAddr,
+    takeover: bool,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(listener) = inherited.take(addr)? {
+        tracing::info!(%addr, "listening on the socket systemd passed");
+        return Ok(listener);
+    }
+    if inherited.activated() {
+        tracing::warn!(%addr, "socket-activated, but not for this address: bound here, so a restart refuses its connections");
+    }
     let socket = || {
         if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
@@ -724,12 +736,15 @@ fn serve(config: Config, keys: TrustedKeys, takeover: bool) -> anyhow::Result<Ex
         .max_blocking_threads(16)
         .enable_all()
         .build()?;
+    let mut inherited = crate::net::activation::Inherited::from_env()?;
     runtime.block_on(async move {
+        let mut listen = |addr| listen(&mut inherited, addr, must_wait);
         let listeners = Listeners {
-            agents: listen(config.server.listen, must_wait)?,
-            mirror: config.server.mirror_listen.map(|a| listen(a, must_wait)).transpose()?,
-            metrics: config.server.metrics_listen.map(|a| listen(a, must_wait)).transpose()?,
+            agents: listen(config.server.listen)?,
+            mirror: config.server.mirror_listen.map(&mut listen).transpose()?,
+            metrics: config.server.metrics_listen.map(&mut listen).transpose()?,
         };
+        inherited.finish()?;
         let takeover_path = config.data_dir.join(TAKEOVER_FILE);
         let _lock = if must_wait {
             // Connections meanwhile wait in our listeners' backlog.

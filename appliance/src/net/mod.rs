@@ -2,6 +2,7 @@
 //! timeout), the lean HTTP/1.1 loop, zero-copy file bodies on plain TCP, TLS configuration, and
 //! per-route request limits.
 
+pub(crate) mod activation;
 pub(crate) mod connections;
 pub(crate) mod http1;
 pub(crate) mod limits;

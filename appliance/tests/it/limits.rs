@@ -280,6 +280,81 @@ fn a_takeover_replaces_the_server_without_agents_noticing() {
     assert!(!f.path("data/serve.takeover").exists());
 }
 
+/// `serve` as systemd starts it for `ferry-appliance.socket`: `socket` (a listening socket or
+/// anything else under test) as descriptor 3, `LISTEN_FDS=1`, and `LISTEN_PID` the server's
+/// own pid (the shell's, which `exec` keeps).
+fn socket_activated(f: &Fixture, socket: std::os::fd::OwnedFd) -> std::process::Command {
+    use command_fds::{CommandFdExt as _, FdMapping};
+    let serve = f.appliance(&[&"serve"]);
+    let mut cmd = ferry_testkit::command("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(serve.get_program())
+        .args(serve.get_args())
+        .env("LISTEN_FDS", "1");
+    cmd.fd_mappings(vec![FdMapping { parent_fd: socket, child_fd: 3 }]).unwrap();
+    cmd
+}
+
+#[test]
+fn a_socket_activated_server_restarts_without_refusing_a_connection() {
+    let f = Fixture::new();
+    // The test holds the socket as systemd's socket unit does, across both processes.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
+    std::fs::write(
+        f.path("appliance.toml"),
+        config.replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"{addr}\"")),
+    )
+    .unwrap();
+    f.append_config("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0");
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let old = Server::start_command(socket_activated(&f, socket.try_clone().unwrap().into()));
+    // Serving on the test's port proves the server took the socket: the port is held by a
+    // socket without SO_REUSEPORT, so a bind of its own would have failed.
+    assert!(old.https.ends_with(&format!(":{}", addr.port())), "{}", old.https);
+    let (_, token) = f.token("p");
+    let agent = Agent::enroll(&old, &token);
+    let reply = agent.checkin_online();
+    assert_eq!(agent.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+
+    // Stopped: no process serves, yet a client connecting now is not refused. Its connection
+    // waits in the socket's backlog and the next process answers it.
+    assert!(old.terminate().success());
+    let endpoint = support::Endpoint { https: old.https.clone(), ca: old.ca.clone() };
+    let during_the_gap = std::thread::spawn(move || endpoint.get("/api/status", &[]).0);
+    std::thread::sleep(Duration::from_millis(500));
+    let new = Server::start_command(socket_activated(&f, socket.into()));
+    assert_eq!(during_the_gap.join().unwrap(), 200);
+    // Same address, same agents: the check-in the agent makes after the restart is served.
+    let agent = agent.on(&new);
+    assert_ok(&f.run(&[&"settings", &"--log-level", &"debug", &agent.id]));
+    let reply = agent.checkin(json!({"status": "online", "ack_token": "x"}));
+    assert_eq!(reply.body["actions"][0]["type"], json!("SETTINGS"), "{reply:?}");
+}
+
+#[test]
+fn socket_activation_refuses_what_the_configuration_does_not_name() {
+    let f = Fixture::new();
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    // A socket on an address the configuration does not name (it says 127.0.0.1:0).
+    let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stray_addr = stray.local_addr().unwrap();
+    let o = socket_activated(&f, stray.into()).output().unwrap();
+    let err = support::stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("sockets on {stray_addr} that the configuration does not name")),
+        "{err}"
+    );
+    // Something that is not a listening TCP socket.
+    let file = std::fs::File::open(f.path("appliance.toml")).unwrap();
+    let o = socket_activated(&f, file.into()).output().unwrap();
+    let err = support::stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("descriptor 3 is not a listening TCP socket"), "{err}");
+}
+
 #[test]
 fn failed_credentials_are_charged_to_their_address_and_never_starve_good_agents() {
     let f = Fixture::new();
