@@ -40,6 +40,28 @@ pub struct Fleet {
     pub enroll_backoff_max: Duration,
     /// A PGP key to verify upgrades with when the appliance cannot serve one (plain HTTP).
     pub pgp_key: Option<ferry_artifacts::Keyring>,
+    /// Where each agent's id and key are kept (`--state`), one file per agent.
+    pub state: Option<std::path::PathBuf>,
+}
+
+impl Fleet {
+    fn state_file(&self, n: usize) -> Option<std::path::PathBuf> {
+        self.state.as_ref().map(|dir| dir.join(hostname(n)))
+    }
+
+    /// Agent `n`'s id and key from an earlier run.
+    fn saved(&self, n: usize) -> Option<(String, String)> {
+        let text = std::fs::read_to_string(self.state_file(n)?).ok()?;
+        let (id, key) = text.trim().split_once(' ')?;
+        Some((id.to_owned(), key.to_owned()))
+    }
+
+    fn save(&self, n: usize, id: &str, key: &str) {
+        if let Some(path) = self.state_file(n) {
+            // A lost file only means this agent enrolls again next run.
+            let _ = std::fs::write(path, format!("{id} {key}\n"));
+        }
+    }
 }
 
 /// What the policy says about downloads: the CA certificates (PEM) of
@@ -157,14 +179,21 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
     let source = (!fleet.sources.is_empty()).then(|| fleet.sources[n % fleet.sources.len()]);
     let mut conn = Conn::new(Arc::clone(&fleet.api), fleet.tls.clone(), source);
     let mut backoff = EnrollBackoff::new(fleet.enroll_backoff_init, fleet.enroll_backoff_max);
-    let (id, key) = loop {
-        match enroll(&fleet, &mut conn, n).await {
-            Ok(x) => break x,
-            Err(f) => {
-                fleet.stats.error(&f);
-                tokio::time::sleep(backoff.next_wait()).await;
+    // Counted as enrolled either way: the appliance knows it.
+    let (id, key) = match fleet.saved(n) {
+        Some(saved) => saved,
+        None => loop {
+            match enroll(&fleet, &mut conn, n).await {
+                Ok((id, key)) => {
+                    fleet.save(n, &id, &key);
+                    break (id, key);
+                }
+                Err(f) => {
+                    fleet.stats.error(&f);
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
             }
-        }
+        },
     };
     fleet.stats.enrolled.fetch_add(1, Relaxed);
     fleet.stats.version(None, &fleet.version);

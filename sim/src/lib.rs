@@ -132,6 +132,12 @@ pub struct RunArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Keep each agent's id and API key in this folder, and start agents found there as
+    /// enrolled: a second run reconnects the same fleet at once, as agents do after a network
+    /// outage or a restart of their hosts. Only the id and key are kept: an agent started so
+    /// reports no policy revision until the appliance sends it a new one.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -306,7 +312,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         enroll_backoff_init: Duration::from_secs_f64(args.enroll_backoff),
         enroll_backoff_max: Duration::from_secs_f64(args.enroll_backoff_max),
         pgp_key,
+        state: args.state.clone(),
     });
+    if let Some(dir) = &args.state {
+        std::fs::create_dir_all(dir)?;
+    }
     let start = Instant::now();
     let stats = Arc::clone(&fleet.stats);
     let report_every = Duration::from_millis(args.report_ms.max(10));

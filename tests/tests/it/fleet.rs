@@ -139,3 +139,46 @@ fn an_upgrade_without_the_download_ca_fails_on_tls() {
     drop(agents);
     drop(server);
 }
+
+/// `ferry-sim run --state` keeps each agent's id and key: a fleet killed and started again
+/// reconnects at once as the same agents (as after an outage), enrolling none anew.
+#[test]
+fn a_fleet_killed_and_started_again_reconnects_as_the_same_agents() {
+    let site = Site::new();
+    let first = site.bundle(1, &["9.1.2"], None);
+    let port = site.configure("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0", "");
+    site.admin(&["import", first.to_str().unwrap()]);
+    let server = site.serve();
+    let token = site.admin(&["tokens", "create", "--policy", "default-policy"]).trim().to_owned();
+    let ca = site.path().join("data/tls/ca.pem");
+    let state = site.path().join("sim-state");
+    let fleet = || {
+        let mut run = install(port, &ca, &token, 3);
+        run.arg("--state").arg(&state);
+        Lines::spawn(run, PATIENCE)
+    };
+    let agents = fleet();
+    agents.report("3 agents parked on revision 1", |v| {
+        count(v, "revisions", "1") == 3 && v["in_checkin"] == 3
+    });
+    let ids = |site: &Site| {
+        let listed: Value =
+            serde_json::from_str(&site.admin(&["agents", "list", "--json"])).unwrap();
+        let mut ids: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = ids(&site);
+    assert_eq!(before.len(), 3);
+    agents.kill();
+    let again = fleet();
+    again.report("the same 3 agents parked again", |v| v["enrolled"] == 3 && v["in_checkin"] == 3);
+    assert_eq!(ids(&site), before, "no agent enrolled anew");
+    drop(again);
+    drop(server);
+}
