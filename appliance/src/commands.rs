@@ -929,6 +929,7 @@ pub(crate) async fn run_server(
         max_upload_bytes: config.server.max_upload_mib.saturating_mul(1 << 20),
         policies: crate::fleet::PolicyCache::default(),
         download_ca,
+        artifacts: crate::fleet::artifacts::Artifacts::default(),
     });
     let admin = Arc::new(crate::admin::Admin {
         state: Arc::clone(&db),

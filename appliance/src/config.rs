@@ -84,7 +84,8 @@ max_upload_mib = 1024
 
 # Per-route request limits: a sustained rate, a burst above it, and a cap on requests in flight
 # (0: none). Over a limit the agent gets 429 with Retry-After and retries. Routes: enroll,
-# checkin, ack, status, audit_unenroll, upload_begin, upload_chunk, upload_end, pgp_key.
+# checkin, ack, status, audit_unenroll, upload_begin, upload_chunk, upload_end, pgp_key,
+# artifact.
 # Defaults suit a fleet of about 20 000 agents; set only what you change, for example:
 # [limits.enroll]
 # per_second = 200

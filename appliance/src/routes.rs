@@ -28,6 +28,7 @@ pub(crate) enum Route {
     UploadBegin,
     UploadEnd,
     UploadChunk,
+    Artifact,
     Status,
     PgpKey,
     Crl,
@@ -48,7 +49,7 @@ pub(crate) struct Spec {
 
 impl Route {
     /// Every route, in declaration order (checked below at compile time).
-    pub(crate) const ALL: [Route; 11] = [
+    pub(crate) const ALL: [Route; 12] = [
         Route::Enroll,
         Route::Checkin,
         Route::Ack,
@@ -56,6 +57,7 @@ impl Route {
         Route::UploadBegin,
         Route::UploadEnd,
         Route::UploadChunk,
+        Route::Artifact,
         Route::Status,
         Route::PgpKey,
         Route::Crl,
@@ -106,6 +108,13 @@ impl Route {
                 "/api/fleet/uploads/{upload_id}/{chunk}",
                 fleet::UPLOAD_CHUNK_SIZE,
                 Some(Class::UploadChunk),
+            ),
+            // Elastic Defend's user artifacts; nothing takes a body.
+            Route::Artifact => spec(
+                Method::GET,
+                "/api/fleet/artifacts/{id}/{sha256}",
+                OTHER_BODY_LIMIT,
+                Some(Class::Artifact),
             ),
             Route::Status => {
                 spec(Method::GET, "/api/status", OTHER_BODY_LIMIT, Some(Class::Status))
@@ -183,10 +192,11 @@ pub(crate) enum Class {
     UploadChunk,
     UploadEnd,
     PgpKey,
+    Artifact,
 }
 
 impl Class {
-    pub(crate) const ALL: [Class; 9] = [
+    pub(crate) const ALL: [Class; 10] = [
         Class::Enroll,
         Class::Checkin,
         Class::Ack,
@@ -196,6 +206,7 @@ impl Class {
         Class::UploadChunk,
         Class::UploadEnd,
         Class::PgpKey,
+        Class::Artifact,
     ];
 
     /// Its name in the configuration.
@@ -210,6 +221,7 @@ impl Class {
             Class::UploadChunk => "upload_chunk",
             Class::UploadEnd => "upload_end",
             Class::PgpKey => "pgp_key",
+            Class::Artifact => "artifact",
         }
     }
 
@@ -240,6 +252,10 @@ impl Class {
             Class::UploadChunk => limit(300.0, 5, 10),
             Class::UploadEnd => limit(0.5, 5, 10),
             Class::PgpKey => limit(500.0, 500, 50),
+            // Fleet Server's `artifact_limit` for up to 20 000 agents (fleet-server
+            // internal/pkg/config/defaults/lte20000_limits.yml: 0.5 ms, burst 4000, max
+            // 8000): every Endpoint fetches a changed list at once, and a cache hit is cheap.
+            Class::Artifact => limit(2000.0, 4000, 8000),
         }
     }
 }
@@ -250,7 +266,7 @@ const _: () = {
         assert!(Class::ALL[i] as usize == i, "Class::ALL must list every class in order");
         i += 1;
     }
-    assert!(Class::ALL.len() == Class::PgpKey as usize + 1, "Class::ALL misses a class");
+    assert!(Class::ALL.len() == Class::Artifact as usize + 1, "Class::ALL misses a class");
 };
 
 /// The limits of every class, with the configuration's overrides; an unknown name is refused
@@ -305,6 +321,7 @@ pub(crate) fn router(
     let api = at(api, Route::AuditUnenroll, fleet::acks::audit_unenroll, limits);
     let api = at(api, Route::UploadBegin, fleet::uploads::begin, limits);
     let api = at(api, Route::UploadEnd, fleet::uploads::complete, limits);
+    let api = at(api, Route::Artifact, fleet::artifacts::artifact, limits);
     let api = at(api, Route::UploadChunk, fleet::uploads::chunk, limits)
         .layer(axum::Extension(Arc::new(fleet::enroll::ReplaceLimits::new(limits))))
         // Bodies are read with their own caps, so the refusal is Fleet's JSON error.
@@ -352,6 +369,7 @@ mod tests {
         assert_eq!(body_limit(&Method::POST, "/api/fleet/uploads/u/3/x"), OTHER_BODY_LIMIT);
         assert_eq!(body_limit(&Method::PUT, "/api/fleet/uploads/u"), OTHER_BODY_LIMIT);
         assert_eq!(body_limit(&Method::POST, "/api/fleet/agents//checkin"), OTHER_BODY_LIMIT);
+        assert_eq!(body_limit(&Method::GET, "/api/fleet/artifacts/a/b"), OTHER_BODY_LIMIT);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The five calls the appliance makes to the site's Elasticsearch, as plain REST over `ureq`,
-//! with request and response types written after Elastic's specification
-//! (elastic/elasticsearch-specification, `specification/security/<endpoint>/`). Blocking: the
-//! key worker runs them on blocking threads, a few at a time.
+//! The calls the appliance makes to the site's Elasticsearch, as plain REST over `ureq`, with
+//! request and response types written after Elastic's specification
+//! (elastic/elasticsearch-specification, `specification/security/<endpoint>/` and
+//! `specification/_global/search/`): five of the security API for output keys, and one search
+//! of `.fleet-artifacts` for Elastic Defend's user artifacts. Blocking: they run on threads of
+//! their own, a few at a time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,8 +17,13 @@ use crate::config::ElasticsearchConfig;
 /// The most a response body may be: a page of 100 keys with role descriptors fits many times.
 const BODY_LIMIT: u64 = 4 << 20;
 
+/// The most an artifact search's answer may be: Kibana stores an artifact zlib-compressed and
+/// base64-encoded in one document, and a site's largest (a blocklist of many thousand hashes)
+/// stays a few MiB; 64 MiB of answer is far past that and still bounded.
+const SEARCH_BODY_LIMIT: u64 = 64 << 20;
+
 /// Why a call failed, in the words `health` and the logs use.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum EsError {
     #[error("cannot reach Elasticsearch at {host}: {detail}")]
     Unreachable { host: String, detail: String },
@@ -149,6 +156,24 @@ pub(crate) struct Privileges {
     pub cluster: std::collections::BTreeMap<String, bool>,
 }
 
+/// `_global/search` response body, the fields read (`SearchResponseBody`, its `hits` a
+/// `HitsMetadata` of `Hit`s in `_global/search/_types/hits.ts`).
+#[derive(Deserialize)]
+struct SearchResponse {
+    hits: Hits,
+}
+
+#[derive(Deserialize)]
+struct Hits {
+    hits: Vec<Hit>,
+}
+
+#[derive(Deserialize)]
+struct Hit {
+    #[serde(rename = "_source")]
+    source: Option<Box<RawValue>>,
+}
+
 /// Elasticsearch's error body (`_types/Base.ts`, `ErrorResponseBase`), the reason read.
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -174,6 +199,8 @@ pub(crate) struct Client {
     hosts: Vec<String>,
     credential: Credential,
     current: AtomicUsize,
+    /// `request_timeout_seconds`: what a call takes unless it says otherwise.
+    timeout: Option<Duration>,
 }
 
 impl Client {
@@ -197,10 +224,11 @@ impl Client {
             );
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
+        let timeout = Some(Duration::from_secs(config.request_timeout_seconds));
         let config_ = ureq::Agent::config_builder()
             .tls_config(tls.build())
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(config.request_timeout_seconds)))
+            .timeout_global(timeout)
             .user_agent(format!("ferry-appliance/{}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Self {
@@ -208,7 +236,13 @@ impl Client {
             hosts: config.hosts.iter().map(|h| h.trim_end_matches('/').to_owned()).collect(),
             credential: Credential::read(config)?,
             current: AtomicUsize::new(0),
+            timeout,
         })
+    }
+
+    /// The configured hosts, for messages.
+    pub(crate) fn hosts(&self) -> &[String] {
+        &self.hosts
     }
 
     /// `GET /_security/_authenticate`: whom the credential names.
@@ -267,18 +301,53 @@ impl Client {
         Ok(found.api_keys.into_iter().filter(|k| !k.invalidated).collect())
     }
 
+    /// `POST /.fleet-artifacts/_search` for the artifact `identifier` whose decoded content
+    /// hashes to `decoded_sha256`, with Fleet Server's query (fleet-server
+    /// internal/pkg/dl/artifact.go: a bool `must` of two `term`s); the first hit's `_source`,
+    /// as Fleet Server uses the first of several. `timeout` bounds this call on each host: an
+    /// agent waits for it.
+    pub(crate) fn find_artifact(
+        &self,
+        identifier: &str,
+        decoded_sha256: &str,
+        timeout: Duration,
+    ) -> Result<Option<Box<RawValue>>, EsError> {
+        let query = serde_json::json!({
+            "query": { "bool": { "must": [
+                { "term": { "decoded_sha256": decoded_sha256 } },
+                { "term": { "identifier": identifier } },
+            ] } },
+        });
+        let body = serde_json::to_vec(&query).expect("a query serialises");
+        let limits = (timeout, SEARCH_BODY_LIMIT);
+        let found: SearchResponse =
+            self.call_with("POST", "/.fleet-artifacts/_search", Some(&body), Some(limits))?;
+        Ok(found.hits.hits.into_iter().next().and_then(|hit| hit.source))
+    }
+
     fn call<T: for<'de> Deserialize<'de>>(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<T, EsError> {
+        self.call_with(method, path, body, None)
+    }
+
+    /// [`Client::call`], with a timeout and answer size of its own when `limits` says.
+    fn call_with<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        limits: Option<(Duration, u64)>,
+    ) -> Result<T, EsError> {
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for step in 0..self.hosts.len() {
             let index = (start + step) % self.hosts.len();
             let host = &self.hosts[index];
-            match self.send(host, method, path, body) {
+            match self.send(host, method, path, body, limits) {
                 Ok((status, bytes)) => {
                     self.current.store(index, Ordering::Relaxed);
                     return answer(status, &bytes);
@@ -296,15 +365,20 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&[u8]>,
+        limits: Option<(Duration, u64)>,
     ) -> Result<(u16, Vec<u8>), EsError> {
         let url = format!("{host}{path}");
         let auth = self.credential.0.as_str();
         let json = "application/json";
+        let timeout = limits.map(|(t, _)| t);
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", auth).call(),
             ("POST", Some(b)) => self
                 .agent
                 .post(&url)
+                .config()
+                .timeout_global(timeout.or(self.timeout))
+                .build()
                 .header("Authorization", auth)
                 .header("Content-Type", json)
                 .send(b),
@@ -322,7 +396,7 @@ impl Client {
         let bytes = response
             .body_mut()
             .with_config()
-            .limit(BODY_LIMIT)
+            .limit(limits.map_or(BODY_LIMIT, |(_, size)| size))
             .read_to_vec()
             .map_err(|e| transport(host, e))?;
         Ok((status, bytes))

@@ -142,6 +142,7 @@ pub(crate) struct Elastic {
     db: Db,
     hub: Arc<Hub>,
     interval: Duration,
+    request_timeout: Duration,
     inner: Mutex<Inner>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -170,6 +171,7 @@ impl Elastic {
             db,
             hub,
             interval: Duration::from_secs(config.check_interval_seconds),
+            request_timeout: Duration::from_secs(config.request_timeout_seconds),
             inner: Mutex::new(Inner {
                 health: Health {
                     state: State::Starting,
@@ -195,6 +197,11 @@ impl Elastic {
         Arc::clone(&me).run_worker(rx);
         Arc::clone(&me).run_checks();
         Ok(me)
+    }
+
+    /// `elasticsearch.request_timeout_seconds`.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// True when Elasticsearch was checked and is in trouble.
@@ -261,6 +268,47 @@ impl Elastic {
         if inner.waiting.get(pair).is_some_and(|wanted| wanted == sha256) {
             inner.waiting.remove(pair);
         }
+    }
+
+    /// The `.fleet-artifacts` document of artifact `identifier` whose decoded content hashes to
+    /// `decoded_sha256` (Elastic Defend's user artifacts, which Kibana writes there), or `None`.
+    /// The search runs on a thread of its own, as every call here does, and the answer comes
+    /// within `deadline` whatever Elasticsearch does: an agent waits for it. Trouble that says
+    /// Elasticsearch is down or refuses the credential is reported as the key worker's is, so
+    /// `status` and `/api/status` show it.
+    /// `hold` is dropped when the search's thread ends, which may be after the deadline: a
+    /// caller bounding the threads with it bounds the threads running.
+    pub(crate) async fn find_artifact(
+        self: &Arc<Self>,
+        identifier: &str,
+        decoded_sha256: &str,
+        deadline: Duration,
+        hold: impl Send + 'static,
+    ) -> Result<Option<Box<RawValue>>, EsError> {
+        let (me, id, sha) = (Arc::clone(self), identifier.to_owned(), decoded_sha256.to_owned());
+        let search = own_thread(move || {
+            let found = me.client.find_artifact(&id, &sha, deadline);
+            drop(hold);
+            found
+        });
+        let found = match tokio::time::timeout(deadline, search).await {
+            Ok(Some(found)) => found,
+            Ok(None) => Err(EsError::Malformed("the search's thread failed".into())),
+            Err(_) => Err(EsError::Unreachable {
+                host: self.client.hosts().join(", "),
+                detail: format!("no answer within {deadline:?}"),
+            }),
+        };
+        match &found {
+            Ok(_) => self.answered(),
+            Err(e) => {
+                let failure = Failure::Es(e.clone());
+                if failure.is_global() {
+                    self.failed(&failure);
+                }
+            }
+        }
+        found
     }
 
     /// Agent `agent` has keys retiring: its policy acks are looked at from now on.

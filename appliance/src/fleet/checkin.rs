@@ -35,6 +35,9 @@ pub(crate) struct Delivered {
     /// Outputs whose `api_key` is each agent's own (`[elasticsearch]`): placeholders in
     /// `policy`, filled per agent.
     pub slots: Vec<KeySlot>,
+    /// The user artifacts its inputs' `artifact_manifest`s list, as (identifier, decoded
+    /// SHA-256): what the agent may fetch from `/api/fleet/artifacts/` (`super::artifacts`).
+    pub artifacts: super::artifacts::Listed,
 }
 
 /// Delivered policies of the active release, computed once per release change rather than
@@ -170,7 +173,8 @@ fn deliver(
         api.state.lock().expect("state lock").policy_revision(policy_id, &sha, &now)?;
     doc["revision"] = json!(revision);
     let policy = serde_json::value::to_raw_value(&doc).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Ok(Some(Delivered { revision, created, policy, slots })))
+    let artifacts = super::artifacts::listed(&doc);
+    Ok(Ok(Some(Delivered { revision, created, policy, slots, artifacts })))
 }
 
 /// Whether `doc` has a value at dotted `path` (`inputs.0.streams.1.password`); a key that holds
@@ -745,6 +749,7 @@ mod tests {
             created: "2026-01-02T03:04:05Z".into(),
             policy: serde_json::value::to_raw_value(&doc).unwrap(),
             slots: Vec::new(),
+            artifacts: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! bodies agents send and read are typed in `wire`.
 
 pub(crate) mod acks;
+pub(crate) mod artifacts;
 pub(crate) mod checkin;
 pub(crate) mod enroll;
 pub(crate) mod hub;
@@ -69,6 +70,8 @@ pub(crate) struct AgentApi {
     pub policies: PolicyCache,
     /// CA certificates (PEM) delivered as `agent.download.ssl.certificate_authorities`.
     pub download_ca: Option<String>,
+    /// Elastic Defend's user artifacts: the cache and the searches in flight.
+    pub artifacts: artifacts::Artifacts,
 }
 
 /// Applies Fleet Server's `Elastic-Api-Version` rule to every agent route (§2.4): absent → the
