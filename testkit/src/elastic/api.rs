@@ -43,7 +43,7 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    fn ok(body: Value) -> Answer {
+    pub(crate) fn ok(body: Value) -> Answer {
         Answer { status: 200, body, challenge: false, allow: None, created: false }
     }
 }
@@ -66,7 +66,7 @@ pub(crate) fn error_body(status: u16, kind: &str, reason: &str) -> Value {
     json!({"error": error, "status": status})
 }
 
-fn error_answer(status: u16, kind: &str, reason: &str) -> Answer {
+pub(crate) fn error_answer(status: u16, kind: &str, reason: &str) -> Answer {
     Answer {
         status,
         body: error_body(status, kind, reason),
@@ -111,14 +111,14 @@ pub(crate) fn fault_answer(status: u16) -> Answer {
 /// means the client broke the spec or Elasticsearch's rules (recorded in `violations()`), as
 /// opposed to an outcome a correct client meets (a 404 for a key that is gone, a 403 while
 /// the privilege is withdrawn).
-struct Refusal {
-    status: u16,
-    kind: &'static str,
-    reason: String,
-    violation: bool,
+pub(crate) struct Refusal {
+    pub status: u16,
+    pub kind: &'static str,
+    pub reason: String,
+    pub violation: bool,
 }
 
-fn bad(kind: &'static str, reason: impl Into<String>) -> Refusal {
+pub(crate) fn bad(kind: &'static str, reason: impl Into<String>) -> Refusal {
     Refusal { status: 400, kind, reason: reason.into(), violation: true }
 }
 
@@ -130,7 +130,7 @@ fn invalid(reasons: &[String]) -> Refusal {
 
 /// Who sent the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Principal {
+pub(crate) enum Principal {
     /// The service account `elastic/fleet-server`, by its token.
     Service,
     /// The admin API key.
@@ -255,6 +255,9 @@ fn route(method: &str, path: &str) -> Result<Endpoint, Option<&'static str>> {
 /// Answers one request, recording what did not conform in `state.violations`.
 pub(crate) fn dispatch(state: &mut State, req: &Request<'_>) -> Answer {
     let (path, query) = req.target.split_once('?').unwrap_or((req.target, ""));
+    if path == "/.fleet-artifacts" || path.starts_with("/.fleet-artifacts/") {
+        return super::artifacts::dispatch(state, req, path, query);
+    }
     let endpoint = match route(req.method, path) {
         Ok(endpoint) => endpoint,
         // Elasticsearch's routing layer answers these itself, with `error` a plain string
@@ -306,7 +309,11 @@ pub(crate) fn dispatch(state: &mut State, req: &Request<'_>) -> Answer {
 
 /// Elasticsearch's authentication of the REST request: a service token (`Bearer`) or an API
 /// key (`ApiKey base64(id:key)`); anything else, or nothing, is a 401.
-fn authenticate(state: &State, header: Option<&str>, path: &str) -> Result<Principal, Answer> {
+pub(crate) fn authenticate(
+    state: &State,
+    header: Option<&str>,
+    path: &str,
+) -> Result<Principal, Answer> {
     let Some(header) = header else {
         return Err(error_answer(
             401,
@@ -391,7 +398,7 @@ fn flag(params: &Params, name: &str) -> bool {
 }
 
 /// The body as a JSON object, or `None` when there is none.
-fn json_body(req: &Request<'_>) -> Result<Option<Map<String, Value>>, Refusal> {
+pub(crate) fn json_body(req: &Request<'_>) -> Result<Option<Map<String, Value>>, Refusal> {
     if req.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -421,7 +428,7 @@ fn json_body(req: &Request<'_>) -> Result<Option<Map<String, Value>>, Refusal> {
     }
 }
 
-fn required_body(req: &Request<'_>) -> Result<Map<String, Value>, Refusal> {
+pub(crate) fn required_body(req: &Request<'_>) -> Result<Map<String, Value>, Refusal> {
     json_body(req)?.ok_or_else(|| bad("parse_exception", "request body is required"))
 }
 
@@ -535,7 +542,8 @@ fn authenticate_response(state: &State, principal: Principal) -> Value {
 }
 
 /// `security/has_privileges`: the principal holds `monitor` and, unless withdrawn,
-/// `manage_own_api_key`; no index or application privilege.
+/// `manage_own_api_key`; the service account's index privileges on `.fleet-*`
+/// (`artifacts::index_privilege`); no application privilege.
 fn has_privileges(
     state: &State,
     req: &Request<'_>,
@@ -562,10 +570,12 @@ fn has_privileges(
     let mut index = Map::new();
     for check in body.index.unwrap_or_default() {
         for name in check.names.to_vec() {
+            let held = |p: &str| super::artifacts::index_privilege(principal, &name, p);
+            let granted: Vec<bool> = check.privileges.iter().map(|p| held(p)).collect();
             let entry = index.entry(name).or_insert_with(|| json!({}));
-            for p in &check.privileges {
-                all = false;
-                entry[p.as_str()] = Value::Bool(false);
+            for (p, granted) in check.privileges.iter().zip(granted) {
+                all &= granted;
+                entry[p.as_str()] = Value::Bool(granted);
             }
         }
     }
@@ -1123,7 +1133,7 @@ pub(crate) fn random_b64(n: usize) -> String {
 }
 
 /// Percent-decoding of a path segment or (with `plus_is_space`) a query-string component.
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
+pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -1146,7 +1156,7 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
 }
 
 impl State {
-    fn violation(&mut self, req: &Request<'_>, what: &str) {
+    pub(crate) fn violation(&mut self, req: &Request<'_>, what: &str) {
         self.violations.push(format!("{} {}: {what}", req.method, req.target));
     }
 

@@ -1,6 +1,8 @@
-//! A test double of Elasticsearch's security API: a real HTTP(S) server on loopback, run by
-//! the test that starts it, answering the API-key calls the appliance makes (create,
-//! invalidate, get, query, update, bulk update, authenticate, has_privileges) as
+//! A test double of Elasticsearch's security API and of the `.fleet-artifacts` index: a real
+//! HTTP(S) server on loopback, run by the test that starts it, answering the API-key calls the
+//! appliance makes (create, invalidate, get, query, update, bulk update, authenticate,
+//! has_privileges), Kibana's writes of Elastic Defend's user artifacts and Fleet Server's
+//! searches of them (`artifacts.rs`) as
 //! Elasticsearch does, strict about what it accepts (each request is held to the types of
 //! Elastic's specification, `spec.rs`; what does not conform is answered 400 and listed in
 //! [`ElasticDouble::violations`]), and able to fail the ways the real one fails ([`Fault`]).
@@ -9,10 +11,13 @@
 //! (on a runtime of their own) can both use it.
 
 mod api;
+mod artifacts;
 mod query;
 mod spec;
 #[cfg(test)]
 mod tests;
+
+pub use artifacts::KibanaArtifact;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
@@ -47,7 +52,8 @@ impl Default for DoubleOptions {
     }
 }
 
-/// A way for the double to fail. It applies to every `/_security` call while set.
+/// A way for the double to fail. It applies to every `/_security` call and every search of
+/// `.fleet-artifacts` while set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     None,
@@ -121,6 +127,9 @@ pub(crate) struct State {
     pub service_token: String,
     pub admin_id: String,
     pub admin_secret: String,
+    /// `.fleet-artifacts`: `None` until its first document makes the index, then the
+    /// documents by `_id` in the order they were indexed.
+    pub artifacts: Option<Vec<(String, serde_json::Value)>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -181,6 +190,7 @@ impl ElasticDouble {
             },
             admin_id: api::random_b64(15),
             admin_secret: api::random_b64(16),
+            artifacts: None,
         };
         let listener = bind(&runtime, 0).expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("bound address").port();
@@ -464,7 +474,9 @@ async fn answer(
         let s = lock(&state);
         (s.fault.clone(), s.latency)
     };
-    if target.starts_with("/_security") {
+    // Faults are Elasticsearch's trouble as the appliance meets it: its security calls and its
+    // artifact searches (not Kibana's writes, which set a test up).
+    if target.starts_with("/_security") || target.starts_with("/.fleet-artifacts/_search") {
         match fault {
             Fault::Hang => {
                 record(0);

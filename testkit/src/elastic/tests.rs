@@ -525,3 +525,166 @@ fn plain_http_and_latency() {
     assert_eq!(reply.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+/// Fleet Server's artifact query (fleet-server internal/pkg/dl/artifact.go).
+fn artifact_query(identifier: &str, sha: &str) -> Value {
+    json!({"query": {"bool": {"must": [
+        {"term": {"decoded_sha256": sha}},
+        {"term": {"identifier": identifier}},
+    ]}}})
+}
+
+#[test]
+fn artifacts_are_written_as_kibana_writes_them_and_found_as_fleet_server_searches() {
+    let (double, agent) = start();
+    let artifact = super::KibanaArtifact::new("endpoint-trustlist-linux-v1", br#"{"entries":[]}"#);
+    let query = artifact_query(&artifact.identifier, &artifact.decoded_sha256);
+    // Before Kibana writes anything the index does not exist.
+    let reply = call(
+        &agent,
+        &double,
+        "POST",
+        "/.fleet-artifacts/_search",
+        Some(&bearer(&double)),
+        Some(query.clone()),
+    )
+    .unwrap();
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(reply.body["error"]["type"], "index_not_found_exception");
+    assert_eq!(reply.body["error"]["root_cause"][0]["index"], ".fleet-artifacts");
+
+    // Kibana's create, over HTTP, and its answer.
+    let path = format!("/.fleet-artifacts/_create/{}?refresh=wait_for", artifact.id);
+    let admin = format!("ApiKey {}", double.admin_api_key());
+    let reply =
+        call(&agent, &double, "PUT", &path, Some(&admin), Some(artifact.source.clone())).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(
+        reply.body,
+        json!({"_index": ".fleet-artifacts-7", "_id": artifact.id, "_version": 1,
+               "result": "created", "_shards": {"total": 2, "successful": 1, "failed": 0},
+               "_seq_no": 0, "_primary_term": 1})
+    );
+    assert_eq!(double.index_artifact(&artifact.id, &artifact.source), 409, "ids are unique");
+    let other = super::KibanaArtifact::new("endpoint-trustlist-linux-v1", br#"{"entries":[1]}"#);
+    assert_eq!(double.index_artifact(&other.id, &other.source), 201);
+
+    let reply = call(
+        &agent,
+        &double,
+        "POST",
+        "/.fleet-artifacts/_search",
+        Some(&bearer(&double)),
+        Some(query),
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.body,
+        json!({"took": 1, "timed_out": false,
+               "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+               "hits": {"total": {"value": 1, "relation": "eq"}, "max_score": 2.0,
+                        "hits": [{"_index": ".fleet-artifacts-7", "_id": artifact.id,
+                                  "_score": 2.0, "_source": artifact.source}]}})
+    );
+    // Kibana's document: base64 of the zlib bytes, hashes of both forms.
+    use base64::Engine as _;
+    let body = reply.body["hits"]["hits"][0]["_source"]["body"].as_str().unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    assert_eq!(encoded, artifact.encoded);
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&encoded[..]), &mut decoded)
+        .unwrap();
+    assert_eq!(decoded, br#"{"entries":[]}"#);
+    assert_eq!(artifact.manifest_entry()["encoded_size"], encoded.len());
+
+    // No match: an empty page, `max_score` null.
+    let none = artifact_query("endpoint-blocklist-linux-v1", &artifact.decoded_sha256);
+    let reply = call(
+        &agent,
+        &double,
+        "POST",
+        "/.fleet-artifacts/_search",
+        Some(&bearer(&double)),
+        Some(none),
+    )
+    .unwrap();
+    assert_eq!(
+        reply.body["hits"],
+        json!({"total": {"value": 0, "relation": "eq"}, "max_score": null, "hits": []})
+    );
+    assert!(double.violations().is_empty(), "{:?}", double.violations());
+}
+
+#[test]
+fn artifact_searches_are_held_to_what_elasticsearch_accepts() {
+    let (double, agent) = start();
+    let artifact = super::KibanaArtifact::new("endpoint-trustlist-linux-v1", b"{}");
+    assert_eq!(double.index_artifact(&artifact.id, &artifact.source), 201);
+    let search = |auth: Option<&str>, body: Value| {
+        call(&agent, &double, "POST", "/.fleet-artifacts/_search", auth, Some(body)).unwrap()
+    };
+    let token = bearer(&double);
+    // Query types the double does not evaluate, and unknown keys, are Elasticsearch's 400.
+    let reply = search(Some(&token), json!({"query": {"match": {"identifier": "x"}}}));
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.body["error"]["type"], "parsing_exception");
+    assert_eq!(reply.body["error"]["reason"], "unknown query [match]");
+    let reply = search(Some(&token), json!({"query": {"match_all": {}}, "aggs": {}}));
+    assert_eq!(reply.body["error"]["reason"], "Unknown key for a START_OBJECT in [aggs].");
+    let reply = search(Some(&token), json!({"query": {"term": {"a": "x", "b": "y"}}}));
+    assert_eq!(reply.status, 400);
+    assert_eq!(double.violations().len(), 3, "{:?}", double.violations());
+    // `match_all` and the long form of `term` are understood.
+    let reply = search(
+        Some(&token),
+        json!({"query": {"term": {"identifier": {"value": artifact.identifier}}}}),
+    );
+    assert_eq!(reply.body["hits"]["total"]["value"], 1, "{}", reply.body);
+    assert_eq!(
+        search(Some(&token), json!({"query": {"match_all": {}}})).body["hits"]["total"]["value"],
+        1
+    );
+
+    // Without credentials: 401 with the challenges; an agent's key may not read the index.
+    let reply = search(None, artifact_query("a", "b"));
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.challenges, 3);
+    let created = create(&double, &agent, "a1").body;
+    let key = format!("ApiKey {}", created["encoded"].as_str().unwrap());
+    let reply = search(Some(&key), artifact_query("a", "b"));
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.body["error"]["type"], "security_exception");
+
+    // The service account may read `.fleet-*`, and no other index.
+    let reply = call(
+        &agent,
+        &double,
+        "POST",
+        "/_security/user/_has_privileges",
+        Some(&token),
+        Some(json!({"index": [{"names": [".fleet-artifacts", "logs-x"], "privileges": ["read"]}]})),
+    )
+    .unwrap();
+    assert_eq!(
+        reply.body["index"],
+        json!({".fleet-artifacts": {"read": true}, "logs-x": {"read": false}})
+    );
+    assert_eq!(reply.body["has_all_requested"], false);
+
+    // Faults reach searches too.
+    double.set_fault(Fault::Status(503));
+    assert_eq!(search(Some(&token), artifact_query("a", "b")).status, 503);
+    double.set_fault(Fault::Hang);
+    let quick = client(&double, Some(Duration::from_millis(300)));
+    let started = Instant::now();
+    let hung = call(
+        &quick,
+        &double,
+        "POST",
+        "/.fleet-artifacts/_search",
+        Some(&token),
+        Some(artifact_query("a", "b")),
+    );
+    assert!(hung.is_err() && started.elapsed() < Duration::from_secs(5));
+}
