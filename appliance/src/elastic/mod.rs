@@ -291,7 +291,9 @@ impl Elastic {
             drop(hold);
             found
         });
-        let found = match tokio::time::timeout(deadline, search).await {
+        // The client's own timeout ends the call first (and gives `hold` back); this one is
+        // for a call that outlives it, such as one host after another timing out.
+        let found = match tokio::time::timeout(deadline + Duration::from_secs(1), search).await {
             Ok(Some(found)) => found,
             Ok(None) => Err(EsError::Malformed("the search's thread failed".into())),
             Err(_) => Err(EsError::Unreachable {

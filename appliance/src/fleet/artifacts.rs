@@ -76,9 +76,9 @@ pub(crate) fn sniffed_type(body: &[u8]) -> Option<&'static str> {
         return Some("application/vnd.ms-fontobject");
     }
     let first = data.iter().position(|b| !matches!(b, b'\t' | b'\n' | 0x0c | b'\r' | b' '));
-    let binary = data[first.unwrap_or(data.len())..]
-        .iter()
-        .any(|&b| b <= 0x08 || b == 0x0b || (0x0e..=0x1a).contains(&b) || (0x1c..=0x1f).contains(&b));
+    let binary = data[first.unwrap_or(data.len())..].iter().any(|&b| {
+        b <= 0x08 || b == 0x0b || (0x0e..=0x1a).contains(&b) || (0x1c..=0x1f).contains(&b)
+    });
     Some(if binary { "application/octet-stream" } else { "text/plain; charset=utf-8" })
 }
 
@@ -286,7 +286,11 @@ async fn fetch(api: &Arc<AgentApi>, key: &(String, String)) -> Result<Bytes, Api
     let bytes = decoded.inspect_err(|e| {
         tracing::error!(artifact = %id, sha256 = %sha, error = ?e, "artifact document refused");
     })?;
-    api.artifacts.cache.lock().expect("artifacts lock").put(key.clone(), bytes.clone(), CACHE_BYTES);
+    api.artifacts.cache.lock().expect("artifacts lock").put(
+        key.clone(),
+        bytes.clone(),
+        CACHE_BYTES,
+    );
     Ok(bytes)
 }
 

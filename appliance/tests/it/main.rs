@@ -5,6 +5,7 @@
 
 mod actions;
 mod appliance;
+mod artifacts;
 mod audit;
 mod checkin;
 mod cli;
