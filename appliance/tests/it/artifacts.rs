@@ -77,9 +77,9 @@ fn searches(double: &ElasticDouble) -> usize {
 }
 
 #[track_caller]
-fn assert_body(reply: &Reply, status: u16, body: Value) {
+fn assert_body(reply: &Reply, status: u16, body: &Value) {
     assert_eq!(reply.status, status, "{reply:?}");
-    assert_eq!(reply.body, body, "{reply:?}");
+    assert_eq!(&reply.body, body, "{reply:?}");
     assert_eq!(reply.headers["content-type"], "application/json; charset=utf-8");
 }
 
@@ -157,25 +157,25 @@ fn refusals_are_fleet_server_s() {
     // A hash that is not 64 hex digits: Fleet Server's default error, 500.
     let malformed =
         json!({"statusCode": 500, "error": "BadRequest", "message": "malformed sha256"});
-    assert_body(&fetch(&agent, TRUSTLIST, &sha[1..], key), 500, malformed.clone());
-    assert_body(&fetch(&agent, TRUSTLIST, &format!("{}g", &sha[1..]), key), 500, malformed);
+    assert_body(&fetch(&agent, TRUSTLIST, &sha[1..], key), 500, &malformed);
+    assert_body(&fetch(&agent, TRUSTLIST, &format!("{}g", &sha[1..]), key), 500, &malformed);
 
     // Not in the agent's policy: the artifact exists, the agent may not have it; and the hash
     // of another list is not this one's.
     let forbidden = json!({"statusCode": 403, "error": "Forbidden", "message": "agent not authorized for artifact"});
     let reply = fetch(&agent, &elsewhere.identifier, &elsewhere.decoded_sha256, key);
-    assert_body(&reply, 403, forbidden.clone());
-    assert_body(&fetch(&agent, TRUSTLIST, &unknown.decoded_sha256, key), 403, forbidden.clone());
+    assert_body(&reply, 403, &forbidden);
+    assert_body(&fetch(&agent, TRUSTLIST, &unknown.decoded_sha256, key), 403, &forbidden);
     // Paths that climb: one segment each, never a listed identifier.
     for id in ["..%2F..%2Fetc%2Fpasswd", "..", "%2E%2E", "endpoint-trustlist-linux-v1%2F.."] {
-        assert_body(&fetch(&agent, id, sha, key), 403, forbidden.clone());
+        assert_body(&fetch(&agent, id, sha, key), 403, &forbidden);
     }
     let reply = fetch(&agent, &format!("../{TRUSTLIST}"), sha, key);
     assert_eq!(reply.status, 404, "{reply:?}");
 
     // Listed, and not in Elasticsearch.
     let not_found = json!({"statusCode": 404, "error": "NotFound", "message": "not found"});
-    assert_body(&fetch(&agent, &unknown.identifier, &unknown.decoded_sha256, key), 404, not_found);
+    assert_body(&fetch(&agent, &unknown.identifier, &unknown.decoded_sha256, key), 404, &not_found);
 
     // Listed, and its document's body does not hash to its `encoded_sha256`: never served,
     // and not cached either (each try searches again).
@@ -183,7 +183,7 @@ fn refusals_are_fleet_server_s() {
         json!({"statusCode": 500, "error": "BadRequest", "message": "mismatched sha256"});
     for _ in 0..2 {
         let reply = fetch(&agent, &tampered.identifier, &tampered.decoded_sha256, key);
-        assert_body(&reply, 500, mismatched.clone());
+        assert_body(&reply, 500, &mismatched);
     }
     let searched: Vec<String> = double
         .requests()
@@ -220,14 +220,14 @@ fn elasticsearch_down_or_hung_is_a_503_within_seconds_and_absent_is_not_found() 
 
     double.stop_listening();
     let started = Instant::now();
-    assert_body(&fetch(&agent, TRUSTLIST, sha, Some(&agent.key)), 503, unreachable.clone());
+    assert_body(&fetch(&agent, TRUSTLIST, sha, Some(&agent.key)), 503, &unreachable);
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     double.resume_listening();
 
     // Hung: the request timeout (2 s here) ends the wait.
     double.set_fault(Fault::Hang);
     let started = Instant::now();
-    assert_body(&fetch(&agent, TRUSTLIST, sha, Some(&agent.key)), 503, unreachable);
+    assert_body(&fetch(&agent, TRUSTLIST, sha, Some(&agent.key)), 503, &unreachable);
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     // An error Elasticsearch answers.
     double.set_fault(Fault::Status(503));
@@ -235,7 +235,7 @@ fn elasticsearch_down_or_hung_is_a_503_within_seconds_and_absent_is_not_found() 
     assert_body(
         &reply,
         503,
-        json!({"statusCode": 503, "error": "ServiceUnavailable", "message": "elasticsearch error"}),
+        &json!({"statusCode": 503, "error": "ServiceUnavailable", "message": "elasticsearch error"}),
     );
     double.set_fault(Fault::None);
     assert_eq!(fetch(&agent, TRUSTLIST, sha, Some(&agent.key)).status, 200);
@@ -249,7 +249,7 @@ fn elasticsearch_down_or_hung_is_a_503_within_seconds_and_absent_is_not_found() 
     assert_body(
         &fetch(&agent, TRUSTLIST, sha, Some(&agent.key)),
         404,
-        json!({"statusCode": 404, "error": "NotFound", "message": "not found"}),
+        &json!({"statusCode": 404, "error": "NotFound", "message": "not found"}),
     );
     drop(server);
 }
