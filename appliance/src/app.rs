@@ -271,6 +271,11 @@ fn refresh(
         None => tracing::info!(release = ?active.pointer(), "serving the active release"),
         Some(trouble) => tracing::warn!("{trouble}"),
     }
+    // The package registry's index, built before the release is served (a failure is logged
+    // and the registry answers 500; everything else is served).
+    if let Active::Ready(release) = &active {
+        let _ = state.registry_of(release);
+    }
     *state.release.write().expect("release lock") = active;
     state.changed.send_modify(|generation| *generation += 1);
     seen

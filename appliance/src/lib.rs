@@ -28,6 +28,7 @@ mod metrics;
 mod mirror;
 mod net;
 mod parts;
+mod registry;
 mod release;
 mod routes;
 mod secrets;

@@ -55,7 +55,7 @@ fn entry_for(raw_path: &str) -> Option<EntryName> {
 
 /// A single `bytes=` range, resolved against `size`. `Ok(None)` means serve the whole file
 /// (no header, or a form we do not serve, such as several ranges).
-fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+pub(crate) fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(spec) = value.strip_prefix("bytes=") else { return Ok(None) };
     if spec.contains(',') {
         return Ok(None);
@@ -100,28 +100,45 @@ async fn answer(
     let name = entry_for(request.uri().path()).ok_or(ApiError::NotFound)?;
     let release = state.current().ok_or(ApiError::NotFound)?;
     let entry = release.files.get(name.as_str()).ok_or(ApiError::NotFound)?;
-    let etag = format!("\"{}\"", entry.sha256.to_hex());
-    let headers: &HeaderMap = request.headers();
-    let mut response = Response::builder()
-        .header(header::ETAG, &etag)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CACHE_CONTROL, "no-cache");
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
-        && inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == etag || t == "*" || t.strip_prefix("W/") == Some(etag.as_str()))
-    {
-        return Ok(response
-            .status(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .expect("valid response"));
-    }
     let content_type = if name.as_str().ends_with(".sha512") || name.as_str().ends_with(".asc") {
         "text/plain; charset=utf-8"
     } else {
         "application/octet-stream"
     };
+    let (parts, _) = request.into_parts();
+    serve_entry(&state, &parts, entry, content_type).await
+}
+
+/// Whether an `If-None-Match` header names `etag` (or `*`).
+pub(crate) fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|inm| {
+        inm.split(',')
+            .map(str::trim)
+            .any(|t| t == etag || t == "*" || t.strip_prefix("W/") == Some(etag))
+    })
+}
+
+/// Serves a release entry's blob: its digest as the ETag, `If-None-Match`, one byte range,
+/// `HEAD`, and the body streamed from the file (zero-copy on a plain listener). The mirror and
+/// the package registry's zips and signatures (`crate::registry`) answer through it.
+pub(crate) async fn serve_entry(
+    state: &AppState,
+    request: &axum::http::request::Parts,
+    entry: &ferry_manifests::FileEntry,
+    content_type: &str,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", entry.sha256.to_hex());
+    let headers: &HeaderMap = &request.headers;
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "no-cache");
+    if none_match(headers, &etag) {
+        return Ok(response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid response"));
+    }
     let size = entry.size;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(value) => parse_range(value, size)?,
@@ -138,7 +155,7 @@ async fn answer(
     };
     response =
         response.header(header::CONTENT_TYPE, content_type).header(header::CONTENT_LENGTH, len);
-    if request.method() == Method::HEAD {
+    if request.method == Method::HEAD {
         return Ok(response.body(Body::empty()).expect("valid response"));
     }
     // Opened now: an import or garbage collection that replaces the blob later does not disturb

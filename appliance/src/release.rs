@@ -72,6 +72,11 @@ pub(crate) enum ImportRefusal {
          store should give, but {problem} (run `ferry-appliance fsck`)"
     )]
     DeltaBaseDamaged { name: String, sequence: u64, path: String, problem: String },
+    #[error(
+        "bundle {name} sequence {sequence} carries an integration package the package registry \
+         cannot serve: {problem}"
+    )]
+    Package { name: String, sequence: u64, problem: String },
 }
 
 /// What a delta needs from its base that the blob store lacks.
@@ -99,6 +104,7 @@ impl ImportRefusal {
             ImportRefusal::DeltaBaseUnknown { .. } => "delta-base-unknown",
             ImportRefusal::DeltaBaseMissing { .. } => "delta-base-missing",
             ImportRefusal::DeltaBaseDamaged { .. } => "delta-base-damaged",
+            ImportRefusal::Package { .. } => "package",
         }
     }
 }
@@ -167,6 +173,10 @@ pub(crate) struct Release {
     pub manifest: Manifest,
     /// Entry path (e.g. `downloads/beats/…`) → entry.
     pub files: BTreeMap<String, FileEntry>,
+    /// The package registry's index of the release's packages (`crate::registry`), built
+    /// once, when the server first needs it: the release watcher asks as soon as the release
+    /// is active. Commands that load a release for other reasons never build it.
+    pub registry: std::sync::OnceLock<Result<Arc<crate::registry::Index>, String>>,
 }
 
 impl Release {
@@ -605,6 +615,18 @@ impl DataDir {
             self.blobs.insert_verified(&staging.path_of(&file.path), &file.sha256)?;
         }
         crate::crash_point("after-blobs");
+        // Every package must be one the registry can serve (a zip with a valid manifest.yml,
+        // no zip-slip names), or the release is refused before it can become active; its blobs
+        // are left for garbage collection, as after a crash here.
+        if manifest.files.iter().any(|f| f.kind == Kind::Package)
+            && let Err(e) = crate::registry::Index::build(&manifest, &|d| self.blobs.path(d))
+        {
+            let refusal =
+                ImportRefusal::Package { name: name.clone(), sequence, problem: format!("{e:#}") };
+            tracing::warn!(bundle = %name, sequence, key_id = %key_id, "refused: {refusal}");
+            remove_any(&staging_root)?;
+            return Err(refusal.into());
+        }
         let pending = self.root.join("staging").join(format!("release-{}", std::process::id()));
         fs::create_dir(&pending)?;
         write_synced(&pending.join("manifest.json"), &verified.manifest_bytes)?;
@@ -930,7 +952,13 @@ pub(crate) fn load_release_at(
         }));
     }
     let files = manifest.files.iter().map(|f| (f.path.to_string(), f.clone())).collect();
-    Ok(Release { name: name.into(), sequence, manifest, files })
+    Ok(Release {
+        name: name.into(),
+        sequence,
+        manifest,
+        files,
+        registry: std::sync::OnceLock::new(),
+    })
 }
 
 /// The staging sink, with a crash point after the first entry for the crash tests.

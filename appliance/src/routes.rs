@@ -33,6 +33,8 @@ pub(crate) enum Route {
     PgpKey,
     Crl,
     Download,
+    RegistryRoot,
+    Registry,
 }
 
 /// What the table says of a route.
@@ -49,7 +51,7 @@ pub(crate) struct Spec {
 
 impl Route {
     /// Every route, in declaration order (checked below at compile time).
-    pub(crate) const ALL: [Route; 12] = [
+    pub(crate) const ALL: [Route; 14] = [
         Route::Enroll,
         Route::Checkin,
         Route::Ack,
@@ -62,6 +64,8 @@ impl Route {
         Route::PgpKey,
         Route::Crl,
         Route::Download,
+        Route::RegistryRoot,
+        Route::Registry,
     ];
 
     pub(crate) fn spec(self) -> Spec {
@@ -132,6 +136,14 @@ impl Route {
             // Downloads are bounded by connections, not by a rate: an upgrade wave is one
             // download per agent, and a slow one must not be refused halfway.
             Route::Download => spec(Method::GET, "/downloads/{*path}", OTHER_BODY_LIMIT, None),
+            // The package registry Kibana reads (`crate::registry`): its index, then every
+            // path below it, dispatched by the registry's own rules.
+            Route::RegistryRoot => {
+                spec(Method::GET, "/registry/", OTHER_BODY_LIMIT, Some(Class::Registry))
+            }
+            Route::Registry => {
+                spec(Method::GET, "/registry/{*path}", OTHER_BODY_LIMIT, Some(Class::Registry))
+            }
         }
     }
 }
@@ -143,7 +155,7 @@ const _: () = {
         assert!(Route::ALL[i] as usize == i, "Route::ALL must list every route in order");
         i += 1;
     }
-    assert!(Route::ALL.len() == Route::Download as usize + 1, "Route::ALL misses a route");
+    assert!(Route::ALL.len() == Route::Registry as usize + 1, "Route::ALL misses a route");
 };
 
 /// What a request to a route outside the table may carry: nothing takes a body there, but a
@@ -193,10 +205,11 @@ pub(crate) enum Class {
     UploadEnd,
     PgpKey,
     Artifact,
+    Registry,
 }
 
 impl Class {
-    pub(crate) const ALL: [Class; 10] = [
+    pub(crate) const ALL: [Class; 11] = [
         Class::Enroll,
         Class::Checkin,
         Class::Ack,
@@ -207,6 +220,7 @@ impl Class {
         Class::UploadEnd,
         Class::PgpKey,
         Class::Artifact,
+        Class::Registry,
     ];
 
     /// Its name in the configuration.
@@ -222,6 +236,7 @@ impl Class {
             Class::UploadEnd => "upload_end",
             Class::PgpKey => "pgp_key",
             Class::Artifact => "artifact",
+            Class::Registry => "registry",
         }
     }
 
@@ -256,6 +271,10 @@ impl Class {
             // internal/pkg/config/defaults/lte20000_limits.yml: 0.5 ms, burst 4000, max
             // 8000): every Endpoint fetches a changed list at once, and a cache hit is cheap.
             Class::Artifact => limit(2000.0, 4000, 8000),
+            // Kibana (a few instances) and the browsers of its users: a page of the
+            // integrations UI asks for tens of icons at once; package zips are fetched one per
+            // installation.
+            Class::Registry => limit(200.0, 400, 64),
         }
     }
 }
@@ -266,7 +285,7 @@ const _: () = {
         assert!(Class::ALL[i] as usize == i, "Class::ALL must list every class in order");
         i += 1;
     }
-    assert!(Class::ALL.len() == Class::Artifact as usize + 1, "Class::ALL misses a class");
+    assert!(Class::ALL.len() == Class::Registry as usize + 1, "Class::ALL misses a class");
 };
 
 /// The limits of every class, with the configuration's overrides; an unknown name is refused
@@ -326,11 +345,15 @@ pub(crate) fn router(
         .layer(axum::Extension(Arc::new(fleet::enroll::ReplaceLimits::new(limits))))
         // Bodies are read with their own caps, so the refusal is Fleet's JSON error.
         .layer(axum::extract::DefaultBodyLimit::disable());
+    // The registry is Kibana's, not the agents': no Fleet API version header.
+    let registry = at(Router::new(), Route::RegistryRoot, crate::registry::serve, limits);
+    let registry = at(registry, Route::Registry, crate::registry::serve, limits);
     served
         .fallback(|| async { ApiError::NotFound })
-        .with_state(state)
+        .with_state(Arc::clone(&state))
         .merge(api.with_state(agents))
         .layer(axum::middleware::from_fn(fleet::api_version))
+        .merge(registry.with_state(state))
         .layer(axum::middleware::map_response(crate::net::nosniff))
 }
 

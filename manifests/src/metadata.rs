@@ -133,6 +133,20 @@ impl Metadata {
         m
     }
 
+    /// The metadata of an integration package zip (`packages/<name>-<version>.zip`, kind
+    /// `package`): the package's name and version, as its `manifest.yml` says them.
+    pub fn integration_package(name: &str, version: &str) -> Self {
+        let mut m = Self::default();
+        m.set(key::NAME, name.to_owned());
+        m.set(key::VERSION, version.to_owned());
+        m
+    }
+
+    /// An integration package's name (kind `package`).
+    pub fn package_name(&self) -> Option<&str> {
+        self.get(key::NAME)
+    }
+
     /// The metadata of a sidecar of the archive at `artifact` (its entry path).
     pub fn sidecar(artifact: &str, format: SidecarFormat) -> Self {
         let mut m = Self::default();

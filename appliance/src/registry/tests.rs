@@ -1,0 +1,166 @@
+//! The registry's selection and answers on small packages written here, so they always run;
+//! the comparison with Elastic's own expectations is `tests/it/registry.rs`.
+
+use std::io::Write as _;
+
+use super::*;
+
+/// A package zip in the registry's layout: every file below `<name>-<version>/`.
+pub(super) fn zip_of(name: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    for (path, body) in files {
+        out.start_file(format!("{name}-{version}/{path}"), options).unwrap();
+        out.write_all(body.as_bytes()).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
+fn package(name: &str, version: &str, extra: &str) -> (Package, Blobs) {
+    let manifest = format!(
+        "format_version: 3.0.0\nname: {name}\ntitle: {name} title\nversion: {version}\n\
+         description: about {name}\ntype: integration\n{extra}"
+    );
+    let bytes =
+        zip_of(name, version, &[("manifest.yml", &manifest), ("docs/README.md", "# readme\n")]);
+    let p = Package::read(std::io::Cursor::new(bytes), name, version, false).unwrap();
+    let entry: FileEntry = serde_json::from_value(serde_json::json!({
+        "path": format!("packages/{name}-{version}.zip"),
+        "size": 1,
+        "sha256": "00".repeat(32),
+        "mode": "0644",
+        "kind": "package",
+    }))
+    .unwrap();
+    (p, Blobs { zip: entry, sig: None })
+}
+
+fn index() -> Index {
+    Index::from_packages(vec![
+        package(
+            "apache",
+            "1.0.0",
+            "categories: [web, security]\nconditions:\n  kibana.version: ^8.0.0\n",
+        ),
+        package(
+            "apache",
+            "1.1.0",
+            "categories: [web]\nconditions:\n  kibana:\n    version: ^9.0.0\n",
+        ),
+        package("apache", "2.0.0-rc1", "categories: [web]\n"),
+        package("zeek", "0.5.0", "categories: [security, nonsense]\nrelease: experimental\n"),
+        package(
+            "nginx",
+            "1.0.0",
+            "categories: [observability]\npolicy_templates:\n  - name: a\n    title: A\n    description: d\n    categories: [security]\n  - name: b\n    title: B\n    description: d\n",
+        ),
+    ])
+}
+
+fn search(index: &Index, query: &str) -> Vec<String> {
+    let f = Filter::from_query(&parse_query(Some(query)), true).unwrap();
+    index.select(&f).unwrap().iter().map(|p| format!("{}-{}", p.name, p.version)).collect()
+}
+
+#[test]
+fn search_selects_the_newest_matching_version() {
+    let index = index();
+    assert_eq!(search(&index, ""), ["apache-1.1.0", "nginx-1.0.0"]);
+    assert_eq!(search(&index, "kibana.version=8.5.0"), ["apache-1.0.0", "nginx-1.0.0"]);
+    assert_eq!(
+        search(&index, "prerelease=true"),
+        ["apache-2.0.0-rc1", "nginx-1.0.0", "zeek-0.5.0"]
+    );
+    assert_eq!(search(&index, "all=true&package=apache"), ["apache-1.0.0", "apache-1.1.0"]);
+    // A category names its subcategories too; a policy template's category selects the
+    // package with only that template.
+    assert_eq!(search(&index, "category=observability"), ["apache-1.1.0", "nginx-1.0.0"]);
+    let f = Filter::from_query(&parse_query(Some("category=security")), true).unwrap();
+    let found = index.select(&f).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].policy_templates.len(), 1);
+    assert_eq!(found[0].policy_templates[0].name, "a");
+}
+
+#[test]
+fn unknown_categories_are_dropped_and_counted_with_titles() {
+    let index = index();
+    let f = Filter::from_query(&parse_query(Some("prerelease=true")), false).unwrap();
+    let cats = index.categories(&f, false).unwrap();
+    let got: Vec<(String, u64)> = cats.iter().map(|c| (c.id.clone(), c.count)).collect();
+    assert_eq!(got, [("observability".into(), 1), ("security".into(), 1), ("web".into(), 1)]);
+    assert_eq!(cats[2].parent_title.as_deref(), Some("Observability"));
+}
+
+#[test]
+fn query_errors_read_as_the_registry_words_them() {
+    let err = |q: &str| Filter::from_query(&parse_query(Some(q)), true).unwrap_err();
+    assert_eq!(err("prerelease=foo"), "invalid 'prerelease' query param: 'foo'");
+    assert_eq!(
+        err("spec.max=2.10.1"),
+        "invalid 'spec.max' version: invalid version '2.10.1': it should be <major.version>"
+    );
+    assert!(err("discovery=nope").starts_with("invalid 'discovery' query param: 'nope'"));
+}
+
+#[test]
+fn zip_slip_and_bad_manifests_are_refused_naming_the_file() {
+    let slip = zip_of("a", "1.0.0", &[("../../etc/passwd", "x"), ("manifest.yml", "name: a\n")]);
+    let e = Package::read(std::io::Cursor::new(slip), "a", "1.0.0", false).unwrap_err();
+    assert!(format!("{e:#}").contains("not a plain relative path"), "{e:#}");
+    let outside = zip_of("b", "1.0.0", &[]);
+    let mut w = zip::ZipWriter::new_append(std::io::Cursor::new(outside)).unwrap();
+    w.start_file("/abs", zip::write::SimpleFileOptions::default()).unwrap();
+    let outside = w.finish().unwrap().into_inner();
+    assert!(Package::read(std::io::Cursor::new(outside), "b", "1.0.0", false).is_err());
+    let bad = zip_of("c", "1.0.0", &[("manifest.yml", "name: [c\n"), ("docs/README.md", "")]);
+    let e = Package::read(std::io::Cursor::new(bad), "c", "1.0.0", false).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("c-1.0.0/manifest.yml") && e.contains("not valid YAML"), "{e}");
+    let other = zip_of(
+        "d",
+        "1.0.0",
+        &[("manifest.yml", "name: e\nversion: 1.0.0\n"), ("docs/README.md", "")],
+    );
+    let e = Package::read(std::io::Cursor::new(other), "d", "1.0.0", false).unwrap_err();
+    assert!(format!("{e:#}").contains("names e 1.0.0"), "{e:#}");
+}
+
+#[test]
+fn deprecation_of_the_newest_version_shows_on_all() {
+    let index = Index::from_packages(vec![
+        package("old", "1.0.0", ""),
+        package("old", "2.0.0", "deprecated:\n  since: 2.0.0\n  description: gone\n"),
+    ]);
+    assert!(index.packages.iter().all(|p| p.base.deprecated.is_some()));
+}
+
+#[test]
+fn search_over_500_packages_is_fast() {
+    let list: Vec<_> = (0..500)
+        .map(|i| {
+            package(
+                &format!("p{i:03}"),
+                "1.0.0",
+                "categories: [web]\nconditions:\n  kibana.version: ^8.0.0 || ^9.0.0\n",
+            )
+        })
+        .collect();
+    let index = Index::from_packages(list);
+    let f = Filter::from_query(&parse_query(Some("kibana.version=9.1.0&prerelease=true")), true)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let body = pretty(&index.select(&f).unwrap());
+        assert!(body.len() > 1000);
+        worst = worst.max(t.elapsed());
+    }
+    // Unoptimised test builds are several times slower than a release; the target is 10 ms.
+    assert!(
+        worst < std::time::Duration::from_millis(100),
+        "{worst:?} ({:?} for 20)",
+        started.elapsed()
+    );
+}
