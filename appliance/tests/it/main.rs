@@ -25,6 +25,7 @@ mod limits;
 mod local_user;
 mod metrics;
 mod parts;
+mod registry;
 mod secrets;
 mod status;
 mod support;
