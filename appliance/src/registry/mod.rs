@@ -148,9 +148,11 @@ impl Index {
                     let current = &self.packages[chosen[slot]];
                     let replace = if f.experimental {
                         // A release outranks a pre-release, whatever the versions.
-                        !(current.version.is_prerelease() == p.version.is_prerelease()
-                            && current.version >= p.version)
-                            && !(!current.version.is_prerelease() && p.version.is_prerelease())
+                        let (was_pre, is_pre) =
+                            (current.version.is_prerelease(), p.version.is_prerelease());
+                        let keep = (was_pre == is_pre && current.version >= p.version)
+                            || (!was_pre && is_pre);
+                        !keep
                     } else {
                         current.version < p.version
                     };

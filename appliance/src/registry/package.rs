@@ -509,7 +509,7 @@ pub(crate) fn read_entry<R: Read + Seek>(
 fn yaml<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     let value: Value = serde_yaml_ng::from_slice(bytes).context("not valid YAML")?;
     let value = expand(value);
-    Ok(serde_yaml_ng::from_value(value).context("not a manifest the registry reads")?)
+    serde_yaml_ng::from_value(value).context("not a manifest the registry reads")
 }
 
 fn expand(value: Value) -> Value {
