@@ -10,7 +10,9 @@ For each size and transport it prints, and appends to the results file as JSON:
     agents have received it;
   - the time from a restart until every agent has checked in again and is parked, with agents
     that back off as real ones do (30-60 s after a failed check-in): by `serve --takeover`
-    (the new process binds alongside the old, which drains to it), and by stop then start.
+    (the new process takes the socket and the old one drains to it), by stop then start with
+    the socket held across as ferry-appliance.socket holds it (goal), and, as the peer, by stop
+    then start without it (the server binds its own socket).
 Each figure with a goal (KIB_PER_AGENT and the constants beside it) that misses it is printed
 as MISSED, and the run exits 1.
 
@@ -18,7 +20,8 @@ With --storm it measures instead what a storm does to the default configuration:
 arriving at once, retrying refused enrollments as Elastic Agent does (5-10 s, then doubling):
   - seconds until all have enrolled (goal: 60 at 10 000 agents), and the 429s answered;
   - resident memory per parked agent one minute after the last one parked (goal: TLS 24 KiB,
-    plain 12);
+    plain 12), and again after every agent reconnected at once (the simulator killed and
+    started again with the same agents, `ferry-sim run --state`);
 and exits 1 when a goal is missed.
 
 Usage: scripts/bench-fleet.py [--sizes 1000,5000,10000,19000] [--modes plain,tls] [--out FILE]
@@ -31,6 +34,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -104,6 +108,11 @@ class Sim:
             time.sleep(0.1)
         raise TimeoutError(f"simulator never reached the condition; last: {self.last()}")
 
+    def kill(self):
+        """As a power cut or a network outage would: no connection closed cleanly."""
+        self.proc.kill()
+        self.proc.wait()
+
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
         try:
@@ -139,9 +148,28 @@ def config(work, mode, port, defaults=False):
     return path, f"{scheme}://127.0.0.1:{port}"
 
 
-def start(work, cfg, *extra):
-    proc = subprocess.Popen([f"{BIN}/ferry-appliance", "-c", cfg, "serve", *extra], cwd=work,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def held_socket(port):
+    """The agent listener as systemd's ferry-appliance.socket holds it, across restarts."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+    return sock
+
+
+def start(work, cfg, *extra, held=None):
+    """`serve` (with `extra` arguments); with `held`, socket-activated as systemd starts it:
+    the socket as descriptor 3, LISTEN_FDS=1 and LISTEN_PID the server's own pid."""
+    argv = [f"{BIN}/ferry-appliance", "-c", cfg, "serve", *extra]
+    kw = {}
+    if held is not None:
+        fd = held.fileno()
+        assert fd < 10, "the shell redirects single-digit descriptors only"
+        moved = "" if fd == 3 else f" 3<&{fd} {fd}<&-"
+        argv = ["sh", "-c", f'LISTEN_PID=$$ exec "$0" "$@"{moved}', *argv]
+        kw = {"env": {**os.environ, "LISTEN_FDS": "1"}, "pass_fds": (fd,)}
+    proc = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, **kw)
     for line in proc.stdout:
         if line.startswith("admin API on"):
             break
@@ -149,14 +177,14 @@ def start(work, cfg, *extra):
     return proc
 
 
-def fresh(work, mode, port, defaults=False):
+def fresh(work, mode, port, defaults=False, held=None):
     """A fresh appliance serving bundle 1: its configuration, process, resident memory before
     any agent, the simulator's target arguments and its PGP arguments."""
     cfg, url = config(work, mode, port, defaults)
     data = os.path.join(work, f"data-{mode}")
     shutil.rmtree(data, ignore_errors=True)
     run(f"{BIN}/ferry-appliance", "-c", cfg, "import", "dist/bench-1.ferry", "-q", cwd=work)
-    server = start(work, cfg)
+    server = start(work, cfg, held=held)
     base_rss = rss_kib(server.pid)
     token = run(f"{BIN}/ferry-appliance", "-c", cfg, "tokens", "create", "--policy", "default-policy", cwd=work).stdout.strip()
     ca = ["--ca", os.path.join(data, "tls", "ca.pem")] if mode == "tls" else []
@@ -167,7 +195,9 @@ def fresh(work, mode, port, defaults=False):
 
 
 def one(work, mode, n, port):
-    cfg, server, base_rss, target, pgp = fresh(work, mode, port)
+    # Served as the package serves it with ferry-appliance.socket enabled.
+    held = held_socket(port)
+    cfg, server, base_rss, target, pgp = fresh(work, mode, port, held=held)
     sim = Sim([f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", "1000", "--report-ms", "100"])
     sim.wait(lambda l: l.get("enrolled") == n and l.get("in_checkin") == n, 300)
     time.sleep(5)
@@ -186,18 +216,18 @@ def one(work, mode, n, port):
     at100 = sim.wait(lambda l: l.get("revisions", {}).get("2", 0) >= n, 120)["epoch_ms"]
     time.sleep(3)
 
-    def restart(takeover):
+    def restart(takeover, held):
         errors_before = sum(sim.last().get("errors", {}).values())
         checkins_before = sim.last().get("checkins", 0)
         begin_ms = int(time.time() * 1000)
         if takeover:
-            # The new process binds alongside and the old one drains to it.
-            new = start(work, cfg, "--takeover")
+            # The new process takes the same socket and the old one drains to it.
+            new = start(work, cfg, "--takeover", held=held)
             server.wait(30)
         else:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
-            new = start(work, cfg)
+            new = start(work, cfg, held=held)
         # Back: every agent has checked in since, and all are parked again.
         try:
             back = sim.wait(lambda l: l["checkins"] >= checkins_before + n and l.get("in_checkin") == n, 120)
@@ -207,9 +237,14 @@ def one(work, mode, n, port):
         errors = sum(sim.last().get("errors", {}).values()) - errors_before
         return new, took, errors
 
-    server, takeover_s, takeover_errors = restart(True)
+    server, takeover_s, takeover_errors = restart(True, held)
     time.sleep(3)
-    server, stop_start_s, stop_start_errors = restart(False)
+    server, stop_start_s, stop_start_errors = restart(False, held)
+    # The peer: a stop and start without the socket unit (the server binds its own socket, and
+    # connections meet a refusal while none runs). The server holds its copy until it stops.
+    held.close()
+    time.sleep(3)
+    server, unheld_s, unheld_errors = restart(False, None)
     sim.stop()
     server.send_signal(signal.SIGTERM)
     server.wait(30)
@@ -225,6 +260,8 @@ def one(work, mode, n, port):
         "takeover_failed_checkins": takeover_errors,
         "stop_start_all_back_s": stop_start_s,
         "stop_start_failed_checkins": stop_start_errors,
+        "stop_start_unheld_all_back_s": unheld_s,
+        "stop_start_unheld_failed_checkins": unheld_errors,
     }
 
 
@@ -241,7 +278,11 @@ def storm(work, mode, n, port):
     """The default configuration under a storm: n agents at once (see the module's doc)."""
     _, server, base_rss, target, pgp = fresh(work, mode, port, defaults=True)
     begin_ms = int(time.time() * 1000)
-    sim = Sim([f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", str(n * 100), "--report-ms", "100"])
+    state = os.path.join(work, f"sim-state-{mode}-{n}")
+    shutil.rmtree(state, ignore_errors=True)
+    fleet = [f"{BIN}/ferry-sim", "run", *target, *pgp, "--agents", str(n), "--ramp", str(n * 100),
+             "--report-ms", "100", "--state", state]
+    sim = Sim(fleet)
     try:
         enrolled = sim.wait(lambda l: l.get("enrolled") == n, 300)
         enrolled_s = round((enrolled["epoch_ms"] - begin_ms) / 1000, 1)
@@ -256,6 +297,18 @@ def storm(work, mode, n, port):
     time.sleep(60)
     per_agent = (rss_kib(server.pid) - base_rss) / n
     errors = sim.last().get("errors", {})
+    # Every agent reconnects at once (the simulator killed and started again with the same
+    # agents, as after an outage): measured again a minute after all are parked.
+    sim.kill()
+    again_ms = int(time.time() * 1000)
+    sim = Sim(fleet)
+    try:
+        back = sim.wait(lambda l: l.get("enrolled") == n and l.get("in_checkin") == n, 300)
+        back_s = round((back["epoch_ms"] - again_ms) / 1000, 1)
+    except TimeoutError:
+        back_s = None
+    time.sleep(60)
+    per_agent_again = (rss_kib(server.pid) - base_rss) / n
     sim.stop()
     server.send_signal(signal.SIGTERM)
     server.wait(30)
@@ -263,24 +316,32 @@ def storm(work, mode, n, port):
         "storm": True, "mode": mode, "agents": n,
         "all_enrolled_s": enrolled_s, "all_parked_s": parked_s, "errors": errors,
         "enroll_429": refused, "rss_kib_per_agent": round(per_agent, 1),
+        "reconnected_all_parked_s": back_s, "rss_kib_per_agent_reconnected": round(per_agent_again, 1),
     }
 
 
 def storms(args, work):
     missed = False
-    print(f"{'mode':5} {'agents':>6} {'all enrolled':>12} {'all parked':>10} {'429s':>7} {'KiB/agent':>9}  errors", flush=True)
+    print(f"{'mode':5} {'agents':>6} {'all enrolled':>12} {'all parked':>10} {'429s':>7} {'KiB/agent':>9} "
+          f"{'reconnected':>11} {'KiB/agent':>9}  errors", flush=True)
     for n in [int(x) for x in args.sizes.split(",")]:
         for mode in args.modes.split(","):
             r = storm(work, mode, n, 18300 if mode == "plain" else 18400)
             print(f"{mode:5} {n:>6} {str(r['all_enrolled_s']) + ' s':>12} {str(r['all_parked_s']) + ' s':>10} "
-                  f"{r['enroll_429']:>7} {r['rss_kib_per_agent']:>9}  {r['errors']}", flush=True)
+                  f"{r['enroll_429']:>7} {r['rss_kib_per_agent']:>9} {str(r['reconnected_all_parked_s']) + ' s':>11} "
+                  f"{r['rss_kib_per_agent_reconnected']:>9}  {r['errors']}", flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(r) + "\n")
             if r["all_enrolled_s"] is None or (n <= 10000 and r["all_enrolled_s"] > STORM_ENROLLED_S):
                 print(f"MISSED: all {n} enrolled within {STORM_ENROLLED_S} s ({mode})", flush=True)
                 missed = True
-            if r["rss_kib_per_agent"] > KIB_PER_AGENT[mode]:
-                print(f"MISSED: {KIB_PER_AGENT[mode]} KiB per parked agent ({mode})", flush=True)
+            for when in ("", "_reconnected"):
+                if r["rss_kib_per_agent" + when] > KIB_PER_AGENT[mode]:
+                    print(f"MISSED: {KIB_PER_AGENT[mode]} KiB per parked agent{when.replace('_', ' ')} ({mode})",
+                          flush=True)
+                    missed = True
+            if r["reconnected_all_parked_s"] is None:
+                print(f"MISSED: not all {n} reconnected agents parked within 300 s ({mode})", flush=True)
                 missed = True
     return 1 if missed else 0
 
@@ -302,7 +363,8 @@ def main():
     results = []
     missed = False
     header = (f"{'mode':5} {'agents':>6} {'KiB/agent':>9} {'vs FS':>6} {'idle CPU':>8} {'enroll p50/p99':>15} "
-              f"{'ack p50/p99':>13} {'status p50/p99':>15} {'policy 99%/100%':>16} {'takeover':>9} {'stop+start':>10}")
+              f"{'ack p50/p99':>13} {'status p50/p99':>15} {'policy 99%/100%':>16} {'takeover':>9} {'stop+start':>10} "
+              f"{'(no socket unit)':>16}")
     print(header, flush=True)
     for n in [int(x) for x in args.sizes.split(",")]:
         for mode in args.modes.split(","):
@@ -314,7 +376,8 @@ def main():
                   f"{lat('enroll'):>15} {lat('ack'):>13} {lat('status'):>15} "
                   f"{r['policy_99_s']:>7}/{r['policy_100_s']:<7}s {r['takeover_all_back_s']}s "
                   f"({r['takeover_failed_checkins']} failed) {r['stop_start_all_back_s']}s "
-                  f"({r['stop_start_failed_checkins']} failed)", flush=True)
+                  f"({r['stop_start_failed_checkins']} failed) ({r['stop_start_unheld_all_back_s']}s, "
+                  f"{r['stop_start_unheld_failed_checkins']} failed)", flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(r) + "\n")
             misses = missed_goals(r)

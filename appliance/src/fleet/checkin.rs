@@ -823,4 +823,17 @@ mod tests {
         assert_eq!(cut("ééé", 5), "é…");
         assert!(cut(&"é".repeat(100), 64).len() <= 64);
     }
+
+    /// A parked check-in's future is boxed by the router and held for the whole long poll by
+    /// every parked agent, so a buffer kept on its stack across an `.await` costs the fleet
+    /// (1.3 KiB when this test was written; the connection's own task is held under 4 KiB in
+    /// `net/http1.rs`).
+    #[test]
+    fn a_parked_check_in_stays_small() {
+        fn size<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let bytes = size(checkin);
+        assert!(bytes <= 2 << 10, "a check-in's future takes {bytes} bytes");
+    }
 }
