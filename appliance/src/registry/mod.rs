@@ -1,17 +1,20 @@
 //! An Elastic Package Registry (EPR) for Kibana (`xpack.fleet.registryUrl`), served from the
 //! integration packages of the active release under [`PREFIX`] on the agent listener: `/search`,
-//! `/categories`, `/epr/{name}/{name}-{version}.zip` and `.zip.sig`, the files inside a package
+//! `/categories`, `/epr/{name}/{name}-{version}.zip` and `.zip.sig`, a package's index JSON
+//! (`/package/{name}/{version}/`), the files inside a package
 //! (`/package/{name}/{version}/{file}`), `/health` and the index (`/`). The routes, query
 //! parameters, error texts and status codes, and cache headers follow Elastic's
 //! package-registry (`main.go`, `search.go`, `categories.go`, `artifacts.go`,
-//! `signatures.go`, `static.go`, `handler.go`, `packages/packages.go`); the index of
-//! packages is built once per release (on its first use, which the release watcher makes as
-//! soon as a release activates) and held in memory.
+//! `signatures.go`, `package_index.go`, `static.go`, `handler.go`, `packages/packages.go`);
+//! the index of packages, each package's index JSON included, is built once per release (on
+//! its first use, which the release watcher makes as soon as a release activates) and held in
+//! memory.
 //!
-//! Not yet served: a package's index JSON (`/package/{name}/{version}/`, answered 404), the
-//! favicon, and `/categories`' and `/search`'s response caches (they are cheap to recompute).
+//! Not yet served: the favicon, and `/categories`' and `/search`'s response caches (they are
+//! cheap to recompute).
 
 mod categories;
+mod detail;
 mod package;
 mod semver;
 
@@ -107,6 +110,20 @@ impl Index {
         for (mut p, b) in found {
             if let Some((_, notice)) = notices.get(p.name()) {
                 p.base.deprecated = Some(notice.clone());
+            }
+            // Written now, with the deprecation notice the index shows on every version.
+            let detail = std::mem::take(&mut p.detail);
+            let written = serde_json::to_value(&p.base)
+                .and_then(|base| detail::index_json(base, &detail))
+                .map(|value| axum::body::Bytes::from(pretty(&value)));
+            match written {
+                Ok(bytes) => p.index_json = Some(bytes),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    package = p.name(),
+                    version = %p.base.version,
+                    "a package's index JSON cannot be written"
+                ),
             }
             index
                 .by_key
@@ -457,7 +474,7 @@ fn pretty<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     bytes
 }
 
-fn json(bytes: Vec<u8>, max_age: u32) -> Response {
+fn json(bytes: impl IntoResponse, max_age: u32) -> Response {
     let mut r =
         (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     cache(&mut r, max_age);
@@ -664,13 +681,23 @@ async fn artifact(state: &Arc<AppState>, index: &Index, request: &Parts, file: &
     response
 }
 
-/// `/package/{name}/{version}/`: the package's index JSON, not served yet.
+/// `/package/{name}/{version}/` (`package_index.go`): the package's index JSON, written when
+/// the index was built, with the index's cache lifetime as the registry gives it.
 fn package_index(index: &Index, name: &str, version: &str) -> Response {
+    // The registry's route takes only such names; another is no route at all.
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return no_route();
+    }
     if Version::strict(version).is_none() {
         return error(StatusCode::BAD_REQUEST, "invalid package version");
     }
-    let _ = index.find(name, version);
-    not_found("package revision not found")
+    let Some(i) = index.find(name, version) else {
+        return not_found("package revision not found");
+    };
+    match &index.packages[i].index_json {
+        Some(bytes) => json(bytes.clone(), CACHE_INDEX),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    }
 }
 
 /// `/package/{name}/{version}/{file}` (`static.go`): a file from inside the package's zip,

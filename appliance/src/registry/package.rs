@@ -1,8 +1,8 @@
 //! One integration package: its zip read once when a release activates, its `manifest.yml`
-//! (and its data streams' manifests) turned into what `/search` answers for it, and the map of
-//! its files for `/package/{name}/{version}/{file}`. The JSON fields, their order and when
-//! they are left out follow the registry's `BasePackage` (`packages/package.go`,
-//! `packages/datastream.go`).
+//! (and its data streams' manifests) turned into what `/search` answers for it, what its index
+//! JSON adds (`super::detail`), and the map of its files for `/package/{name}/{version}/{file}`.
+//! The JSON fields, their order and when they are left out follow the registry's `BasePackage`
+//! (`packages/package.go`, `packages/datastream.go`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
 use super::categories;
+use super::detail::{self, DataStreamManifest, Detail, FullManifest};
 use super::semver::{Constraint, Version};
 
 /// The largest `manifest.yml` read from a package: real ones are a few KiB.
@@ -251,18 +252,14 @@ struct Manifest {
     group: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct DataStreamManifest {
-    #[serde(default, rename = "type")]
-    kind: String,
-    #[serde(default)]
-    dataset: String,
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    release: String,
-    #[serde(default)]
-    deprecated: Option<Value>,
+/// What reading the zip found besides the manifests.
+struct Scanned<'a> {
+    name: &'a str,
+    version: &'a str,
+    signed: bool,
+    has_readme: bool,
+    files: BTreeMap<String, usize>,
+    entries: Vec<(String, bool)>,
 }
 
 /// A package as the index holds it: what `/search` shows, and what filters look at.
@@ -277,6 +274,11 @@ pub(crate) struct Package {
     /// The package's files (directories left out), relative to its top folder, to their index
     /// in the zip.
     pub files: BTreeMap<String, usize>,
+    /// What the index JSON adds to `base`; taken when the index JSON is written.
+    pub detail: Detail,
+    /// `/package/{name}/{version}/`'s answer, written once the index knows every version (a
+    /// deprecation notice is the newest version's); `None` if it could not be written.
+    pub index_json: Option<axum::body::Bytes>,
 }
 
 impl Package {
@@ -292,6 +294,9 @@ impl Package {
         let mut zip = zip::ZipArchive::new(reader).context("not a readable zip archive")?;
         let top = format!("{name}-{version}/");
         let mut files = BTreeMap::new();
+        // Every entry below the top folder in zip order, directories included: the order and
+        // the levels the registry's asset listing walks (`collectAssets` over the zip).
+        let mut entries: Vec<(String, bool)> = Vec::new();
         for i in 0..zip.len() {
             let entry = zip.by_index_raw(i)?;
             let raw = entry.name()?.into_owned();
@@ -307,21 +312,27 @@ impl Package {
             {
                 bail!("entry {raw:?} is not a plain relative path");
             }
+            entries.push((relative_file.to_owned(), entry.is_dir()));
             if !entry.is_dir() {
                 files.insert(relative.to_owned(), i);
             }
         }
         let manifest_index =
             *files.get("manifest.yml").with_context(|| format!("no {top}manifest.yml"))?;
-        let manifest: Manifest = yaml(&read_entry(&mut zip, manifest_index, MANIFEST_LIMIT)?)
-            .with_context(|| format!("{top}manifest.yml"))?;
+        let context = || format!("{top}manifest.yml");
+        let value = yaml_value(&read_entry(&mut zip, manifest_index, MANIFEST_LIMIT)?)
+            .with_context(context)?;
+        let manifest: Manifest = typed(value.clone()).with_context(context)?;
+        let full: FullManifest = typed(value).with_context(context)?;
         let mut data_streams = Vec::new();
-        // Sorted, as the registry's glob of `data_stream/*/manifest.yml` is.
-        let streams: Vec<(String, usize)> = files
+        // In zip order, as the registry's glob of `data_stream/*/manifest.yml` over a zip is
+        // (a directory package zipped in path order gives its sorted glob).
+        let streams: Vec<(String, usize)> = entries
             .iter()
-            .filter_map(|(path, i)| {
+            .filter_map(|(path, _)| {
                 let dir = path.strip_prefix("data_stream/")?.strip_suffix("/manifest.yml")?;
-                (!dir.contains('/')).then(|| (dir.to_owned(), *i))
+                let i = *files.get(path.as_str())?;
+                (!dir.contains('/')).then(|| (dir.to_owned(), i))
             })
             .collect();
         for (dir, i) in streams {
@@ -330,18 +341,21 @@ impl Package {
             data_streams.push((dir, m));
         }
         let has_readme = files.contains_key("docs/README.md");
-        Package::from_manifest(manifest, data_streams, name, version, signed, has_readme, files)
+        Package::from_manifest(
+            manifest,
+            full,
+            data_streams,
+            Scanned { name, version, signed, has_readme, files, entries },
+        )
     }
 
     fn from_manifest(
         m: Manifest,
+        full: FullManifest,
         streams: Vec<(String, DataStreamManifest)>,
-        name: &str,
-        version: &str,
-        signed: bool,
-        has_readme: bool,
-        files: BTreeMap<String, usize>,
+        read: Scanned<'_>,
     ) -> anyhow::Result<Package> {
+        let Scanned { name, version, signed, has_readme, files, entries } = read;
         if m.name != name || m.version != version {
             bail!(
                 "manifest.yml names {} {}, but the bundle carries it as {name} {version}",
@@ -399,19 +413,41 @@ impl Package {
             })
             .collect();
         let mut data_streams = Vec::new();
+        let mut full_streams = Vec::new();
         for (dir, s) in streams {
-            let ds_release = if s.release.is_empty() { &release } else { &s.release };
+            let ds_release = if s.release.is_empty() { release.clone() } else { s.release.clone() };
             if !["experimental", "beta", "ga"].contains(&ds_release.as_str()) {
                 bail!("data_stream/{dir}/manifest.yml: invalid release {ds_release:?}");
             }
-            let dataset = if s.dataset.is_empty() { format!("{name}.{dir}") } else { s.dataset };
+            let dataset =
+                if s.dataset.is_empty() { format!("{name}.{dir}") } else { s.dataset.clone() };
             data_streams.push(DataStream {
-                kind: s.kind,
-                dataset,
-                title: s.title,
-                deprecated: s.deprecated,
+                kind: s.kind.clone(),
+                dataset: dataset.clone(),
+                title: s.title.clone(),
+                deprecated: s.deprecated.clone(),
             });
+            full_streams.push(detail::data_stream(s, name, &dir, dataset, ds_release, &files));
         }
+        let kind = if m.kind.is_empty() { "integration".to_owned() } else { m.kind };
+        let subscription = m
+            .conditions
+            .as_ref()
+            .and_then(|c| c.elastic.as_ref())
+            .map(|e| e.subscription.clone())
+            .unwrap_or_default();
+        let detail = detail::build(
+            full,
+            detail::Context {
+                url_path: &url_path,
+                kind: &kind,
+                format_version: m.format_version.clone(),
+                subscription,
+                files: &files,
+                entries: &entries,
+            },
+            full_streams,
+        );
         let base = BasePackage {
             name: m.name.clone(),
             title: m.title,
@@ -419,7 +455,7 @@ impl Package {
             release,
             source: m.source,
             description: m.description,
-            kind: if m.kind.is_empty() { "integration".to_owned() } else { m.kind },
+            kind,
             download: format!("/epr/{name}/{name}-{version}.zip"),
             path: url_path.clone(),
             icons: m.icons.unwrap_or_default().into_iter().map(image_path).collect(),
@@ -445,7 +481,7 @@ impl Package {
             requires: m.requires,
             group: m.group,
         };
-        Ok(Package { base, version: parsed, spec, kibana, agent, files })
+        Ok(Package { base, version: parsed, spec, kibana, agent, files, detail, index_json: None })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -474,7 +510,7 @@ impl Package {
 
 /// `path.Join(base, src)`: the image's URL path, with `.` and `..` resolved and one slash
 /// between the parts.
-fn join(base: &str, src: &str) -> String {
+pub(super) fn join(base: &str, src: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for c in base.split('/').chain(src.split('/')) {
         match c {
@@ -507,12 +543,22 @@ pub(crate) fn read_entry<R: Read + Seek>(
 /// (`kibana.version: ^8.0.0`) is the nested one, and scalars read as strings where a string
 /// is expected (`version: 1.0` stays the text it was written as).
 fn yaml<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
+    typed(yaml_value(bytes)?)
+}
+
+/// The YAML as go-ucfg holds it: dotted keys nested, empty values gone, numbers as text except
+/// below the keys whose Go fields are untyped (`default` of a variable, a data stream's
+/// `index_template`), where go-ucfg keeps them numbers and the index JSON shows them so.
+fn yaml_value(bytes: &[u8]) -> anyhow::Result<Value> {
     let value: Value = serde_yaml_ng::from_slice(bytes).context("not valid YAML")?;
-    let value = expand(value);
+    Ok(expand(value, false))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> anyhow::Result<T> {
     serde_yaml_ng::from_value(value).context("not a manifest the registry reads")
 }
 
-fn expand(value: Value) -> Value {
+fn expand(value: Value, keep_numbers: bool) -> Value {
     match value {
         Value::Mapping(map) => {
             let mut out = serde_yaml_ng::Mapping::new();
@@ -521,7 +567,15 @@ fn expand(value: Value) -> Value {
                 if v.is_null() {
                     continue;
                 }
-                let v = expand(v);
+                // go-ucfg's keys are text; JSON's must be.
+                let k = match k {
+                    Value::Number(n) => Value::String(n.to_string()),
+                    Value::Bool(b) => Value::String(b.to_string()),
+                    k => k,
+                };
+                let untyped = matches!(&k, Value::String(s)
+                    if matches!(s.split('.').next(), Some("default" | "index_template")));
+                let v = expand(v, keep_numbers || untyped);
                 match k {
                     Value::String(s) if s.contains('.') => {
                         let mut parts = s.split('.').rev();
@@ -542,9 +596,18 @@ fn expand(value: Value) -> Value {
             }
             Value::Mapping(out)
         }
-        Value::Sequence(items) => Value::Sequence(items.into_iter().map(expand).collect()),
+        Value::Sequence(items) => {
+            Value::Sequence(items.into_iter().map(|v| expand(v, keep_numbers)).collect())
+        }
+        // Go's JSON writes a whole float64 without a fraction (`1.0` is `1`).
+        Value::Number(n) if keep_numbers => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                Value::Number((f as i64).into())
+            }
+            _ => Value::Number(n),
+        },
         Value::Number(n) => Value::String(n.to_string()),
-        Value::Tagged(t) => expand(t.value),
+        Value::Tagged(t) => expand(t.value, keep_numbers),
         other => other,
     }
 }

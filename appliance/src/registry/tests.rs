@@ -24,6 +24,10 @@ fn package(name: &str, version: &str, extra: &str) -> (Package, Blobs) {
     let bytes =
         zip_of(name, version, &[("manifest.yml", &manifest), ("docs/README.md", "# readme\n")]);
     let p = Package::read(std::io::Cursor::new(bytes), name, version, false).unwrap();
+    (p, blobs(name, version))
+}
+
+fn blobs(name: &str, version: &str) -> Blobs {
     let entry: FileEntry = serde_json::from_value(serde_json::json!({
         "path": format!("packages/{name}-{version}.zip"),
         "size": 1,
@@ -32,7 +36,7 @@ fn package(name: &str, version: &str, extra: &str) -> (Package, Blobs) {
         "kind": "package",
     }))
     .unwrap();
-    (p, Blobs { zip: entry, sig: None })
+    Blobs { zip: entry, sig: None }
 }
 
 fn index() -> Index {
@@ -133,6 +137,82 @@ fn deprecation_of_the_newest_version_shows_on_all() {
         package("old", "2.0.0", "deprecated:\n  since: 2.0.0\n  description: gone\n"),
     ]);
     assert!(index.packages.iter().all(|p| p.base.deprecated.is_some()));
+    // The index JSON, written with the index, shows it on the older version too.
+    let old: serde_json::Value =
+        serde_json::from_slice(index.packages[0].index_json.as_ref().unwrap()).unwrap();
+    assert_eq!(old["deprecated"]["description"], "gone");
+}
+
+#[test]
+fn package_index_json_is_the_full_package_with_the_registrys_defaults() {
+    let manifest = "format_version: 3.0.0\nname: web\ntitle: Web\nversion: 1.0.0\n\
+        description: d\ntype: integration\nconditions:\n  elastic.subscription: gold\n\
+        screenshots:\n  - src: /img/s.png\n    title: S\n\
+        policy_templates:\n  - name: web\n    title: W\n    description: wd\n\
+        \x20   inputs:\n      - type: logfile\n        vars:\n          - name: paths\n\
+        \x20           type: text\n            multi: true\n            default: [/var/log/a.log]\n\
+        vars:\n  - name: port\n    type: integer\n    default: 8080\n\
+        agent:\n  privileges:\n    root: true\n";
+    let stream = "title: Access\ntype: logs\nstreams:\n  - input: logfile\n    vars:\n\
+        \x20     - name: n\n        type: integer\n        default: 1.0\n";
+    let bytes = zip_of(
+        "web",
+        "1.0.0",
+        &[
+            ("manifest.yml", manifest),
+            ("docs/README.md", "# readme\n"),
+            ("docs/web.md", "# web\n"),
+            ("data_stream/access/manifest.yml", stream),
+            ("img/s.png", "png"),
+        ],
+    );
+    let p = Package::read(std::io::Cursor::new(bytes), "web", "1.0.0", false).unwrap();
+    let index = Index::from_packages(vec![(p, blobs("web", "1.0.0"))]);
+    let got: serde_json::Value =
+        serde_json::from_slice(index.packages[0].index_json.as_ref().unwrap()).unwrap();
+    let var = |name: &str, kind: &str, multi: bool, default: serde_json::Value| {
+        serde_json::json!({"name": name, "type": kind, "multi": multi, "required": false,
+            "show_user": false, "default": default})
+    };
+    let want = serde_json::json!({
+        "name": "web", "title": "Web", "version": "1.0.0", "release": "ga",
+        "description": "d", "type": "integration",
+        "download": "/epr/web/web-1.0.0.zip", "path": "/package/web/1.0.0",
+        "conditions": {"elastic": {"subscription": "gold"}},
+        "format_version": "3.0.0",
+        "readme": "/package/web/1.0.0/docs/README.md",
+        // No `license`: the deprecated subscription names it.
+        "license": "gold",
+        "screenshots": [{"src": "/img/s.png", "path": "/package/web/1.0.0/img/s.png", "title": "S"}],
+        // Level by level, each in zip order.
+        "assets": [
+            "/package/web/1.0.0/manifest.yml",
+            "/package/web/1.0.0/docs/README.md",
+            "/package/web/1.0.0/docs/web.md",
+            "/package/web/1.0.0/img/s.png",
+            "/package/web/1.0.0/data_stream/access/manifest.yml",
+        ],
+        "policy_templates": [{
+            "name": "web", "title": "W", "description": "wd",
+            "inputs": [{"type": "logfile",
+                "vars": [var("paths", "text", true, serde_json::json!(["/var/log/a.log"]))]}],
+            "multiple": true,
+            "readme": "/package/web/1.0.0/docs/web.md",
+        }],
+        "data_streams": [{
+            "type": "logs", "dataset": "web.access", "title": "Access", "release": "ga",
+            "streams": [{
+                "input": "logfile",
+                // A whole float is written as Go writes it: `1`.
+                "vars": [var("n", "integer", false, serde_json::json!(1))],
+                "template_path": "stream.yml.hbs", "enabled": true, "ingestion_method": "File",
+            }],
+            "package": "web", "path": "access",
+        }],
+        "vars": [var("port", "integer", false, serde_json::json!(8080))],
+        "agent": {"privileges": {"root": true}},
+    });
+    assert_eq!(got, want, "{}", serde_json::to_string_pretty(&got).unwrap());
 }
 
 #[test]
