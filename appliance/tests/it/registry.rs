@@ -1,9 +1,10 @@
 //! The package registry (`/registry/…`) against Elastic's own expectations: the packages of
 //! package-registry's `testdata/` (read from a git directory at test time, never copied here:
 //! they are under the Elastic License) zipped in the registry's layout, carried in a signed
-//! bundle, imported, and each URL of its `TestEndpoints` (and the artifact, signature and
-//! static-file tests) asked of the real server over loopback HTTPS, the answer compared with
-//! the golden file: JSON as JSON values (array order included), text byte for byte.
+//! bundle, imported, and each URL of its `TestEndpoints` (and the artifact, signature,
+//! static-file and package index tests, `TestAllPackageIndex`'s every package version
+//! included) asked of the real server over loopback HTTPS, the answer compared with the golden
+//! file: JSON as JSON values (array order included), text byte for byte.
 //!
 //! `FERRY_EPR_REPO` names the git directory (default: the mirror on the development machine);
 //! without it the test says so on one line and passes, unless `FERRY_REQUIRE_EPR_GOLDEN=1`.
@@ -137,6 +138,36 @@ const COVERED: &[(&str, &str)] = &[
     ("/package/example/1.0.0/img/kibana-envoyproxy.jpg", "example-1.0.0-screenshot.jpg"),
     ("/package/example/1.0.1/docs/README.md", "example-1.0.1-README.md"),
     ("/package/example/1.0.1/img/kibana-envoyproxy.jpg", "example-1.0.1-screenshot.jpg"),
+    // TestPackageIndex; TestAllPackageIndex's URLs are found in the testdata.
+    ("/package/example/1.0.0/", "package.json"),
+    ("/package/example/1.0.1/", "package-zip.json"),
+    ("/package/nodirentries/1.0.0/", "package-zip-nodirentries.json"),
+    ("/package/missing/1.0.0/", "index-package-not-found.txt"),
+    ("/package/example/999.0.0/", "index-package-revision-not-found.txt"),
+    ("/package/example/a.b.c/", "index-package-invalid-version.txt"),
+    ("/package/sql_input/1.0.1/", "sql-input-package-not-found.json"),
+    ("/package/sql_input/0.3.0/", "sql-input-package.json"),
+    ("/package/datasources/1.0.0/", "datasources-1.0.0-package.json"),
+    ("/package/deprecated_input_package/1.0.0/", "package-deprecated-input-package-1.0.0.json"),
+    ("/package/deprecated_input_policy/1.0.0/", "package-deprecated-input-policy-1.0.0.json"),
+    (
+        "/package/deprecated_integration_input/1.0.0/",
+        "package-deprecated-integration-input-1.0.0.json",
+    ),
+    (
+        "/package/deprecated_integration_stream/1.0.0/",
+        "package-deprecated-integration-stream-1.0.0.json",
+    ),
+];
+
+/// Golden answers for a package version that another of the same name and version hides here:
+/// the registry's tests read a different set of package folders each, while our one bundle
+/// carries the first met (the zips, then `second_package_path`, then `package`).
+const SHADOWED: &[(&str, &str)] = &[
+    // TestAllPackageIndex's folder package; the signed zip of the same version is served.
+    ("/package/example/1.0.1/", "package/example/1.0.1/index.json"),
+    // TestPackageIndex's, without `second_package_path`, whose 1.1.0 is served.
+    ("/package/multiversion/1.1.0/", "package-multiversion-1.1.0.json"),
 ];
 
 /// Golden URLs not served yet, so the gap stays in view.
@@ -147,8 +178,8 @@ const NOT_COVERED: &[(&str, &str)] = &[
         "unknown parameters are always allowed (the registry's default)",
     ),
     (
-        "/package/{name}/{version}/",
-        "package index JSON (TestPackageIndex, TestAllPackageIndex): answered 404",
+        "/package/example/1.0.1/, /package/multiversion/1.1.0/",
+        "one golden file each of two, for two packages of the same name and version (SHADOWED)",
     ),
     (
         "/epr/example/example-0.0.2.zip",
@@ -312,8 +343,39 @@ fn answers_as_elastics_package_registry() {
     let server = Server::start(&fixture);
 
     let golden = testdata.join("generated");
+    let mut urls: Vec<(String, String)> =
+        COVERED.iter().map(|(u, f)| ((*u).to_owned(), (*f).to_owned())).collect();
+    // TestAllPackageIndex: every folder package's index JSON, by the manifests it finds.
+    for base in ["second_package_path", "package"] {
+        let mut manifests = Vec::new();
+        for pkg in std::fs::read_dir(testdata.join(base)).unwrap() {
+            let pkg = pkg.unwrap().path();
+            if !pkg.is_dir() {
+                continue;
+            }
+            for version in std::fs::read_dir(pkg).unwrap() {
+                let m = version.unwrap().path().join("manifest.yml");
+                if m.is_file() {
+                    manifests.push(m);
+                }
+            }
+        }
+        manifests.sort();
+        for m in manifests {
+            let (name, version) = name_version(&std::fs::read(m).unwrap());
+            let url = format!("/package/{name}/{version}/");
+            let file = format!("package/{name}/{version}/index.json");
+            if SHADOWED.iter().any(|(u, f)| *u == url && *f == file)
+                || urls.iter().any(|(u, f)| *u == url && *f == file)
+            {
+                continue;
+            }
+            urls.push((url, file));
+        }
+    }
     let mut failures = Vec::new();
-    for (url, file) in COVERED {
+    for (url, file) in &urls {
+        let (url, file) = (url.as_str(), file.as_str());
         let (status, headers, body) = server.get(&format!("/registry{url}"), &[]);
         let want = std::fs::read(golden.join(file)).unwrap();
         let problem = compare(url, file, &want, &body);
@@ -336,14 +398,14 @@ fn answers_as_elastics_package_registry() {
     }
     eprintln!(
         "{} golden URLs compared; not covered yet: {}",
-        COVERED.len(),
+        urls.len(),
         NOT_COVERED.iter().map(|(u, why)| format!("{u} ({why})")).collect::<Vec<_>>().join("; ")
     );
     assert!(
         failures.is_empty(),
         "{} of {} differ:\n{}",
         failures.len(),
-        COVERED.len(),
+        urls.len(),
         failures.join("\n")
     );
 }
