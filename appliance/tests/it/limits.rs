@@ -235,17 +235,19 @@ fn a_stopping_server_answers_parked_check_ins_and_keeps_their_reports() {
     drop(server);
 }
 
+/// Points the fixture's agent listener (`server.listen`) at a fixed address.
+fn listen_on(f: &Fixture, addr: &str) {
+    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
+    let config = config.replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"{addr}\""));
+    std::fs::write(f.path("appliance.toml"), config).unwrap();
+}
+
 #[test]
 fn a_takeover_replaces_the_server_without_agents_noticing() {
     let f = Fixture::new();
     // A takeover binds the same address, so the port is fixed here.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
-    std::fs::write(
-        f.path("appliance.toml"),
-        config.replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\"")),
-    )
-    .unwrap();
+    listen_on(&f, &format!("127.0.0.1:{port}"));
     f.append_config("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0");
     assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
     let old = Server::start(&f);
@@ -301,12 +303,7 @@ fn a_socket_activated_server_restarts_without_refusing_a_connection() {
     // The test holds the socket as systemd's socket unit does, across both processes.
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
-    let config = std::fs::read_to_string(f.path("appliance.toml")).unwrap();
-    std::fs::write(
-        f.path("appliance.toml"),
-        config.replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"{addr}\"")),
-    )
-    .unwrap();
+    listen_on(&f, &addr.to_string());
     f.append_config("checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0");
     assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
     let old = Server::start_command(socket_activated(&f, socket.try_clone().unwrap().into()));

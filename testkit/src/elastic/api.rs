@@ -78,6 +78,20 @@ pub(crate) fn error_answer(status: u16, kind: &str, reason: &str) -> Answer {
 
 /// The answer to every security call while `Fault::Status(status)` is set, each shaped as
 /// Elasticsearch answers that status.
+/// Elasticsearch's answer to a path no handler takes: 400 with a bare string `error` (not an
+/// `ErrorCause`), recorded as a violation so the test sees what the appliance asked for.
+pub(crate) fn no_handler(state: &mut State, req: &Request<'_>, path: &str) -> Answer {
+    let reason = format!("no handler found for uri [{path}] and method [{}]", req.method);
+    state.violation(req, &reason);
+    Answer {
+        status: 400,
+        body: json!({"error": reason, "status": 400}),
+        challenge: false,
+        allow: None,
+        created: false,
+    }
+}
+
 pub(crate) fn fault_answer(status: u16) -> Answer {
     let (kind, reason) = match status {
         400 => ("illegal_argument_exception", "request rejected"),
@@ -265,15 +279,7 @@ pub(crate) fn dispatch(state: &mut State, req: &Request<'_>) -> Answer {
         // describes): 400 "no handler found" for an unknown path, 405 with `Allow` for a
         // known path and another method.
         Err(None) => {
-            let reason = format!("no handler found for uri [{path}] and method [{}]", req.method);
-            state.violation(req, &reason);
-            return Answer {
-                status: 400,
-                body: json!({"error": reason, "status": 400}),
-                challenge: false,
-                allow: None,
-                created: false,
-            };
+            return no_handler(state, req, path);
         }
         Err(Some(allowed)) => {
             let reason = format!(

@@ -149,15 +149,7 @@ pub(crate) fn dispatch(state: &mut State, req: &Request<'_>, path: &str, query: 
         (["_create", id], "PUT" | "POST") if !id.is_empty() => Endpoint::Create((*id).to_owned()),
         (["_search"], "GET" | "POST") => Endpoint::Search,
         _ => {
-            let reason = format!("no handler found for uri [{path}] and method [{}]", req.method);
-            state.violation(req, &reason);
-            return Answer {
-                status: 400,
-                body: json!({"error": reason, "status": 400}),
-                challenge: false,
-                allow: None,
-                created: false,
-            };
+            return api::no_handler(state, req, path);
         }
     };
     let principal = match api::authenticate(state, req.authorization, path) {
