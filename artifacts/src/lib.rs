@@ -3,6 +3,7 @@
 //! certificates, and the content-addressed blob store.
 
 pub mod cert;
+pub mod epr_version;
 pub mod id;
 pub mod pgp;
 pub mod policy;

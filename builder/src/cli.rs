@@ -34,7 +34,8 @@ pub enum Command {
     /// Create a minisign key pair for signing bundles.
     Keygen(KeygenArgs),
     /// List every file a build would fetch, with its source and bundle path, and what is
-    /// already cached. Downloads nothing.
+    /// already cached. Downloads no file; `[[integration]]` entries are resolved with the
+    /// package registry's search, as a build resolves them, and list each package's size.
     Plan(PlanArgs),
     /// Build and sign a bundle from a spec file: fetch and verify Elastic artifacts, check
     /// policies and certificates, write NAME-SEQUENCE.ferry and its signature (or, with

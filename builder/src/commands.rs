@@ -14,9 +14,10 @@ use crate::cli::{
     BuildArgs, CacheArgs, Cli, Command, CompressionArg, InspectArgs, KeygenArgs, PlanArgs,
     SplitArgs, VerifyArgs,
 };
-use crate::fetch::{Cache, PlannedFile};
+use crate::fetch::{self, Cache, Fetcher, PlannedFile};
 use crate::intake::{self, UpstreamPlan};
 use crate::keys::{self, PasswordSource};
+use crate::registry::{self, RegistryPlan};
 use crate::spec::{self, Spec};
 use ferry_manifests::TerminalBar as Bar;
 use ferry_manifests::terminal::error_line;
@@ -120,14 +121,15 @@ fn spec_base(spec: &Path) -> &Path {
 /// Lists every file a build needs, and the Fleet secret ids each policy needs on the
 /// appliance. A local file that is not there is marked MISSING, and a policy the build would
 /// refuse (unreadable, or carrying a secret's value in clear) is named on stderr; either makes
-/// the exit code 1, as the build would refuse the spec.
+/// the exit code 1, as the build would refuse the spec. Integration entries are resolved with
+/// the registry's search, as a build resolves them, and each package's size is asked for.
 fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let spec_file = Spec::load(&args.spec)?;
     let base = spec_base(&args.spec);
     let ids = spec_file.artifacts()?;
     let upstream = UpstreamPlan::of(&spec_file, base, &cache_dir(&args.cache))?;
     let mut local = spec_file.payload(base)?;
-    let (policies, refusals) = plan_policies(&local);
+    let (policies, mut refusals) = plan_policies(&local);
     local.extend(upstream.as_ref().map(|u| u.key_entry.clone()));
     let mut rows: Vec<PlannedFile> = local
         .into_iter()
@@ -142,6 +144,29 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(upstream) = &upstream {
         rows.extend(crate::fetch::plan(&upstream.upstream, &upstream.cache, &ids));
     }
+    let packages = match RegistryPlan::of(&spec_file, base)? {
+        None => Vec::new(),
+        Some(registry) => {
+            let cache = Cache::open(&cache_dir(&args.cache))?;
+            let upstream_key = upstream.as_ref().map(|u| u.key_entry.source.as_path());
+            let (fetcher, key_entry) = registry.fetcher(cache, upstream_key)?;
+            rows.extend(key_entry.map(|k| PlannedFile {
+                source: k.source.display().to_string(),
+                bundle_path: k.path.to_string(),
+                cached: false,
+                local: true,
+                missing: std::fs::symlink_metadata(&k.source).is_err(),
+            }));
+            match registry::select(&fetcher, &spec_file.integrations, &fetch::bars(true)) {
+                Ok(selected) => registry::plan(&fetcher, &selected, &mut rows),
+                Err(errors) => {
+                    refusals.extend(errors.refused);
+                    refusals.extend(errors.unreachable.iter().map(ToString::to_string));
+                    Vec::new()
+                }
+            }
+        }
+    };
     rows.sort_by(|a, b| a.bundle_path.cmp(&b.bundle_path));
     let missing = rows.iter().filter(|r| r.missing).count();
     let code =
@@ -150,7 +175,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {line}");
     }
     if args.json {
-        let report = json!({ "files": rows, "policies": policies });
+        let report = json!({ "files": rows, "policies": policies, "packages": packages });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(code);
     }
@@ -167,12 +192,13 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         println!("{:width$}  {state:7}  {}", r.bundle_path, r.source);
     }
     println!("\n{} files, {} artifacts, {} to download", rows.len(), ids.len(), to_fetch);
+    registry::print_plan(&packages);
     print_policy_secrets(&policies);
     if missing > 0 {
         eprintln!("error: {missing} local file(s) missing: a build would refuse the spec");
     }
     if !refusals.is_empty() {
-        eprintln!("error: a build would refuse the spec's policies for the reasons above");
+        eprintln!("error: a build would refuse the spec for the reasons above");
     }
     Ok(code)
 }
@@ -230,23 +256,58 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     // build names everything that is missing or wrong; fetched artifacts stay cached.
     let local = intake::local_files(&spec_file, base, expires)?;
     let (mut payload, policies) = (local.passed, local.policies);
-    let mut failures = intake::FileErrors { local: local.failed, fetch: None };
+    let mut failures =
+        intake::FileErrors { local: local.failed, selection: Vec::new(), fetch: None };
     let ids = spec_file.artifacts()?;
+    let bars = fetch::bars(quiet);
+    let tune = |fetcher: &mut Fetcher| {
+        fetcher.parallel = args.parallel.max(1);
+        fetcher.attempts = args.attempts.max(1);
+    };
+    let mut upstream_key = None;
     if let Some(mut upstream) = UpstreamPlan::of(&spec_file, base, &cache_dir(&args.cache))? {
+        upstream_key = Some(upstream.key_entry.source.clone());
         match upstream.keyring() {
             Err(error) => failures.local.push(error_line(error.as_ref())),
             Ok(keyring) => {
                 let (mut fetcher, key_entry) = upstream.fetcher(keyring)?;
-                fetcher.parallel = args.parallel.max(1);
-                fetcher.attempts = args.attempts.max(1);
-                match fetcher.fetch_all(&ids, quiet) {
+                tune(&mut fetcher);
+                match fetcher.fetch_all(&ids, &bars) {
                     Ok(fetched) => {
                         let downloaded = fetched.iter().filter(|f| !f.from_cache).count();
                         tracing::info!(artifacts = fetched.len(), downloaded, "artifacts verified");
                         payload.extend(intake::artifact_payload(&fetched)?);
                         payload.push(key_entry);
                     }
-                    Err(errors) => failures.fetch = Some(errors),
+                    Err(errors) => failures.add_fetch(errors.0),
+                }
+            }
+        }
+    }
+    if let Some(registry) = RegistryPlan::of(&spec_file, base)? {
+        let cache = Cache::open(&cache_dir(&args.cache))?;
+        match registry.fetcher(cache, upstream_key.as_deref()) {
+            Err(error) => failures.local.push(error_line(error.as_ref())),
+            Ok((mut fetcher, key_entry)) => {
+                tune(&mut fetcher);
+                match registry::select(&fetcher, &spec_file.integrations, &bars) {
+                    Err(errors) => {
+                        failures.selection.extend(errors.refused);
+                        failures.add_fetch(errors.unreachable);
+                    }
+                    Ok(selected) => match registry::fetch_all(&fetcher, &selected, &bars) {
+                        Ok(fetched) => {
+                            let downloaded = fetched.iter().filter(|f| !f.from_cache).count();
+                            tracing::info!(
+                                packages = fetched.len(),
+                                downloaded,
+                                "packages verified"
+                            );
+                            payload.extend(registry::payload(&fetched)?);
+                            payload.extend(key_entry);
+                        }
+                        Err(errors) => failures.add_fetch(errors.0),
+                    },
                 }
             }
         }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::Upstream;
 
 /// Sidecars are small; anything bigger is not one.
-const MAX_SIDECAR: u64 = 1 << 20;
+pub(crate) const MAX_SIDECAR: u64 = 1 << 20;
 
 /// One failure to obtain a verified artifact.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,10 @@ pub enum FetchError {
     Store(#[from] ferry_artifacts::StoreError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A file that arrived whole but is not what it must be (an integration package whose
+    /// zip is not the package the registry named).
+    #[error("{file}: {reason}")]
+    Refused { file: String, reason: String },
 }
 
 /// Every failure of a fetch run, so the operator sees all missing files at once.
@@ -70,6 +74,7 @@ impl FetchErrors {
                     | FetchError::TooLarge { .. }
                     | FetchError::Sidecar(_)
                     | FetchError::Pgp(_)
+                    | FetchError::Refused { .. }
             )
         })
     }
@@ -121,13 +126,32 @@ impl Cache {
             .join("ferry")
     }
 
-    fn entry_path(&self, id: &ArtifactId) -> PathBuf {
-        self.index.join(format!("{}.json", id.mirror_path()))
+    pub(crate) fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// The index file of what is cached for `key` (a path below the upstream).
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.index.join(format!("{key}.json"))
+    }
+
+    /// What the index holds for `key`, if it reads.
+    pub(crate) fn read_entry<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_slice(&fs::read(self.entry_path(key)).ok()?).ok()
+    }
+
+    /// Records `entry` for `key`, replacing any earlier one whole (written aside, renamed).
+    pub(crate) fn write_entry<T: Serialize>(&self, key: &str, entry: &T) -> Result<(), FetchError> {
+        let path = self.entry_path(key);
+        let io = |source| FetchError::Io { path: path.clone(), source };
+        fs::create_dir_all(path.parent().expect("index entries have a parent")).map_err(io)?;
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(entry).expect("serialisable")).map_err(io)?;
+        fs::rename(tmp, &path).map_err(io)
     }
 
     fn lookup(&self, id: &ArtifactId) -> Option<[Sha256Digest; 3]> {
-        let text = fs::read_to_string(self.entry_path(id)).ok()?;
-        let entry: IndexEntry = serde_json::from_str(&text).ok()?;
+        let entry: IndexEntry = self.read_entry(&id.mirror_path())?;
         let digests = [entry.archive, entry.sha512, entry.asc].map(|h| Sha256Digest::from_hex(&h));
         let [Some(a), Some(s), Some(c)] = digests else { return None };
         [a, s, c].iter().all(|d| self.store.contains(d)).then_some([a, s, c])
@@ -138,17 +162,13 @@ impl Cache {
         self.lookup(id).is_some()
     }
 
-    fn record(&self, id: &ArtifactId, digests: [Sha256Digest; 3]) -> io::Result<()> {
-        let path = self.entry_path(id);
-        fs::create_dir_all(path.parent().expect("index entries have a parent"))?;
+    fn record(&self, id: &ArtifactId, digests: [Sha256Digest; 3]) -> Result<(), FetchError> {
         let entry = IndexEntry {
             archive: digests[0].to_hex(),
             sha512: digests[1].to_hex(),
             asc: digests[2].to_hex(),
         };
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(&entry).expect("serialisable"))?;
-        fs::rename(tmp, path)
+        self.write_entry(&id.mirror_path(), &entry)
     }
 }
 
@@ -219,42 +239,32 @@ impl Fetcher {
         &self.cache
     }
 
-    /// Fetches and verifies every artifact, `parallel` at a time. Returns them in input order,
-    /// or every failure.
-    pub fn fetch_all(&self, ids: &[ArtifactId], quiet: bool) -> Result<Vec<Fetched>, FetchErrors> {
-        let bars = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
-        } else {
-            MultiProgress::new()
-        };
-        let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Outcome>>> = ids.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..self.parallel.clamp(1, ids.len().max(1)) {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(id) = ids.get(i) else { return };
-                        let result = self.fetch_one(id, &bars);
-                        *results[i].lock().expect("no panics while locked") = Some(result);
-                    }
-                });
-            }
-        });
-        let mut fetched = Vec::new();
-        let mut errors = Vec::new();
-        for r in results {
-            match r.into_inner().expect("no panics while locked").expect("every artifact tried") {
-                Ok(f) => fetched.push(f),
-                Err(e) => errors.extend(e),
+    /// The keys what it fetches must be signed with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The size the upstream announces for a file below it (a `HEAD`), for `plan`.
+    pub(crate) fn announced_size(&self, path: &str) -> Option<u64> {
+        let source = self.source_of(path);
+        match &self.upstream {
+            Upstream::Dir(_) => fs::metadata(source).ok().map(|m| m.len()),
+            Upstream::Http(_) => {
+                let response = self.agent.head(&source).call().ok()?;
+                if response.status() == 200 { content_length(&response) } else { None }
             }
         }
-        if errors.is_empty() { Ok(fetched) } else { Err(FetchErrors(errors)) }
+    }
+
+    /// Fetches and verifies every artifact, `parallel` at a time. Returns them in input order,
+    /// or every failure.
+    pub fn fetch_all(&self, ids: &[ArtifactId], bars: &Bars) -> Result<Vec<Fetched>, FetchErrors> {
+        collect(in_parallel(ids, self.parallel, |id| self.fetch_one(id, bars)))
     }
 
     /// Fetches one artifact; on failure, every file of it that failed (a missing `.sha512` does
     /// not hide a missing `.asc`).
-    fn fetch_one(&self, id: &ArtifactId, bars: &MultiProgress) -> Outcome {
+    fn fetch_one(&self, id: &ArtifactId, bars: &Bars) -> Outcome {
         if let Some(digests) = self.cache.lookup(id) {
             // Cached files were verified when they entered; verify again, since a bundle is
             // never written with an unverified artifact and the keyring may have changed.
@@ -303,9 +313,7 @@ impl Fetcher {
             }
         };
         store.insert_file(archive, Some(&archive_digest))?;
-        self.cache
-            .record(id, digests)
-            .map_err(|source| FetchError::Io { path: self.cache.entry_path(id), source })?;
+        self.cache.record(id, digests)?;
         Ok(Fetched { archive: store.path(&archive_digest), ..verified })
     }
 
@@ -357,11 +365,11 @@ impl Fetcher {
 
     /// Fetches one file below `downloads/` into a temporary file in the cache, resuming with a
     /// byte range after a dropped connection and retrying with backoff.
-    fn get(
+    pub(crate) fn get(
         &self,
         mirror_path: &str,
         max: Option<u64>,
-        bars: &MultiProgress,
+        bars: &Bars,
     ) -> Result<PathBuf, FetchError> {
         let dest = self.cache.store.temp_path(mirror_path.rsplit('/').next().unwrap_or("file"));
         let url = self.source_of(mirror_path);
@@ -481,6 +489,57 @@ impl Fetcher {
         bar.finish_and_clear();
         Err(FetchError::Transport { url, reason: last_error, attempts: self.attempts })
     }
+}
+
+/// The progress bars of one fetch run.
+pub type Bars = MultiProgress;
+
+/// Progress bars on stderr when it is a terminal and not `quiet`.
+pub fn bars(quiet: bool) -> Bars {
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    } else {
+        MultiProgress::new()
+    }
+}
+
+/// `f` over every item, `parallel` at a time on scoped threads; results in input order.
+pub(crate) fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    parallel: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { return };
+                    let result = f(item);
+                    *results[i].lock().expect("no panics while locked") = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.into_inner().expect("no panics while locked").expect("every item tried"))
+        .collect()
+}
+
+/// Every success in order, or every failure.
+pub(crate) fn collect<T>(outcomes: Vec<Result<T, Vec<FetchError>>>) -> Result<Vec<T>, FetchErrors> {
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(f) => done.push(f),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() { Ok(done) } else { Err(FetchErrors(errors)) }
 }
 
 fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {

@@ -22,19 +22,30 @@ pub struct FileErrors {
     /// Local files (the spec's and the upstream PGP key): missing, not regular files, or
     /// failing their kind's check. One line each, naming the file.
     pub local: Vec<String>,
-    /// Artifacts that could not be fetched and verified.
+    /// Integration entries that select nothing, or that the registry answered wrongly.
+    pub selection: Vec<String>,
+    /// Artifacts and packages that could not be fetched and verified.
     pub fetch: Option<FetchErrors>,
 }
 
 impl FileErrors {
     pub fn is_empty(&self) -> bool {
-        self.local.is_empty() && self.fetch.is_none()
+        self.local.is_empty() && self.selection.is_empty() && self.fetch.is_none()
+    }
+
+    /// Adds fetch failures to those already met.
+    pub fn add_fetch(&mut self, errors: Vec<crate::fetch::FetchError>) {
+        if !errors.is_empty() {
+            self.fetch.get_or_insert_with(|| FetchErrors(Vec::new())).0.extend(errors);
+        }
     }
 
     /// Whether an input was refused (a local file missing or failing its check, an artifact
     /// missing upstream or not verifying) rather than out of reach (network, disk).
     pub fn is_refusal(&self) -> bool {
-        !self.local.is_empty() || self.fetch.as_ref().is_some_and(FetchErrors::is_refusal)
+        !self.local.is_empty()
+            || !self.selection.is_empty()
+            || self.fetch.as_ref().is_some_and(FetchErrors::is_refusal)
     }
 }
 
@@ -50,8 +61,17 @@ impl std::fmt::Display for FileErrors {
                 write!(f, "\n  - {line}")?;
             }
         }
-        if let Some(fetch) = &self.fetch {
+        if !self.selection.is_empty() {
             if !self.local.is_empty() {
+                writeln!(f)?;
+            }
+            write!(f, "{} integration entr(ies) cannot be resolved:", self.selection.len())?;
+            for line in &self.selection {
+                write!(f, "\n  - {line}")?;
+            }
+        }
+        if let Some(fetch) = &self.fetch {
+            if !self.local.is_empty() || !self.selection.is_empty() {
                 writeln!(f)?;
             }
             write!(f, "{fetch}")?;
@@ -236,7 +256,7 @@ fn check_local(file: &mut PayloadSource, expires: OffsetDateTime) -> anyhow::Res
 }
 
 /// An armored PGP public key file as a keyring.
-fn read_pgp_key(path: &Path) -> anyhow::Result<Keyring> {
+pub(crate) fn read_pgp_key(path: &Path) -> anyhow::Result<Keyring> {
     let what = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {what}"))?;
     let text = String::from_utf8(bytes).with_context(|| format!("{what} is not text"))?;

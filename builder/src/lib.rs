@@ -6,6 +6,7 @@ mod commands;
 pub mod fetch;
 mod intake;
 pub mod keys;
+pub mod registry;
 pub mod spec;
 
 use std::process::ExitCode;

@@ -28,6 +28,66 @@ pub struct Spec {
     pub fleet_servers: Vec<ArtifactSection>,
     #[serde(default, rename = "file")]
     pub files: Vec<FileSection>,
+    /// The package registry integrations come from, and the key their `.sig` must verify with.
+    pub registry: Option<RegistrySection>,
+    /// Integration packages to carry, each a query of the registry's `/search`.
+    #[serde(default, rename = "integration")]
+    pub integrations: Vec<IntegrationSection>,
+}
+
+/// Elastic's package registry (or a mirror of its API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The registry's base URL. Default: `https://epr.elastic.co`.
+    pub url: Option<String>,
+    /// The armored PGP key packages must be signed with, relative to the spec. Default:
+    /// `[upstream]`'s `pgp_key` (Elastic signs packages with the key it signs artifacts with).
+    pub pgp_key: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the registry instead of the built-in public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One `[[integration]]`: the packages it selects are what the registry's `/search` answers
+/// for the same parameters (the names of the registry's own `distribution` tool), narrowed by
+/// `version`, the newest of each package unless `all`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationSection {
+    /// The package's name (`package=`).
+    pub name: Option<String>,
+    /// An exact version (`1.60.0`) or a constraint as the registry writes them
+    /// (`^1.60.0`, `>=1.50.0, <2.0.0`); needs `name`.
+    pub version: Option<String>,
+    /// `kibana.version = "9.2.0"`: only packages that Kibana can install.
+    pub kibana: Option<KibanaQuery>,
+    /// `spec.min` and `spec.max`: the package-spec versions Kibana reads.
+    pub spec: Option<SpecQuery>,
+    /// `integration`, `input` or `content`.
+    #[serde(rename = "type")]
+    pub package_type: Option<String>,
+    /// One query per category; a package in any of them is selected.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Technical previews and betas too.
+    #[serde(default)]
+    pub prerelease: bool,
+    /// Every matching version, not only the newest of each package.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KibanaQuery {
+    pub version: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecQuery {
+    pub min: Option<String>,
+    pub max: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,21 +273,22 @@ impl Spec {
             (Some(_), Some(_)) => bail!("[upstream] sets both `url` and `dir`; keep one"),
             (None, None) => bail!("[upstream] needs `url` or `dir`"),
             (None, Some(dir)) => Ok(Some(Upstream::Dir(base.join(dir)))),
-            (Some(url), None) => {
-                let loopback =
-                    ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"];
-                if !(url.starts_with("https://") || loopback.iter().any(|p| url.starts_with(p))) {
-                    bail!(
-                        "[upstream] url {url:?} must start with https:// (http:// only for loopback)"
-                    );
-                }
-                let mut url = url.clone();
-                if !url.ends_with('/') {
-                    url.push('/');
-                }
-                Ok(Some(Upstream::Http(url)))
-            }
+            (Some(url), None) => Ok(Some(Upstream::Http(Self::http_base(url, "[upstream]")?))),
         }
+    }
+
+    /// An upstream's base URL (`table` names its table in errors): `https://`, or `http://`
+    /// to a loopback address, ending in `/`.
+    pub fn http_base(url: &str, table: &str) -> anyhow::Result<String> {
+        let loopback = ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"];
+        if !(url.starts_with("https://") || loopback.iter().any(|p| url.starts_with(p))) {
+            bail!("{table} url {url:?} must start with https:// (http:// only for loopback)");
+        }
+        let mut url = url.to_owned();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        Ok(url)
     }
 
     /// The payload files, with sources resolved against `base` (the spec's folder).

@@ -91,3 +91,24 @@ pub fn write_bundle(
     std::fs::create_dir_all(out).unwrap();
     ferry_manifests::write_bundle(spec, files, key, out, &NoProgress).unwrap()
 }
+
+/// An integration package zip in the package registry's layout: every file below
+/// `<name>-<version>/`, as the registry serves packages and Kibana installs them.
+pub fn package_zip(name: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    for (path, body) in files {
+        out.start_file(format!("{name}-{version}/{path}"), options).unwrap();
+        out.write_all(body.as_bytes()).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
+/// A package's `manifest.yml` with what the appliance's registry requires, and `extra` lines.
+pub fn package_manifest(name: &str, version: &str, extra: &str) -> String {
+    format!(
+        "format_version: 3.0.0\nname: {name}\ntitle: {name} title\nversion: {version}\n\
+         description: about {name}\ntype: integration\n{extra}"
+    )
+}

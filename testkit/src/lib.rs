@@ -12,6 +12,8 @@ mod lines;
 pub mod postgres;
 mod process;
 
-pub use bundle::{Sidecars, key_pair, noise, payload, sidecars, spec, write_bundle};
+pub use bundle::{
+    Sidecars, key_pair, noise, package_manifest, package_zip, payload, sidecars, spec, write_bundle,
+};
 pub use lines::Lines;
 pub use process::{assert_ok, binary, command, eventually, json_stdout, run_ok, stderr, stdout};

@@ -16,7 +16,6 @@
 mod categories;
 mod detail;
 mod package;
-mod semver;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -33,8 +32,8 @@ use ferry_manifests::{FileEntry, Kind, Manifest, Sha256Digest};
 use serde::Serialize;
 
 use crate::app::AppState;
+use ferry_artifacts::epr_version::{self as semver, Constraint, Version};
 use package::{BasePackage, Package};
-use semver::{Constraint, Version};
 
 /// Where the registry is served on the agent listener: `xpack.fleet.registryUrl` is
 /// `https://<appliance>:<port>/registry`. Kibana appends `/search`, `/epr/…` to it.

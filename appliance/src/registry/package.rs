@@ -13,7 +13,7 @@ use serde_yaml_ng::Value;
 
 use super::categories;
 use super::detail::{self, DataStreamManifest, Detail, FullManifest};
-use super::semver::{Constraint, Version};
+use ferry_artifacts::epr_version::{Constraint, Version};
 
 /// The largest `manifest.yml` read from a package: real ones are a few KiB.
 const MANIFEST_LIMIT: u64 = 4 << 20;

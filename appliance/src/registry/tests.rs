@@ -1,26 +1,12 @@
 //! The registry's selection and answers on small packages written here, so they always run;
 //! the comparison with Elastic's own expectations is `tests/it/registry.rs`.
 
-use std::io::Write as _;
+use ferry_testkit::{package_manifest, package_zip as zip_of};
 
 use super::*;
 
-/// A package zip in the registry's layout: every file below `<name>-<version>/`.
-pub(super) fn zip_of(name: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default();
-    for (path, body) in files {
-        out.start_file(format!("{name}-{version}/{path}"), options).unwrap();
-        out.write_all(body.as_bytes()).unwrap();
-    }
-    out.finish().unwrap().into_inner()
-}
-
 fn package(name: &str, version: &str, extra: &str) -> (Package, Blobs) {
-    let manifest = format!(
-        "format_version: 3.0.0\nname: {name}\ntitle: {name} title\nversion: {version}\n\
-         description: about {name}\ntype: integration\n{extra}"
-    );
+    let manifest = package_manifest(name, version, extra);
     let bytes =
         zip_of(name, version, &[("manifest.yml", &manifest), ("docs/README.md", "# readme\n")]);
     let p = Package::read(std::io::Cursor::new(bytes), name, version, false).unwrap();

@@ -4,6 +4,7 @@
 mod artifacts;
 mod cli;
 mod delta;
+mod integrations;
 mod parts;
 mod policy_secrets;
 mod policy_warnings;

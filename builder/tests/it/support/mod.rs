@@ -1,5 +1,6 @@
 //! Test support: an in-process upstream (real HTTP on 127.0.0.1:0) serving a synthetic copy of
-//! Elastic's download site, with `.sha512` files and `.asc` signatures by a PGP key made here.
+//! Elastic's download site, with `.sha512` files and `.asc` signatures by a PGP key made here,
+//! or any answers by request target (a package registry's `/search?…`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -12,9 +13,10 @@ use ferry_artifacts::pgp::SigningKey;
 pub use ferry_testkit::{assert_ok, stderr, stdout};
 use ferry_testkit::{command, noise, sidecars};
 
-/// One request the upstream saw: path and `Range` header.
+/// One request the upstream saw: method, path and `Range` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
+    pub method: String,
     pub path: String,
     pub range: Option<String>,
 }
@@ -54,16 +56,24 @@ impl Upstream {
 
     /// Replaces (or with `None` removes) the file at `path` below `downloads/`.
     pub fn set(&self, path: &str, bytes: Option<Vec<u8>>) {
+        self.set_raw(&format!("/downloads/{path}"), bytes);
+    }
+
+    /// Replaces (or with `None` removes) the answer to a request target (path and query).
+    pub fn set_raw(&self, target: &str, bytes: Option<Vec<u8>>) {
         let mut state = self.state.lock().unwrap();
-        let key = format!("/downloads/{path}");
         match bytes {
-            Some(b) => state.files.insert(key, b),
-            None => state.files.remove(&key),
+            Some(b) => state.files.insert(target.to_owned(), b),
+            None => state.files.remove(target),
         };
     }
 
     pub fn get(&self, path: &str) -> Vec<u8> {
-        self.state.lock().unwrap().files[&format!("/downloads/{path}")].clone()
+        self.get_raw(&format!("/downloads/{path}"))
+    }
+
+    pub fn get_raw(&self, target: &str) -> Vec<u8> {
+        self.state.lock().unwrap().files[target].clone()
     }
 
     /// Drops the connection after `bytes` of the body, once, for `path` below `downloads/`.
@@ -78,7 +88,9 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     if reader.read_line(&mut request).is_err() {
         return;
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut words = request.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_owned();
+    let path = words.next().unwrap_or("/").to_owned();
     let mut range = None;
     loop {
         let mut line = String::new();
@@ -93,7 +105,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     }
     let (body, cut) = {
         let mut state = state.lock().unwrap();
-        state.hits.push(Hit { path: path.clone(), range: range.clone() });
+        state.hits.push(Hit { method: method.clone(), path: path.clone(), range: range.clone() });
         let body = state.files.get(&path).cloned();
         let cut = state.cut.remove(&path);
         (body, cut)
@@ -122,6 +134,9 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
     };
     let _ = out.write_all(head.as_bytes());
+    if method == "HEAD" {
+        return;
+    }
     let part = &body[start..];
     let _ = out.write_all(&part[..cut.unwrap_or(part.len()).min(part.len())]);
     let _ = out.flush();

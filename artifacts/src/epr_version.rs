@@ -1,4 +1,5 @@
-//! Versions and version constraints as the package registry reads them: Masterminds/semver v3
+//! Versions and version constraints as Elastic's package registry reads them (shared by the
+//! appliance's registry and the builder's `[[integration]]` selection): Masterminds/semver v3
 //! (the Go library it uses), whose lenient parsing, partial versions (`8.1`, `8.x`) and
 //! constraint grammar (`^8.1.0 || ^9.0.0`, `>=7.16.0, <8.0.0`, `1.2 - 1.4`) differ from the
 //! `semver` crate's Cargo rules, so a package condition must match here exactly as there.
@@ -7,7 +8,7 @@ use std::cmp::Ordering;
 
 /// A version: `major.minor.patch[-pre][+build]`; build metadata does not order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Version {
+pub struct Version {
     pub major: u64,
     pub minor: u64,
     pub patch: u64,
@@ -15,12 +16,12 @@ pub(crate) struct Version {
 }
 
 /// Masterminds' message for any version it cannot read.
-pub(crate) const INVALID: &str = "invalid semantic version";
+pub const INVALID: &str = "invalid semantic version";
 
 impl Version {
     /// Strict: exactly three numeric parts without leading zeros, no `v` (`StrictNewVersion`,
     /// what the registry applies to package versions and paths).
-    pub(crate) fn strict(s: &str) -> Option<Version> {
+    pub fn strict(s: &str) -> Option<Version> {
         let (core, pre, build) = split_pre_build(s)?;
         let parts: Vec<&str> = core.split('.').collect();
         if parts.len() != 3 {
@@ -40,7 +41,7 @@ impl Version {
 
     /// Lenient (`NewVersion`): a `v` prefix and missing minor or patch (taken as 0) allowed, as
     /// for `kibana.version=8.15` or `spec.max=2.10`.
-    pub(crate) fn lenient(s: &str) -> Option<Version> {
+    pub fn lenient(s: &str) -> Option<Version> {
         let p = Partial::parse(s.strip_prefix('v').unwrap_or(s))?;
         let fixed = |c: Option<Part>| match c {
             None => Some(0),
@@ -55,7 +56,7 @@ impl Version {
         })
     }
 
-    pub(crate) fn is_prerelease(&self) -> bool {
+    pub fn is_prerelease(&self) -> bool {
         !self.pre.is_empty()
     }
 
@@ -235,12 +236,12 @@ struct Term {
 
 /// A constraint: alternatives (`||`) of terms that must all hold.
 #[derive(Debug, Clone)]
-pub(crate) struct Constraint {
+pub struct Constraint {
     any_of: Vec<Vec<Term>>,
 }
 
 impl Constraint {
-    pub(crate) fn parse(s: &str) -> Option<Constraint> {
+    pub fn parse(s: &str) -> Option<Constraint> {
         let mut any_of = Vec::new();
         for group in s.split("||") {
             let tokens: Vec<&str> = group
@@ -276,7 +277,7 @@ impl Constraint {
         Some(Constraint { any_of })
     }
 
-    pub(crate) fn check(&self, v: &Version) -> bool {
+    pub fn check(&self, v: &Version) -> bool {
         self.any_of.iter().any(|terms| terms.iter().all(|t| t.check(v)))
     }
 }
