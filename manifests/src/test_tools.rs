@@ -22,6 +22,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("kill", "procps"),
     // The watchdog that stops a test's PostgreSQL server once the test process is gone.
     ("sh", "dash"),
+    // A client of the appliance's package registry over HTTPS, as Kibana is.
+    ("curl", "curl"),
 ];
 
 /// A command running the tool `name`, which must be one of [`TOOLS`]. Panics, naming the tool
@@ -75,6 +77,6 @@ mod tests {
         std::fs::set_permissions(dir.path().join("gpg"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         assert_eq!(locate("gpg", path).unwrap(), dir.path().join("gpg"));
-        assert!(locate("curl", path).unwrap_err().contains("not in"));
+        assert!(locate("wget", path).unwrap_err().contains("not in"));
     }
 }

@@ -11,9 +11,11 @@ pub mod haproxy;
 mod lines;
 pub mod postgres;
 mod process;
+mod upstream;
 
 pub use bundle::{
     Sidecars, key_pair, noise, package_manifest, package_zip, payload, sidecars, spec, write_bundle,
 };
 pub use lines::Lines;
 pub use process::{assert_ok, binary, command, eventually, json_stdout, run_ok, stderr, stdout};
+pub use upstream::{Hit, Upstream};

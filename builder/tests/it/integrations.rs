@@ -74,7 +74,7 @@ impl Registry {
     }
 
     fn url(&self) -> String {
-        self.server.url.trim_end_matches("downloads/").to_owned()
+        self.server.root()
     }
 
     fn path(&self, name: &str) -> PathBuf {

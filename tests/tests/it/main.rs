@@ -6,6 +6,7 @@ mod cluster_ha;
 mod faults;
 mod fleet;
 mod flood;
+mod integrations;
 mod journey;
 mod server_crash;
 mod support;
