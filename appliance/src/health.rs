@@ -266,7 +266,8 @@ mod tests {
         let mut report =
             crate::admin::status_report(true, &crate::release::Active::None, &Default::default());
         report.status = Some(crate::fleet::status::HEALTHY.to_owned());
-        report.active = Some(ActiveRelease { name: "site".into(), sequence: 7, expires });
+        report.active =
+            Some(ActiveRelease { name: "site".into(), sequence: 7, expires, content: None });
         (report.loaded, report.served) = (true, true);
         report
     }

@@ -452,6 +452,8 @@ pub struct FetchedPackage {
     pub size: u64,
     /// Fingerprint of the PGP key that signed it.
     pub signer: String,
+    /// When the package was made: its `manifest.yml`'s time in the zip.
+    pub date: Option<time::OffsetDateTime>,
     pub from_cache: bool,
 }
 
@@ -546,7 +548,7 @@ fn verify(
         &name,
         fs::File::open(zip).map_err(io(zip))?,
     )?;
-    check_zip(zip, package).map_err(|reason| FetchError::Refused {
+    let date = check_zip(zip, package).map_err(|reason| FetchError::Refused {
         file: name.clone(),
         reason: format!("{reason:#}"),
     })?;
@@ -557,13 +559,15 @@ fn verify(
         sig: sig.to_owned(),
         size,
         signer,
+        date,
         from_cache,
     })
 }
 
 /// The part of the appliance's own package reading that a build can check early, so that a
-/// bundle never carries a package its import would refuse for these reasons.
-fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<()> {
+/// bundle never carries a package its import would refuse for these reasons. Returns when
+/// the package was made, if its `manifest.yml` has a valid time.
+fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<Option<time::OffsetDateTime>> {
     let file = fs::File::open(path)?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .context("not a readable zip archive")?;
@@ -585,6 +589,7 @@ fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<()> {
     }
     let index = manifest.with_context(|| format!("no {top}manifest.yml"))?;
     let entry = zip.by_index(index)?;
+    let date = entry.last_modified().and_then(zip_time);
     let mut bytes = Vec::new();
     entry.take(MAX_PACKAGE_MANIFEST + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_PACKAGE_MANIFEST {
@@ -603,7 +608,15 @@ fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<()> {
             bail!("{top}manifest.yml says {key} {got:?}, not {want:?} as the registry does");
         }
     }
-    Ok(())
+    Ok(date)
+}
+
+/// A zip entry's time (MS-DOS fields, no zone: taken as UTC), if it is a real date.
+fn zip_time(t: zip::DateTime) -> Option<time::OffsetDateTime> {
+    let month = time::Month::try_from(t.month()).ok()?;
+    let date = time::Date::from_calendar_date(i32::from(t.year()), month, t.day()).ok()?;
+    let time = time::Time::from_hms(t.hour(), t.minute(), t.second()).ok()?;
+    Some(date.with_time(time).assume_utc())
 }
 
 /// Bundle entries for verified packages: each zip at `packages/NAME-VERSION.zip` with its
@@ -619,7 +632,13 @@ pub fn payload(fetched: &[FetchedPackage]) -> anyhow::Result<Vec<PayloadSource>>
             source: f.zip.clone(),
             kind: Kind::Package,
             mode: Mode::Regular,
-            metadata: Metadata::integration_package(&f.package.name, &f.package.version),
+            metadata: {
+                let mut m = Metadata::integration_package(&f.package.name, &f.package.version);
+                if let Some(date) = f.date {
+                    m.set_content_date(date);
+                }
+                m
+            },
         });
         payload.push(PayloadSource {
             path: entry(&format!("{path}.sig"))?,

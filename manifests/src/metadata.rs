@@ -30,6 +30,7 @@ mod key {
     pub(super) const NOT_AFTER: &str = "not_after";
     pub(super) const SHA256_FINGERPRINT: &str = "sha256_fingerprint";
     pub(super) const CERTIFICATES: &str = "certificates";
+    pub(super) const DATE: &str = "date";
 }
 
 /// The value of `purpose` on the PGP key that fetched artifacts were checked with.
@@ -145,6 +146,19 @@ impl Metadata {
     /// An integration package's name (kind `package`).
     pub fn package_name(&self) -> Option<&str> {
         self.get(key::NAME)
+    }
+
+    /// Records when Elastic made a file's content, RFC 3339, as the file itself says it (an
+    /// integration package: its `manifest.yml`'s time in the zip), never when it was fetched,
+    /// so that builds stay reproducible; what `status` gives the content's age by.
+    pub fn set_content_date(&mut self, date: OffsetDateTime) {
+        self.set(key::DATE, crate::rfc3339(date));
+    }
+
+    /// When Elastic made the content, if recorded.
+    pub fn content_date(&self) -> Option<OffsetDateTime> {
+        let text = self.get(key::DATE)?;
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
     }
 
     /// The metadata of a sidecar of the archive at `artifact` (its entry path).

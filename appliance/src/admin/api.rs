@@ -307,6 +307,26 @@ pub(crate) struct ActiveRelease {
     /// RFC 3339, when it verifies (absent from servers from before `health`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) expires: Option<String>,
+    /// How old what it carries is, when it verifies (absent from servers from before
+    /// freshness was reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) content: Option<Content>,
+}
+
+/// How old a release's content is, so an operator knows when to bring a new bundle: when the
+/// bundle was built, and when Elastic made the newest of each kind of content it carries (as
+/// the files themselves say, recorded by `ferry build`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Content {
+    /// When the bundle was built (RFC 3339): the age of everything it fetched.
+    pub(crate) built: String,
+    /// The Elastic Agent versions it carries, oldest first.
+    pub(crate) agent_versions: Vec<String>,
+    /// How many integration packages it carries.
+    pub(crate) packages: usize,
+    /// When the newest of them was made (RFC 3339), if any says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) newest_package: Option<String>,
 }
 
 /// Enrolled agents by the status `agents list` shows.

@@ -932,6 +932,40 @@ fn strip_one_newline(mut text: String) -> String {
 /// [`crate::health`] and their verdict. `health` (`one_line`) prints only the verdict and exits
 /// 0, 1 (a check fails) or 2 (warnings); `status` prints the report and exits 1 when a check
 /// fails.
+/// One line of how old the active release's content is: when its bundle was built, which
+/// agent versions it carries, and how many integration packages, the newest made when.
+fn content_line(content: &super::api::Content, now: time::OffsetDateTime) -> String {
+    let age = |text: &str| {
+        let parsed =
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339);
+        match parsed {
+            Ok(at) => {
+                let days = (now - at).whole_days();
+                let date = text.split('T').next().unwrap_or(text);
+                match days {
+                    0 => format!("{date} (today)"),
+                    1 => format!("{date} (1 day ago)"),
+                    d => format!("{date} ({d} days ago)"),
+                }
+            }
+            Err(_) => text.to_owned(),
+        }
+    };
+    let mut parts = vec![format!("built {}", age(&content.built))];
+    if !content.agent_versions.is_empty() {
+        parts.push(format!("agents {}", content.agent_versions.join(", ")));
+    }
+    if content.packages > 0 {
+        let newest = content
+            .newest_package
+            .as_deref()
+            .map(|d| format!(", the newest made {}", age(d)))
+            .unwrap_or_default();
+        parts.push(format!("{} integration package(s){newest}", content.packages));
+    }
+    parts.join("; ")
+}
+
 pub(crate) fn status(
     config: &Config,
     keys: &ferry_manifests::TrustedKeys,
@@ -982,6 +1016,9 @@ pub(crate) fn status(
             report.agents.by_status.iter().map(|(status, n)| format!("{status} {n}")).collect();
         println!("server  {server}");
         println!("active  {active}");
+        if let Some(content) = report.active.as_ref().and_then(|a| a.content.as_ref()) {
+            println!("content {}", content_line(content, time::OffsetDateTime::now_utc()));
+        }
         if report.server == Server::Running {
             let served = report.active.as_ref().filter(|_| report.served);
             let served = served.map_or_else(|| "nothing".to_owned(), release);
@@ -1097,6 +1134,25 @@ fn stopped_status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_content_line_gives_ages_in_days() {
+        let content = super::super::api::Content {
+            built: "2026-11-01T00:00:00Z".into(),
+            agent_versions: vec!["9.1.2".into(), "9.2.2".into()],
+            packages: 200,
+            newest_package: Some("2026-12-05T12:00:00Z".into()),
+        };
+        let now = time::macros::datetime!(2026-12-06 06:00 UTC);
+        assert_eq!(
+            super::content_line(&content, now),
+            "built 2026-11-01 (35 days ago); agents 9.1.2, 9.2.2; 200 integration package(s), \
+             the newest made 2026-12-05 (today)"
+        );
+        let bare = super::super::api::Content { built: "2026-12-05T00:00:00Z".into(), ..content };
+        let bare = super::super::api::Content { packages: 0, agent_versions: vec![], ..bare };
+        assert_eq!(super::content_line(&bare, now), "built 2026-12-05 (1 day ago)");
+    }
+
     use super::*;
 
     #[test]

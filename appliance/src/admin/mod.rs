@@ -387,6 +387,10 @@ pub(crate) fn status_report(
                 Active::Ready(release) => Some(ferry_manifests::rfc3339(release.manifest.expires)),
                 _ => None,
             },
+            content: match active {
+                Active::Ready(release) => Some(content_of(&release.manifest)),
+                _ => None,
+            },
         }),
         loaded,
         served: running && loaded,
@@ -407,6 +411,31 @@ pub(crate) fn status_report(
         database: None,
         checks: Vec::new(),
         verdict: None,
+    }
+}
+
+/// What a release carries and how old it is, from its manifest alone (no blob is read, so
+/// `status` stays cheap with hundreds of packages).
+pub(crate) fn content_of(manifest: &ferry_manifests::Manifest) -> api::Content {
+    use ferry_artifacts::epr_version::Version;
+    let mut versions: Vec<(Option<Version>, String)> = manifest
+        .files
+        .iter()
+        .filter(|f| f.kind == ferry_manifests::Kind::AgentArtifact)
+        .filter_map(|f| f.metadata.version())
+        .map(|v| (Version::lenient(v), v.to_owned()))
+        .collect();
+    versions.sort();
+    versions.dedup_by(|a, b| a.1 == b.1);
+    let packages = manifest.files.iter().filter(|f| f.kind == ferry_manifests::Kind::Package);
+    api::Content {
+        built: ferry_manifests::rfc3339(manifest.created),
+        agent_versions: versions.into_iter().map(|(_, v)| v).collect(),
+        packages: packages.clone().count(),
+        newest_package: packages
+            .filter_map(|f| f.metadata.content_date())
+            .max()
+            .map(ferry_manifests::rfc3339),
     }
 }
 

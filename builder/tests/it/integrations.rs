@@ -167,6 +167,9 @@ fn plan_lists_what_the_spec_selects_and_build_carries_it_signed() {
         assert_eq!(zip["kind"], "package");
         assert_eq!(zip["metadata"]["name"], name);
         assert_eq!(zip["metadata"]["version"], version);
+        // When the package was made, from the zip (the test zips carry the format's earliest
+        // time), never the fetch time: builds stay reproducible.
+        assert_eq!(zip["metadata"]["date"], "1980-01-01T00:00:00Z");
         let sig = by_path[format!("packages/{name}-{version}.zip.sig").as_str()];
         assert_eq!(sig["kind"], "artifact-sidecar");
         assert_eq!(sig["metadata"]["format"], "pgp-signature");

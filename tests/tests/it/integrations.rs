@@ -3,7 +3,7 @@
 //! here), the appliance imports the bundle, and a client making Kibana's calls (fleet's
 //! `services/epm/registry/index.ts`: the latest package for this Kibana, its info, its
 //! archive and signature) over HTTPS with the stock `curl` gets the package, which the stock
-//! `gpg` verifies with the key the build checked it with.
+//! `gpg` verifies with the key the build checked it with. `status` says how old they are.
 
 use std::collections::HashMap;
 
@@ -73,6 +73,16 @@ fn kibana_finds_installs_and_verifies_a_package_the_bundle_carried() {
 
     let port = site.configure("", "");
     site.admin(&["import", "dist/site-1.ferry"]);
+    // The operator sees how old the content is: the packages' own date (the test zips' is
+    // the zip format's earliest, 1980-01-01).
+    // (`status` exits non-zero here: no server runs yet.)
+    let status = |args: &[&str]| site.appliance().args(args).output().unwrap().stdout;
+    let report: Value = serde_json::from_slice(&status(&["status", "--json"])).unwrap();
+    let content = &report["active"]["content"];
+    assert_eq!(content["packages"], 2, "{report}");
+    assert_eq!(content["newest_package"], "1980-01-01T00:00:00Z", "{report}");
+    let text = String::from_utf8(status(&["status"])).unwrap();
+    assert!(text.contains("2 integration package(s), the newest made 1980-01-01 ("), "{text}");
     let _server = site.serve();
 
     // Kibana's calls, with the parameters it sets (kibana.version without its -SNAPSHOT).
