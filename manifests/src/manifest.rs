@@ -81,11 +81,14 @@ pub enum Kind {
     Certificate,
     PgpKey,
     Package,
+    /// Elastic Defend's global artifacts: a manifest zip of `artifacts.security.elastic.co` and
+    /// the files it lists, served by the mirror at Elastic's paths.
+    EndpointArtifact,
     Other,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::AgentArtifact,
         Kind::FleetServerArtifact,
         Kind::ArtifactSidecar,
@@ -93,6 +96,7 @@ impl Kind {
         Kind::Certificate,
         Kind::PgpKey,
         Kind::Package,
+        Kind::EndpointArtifact,
         Kind::Other,
     ];
 
@@ -105,6 +109,7 @@ impl Kind {
             Kind::Certificate => "certificate",
             Kind::PgpKey => "pgp-key",
             Kind::Package => "package",
+            Kind::EndpointArtifact => "endpoint-artifact",
             Kind::Other => "other",
         }
     }

@@ -31,6 +31,8 @@ mod key {
     pub(super) const SHA256_FINGERPRINT: &str = "sha256_fingerprint";
     pub(super) const CERTIFICATES: &str = "certificates";
     pub(super) const DATE: &str = "date";
+    pub(super) const ENDPOINT_VERSION: &str = "endpoint_version";
+    pub(super) const MANIFEST_VERSION: &str = "manifest_version";
 }
 
 /// The value of `purpose` on the PGP key that fetched artifacts were checked with.
@@ -143,13 +145,44 @@ impl Metadata {
         m
     }
 
+    /// The metadata of an Elastic Defend global artifact manifest zip
+    /// (`downloads/endpoint/manifest/artifacts-<version>.zip`, kind `endpoint-artifact`): the
+    /// Endpoint version it is for, the manifest's own `manifest_version` when it has one, and
+    /// when `manifest.json` was written (RFC 3339, from the zip, so a rebuild records the same).
+    pub fn endpoint_manifest(
+        endpoint_version: &str,
+        manifest_version: Option<&str>,
+        manifest_date: Option<OffsetDateTime>,
+    ) -> Self {
+        let mut m = Self::default();
+        m.set(key::ENDPOINT_VERSION, endpoint_version.to_owned());
+        if let Some(v) = manifest_version {
+            m.set(key::MANIFEST_VERSION, v.to_owned());
+        }
+        if let Some(date) = manifest_date {
+            m.set_content_date(date);
+        }
+        m
+    }
+
+    /// The Endpoint version of a Defend manifest zip (kind `endpoint-artifact`).
+    pub fn endpoint_version(&self) -> Option<&str> {
+        self.get(key::ENDPOINT_VERSION)
+    }
+
+    /// The `manifest_version` a Defend manifest zip's `manifest.json` gives.
+    pub fn manifest_version(&self) -> Option<&str> {
+        self.get(key::MANIFEST_VERSION)
+    }
+
     /// An integration package's name (kind `package`).
     pub fn package_name(&self) -> Option<&str> {
         self.get(key::NAME)
     }
 
     /// Records when Elastic made a file's content, RFC 3339, as the file itself says it (an
-    /// integration package: its `manifest.yml`'s time in the zip), never when it was fetched,
+    /// integration package: its `manifest.yml`'s time in the zip; a Defend manifest zip: its
+    /// `manifest.json`'s), never when it was fetched,
     /// so that builds stay reproducible; what `status` gives the content's age by.
     pub fn set_content_date(&mut self, date: OffsetDateTime) {
         self.set(key::DATE, crate::rfc3339(date));
@@ -347,6 +380,20 @@ mod tests {
         local_key
             .set_pgp_key(&PgpKeyFacts { fingerprints: vec!["A".into()], signs_artifacts: false });
         assert_eq!(serde_json::to_value(&local_key).unwrap(), json!({"fingerprints": "A"}));
+        let manifest = Metadata::endpoint_manifest(
+            "9.2.2",
+            Some("1.0.2431"),
+            Some(time::macros::datetime!(2026-12-01 08:30:00 UTC)),
+        );
+        assert_eq!(
+            serde_json::to_value(&manifest).unwrap(),
+            json!({"endpoint_version": "9.2.2", "manifest_version": "1.0.2431",
+                   "date": "2026-12-01T08:30:00Z"})
+        );
+        assert_eq!(
+            serde_json::to_value(Metadata::endpoint_manifest("8.19.4", None, None)).unwrap(),
+            json!({"endpoint_version": "8.19.4"})
+        );
     }
 
     #[test]
