@@ -14,6 +14,7 @@ use crate::cli::{
     BuildArgs, CacheArgs, Cli, Command, CompressionArg, InspectArgs, KeygenArgs, PlanArgs,
     SplitArgs, VerifyArgs,
 };
+use crate::defend::{DefendFailure, DefendPlan};
 use crate::fetch::{self, Cache, Fetcher, PlannedFile};
 use crate::intake::{self, UpstreamPlan};
 use crate::keys::{self, PasswordSource};
@@ -167,6 +168,8 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    let defend = DefendPlan::of(&spec_file, base)?;
+    rows.extend(defend.iter().flat_map(DefendPlan::plan));
     rows.sort_by(|a, b| a.bundle_path.cmp(&b.bundle_path));
     let missing = rows.iter().filter(|r| r.missing).count();
     let code =
@@ -193,6 +196,13 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     }
     println!("\n{} files, {} artifacts, {} to download", rows.len(), ids.len(), to_fetch);
     registry::print_plan(&packages);
+    if let Some(defend) = &defend {
+        println!(
+            "plus the Endpoint artifacts the {} Defend manifest(s) list: known only once a build \
+             fetches the manifests",
+            defend.versions.len()
+        );
+    }
     print_policy_secrets(&policies);
     if missing > 0 {
         eprintln!("error: {missing} local file(s) missing: a build would refuse the spec");
@@ -310,6 +320,19 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     },
                 }
             }
+        }
+    }
+    if let Some(defend) = DefendPlan::of(&spec_file, base)? {
+        let dir = cache_dir(&args.cache);
+        let cache =
+            Cache::open(&dir).with_context(|| format!("cannot open cache {}", dir.display()))?;
+        match defend.fetch(cache, args.parallel, args.attempts, quiet) {
+            Ok(entries) => payload.extend(entries),
+            Err(DefendFailure::Key(error)) => failures.local.push(error_line(error.as_ref())),
+            Err(DefendFailure::Fetch(errors)) => match &mut failures.fetch {
+                Some(fetch) => fetch.0.extend(errors.0),
+                None => failures.fetch = Some(errors),
+            },
         }
     }
     if !failures.is_empty() {
@@ -789,6 +812,25 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
                 ]
             }),
         );
+    }
+    let endpoint = of_kind(&[Kind::EndpointArtifact]);
+    let (manifests, listed): (Vec<&&ferry_manifests::FileEntry>, Vec<_>) =
+        endpoint.iter().partition(|f| f.metadata.endpoint_version().is_some());
+    if !manifests.is_empty() {
+        print_table(
+            "endpoint artifact manifests",
+            &["ENDPOINT", "MANIFEST VERSION", "MANIFEST DATE", "PATH"],
+            manifests.iter().map(|f| {
+                let m = &f.metadata;
+                vec![
+                    shown(m.endpoint_version()),
+                    shown(m.manifest_version()),
+                    shown(m.content_date().map(ferry_manifests::rfc3339).as_deref()),
+                    f.path.to_string(),
+                ]
+            }),
+        );
+        println!("{} endpoint artifact file(s) listed by them", listed.len());
     }
     let certificates = of_kind(&[Kind::Certificate]);
     if !certificates.is_empty() {

@@ -30,7 +30,7 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url}: {reason} (gave up after {attempts} attempts)")]
     Transport { url: String, reason: String, attempts: u32 },
-    #[error("{url}: larger than the {max} bytes a sidecar may have")]
+    #[error("{url}: larger than the {max} bytes such a file may have")]
     TooLarge { url: String, max: u64 },
     #[error(transparent)]
     Sidecar(#[from] ferry_artifacts::SidecarError),
@@ -179,7 +179,9 @@ type Outcome = Result<Fetched, Vec<FetchError>>;
 pub struct Fetcher {
     upstream: Upstream,
     agent: ureq::Agent,
-    keyring: Keyring,
+    /// What archives' `.asc` must verify with; `None` for a fetcher that only downloads
+    /// ([`Fetcher::get`], for files verified otherwise, as `crate::defend` does).
+    keyring: Option<Keyring>,
     cache: Cache,
     /// Downloads at once.
     pub parallel: usize,
@@ -193,6 +195,24 @@ impl Fetcher {
     pub fn new(
         upstream: Upstream,
         keyring: Keyring,
+        cache: Cache,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        Self::with_keyring(upstream, Some(keyring), cache, ca_file)
+    }
+
+    /// A fetcher that only downloads: [`Fetcher::fetch_all`] refuses every artifact with it.
+    pub fn without_keyring(
+        upstream: Upstream,
+        cache: Cache,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        Self::with_keyring(upstream, None, cache, ca_file)
+    }
+
+    fn with_keyring(
+        upstream: Upstream,
+        keyring: Option<Keyring>,
         cache: Cache,
         ca_file: Option<&Path>,
     ) -> anyhow::Result<Self> {
@@ -239,9 +259,10 @@ impl Fetcher {
         &self.cache
     }
 
-    /// The keys what it fetches must be signed with.
-    pub fn keyring(&self) -> &Keyring {
-        &self.keyring
+    /// The keys what it fetches must be signed with (none for a fetcher of files checked by
+    /// other means, `crate::defend`'s).
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
     }
 
     /// The size the upstream announces for a file below it (a `HEAD`), for `plan`.
@@ -347,7 +368,10 @@ impl Fetcher {
             .map_err(|source| FetchError::Io { path: archive.to_owned(), source })?;
         ferry_artifacts::check_sidecar(&sidecar, &format!("{name}.sha512"), &name, &actual)?;
         let asc = String::from_utf8_lossy(&read(&asc_file)?).into_owned();
-        let signer = self.keyring.verify(&asc, &format!("{name}.asc"), &name, open(archive)?)?;
+        let Some(keyring) = &self.keyring else {
+            return Err(FetchError::Refused { file: name, reason: "no PGP key to check it".into() });
+        };
+        let signer = keyring.verify(&asc, &format!("{name}.asc"), &name, open(archive)?)?;
         let size = fs::metadata(archive)
             .map_err(|source| FetchError::Io { path: archive.to_owned(), source })?
             .len();
@@ -364,7 +388,8 @@ impl Fetcher {
     }
 
     /// Fetches one file below `downloads/` into a temporary file in the cache, resuming with a
-    /// byte range after a dropped connection and retrying with backoff.
+    /// byte range after a dropped connection and retrying with backoff. The caller verifies it
+    /// and moves it into the store, or removes it.
     pub(crate) fn get(
         &self,
         mirror_path: &str,

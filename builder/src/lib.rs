@@ -3,6 +3,7 @@
 
 pub mod cli;
 mod commands;
+pub mod defend;
 pub mod fetch;
 mod intake;
 pub mod keys;

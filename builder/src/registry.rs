@@ -487,7 +487,7 @@ fn fetch_one(
     package: &Selected,
     bars: &Bars,
 ) -> Result<FetchedPackage, Vec<FetchError>> {
-    let keyring = fetcher.keyring();
+    let keyring = fetcher.keyring().expect("RegistryPlan::fetcher gives its fetcher a key");
     let store = fetcher.cache().store();
     let key = package.download_path();
     if let Some(entry) = fetcher.cache().read_entry::<CacheEntry>(&key) {

@@ -33,6 +33,11 @@ pub struct Spec {
     /// Integration packages to carry, each a query of the registry's `/search`.
     #[serde(default, rename = "integration")]
     pub integrations: Vec<IntegrationSection>,
+    /// Where Elastic Defend's global artifacts come from (`crate::defend`).
+    pub defend: Option<crate::defend::DefendSection>,
+    /// Endpoint versions whose global artifacts to carry.
+    #[serde(default)]
+    pub endpoint_artifacts: Vec<crate::defend::EndpointArtifactsSection>,
 }
 
 /// Elastic's package registry (or a mirror of its API).

@@ -24,6 +24,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("sh", "dash"),
     // A client of the appliance's package registry over HTTPS, as Kibana is.
     ("curl", "curl"),
+    // Signs the Elastic Defend test manifests, as a stock RSA signer (builder tests/it/defend.rs).
+    ("openssl", "openssl"),
 ];
 
 /// A command running the tool `name`, which must be one of [`TOOLS`]. Panics, naming the tool

@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod cli;
+mod defend;
 mod delta;
 mod integrations;
 mod parts;
