@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod dashboard;
+mod defend;
 mod delta;
 mod drain;
 mod elastic;
