@@ -302,10 +302,7 @@ fn refused(file: &str, check: impl Into<String>) -> FetchError {
 /// every artifact it lists at a safe path below `/downloads/` with a SHA-256. Returns the
 /// artifacts, the manifest's `manifest_version` and when `manifest.json` was written; or the
 /// check that failed.
-fn read_manifest(
-    path: &Path,
-    key: &PublicKey,
-) -> Result<Checked, String> {
+fn read_manifest(path: &Path, key: &PublicKey) -> Result<Checked, String> {
     let file = File::open(path).map_err(|e| format!("cannot read the download: {e}"))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| format!("not a zip archive: {e}"))?;
