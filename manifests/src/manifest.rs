@@ -437,6 +437,17 @@ mod tests {
     }
 
     #[test]
+    fn kinds_are_spelled_as_serialised() {
+        // The manifest's `kind` and what `inspect` and the appliance print must be one word.
+        for kind in Kind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            let back: Kind = serde_json::from_value(kind.as_str().into()).unwrap();
+            assert_eq!(back, kind);
+        }
+        assert_eq!(Kind::EndpointArtifact.as_str(), "endpoint-artifact");
+    }
+
+    #[test]
     fn round_trips_through_bytes() {
         let m = sample();
         let bytes = m.to_bytes();
