@@ -82,6 +82,9 @@ impl DefendPlan {
     /// The spec's Defend tables, or `None` when it asks for no Endpoint artifacts.
     pub fn of(spec: &Spec, base: &Path) -> anyhow::Result<Option<Self>> {
         if spec.endpoint_artifacts.is_empty() {
+            if spec.defend.is_some() {
+                tracing::warn!("[defend] is set but no [[endpoint_artifacts]] names a version");
+            }
             return Ok(None);
         }
         let Some(section) = &spec.defend else {

@@ -310,6 +310,43 @@ fn a_good_build_carries_both_manifests_and_each_artifact_once() {
 }
 
 #[test]
+fn a_mounted_copy_of_the_cdn_builds_the_same_bundle() {
+    let cdn = Cdn::new();
+    assert_ok(&cdn.build());
+    // The same files, laid out as the CDN serves them, in a folder next to the spec.
+    let copy = cdn.path("cdn-copy");
+    for a in [&cdn.shared, &cdn.new, &cdn.old] {
+        let file = copy.join(&a.url[1..]);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, &a.bytes).unwrap();
+    }
+    for v in [V_NEW, V_OLD] {
+        let file = copy.join(&manifest_url(v)[1..]);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, cdn.upstream.get(&manifest_url(v)["/downloads/".len()..])).unwrap();
+    }
+    let spec = std::fs::read_to_string(cdn.path("spec.toml")).unwrap();
+    let spec = spec.replace(&format!("url = \"{}\"", cdn.root()), "dir = \"cdn-copy\"");
+    assert!(spec.contains("dir = \"cdn-copy\""), "{spec}");
+    std::fs::write(cdn.path("spec.toml"), spec).unwrap();
+    std::fs::remove_dir_all(cdn.path("cache")).unwrap();
+    let before = cdn.upstream.hits().len();
+    assert_ok(&cdn.build_into("from-dir"));
+    assert_eq!(cdn.upstream.hits().len(), before, "nothing fetched over HTTP");
+    assert_eq!(
+        std::fs::read(cdn.path("from-dir/site-1.ferry")).unwrap(),
+        std::fs::read(cdn.bundle()).unwrap()
+    );
+    // A copy with a forged file is refused as the CDN would be (with an empty cache: a
+    // verified cached copy is what the manifest asks for, and would be taken instead).
+    std::fs::write(copy.join(&cdn.new.url[1..]), b"forged").unwrap();
+    std::fs::remove_dir_all(cdn.path("cache")).unwrap();
+    let o = cdn.build_into("forged");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("{}: size 6 bytes but the manifest says", cdn.new.url)));
+}
+
+#[test]
 fn plan_lists_the_manifests_and_says_their_artifacts_come_later() {
     let cdn = Cdn::new();
     let o = ferry(&[&"plan", &cdn.path("spec.toml"), &"--cache", &cdn.path("cache")]);
@@ -468,4 +505,22 @@ fn a_key_that_is_not_an_rsa_public_key_is_refused_by_name() {
     // The private key is PEM, but not what the spec must name.
     std::fs::copy(&keys().elastic, cdn.path("endpoint.pem")).unwrap();
     cdn.refused(&["endpoint.pem", "not a \"PUBLIC KEY\""]);
+}
+
+#[test]
+fn a_damaged_cached_artifact_is_fetched_again() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cdn = Cdn::new();
+    assert_ok(&cdn.build());
+    let hex = sha256_hex(&cdn.new.bytes);
+    let blob = cdn.path("cache/blobs/sha256").join(&hex[..2]).join(&hex[2..]);
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, b"bit rot").unwrap();
+    let before = cdn.upstream.hits().len();
+    assert_ok(&cdn.build_into("again"));
+    let fetched: Vec<String> =
+        cdn.upstream.hits()[before..].iter().map(|h| h.path.clone()).collect();
+    assert!(fetched.contains(&cdn.new.url), "the damaged one again: {fetched:?}");
+    assert!(!fetched.contains(&cdn.shared.url), "not the sound ones: {fetched:?}");
+    assert_eq!(extract(&cdn.path("again/site-1.ferry"), &cdn.new.url[1..]), cdn.new.bytes);
 }
