@@ -199,6 +199,16 @@ impl DefendPlan {
             entries.push(manifest.entry);
         }
 
+        // A listed file at a manifest's own path would make two entries of one path: refused
+        // here, by name, rather than by the bundle writer after every download.
+        for manifest in &entries {
+            if let Some((_, _, by)) = wanted.remove(&format!("/{}", manifest.path)) {
+                errors.push(refused(
+                    &format!("/{}", manifest.path),
+                    format!("{by} lists a file at a manifest's own path"),
+                ));
+            }
+        }
         let wanted: Vec<_> = wanted.into_iter().collect();
         let fetched = in_parallel(fetcher.parallel, &wanted, |(url, (digest, size, _))| {
             fetch_artifact(&fetcher, url, digest, *size, &bars)

@@ -488,6 +488,18 @@ fn relative_urls_outside_downloads_or_with_dot_dot_are_refused() {
 }
 
 #[test]
+fn a_file_listed_at_a_manifests_path_is_refused() {
+    let cdn = Cdn::new();
+    let mut json = manifest_json(V_NEW, &[&cdn.shared, &cdn.new]);
+    json["artifacts"][cdn.new.name]["relative_url"] = serde_json::json!(manifest_url(V_OLD));
+    cdn.set(&manifest_url(V_NEW), Some(signed_zip(&json, &keys().elastic)));
+    cdn.refused(&[&format!(
+        "{}: artifacts-9.2.2.zip lists a file at a manifest's own path",
+        manifest_url(V_OLD)
+    )]);
+}
+
+#[test]
 fn endpoint_artifacts_without_defend_is_a_spec_error() {
     let cdn = Cdn::new();
     cdn.write_spec(false);
