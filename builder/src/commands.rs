@@ -329,10 +329,7 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         match defend.fetch(cache, args.parallel, args.attempts, quiet) {
             Ok(entries) => payload.extend(entries),
             Err(DefendFailure::Key(error)) => failures.local.push(error_line(error.as_ref())),
-            Err(DefendFailure::Fetch(errors)) => match &mut failures.fetch {
-                Some(fetch) => fetch.0.extend(errors.0),
-                None => failures.fetch = Some(errors),
-            },
+            Err(DefendFailure::Fetch(errors)) => failures.add_fetch(errors.0),
         }
     }
     if !failures.is_empty() {

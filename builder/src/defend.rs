@@ -12,14 +12,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, bail};
 use ferry_manifests::{EntryName, Kind, Metadata, Mode, PayloadSource, Sha256Digest};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::fetch::{Cache, FetchError, FetchErrors, Fetcher, PlannedFile};
+use crate::fetch::{Cache, FetchError, FetchErrors, Fetcher, PlannedFile, in_parallel};
 use crate::spec::{Spec, Upstream};
 
 /// A manifest zip is a few kilobytes (one JSON file and a 512-byte signature); 16 MiB bounds a
@@ -162,7 +161,7 @@ impl DefendPlan {
         let bars = crate::fetch::bars(quiet);
         let mut errors = Vec::new();
 
-        let manifests = in_parallel(fetcher.parallel, &self.versions, |v| {
+        let manifests = in_parallel(&self.versions, fetcher.parallel, |v| {
             self.fetch_manifest(&fetcher, &key, v, &bars)
         });
         let mut entries = Vec::new();
@@ -210,7 +209,7 @@ impl DefendPlan {
             }
         }
         let wanted: Vec<_> = wanted.into_iter().collect();
-        let fetched = in_parallel(fetcher.parallel, &wanted, |(url, (digest, size, _))| {
+        let fetched = in_parallel(&wanted, fetcher.parallel, |(url, (digest, size, _))| {
             fetch_artifact(&fetcher, url, digest, *size, &bars)
         });
         for (result, (url, _)) in fetched.into_iter().zip(&wanted) {
@@ -481,33 +480,6 @@ impl PublicKey {
         .verify(message, signature)
         .is_ok()
     }
-}
-
-/// `f` over `items`, `parallel` at a time, results in input order.
-fn in_parallel<T: Sync, R: Send>(
-    parallel: usize,
-    items: &[T],
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let next = AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<R>>> =
-        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..parallel.clamp(1, items.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { return };
-                    let r = f(item);
-                    *results[i].lock().expect("no panics while locked") = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|r| r.into_inner().expect("no panics while locked").expect("every item tried"))
-        .collect()
 }
 
 #[cfg(test)]

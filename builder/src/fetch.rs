@@ -369,7 +369,10 @@ impl Fetcher {
         ferry_artifacts::check_sidecar(&sidecar, &format!("{name}.sha512"), &name, &actual)?;
         let asc = String::from_utf8_lossy(&read(&asc_file)?).into_owned();
         let Some(keyring) = &self.keyring else {
-            return Err(FetchError::Refused { file: name, reason: "no PGP key to check it".into() });
+            return Err(FetchError::Refused {
+                file: name,
+                reason: "no PGP key to check it".into(),
+            });
         };
         let signer = keyring.verify(&asc, &format!("{name}.asc"), &name, open(archive)?)?;
         let size = fs::metadata(archive)

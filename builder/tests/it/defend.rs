@@ -63,7 +63,7 @@ fn sign(key: &Path, message: &[u8]) -> Vec<u8> {
 }
 
 /// A manifest zip holding `entries`, each written at 2026-12-01 08:30:00 (deterministic, so
-/// the recorded `manifest_date` is known).
+/// the recorded `date` is known).
 fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut out);
@@ -272,7 +272,7 @@ fn a_good_build_carries_both_manifests_and_each_artifact_once() {
         serde_json::json!({
             "endpoint_version": V_NEW,
             "manifest_version": "1.0.922",
-            "manifest_date": "2026-12-01T08:30:00Z",
+            "date": "2026-12-01T08:30:00Z",
         })
     );
     // The bytes are the CDN's, so the mirror's ETag (the SHA-256) is the published file's.
