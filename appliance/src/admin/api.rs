@@ -327,6 +327,21 @@ pub(crate) struct Content {
     /// When the newest of them was made (RFC 3339), if any says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) newest_package: Option<String>,
+    /// Elastic Defend's global artifact manifests, one per Endpoint version, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) defend: Vec<DefendManifest>,
+}
+
+/// One Elastic Defend manifest a release carries.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct DefendManifest {
+    pub(crate) endpoint_version: String,
+    /// The manifest's own `manifest_version`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) manifest_version: Option<String>,
+    /// When its `manifest.json` was written (RFC 3339), if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) date: Option<String>,
 }
 
 /// Enrolled agents by the status `agents list` shows.

@@ -933,7 +933,8 @@ fn strip_one_newline(mut text: String) -> String {
 /// 0, 1 (a check fails) or 2 (warnings); `status` prints the report and exits 1 when a check
 /// fails.
 /// One line of how old the active release's content is: when its bundle was built, which
-/// agent versions it carries, and how many integration packages, the newest made when.
+/// agent versions it carries, how many integration packages (the newest made when), and each
+/// Defend manifest's version and date.
 fn content_line(content: &super::api::Content, now: time::OffsetDateTime) -> String {
     let age = |text: &str| {
         let parsed =
@@ -962,6 +963,11 @@ fn content_line(content: &super::api::Content, now: time::OffsetDateTime) -> Str
             .map(|d| format!(", the newest made {}", age(d)))
             .unwrap_or_default();
         parts.push(format!("{} integration package(s){newest}", content.packages));
+    }
+    for d in &content.defend {
+        let version = d.manifest_version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+        let date = d.date.as_deref().map(|t| format!(" of {}", age(t))).unwrap_or_default();
+        parts.push(format!("Defend {} manifest{version}{date}", d.endpoint_version));
     }
     parts.join("; ")
 }
@@ -1141,15 +1147,26 @@ mod tests {
             agent_versions: vec!["9.1.2".into(), "9.2.2".into()],
             packages: 200,
             newest_package: Some("2026-12-05T12:00:00Z".into()),
+            defend: vec![super::super::api::DefendManifest {
+                endpoint_version: "9.2.2".into(),
+                manifest_version: Some("1.0.2431".into()),
+                date: Some("2026-12-01T08:30:00Z".into()),
+            }],
         };
         let now = time::macros::datetime!(2026-12-06 06:00 UTC);
         assert_eq!(
             super::content_line(&content, now),
             "built 2026-11-01 (35 days ago); agents 9.1.2, 9.2.2; 200 integration package(s), \
-             the newest made 2026-12-05 (today)"
+             the newest made 2026-12-05 (today); Defend 9.2.2 manifest 1.0.2431 of 2026-12-01 \
+             (4 days ago)"
         );
         let bare = super::super::api::Content { built: "2026-12-05T00:00:00Z".into(), ..content };
-        let bare = super::super::api::Content { packages: 0, agent_versions: vec![], ..bare };
+        let bare = super::super::api::Content {
+            packages: 0,
+            agent_versions: vec![],
+            defend: vec![],
+            ..bare
+        };
         assert_eq!(super::content_line(&bare, now), "built 2026-12-05 (1 day ago)");
     }
 

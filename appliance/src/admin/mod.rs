@@ -414,7 +414,8 @@ pub(crate) fn status_report(
     }
 }
 
-/// What a release carries and how old it is, from its manifest alone (no blob is read, so
+/// What a release carries and how old it is (agent versions, packages, Defend manifests),
+/// from its manifest alone (no blob is read, so
 /// `status` stays cheap with hundreds of packages).
 pub(crate) fn content_of(manifest: &ferry_manifests::Manifest) -> api::Content {
     use ferry_artifacts::epr_version::Version;
@@ -428,6 +429,24 @@ pub(crate) fn content_of(manifest: &ferry_manifests::Manifest) -> api::Content {
     versions.sort();
     versions.dedup_by(|a, b| a.1 == b.1);
     let packages = manifest.files.iter().filter(|f| f.kind == ferry_manifests::Kind::Package);
+    let mut defend: Vec<(Option<Version>, api::DefendManifest)> = manifest
+        .files
+        .iter()
+        .filter(|f| f.kind == ferry_manifests::Kind::EndpointArtifact)
+        .filter_map(|f| {
+            let m = &f.metadata;
+            let version = m.endpoint_version()?;
+            Some((
+                Version::lenient(version),
+                api::DefendManifest {
+                    endpoint_version: version.to_owned(),
+                    manifest_version: m.manifest_version().map(str::to_owned),
+                    date: m.content_date().map(ferry_manifests::rfc3339),
+                },
+            ))
+        })
+        .collect();
+    defend.sort_by(|a, b| a.0.cmp(&b.0));
     api::Content {
         built: ferry_manifests::rfc3339(manifest.created),
         agent_versions: versions.into_iter().map(|(_, v)| v).collect(),
@@ -436,6 +455,7 @@ pub(crate) fn content_of(manifest: &ferry_manifests::Manifest) -> api::Content {
             .filter_map(|f| f.metadata.content_date())
             .max()
             .map(ferry_manifests::rfc3339),
+        defend: defend.into_iter().map(|(_, d)| d).collect(),
     }
 }
 

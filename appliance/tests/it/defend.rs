@@ -1,6 +1,7 @@
 //! Elastic Defend's global artifacts (kind `endpoint-artifact`) through the download mirror:
 //! a manifest zip and an artifact at Elastic's paths, with the ETag Endpoint needs to notice an
-//! update (Elastic's air-gapped guide requires one of a mirror), and nothing else answered.
+//! update (Elastic's air-gapped guide requires one of a mirror), and nothing else answered;
+//! `status` names the manifest and its date.
 
 use ferry_manifests::{Compression, Kind, Metadata};
 use ferry_testkit::payload;
@@ -41,6 +42,15 @@ fn the_mirror_serves_endpoint_artifacts_with_etags() {
     );
     let bundle = ferry_testkit::write_bundle(&f.path("bundles"), &spec, files, &f.key).bundle_path;
     assert_ok(&f.run(&[&"import", &bundle]));
+    // `status` says which Defend manifests the site has, and how old they are.
+    let report: serde_json::Value =
+        serde_json::from_slice(&f.run(&[&"status", &"--json"]).stdout).unwrap();
+    assert_eq!(
+        report["active"]["content"]["defend"],
+        serde_json::json!([{"endpoint_version": "9.2.2", "manifest_version": "1.0.922",
+                            "date": "2026-12-01T08:30:00Z"}]),
+        "{report}"
+    );
     let server = Server::start(&f);
     server.wait_for(&format!("/{MANIFEST}"), &manifest_bytes);
 
