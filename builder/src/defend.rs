@@ -89,12 +89,8 @@ impl DefendPlan {
         let Some(section) = &spec.defend else {
             bail!("the spec has [[endpoint_artifacts]] but no [defend] table saying where from");
         };
-        let upstream = match (&section.url, &section.dir) {
-            (Some(_), Some(_)) => bail!("[defend] sets both `url` and `dir`; keep one"),
-            (None, None) => bail!("[defend] needs `url` or `dir`"),
-            (None, Some(dir)) => Upstream::Dir(base.join(dir)),
-            (Some(url), None) => Upstream::Http(crate::spec::Spec::http_base(url, "[defend]")?),
-        };
+        let upstream =
+            Spec::source("[defend]", section.url.as_deref(), section.dir.as_deref(), base)?;
         let mut versions = Vec::new();
         for (n, table) in spec.endpoint_artifacts.iter().enumerate() {
             if table.versions.is_empty() {
@@ -242,7 +238,7 @@ impl DefendPlan {
         fetcher: &Fetcher,
         key: &PublicKey,
         version: &str,
-        bars: &indicatif::MultiProgress,
+        bars: &crate::fetch::Bars,
     ) -> Result<Manifest, FetchError> {
         let path = manifest_path(version);
         let file_name = format!("artifacts-{version}.zip");
@@ -320,7 +316,7 @@ fn read_manifest(path: &Path, key: &PublicKey) -> Result<Checked, String> {
         .map_err(|e| format!("not a zip archive: {e}"))?;
     let (json, date) = {
         let entry = zip.by_name("manifest.json").map_err(|_| "holds no manifest.json")?;
-        let date = entry.last_modified().and_then(zip_time);
+        let date = entry.last_modified().and_then(crate::intake::zip_time);
         (read_bounded(entry, MAX_MANIFEST, "manifest.json")?, date)
     };
     let signature = {
@@ -364,14 +360,6 @@ fn read_bounded(entry: impl std::io::Read, max: u64, name: &str) -> Result<Vec<u
     Ok(bytes)
 }
 
-/// A zip entry's modification time (MS-DOS fields, without a zone) read as UTC: the same zip
-/// gives the same time on every build.
-fn zip_time(t: zip::DateTime) -> Option<OffsetDateTime> {
-    let month = time::Month::try_from(t.month()).ok()?;
-    let date = time::Date::from_calendar_date(i32::from(t.year()), month, t.day()).ok()?;
-    Some(date.with_hms(t.hour(), t.minute(), t.second()).ok()?.assume_utc())
-}
-
 /// The bundle entry a `relative_url` is served from: it must be an absolute path below
 /// `/downloads/` whose rest is a safe entry name; no percent-encoding, query or fragment, which
 /// the mirror would never map to the same file.
@@ -392,7 +380,7 @@ fn fetch_artifact(
     relative_url: &str,
     digest: &Sha256Digest,
     size: Option<u64>,
-    bars: &indicatif::MultiProgress,
+    bars: &crate::fetch::Bars,
 ) -> Result<Sha256Digest, FetchError> {
     let store = fetcher.cache().store();
     // A cached blob is hashed again: its name is only a claim once it sits on disk.
@@ -569,11 +557,5 @@ mod tests {
         ] {
             assert!(artifact_entry(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn zip_times_are_read_as_utc() {
-        let t = zip::DateTime::from_date_and_time(2026, 12, 1, 8, 30, 2).unwrap();
-        assert_eq!(zip_time(t), Some(time::macros::datetime!(2026-12-01 08:30:02 UTC)));
     }
 }

@@ -361,3 +361,22 @@ pub fn artifact_payload(fetched: &[Fetched]) -> anyhow::Result<Vec<PayloadSource
     }
     Ok(payload)
 }
+
+/// A zip entry's modification time (MS-DOS fields, without a zone) read as UTC: the same zip
+/// gives the same time on every build.
+pub(crate) fn zip_time(t: zip::DateTime) -> Option<OffsetDateTime> {
+    let month = time::Month::try_from(t.month()).ok()?;
+    let date = time::Date::from_calendar_date(i32::from(t.year()), month, t.day()).ok()?;
+    Some(date.with_hms(t.hour(), t.minute(), t.second()).ok()?.assume_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zip_times_are_read_as_utc() {
+        let t = zip::DateTime::from_date_and_time(2026, 12, 1, 8, 30, 2).unwrap();
+        assert_eq!(zip_time(t), Some(time::macros::datetime!(2026-12-01 08:30:02 UTC)));
+    }
+}

@@ -589,7 +589,7 @@ fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<Option<time::Off
     }
     let index = manifest.with_context(|| format!("no {top}manifest.yml"))?;
     let entry = zip.by_index(index)?;
-    let date = entry.last_modified().and_then(zip_time);
+    let date = entry.last_modified().and_then(crate::intake::zip_time);
     let mut bytes = Vec::new();
     entry.take(MAX_PACKAGE_MANIFEST + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_PACKAGE_MANIFEST {
@@ -609,14 +609,6 @@ fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<Option<time::Off
         }
     }
     Ok(date)
-}
-
-/// A zip entry's time (MS-DOS fields, no zone: taken as UTC), if it is a real date.
-fn zip_time(t: zip::DateTime) -> Option<time::OffsetDateTime> {
-    let month = time::Month::try_from(t.month()).ok()?;
-    let date = time::Date::from_calendar_date(i32::from(t.year()), month, t.day()).ok()?;
-    let time = time::Time::from_hms(t.hour(), t.minute(), t.second()).ok()?;
-    Some(date.with_time(time).assume_utc())
 }
 
 /// Bundle entries for verified packages: each zip at `packages/NAME-VERSION.zip` with its

@@ -274,11 +274,22 @@ impl Spec {
     /// The upstream, resolved against `base` (the spec's folder).
     pub fn upstream(&self, base: &Path) -> anyhow::Result<Option<Upstream>> {
         let Some(up) = &self.upstream else { return Ok(None) };
-        match (&up.url, &up.dir) {
-            (Some(_), Some(_)) => bail!("[upstream] sets both `url` and `dir`; keep one"),
-            (None, None) => bail!("[upstream] needs `url` or `dir`"),
-            (None, Some(dir)) => Ok(Some(Upstream::Dir(base.join(dir)))),
-            (Some(url), None) => Ok(Some(Upstream::Http(Self::http_base(url, "[upstream]")?))),
+        Self::source("[upstream]", up.url.as_deref(), up.dir.as_deref(), base).map(Some)
+    }
+
+    /// A table's `url` or `dir` (`table` names it in errors), exactly one of them, resolved
+    /// against `base` (the spec's folder).
+    pub fn source(
+        table: &str,
+        url: Option<&str>,
+        dir: Option<&Path>,
+        base: &Path,
+    ) -> anyhow::Result<Upstream> {
+        match (url, dir) {
+            (Some(_), Some(_)) => bail!("{table} sets both `url` and `dir`; keep one"),
+            (None, None) => bail!("{table} needs `url` or `dir`"),
+            (None, Some(dir)) => Ok(Upstream::Dir(base.join(dir))),
+            (Some(url), None) => Ok(Upstream::Http(Self::http_base(url, table)?)),
         }
     }
 
