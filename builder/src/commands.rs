@@ -145,25 +145,35 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(upstream) = &upstream {
         rows.extend(crate::fetch::plan(&upstream.upstream, &upstream.cache, &ids));
     }
+    // Searches that could not be made: exit 2, as a build's network failures.
+    let mut unreachable = Vec::new();
     let packages = match RegistryPlan::of(&spec_file, base)? {
         None => Vec::new(),
         Some(registry) => {
             let cache = Cache::open(&cache_dir(&args.cache))?;
             let upstream_key = upstream.as_ref().map(|u| u.key_entry.source.as_path());
-            let (fetcher, key_entry) = registry.fetcher(cache, upstream_key)?;
-            rows.extend(key_entry.map(|k| PlannedFile {
-                source: k.source.display().to_string(),
-                bundle_path: k.path.to_string(),
-                cached: false,
-                local: true,
-                missing: std::fs::symlink_metadata(&k.source).is_err(),
-            }));
-            match registry::select(&fetcher, &spec_file.integrations, &fetch::bars(true)) {
-                Ok(selected) => registry::plan(&fetcher, &selected, &mut rows),
-                Err(errors) => {
-                    refusals.extend(errors.refused);
-                    refusals.extend(errors.unreachable.iter().map(ToString::to_string));
+            match registry.fetcher(cache, upstream_key) {
+                // The key is a local file: missing or unreadable, refused as a build does.
+                Err(error) => {
+                    refusals.push(error_line(error.as_ref()));
                     Vec::new()
+                }
+                Ok((fetcher, key_entry)) => {
+                    rows.extend(key_entry.map(|k| PlannedFile {
+                        source: k.source.display().to_string(),
+                        bundle_path: k.path.to_string(),
+                        cached: false,
+                        local: true,
+                        missing: false,
+                    }));
+                    match registry::select(&fetcher, &spec_file.integrations, &fetch::bars(true)) {
+                        Ok(selected) => registry::plan(&fetcher, &selected, &mut rows),
+                        Err(errors) => {
+                            refusals.extend(errors.refused);
+                            unreachable.extend(errors.unreachable.iter().map(ToString::to_string));
+                            Vec::new()
+                        }
+                    }
                 }
             }
         }
@@ -172,9 +182,14 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     rows.extend(defend.iter().flat_map(DefendPlan::plan));
     rows.sort_by(|a, b| a.bundle_path.cmp(&b.bundle_path));
     let missing = rows.iter().filter(|r| r.missing).count();
-    let code =
-        if missing == 0 && refusals.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
-    for line in &refusals {
+    let code = if missing > 0 || !refusals.is_empty() {
+        ExitCode::from(1)
+    } else if !unreachable.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    };
+    for line in refusals.iter().chain(&unreachable) {
         eprintln!("error: {line}");
     }
     if args.json {

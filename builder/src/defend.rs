@@ -2,10 +2,13 @@
 //! `artifacts.security.elastic.co` and every file it lists, fetched, verified and carried at
 //! Elastic's paths so the appliance's mirror serves them to Endpoint as the CDN does.
 //!
-//! What is checked follows how Kibana reads the same CDN (security_solution
-//! `server/lib/telemetry/artifact.ts`): the zip must hold `manifest.json` and `manifest.sig`,
-//! the signature is RSASSA-PKCS1-v1_5 with SHA-256 over the exact bytes of `manifest.json`, and
-//! each artifact is fetched from the base URL + its `relative_url`. The file served there is the
+//! What is checked follows how Kibana reads its own manifests from the same CDN
+//! (security_solution `server/lib/telemetry/artifact.ts`, `downloads/kibana/manifest/…`): the
+//! zip must hold `manifest.json` and `manifest.sig`, the signature is RSASSA-PKCS1-v1_5 with
+//! SHA-256 over the exact bytes of `manifest.json`, and each artifact is fetched from the base
+//! URL + its `relative_url`. That Endpoint's manifests (`downloads/endpoint/manifest/…`) are
+//! signed the same way, with the same key, is an inference from it, not read in Elastic's
+//! code: the first build against the live CDN confirms it (a wrong guess refuses every build). The file served there is the
 //! encoded form, so its SHA-256 must be `encoded_sha256` (and its length `encoded_size`).
 
 use std::collections::BTreeMap;
@@ -314,6 +317,11 @@ fn read_manifest(path: &Path, key: &PublicKey) -> Result<Checked, String> {
     let file = File::open(path).map_err(|e| format!("cannot read the download: {e}"))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| format!("not a zip archive: {e}"))?;
+    // Only `manifest.json` is signed, not the zip: with two entries of one name, the zip crate
+    // would check the last while Kibana's AdmZip and `zcat` read the first.
+    if zip.has_duplicate_names() {
+        return Err("holds two entries of the same name".into());
+    }
     let (json, date) = {
         let entry = zip.by_name("manifest.json").map_err(|_| "holds no manifest.json")?;
         let date = entry.last_modified().and_then(crate::intake::zip_time);

@@ -69,6 +69,10 @@ impl RegistryPlan {
             }
             return Ok(None);
         }
+        // A malformed entry is the spec's error (exit 2), found before the registry is asked.
+        for (n, entry) in spec.integrations.iter().enumerate() {
+            wanted(entry, &entry_name(n, entry))?;
+        }
         let section = spec.registry.as_ref();
         let url = match section.and_then(|r| r.url.as_deref()) {
             None => DEFAULT_REGISTRY.to_owned(),
@@ -148,6 +152,8 @@ pub struct SelectErrors {
 struct Hit {
     name: String,
     version: String,
+    /// `ga`, `beta` or `experimental`.
+    release: Option<String>,
     download: Option<String>,
     signature_path: Option<String>,
 }
@@ -196,7 +202,10 @@ fn queries(entry: &IntegrationSection) -> Vec<String> {
             if entry.all || entry.version.is_some() {
                 q.append_pair("all", "true");
             }
-            let pre = entry.prerelease || entry.version.as_deref().is_some_and(|v| v.contains('-'));
+            // With a version, every version: `release: experimental` ones too, which the
+            // registry leaves out without `prerelease` even with `all` (its exact lookup,
+            // NameVersionFilter, asks for them); a range narrows them again below.
+            let pre = entry.prerelease || entry.version.is_some();
             if pre {
                 q.append_pair("prerelease", "true");
             }
@@ -232,6 +241,14 @@ fn wanted(entry: &IntegrationSection, at: &str) -> anyhow::Result<Wanted> {
     })
 }
 
+/// How errors name the `n`th entry (from 0).
+fn entry_name(n: usize, entry: &IntegrationSection) -> String {
+    match &entry.name {
+        Some(name) => format!("[[integration]] number {} ({name})", n + 1),
+        None => format!("[[integration]] number {}", n + 1),
+    }
+}
+
 /// A package name as the registry allows them: lower-case letters, digits and `_`, so that
 /// it is safe in a URL and a bundle path.
 fn valid_name(name: &str) -> bool {
@@ -251,10 +268,7 @@ pub fn select(
     let mut errors = SelectErrors::default();
     let problems = &mut errors.refused;
     for (n, entry) in entries.iter().enumerate() {
-        let at = match &entry.name {
-            Some(name) => format!("[[integration]] number {} ({name})", n + 1),
-            None => format!("[[integration]] number {}", n + 1),
-        };
+        let at = entry_name(n, entry);
         let (refused_before, unreachable_before) = (problems.len(), errors.unreachable.len());
         let wanted = match wanted(entry, &at) {
             Ok(w) => w,
@@ -264,7 +278,7 @@ pub fn select(
             }
         };
         let mut offered = 0;
-        let mut newest: BTreeMap<String, (Version, Selected)> = BTreeMap::new();
+        let mut newest: BTreeMap<String, (Version, Hit)> = BTreeMap::new();
         let mut picked = Vec::new();
         for query in queries(entry) {
             let hits = match search(fetcher, &query, bars) {
@@ -280,44 +294,61 @@ pub fn select(
             };
             offered += hits.len();
             for hit in hits {
-                let (version, selected) = match check_hit(&hit) {
-                    Ok(v) => v,
-                    Err(reason) => {
-                        problems.push(format!("{}{query}: {reason}", fetcher.source_of("")));
-                        continue;
-                    }
-                };
                 // `package=` is a filter of the registry's; a name it did not ask for is a
                 // registry that ignored it, and must not widen the selection.
-                if entry.name.as_ref().is_some_and(|n| *n != selected.name) {
+                if entry.name.as_ref().is_some_and(|n| *n != hit.name) {
                     continue;
                 }
+                // The registry's versions are strict; one that is not cannot be chosen.
+                let Some(version) = Version::strict(&hit.version) else { continue };
                 let keep = match &wanted {
                     Wanted::Newest => true,
                     Wanted::Exact(v) => *v == version,
-                    Wanted::Range(c) => c.check(&version),
+                    // Asked with `prerelease=true` (a range may reach technical previews), so
+                    // the registry's own rule is kept here: an `experimental` release only
+                    // when the entry asks for prereleases (package-registry
+                    // packages/packages.go, the Prerelease filter).
+                    Wanted::Range(c) => {
+                        c.check(&version)
+                            && (entry.prerelease || hit.release.as_deref() != Some("experimental"))
+                    }
                 };
                 if !keep {
                     continue;
                 }
                 if entry.all {
-                    picked.push((version, selected));
+                    picked.push((version, hit));
                 } else {
-                    match newest.get(&selected.name) {
+                    match newest.get(&hit.name) {
                         Some((v, _)) if *v >= version => {}
                         _ => {
-                            newest.insert(selected.name.clone(), (version, selected));
+                            newest.insert(hit.name.clone(), (version, hit));
                         }
                     }
                 }
             }
         }
         picked.extend(newest.into_values());
+        // Only what is chosen must be the registry's own layout and signed: an unsigned old
+        // version the entry does not want must not fail it.
+        let picked: Vec<(Version, Selected)> = picked
+            .into_iter()
+            .filter_map(|(version, hit)| match check_hit(&hit) {
+                Ok(selected) => Some((version, selected)),
+                Err(reason) => {
+                    problems.push(format!("{at}: {}search: {reason}", fetcher.source_of("")));
+                    None
+                }
+            })
+            .collect();
         let failed =
             problems.len() > refused_before || errors.unreachable.len() > unreachable_before;
         if picked.is_empty() && !failed {
             let narrowed = match &entry.version {
                 Some(v) => format!(", none of them version {v}"),
+                None if !entry.prerelease => {
+                    ", without previews or betas (`prerelease = true` asks for them)".to_owned()
+                }
                 None => String::new(),
             };
             problems
@@ -342,7 +373,12 @@ enum Searched {
 /// One `/search` answer.
 fn search(fetcher: &Fetcher, query: &str, bars: &Bars) -> Result<Vec<Hit>, Searched> {
     let file = fetcher.get(query, Some(MAX_SEARCH), bars).map_err(|e| match e {
+        // The registry answers 400 for a parameter it cannot read (a `kibana.version` or
+        // `spec.min` that is not a version, package-registry search.go): the spec's fault.
         FetchError::NotFound { .. } | FetchError::TooLarge { .. } => {
+            Searched::Refused(e.to_string())
+        }
+        FetchError::Status { status, .. } if (400..500).contains(&status) && status != 429 => {
             Searched::Refused(e.to_string())
         }
         e => Searched::Unreachable(e),
@@ -358,15 +394,14 @@ fn search(fetcher: &Fetcher, query: &str, bars: &Bars) -> Result<Vec<Hit>, Searc
     })
 }
 
-/// A search hit's version and its download paths, which must be the registry's own layout
-/// for that name and version: an answer pointing anywhere else is refused, not followed.
-fn check_hit(hit: &Hit) -> Result<(Version, Selected), String> {
+/// A chosen hit's download paths, which must be the registry's own layout for its name and
+/// version (package-registry `packages/package.go` always answers them so): an answer
+/// pointing anywhere else is refused, not followed.
+fn check_hit(hit: &Hit) -> Result<Selected, String> {
     let what = format!("package {:?} version {:?}", hit.name, hit.version);
     if !valid_name(&hit.name) {
         return Err(format!("{what}: not a package name the registry allows"));
     }
-    let version = Version::strict(&hit.version)
-        .ok_or_else(|| format!("{what}: not a MAJOR.MINOR.PATCH version"))?;
     let selected = Selected { name: hit.name.clone(), version: hit.version.clone() };
     let expected = format!("/{}", selected.download_path());
     if hit.download.as_deref() != Some(expected.as_str()) {
@@ -377,7 +412,7 @@ fn check_hit(hit: &Hit) -> Result<(Version, Selected), String> {
         Some(s) if s != format!("{expected}.sig") => {
             Err(format!("{what}: signature_path {s:?} is not {expected}.sig"))
         }
-        Some(_) => Ok((version, selected)),
+        Some(_) => Ok(selected),
     }
 }
 
@@ -510,7 +545,10 @@ fn fetch_one(
     // The signature first: a package without one fails before its zip moves.
     let sig = fetcher.get(&format!("{key}.sig"), Some(fetch::MAX_SIDECAR), bars);
     let sig = sig.map_err(|e| vec![e])?;
-    let zip = fetcher.get(&key, None, bars).map_err(|e| vec![e])?;
+    let zip = fetcher.get(&key, None, bars).map_err(|e| {
+        let _ = fs::remove_file(&sig);
+        vec![e]
+    })?;
     let checked = verify(keyring, package, &zip, &sig, false);
     let fail = |e| {
         let _ = fs::remove_file(&zip);
@@ -571,6 +609,11 @@ fn check_zip(path: &Path, package: &Selected) -> anyhow::Result<Option<time::Off
     let file = fs::File::open(path)?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .context("not a readable zip archive")?;
+    // Readers disagree on which of two same-named entries is the file (the zip crate takes
+    // the last, Kibana's AdmZip the first): refused rather than guessed.
+    if zip.has_duplicate_names() {
+        bail!("holds two entries of the same name");
+    }
     let top = format!("{}-{}/", package.name, package.version);
     let mut manifest = None;
     for i in 0..zip.len() {
@@ -626,6 +669,7 @@ pub fn payload(fetched: &[FetchedPackage]) -> anyhow::Result<Vec<PayloadSource>>
             mode: Mode::Regular,
             metadata: {
                 let mut m = Metadata::integration_package(&f.package.name, &f.package.version);
+                m.set_pgp_signer(&f.signer);
                 if let Some(date) = f.date {
                     m.set_content_date(date);
                 }
@@ -695,6 +739,7 @@ mod tests {
         let hit = |download: &str, sig: Option<&str>| Hit {
             name: "nginx".into(),
             version: "1.2.3".into(),
+            release: None,
             download: Some(download.into()),
             signature_path: sig.map(str::to_owned),
         };

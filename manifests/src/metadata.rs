@@ -145,6 +145,12 @@ impl Metadata {
         m
     }
 
+    /// Records the fingerprint of the PGP key whose signature verified a fetched file, as an
+    /// artifact's `pgp_signer` (an integration package's provenance).
+    pub fn set_pgp_signer(&mut self, fingerprint: &str) {
+        self.set(key::PGP_SIGNER, fingerprint.to_owned());
+    }
+
     /// The metadata of an Elastic Defend global artifact manifest zip
     /// (`downloads/endpoint/manifest/artifacts-<version>.zip`, kind `endpoint-artifact`): the
     /// Endpoint version it is for, the manifest's own `manifest_version` when it has one, and

@@ -927,11 +927,6 @@ fn strip_one_newline(mut text: String) -> String {
     text
 }
 
-/// `status` and `health`: the running server's view, through the admin API; when no server
-/// answers, the data directory's (with this configuration's keys); with the checks of
-/// [`crate::health`] and their verdict. `health` (`one_line`) prints only the verdict and exits
-/// 0, 1 (a check fails) or 2 (warnings); `status` prints the report and exits 1 when a check
-/// fails.
 /// One line of how old the active release's content is: when its bundle was built, which
 /// agent versions it carries, how many integration packages (the newest made when), and each
 /// Defend manifest's version and date.
@@ -941,7 +936,8 @@ fn content_line(content: &super::api::Content, now: time::OffsetDateTime) -> Str
             time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339);
         match parsed {
             Ok(at) => {
-                let days = (now - at).whole_days();
+                // Calendar days in UTC, as the date is shown: yesterday evening is 1 day ago.
+                let days = (now.date() - at.to_offset(time::UtcOffset::UTC).date()).whole_days();
                 let date = text.split('T').next().unwrap_or(text);
                 match days {
                     0 => format!("{date} (today)"),
@@ -972,6 +968,11 @@ fn content_line(content: &super::api::Content, now: time::OffsetDateTime) -> Str
     parts.join("; ")
 }
 
+/// `status` and `health`: the running server's view, through the admin API; when no server
+/// answers, the data directory's (with this configuration's keys); with the checks of
+/// [`crate::health`] and their verdict. `health` (`one_line`) prints only the verdict and exits
+/// 0, 1 (a check fails) or 2 (warnings); `status` prints the report and exits 1 when a check
+/// fails.
 pub(crate) fn status(
     config: &Config,
     keys: &ferry_manifests::TrustedKeys,
@@ -1157,8 +1158,8 @@ mod tests {
         assert_eq!(
             super::content_line(&content, now),
             "built 2026-11-01 (35 days ago); agents 9.1.2, 9.2.2; 200 integration package(s), \
-             the newest made 2026-12-05 (today); Defend 9.2.2 manifest 1.0.2431 of 2026-12-01 \
-             (4 days ago)"
+             the newest made 2026-12-05 (1 day ago); Defend 9.2.2 manifest 1.0.2431 of \
+             2026-12-01 (5 days ago)"
         );
         let bare = super::super::api::Content { built: "2026-12-05T00:00:00Z".into(), ..content };
         let bare = super::super::api::Content {

@@ -54,13 +54,18 @@ impl Registry {
             files.insert(format!("{path}.sig"), key.sign(&zip[..]).unwrap().into_bytes());
             files.insert(path, zip);
         }
-        // What the registry answers for the queries the specs below make: every version
-        // of nginx but the pre-release, and the newest integration of each name for Kibana
-        // 9.2.0.
+        // What the registry answers for the queries the specs below make: every version of
+        // nginx, with an old unsigned one (no `signature_path`) no entry wants and a technical
+        // preview (`release: experimental`), and the newest integration of each name for
+        // Kibana 9.2.0.
         let search = |hits: Vec<Value>| serde_json::to_vec(&hits).unwrap();
+        let mut unsigned = hit("nginx", "0.9.0");
+        unsigned.as_object_mut().unwrap().remove("signature_path");
+        let mut preview = hit("nginx", "1.3.0");
+        preview["release"] = json!("experimental");
         files.insert(
-            "/search?package=nginx&all=true".into(),
-            search(vec![hit("nginx", "1.0.0"), hit("nginx", "1.2.0")]),
+            "/search?package=nginx&all=true&prerelease=true".into(),
+            search(vec![unsigned, hit("nginx", "1.0.0"), hit("nginx", "1.2.0"), preview]),
         );
         files.insert(
             "/search?type=integration&kibana.version=9.2.0".into(),
@@ -170,6 +175,8 @@ fn plan_lists_what_the_spec_selects_and_build_carries_it_signed() {
         // When the package was made, from the zip (the test zips carry the format's earliest
         // time), never the fetch time: builds stay reproducible.
         assert_eq!(zip["metadata"]["date"], "1980-01-01T00:00:00Z");
+        // Provenance, as for agent archives: the key whose signature verified it.
+        assert_eq!(zip["metadata"]["pgp_signer"].as_str().unwrap().len(), 40, "{zip}");
         let sig = by_path[format!("packages/{name}-{version}.zip.sig").as_str()];
         assert_eq!(sig["kind"], "artifact-sidecar");
         assert_eq!(sig["metadata"]["format"], "pgp-signature");
@@ -233,17 +240,39 @@ fn selections_that_are_empty_or_answers_that_point_elsewhere_are_refused() {
     registry
         .refused("[[integration]] number 1 (absent) selects no package: the registry offered 0");
     registry.spec("[[integration]]\nname = \"nginx\"\nversion = \"^3.0.0\"\n");
-    registry.refused("selects no package: the registry offered 2, none of them version ^3.0.0");
+    registry.refused("selects no package: the registry offered 4, none of them version ^3.0.0");
     let o = registry.run("plan");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("selects no package"), "{}", stderr(&o));
 
+    // A range leaves out a technical preview, as the registry does, unless the entry asks for
+    // prereleases; a pinned version is taken whatever its release.
+    let planned = |spec: &str| {
+        registry.spec(spec);
+        let o = registry.run("plan");
+        let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let versions: Vec<String> = plan["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["version"].as_str().unwrap().to_owned())
+            .collect();
+        versions
+    };
+    assert_eq!(planned("[[integration]]\nname = \"nginx\"\nversion = \"^1.0.0\"\n"), ["1.2.0"]);
+    assert_eq!(
+        planned("[[integration]]\nname = \"nginx\"\nversion = \"^1.0.0\"\nprerelease = true\n"),
+        ["1.3.0"]
+    );
+    assert_eq!(planned("[[integration]]\nname = \"nginx\"\nversion = \"1.3.0\"\n"), ["1.3.0"]);
+
     // An answer sending the download elsewhere is not followed.
     let mut evil = hit("nginx", "1.2.0");
     evil["download"] = json!("/elsewhere/nginx.zip");
-    registry
-        .server
-        .set_raw("/search?package=nginx&all=true", Some(serde_json::to_vec(&[evil]).unwrap()));
+    registry.server.set_raw(
+        "/search?package=nginx&all=true&prerelease=true",
+        Some(serde_json::to_vec(&[evil]).unwrap()),
+    );
     registry.spec("[[integration]]\nname = \"nginx\"\nversion = \"1.2.0\"\n");
     registry.refused("download Some(\"/elsewhere/nginx.zip\") is not /epr/nginx/nginx-1.2.0.zip");
     assert_eq!(registry.zip_hits(), 0);
@@ -269,4 +298,13 @@ fn integrations_need_a_key() {
     let o = registry.run("build");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs the PGP key packages are signed with"), "{}", stderr(&o));
+
+    // A key file that is not there is a missing input, for plan as for build (exit 1).
+    registry.spec("[[integration]]\nname = \"nginx\"\n");
+    std::fs::remove_file(registry.path("GPG-KEY-test")).unwrap();
+    for command in ["plan", "build"] {
+        let o = registry.run(command);
+        assert_eq!(o.status.code(), Some(1), "{command}: {}", stderr(&o));
+        assert!(stderr(&o).contains("GPG-KEY-test"), "{command}: {}", stderr(&o));
+    }
 }

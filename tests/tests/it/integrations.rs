@@ -50,7 +50,10 @@ fn kibana_finds_installs_and_verifies_a_package_the_bundle_carried() {
             "download": path, "signature_path": format!("{path}.sig"),
         }));
     }
-    files.insert("/search?package=nginx&all=true".into(), serde_json::to_vec(&hits).unwrap());
+    files.insert(
+        "/search?package=nginx&all=true&prerelease=true".into(),
+        serde_json::to_vec(&hits).unwrap(),
+    );
     let registry = Upstream::start(files);
     std::fs::write(site.path().join("GPG-KEY-elastic"), key.public_armored()).unwrap();
     std::fs::write(
