@@ -91,9 +91,7 @@ impl RegistryPlan {
             ca_file: section.and_then(|r| r.ca_file.as_ref()).map(|p| base.join(p)),
         }))
     }
-}
 
-impl RegistryPlan {
     /// The fetcher for the registry, verifying with its key (read and checked like a local
     /// file, an `Err` naming it), and the key's bundle entry when it is not `[upstream]`'s,
     /// which the bundle carries already.
