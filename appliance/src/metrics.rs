@@ -380,8 +380,10 @@ fn outcome_name(o: crate::audit::Outcome) -> &'static str {
 /// Reads the scrape's figures and encodes them with the counters.
 pub(crate) async fn render(admin: &Arc<Admin>) -> Result<String, ApiError> {
     let offline_after = admin.offline_after;
-    let views =
-        crate::app::with_db(&admin.state, |s| Ok(s.agent_views(&Default::default())?)).await;
+    let views = crate::app::with_db(&admin.state, |s| {
+        Ok(s.agent_views(&crate::store::AgentPage::summary())?)
+    })
+    .await;
     let mut snap = Snapshot { store_up: views.is_ok(), ..Snapshot::default() };
     let now = crate::clock::now_rfc3339();
     for view in views.iter().flatten().filter(|v| v.active) {

@@ -1121,7 +1121,7 @@ fn stopped_status(
     let read = crate::store::open_existing(&config.store_location()?).and_then(|store| {
         Ok(match store {
             Some(store) => {
-                (store.active()?, store.agent_views(&crate::store::AgentPage::default())?)
+                (store.active()?, store.agent_views(&crate::store::AgentPage::summary())?)
             }
             None => (None, Vec::new()),
         })

@@ -478,8 +478,12 @@ async fn agents_page(
             super::PAGE
         )));
     }
-    let page =
-        AgentPage { policy: query.policy.clone(), after: query.after.clone(), limit: Some(limit) };
+    let page = AgentPage {
+        policy: query.policy.clone(),
+        after: query.after.clone(),
+        limit: Some(limit),
+        summary: false,
+    };
     let list = super::agents(&admin, move |s| match s.agent_views(&page) {
         Err(StoreError::NotFound { key: after, .. }) => Err(ApiError::bad_request(format!(
             "after={after:?}: no such agent (follow the page's \"next\" link)"

@@ -482,7 +482,7 @@ async fn status_now(admin: &Arc<Admin>) -> Result<StatusReport, ApiError> {
     let agents = match flush(admin).await {
         Ok(()) => {
             db(admin, move |s| {
-                let views = s.agent_views(&AgentPage::default())?;
+                let views = s.agent_views(&AgentPage::summary())?;
                 Ok(count_agents(&views, &crate::clock::now_rfc3339(), offline_after))
             })
             .await
@@ -745,7 +745,12 @@ async fn list_agents(
     Query(filter): Query<AgentsQuery>,
 ) -> Result<Response, ApiError> {
     let limit = filter.limit.unwrap_or(PAGE);
-    let page = AgentPage { policy: filter.policy, after: filter.after, limit: Some(limit) };
+    let page = AgentPage {
+        policy: filter.policy,
+        after: filter.after,
+        limit: Some(limit),
+        summary: false,
+    };
     let list = agents(&admin, move |s| match s.agent_views(&page) {
         Err(StoreError::NotFound { key: after, .. }) => Err(ApiError::bad_request(format!(
             "after={after:?}: no such agent (it must be the last id of the previous page)"

@@ -463,6 +463,7 @@ pub(crate) fn agent_views_page_in_enrollment_order(s: &mut dyn Store) {
         policy: policy.map(str::to_owned),
         after: after.map(str::to_owned),
         limit,
+        summary: false,
     };
     let all = s.agent_views(&AgentPage::default()).unwrap();
     assert_eq!(ids(&all), ["a3", "b1", "a1", "a2"], "by enrollment time, then id");
@@ -481,6 +482,21 @@ pub(crate) fn agent_views_page_in_enrollment_order(s: &mut dyn Store) {
         assert!(matches!(&e, StoreError::NotFound { what: "agent", key } if key == after), "{e}");
     }
     assert_eq!(s.agent_view("a1").unwrap().as_ref(), all.get(2));
+    // A summary is the same list with nothing an agent sent as JSON parsed.
+    assert_eq!(all[0].tags, serde_json::json!([]), "a full view parses what the agent sent");
+    let summary = s.agent_views(&AgentPage::summary()).unwrap();
+    let stripped: Vec<super::AgentView> = all
+        .iter()
+        .map(|v| super::AgentView {
+            hostname: String::new(),
+            tags: serde_json::Value::Null,
+            local_metadata: serde_json::Value::Null,
+            components: serde_json::Value::Null,
+            upgrade_details: serde_json::Value::Null,
+            ..v.clone()
+        })
+        .collect();
+    assert_eq!(summary, stripped);
     assert_eq!(s.agent_view("nobody").unwrap(), None);
 }
 

@@ -37,12 +37,17 @@ const VIEW_COLUMNS: &str = "SELECT id, active, policy_id, policy_revision, versi
     upgrade_target, upgrade_details, upgraded_at, unenrolled_at, audit_reason, instance
     FROM agents";
 
-fn view_row(r: &postgres::Row) -> Result<AgentView> {
-    // What agents sent is kept as they sent it; what does not parse shows as null.
-    let json = |text: Option<String>| -> serde_json::Value {
-        text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+fn view_row(r: &postgres::Row, summary: bool) -> Result<AgentView> {
+    // What agents sent is kept as they sent it; what does not parse shows as null. A summary
+    // (`AgentPage::summary`) parses none of it.
+    let json = |column: usize| -> Result<serde_json::Value> {
+        if summary {
+            return Ok(serde_json::Value::Null);
+        }
+        let text: Option<String> = r.try_get(column)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null))
     };
-    let local_metadata = json(r.try_get(10)?);
+    let local_metadata = json(10)?;
     Ok(AgentView {
         id: r.try_get(0)?,
         active: flag(r, 1)?,
@@ -58,12 +63,12 @@ fn view_row(r: &postgres::Row) -> Result<AgentView> {
         last_checkin: r.try_get(6)?,
         last_status: r.try_get(7)?,
         last_message: r.try_get(8)?,
-        tags: json(r.try_get(9)?),
+        tags: json(9)?,
         local_metadata,
-        components: json(r.try_get(11)?),
+        components: json(11)?,
         upgrade_state: r.try_get(12)?,
         upgrade_target: r.try_get(13)?,
-        upgrade_details: json(r.try_get(14)?),
+        upgrade_details: json(14)?,
         upgraded_at: r.try_get(15)?,
         unenrolled_at: r.try_get(16)?,
         audit_unenroll_reason: r.try_get(17)?,
@@ -298,7 +303,7 @@ impl AgentStore for PostgresStore {
 
     fn agent_view(&self, id: &str) -> Result<Option<AgentView>> {
         let row = self.client()?.query_opt(&format!("{VIEW_COLUMNS} WHERE id = $1"), &[&id])?;
-        row.as_ref().map(view_row).transpose()
+        row.as_ref().map(|r| view_row(r, false)).transpose()
     }
 
     fn agent_views(&self, page: &AgentPage) -> Result<Vec<AgentView>> {
@@ -330,7 +335,7 @@ impl AgentStore for PostgresStore {
             ),
             &[&page.policy, &page.after, &limit],
         )?;
-        let views = rows.iter().map(view_row).collect::<Result<_>>()?;
+        let views = rows.iter().map(|r| view_row(r, page.summary)).collect::<Result<_>>()?;
         tx.commit()?;
         Ok(views)
     }

@@ -33,12 +33,17 @@ const VIEW_COLUMNS: &str = "SELECT id, active, policy_id, policy_revision, versi
     upgrade_target, upgrade_details, upgraded_at, unenrolled_at, audit_reason, instance
     FROM agents";
 
-fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentView> {
-    // What agents sent is kept as they sent it; what does not parse shows as null.
-    let json = |text: Option<String>| -> serde_json::Value {
-        text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+fn view_row(r: &rusqlite::Row<'_>, summary: bool) -> rusqlite::Result<AgentView> {
+    // What agents sent is kept as they sent it; what does not parse shows as null. A summary
+    // (`AgentPage::summary`) parses none of it.
+    let json = |column: usize| -> rusqlite::Result<serde_json::Value> {
+        if summary {
+            return Ok(serde_json::Value::Null);
+        }
+        let text: Option<String> = r.get(column)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null))
     };
-    let local_metadata = json(r.get(10)?);
+    let local_metadata = json(10)?;
     Ok(AgentView {
         id: r.get(0)?,
         active: r.get(1)?,
@@ -54,12 +59,12 @@ fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentView> {
         last_checkin: r.get(6)?,
         last_status: r.get(7)?,
         last_message: r.get(8)?,
-        tags: json(r.get(9)?),
+        tags: json(9)?,
         local_metadata,
-        components: json(r.get(11)?),
+        components: json(11)?,
         upgrade_state: r.get(12)?,
         upgrade_target: r.get(13)?,
-        upgrade_details: json(r.get(14)?),
+        upgrade_details: json(14)?,
         upgraded_at: r.get(15)?,
         unenrolled_at: r.get(16)?,
         audit_unenroll_reason: r.get(17)?,
@@ -254,7 +259,9 @@ impl AgentStore for SqliteStore {
     fn agent_view(&self, id: &str) -> Result<Option<AgentView>> {
         Ok(self
             .conn
-            .query_row(&format!("{VIEW_COLUMNS} WHERE id = ?1"), params![id], view_row)
+            .query_row(&format!("{VIEW_COLUMNS} WHERE id = ?1"), params![id], |r| {
+                view_row(r, false)
+            })
             .optional()?)
     }
 
@@ -280,7 +287,8 @@ impl AgentStore for SqliteStore {
                AND (?2 IS NULL OR (enrolled_at, id) > (SELECT enrolled_at, id FROM agents WHERE id = ?2))
              ORDER BY enrolled_at, id LIMIT ?3"
         ))?;
-        let rows = stmt.query_map(params![page.policy, page.after, limit], view_row)?;
+        let rows =
+            stmt.query_map(params![page.policy, page.after, limit], |r| view_row(r, page.summary))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
