@@ -499,10 +499,19 @@ struct CacheEntry {
 
 /// Whether a verified copy of `package` is cached, and its size (for `plan`).
 pub fn cached_size(fetcher: &Fetcher, package: &Selected) -> Option<u64> {
+    let [zip, _] = cached(fetcher, package)?;
+    fs::metadata(fetcher.cache().store().path(&zip)).ok().map(|m| m.len())
+}
+
+/// The blobs of a cached package, zip then `.sig`, when the index names both and the store
+/// holds both: what `plan` calls cached is what a build takes from the cache.
+fn cached(fetcher: &Fetcher, package: &Selected) -> Option<[Sha256Digest; 2]> {
     let entry: CacheEntry = fetcher.cache().read_entry(&package.download_path())?;
-    let zip = Sha256Digest::from_hex(&entry.zip)?;
     let store = fetcher.cache().store();
-    fs::metadata(store.path(&zip)).ok().map(|m| m.len())
+    let [Some(zip), Some(sig)] = [&entry.zip, &entry.sig].map(|h| Sha256Digest::from_hex(h)) else {
+        return None;
+    };
+    (store.contains(&zip) && store.contains(&sig)).then_some([zip, sig])
 }
 
 /// Fetches and verifies every selected package, `parallel` at a time; every failure is
@@ -523,21 +532,15 @@ fn fetch_one(
     let keyring = fetcher.keyring().expect("RegistryPlan::fetcher gives its fetcher a key");
     let store = fetcher.cache().store();
     let key = package.download_path();
-    if let Some(entry) = fetcher.cache().read_entry::<CacheEntry>(&key) {
-        let digests = [&entry.zip, &entry.sig].map(|h| Sha256Digest::from_hex(h));
-        if let [Some(zip), Some(sig)] = digests
-            && store.contains(&zip)
-            && store.contains(&sig)
-        {
-            // Verified when it entered; verified again, as the keyring may have changed.
-            match verify(keyring, package, &store.path(&zip), &store.path(&sig), true) {
-                Ok(f) => return Ok(f),
-                Err(e) => tracing::warn!(
-                    package = %package.file_name(),
-                    error = %e,
-                    "cached copy no longer verifies; fetching again"
-                ),
-            }
+    if let Some([zip, sig]) = cached(fetcher, package) {
+        // Verified when it entered; verified again, as the keyring may have changed.
+        match verify(keyring, package, &store.path(&zip), &store.path(&sig), true) {
+            Ok(f) => return Ok(f),
+            Err(e) => tracing::warn!(
+                package = %package.file_name(),
+                error = %e,
+                "cached copy no longer verifies; fetching again"
+            ),
         }
     }
     // The signature first: a package without one fails before its zip moves.
