@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::hub::Parked;
 use super::wire::{Action, ActionData, ActionKind, CheckinRequest, CheckinResponse};
 use super::{
-    AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, authenticated, blocking,
-    with_state,
+    AgentApi, CHECKIN_BODY_LIMIT, CHECKIN_WIRE_LIMIT, agent_version, blocking, with_state,
 };
 use crate::elastic::Keys;
 use crate::elastic::slots::KeySlot;
@@ -232,8 +232,8 @@ async fn output_keys<'k>(
 
 /// The check-in report in a body read within the wire cap: gunzipped (when the headers say so)
 /// within its own cap, decoded, and carrying the one field Fleet requires.
-pub(super) fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<CheckinRequest, ApiError> {
-    let body = super::decompress(headers, body, CHECKIN_BODY_LIMIT)?;
+pub(super) fn parse_request(gzip: bool, body: Bytes) -> Result<CheckinRequest, ApiError> {
+    let body = super::decompress(gzip, body, CHECKIN_BODY_LIMIT)?;
     let request: CheckinRequest = super::json_body(&body, "check-in")?;
     if request.status.is_empty() {
         return Err(ApiError::bad_request("status is required"));
@@ -323,23 +323,26 @@ struct Trimmed {
 
 fn trim(request: &CheckinRequest) -> Trimmed {
     let mut trimmed = false;
-    let mut within = |value: &Value, shrink: fn(&Value) -> Value, limit: usize| {
-        let text = value.to_string();
+    // Within its cap a field is stored as the agent sent it; over it, it is parsed and made
+    // smaller. (A value's text starts with its first character: `{` is an object, `[` an array.)
+    let mut within = |raw: &RawValue, shrink: fn(&Value) -> Value, limit: usize| {
+        let text = raw.get();
         if text.len() <= limit {
-            return Some(text);
+            return Some(text.to_owned());
         }
         trimmed = true;
-        Some(shrink(value).to_string()).filter(|text| text.len() <= limit)
+        let value: Value = serde_json::from_str(text).ok()?;
+        Some(shrink(&value).to_string()).filter(|text| text.len() <= limit)
     };
     let local_metadata = request
         .local_metadata
-        .as_ref()
-        .filter(|v| v.is_object())
+        .as_deref()
+        .filter(|v| v.get().starts_with('{'))
         .and_then(|v| within(v, shrink_metadata, caps::LOCAL_METADATA));
     let components = request
         .components
-        .as_ref()
-        .filter(|v| v.is_array())
+        .as_deref()
+        .filter(|v| v.get().starts_with('['))
         .and_then(|v| within(v, shrink_components, caps::COMPONENTS));
     let upgrade_details = request.upgrade_details.as_ref().filter(|v| v.is_object()).map(|v| {
         let text = v.to_string();
@@ -419,7 +422,11 @@ pub(crate) async fn checkin(
 }
 
 /// What a parked check-in keeps.
-struct Parking {
+struct Parking<'a> {
+    /// Registered before the first look for actions, so one queued after it wakes the poll.
+    parked: Parked<'a>,
+    /// What that first look found.
+    pending: Vec<ActionRecord>,
     agent_id: String,
     /// The key the check-in came with: re-checked whenever the agent is woken, so a revoked or
     /// re-enrolled agent's parked check-in is refused rather than handed an action or policy.
@@ -432,29 +439,43 @@ struct Parking {
     deadline: tokio::time::Instant,
 }
 
-/// Authenticates, reads the report and queues it, and works out what the agent has.
-async fn prepare(
-    api: &Arc<AgentApi>,
+/// Authenticates, reads the report and queues it, works out what the agent has, and parks.
+/// Two thread hops to the database (the key, then everything else at once), and none for the
+/// policy once a release's copy is computed: at a new release every parked agent acks and
+/// checks in again within a second or two, and each hop is two context switches on a machine
+/// whose two cores also run the TLS and the agents' traffic.
+async fn prepare<'a>(
+    api: &'a Arc<AgentApi>,
     id: String,
     headers: HeaderMap,
     body: Body,
-) -> Result<Parking, ApiError> {
-    let agent = authenticated(api, &headers, Some(&id)).await?;
-    let version = agent_version(&headers)?;
+) -> Result<Parking<'a>, ApiError> {
+    // The headers are read and dropped before the first wait for the database. The version is
+    // refused after the key is checked, in Fleet Server's order (fleet-server
+    // internal/pkg/api/handleCheckin.go: authAgent, then validateUserAgent).
+    let (key, version, gzip) =
+        (super::access_key(&headers), agent_version(&headers), super::gzipped(&headers));
+    drop(headers);
+    let agent = super::authenticated_key(api, key, Some(&id)).await?;
+    let version = version?;
     let body = super::read_limited(body, CHECKIN_WIRE_LIMIT).await?;
-    let inflating = match super::gzipped(&headers) {
+    let inflating = match gzip {
         true => Some(super::INFLATING.acquire().await.expect("the semaphore is never closed")),
         false => None,
     };
-    let request = parse_request(&headers, body)?;
+    let request = parse_request(gzip, body)?;
     drop(inflating);
-
-    let token = request.ack_token.clone().filter(|t| !t.is_empty());
+    // What is kept of the report is taken now and the request dropped: in a storm thousands of
+    // check-ins wait for the database at once, each holding only this.
+    let fields = trim(&request);
+    let reported = request.agent_policy_id.map(|p| (p, request.policy_revision_idx.unwrap_or(0)));
+    let token = request.ack_token.filter(|t| !t.is_empty());
+    let parked = api.hub.park(&agent.id);
     // The cursor and revision may still be in memory, waiting for the next batch write, which
     // takes them from the hub while holding the database: read under the same lock, they are
     // in one place or the other. Read after it, a batch written in between was in neither, and
     // the agent got its policy again.
-    let (token_seq, stored_cursor, stored_revision) = with_state(api, {
+    let (token_seq, cursor, stored_revision, pending) = with_state(api, {
         let hub = Arc::clone(&api.hub);
         let (id, policy, key) =
             (agent.id.clone(), agent.policy_id.clone(), agent.access_key_id.clone());
@@ -463,29 +484,32 @@ async fn prepare(
                 Some(t) => s.agent_action(&id, &t)?.map(|a| a.seq),
                 None => None,
             };
-            let cursor = s.action_cursor(&id)?.max(hub.queued_cursor(&id).unwrap_or(0));
+            // An unknown token falls back to the stored cursor, never an error (§7.8).
+            let cursor = match token_seq {
+                Some(seq) => seq,
+                None => s.action_cursor(&id)?.max(hub.queued_cursor(&id).unwrap_or(0)),
+            };
             let revision = s
                 .agent_policy_revision(&id)?
                 .max(hub.queued_policy_ack(&id, &policy, &key).unwrap_or(0));
-            Ok((token_seq, cursor, revision))
+            let now = crate::clock::now_rfc3339();
+            let pending = s.pending_actions(&id, cursor, &now, MAX_ACTIONS)?;
+            Ok((token_seq, cursor, revision, pending))
         }
     })
     .await?;
-    // An unknown token falls back to the stored cursor, never an error (§7.8).
-    let cursor = token_seq.unwrap_or(stored_cursor);
     // Subscribed before the policy is looked up: a release activated in between is a change
     // this check-in sees.
     let release = api.app.changed.subscribe();
-    let latest = {
-        let (api, policy_id) = (Arc::clone(api), agent.policy_id.clone());
-        blocking(move || api.policies.get(&api, &policy_id)).await?
+    let latest = match api.policies.cached(api, &agent.policy_id) {
+        Some(hit) => hit,
+        None => {
+            let (api, policy_id) = (Arc::clone(api), agent.policy_id.clone());
+            blocking(move || api.policies.get(&api, &policy_id)).await?
+        }
     };
     // Agents >= 9.2 say what they run. Another policy (a reassignment) or a revision this
     // appliance never issued means "send the policy again" (§3.3, step 2).
-    let reported = request
-        .agent_policy_id
-        .as_ref()
-        .map(|p| (p.clone(), request.policy_revision_idx.unwrap_or(0)));
     let running = match &reported {
         None => stored_revision,
         Some((p, r))
@@ -495,7 +519,6 @@ async fn prepare(
         }
         Some(_) => 0,
     };
-    let fields = trim(&request);
     if fields.trimmed && api.hub.trimmed.note(&agent.id) {
         tracing::warn!(
             agent = %agent.id,
@@ -518,6 +541,8 @@ async fn prepare(
     let jitter = api.jitter.mul_f64(rand::random::<f64>());
     let hold = api.long_poll.checked_sub(jitter).filter(|h| !h.is_zero()).unwrap_or(api.long_poll);
     Ok(Parking {
+        parked,
+        pending,
         agent_id: agent.id,
         access_key_id: agent.access_key_id,
         policy_id: agent.policy_id,
@@ -530,8 +555,10 @@ async fn prepare(
 }
 
 /// Waits for an action or a newer policy revision, or for the hold to run out.
-async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
+async fn wait(api: &Arc<AgentApi>, p: Parking<'_>) -> Result<Response, ApiError> {
     let Parking {
+        mut parked,
+        mut pending,
         agent_id,
         access_key_id,
         policy_id,
@@ -541,29 +568,27 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
         mut release,
         deadline,
     } = p;
-    // Parked before the first look, so an action queued after the look wakes this poll.
-    let mut parked = api.hub.park(&agent_id);
     let mut closing = api.hub.closing();
     // Stopping or draining already: answer at once (the loop still delivers anything pending).
     let deadline = if *closing.borrow() { tokio::time::Instant::now() } else { deadline };
-    // Actions are looked up first and after each wake-up of this agent; a new release only
-    // changes the policy, so waking every parked agent costs no database work.
+    // Actions were looked up before parking (`prepare`), and are again after each wake-up of
+    // this agent; a new release only changes the policy, so waking every parked agent costs no
+    // database work.
     // After a wake-up the agent's record is read again with its actions: the wake may be its
     // revocation (admin `unenroll --revoke`), which must end this check-in with the 401 any
     // new request of the agent gets, not with an action or a policy.
-    let (mut look, mut recheck) = (true, false);
+    let mut look = false;
     // The agent's output keys, when the site's Elasticsearch is configured: read when a
     // policy is to be delivered, and again after each wake-up of the agent's own (a key it
     // waited for exists now).
     let elastic = api.app.elastic.get();
     let mut keys = None;
     loop {
-        let pending = if look {
+        if look {
             keys = None;
             let (id, key) = (agent_id.clone(), access_key_id.clone());
-            let (current, pending) = with_state(api, move |s| {
-                let current =
-                    !recheck || s.agent(&id)?.is_some_and(|a| a.active && a.access_key_id == key);
+            let (current, found) = with_state(api, move |s| {
+                let current = s.agent(&id)?.is_some_and(|a| a.active && a.access_key_id == key);
                 let now = crate::clock::now_rfc3339();
                 Ok((
                     current,
@@ -578,11 +603,9 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
             if !current {
                 return Err(super::inactive());
             }
-            pending
-        } else {
-            Vec::new()
-        };
-        look = false;
+            pending = found;
+            look = false;
+        }
         // Pending actions win; a policy change follows on the next check-in (§3.3).
         if let Some(last) = pending.last() {
             let actions: Vec<Action<'_>> =
@@ -607,7 +630,7 @@ async fn wait(api: &Arc<AgentApi>, p: Parking) -> Result<Response, ApiError> {
             biased;
             woke = parked.woken.changed() => {
                 if woke.is_err() { break }
-                (look, recheck) = (true, true);
+                look = true;
             },
             // A newer check-in of this agent parked: it holds the agent's place now. An honest
             // agent has one check-in at a time (its gateway loop waits for each answer, and
@@ -651,23 +674,34 @@ mod tests {
     use super::*;
 
     fn request(body: Value) -> CheckinRequest {
-        serde_json::from_value(body).unwrap()
+        serde_json::from_str(&body.to_string()).unwrap()
     }
 
     #[test]
     fn reports_within_their_caps_are_stored_as_sent() {
-        let r = request(json!({
-            "status": "online", "message": "Running",
-            "local_metadata": { "host": { "hostname": "web-01" } },
-            "components": [{ "id": "log-default", "status": "HEALTHY" }],
-            "upgrade_details": { "state": "UPG_DOWNLOADING", "metadata": { "download_percent": 40 } },
-        }));
+        // Byte for byte, in the agent's key order (Go marshals struct fields in their order).
+        let metadata =
+            r#"{"host":{"name":"web-01","hostname":"web-01"},"elastic":{"agent":{"id":"a"}}}"#;
+        let components = r#"[{"id":"log-default","status":"HEALTHY","units":[]}]"#;
+        let r: CheckinRequest = serde_json::from_str(&format!(
+            r#"{{"status":"online","message":"Running","local_metadata":{metadata},"components":{components},"upgrade_details":{{"state":"UPG_DOWNLOADING","metadata":{{"download_percent":40}}}}}}"#
+        ))
+        .unwrap();
         let t = trim(&r);
         assert!(!t.trimmed);
         assert_eq!((t.status.as_str(), t.message.as_str()), ("online", "Running"));
-        assert_eq!(t.local_metadata.unwrap(), r.local_metadata.unwrap().to_string());
-        assert_eq!(t.components.unwrap(), r.components.unwrap().to_string());
+        assert_eq!(t.local_metadata.unwrap(), metadata);
+        assert_eq!(t.components.unwrap(), components);
         assert_eq!(t.upgrade_details.unwrap(), r.upgrade_details.unwrap().to_string());
+        // Absent, null, or of the wrong shape: nothing stored (the agent's previous one stays).
+        for body in [
+            r#"{"status":"online"}"#,
+            r#"{"status":"online","local_metadata":null,"components":null}"#,
+            r#"{"status":"online","local_metadata":[1],"components":{"a":1}}"#,
+        ] {
+            let t = trim(&serde_json::from_str(body).unwrap());
+            assert_eq!((t.local_metadata, t.components), (None, None), "{body}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::app::{AppState, blocking};
 use crate::credentials::{ApiKey, SecretHash};
 use crate::error::ApiError;
 use crate::fleet::hub::Hub;
-use crate::store::{AgentRecord, Db, Store, StoreError};
+use crate::store::{AgentKey, Db, Store, StoreError};
 
 pub(crate) use checkin::PolicyCache;
 pub(crate) use uploads::upload_file;
@@ -167,11 +167,7 @@ pub(crate) fn credential_id(headers: &HeaderMap) -> Option<String> {
 
 /// Authenticates an access key (§2.5): unknown key or wrong secret → 401. When the route names
 /// an agent, a key of another agent (or an unknown agent id) → 403. An unenrolled agent → 401.
-fn authenticate(
-    api: &AgentApi,
-    key: &ApiKey,
-    path_id: Option<&str>,
-) -> Result<AgentRecord, ApiError> {
+fn authenticate(api: &AgentApi, key: &ApiKey, path_id: Option<&str>) -> Result<AgentKey, ApiError> {
     let agent = api.state.lock().expect("state lock").agent_by_access_key(key.id().as_str())?;
     let agent = agent
         .filter(|a| SecretHash::from_hex(&a.access_secret_sha256).is_some_and(|h| key.matches(&h)))
@@ -207,8 +203,17 @@ async fn authenticated(
     api: &Arc<AgentApi>,
     headers: &HeaderMap,
     path_id: Option<&str>,
-) -> Result<AgentRecord, ApiError> {
-    let key = charged(access_key(headers))?;
+) -> Result<AgentKey, ApiError> {
+    authenticated_key(api, access_key(headers), path_id).await
+}
+
+/// [`authenticated`], for a key already taken from the request's headers.
+async fn authenticated_key(
+    api: &Arc<AgentApi>,
+    key: Result<ApiKey, ApiError>,
+    path_id: Option<&str>,
+) -> Result<AgentKey, ApiError> {
+    let key = charged(key)?;
     let (api, id) = (Arc::clone(api), path_id.map(str::to_owned));
     charged(blocking(move || authenticate(&api, &key, id.as_deref())).await)
 }
@@ -285,8 +290,8 @@ pub(super) fn gzipped(headers: &HeaderMap) -> bool {
 
 /// A request body, gunzipped when the agent says so, within `limit` bytes after decompression.
 /// Callers on the server hold an [`INFLATING`] permit while a gzipped body is inflated.
-fn decompress(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
-    if !gzipped(headers) {
+fn decompress(gzip: bool, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
+    if !gzip {
         return Ok(body);
     }
     let inflate = || {
@@ -321,7 +326,7 @@ pub mod fuzzing {
 
     /// Parses a check-in body (already within the wire cap) as the route does; returns its status.
     pub fn checkin(headers: &HeaderMap, body: Bytes) -> Result<String, ApiError> {
-        super::checkin::parse_request(headers, body).map(|request| request.status)
+        super::checkin::parse_request(super::gzipped(headers), body).map(|request| request.status)
     }
 
     /// One event of an acks body: its action id and, for a policy monitor action, the policy
@@ -434,7 +439,7 @@ mod tests {
             async move {
                 inflating.store(true, Ordering::SeqCst);
                 for _ in 0..5 {
-                    let refused = decompress(&headers, bomb.clone(), CHECKIN_BODY_LIMIT);
+                    let refused = decompress(gzipped(&headers), bomb.clone(), CHECKIN_BODY_LIMIT);
                     assert!(matches!(
                         refused,
                         Err(ApiError::Fleet { status: StatusCode::PAYLOAD_TOO_LARGE, .. })
@@ -462,13 +467,13 @@ mod tests {
         let small = Bytes::from(gz.finish().unwrap());
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(decompress(&headers, small.clone(), 10_000).unwrap().len(), 10_000);
+        assert_eq!(decompress(gzipped(&headers), small.clone(), 10_000).unwrap().len(), 10_000);
         assert!(matches!(
-            decompress(&headers, small, 9_999),
+            decompress(gzipped(&headers), small, 9_999),
             Err(ApiError::Fleet { status: StatusCode::PAYLOAD_TOO_LARGE, .. })
         ));
         assert!(matches!(
-            decompress(&headers, Bytes::from_static(b"not gzip"), 100),
+            decompress(gzipped(&headers), Bytes::from_static(b"not gzip"), 100),
             Err(ApiError::Fleet { code: "BadRequest", .. })
         ));
     }

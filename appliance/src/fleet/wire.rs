@@ -154,10 +154,12 @@ pub(crate) struct CheckinRequest {
     pub(crate) message: Option<String>,
     #[serde(default)]
     pub(crate) ack_token: Option<String>,
+    /// Kept as sent: stored as text, and parsed only when over its cap (an agent's metadata
+    /// is some 60 values, each its own allocation once parsed, on every check-in).
     #[serde(default)]
-    pub(crate) local_metadata: Option<Value>,
+    pub(crate) local_metadata: Option<Box<RawValue>>,
     #[serde(default)]
-    pub(crate) components: Option<Value>,
+    pub(crate) components: Option<Box<RawValue>>,
     /// Kept as a value: odd upgrade metadata must never fail a check-in (§7.18).
     #[serde(default)]
     pub(crate) upgrade_details: Option<Value>,

@@ -8,10 +8,10 @@
 use std::sync::Mutex;
 
 use super::{
-    ActionEffect, ActionResult, ActionTarget, AgentPage, AgentRecord, AuditOutcome, CheckinUpdate,
-    ChunkRecord, Enrollment, KeyState, NewAction, NewEnrollmentToken, PolicyAck, ReleaseRecord,
-    SecretRecord, Store, StoreError, StoredUpgrade, TokenSecret, UpgradeStep, UploadRecord,
-    UploadStatus,
+    ActionEffect, ActionResult, ActionTarget, AgentKey, AgentPage, AgentRecord, AuditOutcome,
+    CheckinUpdate, ChunkRecord, Enrollment, KeyState, NewAction, NewEnrollmentToken, PolicyAck,
+    ReleaseRecord, SecretRecord, Store, StoreError, StoredUpgrade, TokenSecret, UpgradeStep,
+    UploadRecord, UploadStatus,
 };
 
 /// One `#[test]` per function of the suite, each on a fresh store from `$fresh`. A function
@@ -292,7 +292,7 @@ pub(crate) fn enrollment_is_decided_where_it_is_written(s: &mut dyn Store) {
     let replacement = AgentRecord { version: "9.2.2".into(), ..agent("a", "ka2") };
     assert_eq!(s.enroll_agent(&replacement, Some("ka")).unwrap(), Enrollment::Stored);
     assert_eq!(s.agent("a").unwrap(), Some(replacement.clone()));
-    assert_eq!(s.agent_by_access_key("ka2").unwrap(), Some(replacement));
+    assert_eq!(s.agent_by_access_key("ka2").unwrap(), Some(AgentKey::from(&replacement)));
     assert_eq!(s.agent_by_access_key("ka").unwrap(), None);
     // An inactive agent is replaced without proof.
     s.record_action_results("a", &[], true, T2).unwrap();

@@ -269,7 +269,9 @@ pub(crate) trait AgentStore {
     /// enrolls again, whatever token comes with it.
     fn revoked_at(&self, id: &str) -> Result<Option<String>>;
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>>;
-    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentRecord>>;
+    /// What authenticates a request made with access key `key_id`: every agent request
+    /// reads it, so it carries none of the agent's reports.
+    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentKey>>;
     /// Writes a batch of check-in reports in one transaction. A report is dropped when its
     /// agent is gone or holds another access key now. Each agent's upgrade fields become what
     /// `upgrade` (Fleet's rule, `crate::fleet::upgrade`) makes of the stored ones and the report.
@@ -564,6 +566,29 @@ pub(crate) struct AgentRecord {
     pub(crate) tags: String,
     /// The PBKDF2 hash of the agent's replace token, if it gave one.
     pub(crate) replace_token: Option<String>,
+}
+
+/// The part of an [`AgentRecord`] that authenticates its requests.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AgentKey {
+    pub(crate) id: String,
+    pub(crate) access_key_id: String,
+    /// Hex.
+    pub(crate) access_secret_sha256: String,
+    pub(crate) policy_id: String,
+    pub(crate) active: bool,
+}
+
+impl From<&AgentRecord> for AgentKey {
+    fn from(a: &AgentRecord) -> Self {
+        Self {
+            id: a.id.clone(),
+            access_key_id: a.access_key_id.clone(),
+            access_secret_sha256: a.access_secret_sha256.clone(),
+            policy_id: a.policy_id.clone(),
+            active: a.active,
+        }
+    }
 }
 
 /// What [`AgentStore::enroll_agent`] decided.

@@ -9,8 +9,8 @@ use postgres::GenericClient;
 
 use super::{PostgresStore, channel, flag, notify, uint};
 use crate::store::{
-    AgentPage, AgentRecord, AgentStore, AgentView, AuditOutcome, CheckinUpdate, Enrollment, Result,
-    StoreError, StoredUpgrade, UpgradeRule,
+    AgentKey, AgentPage, AgentRecord, AgentStore, AgentView, AuditOutcome, CheckinUpdate,
+    Enrollment, Result, StoreError, StoredUpgrade, UpgradeRule,
 };
 
 const AGENT_COLUMNS: &str = "SELECT id, access_key_id, access_secret_sha256, policy_id, kind,
@@ -162,11 +162,22 @@ impl AgentStore for PostgresStore {
         row.as_ref().map(agent_row).transpose()
     }
 
-    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentRecord>> {
-        let row = self
-            .client()?
-            .query_opt(&format!("{AGENT_COLUMNS} WHERE access_key_id = $1"), &[&key_id])?;
-        row.as_ref().map(agent_row).transpose()
+    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentKey>> {
+        let row = self.client()?.query_opt(
+            "SELECT id, access_key_id, access_secret_sha256, policy_id, active FROM agents
+             WHERE access_key_id = $1",
+            &[&key_id],
+        )?;
+        row.map(|r| {
+            Ok(AgentKey {
+                id: r.try_get(0)?,
+                access_key_id: r.try_get(1)?,
+                access_secret_sha256: r.try_get(2)?,
+                policy_id: r.try_get(3)?,
+                active: flag(&r, 4)?,
+            })
+        })
+        .transpose()
     }
 
     fn record_checkins(

@@ -112,24 +112,20 @@ impl ActionStore for SqliteStore {
     fn agent_action(&self, agent_id: &str, action_id: &str) -> Result<Option<ActionRecord>> {
         Ok(self
             .conn
-            .query_row(
-                &format!(
-                    "{ACTION_COLUMNS} JOIN action_targets t ON t.seq = a.seq
-                     JOIN agents g ON g.id = t.agent_id
-                     WHERE a.id = ?2 AND t.agent_id = ?1 AND t.seq > g.enroll_seq"
-                ),
-                params![agent_id, action_id],
-                action_row,
-            )
+            .prepare_cached(&format!(
+                "{ACTION_COLUMNS} JOIN action_targets t ON t.seq = a.seq
+                 JOIN agents g ON g.id = t.agent_id
+                 WHERE a.id = ?2 AND t.agent_id = ?1 AND t.seq > g.enroll_seq"
+            ))?
+            .query_row(params![agent_id, action_id], action_row)
             .optional()?)
     }
 
     fn action_cursor(&self, agent_id: &str) -> Result<i64> {
         let cursor: Option<i64> = self
             .conn
-            .query_row("SELECT action_seq FROM agents WHERE id = ?1", params![agent_id], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT action_seq FROM agents WHERE id = ?1")?
+            .query_row(params![agent_id], |r| r.get(0))
             .optional()?;
         Ok(cursor.unwrap_or(0))
     }

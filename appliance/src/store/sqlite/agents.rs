@@ -5,8 +5,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{SqliteStore, uint};
 use crate::store::{
-    AgentPage, AgentRecord, AgentStore, AgentView, AuditOutcome, CheckinUpdate, Enrollment, Result,
-    StoreError, StoredUpgrade, UpgradeRule,
+    AgentKey, AgentPage, AgentRecord, AgentStore, AgentView, AuditOutcome, CheckinUpdate,
+    Enrollment, Result, StoreError, StoredUpgrade, UpgradeRule,
 };
 
 const AGENT_COLUMNS: &str = "SELECT id, access_key_id, access_secret_sha256, policy_id, kind,
@@ -130,18 +130,27 @@ impl AgentStore for SqliteStore {
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>> {
         Ok(self
             .conn
-            .query_row(&format!("{AGENT_COLUMNS} WHERE id = ?1"), params![id], agent_row)
+            .prepare_cached(&format!("{AGENT_COLUMNS} WHERE id = ?1"))?
+            .query_row(params![id], agent_row)
             .optional()?)
     }
 
-    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentRecord>> {
+    fn agent_by_access_key(&self, key_id: &str) -> Result<Option<AgentKey>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("{AGENT_COLUMNS} WHERE access_key_id = ?1"),
-                params![key_id],
-                agent_row,
-            )
+            .prepare_cached(
+                "SELECT id, access_key_id, access_secret_sha256, policy_id, active FROM agents
+                 WHERE access_key_id = ?1",
+            )?
+            .query_row(params![key_id], |r| {
+                Ok(AgentKey {
+                    id: r.get(0)?,
+                    access_key_id: r.get(1)?,
+                    access_secret_sha256: r.get(2)?,
+                    policy_id: r.get(3)?,
+                    active: r.get(4)?,
+                })
+            })
             .optional()?)
     }
 

@@ -39,9 +39,8 @@ impl PolicyStore for SqliteStore {
     fn agent_policy_revision(&self, id: &str) -> Result<u64> {
         let revision = self
             .conn
-            .query_row("SELECT policy_revision FROM agents WHERE id = ?1", params![id], |r| {
-                uint(r, 0)
-            })
+            .prepare_cached("SELECT policy_revision FROM agents WHERE id = ?1")?
+            .query_row(params![id], |r| uint(r, 0))
             .optional()?;
         Ok(revision.unwrap_or(0))
     }
