@@ -673,7 +673,7 @@ async fn wait(api: &Arc<AgentApi>, p: Parking<'_>) -> Result<Response, ApiError>
 mod tests {
     use super::*;
 
-    fn request(body: Value) -> CheckinRequest {
+    fn request(body: &Value) -> CheckinRequest {
         serde_json::from_str(&body.to_string()).unwrap()
     }
 
@@ -707,7 +707,7 @@ mod tests {
     #[test]
     fn oversized_fields_are_cut_or_not_stored() {
         let big = "é".repeat(caps::COMPONENTS);
-        let r = request(json!({
+        let r = request(&json!({
             "status": big, "message": big,
             "local_metadata": { "host": { "hostname": big } },
             "components": [{ "id": big }],
@@ -734,7 +734,7 @@ mod tests {
             .map(|i| json!({ "id": format!("unit-{i}"), "type": "input", "status": "FAILED",
                              "message": "e".repeat(2048), "payload": { "osquery": "x".repeat(512) } }))
             .collect();
-        let r = request(json!({
+        let r = request(&json!({
             "status": "error",
             "local_metadata": { "host": { "hostname": "node-7", "ip": ips, "mac": ips } },
             "components": [{ "id": "filestream-default", "status": "FAILED",
