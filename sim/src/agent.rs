@@ -38,6 +38,9 @@ pub struct Fleet {
     /// [`EnrollBackoff`]).
     pub enroll_backoff_init: Duration,
     pub enroll_backoff_max: Duration,
+    /// How long an agent takes to apply a new policy before it acks it, at least and at most
+    /// (see [`Agent::pause`]).
+    pub apply: (Duration, Duration),
     /// A PGP key to verify upgrades with when the appliance cannot serve one (plain HTTP).
     pub pgp_key: Option<ferry_artifacts::Keyring>,
     /// Where each agent's id and key are kept (`--state`), one file per agent.
@@ -99,6 +102,8 @@ struct Agent {
     /// Acks the server did not take, sent again before the next check-in (as real agents keep
     /// them in their action queue).
     unsent: Vec<Ack>,
+    /// The ack of the policy being applied, and when it is applied.
+    applying: Option<(Ack, tokio::time::Instant)>,
     /// Stored actions (all but policies) this agent has received: one seen again is counted as
     /// redelivered and not run twice.
     done: std::collections::HashSet<String>,
@@ -110,6 +115,12 @@ struct Ack {
     action_id: String,
     kind: String,
     data: Option<Value>,
+}
+
+impl Ack {
+    fn new(action_id: &str, kind: &str, data: Option<Value>) -> Ack {
+        Ack { action_id: action_id.to_owned(), kind: kind.to_owned(), data }
+    }
 }
 
 /// Sends a corpus request on `conn`.
@@ -213,6 +224,7 @@ pub async fn run(fleet: Arc<Fleet>, n: usize) {
         upgrade: None,
         details: None,
         unsent: Vec::new(),
+        applying: None,
         done: std::collections::HashSet::new(),
     };
     agent.run().await;
@@ -252,13 +264,12 @@ impl Agent {
     async fn run(&mut self) {
         let mut backoff = self.fleet.backoff_init;
         loop {
-            match self.checkin().await {
-                Ok(Step::Continue) => {
-                    backoff = self.fleet.backoff_init;
-                    // Agents pause about a second between successful check-ins.
-                    let pause = Duration::from_millis(1000 + rand::random::<u64>() % 500);
-                    tokio::time::sleep(pause).await;
-                }
+            let step = match self.checkin().await {
+                Ok(Step::Continue) => self.pause().await.map(|()| Step::Continue),
+                other => other,
+            };
+            match step {
+                Ok(Step::Continue) => backoff = self.fleet.backoff_init,
                 Ok(Step::Stop) => {
                     self.fleet.stats.stopped.fetch_add(1, Relaxed);
                     return;
@@ -276,6 +287,26 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The wait after a successful check-in, during which a new policy is applied and acked.
+    ///
+    /// Elastic Agent's gateway waits 1 s plus up to 500 ms after each check-in returns
+    /// (`fleet_gateway.go`: `PeriodicJitter` of `Duration` 1 s, `Jitter` 500 ms). A policy's
+    /// ack does not follow the check-in but the coordinator applying it, on its own goroutine
+    /// (`coordinator.go`: `processConfigChange`, then `policyChange.Ack`), so the acks of a
+    /// fleet spread over how long each host takes. Elastic's code fixes no such time: the
+    /// simulator draws it from `--apply-ms`. One that would come after the next check-in is
+    /// sent before it (a real agent would send it on a second connection).
+    async fn pause(&mut self) -> Result<(), Failure> {
+        let next =
+            tokio::time::Instant::now() + Duration::from_millis(1000 + rand::random::<u64>() % 500);
+        if let Some((ack, applied)) = self.applying.take() {
+            tokio::time::sleep_until(applied.min(next)).await;
+            self.ack(ack).await?;
+        }
+        tokio::time::sleep_until(next).await;
+        Ok(())
     }
 
     fn ua(&self) -> String {
@@ -317,6 +348,10 @@ impl Agent {
     }
 
     async fn checkin(&mut self) -> Result<Step, Failure> {
+        // A policy's ack a failure kept from its pause goes before the next check-in.
+        if let Some((ack, _)) = self.applying.take() {
+            self.ack(ack).await?;
+        }
         self.resend_acks().await?;
         let mut vars = self.vars();
         if let Some(details) = self.upgrade_details() {
@@ -365,13 +400,7 @@ impl Agent {
 
     /// Acknowledges an action. A refused ack is counted and kept for a retry before the next
     /// check-in, as real agents queue it and carry on (a dead key still stops the agent).
-    async fn ack(
-        &mut self,
-        action_id: &str,
-        kind: &str,
-        data: Option<Value>,
-    ) -> Result<(), Failure> {
-        let ack = Ack { action_id: action_id.to_owned(), kind: kind.to_owned(), data };
+    async fn ack(&mut self, ack: Ack) -> Result<(), Failure> {
         match self.send_ack(&ack).await {
             Err(f) if f != Failure::Status(401) => {
                 self.fleet.stats.error(&f);
@@ -427,7 +456,15 @@ impl Agent {
                     .as_array()
                     .map(|cas| cas.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"));
                 self.download = DownloadTls { ca: cas.unwrap_or_default() };
-                self.ack(&id, kind, None).await?;
+                // A policy still being applied is acked first: the coordinator takes them in
+                // turn.
+                if let Some((ack, _)) = self.applying.take() {
+                    self.ack(ack).await?;
+                }
+                let (least, most) = self.fleet.apply;
+                let took = least + (most.saturating_sub(least)).mul_f64(rand::random::<f64>());
+                let applied = tokio::time::Instant::now() + took;
+                self.applying = Some((Ack::new(&id, kind, None), applied));
             }
             "UPGRADE" => {
                 let target = action["data"]["version"].as_str().unwrap_or_default().to_owned();
@@ -440,17 +477,17 @@ impl Agent {
                 self.upgrade = Some(Upgrade { action_id: id, target, task, outcome: None });
             }
             "UNENROLL" => {
-                self.ack(&id, kind, None).await?;
+                self.ack(Ack::new(&id, kind, None)).await?;
                 self.fleet.stats.unenrolled.fetch_add(1, Relaxed);
                 return Ok(Step::Stop);
             }
             "REQUEST_DIAGNOSTICS" => {
                 let upload_id = self.upload_diagnostics(&id).await?;
-                self.ack(&id, kind, Some(json!({"upload_id": upload_id}))).await?;
+                self.ack(Ack::new(&id, kind, Some(json!({"upload_id": upload_id})))).await?;
             }
             // The agent core never acks CANCEL.
             "CANCEL" => {}
-            _ => self.ack(&id, kind, None).await?,
+            _ => self.ack(Ack::new(&id, kind, None)).await?,
         }
         Ok(Step::Continue)
     }
@@ -480,7 +517,7 @@ impl Agent {
                     Some(ferry_wire::upgrade_details(&u.target, "UPG_FAILED", "", &failed));
             }
         }
-        self.ack(&u.action_id, "UPGRADE", None).await
+        self.ack(Ack::new(&u.action_id, "UPGRADE", None)).await
     }
 
     async fn upload_diagnostics(&mut self, action_id: &str) -> Result<String, Failure> {

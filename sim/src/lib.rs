@@ -126,6 +126,13 @@ pub struct RunArgs {
     /// The longest wait between enrollment attempts, in seconds (real agents: 600).
     #[arg(long, default_value_t = 600.0)]
     pub enroll_backoff_max: f64,
+    /// How long each agent takes to apply a new policy before it acks it, in milliseconds:
+    /// `MIN-MAX`, drawn evenly, or one number. Elastic Agent acks a policy once it has applied
+    /// it, apart from its check-ins, so a fleet's acks spread; its code fixes no duration, so
+    /// the default spreads them over the second before the next check-in. `0` acks at once,
+    /// all together: the hardest case for the server.
+    #[arg(long, value_name = "MS", default_value = "0-1000", value_parser = parse_millis_range)]
+    pub apply_ms: (Duration, Duration),
     /// Milliseconds between report lines.
     #[arg(long, default_value_t = 1000)]
     pub report_ms: u64,
@@ -291,6 +298,21 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
+/// `MIN-MAX` or `N` milliseconds, as a range of durations.
+fn parse_millis_range(s: &str) -> Result<(Duration, Duration), String> {
+    let ms = |t: &str| {
+        t.trim().parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{t:?}: {e}"))
+    };
+    let (least, most) = match s.split_once('-') {
+        Some((a, b)) => (ms(a)?, ms(b)?),
+        None => (ms(s)?, ms(s)?),
+    };
+    if least > most {
+        return Err(format!("{s}: the least is more than the most"));
+    }
+    Ok((least, most))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pgp_key = match &args.pgp_key {
         Some(path) => Some(ferry_artifacts::Keyring::from_armored(
@@ -311,6 +333,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         backoff_max: Duration::from_secs_f64(args.backoff_max),
         enroll_backoff_init: Duration::from_secs_f64(args.enroll_backoff),
         enroll_backoff_max: Duration::from_secs_f64(args.enroll_backoff_max),
+        apply: args.apply_ms,
         pgp_key,
         state: args.state.clone(),
     });
@@ -361,5 +384,16 @@ mod tests {
     #[test]
     fn the_command_tree_passes_clap_checks() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn apply_times_are_a_range_or_one_number_in_milliseconds() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        assert_eq!(super::parse_millis_range("0-1000"), Ok((ms(0), ms(1000))));
+        assert_eq!(super::parse_millis_range("250"), Ok((ms(250), ms(250))));
+        for bad in ["1000-0", "-5", "1-2-3", "a-b", ""] {
+            assert!(super::parse_millis_range(bad).is_err(), "{bad}");
+        }
     }
 }
