@@ -70,8 +70,8 @@ impl Noted {
 }
 
 /// A parked check-in. Dropping it un-parks the agent.
-pub(crate) struct Parked<'a> {
-    hub: &'a Hub,
+pub(crate) struct Parked {
+    hub: Arc<Hub>,
     id: String,
     /// Changes when an action is queued for this agent, or it is revoked.
     pub woken: watch::Receiver<u64>,
@@ -94,7 +94,7 @@ impl Newer {
     }
 }
 
-impl Drop for Parked<'_> {
+impl Drop for Parked {
     fn drop(&mut self) {
         let mut slots = self.hub.slots.lock().expect("hub lock");
         if let Some(slot) = slots.get_mut(&self.id) {
@@ -111,7 +111,7 @@ impl Hub {
     /// agent to answer ([`Newer::parked`]): one parked check-in per agent, so one key
     /// cannot hold hundreds of connections. Park before looking for pending actions: an action
     /// queued after that look is then seen as a wake-up.
-    pub(crate) fn park(&self, id: &str) -> Parked<'_> {
+    pub(crate) fn park(self: &Arc<Self>, id: &str) -> Parked {
         let mut slots = self.slots.lock().expect("hub lock");
         let slot = slots.entry(id.to_owned()).or_insert_with(|| Slot {
             wake: watch::channel(0).0,
@@ -122,7 +122,7 @@ impl Hub {
         slot.newest.send_modify(|n| *n += 1);
         let ticket = *slot.newest.borrow();
         Parked {
-            hub: self,
+            hub: Arc::clone(self),
             id: id.to_owned(),
             woken: slot.wake.subscribe(),
             newer: Newer { ticket, newest: slot.newest.subscribe() },
@@ -316,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_after_parking_is_seen_and_slots_go_away() {
-        let hub = Hub::default();
+        let hub = Arc::new(Hub::default());
         let mut parked = hub.park("a");
         hub.wake([&"b".to_owned()]);
         assert!(!parked.woken.has_changed().unwrap());
@@ -349,7 +349,7 @@ mod tests {
         let pending = |f: std::pin::Pin<&mut dyn std::future::Future<Output = ()>>| {
             f.poll(&mut Context::from_waker(Waker::noop())).is_pending()
         };
-        let hub = Hub::default();
+        let hub = Arc::new(Hub::default());
         let mut first = hub.park("a");
         let mut other = hub.park("b");
         assert!(pending(pin!(first.newer.parked())), "alone, it is not superseded");

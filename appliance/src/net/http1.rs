@@ -21,6 +21,7 @@ use axum::http::{
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::net::later::Later;
 use crate::net::sendfile::{FileRange, ZeroCopy};
 
 /// The largest request head (Fleet Server's `max_header_byte_size`).
@@ -188,11 +189,18 @@ where
         if let Some(peer) = peer {
             request.extensions_mut().insert(ClientAddr(peer));
         }
-        let call = tower::ServiceExt::oneshot(app.clone(), request);
+        // A long poll's answer comes after the router's layers are done with it (`Later`).
+        let call = async {
+            let response = match tower::ServiceExt::oneshot(app.clone(), request).await {
+                Ok(r) => r,
+                Err(e) => match e {},
+            };
+            Later::finish(response).await
+        };
         tokio::pin!(call);
         let mut half_closed = false;
         let response = tokio::select! {
-            r = &mut call => match r { Ok(r) => r, Err(e) => match e {} },
+            r = &mut call => r,
             gone = watch_client(&mut io, &mut pending) => {
                 // The client broke the connection: drop the request, which un-parks a
                 // check-in.
@@ -204,8 +212,7 @@ where
                 // dropped, so the departed do not hold their place for a whole long poll.
                 half_closed = true;
                 match tokio::time::timeout(HALF_CLOSE_GRACE, &mut call).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => match e {},
+                    Ok(r) => r,
                     Err(_) => return Ok(()),
                 }
             }
@@ -752,6 +759,26 @@ mod tests {
 
     async fn exchange(input: &[u8]) -> (String, Result<(), ConnError>) {
         talk(input, false).await
+    }
+
+    #[tokio::test]
+    async fn an_answer_given_later_is_awaited_and_keeps_the_layers_headers() {
+        let app = Router::new()
+            .route(
+                "/poll",
+                get(|| async {
+                    Later::response(async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        axum::response::IntoResponse::into_response("answered")
+                    })
+                }),
+            )
+            .layer(axum::middleware::map_response(crate::net::nosniff));
+        let (out, end) = talk_to(app, b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n", true).await;
+        end.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("\r\nx-content-type-options: nosniff\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nanswered"), "{out}");
     }
 
     #[tokio::test]

@@ -390,7 +390,7 @@ pub(crate) async fn limit(
     if let Err(wait) = limiter.take(Instant::now()) {
         return too_many(limiter.route, "RateLimit", "exceeded the rate limit", wait);
     }
-    let _permit = match &limiter.in_flight {
+    let permit = match &limiter.in_flight {
         Some(s) => match Arc::clone(s).try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
@@ -420,7 +420,11 @@ pub(crate) async fn limit(
         limiter.give_back();
         let _ = limiter.failures.charge(address, Instant::now());
     }
-    response
+    // A long poll answered later still counts as in flight until its answer (`Later`).
+    match permit {
+        Some(permit) => crate::net::later::Later::hold(response, permit),
+        None => response,
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The network layer: the accept loop (connection caps, the TLS handshake under the header
-//! timeout), the lean HTTP/1.1 loop, zero-copy file bodies on plain TCP, TLS configuration, and
-//! per-route request limits.
+//! timeout), the lean HTTP/1.1 loop, answers awaited outside the router's layers (long polls),
+//! zero-copy file bodies on plain TCP, TLS configuration, and per-route request limits.
 
 pub(crate) mod activation;
 pub(crate) mod connections;
 pub(crate) mod http1;
+pub(crate) mod later;
 pub(crate) mod limits;
 pub(crate) mod sendfile;
 pub(crate) mod tls;

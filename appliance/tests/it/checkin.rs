@@ -66,6 +66,10 @@ fn policy_reaches_the_agent_and_a_new_revision_wakes_its_long_poll() {
         parked.body["actions"][0]["id"], "policy:p:2",
         "woken by the import, not by the 60 s timeout"
     );
+    // Answered by the HTTP loop after the router's layers were done with it (`net::later`),
+    // it still carries the headers they add.
+    assert_eq!(parked.headers["elastic-api-version"], "2023-06-01");
+    assert_eq!(parked.headers["x-content-type-options"], "nosniff");
 
     // Refusals with Fleet's statuses.
     let path = format!("/api/fleet/agents/{}/checkin", agent.id);

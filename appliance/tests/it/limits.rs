@@ -102,6 +102,41 @@ fn parked_check_ins_leave_control_calls_free_and_a_release_wakes_them_all() {
     });
 }
 
+/// A cap on check-ins in flight counts each one for its whole long poll, although the router's
+/// layers hand a parked check-in's answer to the HTTP loop and are done with it early
+/// (`net::later`).
+#[test]
+fn a_cap_on_check_ins_in_flight_counts_each_for_its_whole_long_poll() {
+    let f = Fixture::new();
+    f.append_config(
+        "checkin_long_poll_seconds = 120\ncheckin_jitter_seconds = 0\n\
+         [limits.checkin]\nconcurrent = 2",
+    );
+    assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
+    let server = Server::start(&f);
+    let (_, token) = f.token("p");
+    let agents: Vec<Agent<'_>> = (0..3).map(|_| Agent::enroll(&server, &token)).collect();
+    for a in &agents {
+        let reply = a.checkin_online();
+        assert_eq!(a.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+    }
+    std::thread::scope(|scope| {
+        let parked: Vec<_> =
+            agents[..2].iter().map(|a| scope.spawn(|| a.checkin_online())).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(parked.iter().all(|h| !h.is_finished()), "both are parked");
+        agents[2].checkin_online().assert_error(429, "MaxLimit");
+        assert_ok(&f.run(&[&"import", &f.bundle(2, VERSIONS[1], Fixture::later())]));
+        for h in parked {
+            let reply = h.join().unwrap();
+            assert_eq!(reply.body["actions"][0]["id"], "policy:p:2", "{reply:?}");
+        }
+    });
+    // Answered, they gave their places back.
+    let reply = agents[2].checkin_online();
+    assert_eq!(reply.body["actions"][0]["id"], "policy:p:2", "{reply:?}");
+}
+
 #[test]
 fn slow_and_oversized_heads_are_cut_off_and_bad_keys_never_crowd_out_good_agents() {
     let f = Fixture::new();
