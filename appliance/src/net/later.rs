@@ -6,7 +6,9 @@
 //! `nosniff`, the router itself) keeps a boxed future alive for as long as the handler runs.
 //! For a parked check-in that is the whole long poll, 5 minutes, times every agent of the
 //! fleet. heaptrack counted those layers at 0.2–0.6 KiB each per parked agent, a third of its
-//! live heap (docs/benchmarks.md). Handed out this way, a parked agent holds only the wait.
+//! live heap (docs/benchmarks.md). Handed out this way, a parked agent holds only the wait:
+//! after a storm of 10 000 plain agents, 8.6–8.8 KiB of resident memory per parked agent
+//! instead of 12.5, and 18.5 instead of 22.6 over TLS (glibc keeps less around fewer blocks).
 //!
 //! The layers see the placeholder (`200`, empty) and add their headers to it; the final answer
 //! gets each header it lacks from it, so a header a layer adds still reaches the client. What a
