@@ -301,12 +301,20 @@ impl Agent {
     async fn pause(&mut self) -> Result<(), Failure> {
         let next =
             tokio::time::Instant::now() + Duration::from_millis(1000 + rand::random::<u64>() % 500);
-        if let Some((ack, applied)) = self.applying.take() {
-            tokio::time::sleep_until(applied.min(next)).await;
-            self.ack(ack).await?;
+        if let Some((_, applied)) = &self.applying {
+            tokio::time::sleep_until((*applied).min(next)).await;
+            self.ack_applied().await?;
         }
         tokio::time::sleep_until(next).await;
         Ok(())
+    }
+
+    /// Acks the policy being applied, if any, now.
+    async fn ack_applied(&mut self) -> Result<(), Failure> {
+        match self.applying.take() {
+            Some((ack, _)) => self.ack(ack).await,
+            None => Ok(()),
+        }
     }
 
     fn ua(&self) -> String {
@@ -349,9 +357,7 @@ impl Agent {
 
     async fn checkin(&mut self) -> Result<Step, Failure> {
         // A policy's ack a failure kept from its pause goes before the next check-in.
-        if let Some((ack, _)) = self.applying.take() {
-            self.ack(ack).await?;
-        }
+        self.ack_applied().await?;
         self.resend_acks().await?;
         let mut vars = self.vars();
         if let Some(details) = self.upgrade_details() {
@@ -458,9 +464,7 @@ impl Agent {
                 self.download = DownloadTls { ca: cas.unwrap_or_default() };
                 // A policy still being applied is acked first: the coordinator takes them in
                 // turn.
-                if let Some((ack, _)) = self.applying.take() {
-                    self.ack(ack).await?;
-                }
+                self.ack_applied().await?;
                 let (least, most) = self.fleet.apply;
                 let took = least + (most.saturating_sub(least)).mul_f64(rand::random::<f64>());
                 let applied = tokio::time::Instant::now() + took;

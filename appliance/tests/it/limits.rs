@@ -61,6 +61,17 @@ fn request_from(
     Reply { status, headers, body, raw }
 }
 
+/// `n` agents enrolled, each having taken and acked its first policy (so that its next
+/// check-in parks).
+fn on_their_first_policy<'s>(server: &'s Server, token: &str, n: usize) -> Vec<Agent<'s>> {
+    let agents: Vec<Agent<'_>> = (0..n).map(|_| Agent::enroll(server, token)).collect();
+    for a in &agents {
+        let reply = a.checkin_online();
+        assert_eq!(a.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
+    }
+    agents
+}
+
 /// How many replies have each status.
 fn count(replies: &[Reply], status: u16) -> usize {
     replies.iter().filter(|r| r.status == status).count()
@@ -76,11 +87,7 @@ fn parked_check_ins_leave_control_calls_free_and_a_release_wakes_them_all() {
     assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
     let server = Server::start(&f);
     let (_, token) = f.token("p");
-    let agents: Vec<Agent<'_>> = (0..6).map(|_| Agent::enroll(&server, &token)).collect();
-    for a in &agents {
-        let reply = a.checkin_online();
-        assert_eq!(a.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
-    }
+    let agents = on_their_first_policy(&server, &token, 6);
     std::thread::scope(|scope| {
         let parked: Vec<_> = agents.iter().map(|a| scope.spawn(|| a.checkin_online())).collect();
         std::thread::sleep(Duration::from_millis(500));
@@ -115,11 +122,7 @@ fn a_cap_on_check_ins_in_flight_counts_each_for_its_whole_long_poll() {
     assert_ok(&f.run(&[&"import", &f.bundle(1, VERSIONS[0], Fixture::later())]));
     let server = Server::start(&f);
     let (_, token) = f.token("p");
-    let agents: Vec<Agent<'_>> = (0..3).map(|_| Agent::enroll(&server, &token)).collect();
-    for a in &agents {
-        let reply = a.checkin_online();
-        assert_eq!(a.ack(&[reply.body["actions"][0]["id"].as_str().unwrap()]).status, 200);
-    }
+    let agents = on_their_first_policy(&server, &token, 3);
     std::thread::scope(|scope| {
         let parked: Vec<_> =
             agents[..2].iter().map(|a| scope.spawn(|| a.checkin_online())).collect();
