@@ -10,7 +10,10 @@
 # for SECONDS_PER_CELL seconds; bytes received (whole and partial responses) count. Server CPU is
 # utime+stime from /proc/PID/stat before and after each cell, summed over nginx's master and
 # workers (the appliance is one process). The client runs on the same box, so both servers share
-# the cores with it alike. Cells are interleaved (nginx, ferry, nginx, ferry...), best of ROUNDS:
+# the cores with it alike. Over loopback the kernel runs the receiving side's TCP work in
+# whichever process's context delivers the segment, so the machine's CPU (every core's busy time
+# from /proc/stat, client included) is printed too: same client, same bytes, only the server
+# differs. Cells are interleaved (nginx, ferry, nginx, ferry...), best of ROUNDS:
 # the highest MB/s and the lowest CPU s/GB over the rounds, each on its own.
 #
 # Everything listens on 127.0.0.1 only. Working files live in target/bench-mirror/.
@@ -155,6 +158,11 @@ server_pids() { # server_pids SERVER: the server's processes (nginx: master and 
     esac
 }
 clk_tck=$(getconf CLK_TCK)
+machine_ticks() { # busy time of every core (user, nice, system, irq, softirq), in clock ticks
+    local _cpu user nice system _idle _iowait irq softirq _rest
+    read -r _cpu user nice system _idle _iowait irq softirq _rest < /proc/stat
+    echo $((user + nice + system + irq + softirq))
+}
 cpu_ticks() { # utime+stime of the processes given, in clock ticks
     local total=0 pid f
     for pid in "$@"; do
@@ -184,35 +192,40 @@ done = function(summary, latency, requests)
 end
 EOF
 
-# cell SERVER MODE CONCURRENCY: sets cell_mbs and cell_cpu (CPU s/GB).
+# cell SERVER MODE CONCURRENCY: sets cell_mbs, cell_cpu (the server's CPU s/GB) and
+# cell_machine (the machine's CPU s/GB).
 problems=()
 cell() {
-    local threads=$(( $3 < 2 ? $3 : 2 )) pids_now before after out bytes dur reqs ec er ew es et
+    local threads=$(( $3 < 2 ? $3 : 2 )) pids_now before after machine_before machine_after out bytes dur reqs ec er ew es et
     pids_now=$(server_pids "$1")
     before=$(cpu_ticks $pids_now)
+    machine_before=$(machine_ticks)
     out=$(wrk -t "$threads" -c "$3" -d "${secs}s" --timeout 600s -s "$bench/report.lua" "$(url "$1" "$2")" 2>&1) \
         || { echo "$out" >&2; exit 1; }
     sleep 0.2
     after=$(cpu_ticks $pids_now)
+    machine_after=$(machine_ticks)
     read -r bytes dur reqs ec er ew es et < <(grep '^RESULT' <<< "$out" | cut -d' ' -f2-)
     [ $((ec + er + ew + es + et)) -eq 0 ] \
         || problems+=("$1 $2 c=$3: errors connect $ec, read $er, write $ew, non-2xx/3xx $es, timeout $et")
     cell_mbs=$(echo "$bytes / $dur" | bc -l)
     cell_cpu=$(echo "($after - $before) / $clk_tck / ($bytes / 1000000000)" | bc -l)
+    cell_machine=$(echo "($machine_after - $machine_before) / $clk_tck / ($bytes / 1000000000)" | bc -l)
 }
 
-# Best of the rounds: highest MB/s, lowest CPU s/GB.
-declare -A mbs cpu
+# Best of the rounds: highest MB/s, lowest CPU s/GB (server and machine each on its own).
+declare -A mbs cpu machine
 for round in $(seq 1 "$rounds"); do
     for mode in plain tls; do
         for c in $concurrencies; do
             for server in nginx ferry; do
                 cell "$server" "$mode" "$c"
-                m=$cell_mbs p=$cell_cpu
-                printf 'round %d %-5s %-5s c=%-3d %8.0f MB/s %7.3f CPU s/GB\n' "$round" "$server" "$mode" "$c" "$m" "$p" >&2
+                m=$cell_mbs p=$cell_cpu w=$cell_machine
+                printf 'round %d %-5s %-5s c=%-3d %8.0f MB/s %7.3f CPU s/GB (machine %.3f)\n' "$round" "$server" "$mode" "$c" "$m" "$p" "$w" >&2
                 k=$server-$mode-$c
                 if [ -z "${mbs[$k]:-}" ] || [ "$(echo "$m > ${mbs[$k]}" | bc)" = 1 ]; then mbs[$k]=$m; fi
                 if [ -z "${cpu[$k]:-}" ] || [ "$(echo "$p < ${cpu[$k]}" | bc)" = 1 ]; then cpu[$k]=$p; fi
+                if [ -z "${machine[$k]:-}" ] || [ "$(echo "$w < ${machine[$k]}" | bc)" = 1 ]; then machine[$k]=$w; fi
             done
         done
     done
@@ -220,15 +233,16 @@ done
 
 echo
 echo "file: $((size / 1048576)) MiB; $secs s per cell; best of $rounds rounds; $(nproc) cores; MB = 10^6 bytes, GB = 10^9"
-printf '%-5s %5s %10s %10s %12s %11s %11s %12s\n' mode conc "nginx MB/s" "ferry MB/s" "ratio (>=1)" "nginx s/GB" "ferry s/GB" "ratio (<=1)"
+printf '%-5s %5s %10s %10s %12s %11s %11s %12s %13s\n' mode conc "nginx MB/s" "ferry MB/s" "ratio (>=1)" "nginx s/GB" "ferry s/GB" "ratio (<=1)" "machine ratio"
 met=0 cells=0
 for mode in plain tls; do
     for c in $concurrencies; do
         n=nginx-$mode-$c f=ferry-$mode-$c
         rt=$(echo "${mbs[$f]} / ${mbs[$n]}" | bc -l)
         rc=$(echo "${cpu[$f]} / ${cpu[$n]}" | bc -l)
+        rw=$(echo "${machine[$f]} / ${machine[$n]}" | bc -l)
         label=$([ "$mode" = tls ] && echo TLS || echo plain)
-        printf '%-5s %5d %10.0f %10.0f %12.2f %11.3f %11.3f %12.2f\n' "$label" "$c" "${mbs[$n]}" "${mbs[$f]}" "$rt" "${cpu[$n]}" "${cpu[$f]}" "$rc"
+        printf '%-5s %5d %10.0f %10.0f %12.2f %11.3f %11.3f %12.2f %13.2f\n' "$label" "$c" "${mbs[$n]}" "${mbs[$f]}" "$rt" "${cpu[$n]}" "${cpu[$f]}" "$rc" "$rw"
         cells=$((cells + 2))
         [ "$(echo "$rt >= 1" | bc)" = 1 ] && met=$((met + 1))
         [ "$(echo "$rc <= 1" | bc)" = 1 ] && met=$((met + 1))
@@ -236,6 +250,7 @@ for mode in plain tls; do
 done
 echo
 echo "goals: ferry throughput >= nginx (ratio >= 1.00); ferry CPU per GB <= nginx (ratio <= 1.00)"
+echo "machine ratio: the whole machine's CPU per GB, client included, ferry / nginx (not counted as a goal)"
 echo "goals met: $met of $cells"
 if [ ${#problems[@]} -gt 0 ]; then
     echo
