@@ -1,7 +1,7 @@
 //! `ferry-appliance` as an operator and an agent meet it: import, refusals that leave the
 //! active release alone, the HTTPS mirror (checked with `sha512sum` and `gpg`), the plain mirror
 //! (sendfile: ranges, HEAD, a blob cut under a download), live switching,
-//! rollback, fsck, and imports killed at every step.
+//! rollback, fsck, imports killed at every step, and the allocator that returns idle memory.
 
 use crate::support;
 use crate::support::{
@@ -313,6 +313,23 @@ fn an_import_killed_at_any_step_leaves_one_whole_release_active() {
         assert_eq!(f.releases().0, Some(2), "{point}");
         assert_ok(&f.run(&[&"fsck"]));
     }
+}
+
+/// The served binary allocates with jemalloc and its background thread, which gives idle pages
+/// back: built into the binary by `.cargo/config.toml` (`JEMALLOC_SYS_WITH_MALLOC_CONF`), so a
+/// build that lost the setting would keep a storm's freed memory resident while agents sit
+/// parked (docs/benchmarks.md, "jemalloc in the appliance"). jemalloc names that thread.
+#[test]
+fn the_appliance_returns_idle_memory_from_a_background_thread() {
+    let f = Fixture::new();
+    assert_ok(&import(&f, &f.bundle(1, VERSIONS[0], Fixture::later())));
+    let server = Server::start(&f);
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "jemalloc_bg_thd"), "the server's threads: {names:?}");
 }
 
 #[test]

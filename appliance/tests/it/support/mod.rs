@@ -398,6 +398,11 @@ impl Server {
         self.process.wait_exit()
     }
 
+    /// The server's process id, for reading its /proc entries.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Kills the server as a power cut would (SIGKILL), and waits until it is gone.
     pub fn kill(&self) {
         self.process.kill();
