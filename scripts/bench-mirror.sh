@@ -20,7 +20,7 @@
 #
 # Needs: nginx, wrk, curl, openssl, bc (apt-get install nginx wrk curl openssl bc; the script
 # installs nginx and wrk itself if missing and it runs as root).
-# Usage: scripts/bench-mirror.sh
+# Usage: scripts/bench-mirror.sh    (exits 1 when ferry's CPU per GB is above nginx's in a cell)
 #   SIZE_MIB=512 SECONDS_PER_CELL=8 ROUNDS=2   (defaults; the input is built once per size and kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -234,7 +234,7 @@ done
 echo
 echo "file: $((size / 1048576)) MiB; $secs s per cell; best of $rounds rounds; $(nproc) cores; MB = 10^6 bytes, GB = 10^9"
 printf '%-5s %5s %10s %10s %12s %11s %11s %12s %13s\n' mode conc "nginx MB/s" "ferry MB/s" "ratio (>=1)" "nginx s/GB" "ferry s/GB" "ratio (<=1)" "machine ratio"
-met=0 cells=0
+met=0 cells=0 missed=()
 for mode in plain tls; do
     for c in $concurrencies; do
         n=nginx-$mode-$c f=ferry-$mode-$c
@@ -245,7 +245,7 @@ for mode in plain tls; do
         printf '%-5s %5d %10.0f %10.0f %12.2f %11.3f %11.3f %12.2f %13.2f\n' "$label" "$c" "${mbs[$n]}" "${mbs[$f]}" "$rt" "${cpu[$n]}" "${cpu[$f]}" "$rc" "$rw"
         cells=$((cells + 2))
         [ "$(echo "$rt >= 1" | bc)" = 1 ] && met=$((met + 1))
-        [ "$(echo "$rc <= 1" | bc)" = 1 ] && met=$((met + 1))
+        if [ "$(echo "$rc <= 1" | bc)" = 1 ]; then met=$((met + 1)); else missed+=("$label at $c: $(printf %.2f "$rc")"); fi
     done
 done
 echo
@@ -256,4 +256,11 @@ if [ ${#problems[@]} -gt 0 ]; then
     echo
     echo "wrk reported errors (the bytes of failed responses still count above):"
     printf '  %s\n' "${problems[@]}"
+fi
+# Issue 18's goal is the CPU per GB; throughput over loopback varies too much with the client
+# sharing the cores to fail a run on.
+if [ ${#missed[@]} -gt 0 ]; then
+    echo
+    echo "MISSED: ferry's CPU per GB above nginx's (ferry / nginx): $(IFS=';'; echo "${missed[*]}")" >&2
+    exit 1
 fi
