@@ -338,9 +338,7 @@ fn build(args: &BuildArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(defend) = DefendPlan::of(&spec_file, base)? {
-        let dir = cache_dir(&args.cache);
-        let cache =
-            Cache::open(&dir).with_context(|| format!("cannot open cache {}", dir.display()))?;
+        let cache = Cache::open(&cache_dir(&args.cache))?;
         match defend.fetch(cache, args.parallel, args.attempts, quiet) {
             Ok(entries) => payload.extend(entries),
             Err(DefendFailure::Key(error)) => failures.local.push(error_line(error.as_ref())),

@@ -110,11 +110,17 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Opens (making it if missing) the cache at `root`; an error names the folder, so every
+    /// command that opens it refuses alike.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        let store = BlobStore::open(&root.join("blobs"))?;
-        let index = root.join("index");
-        fs::create_dir_all(&index)?;
-        Ok(Self { store, index })
+        let open = || -> anyhow::Result<Self> {
+            let store = BlobStore::open(&root.join("blobs"))?;
+            let index = root.join("index");
+            fs::create_dir_all(&index)?;
+            Ok(Self { store, index })
+        };
+        use anyhow::Context as _;
+        open().with_context(|| format!("cannot open cache {}", root.display()))
     }
 
     /// The default cache folder: `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`.

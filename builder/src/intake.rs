@@ -291,8 +291,7 @@ impl UpstreamPlan {
             mode: Mode::Regular,
             metadata: Metadata::default(),
         };
-        let cache = Cache::open(cache_dir)
-            .with_context(|| format!("cannot open cache {}", cache_dir.display()))?;
+        let cache = Cache::open(cache_dir)?;
         let ca_file = section.ca_file.as_ref().map(|p| base.join(p));
         Ok(Some(Self { upstream, cache, key_entry, ca_file }))
     }

@@ -308,3 +308,19 @@ fn integrations_need_a_key() {
         assert!(stderr(&o).contains("GPG-KEY-test"), "{command}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_cache_that_cannot_be_opened_is_named_by_plan_and_build() {
+    let registry = Registry::new();
+    registry.spec(SPEC);
+    // A file where the cache folder should be.
+    std::fs::write(registry.path("cache"), b"not a folder").unwrap();
+    let says = format!("cannot open cache {}", registry.path("cache").display());
+    for command in ["plan", "build"] {
+        let o = registry.run(command);
+        assert!(!o.status.success(), "{command}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&says), "{command}: {}", stderr(&o));
+    }
+    assert!(!registry.path("out/site-1.ferry").exists(), "a refused build wrote a bundle");
+    assert_eq!(registry.zip_hits(), 0, "nothing downloaded");
+}
