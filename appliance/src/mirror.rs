@@ -27,10 +27,7 @@ pub(crate) async fn pgp_key(
     // this appliance does not carry (a fallback key source, elastic-agent
     // internal/pkg/agent/application/upgrade/step_download.go); Fleet Server answers every
     // version with its one key. A path that is not X.Y.Z is a bad request.
-    let parts: Vec<&str> = version.split('.').collect();
-    if parts.len() != 3
-        || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if !version.parse::<ferry_artifacts::Version>().is_ok_and(|v| v.is_core()) {
         return Err(ApiError::bad_request(format!(
             "{version:?} is not a version MAJOR.MINOR.PATCH"
         )));

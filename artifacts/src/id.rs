@@ -114,6 +114,13 @@ impl Version {
         semver::Prerelease::new(before).ok()
     }
 
+    /// Whether this is a bare `MAJOR.MINOR.PATCH`, with no pre-release and no build metadata:
+    /// what Endpoint names its global artifact manifests by (`artifacts-9.2.2.zip`), and what
+    /// an agent asks the PGP key route for (its upgrade target's core version).
+    pub fn is_core(&self) -> bool {
+        self.0.pre.is_empty() && self.0.build.is_empty()
+    }
+
     /// Whether this is a snapshot build (`-SNAPSHOT`, alone or after another pre-release).
     pub fn snapshot(&self) -> bool {
         self.pre_before_snapshot().is_some()
@@ -669,6 +676,14 @@ mod tests {
         ] {
             assert_eq!(v(version).snapshot(), snapshot, "{version}");
             assert_eq!(v(version).without_snapshot().to_string(), without, "{version}");
+        }
+    }
+
+    #[test]
+    fn core_versions_have_no_pre_release_or_build() {
+        assert!(v("9.2.2").is_core());
+        for other in ["9.3.0-SNAPSHOT", "9.0.0-beta1", "8.14.1+build202406201002"] {
+            assert!(!v(other).is_core(), "{other}");
         }
     }
 

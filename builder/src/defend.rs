@@ -100,10 +100,7 @@ impl DefendPlan {
                 bail!("[[endpoint_artifacts]] number {}: needs at least one version", n + 1);
             }
             for v in &table.versions {
-                let parts: Vec<&str> = v.split('.').collect();
-                if parts.len() != 3
-                    || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                {
+                if !v.parse::<ferry_artifacts::Version>().is_ok_and(|v| v.is_core()) {
                     bail!(
                         "[[endpoint_artifacts]] number {}: {v:?} is not an Endpoint version \
                          MAJOR.MINOR.PATCH",
